@@ -1,0 +1,223 @@
+//! LLM.int8 vector-wise quantization exactly as bitsandbytes does it on CPU, and the inverse view
+//! the residual coder needs: for a row scale and an int8 value, the exact range of high-precision
+//! codes that quantize to it.
+
+use half::f16;
+
+/// The precision the model was uploaded in; both are 16-bit, sign-magnitude codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HighDtype {
+    #[serde(rename = "BF16")]
+    Bf16,
+    #[serde(rename = "F16")]
+    F16,
+}
+
+impl HighDtype {
+    /// Largest finite magnitude code (0x7F7F is the largest finite bfloat16, 0x7BFF the largest half).
+    pub fn max_finite(self) -> u16 {
+        match self {
+            HighDtype::Bf16 => 0x7F7F,
+            HighDtype::F16 => 0x7BFF,
+        }
+    }
+
+    /// The name users type: `bf16` or `fp16`.
+    pub fn precision_name(self) -> &'static str {
+        match self {
+            HighDtype::Bf16 => "bf16",
+            HighDtype::F16 => "fp16",
+        }
+    }
+
+    /// The value bitsandbytes quantizes: the weight cast to float16, then to float32.
+    #[inline(always)]
+    pub fn quant_input(self, code: u16) -> f32 {
+        match self {
+            HighDtype::Bf16 => f16::from_f32(f32::from_bits(u32::from(code) << 16)).to_f32(),
+            HighDtype::F16 => f16::from_bits(code).to_f32(),
+        }
+    }
+
+    /// A magnitude code whose value is close to `v` (v ≥ 0), used only as a search start.
+    fn code_near(self, v: f32) -> u32 {
+        match self {
+            HighDtype::Bf16 => v.to_bits() >> 16,
+            HighDtype::F16 => u32::from(f16::from_f32(v).to_bits()),
+        }
+    }
+}
+
+/// The multiplier bitsandbytes applies to a row: `127 / absmax` evaluated as torch does,
+/// reciprocal first, then the multiply (two roundings).
+#[inline]
+pub fn row_multiplier(absmax: f32) -> f32 {
+    (1.0f32 / absmax) * 127.0
+}
+
+/// `round_half_even(x * s)` in float32, as an integer (saturating far outside the int8 range).
+#[inline(always)]
+fn quantize_value(x: f32, s: f32) -> i32 {
+    (x * s).round_ties_even() as i32
+}
+
+/// Quantizes one row of high-precision codes into `q` and returns its SCB (the row absmax).
+///
+/// Degenerate rows are defined as bitsandbytes leaves them on x86: an all-zero row has SCB 0 and
+/// q 0; a row holding NaN or a value beyond the float16 range has SCB NaN or inf and q 0.
+pub fn quantize_row(dtype: HighDtype, row: &[u16], q: &mut [i8]) -> f32 {
+    let mut absmax = 0.0f32;
+    let mut nan = false;
+    for &c in row {
+        let a = dtype.quant_input(c).abs();
+        nan |= a.is_nan();
+        absmax = absmax.max(a);
+    }
+    if nan {
+        absmax = f32::NAN;
+    }
+    if !(absmax.is_finite() && absmax > 0.0) {
+        q.fill(0);
+        return absmax;
+    }
+    let s = row_multiplier(absmax);
+    for (qi, &c) in q.iter_mut().zip(row) {
+        *qi = quantize_value(dtype.quant_input(c), s) as i8;
+    }
+    absmax
+}
+
+/// For one row: where each int8 value's range of magnitude codes begins, and how wide it is.
+///
+/// `bounds[k]` is the smallest magnitude code that quantizes to at least `k` (for k = 1..=128),
+/// so magnitudes quantizing to `k` are exactly `bounds[k]..bounds[k + 1]`, and those quantizing
+/// to 0 are `0..bounds[1]`. A degenerate row (scale not finite and positive) has no intervals.
+pub struct RowIntervals {
+    bounds: [u16; 129],
+    /// `floor(2^32 / width)` per k, for the uniform coder; 0 where the width is 0 or 1.
+    recips: [u32; 128],
+    degenerate: bool,
+}
+
+impl RowIntervals {
+    pub fn new(dtype: HighDtype, absmax: f32) -> RowIntervals {
+        let mut r = RowIntervals { bounds: [0; 129], recips: [0; 128], degenerate: true };
+        if !(absmax.is_finite() && absmax > 0.0) {
+            return r;
+        }
+        let s = row_multiplier(absmax);
+        if !(s.is_finite() && s > 0.0) {
+            return r;
+        }
+        r.degenerate = false;
+        let end = u32::from(dtype.max_finite()) + 1;
+        for k in 1..=128u32 {
+            let guess = dtype.code_near((k as f32 - 0.5) / s).min(end);
+            r.bounds[k as usize] = lower_bound(dtype, s, k as i32, guess, end) as u16;
+        }
+        for k in 1..128 {
+            let width = u32::from(r.bounds[k + 1]) - u32::from(r.bounds[k]);
+            if width > 1 {
+                r.recips[k] = ((1u64 << 32) / u64::from(width)) as u32;
+            }
+        }
+        r
+    }
+
+    /// True when the row has no usable scale; every element is then coded whole.
+    #[inline(always)]
+    pub fn is_degenerate(&self) -> bool {
+        self.degenerate
+    }
+
+    /// First magnitude code that does not quantize to 0.
+    #[inline(always)]
+    pub fn zero_end(&self) -> u16 {
+        self.bounds[1]
+    }
+
+    /// The codes quantizing to magnitude `k` (1..=127): first code and count.
+    #[inline(always)]
+    pub fn interval(&self, k: usize) -> (u16, u32, u32) {
+        let lo = self.bounds[k];
+        (lo, u32::from(self.bounds[k + 1]) - u32::from(lo), self.recips[k])
+    }
+}
+
+/// Smallest code in `[0, end]` whose value quantizes to at least `k`, starting near `guess`.
+/// Quantization is monotone in the magnitude code, so a short walk usually suffices; a binary
+/// search takes over if the guess was far off (float16 subnormals).
+fn lower_bound(dtype: HighDtype, s: f32, k: i32, guess: u32, end: u32) -> u32 {
+    let reaches = |c: u32| c < end && quantize_value(dtype.quant_input(c as u16), s) >= k;
+    let mut g = guess;
+    for _ in 0..8 {
+        let here = g >= end || reaches(g);
+        let below = g > 0 && reaches(g - 1);
+        match (here, below) {
+            (true, false) => return g,
+            (true, true) => g -= 1,
+            (false, _) => g += 1,
+        }
+    }
+    let (mut lo, mut hi) = (0u32, end);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if reaches(mid) { hi = mid } else { lo = mid + 1 }
+    }
+    lo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bf16(v: f32) -> u16 {
+        half::bf16::from_f32(v).to_bits()
+    }
+
+    #[test]
+    fn intervals_match_brute_force_quantization() {
+        for dtype in [HighDtype::Bf16, HighDtype::F16] {
+            for absmax in [1.0f32, 0.037, 3.1e-5, 1.0e-7, 250.0, 60000.0] {
+                let iv = RowIntervals::new(dtype, absmax);
+                assert!(!iv.is_degenerate());
+                let s = row_multiplier(absmax);
+                for c in 0..=dtype.max_finite() {
+                    let q = quantize_value(dtype.quant_input(c), s);
+                    let k = q.clamp(0, 128) as usize;
+                    if k == 0 {
+                        assert!(c < iv.zero_end());
+                    } else if k <= 127 {
+                        let (lo, n, _) = iv.interval(k);
+                        assert!(c >= lo && u32::from(c) < u32::from(lo) + n, "{dtype:?} {absmax} {c:#x} q={q}");
+                    } else {
+                        assert!(c >= iv.bounds[128]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn degenerate_rows_follow_bitsandbytes() {
+        let mut q = [5i8; 3];
+        assert_eq!(quantize_row(HighDtype::Bf16, &[0, 0x8000, 0], &mut q), 0.0);
+        assert_eq!(q, [0; 3]);
+        let absmax = quantize_row(HighDtype::Bf16, &[bf16(1.0), bf16(70000.0), 0], &mut q);
+        assert!(absmax.is_infinite());
+        assert_eq!(q, [0; 3]);
+        assert!(quantize_row(HighDtype::Bf16, &[bf16(f32::NAN), bf16(1.0), 0], &mut q).is_nan());
+        assert!(RowIntervals::new(HighDtype::Bf16, 0.0).is_degenerate());
+        assert!(RowIntervals::new(HighDtype::Bf16, f32::INFINITY).is_degenerate());
+    }
+
+    #[test]
+    fn quantization_goes_through_float16_first() {
+        // 1e-6 is a float16 subnormal: the float16 rounding changes the quantized value.
+        let row = [bf16(1e-6), bf16(0.9e-6), bf16(-0.5e-6)];
+        let mut q = [0i8; 3];
+        let a = quantize_row(HighDtype::Bf16, &row, &mut q);
+        assert_eq!(a, f16::from_f32(half::bf16::from_bits(row[0]).to_f32()).to_f32());
+        assert_eq!(q[0], 127);
+    }
+}

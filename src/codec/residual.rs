@@ -1,0 +1,301 @@
+//! The residual: what a high-precision weight adds to its int8 value.
+//!
+//! Given the row scale and q, the weight's code lies in a known interval (see
+//! [`RowIntervals`]); its position inside that interval is the whole residual. Positions are coded
+//! uniformly over the exact interval width: measured on real weights, no context model beats that
+//! by enough to pay for its tables (docs/FORMAT.md). Elements with q = 0, and every element of a
+//! row without a usable scale, are coded whole (exponent-ish high byte, then sign + 7 low bits)
+//! with two static tables. Anything else (an int8 value the weight does not quantize to, which a
+//! user-supplied int8 file may contain, or NaN/Inf) is an exception stored raw.
+//!
+//! Chunk layout: `varint n_exceptions`, then per exception `varint gap, u16 code`; one flag byte
+//! (1 = the two whole-value tables follow); the tables; one rANS stream.
+
+use super::freq::{FreqTable, read_varint, take, write_varint};
+use super::quantize::{HighDtype, RowIntervals};
+use super::rans::{Decoder, Encoder, Symbol};
+use super::CodecError;
+
+/// How one element is coded.
+#[derive(Clone, Copy)]
+enum Item {
+    Exception,
+    Whole { hi: u8, lo: u8 },
+    Position { r: u16, n: u16, recip: u32 },
+    Implied,
+}
+
+/// Inputs of one residual chunk: whole rows of the tensor.
+pub struct ChunkRows<'a> {
+    pub dtype: HighDtype,
+    /// Int8 values of the chunk, row-major.
+    pub q: &'a [i8],
+    /// SCB of each row in the chunk.
+    pub scales: &'a [f32],
+    pub cols: usize,
+}
+
+impl ChunkRows<'_> {
+    fn check(&self, n: usize) -> Result<(), CodecError> {
+        if self.q.len() != n || self.scales.len().checked_mul(self.cols) != Some(n) {
+            return Err(CodecError::Corrupt("residual chunk shape does not match its rows"));
+        }
+        Ok(())
+    }
+}
+
+/// Codes the high-precision codes of a chunk given its int8 values and scales.
+pub fn encode(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
+    rows.check(high.len())?;
+    let items = classify(rows, high);
+    let mut out = Vec::new();
+    write_exceptions(&items, high, &mut out);
+    let (mut hi_counts, mut lo_counts) = ([0u64; 256], [0u64; 256]);
+    for item in &items {
+        if let Item::Whole { hi, lo } = *item {
+            hi_counts[hi as usize] += 1;
+            lo_counts[lo as usize] += 1;
+        }
+    }
+    let tables = FreqTable::from_counts(&hi_counts).zip(FreqTable::from_counts(&lo_counts));
+    out.push(u8::from(tables.is_some()));
+    if let Some((hi_t, lo_t)) = &tables {
+        hi_t.write(&mut out);
+        lo_t.write(&mut out);
+    }
+    let mut enc = Encoder::with_capacity(items.len());
+    for item in &items {
+        match *item {
+            Item::Whole { hi, lo } => {
+                let (hi_t, lo_t) = tables.as_ref().expect("tables exist when whole values do");
+                enc.push(hi_t.symbol(hi));
+                enc.push(lo_t.symbol(lo));
+            }
+            Item::Position { r, n, recip } => enc.push(uniform_symbol(u32::from(r), u32::from(n), recip)),
+            Item::Exception | Item::Implied => {}
+        }
+    }
+    enc.finish_into(&mut out);
+    Ok(out)
+}
+
+fn classify(rows: &ChunkRows, high: &[u16]) -> Vec<Item> {
+    let mut items = Vec::with_capacity(high.len());
+    for (r, &scale) in rows.scales.iter().enumerate() {
+        let iv = RowIntervals::new(rows.dtype, scale);
+        let span = r * rows.cols..(r + 1) * rows.cols;
+        for (&code, &q) in high[span.clone()].iter().zip(&rows.q[span]) {
+            items.push(classify_one(&iv, rows.dtype, code, q));
+        }
+    }
+    items
+}
+
+fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
+    let mag = code & 0x7FFF;
+    let whole = Item::Whole { hi: (mag >> 7) as u8, lo: ((code >> 8) & 0x80) as u8 | (code & 0x7F) as u8 };
+    if iv.is_degenerate() {
+        return if q == 0 { whole } else { Item::Exception };
+    }
+    if mag > dtype.max_finite() {
+        return Item::Exception;
+    }
+    if q == 0 {
+        return if mag < iv.zero_end() { whole } else { Item::Exception };
+    }
+    if q == i8::MIN || (code >> 15 == 1) != (q < 0) {
+        return Item::Exception;
+    }
+    let (lo, n, recip) = iv.interval(q.unsigned_abs() as usize);
+    let r = u32::from(mag).wrapping_sub(u32::from(lo));
+    if mag < lo || r >= n {
+        Item::Exception
+    } else if n == 1 {
+        Item::Implied
+    } else {
+        Item::Position { r: r as u16, n: n as u16, recip }
+    }
+}
+
+fn write_exceptions(items: &[Item], high: &[u16], out: &mut Vec<u8>) {
+    let positions: Vec<usize> = (0..items.len()).filter(|&i| matches!(items[i], Item::Exception)).collect();
+    write_varint(out, positions.len() as u64);
+    let mut next = 0;
+    for i in positions {
+        write_varint(out, (i - next) as u64);
+        out.extend_from_slice(&high[i].to_le_bytes());
+        next = i + 1;
+    }
+}
+
+/// Decodes a chunk written by [`encode`] into `out` (one code per element).
+pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u16]) -> Result<(), CodecError> {
+    rows.check(out.len())?;
+    let mut buf = data;
+    let exceptions = read_exceptions(&mut buf, out.len())?;
+    let tables = match take(&mut buf, 1)?[0] {
+        0 => None,
+        1 => Some((FreqTable::read(&mut buf)?, FreqTable::read(&mut buf)?)),
+        _ => return Err(CodecError::Corrupt("bad residual table flag")),
+    };
+    let mut dec = Decoder::new(buf)?;
+    let mut exc = exceptions.iter().peekable();
+    for (r, &scale) in rows.scales.iter().enumerate() {
+        let iv = RowIntervals::new(rows.dtype, scale);
+        let base = r * rows.cols;
+        for i in base..base + rows.cols {
+            if let Some(&&(pos, code)) = exc.peek()
+                && pos == i
+            {
+                out[i] = code;
+                exc.next();
+                continue;
+            }
+            out[i] = decode_one(&iv, rows.q[i], tables.as_ref(), &mut dec)?;
+        }
+    }
+    dec.finish()
+}
+
+#[inline(always)]
+fn decode_one(iv: &RowIntervals, q: i8, tables: Option<&(FreqTable, FreqTable)>, dec: &mut Decoder) -> Result<u16, CodecError> {
+    if q == 0 || iv.is_degenerate() {
+        let (hi_t, lo_t) = tables.ok_or(CodecError::Corrupt("whole-value element without tables"))?;
+        let hi = u16::from(hi_t.decode(dec));
+        let lo = u16::from(lo_t.decode(dec));
+        return Ok(((lo & 0x80) << 8) | (hi << 7) | (lo & 0x7F));
+    }
+    let (lo, n, recip) = iv.interval(q.unsigned_abs().min(127) as usize);
+    let r = match n {
+        0 => return Err(CodecError::Corrupt("element in an empty interval")),
+        1 => 0,
+        _ => uniform_decode(dec, n, recip),
+    };
+    let sign = if q < 0 { 0x8000 } else { 0 };
+    Ok(sign | lo.wrapping_add(r as u16))
+}
+
+fn read_exceptions(buf: &mut &[u8], n: usize) -> Result<Vec<(usize, u16)>, CodecError> {
+    let count = read_varint(buf)?;
+    if count > n as u64 {
+        return Err(CodecError::Corrupt("more exceptions than elements"));
+    }
+    let mut list = Vec::with_capacity(count as usize);
+    let mut next = 0u64;
+    for _ in 0..count {
+        let pos = next.checked_add(read_varint(buf)?).filter(|&p| p < n as u64);
+        let pos = pos.ok_or(CodecError::Corrupt("exception position out of range"))?;
+        let code = take(buf, 2)?;
+        list.push((pos as usize, u16::from_le_bytes([code[0], code[1]])));
+        next = pos + 1;
+    }
+    Ok(list)
+}
+
+/// Start of position `r` in a 16-bit range split near-evenly into `n` slices (`recip` =
+/// floor(2^32 / n)). Strictly increasing in r for n ≤ 2^15, which is all rANS needs.
+#[inline(always)]
+fn uniform_start(r: u32, recip: u32) -> u32 {
+    ((u64::from(r) * u64::from(recip)) >> 16) as u32
+}
+
+#[inline(always)]
+fn uniform_symbol(r: u32, n: u32, recip: u32) -> Symbol {
+    let start = uniform_start(r, recip);
+    let end = if r + 1 == n { 1 << 16 } else { uniform_start(r + 1, recip) };
+    Symbol { start, freq: end - start, bits: 16 }
+}
+
+#[inline(always)]
+fn uniform_decode(dec: &mut Decoder, n: u32, recip: u32) -> u32 {
+    let slot = dec.slot(16);
+    let mut r = (slot * n) >> 16;
+    while r + 1 < n && uniform_start(r + 1, recip) <= slot {
+        r += 1;
+    }
+    while r > 0 && uniform_start(r, recip) > slot {
+        r -= 1;
+    }
+    dec.advance(uniform_symbol(r, n, recip));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::quantize::quantize_row;
+    use super::*;
+
+    fn round_trip(dtype: HighDtype, high: &[u16], q: &[i8], scales: &[f32], cols: usize) -> usize {
+        let rows = ChunkRows { dtype, q, scales, cols };
+        let data = encode(&rows, high).unwrap();
+        let mut out = vec![0u16; high.len()];
+        decode(&rows, &data, &mut out).unwrap();
+        assert_eq!(out, high);
+        data.len()
+    }
+
+    fn derived(dtype: HighDtype, high: &[u16], cols: usize) -> (Vec<i8>, Vec<f32>) {
+        let mut q = vec![0i8; high.len()];
+        let scales = high.chunks(cols).zip(q.chunks_mut(cols)).map(|(r, qr)| quantize_row(dtype, r, qr)).collect();
+        (q, scales)
+    }
+
+    #[test]
+    fn uniform_slices_tile_the_range() {
+        for n in [2u32, 3, 7, 100, 255, 4097, 32768] {
+            let recip = ((1u64 << 32) / u64::from(n)) as u32;
+            let mut prev_end = 0;
+            for r in 0..n {
+                let s = uniform_symbol(r, n, recip);
+                assert_eq!(s.start, prev_end);
+                assert!(s.freq >= 1);
+                prev_end = s.start + s.freq;
+            }
+            assert_eq!(prev_end, 1 << 16);
+        }
+    }
+
+    #[test]
+    fn derived_int8_costs_few_bits_and_round_trips() {
+        let cols = 256;
+        let mut seed = 12345u64;
+        let high: Vec<u16> = (0..cols * 64)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let u = (seed >> 11) as f64 / (1u64 << 53) as f64;
+                let v = ((u - 0.5) * 0.2).powi(3) * 50.0;
+                half::bf16::from_f64(v).to_bits()
+            })
+            .collect();
+        let (q, scales) = derived(HighDtype::Bf16, &high, cols);
+        let bytes = round_trip(HighDtype::Bf16, &high, &q, &scales, cols);
+        assert!(bytes * 8 < high.len() * 6, "{} bits/param", bytes as f64 * 8.0 / high.len() as f64);
+    }
+
+    #[test]
+    fn foreign_int8_values_become_exceptions() {
+        let high: Vec<u16> = vec![0x3F80, 0xBF80, 0x7FC1, 0xFF80, 0x0001, 0x8000];
+        let q = [1i8, 127, -128, 0, 0, 3];
+        round_trip(HighDtype::Bf16, &high, &q, &[1.0, 0.5], 3);
+        round_trip(HighDtype::F16, &high, &q, &[f32::NAN, 0.0], 3);
+    }
+
+    #[test]
+    fn corrupt_residuals_error_without_panicking() {
+        let high: Vec<u16> = (0..512u16).map(|i| i.wrapping_mul(97)).collect();
+        let (q, scales) = derived(HighDtype::Bf16, &high, 64);
+        let rows = ChunkRows { dtype: HighDtype::Bf16, q: &q, scales: &scales, cols: 64 };
+        let data = encode(&rows, &high).unwrap();
+        let mut out = vec![0u16; high.len()];
+        for i in 0..data.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = data.clone();
+                bad[i] ^= bit;
+                if decode(&rows, &bad, &mut out).is_ok() {
+                    assert_ne!(out, high, "a flipped byte cannot decode to the original");
+                }
+            }
+        }
+        assert!(decode(&rows, &data[..data.len() - 1], &mut out).is_err());
+    }
+}

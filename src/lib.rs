@@ -1,0 +1,4 @@
+//! qstore: one compact blob per model, served as INT8 and as its original high precision.
+
+pub mod codec;
+pub mod safetensors;
