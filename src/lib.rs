@@ -2,3 +2,5 @@
 
 pub mod codec;
 pub mod safetensors;
+pub mod format;
+pub mod cli;

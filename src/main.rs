@@ -1,3 +1,9 @@
+use clap::Parser;
+
 fn main() {
-    println!("Hello, world!");
+    let cli = qstore::cli::Cli::parse();
+    if let Err(e) = qstore::cli::run(cli) {
+        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,242 @@
+//! The `qstore` command line: thin wrappers that parse arguments, show progress and map errors to
+//! one readable line.
+
+mod convert;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use crate::format::{Blob, EncodeInput, EncodeOptions, Precision, Report, Selection, encode_to_path};
+
+#[derive(Parser)]
+#[command(name = "qstore", version, about = "Store a model once; serve it as INT8 and as BF16/FP16, byte-exact.")]
+pub struct Cli {
+    /// No progress bars or summaries.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Encode a BF16/FP16 safetensors checkpoint (and optionally its INT8 twin) into one blob.
+    Encode {
+        /// High-precision safetensors file(s): one file, or every shard.
+        #[arg(required = true)]
+        high: Vec<PathBuf>,
+        /// The shards' model.safetensors.index.json.
+        #[arg(long)]
+        index: Option<PathBuf>,
+        /// A matching INT8 (bitsandbytes LLM.int8) checkpoint to store instead of deriving one.
+        #[arg(long, num_args = 1..)]
+        int8: Vec<PathBuf>,
+        /// Regex of tensor names not to quantize (replaces the default: embeddings, lm_head, norms).
+        #[arg(long)]
+        skip: Option<String>,
+        /// Regex of the only tensor names to quantize.
+        #[arg(long)]
+        only: Option<String>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Write one output file of a blob (`-o -` for stdout).
+    Decode {
+        blob: PathBuf,
+        #[arg(long, value_enum)]
+        precision: PrecisionArg,
+        /// File name inside the model; optional for single-file models.
+        #[arg(long)]
+        file: Option<String>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Show sections, sizes and bits per parameter.
+    Inspect {
+        blob: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Add a per-tensor breakdown.
+        #[arg(long)]
+        tensors: bool,
+    },
+    /// Decode every output and check every checksum and sha256.
+    Verify { blob: PathBuf },
+    /// Convert a safetensors checkpoint's floating tensors to BF16 or FP16 (round to nearest even).
+    Convert {
+        input: PathBuf,
+        #[arg(long, value_enum)]
+        to: convert::Target,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Int8,
+    Bf16,
+    Fp16,
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Encode { high, index, int8, skip, only, output } => encode(EncodeInput { high, shard_index: index, int8 }, skip, only, &output, quiet),
+        Command::Decode { blob, precision, file, output } => decode(&blob, precision, file.as_deref(), &output, quiet),
+        Command::Inspect { blob, json, tensors } => inspect(&blob, json, tensors),
+        Command::Verify { blob } => verify(&blob, quiet),
+        Command::Convert { input, to, output } => convert::convert(&input, to, &output, progress_bar(quiet, 0)),
+    }
+}
+
+fn progress_bar(quiet: bool, len: u64) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "));
+    bar
+}
+
+fn open_blob(path: &Path) -> Result<Blob<File>> {
+    let f = File::open(path).with_context(|| format!("{}", path.display()))?;
+    Blob::open(f).with_context(|| format!("{}", path.display()))
+}
+
+fn encode(input: EncodeInput, skip: Option<String>, only: Option<String>, output: &Path, quiet: bool) -> Result<()> {
+    let total: u64 = input.high.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let bar = progress_bar(quiet, total);
+    bar.set_message("encode");
+    let opts = EncodeOptions { selection: Selection::new(skip.as_deref(), only.as_deref())?, ..Default::default() };
+    let summary = encode_to_path(&input, &opts, output, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    if !quiet {
+        let r = Report::new(&summary.index, summary.blob_len);
+        eprintln!(
+            "wrote {} ({} bytes): {:.2}x smaller than the two separate files; quantized weights {:.2} bits/param",
+            output.display(),
+            summary.blob_len,
+            r.ratio_vs_separate_files,
+            r.quantized_bits_per_param
+        );
+    }
+    Ok(())
+}
+
+fn precision(blob: &Blob<File>, p: PrecisionArg) -> Result<Precision> {
+    let high = blob.index().high_dtype.precision_name();
+    match p {
+        PrecisionArg::Int8 => Ok(Precision::Int8),
+        PrecisionArg::Bf16 if high == "bf16" => Ok(Precision::High),
+        PrecisionArg::Fp16 if high == "fp16" => Ok(Precision::High),
+        _ => bail!("this model's high precision is {high}; ask for --precision {high} or int8"),
+    }
+}
+
+fn decode(path: &Path, p: PrecisionArg, name: Option<&str>, output: &Path, quiet: bool) -> Result<()> {
+    let blob = open_blob(path)?;
+    let file = blob.file(precision(&blob, p)?, name)?;
+    if output == Path::new("-") {
+        let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        blob.write_file(file, &mut out)?;
+        out.flush()?;
+        return Ok(());
+    }
+    let bar = progress_bar(quiet, file.size);
+    bar.set_message("decode");
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    {
+        let mut out = bar.wrap_write(BufWriter::with_capacity(1 << 20, tmp.as_file()));
+        blob.write_file(file, &mut out)?;
+        out.flush()?;
+    }
+    tmp.persist(output).map_err(|e| e.error).with_context(|| format!("{}", output.display()))?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn inspect(path: &Path, json: bool, tensors: bool) -> Result<()> {
+    let blob = open_blob(path)?;
+    let len = std::fs::metadata(path)?.len();
+    let mut report = Report::new(blob.index(), len);
+    if !tensors {
+        report.tensors.clear();
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let mb = |b: u64| b as f64 / 1e6;
+    println!("blob            {:>12} bytes ({:.2} MB), high precision {}", report.blob_bytes, mb(report.blob_bytes), report.high_dtype);
+    println!("  base          {:>12} bytes (int8 outputs read only this)", report.base_bytes);
+    println!("  residual      {:>12} bytes", report.residual_bytes);
+    println!("  index+footer  {:>12} bytes", report.index_bytes);
+    println!("separate files  {:>12} bytes high + {} bytes int8", report.high_files_bytes, report.int8_files_bytes);
+    println!("ratio           {:.3}x vs the two separate files", report.ratio_vs_separate_files);
+    println!(
+        "quantized       {} params, {:.3} bits/param (int8 {:.3} + residual {:.3} + scales {:.3} + index)",
+        report.quantized_params, report.quantized_bits_per_param, report.int8_bits_per_param, report.residual_bits_per_param, report.scales_bits_per_param
+    );
+    println!("shared          {} params, {:.3} bits/param", report.shared_params, report.shared_bits_per_param);
+    for (label, files) in [("int8", &blob.index().int8_files), (blob.index().high_dtype.precision_name(), &blob.index().high_files)] {
+        for f in files.iter() {
+            println!("{label:>5} file      {} {} bytes sha256 {}", f.name, f.size, f.sha256);
+        }
+    }
+    if tensors {
+        println!("{:<60} {:>10} {:>12} {:>12} {:>9}", "tensor", "kind", "params", "stored", "bits/par");
+        for t in &report.tensors {
+            println!("{:<60} {:>10} {:>12} {:>12} {:>9.3}", t.name, t.kind, t.params, t.stored_bytes, t.bits_per_param);
+        }
+    }
+    Ok(())
+}
+
+/// A writer that only hashes (and reports progress), for verification.
+struct HashSink<'a>(Sha256, &'a ProgressBar);
+
+impl Write for HashSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        self.1.inc(buf.len() as u64);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn verify(path: &Path, quiet: bool) -> Result<()> {
+    let blob = open_blob(path)?;
+    let total: u64 = [Precision::Int8, Precision::High].iter().flat_map(|&p| blob.files(p)).map(|f| f.size).sum();
+    let bar = progress_bar(quiet, total);
+    bar.set_message("verify");
+    let mut failures = Vec::new();
+    for p in [Precision::Int8, Precision::High] {
+        for f in blob.files(p) {
+            let mut sink = HashSink(Sha256::new(), &bar);
+            blob.write_file(f, &mut sink).with_context(|| format!("{}", f.name))?;
+            let got = hex::encode(sink.0.finalize());
+            if got != f.sha256 {
+                failures.push(format!("{} ({:?}): sha256 {got}, index says {}", f.name, p, f.sha256));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    if !failures.is_empty() {
+        bail!("verification failed: {}", failures.join("; "));
+    }
+    if !quiet {
+        eprintln!("ok: {} files decoded, every chunk checksum and file sha256 matches", blob.files(Precision::Int8).len() + blob.files(Precision::High).len());
+    }
+    Ok(())
+}

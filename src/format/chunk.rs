@@ -1,0 +1,187 @@
+//! Chunk codecs and the encode-then-verify step every chunk goes through before it is written.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, quantize::HighDtype, residual};
+use crate::safetensors::Dtype;
+
+use super::FormatError;
+
+/// How a chunk's stored bytes turn into its decoded bytes. Stored as its number in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum ChunkCodec {
+    /// Stored as is.
+    Raw = 0,
+    /// One zstd frame.
+    Zstd = 1,
+    /// Rotated byte planes of 2-byte floats, rANS with one table per plane.
+    Float16 = 2,
+    /// The same for 4-byte floats.
+    Float32 = 3,
+    /// The same for 8-byte floats.
+    Float64 = 4,
+    /// Int8 values, rANS with one table.
+    Int8 = 5,
+    /// High-precision codes given int8 values and scales (codec::residual).
+    Residual = 6,
+}
+
+impl From<ChunkCodec> for u8 {
+    fn from(c: ChunkCodec) -> u8 {
+        c as u8
+    }
+}
+
+impl TryFrom<u8> for ChunkCodec {
+    type Error = String;
+    fn try_from(v: u8) -> Result<Self, String> {
+        use ChunkCodec::*;
+        [Raw, Zstd, Float16, Float32, Float64, Int8, Residual]
+            .into_iter()
+            .find(|c| *c as u8 == v)
+            .ok_or_else(|| format!("unknown chunk codec {v}"))
+    }
+}
+
+/// A chunk ready to be written.
+pub struct EncodedChunk {
+    pub stored: Vec<u8>,
+    pub codec: ChunkCodec,
+    pub decoded_len: u32,
+    pub crc32: u32,
+}
+
+impl EncodedChunk {
+    fn new(stored: Vec<u8>, codec: ChunkCodec, decoded: &[u8]) -> Self {
+        EncodedChunk { stored, codec, decoded_len: decoded.len() as u32, crc32: crc32fast::hash(decoded) }
+    }
+}
+
+/// What the bytes of a stream are, which decides the codec tried first.
+#[derive(Debug, Clone, Copy)]
+pub enum Content {
+    Tensor(Dtype),
+    /// Headers, JSON: small and text-like, worth zstd's strongest level.
+    Text,
+}
+
+/// Compresses plain bytes with the codec that suits them, falling back to raw storage when
+/// compression does not pay, and proves the result decodes back before returning it.
+pub fn encode_bytes(data: &[u8], content: Content) -> Result<EncodedChunk, FormatError> {
+    let (codec, stored) = match content {
+        Content::Tensor(d) if d.is_float() => {
+            let codec = match d.size() {
+                2 => ChunkCodec::Float16,
+                4 => ChunkCodec::Float32,
+                _ => ChunkCodec::Float64,
+            };
+            (codec, codec::encode_float(data, d.size() as usize))
+        }
+        Content::Tensor(_) => (ChunkCodec::Zstd, zstd::bulk::compress(data, 3)?),
+        Content::Text => (ChunkCodec::Zstd, zstd::bulk::compress(data, 19)?),
+    };
+    let chunk = if stored.len() < data.len() {
+        EncodedChunk::new(stored, codec, data)
+    } else {
+        EncodedChunk::new(data.to_vec(), ChunkCodec::Raw, data)
+    };
+    let mut check = vec![0u8; data.len()];
+    decode_bytes(chunk.codec, &chunk.stored, &mut check)?;
+    if check != data {
+        return Err(FormatError::Corrupt(format!("{codec:?} chunk failed to round-trip while encoding")));
+    }
+    Ok(chunk)
+}
+
+/// Decodes a plain-bytes chunk into `out`, which has exactly the decoded length.
+pub fn decode_bytes(codec: ChunkCodec, stored: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
+    match codec {
+        ChunkCodec::Raw if stored.len() == out.len() => out.copy_from_slice(stored),
+        ChunkCodec::Zstd => {
+            let n = zstd::bulk::decompress_to_buffer(stored, out).map_err(|e| FormatError::Corrupt(format!("zstd chunk: {e}")))?;
+            if n != out.len() {
+                return Err(FormatError::Corrupt("zstd chunk has the wrong length".into()));
+            }
+        }
+        ChunkCodec::Float16 => codec::decode_float(stored, 2, out)?,
+        ChunkCodec::Float32 => codec::decode_float(stored, 4, out)?,
+        ChunkCodec::Float64 => codec::decode_float(stored, 8, out)?,
+        _ => return Err(FormatError::Corrupt(format!("{codec:?} chunk where plain bytes were expected"))),
+    }
+    Ok(())
+}
+
+/// Compresses int8 values, verified like [`encode_bytes`].
+pub fn encode_int8(q: &[i8]) -> Result<EncodedChunk, FormatError> {
+    let raw: Vec<u8> = q.iter().map(|&v| v as u8).collect();
+    let stored = codec::encode_int8(q);
+    let chunk = if stored.len() < raw.len() {
+        EncodedChunk::new(stored, ChunkCodec::Int8, &raw)
+    } else {
+        EncodedChunk::new(raw.clone(), ChunkCodec::Raw, &raw)
+    };
+    let mut check = vec![0i8; q.len()];
+    decode_int8(chunk.codec, &chunk.stored, &mut check)?;
+    if check != q {
+        return Err(FormatError::Corrupt("int8 chunk failed to round-trip while encoding".into()));
+    }
+    Ok(chunk)
+}
+
+/// Decodes an int8 chunk.
+pub fn decode_int8(codec: ChunkCodec, stored: &[u8], out: &mut [i8]) -> Result<(), FormatError> {
+    match codec {
+        ChunkCodec::Raw if stored.len() == out.len() => {
+            out.iter_mut().zip(stored).for_each(|(o, &b)| *o = b as i8);
+            Ok(())
+        }
+        ChunkCodec::Int8 => Ok(codec::decode_int8(stored, out)?),
+        _ => Err(FormatError::Corrupt(format!("{codec:?} chunk where int8 values were expected"))),
+    }
+}
+
+/// Codes high-precision codes against their int8 values and scales, verified like the others.
+pub fn encode_residual(rows: &residual::ChunkRows, high: &[u16]) -> Result<EncodedChunk, FormatError> {
+    let stored = residual::encode(rows, high)?;
+    let decoded = codes_to_le_bytes(high);
+    let chunk = EncodedChunk::new(stored, ChunkCodec::Residual, &decoded);
+    let mut check = vec![0u16; high.len()];
+    residual::decode(rows, &chunk.stored, &mut check)?;
+    if check != high {
+        return Err(FormatError::Corrupt("residual chunk failed to round-trip while encoding".into()));
+    }
+    Ok(chunk)
+}
+
+/// Decodes a residual chunk to little-endian bytes.
+pub fn decode_residual(codec: ChunkCodec, rows: &residual::ChunkRows, stored: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
+    if codec != ChunkCodec::Residual || out.len() != rows.q.len() * 2 {
+        return Err(FormatError::Corrupt(format!("{codec:?} chunk where a residual was expected")));
+    }
+    let mut codes = vec![0u16; rows.q.len()];
+    residual::decode(rows, stored, &mut codes)?;
+    for (o, c) in out.chunks_exact_mut(2).zip(codes) {
+        o.copy_from_slice(&c.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Little-endian bytes of 16-bit codes, as safetensors stores them.
+pub fn codes_to_le_bytes(codes: &[u16]) -> Vec<u8> {
+    codes.iter().flat_map(|c| c.to_le_bytes()).collect()
+}
+
+/// 16-bit codes from little-endian bytes.
+pub fn le_bytes_to_codes(bytes: &[u8]) -> Vec<u16> {
+    bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()
+}
+
+/// Which 16-bit float type a safetensors dtype is, if any.
+pub fn high_dtype_of(d: Dtype) -> Option<HighDtype> {
+    match d {
+        Dtype::BF16 => Some(HighDtype::Bf16),
+        Dtype::F16 => Some(HighDtype::F16),
+        _ => None,
+    }
+}

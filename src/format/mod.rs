@@ -1,0 +1,57 @@
+//! The `.qstore` container: one blob per model holding both precisions (docs/FORMAT.md).
+//!
+//! Layout: `preamble | base section | residual section | index | footer`. The base section alone
+//! reproduces every INT8 output file; the residual section adds what the high-precision files need.
+//! Every chunk decodes to at most about 1 MiB of output and carries a CRC-32 of its decoded bytes, so
+//! any byte range of any output can be produced by reading a few chunks and checking them.
+
+mod chunk;
+mod index;
+mod reader;
+mod report;
+mod writer;
+
+pub use chunk::ChunkCodec;
+pub use index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
+pub use report::{Report, TensorReport};
+pub use reader::{Blob, BlobSource, Precision};
+pub use writer::{EncodeInput, EncodeOptions, EncodeSummary, Selection, encode_to_path};
+
+/// First 8 bytes of every blob; also the last 8, closing the footer.
+pub const MAGIC: [u8; 8] = *b"\x89QSTORE\n";
+/// Format version written in the preamble and the index.
+pub const VERSION: u32 = 1;
+/// Preamble: magic, version (u32 LE), flags (u32 LE, zero).
+pub const PREAMBLE_LEN: u64 = 16;
+/// Footer: index offset (u64), index length (u64), index CRC-32 (u32), version (u32), magic.
+pub const FOOTER_LEN: u64 = 32;
+/// Target number of elements per quantized-tensor chunk: 1 MiB of 16-bit output.
+pub const CHUNK_ELEMS: u64 = 1 << 19;
+/// Bytes per chunk of a plain byte stream.
+pub const STREAM_CHUNK_BYTES: u64 = 1 << 20;
+/// Largest index we accept when opening a blob (decompressed JSON).
+pub const MAX_INDEX_LEN: usize = 1 << 30;
+
+/// Everything that can go wrong reading or writing a blob.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// The user's input is unusable; the message says why.
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Safetensors(#[from] crate::safetensors::SafetensorsError),
+    /// The blob is damaged or not a blob at all.
+    #[error("corrupt blob: {0}")]
+    Corrupt(String),
+    /// What the caller asked for is not in this blob.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<crate::codec::CodecError> for FormatError {
+    fn from(e: crate::codec::CodecError) -> Self {
+        FormatError::Corrupt(e.to_string())
+    }
+}

@@ -1,0 +1,281 @@
+//! Decoding: any byte range of any output file, from the chunks that cover it.
+//!
+//! Memory: a range is decoded in windows of [`WINDOW`] chunks at a time (decoded in parallel, then
+//! written in order), so a decode holds at most `WINDOW` decoded chunks of ≤ ~1 MiB of output
+//! plus their stored bytes, whatever the file size.
+
+use std::io::Write;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::chunk;
+use super::index::{Chunk, Index, OutputFile, QuantTensor, Segment};
+use super::{FOOTER_LEN, FormatError, MAGIC, MAX_INDEX_LEN, PREAMBLE_LEN, VERSION};
+use crate::codec::residual::ChunkRows;
+
+/// Chunks decoded per parallel step.
+pub const WINDOW: usize = 8;
+
+/// Where blob bytes come from: a local file, memory, or (in the server) an object store.
+pub trait BlobSource: Sync {
+    /// Total length of the blob.
+    fn len(&self) -> u64;
+    /// Reads exactly `len` bytes at `offset`.
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>>;
+}
+
+impl BlobSource for std::fs::File {
+    fn len(&self) -> u64 {
+        self.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        self.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+}
+
+impl BlobSource for Vec<u8> {
+    fn len(&self) -> u64 {
+        self.as_slice().len() as u64
+    }
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        self.get(start..start.saturating_add(len))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end of the blob"))
+    }
+}
+
+/// Which of the two served precisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Int8,
+    /// The uploaded precision (BF16 or FP16).
+    High,
+}
+
+/// An opened blob: its validated index plus the source to read chunks from.
+pub struct Blob<S> {
+    src: S,
+    index: Index,
+}
+
+/// A piece of decode work: `take` bytes starting `skip` bytes into one decoded chunk.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    seg: Segment,
+    chunk: u64,
+    skip: usize,
+    take: usize,
+}
+
+impl<S: BlobSource> Blob<S> {
+    /// Reads the footer and index and validates them; touches no chunk.
+    pub fn open(src: S) -> Result<Self, FormatError> {
+        let len = src.len();
+        if len < PREAMBLE_LEN + FOOTER_LEN {
+            return Err(FormatError::Corrupt("too short to be a qstore blob".into()));
+        }
+        let preamble = src.read_at(0, PREAMBLE_LEN as usize)?;
+        if preamble[..8] != MAGIC {
+            return Err(FormatError::Corrupt("not a qstore blob (bad magic)".into()));
+        }
+        let version = u32::from_le_bytes(preamble[8..12].try_into().unwrap());
+        if version != VERSION {
+            return Err(FormatError::Corrupt(format!("unsupported format version {version}")));
+        }
+        let footer = src.read_at(len - FOOTER_LEN, FOOTER_LEN as usize)?;
+        if footer[24..32] != MAGIC {
+            return Err(FormatError::Corrupt("footer is damaged (bad magic)".into()));
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(footer[i..i + 8].try_into().unwrap());
+        let (offset, index_len) = (u64_at(0), u64_at(8));
+        let crc = u32::from_le_bytes(footer[16..20].try_into().unwrap());
+        if offset.checked_add(index_len) != Some(len - FOOTER_LEN) || index_len > MAX_INDEX_LEN as u64 {
+            return Err(FormatError::Corrupt("footer points outside the blob".into()));
+        }
+        let packed = src.read_at(offset, index_len as usize)?;
+        if crc32fast::hash(&packed) != crc {
+            return Err(FormatError::Corrupt("index checksum mismatch".into()));
+        }
+        let json = zstd::bulk::decompress(&packed, MAX_INDEX_LEN).map_err(|e| FormatError::Corrupt(format!("index: {e}")))?;
+        let index: Index = serde_json::from_slice(&json).map_err(|e| FormatError::Corrupt(format!("index: {e}")))?;
+        index.validate(offset)?;
+        Ok(Blob { src, index })
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The output files of one precision.
+    pub fn files(&self, p: Precision) -> &[OutputFile] {
+        match p {
+            Precision::Int8 => &self.index.int8_files,
+            Precision::High => &self.index.high_files,
+        }
+    }
+
+    /// Finds an output file; `None` picks the only safetensors file of a single-file model.
+    pub fn file(&self, p: Precision, name: Option<&str>) -> Result<&OutputFile, FormatError> {
+        let files = self.files(p);
+        match name {
+            Some(n) => files.iter().find(|f| f.name == n).ok_or_else(|| FormatError::NotFound(format!("no file {n:?} in this model"))),
+            None => match files {
+                [only] => Ok(only),
+                _ => Err(FormatError::NotFound(format!(
+                    "this model has several files ({}); name one",
+                    files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")
+                ))),
+            },
+        }
+    }
+
+    /// Writes bytes `range` of `file` to `out`, decoding only the chunks that cover it. Every
+    /// chunk is checked against its CRC before any of its bytes are written.
+    pub fn write_range(&self, file: &OutputFile, range: Range<u64>, out: &mut dyn Write) -> Result<(), FormatError> {
+        if range.start > range.end || range.end > file.size {
+            return Err(FormatError::NotFound(format!("range {range:?} is outside the {}-byte file", file.size)));
+        }
+        let pieces = self.plan(file, range);
+        for window in pieces.chunks(WINDOW) {
+            let decoded: Vec<Vec<u8>> = window.par_iter().map(|p| self.decode_piece(p)).collect::<Result<_, _>>()?;
+            for (p, bytes) in window.iter().zip(decoded) {
+                out.write_all(&bytes[p.skip..p.skip + p.take])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a whole file.
+    pub fn write_file(&self, file: &OutputFile, out: &mut dyn Write) -> Result<(), FormatError> {
+        self.write_range(file, 0..file.size, out)
+    }
+
+    /// Splits a file range into per-chunk pieces, in output order.
+    fn plan(&self, file: &OutputFile, range: Range<u64>) -> Vec<Piece> {
+        let mut pieces = Vec::new();
+        let mut seg_start = 0u64;
+        for &seg in &file.segments {
+            let seg_len = self.index.segment_len(seg);
+            let (lo, hi) = (range.start.max(seg_start), range.end.min(seg_start + seg_len));
+            if lo < hi {
+                self.plan_segment(seg, lo - seg_start..hi - seg_start, &mut pieces);
+            }
+            seg_start += seg_len;
+        }
+        pieces
+    }
+
+    fn plan_segment(&self, seg: Segment, r: Range<u64>, pieces: &mut Vec<Piece>) {
+        let chunk_len = |i: u64| -> (u64, u64) {
+            match seg {
+                Segment::Stream(s) => {
+                    let s = &self.index.streams[s as usize];
+                    (i * s.chunk_bytes, s.chunk_bytes)
+                }
+                Segment::Int8(q) | Segment::High(q) => {
+                    let q = &self.index.quantized[q as usize];
+                    let width = if matches!(seg, Segment::High(_)) { 2 } else { 1 };
+                    let per = q.rows_per_chunk * q.cols * width;
+                    (i * per, per)
+                }
+            }
+        };
+        let per = chunk_len(0).1;
+        let mut i = r.start / per;
+        loop {
+            let (start, len) = chunk_len(i);
+            if start >= r.end {
+                break;
+            }
+            let lo = r.start.max(start);
+            let hi = r.end.min(start + len);
+            pieces.push(Piece { seg, chunk: i, skip: (lo - start) as usize, take: (hi - lo) as usize });
+            i += 1;
+        }
+    }
+
+    fn decode_piece(&self, p: &Piece) -> Result<Vec<u8>, FormatError> {
+        match p.seg {
+            Segment::Stream(s) => {
+                let s = &self.index.streams[s as usize];
+                self.decode_plain(s.first_chunk as u64 + p.chunk)
+            }
+            Segment::Int8(q) => {
+                let q = &self.index.quantized[q as usize];
+                let values = self.decode_int8(q, p.chunk)?;
+                Ok(values.into_iter().map(|v| v as u8).collect())
+            }
+            Segment::High(q) => self.decode_high(&self.index.quantized[q as usize], p.chunk),
+        }
+    }
+
+    fn chunk(&self, id: u64) -> Chunk {
+        self.index.chunks[id as usize]
+    }
+
+    fn stored(&self, c: &Chunk) -> Result<Vec<u8>, FormatError> {
+        Ok(self.src.read_at(c.offset(), c.stored_len() as usize)?)
+    }
+
+    fn decode_plain(&self, id: u64) -> Result<Vec<u8>, FormatError> {
+        let c = self.chunk(id);
+        let mut out = vec![0u8; c.decoded_len() as usize];
+        chunk::decode_bytes(c.codec(), &self.stored(&c)?, &mut out)?;
+        check_crc(id, &c, &out)?;
+        Ok(out)
+    }
+
+    fn decode_int8(&self, q: &QuantTensor, i: u64) -> Result<Vec<i8>, FormatError> {
+        let id = u64::from(q.int8_first) + i;
+        let c = self.chunk(id);
+        let mut out = vec![0i8; c.decoded_len() as usize];
+        chunk::decode_int8(c.codec(), &self.stored(&c)?, &mut out)?;
+        let bytes: Vec<u8> = out.iter().map(|&v| v as u8).collect();
+        check_crc(id, &c, &bytes)?;
+        Ok(out)
+    }
+
+    /// The float32 scales of `rows`, from the scale stream's chunks.
+    fn scales(&self, q: &QuantTensor, rows: Range<u64>) -> Result<Vec<f32>, FormatError> {
+        let s = &self.index.streams[q.scales as usize];
+        let (lo, hi) = (rows.start * 4, rows.end * 4);
+        let mut bytes = Vec::with_capacity((hi - lo) as usize);
+        for i in lo / s.chunk_bytes..hi.div_ceil(s.chunk_bytes) {
+            let chunk = self.decode_plain(u64::from(s.first_chunk) + i)?;
+            let start = i * s.chunk_bytes;
+            let (a, b) = (lo.max(start) - start, hi.min(start + chunk.len() as u64) - start);
+            bytes.extend_from_slice(&chunk[a as usize..b as usize]);
+        }
+        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    fn decode_high(&self, q: &QuantTensor, i: u64) -> Result<Vec<u8>, FormatError> {
+        let values = self.decode_int8(q, i)?;
+        let scales = self.scales(q, q.chunk_rows(i))?;
+        let id = u64::from(q.residual_first) + i;
+        let c = self.chunk(id);
+        let rows = ChunkRows { dtype: self.index.high_dtype, q: &values, scales: &scales, cols: q.cols as usize };
+        let mut out = vec![0u8; c.decoded_len() as usize];
+        chunk::decode_residual(c.codec(), &rows, &self.stored(&c)?, &mut out)?;
+        check_crc(id, &c, &out)?;
+        Ok(out)
+    }
+
+    /// Stored bytes of a stream, for size reports.
+    pub fn stored_len(&self, first: u32, n: u32) -> u64 {
+        (first..first + n).map(|i| u64::from(self.index.chunks[i as usize].stored_len())).sum()
+    }
+}
+
+fn check_crc(id: u64, c: &Chunk, decoded: &[u8]) -> Result<(), FormatError> {
+    if crc32fast::hash(decoded) != c.crc32() || decoded.len() != c.decoded_len() as usize {
+        return Err(FormatError::Corrupt(format!("chunk {id} fails its checksum")));
+    }
+    Ok(())
+}
+

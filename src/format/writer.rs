@@ -1,0 +1,863 @@
+//! Encoding: reads safetensors inputs front to back, a batch of chunks at a time, and writes one blob.
+//!
+//! Memory: the encoder holds one batch of input (at most [`BATCH_BYTES`] of input, or one chunk
+//! if a single chunk is larger) plus its encoded form, and the scales of the quantized tensor in
+//! progress. The residual section is spooled to a temporary file next to the output, so the
+//! base section can be contiguous without holding residuals in memory.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use regex::Regex;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::chunk::{self, Content, EncodedChunk, high_dtype_of};
+use super::index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
+use super::{CHUNK_ELEMS, FOOTER_LEN, FormatError, MAGIC, PREAMBLE_LEN, STREAM_CHUNK_BYTES, VERSION};
+use crate::codec::quantize::{HighDtype, quantize_row};
+use crate::codec::residual::ChunkRows;
+use crate::safetensors::{self, Dtype, Header, TensorInfo, TensorSpec};
+
+/// Input bytes gathered before a parallel encode step: enough chunks to keep every core busy.
+pub const BATCH_BYTES: u64 = 16 << 20;
+/// Name of the sharding index that Hugging Face writes next to shards.
+pub const SHARD_INDEX_NAME: &str = "model.safetensors.index.json";
+
+/// Which tensors get an int8 form when the int8 checkpoint is derived.
+pub struct Selection {
+    skip: Option<Regex>,
+    only: Option<Regex>,
+}
+
+impl Selection {
+    /// Tensors transformers + bitsandbytes leave in high precision: embeddings, the output head, norms.
+    pub const DEFAULT_SKIP: &'static str = r"(?i)(embed|lm_head|norm|(^|\.)ln_|(^|\.)wte\.|(^|\.)wpe\.)";
+
+    /// `skip` replaces the default skip pattern; `only` restricts to matching names and, unless
+    /// `skip` is also given, turns the default skip off.
+    pub fn new(skip: Option<&str>, only: Option<&str>) -> Result<Self, FormatError> {
+        let compile = |p: &str| Regex::new(p).map_err(|e| FormatError::Input(format!("invalid regex {p:?}: {e}")));
+        let skip = match (skip, only) {
+            (Some(s), _) => Some(compile(s)?),
+            (None, None) => Some(compile(Self::DEFAULT_SKIP)?),
+            (None, Some(_)) => None,
+        };
+        Ok(Selection { skip, only: only.map(compile).transpose()? })
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.only.as_ref().is_none_or(|r| r.is_match(name)) && !self.skip.as_ref().is_some_and(|r| r.is_match(name))
+    }
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self::new(None, None).expect("the default pattern compiles")
+    }
+}
+
+/// The files that make up one model upload.
+pub struct EncodeInput {
+    /// High-precision safetensors files (one, or every shard).
+    pub high: Vec<PathBuf>,
+    /// `model.safetensors.index.json`, for sharded models.
+    pub shard_index: Option<PathBuf>,
+    /// A user-supplied int8 checkpoint (one or more files) to store instead of deriving one.
+    pub int8: Vec<PathBuf>,
+}
+
+/// Tunables; the defaults are what the format documents.
+pub struct EncodeOptions {
+    pub selection: Selection,
+    pub chunk_elems: u64,
+    pub stream_chunk_bytes: u64,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions { selection: Selection::default(), chunk_elems: CHUNK_ELEMS, stream_chunk_bytes: STREAM_CHUNK_BYTES }
+    }
+}
+
+/// What an encode produced.
+pub struct EncodeSummary {
+    pub index: Index,
+    pub blob_len: u64,
+}
+
+/// Encodes `input` into a blob at `out`. The blob appears only when complete: it is written to a
+/// temporary file in the same directory and renamed into place.
+pub fn encode_to_path(input: &EncodeInput, opts: &EncodeOptions, out: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<EncodeSummary, FormatError> {
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let residual = tempfile::tempfile_in(dir)?;
+    let mut encoder = Encoder::new(input, opts, BufWriter::new(tmp.as_file().try_clone()?), residual, progress)?;
+    encoder.run()?;
+    let (index, blob_len) = encoder.finish()?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(out).map_err(|e| FormatError::Io(e.error))?;
+    Ok(EncodeSummary { index, blob_len })
+}
+
+/// A safetensors input: path, name in the blob, parsed header.
+struct InputFile {
+    path: PathBuf,
+    name: String,
+    header: Header,
+}
+
+impl InputFile {
+    fn open(path: &Path) -> Result<InputFile, FormatError> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| FormatError::Input(format!("{}: not a file name", path.display())))?
+            .to_string();
+        let mut f = File::open(path).map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
+        let header = safetensors::read_header(&mut BufReader::new(&mut f))
+            .map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
+        header
+            .check_file_len(f.metadata()?.len())
+            .map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
+        Ok(InputFile { path: path.to_owned(), name, header })
+    }
+
+    /// Reads `len` bytes at data offset `begin` (random access, for the paired int8 file).
+    fn read_data(&self, file: &mut File, begin: u64, len: u64) -> Result<Vec<u8>, FormatError> {
+        let mut buf = vec![0u8; len as usize];
+        file.seek(SeekFrom::Start(self.header.data_start() + begin))?;
+        file.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// How one high-precision tensor is stored.
+#[derive(Clone)]
+enum Role {
+    Shared,
+    /// Quantized; with `supplied`, the int8 file index holding its weight and SCB.
+    Quantized { rows: u64, cols: u64, supplied: Option<usize> },
+}
+
+/// A tensor (or int8-only tensor) being encoded, piece by piece.
+struct Task {
+    label: String,
+    content: Content,
+    role: Role,
+    chunk_bytes: u64,
+    len: u64,
+    base: Vec<Chunk>,
+    residual: Vec<Chunk>,
+    scales: Vec<u32>,
+    /// Which derived int8 file's hash the tensor's int8 form feeds, if any.
+    int8_hash: Option<usize>,
+    /// Stream or quantized-tensor id once finished.
+    id: Option<u32>,
+}
+
+/// One unit of parallel work: a chunk's input.
+enum Work {
+    Bytes { task: usize, data: Vec<u8> },
+    Quant { task: usize, high: Vec<u16>, supplied: Option<(Vec<i8>, Vec<u32>)>, cols: usize },
+}
+
+/// A unit of work done: chunks ready to write.
+enum Done {
+    Bytes { task: usize, chunk: EncodedChunk, data: Vec<u8> },
+    Quant { task: usize, int8: EncodedChunk, residual: EncodedChunk, q: Vec<i8>, scales: Vec<u32> },
+}
+
+struct Encoder<'a, W: Write> {
+    opts: &'a EncodeOptions,
+    high: Vec<InputFile>,
+    int8: Vec<InputFile>,
+    int8_handles: Vec<File>,
+    shard_index: Option<(String, Vec<u8>)>,
+    dtype: HighDtype,
+    out: W,
+    pos: u64,
+    residual: BufWriter<File>,
+    residual_pos: u64,
+    progress: &'a (dyn Fn(u64) + Sync),
+    chunks: Vec<Chunk>,
+    residual_chunks: Vec<usize>,
+    streams: Vec<ByteStream>,
+    quantized: Vec<QuantTensor>,
+    tasks: Vec<Task>,
+    pending: Vec<Work>,
+    pending_bytes: u64,
+    int8_hashers: Vec<Sha256>,
+    high_files: Vec<OutputFile>,
+    int8_files: Vec<OutputFile>,
+    /// (int8 file, tensor name) → shared task whose bytes are identical.
+    int8_shared: Vec<(usize, String, usize)>,
+    weight_format: Option<u32>,
+}
+
+impl<'a, W: Write> Encoder<'a, W> {
+    fn new(input: &EncodeInput, opts: &'a EncodeOptions, mut out: W, residual: File, progress: &'a (dyn Fn(u64) + Sync)) -> Result<Self, FormatError> {
+        if input.high.is_empty() {
+            return Err(FormatError::Input("no high-precision safetensors file given".into()));
+        }
+        let high = input.high.iter().map(|p| InputFile::open(p)).collect::<Result<Vec<_>, _>>()?;
+        let int8 = input.int8.iter().map(|p| InputFile::open(p)).collect::<Result<Vec<_>, _>>()?;
+        check_unique_names(&high)?;
+        check_unique_names(&int8)?;
+        let int8_handles = int8.iter().map(|f| File::open(&f.path)).collect::<Result<Vec<_>, _>>()?;
+        let shard_index = input.shard_index.as_deref().map(|p| read_shard_index(p, &high)).transpose()?;
+        let dtype = model_dtype(&high)?;
+        out.write_all(&MAGIC)?;
+        out.write_all(&VERSION.to_le_bytes())?;
+        out.write_all(&0u32.to_le_bytes())?;
+        Ok(Encoder {
+            opts,
+            high,
+            int8,
+            int8_handles,
+            shard_index,
+            dtype,
+            out,
+            pos: PREAMBLE_LEN,
+            residual: BufWriter::new(residual),
+            residual_pos: 0,
+            progress,
+            chunks: Vec::new(),
+            residual_chunks: Vec::new(),
+            streams: Vec::new(),
+            quantized: Vec::new(),
+            tasks: Vec::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            int8_hashers: Vec::new(),
+            high_files: Vec::new(),
+            int8_files: Vec::new(),
+            int8_shared: Vec::new(),
+            weight_format: None,
+        })
+    }
+
+    fn derived(&self) -> bool {
+        self.int8.is_empty()
+    }
+
+    fn run(&mut self) -> Result<(), FormatError> {
+        if self.derived() {
+            self.weight_format = Some(self.small_stream("weight_format", Content::Tensor(Dtype::U8), &[0])?);
+        }
+        for f in 0..self.high.len() {
+            self.encode_high_file(f)?;
+        }
+        if self.derived() {
+            self.int8_files = self.derived_int8_files()?;
+        } else {
+            for f in 0..self.int8.len() {
+                let file = self.encode_supplied_int8_file(f)?;
+                self.int8_files.push(file);
+            }
+        }
+        if let Some((name, json)) = self.shard_index.take() {
+            let sid = self.small_stream(&name, Content::Text, &json)?;
+            self.high_files.push(output_file(name.clone(), json.len() as u64, sha256_hex(&json), vec![Segment::Stream(sid)]));
+            let int8_json = int8_shard_index(&json, &self.int8, &self.int8_files, &self.roles_for_int8())?;
+            let sid = self.small_stream(&name, Content::Text, &int8_json)?;
+            self.int8_files.push(output_file(name, int8_json.len() as u64, sha256_hex(&int8_json), vec![Segment::Stream(sid)]));
+        }
+        Ok(())
+    }
+
+    /// Int8 headers of the derived files, computed by the same function that wrote them.
+    fn roles_for_int8(&self) -> Vec<Header> {
+        if self.derived() {
+            self.high.iter().map(|f| derived_int8_header(f, &self.roles(f))).map(|raw| header_of(&raw)).collect()
+        } else {
+            self.int8.iter().map(|f| f.header.clone()).collect()
+        }
+    }
+
+    /// Decides how each tensor of a high-precision file is stored.
+    fn roles(&self, file: &InputFile) -> Vec<Role> {
+        file.header.tensors.iter().map(|t| self.role(file, t)).collect()
+    }
+
+    fn role(&self, file: &InputFile, t: &TensorInfo) -> Role {
+        let quantizable = high_dtype_of(t.dtype) == Some(self.dtype) && t.shape.len() == 2 && t.elements() > 0;
+        let Some(prefix) = t.name.strip_suffix(".weight").filter(|_| quantizable) else {
+            return Role::Shared;
+        };
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let scb = format!("{prefix}.SCB");
+        if self.derived() {
+            let clash = [scb.as_str(), &format!("{prefix}.weight_format")].iter().any(|n| file.header.tensor(n).is_some());
+            if self.opts.selection.wants(&t.name) && !clash {
+                return Role::Quantized { rows, cols, supplied: None };
+            }
+            return Role::Shared;
+        }
+        let pair = self.int8.iter().position(|f| {
+            let w = f.header.tensor(&t.name);
+            let s = f.header.tensor(&scb);
+            w.is_some_and(|w| w.dtype == Dtype::I8 && w.shape == t.shape)
+                && s.is_some_and(|s| s.dtype == Dtype::F32 && s.shape == [rows])
+        });
+        match pair {
+            Some(i) => Role::Quantized { rows, cols, supplied: Some(i) },
+            None => Role::Shared,
+        }
+    }
+
+    fn encode_high_file(&mut self, f: usize) -> Result<(), FormatError> {
+        let roles = self.roles(&self.high[f]);
+        let header_raw = self.high[f].header.raw.clone();
+        let name = self.high[f].name.clone();
+        let mut segments = vec![Segment::Stream(self.small_stream(&format!("header of {name}"), Content::Text, &header_raw)?)];
+        let mut hasher = Sha256::new();
+        hasher.update(&header_raw);
+        if self.derived() {
+            let int8_header = derived_int8_header(&self.high[f], &roles);
+            let mut h = Sha256::new();
+            h.update(&int8_header);
+            self.int8_hashers.push(h);
+        }
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(&self.high[f].path)?);
+        reader.seek(SeekFrom::Start(header_raw.len() as u64))?;
+        let tensors = self.high[f].header.tensors.clone();
+        let mut task_ids = Vec::with_capacity(tensors.len());
+        for (t, role) in tensors.iter().zip(roles) {
+            let task = self.start_task(t, role.clone(), self.derived().then_some(f));
+            task_ids.push(task);
+            match role {
+                Role::Shared => self.read_shared(&mut reader, &mut hasher, t, task)?,
+                Role::Quantized { rows, cols, supplied } => self.read_quantized(&mut reader, &mut hasher, t, task, rows, cols, supplied)?,
+            }
+            if let (Role::Shared, false) = (&self.tasks[task].role, self.derived()) {
+                self.note_int8_twin(f, t, task)?;
+            }
+        }
+        self.flush()?;
+        for (&task, t) in task_ids.iter().zip(&tensors) {
+            let id = self.tasks[task].id.expect("flushed tasks are finished");
+            segments.push(match self.tasks[task].role {
+                Role::Shared => Segment::Stream(id),
+                Role::Quantized { .. } => Segment::High(id),
+            });
+            debug_assert_eq!(self.tasks[task].len, t.len());
+        }
+        let size = self.high[f].header.file_len();
+        self.high_files.push(output_file(name, size, hex::encode(hasher.finalize()), segments));
+        Ok(())
+    }
+
+    fn start_task(&mut self, t: &TensorInfo, role: Role, int8_hash: Option<usize>) -> usize {
+        let chunk_bytes = match role {
+            Role::Quantized { .. } => 0,
+            Role::Shared => (self.opts.stream_chunk_bytes / t.dtype.size()).max(1) * t.dtype.size(),
+        };
+        self.tasks.push(Task {
+            label: t.name.clone(),
+            content: Content::Tensor(t.dtype),
+            role,
+            chunk_bytes,
+            len: t.len(),
+            base: Vec::new(),
+            residual: Vec::new(),
+            scales: Vec::new(),
+            int8_hash,
+            id: None,
+        });
+        self.tasks.len() - 1
+    }
+
+    fn read_shared(&mut self, reader: &mut impl Read, hasher: &mut Sha256, t: &TensorInfo, task: usize) -> Result<(), FormatError> {
+        let chunk_bytes = self.tasks[task].chunk_bytes;
+        let mut left = t.len();
+        if left == 0 {
+            return self.finish_task(task);
+        }
+        while left > 0 {
+            let n = left.min(chunk_bytes);
+            let mut data = vec![0u8; n as usize];
+            reader.read_exact(&mut data)?;
+            hasher.update(&data);
+            (self.progress)(n);
+            left -= n;
+            self.submit(Work::Bytes { task, data }, n)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read_quantized(&mut self, reader: &mut impl Read, hasher: &mut Sha256, t: &TensorInfo, task: usize, rows: u64, cols: u64, supplied: Option<usize>) -> Result<(), FormatError> {
+        let rows_per_chunk = (self.opts.chunk_elems / cols).max(1);
+        let scb = match supplied {
+            Some(i) => Some(self.read_supplied_scales(i, t, rows)?),
+            None => None,
+        };
+        let mut row = 0;
+        while row < rows {
+            let n_rows = rows_per_chunk.min(rows - row);
+            let n = n_rows * cols;
+            let mut bytes = vec![0u8; (2 * n) as usize];
+            reader.read_exact(&mut bytes)?;
+            hasher.update(&bytes);
+            (self.progress)(2 * n);
+            let high = chunk::le_bytes_to_codes(&bytes);
+            drop(bytes);
+            let supplied_rows = match (supplied, &scb) {
+                (Some(i), Some(s)) => {
+                    let w = self.int8[i].header.tensor(&t.name).expect("paired tensor exists").clone();
+                    let q = self.int8[i].read_data(&mut self.int8_handles[i], w.begin + row * cols, n)?;
+                    let q = q.into_iter().map(|b| b as i8).collect();
+                    Some((q, s[row as usize..(row + n_rows) as usize].to_vec()))
+                }
+                _ => None,
+            };
+            self.submit(Work::Quant { task, high, supplied: supplied_rows, cols: cols as usize }, 2 * n)?;
+            row += n_rows;
+        }
+        Ok(())
+    }
+
+    fn read_supplied_scales(&mut self, i: usize, t: &TensorInfo, rows: u64) -> Result<Vec<u32>, FormatError> {
+        let prefix = t.name.strip_suffix(".weight").expect("quantized names end in .weight");
+        let s = self.int8[i].header.tensor(&format!("{prefix}.SCB")).expect("paired scales exist").clone();
+        let bytes = self.int8[i].read_data(&mut self.int8_handles[i], s.begin, rows * 4)?;
+        Ok(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    /// Remembers a shared tensor whose supplied-int8 counterpart has identical bytes, so the int8
+    /// file can point at the same stream instead of storing it twice.
+    fn note_int8_twin(&mut self, _f: usize, t: &TensorInfo, task: usize) -> Result<(), FormatError> {
+        for i in 0..self.int8.len() {
+            let Some(other) = self.int8[i].header.tensor(&t.name).cloned() else { continue };
+            if other.dtype != t.dtype || other.shape != t.shape {
+                continue;
+            }
+            if self.same_bytes(i, &other, &self.high_file_of(task, t)?)? {
+                self.int8_shared.push((i, t.name.clone(), task));
+            }
+        }
+        Ok(())
+    }
+
+    fn high_file_of(&self, _task: usize, t: &TensorInfo) -> Result<(PathBuf, u64), FormatError> {
+        let f = self.high.iter().find(|f| f.header.tensor(&t.name) == Some(t)).expect("tensor comes from a high file");
+        Ok((f.path.clone(), f.header.data_start() + t.begin))
+    }
+
+    fn same_bytes(&mut self, i: usize, other: &TensorInfo, (path, offset): &(PathBuf, u64)) -> Result<bool, FormatError> {
+        let mut a = BufReader::new(File::open(path)?);
+        a.seek(SeekFrom::Start(*offset))?;
+        let b = &mut self.int8_handles[i];
+        b.seek(SeekFrom::Start(self.int8[i].header.data_start() + other.begin))?;
+        let mut b = BufReader::new(b);
+        let (mut x, mut y) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+        let mut left = other.len();
+        while left > 0 {
+            let n = left.min(1 << 16) as usize;
+            a.read_exact(&mut x[..n])?;
+            b.read_exact(&mut y[..n])?;
+            if x[..n] != y[..n] {
+                return Ok(false);
+            }
+            left -= n as u64;
+        }
+        Ok(true)
+    }
+
+    fn submit(&mut self, work: Work, bytes: u64) -> Result<(), FormatError> {
+        self.pending.push(work);
+        self.pending_bytes += bytes;
+        if self.pending_bytes >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Encodes the pending batch on all cores, then writes the results in input order.
+    fn flush(&mut self) -> Result<(), FormatError> {
+        let work = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let dtype = self.dtype;
+        let contents: Vec<Content> = self.tasks.iter().map(|t| t.content).collect();
+        let done: Vec<Done> = work.into_par_iter().map(|w| encode_work(w, dtype, &contents)).collect::<Result<_, _>>()?;
+        for d in done {
+            self.commit(d)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, done: Done) -> Result<(), FormatError> {
+        match done {
+            Done::Bytes { task, chunk, data } => {
+                let entry = self.write_base(chunk)?;
+                if let Some(h) = self.tasks[task].int8_hash {
+                    self.int8_hashers[h].update(&data);
+                }
+                let t = &mut self.tasks[task];
+                t.base.push(entry);
+                if t.base.len() as u64 == t.len.div_ceil(t.chunk_bytes) {
+                    self.finish_task(task)?;
+                }
+            }
+            Done::Quant { task, int8, residual, q, scales } => {
+                let base = self.write_base(int8)?;
+                let res = self.write_residual(residual)?;
+                if let Some(h) = self.tasks[task].int8_hash {
+                    self.int8_hashers[h].update(q.iter().map(|&v| v as u8).collect::<Vec<_>>());
+                }
+                let t = &mut self.tasks[task];
+                t.base.push(base);
+                t.residual.push(res);
+                t.scales.extend(scales);
+                let Role::Quantized { rows, .. } = t.role else { unreachable!("quant work belongs to a quantized task") };
+                if t.scales.len() as u64 == rows {
+                    self.finish_task(task)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a task's chunks as a stream (or quantized tensor) once all of them are written.
+    fn finish_task(&mut self, task: usize) -> Result<(), FormatError> {
+        let t = &mut self.tasks[task];
+        let base = std::mem::take(&mut t.base);
+        let id = match t.role {
+            Role::Shared => {
+                let (label, content, len, chunk_bytes) = (t.label.clone(), t.content, t.len, t.chunk_bytes);
+                self.push_stream(label, content, len, chunk_bytes, base)
+            }
+            Role::Quantized { rows, cols, .. } => {
+                let residual = std::mem::take(&mut t.residual);
+                let scale_bytes: Vec<u8> = std::mem::take(&mut t.scales).iter().flat_map(|s| s.to_le_bytes()).collect();
+                let name = t.label.clone();
+                let int8_hash = t.int8_hash;
+                let scales = self.small_stream(&format!("{name} scales"), Content::Tensor(Dtype::F32), &scale_bytes)?;
+                if let Some(h) = int8_hash {
+                    self.int8_hashers[h].update(&scale_bytes);
+                    self.int8_hashers[h].update([0u8]);
+                }
+                let int8_first = self.chunks.len() as u32;
+                let n_chunks = base.len() as u32;
+                self.chunks.extend(base);
+                let residual_first = self.chunks.len() as u32;
+                for c in residual {
+                    self.residual_chunks.push(self.chunks.len());
+                    self.chunks.push(c);
+                }
+                let rows_per_chunk = (self.opts.chunk_elems / cols).max(1);
+                self.quantized.push(QuantTensor { name, rows, cols, rows_per_chunk, scales, int8_first, residual_first, n_chunks });
+                self.quantized.len() as u32 - 1
+            }
+        };
+        self.tasks[task].id = Some(id);
+        Ok(())
+    }
+
+    fn push_stream(&mut self, label: String, content: Content, len: u64, chunk_bytes: u64, chunks: Vec<Chunk>) -> u32 {
+        let first_chunk = self.chunks.len() as u32;
+        let n_chunks = chunks.len() as u32;
+        self.chunks.extend(chunks);
+        let dtype = match content {
+            Content::Tensor(d) => Some(d),
+            Content::Text => None,
+        };
+        self.streams.push(ByteStream { label, dtype, len, chunk_bytes, first_chunk, n_chunks });
+        self.streams.len() as u32 - 1
+    }
+
+    /// Encodes bytes already in memory (headers, scales, JSON) as a stream, in parallel.
+    fn small_stream(&mut self, label: &str, content: Content, data: &[u8]) -> Result<u32, FormatError> {
+        let cb = match content {
+            Content::Tensor(d) => (self.opts.stream_chunk_bytes / d.size()).max(1) * d.size(),
+            Content::Text => self.opts.stream_chunk_bytes,
+        };
+        let encoded: Vec<EncodedChunk> = data.par_chunks(cb as usize).map(|c| chunk::encode_bytes(c, content)).collect::<Result<_, _>>()?;
+        let entries = encoded.into_iter().map(|c| self.write_base(c)).collect::<Result<Vec<_>, _>>()?;
+        Ok(self.push_stream(label.to_string(), content, data.len() as u64, cb, entries))
+    }
+
+    fn write_base(&mut self, c: EncodedChunk) -> Result<Chunk, FormatError> {
+        self.out.write_all(&c.stored)?;
+        let entry = Chunk(self.pos, c.stored.len() as u32, c.decoded_len, c.crc32, c.codec);
+        self.pos += c.stored.len() as u64;
+        Ok(entry)
+    }
+
+    fn write_residual(&mut self, c: EncodedChunk) -> Result<Chunk, FormatError> {
+        self.residual.write_all(&c.stored)?;
+        let entry = Chunk(self.residual_pos, c.stored.len() as u32, c.decoded_len, c.crc32, c.codec);
+        self.residual_pos += c.stored.len() as u64;
+        Ok(entry)
+    }
+
+    fn derived_int8_files(&mut self) -> Result<Vec<OutputFile>, FormatError> {
+        let mut files = Vec::new();
+        let hashers = std::mem::take(&mut self.int8_hashers);
+        let mut task = 0;
+        for (f, hasher) in (0..self.high.len()).zip(hashers) {
+            let roles = self.roles(&self.high[f]);
+            let raw = derived_int8_header(&self.high[f], &roles);
+            let name = self.high[f].name.clone();
+            let mut segments = vec![Segment::Stream(self.small_stream(&format!("int8 header of {name}"), Content::Text, &raw)?)];
+            let mut size = raw.len() as u64;
+            for role in roles {
+                let id = self.tasks[task].id.expect("every task finished");
+                task += 1;
+                match role {
+                    Role::Shared => segments.push(Segment::Stream(id)),
+                    Role::Quantized { .. } => {
+                        let q = &self.quantized[id as usize];
+                        let wf = self.weight_format.expect("derived blobs have the literal");
+                        segments.extend([Segment::Int8(id), Segment::Stream(q.scales), Segment::Stream(wf)]);
+                    }
+                }
+            }
+            for s in &segments[1..] {
+                size += self.segment_len(*s);
+            }
+            files.push(output_file(name, size, hex::encode(hasher.finalize()), segments));
+        }
+        Ok(files)
+    }
+
+    fn segment_len(&self, s: Segment) -> u64 {
+        match s {
+            Segment::Stream(i) => self.streams[i as usize].len,
+            Segment::Int8(i) => self.quantized[i as usize].rows * self.quantized[i as usize].cols,
+            Segment::High(i) => 2 * self.quantized[i as usize].rows * self.quantized[i as usize].cols,
+        }
+    }
+
+    /// Lays out a supplied int8 file: quantized weights and scales point at what the high files
+    /// already stored, identical tensors are shared, anything else gets its own stream.
+    fn encode_supplied_int8_file(&mut self, f: usize) -> Result<OutputFile, FormatError> {
+        let file = &self.int8[f];
+        let (name, raw, tensors, path) = (file.name.clone(), file.header.raw.clone(), file.header.tensors.clone(), file.path.clone());
+        let mut hasher = Sha256::new();
+        hasher.update(&raw);
+        let mut segments = vec![Segment::Stream(self.small_stream(&format!("int8 header of {name}"), Content::Text, &raw)?)];
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(&path)?);
+        reader.seek(SeekFrom::Start(raw.len() as u64))?;
+        let mut own_tasks = Vec::new();
+        for t in &tensors {
+            let seg = self.supplied_segment(f, t);
+            if let Some(seg) = seg {
+                copy_into_hash(&mut reader, &mut hasher, t.len())?;
+                segments.push(seg);
+                continue;
+            }
+            let task = self.start_task(t, Role::Shared, None);
+            self.read_shared(&mut reader, &mut hasher, t, task)?;
+            own_tasks.push((segments.len(), task));
+            segments.push(Segment::Stream(u32::MAX));
+        }
+        self.flush()?;
+        for (at, task) in own_tasks {
+            segments[at] = Segment::Stream(self.tasks[task].id.expect("flushed tasks are finished"));
+        }
+        Ok(output_file(name, file_len(&self.int8[f].header), hex::encode(hasher.finalize()), segments))
+    }
+
+    fn supplied_segment(&self, f: usize, t: &TensorInfo) -> Option<Segment> {
+        for task in &self.tasks {
+            if let (Role::Quantized { supplied: Some(i), .. }, Some(id)) = (&task.role, task.id)
+                && *i == f
+            {
+                let prefix = task.label.strip_suffix(".weight").unwrap_or(&task.label);
+                if t.name == task.label {
+                    return Some(Segment::Int8(id));
+                }
+                if t.name == format!("{prefix}.SCB") {
+                    return Some(Segment::Stream(self.quantized[id as usize].scales));
+                }
+            }
+        }
+        self.int8_shared
+            .iter()
+            .find(|(i, n, _)| *i == f && *n == t.name)
+            .and_then(|(_, _, task)| self.tasks[*task].id.map(Segment::Stream))
+    }
+
+    /// Appends the residual section, the index and the footer.
+    fn finish(mut self) -> Result<(Index, u64), FormatError> {
+        self.flush()?;
+        let base = [PREAMBLE_LEN, self.pos];
+        let mut residual = self.residual.into_inner().map_err(|e| e.into_error())?;
+        residual.seek(SeekFrom::Start(0))?;
+        let copied = std::io::copy(&mut residual, &mut self.out)?;
+        debug_assert_eq!(copied, self.residual_pos);
+        let residual_range = [self.pos, self.pos + copied];
+        for &i in &self.residual_chunks {
+            self.chunks[i].0 += self.pos;
+        }
+        self.pos += copied;
+        let index = Index {
+            version: VERSION,
+            high_dtype: self.dtype,
+            base,
+            residual: residual_range,
+            chunks: self.chunks,
+            streams: self.streams,
+            quantized: self.quantized,
+            high_files: self.high_files,
+            int8_files: self.int8_files,
+        };
+        let json = serde_json::to_vec(&index).map_err(|e| FormatError::Corrupt(e.to_string()))?;
+        let packed = zstd::bulk::compress(&json, 9)?;
+        self.out.write_all(&packed)?;
+        let index_offset = self.pos;
+        self.pos += packed.len() as u64;
+        self.out.write_all(&index_offset.to_le_bytes())?;
+        self.out.write_all(&(packed.len() as u64).to_le_bytes())?;
+        self.out.write_all(&crc32fast::hash(&packed).to_le_bytes())?;
+        self.out.write_all(&VERSION.to_le_bytes())?;
+        self.out.write_all(&MAGIC)?;
+        self.out.flush()?;
+        let blob_len = self.pos + FOOTER_LEN;
+        index.validate(blob_len)?;
+        Ok((index, blob_len))
+    }
+}
+
+/// Runs one unit of work: derive or take int8 values, then code int8 and residual, verified.
+fn encode_work(w: Work, dtype: HighDtype, contents: &[Content]) -> Result<Done, FormatError> {
+    match w {
+        Work::Bytes { task, data } => Ok(Done::Bytes { task, chunk: chunk::encode_bytes(&data, contents[task])?, data }),
+        Work::Quant { task, high, supplied, cols } => {
+            let (q, scales) = match supplied {
+                Some(s) => s,
+                None => {
+                    let mut q = vec![0i8; high.len()];
+                    let scales = high.chunks(cols).zip(q.chunks_mut(cols)).map(|(r, qr)| quantize_row(dtype, r, qr).to_bits()).collect();
+                    (q, scales)
+                }
+            };
+            let floats: Vec<f32> = scales.iter().map(|&b| f32::from_bits(b)).collect();
+            let rows = ChunkRows { dtype, q: &q, scales: &floats, cols };
+            let residual = chunk::encode_residual(&rows, &high)?;
+            let int8 = chunk::encode_int8(&q)?;
+            Ok(Done::Quant { task, int8, residual, q, scales })
+        }
+    }
+}
+
+/// The int8 header of a derived file: the high file's tensors in the same order, each quantized
+/// weight replaced by `weight` (I8), `SCB` (F32, one per row) and `weight_format` (U8 scalar 0).
+fn derived_int8_header(file: &InputFile, roles: &[Role]) -> Vec<u8> {
+    let mut specs = Vec::new();
+    for (t, role) in file.header.tensors.iter().zip(roles) {
+        match role {
+            Role::Shared => specs.push(TensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }),
+            Role::Quantized { rows, .. } => {
+                let prefix = t.name.strip_suffix(".weight").expect("quantized names end in .weight");
+                specs.push(TensorSpec { name: t.name.clone(), dtype: Dtype::I8, shape: t.shape.clone() });
+                specs.push(TensorSpec { name: format!("{prefix}.SCB"), dtype: Dtype::F32, shape: vec![*rows] });
+                specs.push(TensorSpec { name: format!("{prefix}.weight_format"), dtype: Dtype::U8, shape: vec![] });
+            }
+        }
+    }
+    let mut meta = Map::new();
+    meta.insert("format".into(), Value::from("pt"));
+    safetensors::write_header(Some(&meta), &specs)
+}
+
+fn header_of(raw: &[u8]) -> Header {
+    safetensors::read_header(&mut &raw[..]).expect("headers we wrote parse")
+}
+
+fn file_len(h: &Header) -> u64 {
+    h.file_len()
+}
+
+/// The int8 sharding index: the high one with `weight_map` rebuilt from the int8 files and
+/// `metadata.total_size` set to their data size; keys sorted, two-space indent, as transformers writes.
+fn int8_shard_index(high_json: &[u8], int8_inputs: &[InputFile], files: &[OutputFile], headers: &[Header]) -> Result<Vec<u8>, FormatError> {
+    let _ = int8_inputs;
+    let mut root: Map<String, Value> = serde_json::from_slice(high_json).map_err(|e| FormatError::Input(format!("{SHARD_INDEX_NAME}: {e}")))?;
+    let mut weight_map = std::collections::BTreeMap::new();
+    let mut total = 0u64;
+    for (file, header) in files.iter().zip(headers) {
+        for t in &header.tensors {
+            weight_map.insert(t.name.clone(), Value::from(file.name.clone()));
+        }
+        total += header.data_len();
+    }
+    let mut meta = match root.remove("metadata") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    meta.insert("total_size".into(), Value::from(total));
+    root.insert("metadata".into(), Value::Object(meta.into_iter().collect::<std::collections::BTreeMap<_, _>>().into_iter().collect()));
+    root.insert("weight_map".into(), Value::Object(weight_map.into_iter().collect()));
+    let sorted: std::collections::BTreeMap<String, Value> = root.into_iter().collect();
+    let mut out = serde_json::to_vec_pretty(&sorted).map_err(|e| FormatError::Input(e.to_string()))?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+fn read_shard_index(path: &Path, high: &[InputFile]) -> Result<(String, Vec<u8>), FormatError> {
+    let bytes = std::fs::read(path).map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| FormatError::Input(format!("{}: not JSON: {e}", path.display())))?;
+    let map = v
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| FormatError::Input(format!("{}: no \"weight_map\" object", path.display())))?;
+    for (tensor, file) in map {
+        let file = file.as_str().unwrap_or_default();
+        let holder = high.iter().find(|h| h.name == file);
+        if holder.is_none_or(|h| h.header.tensor(tensor).is_none()) {
+            return Err(FormatError::Input(format!("{}: tensor {tensor:?} is mapped to {file:?}, which was not given or lacks it", path.display())));
+        }
+    }
+    Ok((SHARD_INDEX_NAME.to_string(), bytes))
+}
+
+fn check_unique_names(files: &[InputFile]) -> Result<(), FormatError> {
+    for (i, f) in files.iter().enumerate() {
+        if files[..i].iter().any(|g| g.name == f.name) {
+            return Err(FormatError::Input(format!("two input files are named {:?}", f.name)));
+        }
+    }
+    Ok(())
+}
+
+/// The model's high precision: whichever 16-bit float type holds the most elements.
+fn model_dtype(files: &[InputFile]) -> Result<HighDtype, FormatError> {
+    let (mut bf16, mut f16) = (0u64, 0u64);
+    for t in files.iter().flat_map(|f| &f.header.tensors) {
+        match t.dtype {
+            Dtype::BF16 => bf16 += t.elements(),
+            Dtype::F16 => f16 += t.elements(),
+            _ => {}
+        }
+    }
+    match (bf16, f16) {
+        (0, 0) => Err(FormatError::Input("no BF16 or FP16 tensors: convert the checkpoint first (qstore convert --to bf16)".into())),
+        _ if bf16 >= f16 => Ok(HighDtype::Bf16),
+        _ => Ok(HighDtype::F16),
+    }
+}
+
+fn copy_into_hash(reader: &mut impl Read, hasher: &mut Sha256, mut len: u64) -> Result<(), FormatError> {
+    let mut buf = vec![0u8; 1 << 16];
+    while len > 0 {
+        let n = len.min(buf.len() as u64) as usize;
+        reader.read_exact(&mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        len -= n as u64;
+    }
+    Ok(())
+}
+
+fn output_file(name: String, size: u64, sha256: String, segments: Vec<Segment>) -> OutputFile {
+    OutputFile { name, size, sha256, segments }
+}
+
+/// Lowercase hex sha256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
