@@ -60,31 +60,56 @@ impl FreqTable {
         sym
     }
 
-    /// Appends the table: one LEB128 frequency per symbol, a zero followed by a byte counting
-    /// further zeros (up to 255) to keep sparse tables short.
+    /// Appends the table: a mode byte, then per symbol a zigzag LEB128 value, either the
+    /// frequency itself (mode 0) or its difference from the previous symbol's (mode 1: weight
+    /// distributions are smooth, so most differences fit one byte), whichever is shorter. A zero
+    /// frequency is followed by a byte counting further zeros (up to 255).
     pub fn write(&self, out: &mut Vec<u8>) {
+        let (plain, delta) = (self.encode_entries(false), self.encode_entries(true));
+        let (mode, best) = if delta.len() < plain.len() { (1, delta) } else { (0, plain) };
+        out.push(mode);
+        out.extend_from_slice(&best);
+    }
+
+    fn encode_entries(&self, delta: bool) -> Vec<u8> {
+        let mut out = Vec::new();
         let mut s = 0;
+        let mut prev = 0i64;
         while s < 256 {
-            write_varint(out, u64::from(self.freq[s]));
+            let f = i64::from(self.freq[s]);
+            write_varint(&mut out, zigzag(f - prev));
+            if delta {
+                prev = f;
+            }
             s += 1;
-            if self.freq[s - 1] == 0 {
+            if f == 0 {
                 let run = self.freq[s..].iter().take(255).take_while(|&&f| f == 0).count();
                 out.push(run as u8);
                 s += run;
             }
         }
+        out
     }
 
     /// Reads a table written by [`FreqTable::write`], rejecting any that does not sum to 2^14.
     pub fn read(buf: &mut &[u8]) -> Result<FreqTable, CodecError> {
+        let delta = match take(buf, 1)?[0] {
+            0 => false,
+            1 => true,
+            _ => return Err(CodecError::Corrupt("unknown frequency table mode")),
+        };
         let mut freq = [0u32; 256];
         let mut s = 0;
+        let mut prev = 0i64;
         while s < 256 {
-            let f = read_varint(buf)?;
-            if f > u64::from(TOTAL) {
+            let f = prev.saturating_add(unzigzag(read_varint(buf)?));
+            if !(0..=i64::from(TOTAL)).contains(&f) {
                 return Err(CodecError::Corrupt("frequency out of range"));
             }
             freq[s] = f as u32;
+            if delta {
+                prev = f;
+            }
             s += 1;
             if f == 0 {
                 let run = *take(buf, 1)?.first().unwrap() as usize;
@@ -99,6 +124,14 @@ impl FreqTable {
         }
         Ok(Self::from_freqs(freq))
     }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
 /// Makes the frequencies sum to exactly 2^14 by moving the rounding error onto the symbols that
@@ -193,8 +226,9 @@ mod tests {
 
     #[test]
     fn corrupt_tables_are_errors() {
-        assert!(FreqTable::read(&mut &[0x80u8; 3][..]).is_err());
-        assert!(FreqTable::read(&mut &[0u8, 255, 0, 0][..]).is_err());
+        assert!(FreqTable::read(&mut &[0u8, 0x80, 0x80, 0x80][..]).is_err());
+        assert!(FreqTable::read(&mut &[0u8, 0, 255, 0, 0][..]).is_err());
+        assert!(FreqTable::read(&mut &[7u8, 0, 255][..]).is_err());
         assert!(FreqTable::read(&mut &[][..]).is_err());
         assert!(FreqTable::from_counts(&[0; 256]).is_none());
     }

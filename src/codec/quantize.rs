@@ -136,6 +136,17 @@ impl RowIntervals {
         self.bounds[1]
     }
 
+    /// For values coded whole (q = 0): the largest possible high byte of the magnitude, and how
+    /// many low-7-bit values are possible under it (the band just below `zero_end` is partial).
+    #[inline(always)]
+    pub fn whole_top(&self) -> (u16, u32) {
+        if self.degenerate {
+            return (0xFF, 128);
+        }
+        let last = self.bounds[1] - 1;
+        (last >> 7, u32::from(last & 0x7F) + 1)
+    }
+
     /// The codes quantizing to magnitude `k` (1..=127): first code and count.
     #[inline(always)]
     pub fn interval(&self, k: usize) -> (u16, u32, u32) {

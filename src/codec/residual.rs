@@ -4,12 +4,12 @@
 //! [`RowIntervals`]); its position inside that interval is the whole residual. Positions are coded
 //! uniformly over the exact interval width: measured on real weights, no context model beats that
 //! by enough to pay for its tables (docs/FORMAT.md). Elements with q = 0, and every element of a
-//! row without a usable scale, are coded whole (exponent-ish high byte, then sign + 7 low bits)
-//! with two static tables. Anything else (an int8 value the weight does not quantize to, which a
+//! row without a usable scale, are coded whole: the high byte of the magnitude with a static
+//! table, then the low 7 bits uniformly over the values still possible, then the sign. Anything else (an int8 value the weight does not quantize to, which a
 //! user-supplied int8 file may contain, or NaN/Inf) is an exception stored raw.
 //!
 //! Chunk layout: `varint n_exceptions`, then per exception `varint gap, u16 code`; one flag byte
-//! (1 = the two whole-value tables follow); the tables; one rANS stream.
+//! (1 = the whole-value table follows); the table; one rANS stream.
 
 use super::freq::{FreqTable, read_varint, take, write_varint};
 use super::quantize::{HighDtype, RowIntervals};
@@ -20,7 +20,8 @@ use super::CodecError;
 #[derive(Clone, Copy)]
 enum Item {
     Exception,
-    Whole { hi: u8, lo: u8 },
+    /// High byte, sign + low 7 bits, and the low values possible under the top high byte.
+    Whole { hi: u8, lo: u8, top: u8, top_low: u8 },
     Position { r: u16, n: u16, recip: u32 },
     Implied,
 }
@@ -50,26 +51,24 @@ pub fn encode(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
     let items = classify(rows, high);
     let mut out = Vec::new();
     write_exceptions(&items, high, &mut out);
-    let (mut hi_counts, mut lo_counts) = ([0u64; 256], [0u64; 256]);
+    let mut hi_counts = [0u64; 256];
     for item in &items {
-        if let Item::Whole { hi, lo } = *item {
+        if let Item::Whole { hi, .. } = *item {
             hi_counts[hi as usize] += 1;
-            lo_counts[lo as usize] += 1;
         }
     }
-    let tables = FreqTable::from_counts(&hi_counts).zip(FreqTable::from_counts(&lo_counts));
-    out.push(u8::from(tables.is_some()));
-    if let Some((hi_t, lo_t)) = &tables {
-        hi_t.write(&mut out);
-        lo_t.write(&mut out);
+    let table = FreqTable::from_counts(&hi_counts);
+    out.push(u8::from(table.is_some()));
+    if let Some(t) = &table {
+        t.write(&mut out);
     }
     let mut enc = Encoder::with_capacity(items.len());
     for item in &items {
         match *item {
-            Item::Whole { hi, lo } => {
-                let (hi_t, lo_t) = tables.as_ref().expect("tables exist when whole values do");
-                enc.push(hi_t.symbol(hi));
-                enc.push(lo_t.symbol(lo));
+            Item::Whole { hi, lo, top, top_low } => {
+                enc.push(table.as_ref().expect("the table exists when whole values do").symbol(hi));
+                push_low_bits(&mut enc, lo & 0x7F, hi == top, u32::from(top_low) + 1);
+                enc.push(Symbol { start: u32::from(lo >> 7), freq: 1, bits: 1 });
             }
             Item::Position { r, n, recip } => enc.push(uniform_symbol(u32::from(r), u32::from(n), recip)),
             Item::Exception | Item::Implied => {}
@@ -93,7 +92,8 @@ fn classify(rows: &ChunkRows, high: &[u16]) -> Vec<Item> {
 
 fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
     let mag = code & 0x7FFF;
-    let whole = Item::Whole { hi: (mag >> 7) as u8, lo: ((code >> 8) & 0x80) as u8 | (code & 0x7F) as u8 };
+    let (top, top_low) = iv.whole_top();
+    let whole = Item::Whole { hi: (mag >> 7) as u8, lo: ((code >> 8) & 0x80) as u8 | (code & 0x7F) as u8, top: top as u8, top_low: (top_low - 1) as u8 };
     if iv.is_degenerate() {
         return if q == 0 { whole } else { Item::Exception };
     }
@@ -133,9 +133,9 @@ pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u16]) -> Result<(), Code
     rows.check(out.len())?;
     let mut buf = data;
     let exceptions = read_exceptions(&mut buf, out.len())?;
-    let tables = match take(&mut buf, 1)?[0] {
+    let table = match take(&mut buf, 1)?[0] {
         0 => None,
-        1 => Some((FreqTable::read(&mut buf)?, FreqTable::read(&mut buf)?)),
+        1 => Some(FreqTable::read(&mut buf)?),
         _ => return Err(CodecError::Corrupt("bad residual table flag")),
     };
     let mut dec = Decoder::new(buf)?;
@@ -151,19 +151,25 @@ pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u16]) -> Result<(), Code
                 exc.next();
                 continue;
             }
-            out[i] = decode_one(&iv, rows.q[i], tables.as_ref(), &mut dec)?;
+            out[i] = decode_one(&iv, rows.q[i], table.as_ref(), &mut dec)?;
         }
     }
     dec.finish()
 }
 
 #[inline(always)]
-fn decode_one(iv: &RowIntervals, q: i8, tables: Option<&(FreqTable, FreqTable)>, dec: &mut Decoder) -> Result<u16, CodecError> {
+fn decode_one(iv: &RowIntervals, q: i8, table: Option<&FreqTable>, dec: &mut Decoder) -> Result<u16, CodecError> {
     if q == 0 || iv.is_degenerate() {
-        let (hi_t, lo_t) = tables.ok_or(CodecError::Corrupt("whole-value element without tables"))?;
+        let hi_t = table.ok_or(CodecError::Corrupt("whole-value element without a table"))?;
         let hi = u16::from(hi_t.decode(dec));
-        let lo = u16::from(lo_t.decode(dec));
-        return Ok(((lo & 0x80) << 8) | (hi << 7) | (lo & 0x7F));
+        let (top, top_low) = iv.whole_top();
+        if hi > top {
+            return Err(CodecError::Corrupt("whole value above its interval"));
+        }
+        let low = decode_low_bits(dec, hi == top, top_low) as u16;
+        let sign = dec.slot(1) as u16;
+        dec.advance(Symbol { start: u32::from(sign), freq: 1, bits: 1 });
+        return Ok((sign << 15) | (hi << 7) | low);
     }
     let (lo, n, recip) = iv.interval(q.unsigned_abs().min(127) as usize);
     let r = match n {
@@ -190,6 +196,32 @@ fn read_exceptions(buf: &mut &[u8], n: usize) -> Result<Vec<(usize, u16)>, Codec
         next = pos + 1;
     }
     Ok(list)
+}
+
+/// Low 7 bits of a whole value: uniform (a table would cost more than it saves), over only the
+/// values that are possible when the high byte is the top one.
+#[inline(always)]
+fn push_low_bits(enc: &mut Encoder, low: u8, at_top: bool, top_count: u32) {
+    if !at_top || top_count == 128 {
+        enc.push(Symbol { start: u32::from(low), freq: 1, bits: 7 });
+    } else if top_count > 1 {
+        let recip = ((1u64 << 32) / u64::from(top_count)) as u32;
+        enc.push(uniform_symbol(u32::from(low), top_count, recip));
+    }
+}
+
+#[inline(always)]
+fn decode_low_bits(dec: &mut Decoder, at_top: bool, top_count: u32) -> u32 {
+    if !at_top || top_count == 128 {
+        let low = dec.slot(7);
+        dec.advance(Symbol { start: low, freq: 1, bits: 7 });
+        low
+    } else if top_count > 1 {
+        let recip = ((1u64 << 32) / u64::from(top_count)) as u32;
+        uniform_decode(dec, top_count, recip)
+    } else {
+        0
+    }
 }
 
 /// Start of position `r` in a 16-bit range split near-evenly into `n` slices (`recip` =

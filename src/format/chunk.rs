@@ -25,6 +25,9 @@ pub enum ChunkCodec {
     Int8 = 5,
     /// High-precision codes given int8 values and scales (codec::residual).
     Residual = 6,
+    /// 4-byte floats that are all exactly representable in float16 (bitsandbytes scales are:
+    /// they are the absmax of float16-cast weights), stored as float16 with the Float16 codec.
+    Float32AsF16 = 7,
 }
 
 impl From<ChunkCodec> for u8 {
@@ -37,7 +40,7 @@ impl TryFrom<u8> for ChunkCodec {
     type Error = String;
     fn try_from(v: u8) -> Result<Self, String> {
         use ChunkCodec::*;
-        [Raw, Zstd, Float16, Float32, Float64, Int8, Residual]
+        [Raw, Zstd, Float16, Float32, Float64, Int8, Residual, Float32AsF16]
             .into_iter()
             .find(|c| *c as u8 == v)
             .ok_or_else(|| format!("unknown chunk codec {v}"))
@@ -81,6 +84,13 @@ pub fn encode_bytes(data: &[u8], content: Content) -> Result<EncodedChunk, Forma
         Content::Tensor(_) => (ChunkCodec::Zstd, zstd::bulk::compress(data, 3)?),
         Content::Text => (ChunkCodec::Zstd, zstd::bulk::compress(data, 19)?),
     };
+    let (codec, stored) = match (content, as_exact_f16(data)) {
+        (Content::Tensor(Dtype::F32), Some(halves)) => {
+            let narrow = codec::encode_float(&halves, 2);
+            if narrow.len() < stored.len() { (ChunkCodec::Float32AsF16, narrow) } else { (codec, stored) }
+        }
+        _ => (codec, stored),
+    };
     let chunk = if stored.len() < data.len() {
         EncodedChunk::new(stored, codec, data)
     } else {
@@ -92,6 +102,20 @@ pub fn encode_bytes(data: &[u8], content: Content) -> Result<EncodedChunk, Forma
         return Err(FormatError::Corrupt(format!("{codec:?} chunk failed to round-trip while encoding")));
     }
     Ok(chunk)
+}
+
+/// The float16 little-endian bytes of float32 data, if every value converts both ways bit-exactly.
+fn as_exact_f16(data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len() / 2);
+    for v in data.chunks_exact(4) {
+        let bits = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+        let h = half::f16::from_f32(f32::from_bits(bits));
+        if h.to_f32().to_bits() != bits {
+            return None;
+        }
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+    Some(out)
 }
 
 /// Decodes a plain-bytes chunk into `out`, which has exactly the decoded length.
@@ -107,6 +131,13 @@ pub fn decode_bytes(codec: ChunkCodec, stored: &[u8], out: &mut [u8]) -> Result<
         ChunkCodec::Float16 => codec::decode_float(stored, 2, out)?,
         ChunkCodec::Float32 => codec::decode_float(stored, 4, out)?,
         ChunkCodec::Float64 => codec::decode_float(stored, 8, out)?,
+        ChunkCodec::Float32AsF16 if out.len() % 4 == 0 => {
+            let mut halves = vec![0u8; out.len() / 2];
+            codec::decode_float(stored, 2, &mut halves)?;
+            for (o, h) in out.chunks_exact_mut(4).zip(halves.chunks_exact(2)) {
+                o.copy_from_slice(&half::f16::from_le_bytes([h[0], h[1]]).to_f32().to_le_bytes());
+            }
+        }
         _ => return Err(FormatError::Corrupt(format!("{codec:?} chunk where plain bytes were expected"))),
     }
     Ok(())
