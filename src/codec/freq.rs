@@ -52,11 +52,11 @@ impl FreqTable {
         Symbol { start: self.start[sym as usize], freq: self.freq[sym as usize], bits: TABLE_BITS }
     }
 
-    /// Decodes one symbol.
+    /// Decodes one symbol from `lane`.
     #[inline(always)]
-    pub fn decode(&self, dec: &mut Decoder) -> u8 {
-        let sym = self.lookup[dec.slot(TABLE_BITS) as usize];
-        dec.advance(self.symbol(sym));
+    pub fn decode(&self, dec: &mut Decoder, lane: usize) -> u8 {
+        let sym = self.lookup[dec.slot(lane, TABLE_BITS) as usize];
+        dec.advance(lane, self.symbol(sym));
         sym
     }
 

@@ -18,19 +18,13 @@ pub enum CodecError {
 
 /// Codes int8 values with one static table per chunk: measured on real weights, richer contexts
 /// (row or column spread) gain under 0.02 bits per value.
-pub fn encode_int8(q: &[i8]) -> Vec<u8> {
-    let bytes: Vec<u8> = q.iter().map(|&v| v as u8).collect();
-    encode_planes_raw(&bytes, 1)
+pub fn encode_int8(q: &[u8]) -> Vec<u8> {
+    encode_planes_raw(q, 1)
 }
 
-/// Decodes [`encode_int8`] output.
-pub fn decode_int8(data: &[u8], out: &mut [i8]) -> Result<(), CodecError> {
-    let mut bytes = vec![0u8; out.len()];
-    decode_planes_raw(data, 1, &mut bytes)?;
-    for (o, b) in out.iter_mut().zip(bytes) {
-        *o = b as i8;
-    }
-    Ok(())
+/// Decodes [`encode_int8`] output as the bytes of the int8 values.
+pub fn decode_int8(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode_planes_raw(data, 1, out)
 }
 
 /// Codes floating-point data as byte planes after rotating each value left by one bit, which
@@ -43,6 +37,9 @@ pub fn encode_float(data: &[u8], elem_size: usize) -> Vec<u8> {
 
 /// Decodes [`encode_float`] output into `out` (which has the decoded length).
 pub fn decode_float(data: &[u8], elem_size: usize, out: &mut [u8]) -> Result<(), CodecError> {
+    if elem_size == 2 {
+        return decode_float16(data, out);
+    }
     decode_planes_raw(data, elem_size, out)?;
     let restored = rotate(out, elem_size, false);
     out.copy_from_slice(&restored);
@@ -79,8 +76,8 @@ fn rotate(data: &[u8], elem_size: usize, forward: bool) -> Vec<u8> {
     out
 }
 
-/// Codes `data` as `planes` interleaved byte planes, one static table each.
-/// Layout: one table per plane, then the rANS stream (element-major).
+/// Codes `data` as `planes` interleaved byte planes, one static table each; every byte of
+/// element `i` goes on rANS lane `i % 4`. Layout: one table per plane, then the rANS stream.
 fn encode_planes_raw(data: &[u8], planes: usize) -> Vec<u8> {
     let mut counts = vec![[0u64; 256]; planes];
     for elem in data.chunks_exact(planes) {
@@ -94,31 +91,68 @@ fn encode_planes_raw(data: &[u8], planes: usize) -> Vec<u8> {
     };
     tables.iter().for_each(|t| t.write(&mut out));
     let mut enc = Encoder::with_capacity(data.len());
-    for elem in data.chunks_exact(planes) {
+    for (i, elem) in data.chunks_exact(planes).enumerate() {
         for (t, &b) in tables.iter().zip(elem) {
-            enc.push(t.symbol(b));
+            enc.push(t.symbol(b), i);
         }
     }
     enc.finish_into(&mut out);
     out
 }
 
-fn decode_planes_raw(data: &[u8], planes: usize, out: &mut [u8]) -> Result<(), CodecError> {
-    if out.is_empty() {
-        return if data.is_empty() { Ok(()) } else { Err(CodecError::Corrupt("data for an empty chunk")) };
+/// Reads the tables of a plane-coded chunk and opens its stream; `None` for an empty chunk.
+fn open_planes<'a>(data: &'a [u8], planes: usize, out_len: usize) -> Result<Option<(Vec<FreqTable>, Decoder<'a>)>, CodecError> {
+    if out_len == 0 {
+        return if data.is_empty() { Ok(None) } else { Err(CodecError::Corrupt("data for an empty chunk")) };
     }
     let mut buf = data;
     let tables = (0..planes).map(|_| FreqTable::read(&mut buf)).collect::<Result<Vec<_>, _>>()?;
-    let mut dec = Decoder::new(buf)?;
+    Ok(Some((tables, Decoder::new(buf)?)))
+}
+
+fn decode_planes_raw(data: &[u8], planes: usize, out: &mut [u8]) -> Result<(), CodecError> {
+    let Some((tables, mut dec)) = open_planes(data, planes, out.len())? else { return Ok(()) };
     if planes == 1 {
-        let t = &tables[0];
-        out.iter_mut().for_each(|o| *o = t.decode(&mut dec));
+        decode_single_plane(&tables[0], &mut dec, out);
     } else {
-        for elem in out.chunks_exact_mut(planes) {
+        for (i, elem) in out.chunks_exact_mut(planes).enumerate() {
             for (o, t) in elem.iter_mut().zip(&tables) {
-                *o = t.decode(&mut dec);
+                *o = t.decode(&mut dec, i);
             }
         }
+    }
+    dec.finish()
+}
+
+/// The hot loop of int8 decoding, unrolled so each lane's state stays in a register.
+fn decode_single_plane(t: &FreqTable, dec: &mut Decoder, out: &mut [u8]) {
+    let mut quads = out.chunks_exact_mut(4);
+    for quad in &mut quads {
+        for (lane, o) in quad.iter_mut().enumerate() {
+            *o = t.decode(dec, lane);
+        }
+    }
+    for (lane, o) in quads.into_remainder().iter_mut().enumerate() {
+        *o = t.decode(dec, lane);
+    }
+}
+
+/// Float16-family decode fused with the inverse rotation: no intermediate buffer.
+fn decode_float16(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    let Some((tables, mut dec)) = open_planes(data, 2, out.len())? else { return Ok(()) };
+    let (hi_t, lo_t) = (&tables[0], &tables[1]);
+    let one = |dec: &mut Decoder, lane: usize, o: &mut [u8]| {
+        let r = (u16::from(hi_t.decode(dec, lane)) << 8) | u16::from(lo_t.decode(dec, lane));
+        o.copy_from_slice(&r.rotate_right(1).to_le_bytes());
+    };
+    let mut quads = out.chunks_exact_mut(8);
+    for quad in &mut quads {
+        for (lane, o) in quad.chunks_exact_mut(2).enumerate() {
+            one(&mut dec, lane, o);
+        }
+    }
+    for (lane, o) in quads.into_remainder().chunks_exact_mut(2).enumerate() {
+        one(&mut dec, lane, o);
     }
     dec.finish()
 }
@@ -150,10 +184,10 @@ mod tests {
 
     #[test]
     fn int8_round_trips_and_compresses_a_peaked_distribution() {
-        let q: Vec<i8> = (0..100_000u32).map(|i| ((i.wrapping_mul(2654435761) >> 24) as i8) / 32).collect();
+        let q: Vec<u8> = (0..100_000u32).map(|i| (((i.wrapping_mul(2654435761) >> 24) as i8) / 32) as u8).collect();
         let enc = encode_int8(&q);
         assert!(enc.len() < q.len() / 2);
-        let mut out = vec![0i8; q.len()];
+        let mut out = vec![0u8; q.len()];
         decode_int8(&enc, &mut out).unwrap();
         assert_eq!(out, q);
         assert!(decode_int8(&enc[..enc.len() - 2], &mut out).is_err());

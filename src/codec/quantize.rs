@@ -34,7 +34,12 @@ impl HighDtype {
     #[inline(always)]
     pub fn quant_input(self, code: u16) -> f32 {
         match self {
-            HighDtype::Bf16 => f16::from_f32(f32::from_bits(u32::from(code) << 16)).to_f32(),
+            HighDtype::Bf16 => {
+                let x = f32::from_bits(u32::from(code) << 16);
+                // bfloat16 values in the float16 normal range are exact in float16.
+                let mag = code & 0x7FFF;
+                if (0x3880..=0x477F).contains(&mag) { x } else { f16::from_f32(x).to_f32() }
+            }
             HighDtype::F16 => f16::from_bits(code).to_f32(),
         }
     }
@@ -58,14 +63,19 @@ pub fn row_multiplier(absmax: f32) -> f32 {
 /// `round_half_even(x * s)` in float32, as an integer (saturating far outside the int8 range).
 #[inline(always)]
 fn quantize_value(x: f32, s: f32) -> i32 {
-    (x * s).round_ties_even() as i32
+    let y = x * s;
+    // Adding and removing 1.5 * 2^23 rounds to nearest even in the default rounding mode, for
+    // |y| < 2^22; larger values are already integers. Avoids a libm call on baseline x86-64.
+    const MAGIC: f32 = 12_582_912.0;
+    let r = if y.abs() < 4_194_304.0 { (y + MAGIC) - MAGIC } else { y };
+    r as i32
 }
 
 /// Quantizes one row of high-precision codes into `q` and returns its SCB (the row absmax).
 ///
 /// Degenerate rows are defined as bitsandbytes leaves them on x86: an all-zero row has SCB 0 and
 /// q 0; a row holding NaN or a value beyond the float16 range has SCB NaN or inf and q 0.
-pub fn quantize_row(dtype: HighDtype, row: &[u16], q: &mut [i8]) -> f32 {
+pub fn quantize_row(dtype: HighDtype, row: &[u16], q: &mut [u8]) -> f32 {
     let mut absmax = 0.0f32;
     let mut nan = false;
     for &c in row {
@@ -82,7 +92,7 @@ pub fn quantize_row(dtype: HighDtype, row: &[u16], q: &mut [i8]) -> f32 {
     }
     let s = row_multiplier(absmax);
     for (qi, &c) in q.iter_mut().zip(row) {
-        *qi = quantize_value(dtype.quant_input(c), s) as i8;
+        *qi = quantize_value(dtype.quant_input(c), s) as i8 as u8;
     }
     absmax
 }
@@ -94,8 +104,8 @@ pub fn quantize_row(dtype: HighDtype, row: &[u16], q: &mut [i8]) -> f32 {
 /// to 0 are `0..bounds[1]`. A degenerate row (scale not finite and positive) has no intervals.
 pub struct RowIntervals {
     bounds: [u16; 129],
-    /// `floor(2^32 / width)` per k, for the uniform coder; 0 where the width is 0 or 1.
-    recips: [u32; 128],
+    /// `ceil(2^48 / width)` per k, the uniform coder's exact divisor; 0 where the width is 0 or 1.
+    recips: [u64; 128],
     degenerate: bool,
 }
 
@@ -118,7 +128,7 @@ impl RowIntervals {
         for k in 1..128 {
             let width = u32::from(r.bounds[k + 1]) - u32::from(r.bounds[k]);
             if width > 1 {
-                r.recips[k] = ((1u64 << 32) / u64::from(width)) as u32;
+                r.recips[k] = uniform_divisor(width);
             }
         }
         r
@@ -149,10 +159,16 @@ impl RowIntervals {
 
     /// The codes quantizing to magnitude `k` (1..=127): first code and count.
     #[inline(always)]
-    pub fn interval(&self, k: usize) -> (u16, u32, u32) {
+    pub fn interval(&self, k: usize) -> (u16, u32, u64) {
         let lo = self.bounds[k];
         (lo, u32::from(self.bounds[k + 1]) - u32::from(lo), self.recips[k])
     }
+}
+
+/// `ceil(2^48 / n)`: with it, `floor(a / n) == (a * d) >> 48` exactly for every `a < 2^32` and
+/// `2 <= n <= 2^16`, which lets the uniform coder divide with one multiply.
+pub fn uniform_divisor(n: u32) -> u64 {
+    (1u64 << 48).div_ceil(u64::from(n))
 }
 
 /// Smallest code in `[0, end]` whose value quantizes to at least `k`, starting near `guess`.
@@ -211,7 +227,7 @@ mod tests {
 
     #[test]
     fn degenerate_rows_follow_bitsandbytes() {
-        let mut q = [5i8; 3];
+        let mut q = [5u8; 3];
         assert_eq!(quantize_row(HighDtype::Bf16, &[0, 0x8000, 0], &mut q), 0.0);
         assert_eq!(q, [0; 3]);
         let absmax = quantize_row(HighDtype::Bf16, &[bf16(1.0), bf16(70000.0), 0], &mut q);
@@ -226,7 +242,7 @@ mod tests {
     fn quantization_goes_through_float16_first() {
         // 1e-6 is a float16 subnormal: the float16 rounding changes the quantized value.
         let row = [bf16(1e-6), bf16(0.9e-6), bf16(-0.5e-6)];
-        let mut q = [0i8; 3];
+        let mut q = [0u8; 3];
         let a = quantize_row(HighDtype::Bf16, &row, &mut q);
         assert_eq!(a, f16::from_f32(half::bf16::from_bits(row[0]).to_f32()).to_f32());
         assert_eq!(q[0], 127);

@@ -1,8 +1,9 @@
 //! A 4-lane interleaved rANS coder with 32-bit states and 16-bit renormalisation.
 //!
 //! Every symbol carries its own probability resolution (`bits`), so one stream can mix symbols
-//! from static tables (14 bits) with exactly-sized uniform symbols (16 bits). Four lanes let the
-//! decoder overlap the latency of consecutive symbols. The decoder never panics on corrupt input:
+//! from static tables (14 bits) with exactly-sized uniform symbols (16 bits). Callers put every
+//! symbol of element `i` on lane `i % 4`, so a decoder unrolled by four elements keeps the four
+//! states in registers and overlaps their latency; the lanes share one word stream. The decoder never panics on corrupt input:
 //! it reads zeros past the end and reports the damage from [`Decoder::finish`].
 
 use super::CodecError;
@@ -25,7 +26,7 @@ pub struct Symbol {
 /// requires.
 #[derive(Default)]
 pub struct Encoder {
-    symbols: Vec<Symbol>,
+    symbols: Vec<(Symbol, u8)>,
 }
 
 impl Encoder {
@@ -33,10 +34,11 @@ impl Encoder {
         Encoder { symbols: Vec::with_capacity(n) }
     }
 
+    /// Queues a symbol on `lane` (0..4).
     #[inline]
-    pub fn push(&mut self, s: Symbol) {
+    pub fn push(&mut self, s: Symbol, lane: usize) {
         debug_assert!(s.freq >= 1 && s.bits <= 16 && s.start + s.freq <= 1 << s.bits);
-        self.symbols.push(s);
+        self.symbols.push((s, (lane % LANES) as u8));
     }
 
     /// Number of symbols pushed so far.
@@ -52,8 +54,8 @@ impl Encoder {
     pub fn finish_into(self, out: &mut Vec<u8>) {
         let mut states = [RANS_L; LANES];
         let mut words: Vec<u16> = Vec::with_capacity(self.symbols.len() / 2 + 8);
-        for (i, s) in self.symbols.iter().enumerate().rev() {
-            let x = &mut states[i % LANES];
+        for (s, lane) in self.symbols.iter().rev() {
+            let x = &mut states[*lane as usize];
             let x_max = ((u64::from(RANS_L) >> s.bits) << 16) * u64::from(s.freq);
             if u64::from(*x) >= x_max {
                 words.push(*x as u16);
@@ -76,7 +78,6 @@ pub struct Decoder<'a> {
     states: [u32; LANES],
     words: &'a [u8],
     pos: usize,
-    lane: usize,
     overrun: bool,
 }
 
@@ -92,26 +93,26 @@ impl<'a> Decoder<'a> {
                 return Err(CodecError::Corrupt("rANS state out of range"));
             }
         }
-        Ok(Decoder { states, words: &stream[STATE_BYTES..], pos: 0, lane: 0, overrun: false })
+        Ok(Decoder { states, words: &stream[STATE_BYTES..], pos: 0, overrun: false })
     }
 
-    /// The position of the current lane's state inside `[0, 2^bits)`: identifies the next symbol.
+    /// The position of `lane`'s state inside `[0, 2^bits)`: identifies its next symbol.
     #[inline(always)]
-    pub fn slot(&self, bits: u32) -> u32 {
-        self.states[self.lane] & ((1u32 << bits) - 1)
+    pub fn slot(&self, lane: usize, bits: u32) -> u32 {
+        self.states[lane % LANES] & ((1u32 << bits) - 1)
     }
 
-    /// Consumes the symbol whose slice contains the current slot.
+    /// Consumes, on `lane`, the symbol whose slice contains the lane's slot.
     #[inline(always)]
-    pub fn advance(&mut self, s: Symbol) {
-        let x = self.states[self.lane];
+    pub fn advance(&mut self, lane: usize, s: Symbol) {
+        let lane = lane % LANES;
+        let x = self.states[lane];
         let slot = x & ((1u32 << s.bits) - 1);
         let mut x = s.freq.wrapping_mul(x >> s.bits).wrapping_add(slot.wrapping_sub(s.start));
         if x < RANS_L {
             x = (x << 16) | u32::from(self.next_word());
         }
-        self.states[self.lane] = x;
-        self.lane = (self.lane + 1) % LANES;
+        self.states[lane] = x;
     }
 
     #[inline(always)]
@@ -156,14 +157,15 @@ mod tests {
             })
             .collect();
         let mut enc = Encoder::default();
-        symbols.iter().for_each(|&s| enc.push(s));
+        let lane = |i: usize| (i * 7 / 3) % 4;
+        symbols.iter().enumerate().for_each(|(i, &s)| enc.push(s, lane(i)));
         let mut out = Vec::new();
         enc.finish_into(&mut out);
         let mut dec = Decoder::new(&out).unwrap();
-        for s in &symbols {
-            let slot = dec.slot(s.bits);
+        for (i, s) in symbols.iter().enumerate() {
+            let slot = dec.slot(lane(i), s.bits);
             assert!(slot >= s.start && slot < s.start + s.freq);
-            dec.advance(*s);
+            dec.advance(lane(i), *s);
         }
         dec.finish().unwrap();
     }
@@ -180,15 +182,15 @@ mod tests {
     fn truncated_or_garbage_streams_never_panic() {
         let mut enc = Encoder::default();
         for i in 0..1000 {
-            enc.push(sym(i % 200, 3, 10));
+            enc.push(sym(i % 200, 3, 10), i as usize);
         }
         let mut out = Vec::new();
         enc.finish_into(&mut out);
         for cut in [STATE_BYTES, out.len() - 2] {
             let mut dec = Decoder::new(&out[..cut]).unwrap();
-            for _ in 0..1000 {
-                let slot = dec.slot(10);
-                dec.advance(sym(slot / 3 * 3, 3, 10));
+            for i in 0..1000 {
+                let slot = dec.slot(i, 10);
+                dec.advance(i, sym(slot / 3 * 3, 3, 10));
             }
             assert!(dec.finish().is_err());
         }

@@ -12,7 +12,7 @@
 //! (1 = the whole-value table follows); the table; one rANS stream.
 
 use super::freq::{FreqTable, read_varint, take, write_varint};
-use super::quantize::{HighDtype, RowIntervals};
+use super::quantize::{HighDtype, RowIntervals, uniform_divisor};
 use super::rans::{Decoder, Encoder, Symbol};
 use super::CodecError;
 
@@ -22,15 +22,15 @@ enum Item {
     Exception,
     /// High byte, sign + low 7 bits, and the low values possible under the top high byte.
     Whole { hi: u8, lo: u8, top: u8, top_low: u8 },
-    Position { r: u16, n: u16, recip: u32 },
+    Position { r: u16, n: u16, recip: u64 },
     Implied,
 }
 
 /// Inputs of one residual chunk: whole rows of the tensor.
 pub struct ChunkRows<'a> {
     pub dtype: HighDtype,
-    /// Int8 values of the chunk, row-major.
-    pub q: &'a [i8],
+    /// Int8 values of the chunk (their bytes), row-major.
+    pub q: &'a [u8],
     /// SCB of each row in the chunk.
     pub scales: &'a [f32],
     pub cols: usize,
@@ -63,14 +63,14 @@ pub fn encode(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
         t.write(&mut out);
     }
     let mut enc = Encoder::with_capacity(items.len());
-    for item in &items {
+    for (lane, item) in items.iter().enumerate() {
         match *item {
             Item::Whole { hi, lo, top, top_low } => {
-                enc.push(table.as_ref().expect("the table exists when whole values do").symbol(hi));
-                push_low_bits(&mut enc, lo & 0x7F, hi == top, u32::from(top_low) + 1);
-                enc.push(Symbol { start: u32::from(lo >> 7), freq: 1, bits: 1 });
+                enc.push(table.as_ref().expect("the table exists when whole values do").symbol(hi), lane);
+                push_low_bits(&mut enc, lane, lo & 0x7F, hi == top, u32::from(top_low) + 1);
+                enc.push(Symbol { start: u32::from(lo >> 7), freq: 1, bits: 1 }, lane);
             }
-            Item::Position { r, n, recip } => enc.push(uniform_symbol(u32::from(r), u32::from(n), recip)),
+            Item::Position { r, n, recip } => enc.push(uniform_symbol(u32::from(r), u32::from(n), recip), lane),
             Item::Exception | Item::Implied => {}
         }
     }
@@ -80,14 +80,43 @@ pub fn encode(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
 
 fn classify(rows: &ChunkRows, high: &[u16]) -> Vec<Item> {
     let mut items = Vec::with_capacity(high.len());
+    let mut cache = IntervalCache::new(rows.dtype);
     for (r, &scale) in rows.scales.iter().enumerate() {
-        let iv = RowIntervals::new(rows.dtype, scale);
+        let iv = cache.get(scale);
         let span = r * rows.cols..(r + 1) * rows.cols;
         for (&code, &q) in high[span.clone()].iter().zip(&rows.q[span]) {
-            items.push(classify_one(&iv, rows.dtype, code, q));
+            items.push(classify_one(iv, rows.dtype, code, q as i8));
         }
     }
     items
+}
+
+/// Rows often share a scale (a few rows per distinct value in real weights), so intervals are
+/// computed once per distinct scale in a chunk.
+struct IntervalCache {
+    dtype: HighDtype,
+    slots: std::collections::HashMap<u32, usize>,
+    intervals: Vec<RowIntervals>,
+}
+
+impl IntervalCache {
+    fn new(dtype: HighDtype) -> Self {
+        IntervalCache { dtype, slots: std::collections::HashMap::new(), intervals: Vec::new() }
+    }
+
+    /// Position in `intervals` of the row intervals for `scale`, computed on first use.
+    fn slot(&mut self, scale: f32) -> usize {
+        let (dtype, intervals) = (self.dtype, &mut self.intervals);
+        *self.slots.entry(scale.to_bits()).or_insert_with(|| {
+            intervals.push(RowIntervals::new(dtype, scale));
+            intervals.len() - 1
+        })
+    }
+
+    fn get(&mut self, scale: f32) -> &RowIntervals {
+        let i = self.slot(scale);
+        &self.intervals[i]
+    }
 }
 
 fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
@@ -139,43 +168,63 @@ pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u16]) -> Result<(), Code
         _ => return Err(CodecError::Corrupt("bad residual table flag")),
     };
     let mut dec = Decoder::new(buf)?;
-    let mut exc = exceptions.iter().peekable();
-    for (r, &scale) in rows.scales.iter().enumerate() {
-        let iv = RowIntervals::new(rows.dtype, scale);
-        let base = r * rows.cols;
-        for i in base..base + rows.cols {
-            if let Some(&&(pos, code)) = exc.peek()
-                && pos == i
-            {
-                out[i] = code;
-                exc.next();
-                continue;
+    let (n, cols, q) = (out.len(), rows.cols, rows.q);
+    let mut cache = IntervalCache::new(rows.dtype);
+    let mut iv = rows.scales.first().map_or(0, |&s| cache.slot(s));
+    let (mut row, mut row_end) = (0, cols);
+    let mut exc = 0;
+    let mut next_exc = exceptions.first().map_or(usize::MAX, |e| e.0);
+    let mut i = 0;
+    // Element i is always on lane i % 4; the unrolled loop makes the lane a constant so the
+    // four rANS states stay in registers.
+    macro_rules! step {
+        ($lane:expr) => {{
+            if i == row_end {
+                row += 1;
+                row_end += cols;
+                iv = cache.slot(rows.scales[row]);
             }
-            out[i] = decode_one(&iv, rows.q[i], table.as_ref(), &mut dec)?;
-        }
+            if i == next_exc {
+                out[i] = exceptions[exc].1;
+                exc += 1;
+                next_exc = exceptions.get(exc).map_or(usize::MAX, |e| e.0);
+            } else {
+                out[i] = decode_one(&cache.intervals[iv], q[i] as i8, table.as_ref(), &mut dec, $lane)?;
+            }
+            i += 1;
+        }};
+    }
+    while i + 4 <= n {
+        step!(0);
+        step!(1);
+        step!(2);
+        step!(3);
+    }
+    while i < n {
+        step!(i % 4);
     }
     dec.finish()
 }
 
 #[inline(always)]
-fn decode_one(iv: &RowIntervals, q: i8, table: Option<&FreqTable>, dec: &mut Decoder) -> Result<u16, CodecError> {
+fn decode_one(iv: &RowIntervals, q: i8, table: Option<&FreqTable>, dec: &mut Decoder, lane: usize) -> Result<u16, CodecError> {
     if q == 0 || iv.is_degenerate() {
         let hi_t = table.ok_or(CodecError::Corrupt("whole-value element without a table"))?;
-        let hi = u16::from(hi_t.decode(dec));
+        let hi = u16::from(hi_t.decode(dec, lane));
         let (top, top_low) = iv.whole_top();
         if hi > top {
             return Err(CodecError::Corrupt("whole value above its interval"));
         }
-        let low = decode_low_bits(dec, hi == top, top_low) as u16;
-        let sign = dec.slot(1) as u16;
-        dec.advance(Symbol { start: u32::from(sign), freq: 1, bits: 1 });
+        let low = decode_low_bits(dec, lane, hi == top, top_low) as u16;
+        let sign = dec.slot(lane, 1) as u16;
+        dec.advance(lane, Symbol { start: u32::from(sign), freq: 1, bits: 1 });
         return Ok((sign << 15) | (hi << 7) | low);
     }
     let (lo, n, recip) = iv.interval(q.unsigned_abs().min(127) as usize);
     let r = match n {
         0 => return Err(CodecError::Corrupt("element in an empty interval")),
         1 => 0,
-        _ => uniform_decode(dec, n, recip),
+        _ => uniform_decode(dec, lane, n, recip),
     };
     let sign = if q < 0 { 0x8000 } else { 0 };
     Ok(sign | lo.wrapping_add(r as u16))
@@ -201,54 +250,48 @@ fn read_exceptions(buf: &mut &[u8], n: usize) -> Result<Vec<(usize, u16)>, Codec
 /// Low 7 bits of a whole value: uniform (a table would cost more than it saves), over only the
 /// values that are possible when the high byte is the top one.
 #[inline(always)]
-fn push_low_bits(enc: &mut Encoder, low: u8, at_top: bool, top_count: u32) {
+fn push_low_bits(enc: &mut Encoder, lane: usize, low: u8, at_top: bool, top_count: u32) {
     if !at_top || top_count == 128 {
-        enc.push(Symbol { start: u32::from(low), freq: 1, bits: 7 });
+        enc.push(Symbol { start: u32::from(low), freq: 1, bits: 7 }, lane);
     } else if top_count > 1 {
-        let recip = ((1u64 << 32) / u64::from(top_count)) as u32;
-        enc.push(uniform_symbol(u32::from(low), top_count, recip));
+        enc.push(uniform_symbol(u32::from(low), top_count, uniform_divisor(top_count)), lane);
     }
 }
 
 #[inline(always)]
-fn decode_low_bits(dec: &mut Decoder, at_top: bool, top_count: u32) -> u32 {
+fn decode_low_bits(dec: &mut Decoder, lane: usize, at_top: bool, top_count: u32) -> u32 {
     if !at_top || top_count == 128 {
-        let low = dec.slot(7);
-        dec.advance(Symbol { start: low, freq: 1, bits: 7 });
+        let low = dec.slot(lane, 7);
+        dec.advance(lane, Symbol { start: low, freq: 1, bits: 7 });
         low
     } else if top_count > 1 {
-        let recip = ((1u64 << 32) / u64::from(top_count)) as u32;
-        uniform_decode(dec, top_count, recip)
+        uniform_decode(dec, lane, top_count, uniform_divisor(top_count))
     } else {
         0
     }
 }
 
-/// Start of position `r` in a 16-bit range split near-evenly into `n` slices (`recip` =
-/// floor(2^32 / n)). Strictly increasing in r for n ≤ 2^15, which is all rANS needs.
+/// Start of position `r` when the 16-bit range is split as evenly as integers allow into `n`
+/// slices: `ceil(r * 2^16 / n)`, divided exactly by multiplying with `d = uniform_divisor(n)`.
 #[inline(always)]
-fn uniform_start(r: u32, recip: u32) -> u32 {
-    ((u64::from(r) * u64::from(recip)) >> 16) as u32
+fn uniform_start(r: u32, d: u64) -> u32 {
+    // ceil(a / n) = floor((a - 1) / n) + 1 for a > 0.
+    if r == 0 { 0 } else { ((u128::from((r << 16) - 1) * u128::from(d)) >> 48) as u32 + 1 }
 }
 
 #[inline(always)]
-fn uniform_symbol(r: u32, n: u32, recip: u32) -> Symbol {
-    let start = uniform_start(r, recip);
-    let end = if r + 1 == n { 1 << 16 } else { uniform_start(r + 1, recip) };
+fn uniform_symbol(r: u32, n: u32, d: u64) -> Symbol {
+    let start = uniform_start(r, d);
+    let end = if r + 1 == n { 1 << 16 } else { uniform_start(r + 1, d) };
     Symbol { start, freq: end - start, bits: 16 }
 }
 
+/// Decodes a position: the slice containing the slot is found by one multiply, no search.
 #[inline(always)]
-fn uniform_decode(dec: &mut Decoder, n: u32, recip: u32) -> u32 {
-    let slot = dec.slot(16);
-    let mut r = (slot * n) >> 16;
-    while r + 1 < n && uniform_start(r + 1, recip) <= slot {
-        r += 1;
-    }
-    while r > 0 && uniform_start(r, recip) > slot {
-        r -= 1;
-    }
-    dec.advance(uniform_symbol(r, n, recip));
+fn uniform_decode(dec: &mut Decoder, lane: usize, n: u32, d: u64) -> u32 {
+    let slot = dec.slot(lane, 16);
+    let r = (slot * n) >> 16;
+    dec.advance(lane, uniform_symbol(r, n, d));
     r
 }
 
@@ -257,7 +300,7 @@ mod tests {
     use super::super::quantize::quantize_row;
     use super::*;
 
-    fn round_trip(dtype: HighDtype, high: &[u16], q: &[i8], scales: &[f32], cols: usize) -> usize {
+    fn round_trip(dtype: HighDtype, high: &[u16], q: &[u8], scales: &[f32], cols: usize) -> usize {
         let rows = ChunkRows { dtype, q, scales, cols };
         let data = encode(&rows, high).unwrap();
         let mut out = vec![0u16; high.len()];
@@ -266,22 +309,26 @@ mod tests {
         data.len()
     }
 
-    fn derived(dtype: HighDtype, high: &[u16], cols: usize) -> (Vec<i8>, Vec<f32>) {
-        let mut q = vec![0i8; high.len()];
+    fn derived(dtype: HighDtype, high: &[u16], cols: usize) -> (Vec<u8>, Vec<f32>) {
+        let mut q = vec![0u8; high.len()];
         let scales = high.chunks(cols).zip(q.chunks_mut(cols)).map(|(r, qr)| quantize_row(dtype, r, qr)).collect();
         (q, scales)
     }
 
     #[test]
     fn uniform_slices_tile_the_range() {
-        for n in [2u32, 3, 7, 100, 255, 4097, 32768] {
-            let recip = ((1u64 << 32) / u64::from(n)) as u32;
+        for n in [2u32, 3, 7, 100, 255, 4097, 32767, 32768] {
+            let d = uniform_divisor(n);
             let mut prev_end = 0;
             for r in 0..n {
-                let s = uniform_symbol(r, n, recip);
+                let s = uniform_symbol(r, n, d);
                 assert_eq!(s.start, prev_end);
+                assert_eq!(s.start, (r << 16).div_ceil(n), "exact ceil division");
                 assert!(s.freq >= 1);
                 prev_end = s.start + s.freq;
+                for slot in [s.start, s.start + s.freq - 1] {
+                    assert_eq!((slot * n) >> 16, r, "the slot maps back to its position");
+                }
             }
             assert_eq!(prev_end, 1 << 16);
         }
@@ -307,7 +354,7 @@ mod tests {
     #[test]
     fn foreign_int8_values_become_exceptions() {
         let high: Vec<u16> = vec![0x3F80, 0xBF80, 0x7FC1, 0xFF80, 0x0001, 0x8000];
-        let q = [1i8, 127, -128, 0, 0, 3];
+        let q = [1i8, 127, -128, 0, 0, 3].map(|v| v as u8);
         round_trip(HighDtype::Bf16, &high, &q, &[1.0, 0.5], 3);
         round_trip(HighDtype::F16, &high, &q, &[f32::NAN, 0.0], 3);
     }

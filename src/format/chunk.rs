@@ -143,16 +143,15 @@ pub fn decode_bytes(codec: ChunkCodec, stored: &[u8], out: &mut [u8]) -> Result<
     Ok(())
 }
 
-/// Compresses int8 values, verified like [`encode_bytes`].
-pub fn encode_int8(q: &[i8]) -> Result<EncodedChunk, FormatError> {
-    let raw: Vec<u8> = q.iter().map(|&v| v as u8).collect();
+/// Compresses int8 values (as their bytes), verified like [`encode_bytes`].
+pub fn encode_int8(q: &[u8]) -> Result<EncodedChunk, FormatError> {
     let stored = codec::encode_int8(q);
-    let chunk = if stored.len() < raw.len() {
-        EncodedChunk::new(stored, ChunkCodec::Int8, &raw)
+    let chunk = if stored.len() < q.len() {
+        EncodedChunk::new(stored, ChunkCodec::Int8, q)
     } else {
-        EncodedChunk::new(raw.clone(), ChunkCodec::Raw, &raw)
+        EncodedChunk::new(q.to_vec(), ChunkCodec::Raw, q)
     };
-    let mut check = vec![0i8; q.len()];
+    let mut check = vec![0u8; q.len()];
     decode_int8(chunk.codec, &chunk.stored, &mut check)?;
     if check != q {
         return Err(FormatError::Corrupt("int8 chunk failed to round-trip while encoding".into()));
@@ -161,10 +160,10 @@ pub fn encode_int8(q: &[i8]) -> Result<EncodedChunk, FormatError> {
 }
 
 /// Decodes an int8 chunk.
-pub fn decode_int8(codec: ChunkCodec, stored: &[u8], out: &mut [i8]) -> Result<(), FormatError> {
+pub fn decode_int8(codec: ChunkCodec, stored: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
     match codec {
         ChunkCodec::Raw if stored.len() == out.len() => {
-            out.iter_mut().zip(stored).for_each(|(o, &b)| *o = b as i8);
+            out.copy_from_slice(stored);
             Ok(())
         }
         ChunkCodec::Int8 => Ok(codec::decode_int8(stored, out)?),

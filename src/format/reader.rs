@@ -1,8 +1,8 @@
 //! Decoding: any byte range of any output file, from the chunks that cover it.
 //!
-//! Memory: a range is decoded in windows of [`WINDOW`] chunks at a time (decoded in parallel, then
-//! written in order), so a decode holds at most `WINDOW` decoded chunks of ≤ ~1 MiB of output
-//! plus their stored bytes, whatever the file size.
+//! Memory: a range is decoded in windows of [`WINDOW`] chunks (decoded in parallel, then written
+//! in order while the next window decodes), so a decode holds at most two windows: `2 * WINDOW`
+//! decoded chunks of ≤ ~1 MiB of output each plus their stored bytes, whatever the file size.
 
 use std::io::Write;
 use std::ops::Range;
@@ -141,13 +141,33 @@ impl<S: BlobSource> Blob<S> {
             return Err(FormatError::NotFound(format!("range {range:?} is outside the {}-byte file", file.size)));
         }
         let pieces = self.plan(file, range);
-        for window in pieces.chunks(WINDOW) {
-            let decoded: Vec<Vec<u8>> = window.par_iter().map(|p| self.decode_piece(p)).collect::<Result<_, _>>()?;
-            for (p, bytes) in window.iter().zip(decoded) {
+        if pieces.len() <= 1 {
+            for p in &pieces {
+                let bytes = self.decode_piece(p)?;
                 out.write_all(&bytes[p.skip..p.skip + p.take])?;
             }
+            return Ok(());
         }
-        Ok(())
+        // One thread decodes window k+1 (on all cores) while this one writes window k.
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Vec<u8>>, FormatError>>(1);
+            let pieces = &pieces;
+            scope.spawn(move || {
+                for window in pieces.chunks(WINDOW) {
+                    let decoded = window.par_iter().map(|p| self.decode_piece(p)).collect::<Result<Vec<_>, _>>();
+                    let failed = decoded.is_err();
+                    if tx.send(decoded).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            for (window, decoded) in pieces.chunks(WINDOW).zip(rx) {
+                for (p, bytes) in window.iter().zip(decoded?) {
+                    out.write_all(&bytes[p.skip..p.skip + p.take])?;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Writes a whole file.
@@ -207,8 +227,7 @@ impl<S: BlobSource> Blob<S> {
             }
             Segment::Int8(q) => {
                 let q = &self.index.quantized[q as usize];
-                let values = self.decode_int8(q, p.chunk)?;
-                Ok(values.into_iter().map(|v| v as u8).collect())
+                self.decode_int8(q, p.chunk)
             }
             Segment::High(q) => self.decode_high(&self.index.quantized[q as usize], p.chunk),
         }
@@ -230,13 +249,12 @@ impl<S: BlobSource> Blob<S> {
         Ok(out)
     }
 
-    fn decode_int8(&self, q: &QuantTensor, i: u64) -> Result<Vec<i8>, FormatError> {
+    fn decode_int8(&self, q: &QuantTensor, i: u64) -> Result<Vec<u8>, FormatError> {
         let id = u64::from(q.int8_first) + i;
         let c = self.chunk(id);
-        let mut out = vec![0i8; c.decoded_len() as usize];
+        let mut out = vec![0u8; c.decoded_len() as usize];
         chunk::decode_int8(c.codec(), &self.stored(&c)?, &mut out)?;
-        let bytes: Vec<u8> = out.iter().map(|&v| v as u8).collect();
-        check_crc(id, &c, &bytes)?;
+        check_crc(id, &c, &out)?;
         Ok(out)
     }
 

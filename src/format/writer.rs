@@ -161,13 +161,13 @@ struct Task {
 /// One unit of parallel work: a chunk's input.
 enum Work {
     Bytes { task: usize, data: Vec<u8> },
-    Quant { task: usize, high: Vec<u16>, supplied: Option<(Vec<i8>, Vec<u32>)>, cols: usize },
+    Quant { task: usize, high: Vec<u16>, supplied: Option<(Vec<u8>, Vec<u32>)>, cols: usize },
 }
 
 /// A unit of work done: chunks ready to write.
 enum Done {
     Bytes { task: usize, chunk: EncodedChunk, data: Vec<u8> },
-    Quant { task: usize, int8: EncodedChunk, residual: EncodedChunk, q: Vec<i8>, scales: Vec<u32> },
+    Quant { task: usize, int8: EncodedChunk, residual: EncodedChunk, q: Vec<u8>, scales: Vec<u32> },
 }
 
 struct Encoder<'a, W: Write> {
@@ -409,7 +409,6 @@ impl<'a, W: Write> Encoder<'a, W> {
                 (Some(i), Some(s)) => {
                     let w = self.int8[i].header.tensor(&t.name).expect("paired tensor exists").clone();
                     let q = self.int8[i].read_data(&mut self.int8_handles[i], w.begin + row * cols, n)?;
-                    let q = q.into_iter().map(|b| b as i8).collect();
                     Some((q, s[row as usize..(row + n_rows) as usize].to_vec()))
                 }
                 _ => None,
@@ -506,7 +505,7 @@ impl<'a, W: Write> Encoder<'a, W> {
                 let base = self.write_base(int8)?;
                 let res = self.write_residual(residual)?;
                 if let Some(h) = self.tasks[task].int8_hash {
-                    self.int8_hashers[h].update(q.iter().map(|&v| v as u8).collect::<Vec<_>>());
+                    self.int8_hashers[h].update(&q);
                 }
                 let t = &mut self.tasks[task];
                 t.base.push(base);
@@ -731,7 +730,7 @@ fn encode_work(w: Work, dtype: HighDtype, contents: &[Content]) -> Result<Done, 
             let (q, scales) = match supplied {
                 Some(s) => s,
                 None => {
-                    let mut q = vec![0i8; high.len()];
+                    let mut q = vec![0u8; high.len()];
                     let scales = high.chunks(cols).zip(q.chunks_mut(cols)).map(|(r, qr)| quantize_row(dtype, r, qr).to_bits()).collect();
                     (q, scales)
                 }
