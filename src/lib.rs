@@ -4,3 +4,4 @@ pub mod codec;
 pub mod safetensors;
 pub mod format;
 pub mod cli;
+pub mod synth;

@@ -145,7 +145,7 @@ fn decode(path: &Path, p: PrecisionArg, name: Option<&str>, output: &Path, quiet
     let blob = open_blob(path)?;
     let file = blob.file(precision(&blob, p)?, name)?;
     if output == Path::new("-") {
-        let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout());
         blob.write_file(file, &mut out)?;
         out.flush()?;
         return Ok(());

@@ -136,7 +136,7 @@ impl<S: BlobSource> Blob<S> {
 
     /// Writes bytes `range` of `file` to `out`, decoding only the chunks that cover it. Every
     /// chunk is checked against its CRC before any of its bytes are written.
-    pub fn write_range(&self, file: &OutputFile, range: Range<u64>, out: &mut dyn Write) -> Result<(), FormatError> {
+    pub fn write_range(&self, file: &OutputFile, range: Range<u64>, out: &mut (dyn Write + Send)) -> Result<(), FormatError> {
         if range.start > range.end || range.end > file.size {
             return Err(FormatError::NotFound(format!("range {range:?} is outside the {}-byte file", file.size)));
         }
@@ -148,30 +148,39 @@ impl<S: BlobSource> Blob<S> {
             }
             return Ok(());
         }
-        // One thread decodes window k+1 (on all cores) while this one writes window k.
+        // This thread decodes window k+1 (on the current rayon pool) while a helper writes window k.
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Vec<u8>>, FormatError>>(1);
-            let pieces = &pieces;
-            scope.spawn(move || {
-                for window in pieces.chunks(WINDOW) {
-                    let decoded = window.par_iter().map(|p| self.decode_piece(p)).collect::<Result<Vec<_>, _>>();
-                    let failed = decoded.is_err();
-                    if tx.send(decoded).is_err() || failed {
-                        return;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(&[Piece], Vec<Vec<u8>>)>(1);
+            let writer = scope.spawn(move || -> std::io::Result<()> {
+                for (window, decoded) in rx {
+                    for (p, bytes) in window.iter().zip(decoded) {
+                        out.write_all(&bytes[p.skip..p.skip + p.take])?;
                     }
                 }
+                Ok(())
             });
-            for (window, decoded) in pieces.chunks(WINDOW).zip(rx) {
-                for (p, bytes) in window.iter().zip(decoded?) {
-                    out.write_all(&bytes[p.skip..p.skip + p.take])?;
+            let mut result = Ok(());
+            for window in pieces.chunks(WINDOW) {
+                match window.par_iter().map(|p| self.decode_piece(p)).collect::<Result<Vec<_>, _>>() {
+                    Ok(decoded) => {
+                        if tx.send((window, decoded)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
                 }
             }
-            Ok(())
+            drop(tx);
+            let written = writer.join().expect("the writer thread does not panic");
+            result.and(written.map_err(FormatError::from))
         })
     }
 
     /// Writes a whole file.
-    pub fn write_file(&self, file: &OutputFile, out: &mut dyn Write) -> Result<(), FormatError> {
+    pub fn write_file(&self, file: &OutputFile, out: &mut (dyn Write + Send)) -> Result<(), FormatError> {
         self.write_range(file, 0..file.size, out)
     }
 

@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""ZipNN baseline for docs/BENCHMARKS.md: compress each file separately, time decompression.
+
+Usage: zipnn_baseline.py FILE:DTYPE [FILE:DTYPE ...]   (DTYPE: bfloat16, float16, int8)
+Prints one JSON object: {"FILE": {"size": compressed_bytes, "decode_s": [seconds, ...]}, ...}
+"""
+import json
+import sys
+import time
+
+from zipnn import ZipNN
+
+
+def main() -> None:
+    result = {}
+    for arg in sys.argv[1:]:
+        path, dtype = arg.rsplit(":", 1)
+        data = open(path, "rb").read()
+        # ZipNN has no int8 mode, so int8 files go through its bfloat16 byte mode like any
+        # byte array. It also rewrites its input buffer in place: hand it a copy.
+        z = ZipNN(bytearray_dtype="float16" if dtype == "float16" else "bfloat16", threads=2)
+        packed = z.compress(bytes(bytearray(data)))
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            out = z.decompress(packed)
+            times.append(time.perf_counter() - t)
+        if bytes(out) != data:
+            raise SystemExit(f"zipnn round trip failed for {path}")
+        result[path] = {"size": len(packed), "decode_s": times}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
