@@ -31,15 +31,22 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
-    median((0..reps).map(|_| {
-        let t = Instant::now();
-        std::hint::black_box(f());
-        t.elapsed().as_secs_f64()
-    }).collect())
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(f());
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
 }
 
 fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
 }
 
 struct ModelResult {
@@ -57,11 +64,19 @@ struct ModelResult {
 
 fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> ModelResult {
     let blob_path = work.join(format!("{name}.qstore"));
-    let input = EncodeInput { high: vec![high.to_owned()], shard_index: None, int8: vec![] };
+    let input = EncodeInput {
+        high: vec![high.to_owned()],
+        shard_index: None,
+        int8: vec![],
+    };
     let opts = EncodeOptions::default();
     let mut encode_s = [0.0; 2];
     for (slot, threads) in [(0, 2), (1, 1)] {
-        encode_s[slot] = pool(threads).install(|| time(3, || encode_to_path(&input, &opts, &blob_path, &|_| {}).unwrap()));
+        encode_s[slot] = pool(threads).install(|| {
+            time(3, || {
+                encode_to_path(&input, &opts, &blob_path, &|_| {}).unwrap()
+            })
+        });
     }
     let blob = Blob::open(std::fs::File::open(&blob_path).unwrap()).unwrap();
     let report = Report::new(blob.index(), std::fs::metadata(&blob_path).unwrap().len());
@@ -75,18 +90,28 @@ fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Model
         });
     }
     let int8_path = work.join(format!("{name}.int8.safetensors"));
-    blob.write_file(&int8_file, &mut std::fs::File::create(&int8_path).unwrap()).unwrap();
+    blob.write_file(&int8_file, &mut std::fs::File::create(&int8_path).unwrap())
+        .unwrap();
     let high_data = std::fs::read(high).unwrap();
     let int8_data = std::fs::read(&int8_path).unwrap();
     let mut zstd_rows = Vec::new();
     for level in [3, 19] {
         let a = zstd::bulk::compress(&high_data, level).unwrap();
         let b = zstd::bulk::compress(&int8_data, level).unwrap();
-        let t = time(REPS, || zstd::bulk::decompress(&a, high_data.len()).unwrap());
-        zstd_rows.push((format!("zstd -{level}, each file"), a.len() as u64, b.len() as u64, t));
+        let t = time(REPS, || {
+            zstd::bulk::decompress(&a, high_data.len()).unwrap()
+        });
+        zstd_rows.push((
+            format!("zstd -{level}, each file"),
+            a.len() as u64,
+            b.len() as u64,
+            t,
+        ));
     }
     let zipnn = run_zipnn(high, &int8_path);
-    let rss = measure_rss.then(|| peak_rss(high, &blob_path, work)).flatten();
+    let rss = measure_rss
+        .then(|| peak_rss(high, &blob_path, work))
+        .flatten();
     ModelResult {
         name: name.to_string(),
         report,
@@ -106,15 +131,29 @@ fn run_zipnn(high: &Path, int8: &Path) -> Option<(u64, u64, f64)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/zipnn_baseline.py");
     let a = format!("{}:bfloat16", high.display());
     let b = format!("{}:int8", int8.display());
-    let out = Command::new("python3").arg(script).args([&a, &b]).output().ok()?;
+    let out = Command::new("python3")
+        .arg(script)
+        .args([&a, &b])
+        .output()
+        .ok()?;
     if !out.status.success() {
-        eprintln!("zipnn baseline skipped: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        eprintln!(
+            "zipnn baseline skipped: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     let get = |p: &Path| v.get(p.to_str()?).cloned();
     let (h, i) = (get(high)?, get(int8)?);
-    let times: Vec<f64> = h["decode_s"].as_array()?.iter().filter_map(|t| t.as_f64()).collect();
+    let times: Vec<f64> = h["decode_s"]
+        .as_array()?
+        .iter()
+        .filter_map(|t| t.as_f64())
+        .collect();
     Some((h["size"].as_u64()?, i["size"].as_u64()?, median(times)))
 }
 
@@ -128,12 +167,23 @@ fn peak_rss(high: &Path, blob: &Path, work: &Path) -> Option<(u64, u64, u64)> {
     }
     let probe = "import resource,subprocess,sys\nsubprocess.run(sys.argv[1:],check=True)\nprint(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss*1024)";
     let run = |args: &[&str]| -> Option<u64> {
-        let out = Command::new("python3").arg("-c").arg(probe).arg(&exe).args(args).output().ok()?;
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(probe)
+            .arg(&exe)
+            .args(args)
+            .output()
+            .ok()?;
         String::from_utf8_lossy(&out.stdout).trim().parse().ok()
     };
     let blob2 = work.join("rss.qstore");
     let out = work.join("rss.out");
-    let (b, b2, o, h) = (blob.to_str()?, blob2.to_str()?, out.to_str()?, high.to_str()?);
+    let (b, b2, o, h) = (
+        blob.to_str()?,
+        blob2.to_str()?,
+        out.to_str()?,
+        high.to_str()?,
+    );
     Some((
         run(&["encode", "-q", h, "-o", b2])?,
         run(&["decode", "-q", b, "--precision", "bf16", "-o", o])?,
@@ -144,9 +194,18 @@ fn peak_rss(high: &Path, blob: &Path, work: &Path) -> Option<(u64, u64, u64)> {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("{} cores, {cpu}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0))
+    format!(
+        "{} cores, {cpu}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    )
 }
 
 fn mbps(bytes: u64, s: f64) -> String {
@@ -157,12 +216,18 @@ fn write_markdown(results: &[ModelResult]) -> String {
     let mut md = String::new();
     md += "# Benchmarks\n\n";
     md += "Generated by `cargo bench --bench codec` (after `cargo build --release` and `scripts/fetch-minilm.sh`).\n";
-    md += &format!("Machine: {}. Medians of {REPS} runs (encode: 3), warm page cache, output to a null sink.\n\n", machine());
+    md += &format!(
+        "Machine: {}. Medians of {REPS} runs (encode: 3), warm page cache, output to a null sink.\n\n",
+        machine()
+    );
     for r in results {
         let params = r.report.quantized_params;
         let pair = r.high_bytes + r.int8_bytes;
         md += &format!("## {}\n\n", r.name);
-        md += &format!("Two separate files: BF16 {} bytes + INT8 {} bytes = {} bytes.\n\n", r.high_bytes, r.int8_bytes, pair);
+        md += &format!(
+            "Two separate files: BF16 {} bytes + INT8 {} bytes = {} bytes.\n\n",
+            r.high_bytes, r.int8_bytes, pair
+        );
         md += "| method | stored bytes | vs the two raw files | BF16 decode MB/s |\n|---|---:|---:|---:|\n";
         md += &format!(
             "| **qstore blob (both precisions)** | {} | {:.3}x | {} (1 thread: {}) |\n",
@@ -172,26 +237,61 @@ fn write_markdown(results: &[ModelResult]) -> String {
             mbps(r.high_bytes, r.decode_high_s[1])
         );
         for (label, a, b, t) in &r.zstd {
-            md += &format!("| {label} | {} | {:.3}x | {} (1 thread) |\n", a + b, pair as f64 / (a + b) as f64, mbps(r.high_bytes, *t));
+            md += &format!(
+                "| {label} | {} | {:.3}x | {} (1 thread) |\n",
+                a + b,
+                pair as f64 / (a + b) as f64,
+                mbps(r.high_bytes, *t)
+            );
         }
         if let Some((a, b, t)) = r.zipnn {
-            md += &format!("| ZipNN 0.5.4, each file (2 threads) | {} | {:.3}x | {} |\n", a + b, pair as f64 / (a + b) as f64, mbps(r.high_bytes, t));
+            md += &format!(
+                "| ZipNN 0.5.4, each file (2 threads) | {} | {:.3}x | {} |\n",
+                a + b,
+                pair as f64 / (a + b) as f64,
+                mbps(r.high_bytes, t)
+            );
             md += &format!("| ZipNN 0.5.4, BF16 file alone | {a} | | |\n");
         } else {
             md += "| ZipNN | not measured (python3 -c 'import zipnn' failed) | | |\n";
         }
         md += "\nqstore detail:\n\n| quantity | value |\n|---|---:|\n";
-        md += &format!("| quantized weights, all costs, bits/param | **{:.3}** ({} params) |\n", r.report.quantized_bits_per_param, params);
+        md += &format!(
+            "| quantized weights, all costs, bits/param | **{:.3}** ({} params) |\n",
+            r.report.quantized_bits_per_param, params
+        );
         md += &format!(
             "| of which int8 / residual / scales | {:.3} / {:.3} / {:.3} |\n",
-            r.report.int8_bits_per_param, r.report.residual_bits_per_param, r.report.scales_bits_per_param
+            r.report.int8_bits_per_param,
+            r.report.residual_bits_per_param,
+            r.report.scales_bits_per_param
         );
-        md += &format!("| shared (not quantized) tensors, bits/param | {:.3} ({} params) |\n", r.report.shared_bits_per_param, r.report.shared_params);
-        md += &format!("| encode, MB/s of BF16 input, 2 threads / 1 thread | {} / {} |\n", mbps(r.high_bytes, r.encode_s[0]), mbps(r.high_bytes, r.encode_s[1]));
-        md += &format!("| decode BF16, MB/s of output, 2 threads / 1 thread | {} / {} |\n", mbps(r.high_bytes, r.decode_high_s[0]), mbps(r.high_bytes, r.decode_high_s[1]));
-        md += &format!("| decode INT8, MB/s of output, 2 threads / 1 thread | {} / {} |\n", mbps(r.int8_bytes, r.decode_int8_s[0]), mbps(r.int8_bytes, r.decode_int8_s[1]));
+        md += &format!(
+            "| shared (not quantized) tensors, bits/param | {:.3} ({} params) |\n",
+            r.report.shared_bits_per_param, r.report.shared_params
+        );
+        md += &format!(
+            "| encode, MB/s of BF16 input, 2 threads / 1 thread | {} / {} |\n",
+            mbps(r.high_bytes, r.encode_s[0]),
+            mbps(r.high_bytes, r.encode_s[1])
+        );
+        md += &format!(
+            "| decode BF16, MB/s of output, 2 threads / 1 thread | {} / {} |\n",
+            mbps(r.high_bytes, r.decode_high_s[0]),
+            mbps(r.high_bytes, r.decode_high_s[1])
+        );
+        md += &format!(
+            "| decode INT8, MB/s of output, 2 threads / 1 thread | {} / {} |\n",
+            mbps(r.int8_bytes, r.decode_int8_s[0]),
+            mbps(r.int8_bytes, r.decode_int8_s[1])
+        );
         if let Some((e, h, i)) = r.rss {
-            md += &format!("| peak RSS: encode / decode BF16 / decode INT8 (CLI, MiB) | {:.0} / {:.0} / {:.0} |\n", e as f64 / 1048576.0, h as f64 / 1048576.0, i as f64 / 1048576.0);
+            md += &format!(
+                "| peak RSS: encode / decode BF16 / decode INT8 (CLI, MiB) | {:.0} / {:.0} / {:.0} |\n",
+                e as f64 / 1048576.0,
+                h as f64 / 1048576.0,
+                i as f64 / 1048576.0
+            );
         }
         md += "\n";
     }
@@ -202,10 +302,17 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let work = tempfile::tempdir_in(root.join("target")).unwrap();
     let mut results = Vec::new();
-    let minilm = std::env::var_os("QSTORE_MINILM").map(PathBuf::from).unwrap_or_else(|| root.join("data/minilm/model-bf16.safetensors"));
+    let minilm = std::env::var_os("QSTORE_MINILM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("data/minilm/model-bf16.safetensors"));
     if minilm.exists() {
         eprintln!("benchmarking MiniLM-L6 ({})", minilm.display());
-        results.push(bench_model("MiniLM-L6-v2 (BF16, 22.7M params)", &minilm, work.path(), true));
+        results.push(bench_model(
+            "MiniLM-L6-v2 (BF16, 22.7M params)",
+            &minilm,
+            work.path(),
+            true,
+        ));
     } else {
         eprintln!("{} missing: run scripts/fetch-minilm.sh", minilm.display());
     }
@@ -216,7 +323,10 @@ fn main() {
     let md = write_markdown(&results);
     print!("{md}");
     let out = root.join("docs/BENCHMARKS.md");
-    let keep = std::fs::read_to_string(&out).ok().and_then(|s| s.split_once("\n<!-- notes -->\n").map(|(_, n)| n.to_string()));
+    let keep = std::fs::read_to_string(&out).ok().and_then(|s| {
+        s.split_once("\n<!-- notes -->\n")
+            .map(|(_, n)| n.to_string())
+    });
     let mut text = md;
     if let Some(notes) = keep {
         text += "\n<!-- notes -->\n";

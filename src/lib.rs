@@ -1,7 +1,7 @@
 //! qstore: one compact blob per model, served as INT8 and as its original high precision.
 
-pub mod codec;
-pub mod safetensors;
-pub mod format;
 pub mod cli;
+pub mod codec;
+pub mod format;
+pub mod safetensors;
 pub mod synth;

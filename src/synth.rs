@@ -55,9 +55,19 @@ pub fn llm_like_bf16(rows: usize, cols: usize, seed: u64) -> Vec<u16> {
 
 /// Writes a safetensors file of `count` LLM-like `rows × cols` BF16 weights named
 /// `model.layers.{i}.mlp.proj.weight`, generating one tensor at a time.
-pub fn write_llm_like(path: &Path, count: usize, rows: usize, cols: usize, seed: u64) -> std::io::Result<()> {
+pub fn write_llm_like(
+    path: &Path,
+    count: usize,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> std::io::Result<()> {
     let specs: Vec<TensorSpec> = (0..count)
-        .map(|i| TensorSpec { name: format!("model.layers.{i}.mlp.proj.weight"), dtype: Dtype::BF16, shape: vec![rows as u64, cols as u64] })
+        .map(|i| TensorSpec {
+            name: format!("model.layers.{i}.mlp.proj.weight"),
+            dtype: Dtype::BF16,
+            shape: vec![rows as u64, cols as u64],
+        })
         .collect();
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     out.write_all(&write_header(None, &specs))?;

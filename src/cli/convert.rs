@@ -25,14 +25,14 @@ impl Target {
         }
     }
 
-    fn from_f64(self, v: f64) -> u16 {
+    fn round_f64(self, v: f64) -> u16 {
         match self {
             Target::Bf16 => bf16::from_f64(v).to_bits(),
             Target::Fp16 => f16::from_f64(v).to_bits(),
         }
     }
 
-    fn from_f32(self, v: f32) -> u16 {
+    fn round_f32(self, v: f32) -> u16 {
         match self {
             Target::Bf16 => bf16::from_f32(v).to_bits(),
             Target::Fp16 => f16::from_f32(v).to_bits(),
@@ -46,15 +46,29 @@ pub fn convert(input: &Path, to: Target, output: &Path, bar: ProgressBar) -> Res
     let f = File::open(input).with_context(|| format!("{}", input.display()))?;
     let file_len = f.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 20, f);
-    let header = safetensors::read_header(&mut reader).with_context(|| format!("{}", input.display()))?;
-    header.check_file_len(file_len).with_context(|| format!("{}", input.display()))?;
+    let header =
+        safetensors::read_header(&mut reader).with_context(|| format!("{}", input.display()))?;
+    header
+        .check_file_len(file_len)
+        .with_context(|| format!("{}", input.display()))?;
     let converts = |d: Dtype| d.is_float() && d != to.dtype();
     let specs: Vec<TensorSpec> = header
         .tensors
         .iter()
-        .map(|t| TensorSpec { name: t.name.clone(), dtype: if converts(t.dtype) { to.dtype() } else { t.dtype }, shape: t.shape.clone() })
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            dtype: if converts(t.dtype) {
+                to.dtype()
+            } else {
+                t.dtype
+            },
+            shape: t.shape.clone(),
+        })
         .collect();
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
     out.write_all(&safetensors::write_header(header.metadata.as_ref(), &specs))?;
@@ -83,17 +97,19 @@ pub fn convert(input: &Path, to: Target, output: &Path, bar: ProgressBar) -> Res
     }
     out.flush()?;
     drop(out);
-    tmp.persist(output).map_err(|e| e.error).with_context(|| format!("{}", output.display()))?;
+    tmp.persist(output)
+        .map_err(|e| e.error)
+        .with_context(|| format!("{}", output.display()))?;
     bar.finish_and_clear();
     Ok(())
 }
 
 fn convert_one(from: Dtype, e: &[u8], to: Target) -> u16 {
     match from {
-        Dtype::F64 => to.from_f64(f64::from_le_bytes(e.try_into().expect("8 bytes"))),
-        Dtype::F32 => to.from_f32(f32::from_le_bytes(e.try_into().expect("4 bytes"))),
-        Dtype::F16 => to.from_f32(f16::from_le_bytes([e[0], e[1]]).to_f32()),
-        Dtype::BF16 => to.from_f32(bf16::from_le_bytes([e[0], e[1]]).to_f32()),
+        Dtype::F64 => to.round_f64(f64::from_le_bytes(e.try_into().expect("8 bytes"))),
+        Dtype::F32 => to.round_f32(f32::from_le_bytes(e.try_into().expect("4 bytes"))),
+        Dtype::F16 => to.round_f32(f16::from_le_bytes([e[0], e[1]]).to_f32()),
+        Dtype::BF16 => to.round_f32(bf16::from_le_bytes([e[0], e[1]]).to_f32()),
         _ => unreachable!("only float tensors are converted"),
     }
 }

@@ -12,10 +12,16 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use crate::format::{Blob, EncodeInput, EncodeOptions, Precision, Report, Selection, encode_to_path};
+use crate::format::{
+    Blob, EncodeInput, EncodeOptions, Precision, Report, Selection, encode_to_path,
+};
 
 #[derive(Parser)]
-#[command(name = "qstore", version, about = "Store a model once; serve it as INT8 and as BF16/FP16, byte-exact.")]
+#[command(
+    name = "qstore",
+    version,
+    about = "Store a model once; serve it as INT8 and as BF16/FP16, byte-exact."
+)]
 pub struct Cli {
     /// No progress bars or summaries.
     #[arg(long, short, global = true)]
@@ -89,11 +95,39 @@ enum PrecisionArg {
 pub fn run(cli: Cli) -> Result<()> {
     let quiet = cli.quiet;
     match cli.command {
-        Command::Encode { high, index, int8, skip, only, output } => encode(EncodeInput { high, shard_index: index, int8 }, skip, only, &output, quiet),
-        Command::Decode { blob, precision, file, output } => decode(&blob, precision, file.as_deref(), &output, quiet),
-        Command::Inspect { blob, json, tensors } => inspect(&blob, json, tensors),
+        Command::Encode {
+            high,
+            index,
+            int8,
+            skip,
+            only,
+            output,
+        } => encode(
+            EncodeInput {
+                high,
+                shard_index: index,
+                int8,
+            },
+            skip,
+            only,
+            &output,
+            quiet,
+        ),
+        Command::Decode {
+            blob,
+            precision,
+            file,
+            output,
+        } => decode(&blob, precision, file.as_deref(), &output, quiet),
+        Command::Inspect {
+            blob,
+            json,
+            tensors,
+        } => inspect(&blob, json, tensors),
         Command::Verify { blob } => verify(&blob, quiet),
-        Command::Convert { input, to, output } => convert::convert(&input, to, &output, progress_bar(quiet, 0)),
+        Command::Convert { input, to, output } => {
+            convert::convert(&input, to, &output, progress_bar(quiet, 0))
+        }
     }
 }
 
@@ -102,7 +136,13 @@ fn progress_bar(quiet: bool, len: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len);
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
     bar
 }
 
@@ -111,11 +151,24 @@ fn open_blob(path: &Path) -> Result<Blob<File>> {
     Blob::open(f).with_context(|| format!("{}", path.display()))
 }
 
-fn encode(input: EncodeInput, skip: Option<String>, only: Option<String>, output: &Path, quiet: bool) -> Result<()> {
-    let total: u64 = input.high.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+fn encode(
+    input: EncodeInput,
+    skip: Option<String>,
+    only: Option<String>,
+    output: &Path,
+    quiet: bool,
+) -> Result<()> {
+    let total: u64 = input
+        .high
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
     let bar = progress_bar(quiet, total);
     bar.set_message("encode");
-    let opts = EncodeOptions { selection: Selection::new(skip.as_deref(), only.as_deref())?, ..Default::default() };
+    let opts = EncodeOptions {
+        selection: Selection::new(skip.as_deref(), only.as_deref())?,
+        ..Default::default()
+    };
     let summary = encode_to_path(&input, &opts, output, &|n| bar.inc(n))?;
     bar.finish_and_clear();
     if !quiet {
@@ -141,7 +194,13 @@ fn precision(blob: &Blob<File>, p: PrecisionArg) -> Result<Precision> {
     }
 }
 
-fn decode(path: &Path, p: PrecisionArg, name: Option<&str>, output: &Path, quiet: bool) -> Result<()> {
+fn decode(
+    path: &Path,
+    p: PrecisionArg,
+    name: Option<&str>,
+    output: &Path,
+    quiet: bool,
+) -> Result<()> {
     let blob = open_blob(path)?;
     let file = blob.file(precision(&blob, p)?, name)?;
     if output == Path::new("-") {
@@ -152,14 +211,19 @@ fn decode(path: &Path, p: PrecisionArg, name: Option<&str>, output: &Path, quiet
     }
     let bar = progress_bar(quiet, file.size);
     bar.set_message("decode");
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     {
         let mut out = bar.wrap_write(BufWriter::with_capacity(1 << 20, tmp.as_file()));
         blob.write_file(file, &mut out)?;
         out.flush()?;
     }
-    tmp.persist(output).map_err(|e| e.error).with_context(|| format!("{}", output.display()))?;
+    tmp.persist(output)
+        .map_err(|e| e.error)
+        .with_context(|| format!("{}", output.display()))?;
     bar.finish_and_clear();
     Ok(())
 }
@@ -176,26 +240,62 @@ fn inspect(path: &Path, json: bool, tensors: bool) -> Result<()> {
         return Ok(());
     }
     let mb = |b: u64| b as f64 / 1e6;
-    println!("blob            {:>12} bytes ({:.2} MB), high precision {}", report.blob_bytes, mb(report.blob_bytes), report.high_dtype);
-    println!("  base          {:>12} bytes (int8 outputs read only this)", report.base_bytes);
+    println!(
+        "blob            {:>12} bytes ({:.2} MB), high precision {}",
+        report.blob_bytes,
+        mb(report.blob_bytes),
+        report.high_dtype
+    );
+    println!(
+        "  base          {:>12} bytes (int8 outputs read only this)",
+        report.base_bytes
+    );
     println!("  residual      {:>12} bytes", report.residual_bytes);
     println!("  index+footer  {:>12} bytes", report.index_bytes);
-    println!("separate files  {:>12} bytes high + {} bytes int8", report.high_files_bytes, report.int8_files_bytes);
-    println!("ratio           {:.3}x vs the two separate files", report.ratio_vs_separate_files);
+    println!(
+        "separate files  {:>12} bytes high + {} bytes int8",
+        report.high_files_bytes, report.int8_files_bytes
+    );
+    println!(
+        "ratio           {:.3}x vs the two separate files",
+        report.ratio_vs_separate_files
+    );
     println!(
         "quantized       {} params, {:.3} bits/param (int8 {:.3} + residual {:.3} + scales {:.3} + index)",
-        report.quantized_params, report.quantized_bits_per_param, report.int8_bits_per_param, report.residual_bits_per_param, report.scales_bits_per_param
+        report.quantized_params,
+        report.quantized_bits_per_param,
+        report.int8_bits_per_param,
+        report.residual_bits_per_param,
+        report.scales_bits_per_param
     );
-    println!("shared          {} params, {:.3} bits/param", report.shared_params, report.shared_bits_per_param);
-    for (label, files) in [("int8", &blob.index().int8_files), (blob.index().high_dtype.precision_name(), &blob.index().high_files)] {
+    println!(
+        "shared          {} params, {:.3} bits/param",
+        report.shared_params, report.shared_bits_per_param
+    );
+    for (label, files) in [
+        ("int8", &blob.index().int8_files),
+        (
+            blob.index().high_dtype.precision_name(),
+            &blob.index().high_files,
+        ),
+    ] {
         for f in files.iter() {
-            println!("{label:>5} file      {} {} bytes sha256 {}", f.name, f.size, f.sha256);
+            println!(
+                "{label:>5} file      {} {} bytes sha256 {}",
+                f.name, f.size, f.sha256
+            );
         }
     }
     if tensors {
-        println!("{:<60} {:>10} {:>12} {:>12} {:>9}", "tensor", "kind", "params", "stored", "bits/par");
+        println!(
+            "{:<60} {:>10} {:>12} {:>12} {:>9}",
+            "tensor", "kind", "params", "stored", "bits/par"
+        );
         for t in &report.tensors {
-            println!("{:<60} {:>10} {:>12} {:>12} {:>9.3}", t.name, t.kind, t.params, t.stored_bytes, t.bits_per_param);
+            println!(
+                "{:<60} {:>10} {:>12} {:>12} {:>9.3}",
+                t.name, t.kind, t.params, t.stored_bytes, t.bits_per_param
+            );
         }
     }
     Ok(())
@@ -217,17 +317,25 @@ impl Write for HashSink<'_> {
 
 fn verify(path: &Path, quiet: bool) -> Result<()> {
     let blob = open_blob(path)?;
-    let total: u64 = [Precision::Int8, Precision::High].iter().flat_map(|&p| blob.files(p)).map(|f| f.size).sum();
+    let total: u64 = [Precision::Int8, Precision::High]
+        .iter()
+        .flat_map(|&p| blob.files(p))
+        .map(|f| f.size)
+        .sum();
     let bar = progress_bar(quiet, total);
     bar.set_message("verify");
     let mut failures = Vec::new();
     for p in [Precision::Int8, Precision::High] {
         for f in blob.files(p) {
             let mut sink = HashSink(Sha256::new(), &bar);
-            blob.write_file(f, &mut sink).with_context(|| format!("{}", f.name))?;
+            blob.write_file(f, &mut sink)
+                .with_context(|| f.name.clone())?;
             let got = hex::encode(sink.0.finalize());
             if got != f.sha256 {
-                failures.push(format!("{} ({:?}): sha256 {got}, index says {}", f.name, p, f.sha256));
+                failures.push(format!(
+                    "{} ({:?}): sha256 {got}, index says {}",
+                    f.name, p, f.sha256
+                ));
             }
         }
     }
@@ -236,7 +344,10 @@ fn verify(path: &Path, quiet: bool) -> Result<()> {
         bail!("verification failed: {}", failures.join("; "));
     }
     if !quiet {
-        eprintln!("ok: {} files decoded, every chunk checksum and file sha256 matches", blob.files(Precision::Int8).len() + blob.files(Precision::High).len());
+        eprintln!(
+            "ok: {} files decoded, every chunk checksum and file sha256 matches",
+            blob.files(Precision::Int8).len() + blob.files(Precision::High).len()
+        );
     }
     Ok(())
 }

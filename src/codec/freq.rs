@@ -43,13 +43,21 @@ impl FreqTable {
             lookup[acc as usize..(acc + freq[s]) as usize].fill(s as u8);
             acc += freq[s];
         }
-        FreqTable { freq, start, lookup }
+        FreqTable {
+            freq,
+            start,
+            lookup,
+        }
     }
 
     /// The coding interval of `sym`; the symbol must have occurred in the counts.
     #[inline(always)]
     pub fn symbol(&self, sym: u8) -> Symbol {
-        Symbol { start: self.start[sym as usize], freq: self.freq[sym as usize], bits: TABLE_BITS }
+        Symbol {
+            start: self.start[sym as usize],
+            freq: self.freq[sym as usize],
+            bits: TABLE_BITS,
+        }
     }
 
     /// Decodes one symbol from `lane`.
@@ -66,7 +74,11 @@ impl FreqTable {
     /// frequency is followed by a byte counting further zeros (up to 255).
     pub fn write(&self, out: &mut Vec<u8>) {
         let (plain, delta) = (self.encode_entries(false), self.encode_entries(true));
-        let (mode, best) = if delta.len() < plain.len() { (1, delta) } else { (0, plain) };
+        let (mode, best) = if delta.len() < plain.len() {
+            (1, delta)
+        } else {
+            (0, plain)
+        };
         out.push(mode);
         out.extend_from_slice(&best);
     }
@@ -83,7 +95,11 @@ impl FreqTable {
             }
             s += 1;
             if f == 0 {
-                let run = self.freq[s..].iter().take(255).take_while(|&&f| f == 0).count();
+                let run = self.freq[s..]
+                    .iter()
+                    .take(255)
+                    .take_while(|&&f| f == 0)
+                    .count();
                 out.push(run as u8);
                 s += run;
             }

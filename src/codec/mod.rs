@@ -50,11 +50,20 @@ pub fn decode_float(data: &[u8], elem_size: usize, out: &mut [u8]) -> Result<(),
 /// most significant first, so plane 0 is the exponent-bearing byte.
 fn rotate(data: &[u8], elem_size: usize, forward: bool) -> Vec<u8> {
     let bits = (elem_size * 8) as u32;
-    let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    let mask = if bits == 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
     let mut out = vec![0u8; data.len()];
-    for (src, dst) in data.chunks_exact(elem_size).zip(out.chunks_exact_mut(elem_size)) {
+    for (src, dst) in data
+        .chunks_exact(elem_size)
+        .zip(out.chunks_exact_mut(elem_size))
+    {
         let v = if forward {
-            src.iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+            src.iter()
+                .rev()
+                .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
         } else {
             src.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
         };
@@ -86,7 +95,11 @@ fn encode_planes_raw(data: &[u8], planes: usize) -> Vec<u8> {
         }
     }
     let mut out = Vec::new();
-    let Some(tables) = counts.iter().map(FreqTable::from_counts).collect::<Option<Vec<_>>>() else {
+    let Some(tables) = counts
+        .iter()
+        .map(FreqTable::from_counts)
+        .collect::<Option<Vec<_>>>()
+    else {
         return out;
     };
     tables.iter().for_each(|t| t.write(&mut out));
@@ -101,17 +114,29 @@ fn encode_planes_raw(data: &[u8], planes: usize) -> Vec<u8> {
 }
 
 /// Reads the tables of a plane-coded chunk and opens its stream; `None` for an empty chunk.
-fn open_planes<'a>(data: &'a [u8], planes: usize, out_len: usize) -> Result<Option<(Vec<FreqTable>, Decoder<'a>)>, CodecError> {
+fn open_planes<'a>(
+    data: &'a [u8],
+    planes: usize,
+    out_len: usize,
+) -> Result<Option<(Vec<FreqTable>, Decoder<'a>)>, CodecError> {
     if out_len == 0 {
-        return if data.is_empty() { Ok(None) } else { Err(CodecError::Corrupt("data for an empty chunk")) };
+        return if data.is_empty() {
+            Ok(None)
+        } else {
+            Err(CodecError::Corrupt("data for an empty chunk"))
+        };
     }
     let mut buf = data;
-    let tables = (0..planes).map(|_| FreqTable::read(&mut buf)).collect::<Result<Vec<_>, _>>()?;
+    let tables = (0..planes)
+        .map(|_| FreqTable::read(&mut buf))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Some((tables, Decoder::new(buf)?)))
 }
 
 fn decode_planes_raw(data: &[u8], planes: usize, out: &mut [u8]) -> Result<(), CodecError> {
-    let Some((tables, mut dec)) = open_planes(data, planes, out.len())? else { return Ok(()) };
+    let Some((tables, mut dec)) = open_planes(data, planes, out.len())? else {
+        return Ok(());
+    };
     if planes == 1 {
         decode_single_plane(&tables[0], &mut dec, out);
     } else {
@@ -139,7 +164,9 @@ fn decode_single_plane(t: &FreqTable, dec: &mut Decoder, out: &mut [u8]) {
 
 /// Float16-family decode fused with the inverse rotation: no intermediate buffer.
 fn decode_float16(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
-    let Some((tables, mut dec)) = open_planes(data, 2, out.len())? else { return Ok(()) };
+    let Some((tables, mut dec)) = open_planes(data, 2, out.len())? else {
+        return Ok(());
+    };
     let (hi_t, lo_t) = (&tables[0], &tables[1]);
     let one = |dec: &mut Decoder, lane: usize, o: &mut [u8]| {
         let r = (u16::from(hi_t.decode(dec, lane)) << 8) | u16::from(lo_t.decode(dec, lane));
@@ -164,7 +191,9 @@ mod tests {
     #[test]
     fn float_planes_round_trip_every_width() {
         for es in [2usize, 4, 8] {
-            let data: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+            let data: Vec<u8> = (0..4096u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect();
             let data = &data[..data.len() / es * es];
             let enc = encode_float(data, es);
             let mut out = vec![0u8; data.len()];
@@ -184,7 +213,9 @@ mod tests {
 
     #[test]
     fn int8_round_trips_and_compresses_a_peaked_distribution() {
-        let q: Vec<u8> = (0..100_000u32).map(|i| (((i.wrapping_mul(2654435761) >> 24) as i8) / 32) as u8).collect();
+        let q: Vec<u8> = (0..100_000u32)
+            .map(|i| (((i.wrapping_mul(2654435761) >> 24) as i8) / 32) as u8)
+            .collect();
         let enc = encode_int8(&q);
         assert!(enc.len() < q.len() / 2);
         let mut out = vec![0u8; q.len()];

@@ -38,7 +38,11 @@ impl HighDtype {
                 let x = f32::from_bits(u32::from(code) << 16);
                 // bfloat16 values in the float16 normal range are exact in float16.
                 let mag = code & 0x7FFF;
-                if (0x3880..=0x477F).contains(&mag) { x } else { f16::from_f32(x).to_f32() }
+                if (0x3880..=0x477F).contains(&mag) {
+                    x
+                } else {
+                    f16::from_f32(x).to_f32()
+                }
             }
             HighDtype::F16 => f16::from_bits(code).to_f32(),
         }
@@ -67,7 +71,11 @@ fn quantize_value(x: f32, s: f32) -> i32 {
     // Adding and removing 1.5 * 2^23 rounds to nearest even in the default rounding mode, for
     // |y| < 2^22; larger values are already integers. Avoids a libm call on baseline x86-64.
     const MAGIC: f32 = 12_582_912.0;
-    let r = if y.abs() < 4_194_304.0 { (y + MAGIC) - MAGIC } else { y };
+    let r = if y.abs() < 4_194_304.0 {
+        (y + MAGIC) - MAGIC
+    } else {
+        y
+    };
     r as i32
 }
 
@@ -111,7 +119,11 @@ pub struct RowIntervals {
 
 impl RowIntervals {
     pub fn new(dtype: HighDtype, absmax: f32) -> RowIntervals {
-        let mut r = RowIntervals { bounds: [0; 129], recips: [0; 128], degenerate: true };
+        let mut r = RowIntervals {
+            bounds: [0; 129],
+            recips: [0; 128],
+            degenerate: true,
+        };
         if !(absmax.is_finite() && absmax > 0.0) {
             return r;
         }
@@ -161,7 +173,11 @@ impl RowIntervals {
     #[inline(always)]
     pub fn interval(&self, k: usize) -> (u16, u32, u64) {
         let lo = self.bounds[k];
-        (lo, u32::from(self.bounds[k + 1]) - u32::from(lo), self.recips[k])
+        (
+            lo,
+            u32::from(self.bounds[k + 1]) - u32::from(lo),
+            self.recips[k],
+        )
     }
 }
 
@@ -216,7 +232,10 @@ mod tests {
                         assert!(c < iv.zero_end());
                     } else if k <= 127 {
                         let (lo, n, _) = iv.interval(k);
-                        assert!(c >= lo && u32::from(c) < u32::from(lo) + n, "{dtype:?} {absmax} {c:#x} q={q}");
+                        assert!(
+                            c >= lo && u32::from(c) < u32::from(lo) + n,
+                            "{dtype:?} {absmax} {c:#x} q={q}"
+                        );
                     } else {
                         assert!(c >= iv.bounds[128]);
                     }
@@ -244,7 +263,10 @@ mod tests {
         let row = [bf16(1e-6), bf16(0.9e-6), bf16(-0.5e-6)];
         let mut q = [0u8; 3];
         let a = quantize_row(HighDtype::Bf16, &row, &mut q);
-        assert_eq!(a, f16::from_f32(half::bf16::from_bits(row[0]).to_f32()).to_f32());
+        assert_eq!(
+            a,
+            f16::from_f32(half::bf16::from_bits(row[0]).to_f32()).to_f32()
+        );
         assert_eq!(q[0], 127);
     }
 }

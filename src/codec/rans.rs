@@ -31,7 +31,9 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn with_capacity(n: usize) -> Self {
-        Encoder { symbols: Vec::with_capacity(n) }
+        Encoder {
+            symbols: Vec::with_capacity(n),
+        }
     }
 
     /// Queues a symbol on `lane` (0..4).
@@ -93,7 +95,12 @@ impl<'a> Decoder<'a> {
                 return Err(CodecError::Corrupt("rANS state out of range"));
             }
         }
-        Ok(Decoder { states, words: &stream[STATE_BYTES..], pos: 0, overrun: false })
+        Ok(Decoder {
+            states,
+            words: &stream[STATE_BYTES..],
+            pos: 0,
+            overrun: false,
+        })
     }
 
     /// The position of `lane`'s state inside `[0, 2^bits)`: identifies its next symbol.
@@ -108,7 +115,10 @@ impl<'a> Decoder<'a> {
         let lane = lane % LANES;
         let x = self.states[lane];
         let slot = x & ((1u32 << s.bits) - 1);
-        let mut x = s.freq.wrapping_mul(x >> s.bits).wrapping_add(slot.wrapping_sub(s.start));
+        let mut x = s
+            .freq
+            .wrapping_mul(x >> s.bits)
+            .wrapping_add(slot.wrapping_sub(s.start));
         if x < RANS_L {
             x = (x << 16) | u32::from(self.next_word());
         }
@@ -133,7 +143,9 @@ impl<'a> Decoder<'a> {
     /// byte missing or left over. Catches most corruption before the checksum does.
     pub fn finish(self) -> Result<(), CodecError> {
         if self.overrun || self.pos != self.words.len() || self.states != [RANS_L; LANES] {
-            return Err(CodecError::Corrupt("rANS stream did not end where it should"));
+            return Err(CodecError::Corrupt(
+                "rANS stream did not end where it should",
+            ));
         }
         Ok(())
     }
@@ -158,7 +170,10 @@ mod tests {
             .collect();
         let mut enc = Encoder::default();
         let lane = |i: usize| (i * 7 / 3) % 4;
-        symbols.iter().enumerate().for_each(|(i, &s)| enc.push(s, lane(i)));
+        symbols
+            .iter()
+            .enumerate()
+            .for_each(|(i, &s)| enc.push(s, lane(i)));
         let mut out = Vec::new();
         enc.finish_into(&mut out);
         let mut dec = Decoder::new(&out).unwrap();

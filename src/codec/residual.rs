@@ -11,18 +11,27 @@
 //! Chunk layout: `varint n_exceptions`, then per exception `varint gap, u16 code`; one flag byte
 //! (1 = the whole-value table follows); the table; one rANS stream.
 
+use super::CodecError;
 use super::freq::{FreqTable, read_varint, take, write_varint};
 use super::quantize::{HighDtype, RowIntervals, uniform_divisor};
 use super::rans::{Decoder, Encoder, Symbol};
-use super::CodecError;
 
 /// How one element is coded.
 #[derive(Clone, Copy)]
 enum Item {
     Exception,
     /// High byte, sign + low 7 bits, and the low values possible under the top high byte.
-    Whole { hi: u8, lo: u8, top: u8, top_low: u8 },
-    Position { r: u16, n: u16, recip: u64 },
+    Whole {
+        hi: u8,
+        lo: u8,
+        top: u8,
+        top_low: u8,
+    },
+    Position {
+        r: u16,
+        n: u16,
+        recip: u64,
+    },
     Implied,
 }
 
@@ -39,7 +48,9 @@ pub struct ChunkRows<'a> {
 impl ChunkRows<'_> {
     fn check(&self, n: usize) -> Result<(), CodecError> {
         if self.q.len() != n || self.scales.len().checked_mul(self.cols) != Some(n) {
-            return Err(CodecError::Corrupt("residual chunk shape does not match its rows"));
+            return Err(CodecError::Corrupt(
+                "residual chunk shape does not match its rows",
+            ));
         }
         Ok(())
     }
@@ -65,12 +76,32 @@ pub fn encode(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
     let mut enc = Encoder::with_capacity(items.len());
     for (lane, item) in items.iter().enumerate() {
         match *item {
-            Item::Whole { hi, lo, top, top_low } => {
-                enc.push(table.as_ref().expect("the table exists when whole values do").symbol(hi), lane);
+            Item::Whole {
+                hi,
+                lo,
+                top,
+                top_low,
+            } => {
+                enc.push(
+                    table
+                        .as_ref()
+                        .expect("the table exists when whole values do")
+                        .symbol(hi),
+                    lane,
+                );
                 push_low_bits(&mut enc, lane, lo & 0x7F, hi == top, u32::from(top_low) + 1);
-                enc.push(Symbol { start: u32::from(lo >> 7), freq: 1, bits: 1 }, lane);
+                enc.push(
+                    Symbol {
+                        start: u32::from(lo >> 7),
+                        freq: 1,
+                        bits: 1,
+                    },
+                    lane,
+                );
             }
-            Item::Position { r, n, recip } => enc.push(uniform_symbol(u32::from(r), u32::from(n), recip), lane),
+            Item::Position { r, n, recip } => {
+                enc.push(uniform_symbol(u32::from(r), u32::from(n), recip), lane)
+            }
             Item::Exception | Item::Implied => {}
         }
     }
@@ -101,7 +132,11 @@ struct IntervalCache {
 
 impl IntervalCache {
     fn new(dtype: HighDtype) -> Self {
-        IntervalCache { dtype, slots: std::collections::HashMap::new(), intervals: Vec::new() }
+        IntervalCache {
+            dtype,
+            slots: std::collections::HashMap::new(),
+            intervals: Vec::new(),
+        }
     }
 
     /// Position in `intervals` of the row intervals for `scale`, computed on first use.
@@ -122,7 +157,12 @@ impl IntervalCache {
 fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
     let mag = code & 0x7FFF;
     let (top, top_low) = iv.whole_top();
-    let whole = Item::Whole { hi: (mag >> 7) as u8, lo: ((code >> 8) & 0x80) as u8 | (code & 0x7F) as u8, top: top as u8, top_low: (top_low - 1) as u8 };
+    let whole = Item::Whole {
+        hi: (mag >> 7) as u8,
+        lo: ((code >> 8) & 0x80) as u8 | (code & 0x7F) as u8,
+        top: top as u8,
+        top_low: (top_low - 1) as u8,
+    };
     if iv.is_degenerate() {
         return if q == 0 { whole } else { Item::Exception };
     }
@@ -130,7 +170,11 @@ fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
         return Item::Exception;
     }
     if q == 0 {
-        return if mag < iv.zero_end() { whole } else { Item::Exception };
+        return if mag < iv.zero_end() {
+            whole
+        } else {
+            Item::Exception
+        };
     }
     if q == i8::MIN || (code >> 15 == 1) != (q < 0) {
         return Item::Exception;
@@ -142,12 +186,18 @@ fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
     } else if n == 1 {
         Item::Implied
     } else {
-        Item::Position { r: r as u16, n: n as u16, recip }
+        Item::Position {
+            r: r as u16,
+            n: n as u16,
+            recip,
+        }
     }
 }
 
 fn write_exceptions(items: &[Item], high: &[u16], out: &mut Vec<u8>) {
-    let positions: Vec<usize> = (0..items.len()).filter(|&i| matches!(items[i], Item::Exception)).collect();
+    let positions: Vec<usize> = (0..items.len())
+        .filter(|&i| matches!(items[i], Item::Exception))
+        .collect();
     write_varint(out, positions.len() as u64);
     let mut next = 0;
     for i in positions {
@@ -189,7 +239,13 @@ pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u16]) -> Result<(), Code
                 exc += 1;
                 next_exc = exceptions.get(exc).map_or(usize::MAX, |e| e.0);
             } else {
-                out[i] = decode_one(&cache.intervals[iv], q[i] as i8, table.as_ref(), &mut dec, $lane)?;
+                out[i] = decode_one(
+                    &cache.intervals[iv],
+                    q[i] as i8,
+                    table.as_ref(),
+                    &mut dec,
+                    $lane,
+                )?;
             }
             i += 1;
         }};
@@ -207,7 +263,13 @@ pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u16]) -> Result<(), Code
 }
 
 #[inline(always)]
-fn decode_one(iv: &RowIntervals, q: i8, table: Option<&FreqTable>, dec: &mut Decoder, lane: usize) -> Result<u16, CodecError> {
+fn decode_one(
+    iv: &RowIntervals,
+    q: i8,
+    table: Option<&FreqTable>,
+    dec: &mut Decoder,
+    lane: usize,
+) -> Result<u16, CodecError> {
     if q == 0 || iv.is_degenerate() {
         let hi_t = table.ok_or(CodecError::Corrupt("whole-value element without a table"))?;
         let hi = u16::from(hi_t.decode(dec, lane));
@@ -217,7 +279,14 @@ fn decode_one(iv: &RowIntervals, q: i8, table: Option<&FreqTable>, dec: &mut Dec
         }
         let low = decode_low_bits(dec, lane, hi == top, top_low) as u16;
         let sign = dec.slot(lane, 1) as u16;
-        dec.advance(lane, Symbol { start: u32::from(sign), freq: 1, bits: 1 });
+        dec.advance(
+            lane,
+            Symbol {
+                start: u32::from(sign),
+                freq: 1,
+                bits: 1,
+            },
+        );
         return Ok((sign << 15) | (hi << 7) | low);
     }
     let (lo, n, recip) = iv.interval(q.unsigned_abs().min(127) as usize);
@@ -238,7 +307,9 @@ fn read_exceptions(buf: &mut &[u8], n: usize) -> Result<Vec<(usize, u16)>, Codec
     let mut list = Vec::with_capacity(count as usize);
     let mut next = 0u64;
     for _ in 0..count {
-        let pos = next.checked_add(read_varint(buf)?).filter(|&p| p < n as u64);
+        let pos = next
+            .checked_add(read_varint(buf)?)
+            .filter(|&p| p < n as u64);
         let pos = pos.ok_or(CodecError::Corrupt("exception position out of range"))?;
         let code = take(buf, 2)?;
         list.push((pos as usize, u16::from_le_bytes([code[0], code[1]])));
@@ -252,9 +323,19 @@ fn read_exceptions(buf: &mut &[u8], n: usize) -> Result<Vec<(usize, u16)>, Codec
 #[inline(always)]
 fn push_low_bits(enc: &mut Encoder, lane: usize, low: u8, at_top: bool, top_count: u32) {
     if !at_top || top_count == 128 {
-        enc.push(Symbol { start: u32::from(low), freq: 1, bits: 7 }, lane);
+        enc.push(
+            Symbol {
+                start: u32::from(low),
+                freq: 1,
+                bits: 7,
+            },
+            lane,
+        );
     } else if top_count > 1 {
-        enc.push(uniform_symbol(u32::from(low), top_count, uniform_divisor(top_count)), lane);
+        enc.push(
+            uniform_symbol(u32::from(low), top_count, uniform_divisor(top_count)),
+            lane,
+        );
     }
 }
 
@@ -262,7 +343,14 @@ fn push_low_bits(enc: &mut Encoder, lane: usize, low: u8, at_top: bool, top_coun
 fn decode_low_bits(dec: &mut Decoder, lane: usize, at_top: bool, top_count: u32) -> u32 {
     if !at_top || top_count == 128 {
         let low = dec.slot(lane, 7);
-        dec.advance(lane, Symbol { start: low, freq: 1, bits: 7 });
+        dec.advance(
+            lane,
+            Symbol {
+                start: low,
+                freq: 1,
+                bits: 7,
+            },
+        );
         low
     } else if top_count > 1 {
         uniform_decode(dec, lane, top_count, uniform_divisor(top_count))
@@ -276,14 +364,26 @@ fn decode_low_bits(dec: &mut Decoder, lane: usize, at_top: bool, top_count: u32)
 #[inline(always)]
 fn uniform_start(r: u32, d: u64) -> u32 {
     // ceil(a / n) = floor((a - 1) / n) + 1 for a > 0.
-    if r == 0 { 0 } else { ((u128::from((r << 16) - 1) * u128::from(d)) >> 48) as u32 + 1 }
+    if r == 0 {
+        0
+    } else {
+        ((u128::from((r << 16) - 1) * u128::from(d)) >> 48) as u32 + 1
+    }
 }
 
 #[inline(always)]
 fn uniform_symbol(r: u32, n: u32, d: u64) -> Symbol {
     let start = uniform_start(r, d);
-    let end = if r + 1 == n { 1 << 16 } else { uniform_start(r + 1, d) };
-    Symbol { start, freq: end - start, bits: 16 }
+    let end = if r + 1 == n {
+        1 << 16
+    } else {
+        uniform_start(r + 1, d)
+    };
+    Symbol {
+        start,
+        freq: end - start,
+        bits: 16,
+    }
 }
 
 /// Decodes a position: the slice containing the slot is found by one multiply, no search.
@@ -301,7 +401,12 @@ mod tests {
     use super::*;
 
     fn round_trip(dtype: HighDtype, high: &[u16], q: &[u8], scales: &[f32], cols: usize) -> usize {
-        let rows = ChunkRows { dtype, q, scales, cols };
+        let rows = ChunkRows {
+            dtype,
+            q,
+            scales,
+            cols,
+        };
         let data = encode(&rows, high).unwrap();
         let mut out = vec![0u16; high.len()];
         decode(&rows, &data, &mut out).unwrap();
@@ -311,7 +416,11 @@ mod tests {
 
     fn derived(dtype: HighDtype, high: &[u16], cols: usize) -> (Vec<u8>, Vec<f32>) {
         let mut q = vec![0u8; high.len()];
-        let scales = high.chunks(cols).zip(q.chunks_mut(cols)).map(|(r, qr)| quantize_row(dtype, r, qr)).collect();
+        let scales = high
+            .chunks(cols)
+            .zip(q.chunks_mut(cols))
+            .map(|(r, qr)| quantize_row(dtype, r, qr))
+            .collect();
         (q, scales)
     }
 
@@ -340,7 +449,9 @@ mod tests {
         let mut seed = 12345u64;
         let high: Vec<u16> = (0..cols * 64)
             .map(|_| {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let u = (seed >> 11) as f64 / (1u64 << 53) as f64;
                 let v = ((u - 0.5) * 0.2).powi(3) * 50.0;
                 half::bf16::from_f64(v).to_bits()
@@ -348,7 +459,11 @@ mod tests {
             .collect();
         let (q, scales) = derived(HighDtype::Bf16, &high, cols);
         let bytes = round_trip(HighDtype::Bf16, &high, &q, &scales, cols);
-        assert!(bytes * 8 < high.len() * 6, "{} bits/param", bytes as f64 * 8.0 / high.len() as f64);
+        assert!(
+            bytes * 8 < high.len() * 6,
+            "{} bits/param",
+            bytes as f64 * 8.0 / high.len() as f64
+        );
     }
 
     #[test]
@@ -363,7 +478,12 @@ mod tests {
     fn corrupt_residuals_error_without_panicking() {
         let high: Vec<u16> = (0..512u16).map(|i| i.wrapping_mul(97)).collect();
         let (q, scales) = derived(HighDtype::Bf16, &high, 64);
-        let rows = ChunkRows { dtype: HighDtype::Bf16, q: &q, scales: &scales, cols: 64 };
+        let rows = ChunkRows {
+            dtype: HighDtype::Bf16,
+            q: &q,
+            scales: &scales,
+            cols: 64,
+        };
         let data = encode(&rows, &high).unwrap();
         let mut out = vec![0u16; high.len()];
         for i in 0..data.len() {

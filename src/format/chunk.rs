@@ -40,10 +40,19 @@ impl TryFrom<u8> for ChunkCodec {
     type Error = String;
     fn try_from(v: u8) -> Result<Self, String> {
         use ChunkCodec::*;
-        [Raw, Zstd, Float16, Float32, Float64, Int8, Residual, Float32AsF16]
-            .into_iter()
-            .find(|c| *c as u8 == v)
-            .ok_or_else(|| format!("unknown chunk codec {v}"))
+        [
+            Raw,
+            Zstd,
+            Float16,
+            Float32,
+            Float64,
+            Int8,
+            Residual,
+            Float32AsF16,
+        ]
+        .into_iter()
+        .find(|c| *c as u8 == v)
+        .ok_or_else(|| format!("unknown chunk codec {v}"))
     }
 }
 
@@ -57,7 +66,12 @@ pub struct EncodedChunk {
 
 impl EncodedChunk {
     fn new(stored: Vec<u8>, codec: ChunkCodec, decoded: &[u8]) -> Self {
-        EncodedChunk { stored, codec, decoded_len: decoded.len() as u32, crc32: crc32fast::hash(decoded) }
+        EncodedChunk {
+            stored,
+            codec,
+            decoded_len: decoded.len() as u32,
+            crc32: crc32fast::hash(decoded),
+        }
     }
 }
 
@@ -87,7 +101,11 @@ pub fn encode_bytes(data: &[u8], content: Content) -> Result<EncodedChunk, Forma
     let (codec, stored) = match (content, as_exact_f16(data)) {
         (Content::Tensor(Dtype::F32), Some(halves)) => {
             let narrow = codec::encode_float(&halves, 2);
-            if narrow.len() < stored.len() { (ChunkCodec::Float32AsF16, narrow) } else { (codec, stored) }
+            if narrow.len() < stored.len() {
+                (ChunkCodec::Float32AsF16, narrow)
+            } else {
+                (codec, stored)
+            }
         }
         _ => (codec, stored),
     };
@@ -99,7 +117,9 @@ pub fn encode_bytes(data: &[u8], content: Content) -> Result<EncodedChunk, Forma
     let mut check = vec![0u8; data.len()];
     decode_bytes(chunk.codec, &chunk.stored, &mut check)?;
     if check != data {
-        return Err(FormatError::Corrupt(format!("{codec:?} chunk failed to round-trip while encoding")));
+        return Err(FormatError::Corrupt(format!(
+            "{codec:?} chunk failed to round-trip while encoding"
+        )));
     }
     Ok(chunk)
 }
@@ -123,22 +143,33 @@ pub fn decode_bytes(codec: ChunkCodec, stored: &[u8], out: &mut [u8]) -> Result<
     match codec {
         ChunkCodec::Raw if stored.len() == out.len() => out.copy_from_slice(stored),
         ChunkCodec::Zstd => {
-            let n = zstd::bulk::decompress_to_buffer(stored, out).map_err(|e| FormatError::Corrupt(format!("zstd chunk: {e}")))?;
+            let n = zstd::bulk::decompress_to_buffer(stored, out)
+                .map_err(|e| FormatError::Corrupt(format!("zstd chunk: {e}")))?;
             if n != out.len() {
-                return Err(FormatError::Corrupt("zstd chunk has the wrong length".into()));
+                return Err(FormatError::Corrupt(
+                    "zstd chunk has the wrong length".into(),
+                ));
             }
         }
         ChunkCodec::Float16 => codec::decode_float(stored, 2, out)?,
         ChunkCodec::Float32 => codec::decode_float(stored, 4, out)?,
         ChunkCodec::Float64 => codec::decode_float(stored, 8, out)?,
-        ChunkCodec::Float32AsF16 if out.len() % 4 == 0 => {
+        ChunkCodec::Float32AsF16 if out.len().is_multiple_of(4) => {
             let mut halves = vec![0u8; out.len() / 2];
             codec::decode_float(stored, 2, &mut halves)?;
             for (o, h) in out.chunks_exact_mut(4).zip(halves.chunks_exact(2)) {
-                o.copy_from_slice(&half::f16::from_le_bytes([h[0], h[1]]).to_f32().to_le_bytes());
+                o.copy_from_slice(
+                    &half::f16::from_le_bytes([h[0], h[1]])
+                        .to_f32()
+                        .to_le_bytes(),
+                );
             }
         }
-        _ => return Err(FormatError::Corrupt(format!("{codec:?} chunk where plain bytes were expected"))),
+        _ => {
+            return Err(FormatError::Corrupt(format!(
+                "{codec:?} chunk where plain bytes were expected"
+            )));
+        }
     }
     Ok(())
 }
@@ -154,7 +185,9 @@ pub fn encode_int8(q: &[u8]) -> Result<EncodedChunk, FormatError> {
     let mut check = vec![0u8; q.len()];
     decode_int8(chunk.codec, &chunk.stored, &mut check)?;
     if check != q {
-        return Err(FormatError::Corrupt("int8 chunk failed to round-trip while encoding".into()));
+        return Err(FormatError::Corrupt(
+            "int8 chunk failed to round-trip while encoding".into(),
+        ));
     }
     Ok(chunk)
 }
@@ -167,27 +200,41 @@ pub fn decode_int8(codec: ChunkCodec, stored: &[u8], out: &mut [u8]) -> Result<(
             Ok(())
         }
         ChunkCodec::Int8 => Ok(codec::decode_int8(stored, out)?),
-        _ => Err(FormatError::Corrupt(format!("{codec:?} chunk where int8 values were expected"))),
+        _ => Err(FormatError::Corrupt(format!(
+            "{codec:?} chunk where int8 values were expected"
+        ))),
     }
 }
 
 /// Codes high-precision codes against their int8 values and scales, verified like the others.
-pub fn encode_residual(rows: &residual::ChunkRows, high: &[u16]) -> Result<EncodedChunk, FormatError> {
+pub fn encode_residual(
+    rows: &residual::ChunkRows,
+    high: &[u16],
+) -> Result<EncodedChunk, FormatError> {
     let stored = residual::encode(rows, high)?;
     let decoded = codes_to_le_bytes(high);
     let chunk = EncodedChunk::new(stored, ChunkCodec::Residual, &decoded);
     let mut check = vec![0u16; high.len()];
     residual::decode(rows, &chunk.stored, &mut check)?;
     if check != high {
-        return Err(FormatError::Corrupt("residual chunk failed to round-trip while encoding".into()));
+        return Err(FormatError::Corrupt(
+            "residual chunk failed to round-trip while encoding".into(),
+        ));
     }
     Ok(chunk)
 }
 
 /// Decodes a residual chunk to little-endian bytes.
-pub fn decode_residual(codec: ChunkCodec, rows: &residual::ChunkRows, stored: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
+pub fn decode_residual(
+    codec: ChunkCodec,
+    rows: &residual::ChunkRows,
+    stored: &[u8],
+    out: &mut [u8],
+) -> Result<(), FormatError> {
     if codec != ChunkCodec::Residual || out.len() != rows.q.len() * 2 {
-        return Err(FormatError::Corrupt(format!("{codec:?} chunk where a residual was expected")));
+        return Err(FormatError::Corrupt(format!(
+            "{codec:?} chunk where a residual was expected"
+        )));
     }
     let mut codes = vec![0u16; rows.q.len()];
     residual::decode(rows, stored, &mut codes)?;
@@ -204,7 +251,10 @@ pub fn codes_to_le_bytes(codes: &[u16]) -> Vec<u8> {
 
 /// 16-bit codes from little-endian bytes.
 pub fn le_bytes_to_codes(bytes: &[u8]) -> Vec<u16> {
-    bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()
+    bytes
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect()
 }
 
 /// Which 16-bit float type a safetensors dtype is, if any.

@@ -7,10 +7,11 @@ use super::chunk::ChunkCodec;
 use super::{FormatError, VERSION};
 use crate::codec::quantize::HighDtype;
 
-/// `[offset, stored_len, decoded_len, crc32_of_decoded, codec]`: a chunk's place in the blob and
-/// the checksum every decode is held to.
+/// `[offset, stored_len, decoded_len, crc32_of_decoded, codec, crc32_of_stored]`: a chunk's place
+/// in the blob and the checksums every read and decode is held to (the stored one catches damage
+/// before decoding; the decoded one proves the bytes served are the bytes encoded).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct Chunk(pub u64, pub u32, pub u32, pub u32, pub ChunkCodec);
+pub struct Chunk(pub u64, pub u32, pub u32, pub u32, pub ChunkCodec, pub u32);
 
 impl Chunk {
     pub fn offset(&self) -> u64 {
@@ -27,6 +28,9 @@ impl Chunk {
     }
     pub fn codec(&self) -> ChunkCodec {
         self.4
+    }
+    pub fn stored_crc32(&self) -> u32 {
+        self.5
     }
 }
 
@@ -111,7 +115,9 @@ impl Index {
         match s {
             Segment::Stream(i) => self.streams[i as usize].len,
             Segment::Int8(i) => self.quantized[i as usize].rows * self.quantized[i as usize].cols,
-            Segment::High(i) => 2 * self.quantized[i as usize].rows * self.quantized[i as usize].cols,
+            Segment::High(i) => {
+                2 * self.quantized[i as usize].rows * self.quantized[i as usize].cols
+            }
         }
     }
 
@@ -149,10 +155,15 @@ impl Index {
                 if !ok {
                     return bad(format!("file {:?} references a missing stream", f.name));
                 }
-                total = total.checked_add(self.segment_len(*seg)).ok_or_else(|| FormatError::Corrupt("size overflow".into()))?;
+                total = total
+                    .checked_add(self.segment_len(*seg))
+                    .ok_or_else(|| FormatError::Corrupt("size overflow".into()))?;
             }
             if total != f.size {
-                return bad(format!("file {:?}: segments add up to {total} bytes, not {}", f.name, f.size));
+                return bad(format!(
+                    "file {:?}: segments add up to {total} bytes, not {}",
+                    f.name, f.size
+                ));
             }
         }
         Ok(())
@@ -181,12 +192,28 @@ impl Index {
         Ok(())
     }
 
-    fn check_chunk(&self, first: u32, i: u32, decoded: u64, section: [u64; 2]) -> Result<(), FormatError> {
-        let id = first.checked_add(i).ok_or_else(|| FormatError::Corrupt("chunk id overflow".into()))?;
-        let c = self.chunks.get(id as usize).ok_or_else(|| FormatError::Corrupt(format!("missing chunk {id}")))?;
+    fn check_chunk(
+        &self,
+        first: u32,
+        i: u32,
+        decoded: u64,
+        section: [u64; 2],
+    ) -> Result<(), FormatError> {
+        let id = first
+            .checked_add(i)
+            .ok_or_else(|| FormatError::Corrupt("chunk id overflow".into()))?;
+        let c = self
+            .chunks
+            .get(id as usize)
+            .ok_or_else(|| FormatError::Corrupt(format!("missing chunk {id}")))?;
         let end = c.offset().checked_add(u64::from(c.stored_len()));
-        if u64::from(c.decoded_len()) != decoded || c.offset() < section[0] || end.is_none_or(|e| e > section[1]) {
-            return Err(FormatError::Corrupt(format!("chunk {id} lies outside its section or has the wrong size")));
+        if u64::from(c.decoded_len()) != decoded
+            || c.offset() < section[0]
+            || end.is_none_or(|e| e > section[1])
+        {
+            return Err(FormatError::Corrupt(format!(
+                "chunk {id} lies outside its section or has the wrong size"
+            )));
         }
         Ok(())
     }

@@ -13,8 +13,8 @@ mod writer;
 
 pub use chunk::ChunkCodec;
 pub use index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
+pub use reader::{Blob, BlobSource, Precision, WINDOW};
 pub use report::{Report, TensorReport};
-pub use reader::{Blob, BlobSource, Precision};
 pub use writer::{EncodeInput, EncodeOptions, EncodeSummary, Selection, encode_to_path};
 
 /// First 8 bytes of every blob; also the last 8, closing the footer.

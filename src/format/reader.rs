@@ -21,6 +21,10 @@ pub const WINDOW: usize = 8;
 pub trait BlobSource: Sync {
     /// Total length of the blob.
     fn len(&self) -> u64;
+    /// True for an empty source (never a valid blob).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Reads exactly `len` bytes at `offset`.
     fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>>;
 }
@@ -45,7 +49,12 @@ impl BlobSource for Vec<u8> {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         self.get(start..start.saturating_add(len))
             .map(<[u8]>::to_vec)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end of the blob"))
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "read past the end of the blob",
+                )
+            })
     }
 }
 
@@ -85,7 +94,12 @@ impl<S: BlobSource> Blob<S> {
         }
         let version = u32::from_le_bytes(preamble[8..12].try_into().unwrap());
         if version != VERSION {
-            return Err(FormatError::Corrupt(format!("unsupported format version {version}")));
+            return Err(FormatError::Corrupt(format!(
+                "unsupported format version {version}"
+            )));
+        }
+        if preamble[12..16] != [0; 4] {
+            return Err(FormatError::Corrupt("unknown preamble flags".into()));
         }
         let footer = src.read_at(len - FOOTER_LEN, FOOTER_LEN as usize)?;
         if footer[24..32] != MAGIC {
@@ -94,21 +108,35 @@ impl<S: BlobSource> Blob<S> {
         let u64_at = |i: usize| u64::from_le_bytes(footer[i..i + 8].try_into().unwrap());
         let (offset, index_len) = (u64_at(0), u64_at(8));
         let crc = u32::from_le_bytes(footer[16..20].try_into().unwrap());
-        if offset.checked_add(index_len) != Some(len - FOOTER_LEN) || index_len > MAX_INDEX_LEN as u64 {
-            return Err(FormatError::Corrupt("footer points outside the blob".into()));
+        if u32::from_le_bytes(footer[20..24].try_into().unwrap()) != VERSION {
+            return Err(FormatError::Corrupt("footer version does not match".into()));
+        }
+        if offset.checked_add(index_len) != Some(len - FOOTER_LEN)
+            || index_len > MAX_INDEX_LEN as u64
+        {
+            return Err(FormatError::Corrupt(
+                "footer points outside the blob".into(),
+            ));
         }
         let packed = src.read_at(offset, index_len as usize)?;
         if crc32fast::hash(&packed) != crc {
             return Err(FormatError::Corrupt("index checksum mismatch".into()));
         }
-        let json = zstd::bulk::decompress(&packed, MAX_INDEX_LEN).map_err(|e| FormatError::Corrupt(format!("index: {e}")))?;
-        let index: Index = serde_json::from_slice(&json).map_err(|e| FormatError::Corrupt(format!("index: {e}")))?;
+        let json = zstd::bulk::decompress(&packed, MAX_INDEX_LEN)
+            .map_err(|e| FormatError::Corrupt(format!("index: {e}")))?;
+        let index: Index = serde_json::from_slice(&json)
+            .map_err(|e| FormatError::Corrupt(format!("index: {e}")))?;
         index.validate(offset)?;
         Ok(Blob { src, index })
     }
 
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// The source chunks are read from.
+    pub fn source(&self) -> &S {
+        &self.src
     }
 
     /// The output files of one precision.
@@ -123,12 +151,19 @@ impl<S: BlobSource> Blob<S> {
     pub fn file(&self, p: Precision, name: Option<&str>) -> Result<&OutputFile, FormatError> {
         let files = self.files(p);
         match name {
-            Some(n) => files.iter().find(|f| f.name == n).ok_or_else(|| FormatError::NotFound(format!("no file {n:?} in this model"))),
+            Some(n) => files
+                .iter()
+                .find(|f| f.name == n)
+                .ok_or_else(|| FormatError::NotFound(format!("no file {n:?} in this model"))),
             None => match files {
                 [only] => Ok(only),
                 _ => Err(FormatError::NotFound(format!(
                     "this model has several files ({}); name one",
-                    files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")
+                    files
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))),
             },
         }
@@ -136,9 +171,17 @@ impl<S: BlobSource> Blob<S> {
 
     /// Writes bytes `range` of `file` to `out`, decoding only the chunks that cover it. Every
     /// chunk is checked against its CRC before any of its bytes are written.
-    pub fn write_range(&self, file: &OutputFile, range: Range<u64>, out: &mut (dyn Write + Send)) -> Result<(), FormatError> {
+    pub fn write_range(
+        &self,
+        file: &OutputFile,
+        range: Range<u64>,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), FormatError> {
         if range.start > range.end || range.end > file.size {
-            return Err(FormatError::NotFound(format!("range {range:?} is outside the {}-byte file", file.size)));
+            return Err(FormatError::NotFound(format!(
+                "range {range:?} is outside the {}-byte file",
+                file.size
+            )));
         }
         let pieces = self.plan(file, range);
         if pieces.len() <= 1 {
@@ -161,7 +204,11 @@ impl<S: BlobSource> Blob<S> {
             });
             let mut result = Ok(());
             for window in pieces.chunks(WINDOW) {
-                match window.par_iter().map(|p| self.decode_piece(p)).collect::<Result<Vec<_>, _>>() {
+                match window
+                    .par_iter()
+                    .map(|p| self.decode_piece(p))
+                    .collect::<Result<Vec<_>, _>>()
+                {
                     Ok(decoded) => {
                         if tx.send((window, decoded)).is_err() {
                             break;
@@ -180,7 +227,11 @@ impl<S: BlobSource> Blob<S> {
     }
 
     /// Writes a whole file.
-    pub fn write_file(&self, file: &OutputFile, out: &mut (dyn Write + Send)) -> Result<(), FormatError> {
+    pub fn write_file(
+        &self,
+        file: &OutputFile,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), FormatError> {
         self.write_range(file, 0..file.size, out)
     }
 
@@ -190,7 +241,10 @@ impl<S: BlobSource> Blob<S> {
         let mut seg_start = 0u64;
         for &seg in &file.segments {
             let seg_len = self.index.segment_len(seg);
-            let (lo, hi) = (range.start.max(seg_start), range.end.min(seg_start + seg_len));
+            let (lo, hi) = (
+                range.start.max(seg_start),
+                range.end.min(seg_start + seg_len),
+            );
             if lo < hi {
                 self.plan_segment(seg, lo - seg_start..hi - seg_start, &mut pieces);
             }
@@ -208,7 +262,11 @@ impl<S: BlobSource> Blob<S> {
                 }
                 Segment::Int8(q) | Segment::High(q) => {
                     let q = &self.index.quantized[q as usize];
-                    let width = if matches!(seg, Segment::High(_)) { 2 } else { 1 };
+                    let width = if matches!(seg, Segment::High(_)) {
+                        2
+                    } else {
+                        1
+                    };
                     let per = q.rows_per_chunk * q.cols * width;
                     (i * per, per)
                 }
@@ -223,7 +281,12 @@ impl<S: BlobSource> Blob<S> {
             }
             let lo = r.start.max(start);
             let hi = r.end.min(start + len);
-            pieces.push(Piece { seg, chunk: i, skip: (lo - start) as usize, take: (hi - lo) as usize });
+            pieces.push(Piece {
+                seg,
+                chunk: i,
+                skip: (lo - start) as usize,
+                take: (hi - lo) as usize,
+            });
             i += 1;
         }
     }
@@ -247,7 +310,14 @@ impl<S: BlobSource> Blob<S> {
     }
 
     fn stored(&self, c: &Chunk) -> Result<Vec<u8>, FormatError> {
-        Ok(self.src.read_at(c.offset(), c.stored_len() as usize)?)
+        let bytes = self.src.read_at(c.offset(), c.stored_len() as usize)?;
+        if crc32fast::hash(&bytes) != c.stored_crc32() {
+            return Err(FormatError::Corrupt(format!(
+                "chunk at offset {} fails its stored checksum",
+                c.offset()
+            )));
+        }
+        Ok(bytes)
     }
 
     fn decode_plain(&self, id: u64) -> Result<Vec<u8>, FormatError> {
@@ -275,10 +345,16 @@ impl<S: BlobSource> Blob<S> {
         for i in lo / s.chunk_bytes..hi.div_ceil(s.chunk_bytes) {
             let chunk = self.decode_plain(u64::from(s.first_chunk) + i)?;
             let start = i * s.chunk_bytes;
-            let (a, b) = (lo.max(start) - start, hi.min(start + chunk.len() as u64) - start);
+            let (a, b) = (
+                lo.max(start) - start,
+                hi.min(start + chunk.len() as u64) - start,
+            );
             bytes.extend_from_slice(&chunk[a as usize..b as usize]);
         }
-        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     }
 
     fn decode_high(&self, q: &QuantTensor, i: u64) -> Result<Vec<u8>, FormatError> {
@@ -286,7 +362,12 @@ impl<S: BlobSource> Blob<S> {
         let scales = self.scales(q, q.chunk_rows(i))?;
         let id = u64::from(q.residual_first) + i;
         let c = self.chunk(id);
-        let rows = ChunkRows { dtype: self.index.high_dtype, q: &values, scales: &scales, cols: q.cols as usize };
+        let rows = ChunkRows {
+            dtype: self.index.high_dtype,
+            q: &values,
+            scales: &scales,
+            cols: q.cols as usize,
+        };
         let mut out = vec![0u8; c.decoded_len() as usize];
         chunk::decode_residual(c.codec(), &rows, &self.stored(&c)?, &mut out)?;
         check_crc(id, &c, &out)?;
@@ -295,14 +376,17 @@ impl<S: BlobSource> Blob<S> {
 
     /// Stored bytes of a stream, for size reports.
     pub fn stored_len(&self, first: u32, n: u32) -> u64 {
-        (first..first + n).map(|i| u64::from(self.index.chunks[i as usize].stored_len())).sum()
+        (first..first + n)
+            .map(|i| u64::from(self.index.chunks[i as usize].stored_len()))
+            .sum()
     }
 }
 
 fn check_crc(id: u64, c: &Chunk, decoded: &[u8]) -> Result<(), FormatError> {
     if crc32fast::hash(decoded) != c.crc32() || decoded.len() != c.decoded_len() as usize {
-        return Err(FormatError::Corrupt(format!("chunk {id} fails its checksum")));
+        return Err(FormatError::Corrupt(format!(
+            "chunk {id} fails its checksum"
+        )));
     }
     Ok(())
 }
-

@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 
 use super::chunk::{self, Content, EncodedChunk, high_dtype_of};
 use super::index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
-use super::{CHUNK_ELEMS, FOOTER_LEN, FormatError, MAGIC, PREAMBLE_LEN, STREAM_CHUNK_BYTES, VERSION};
+use super::{
+    CHUNK_ELEMS, FOOTER_LEN, FormatError, MAGIC, PREAMBLE_LEN, STREAM_CHUNK_BYTES, VERSION,
+};
 use crate::codec::quantize::{HighDtype, quantize_row};
 use crate::codec::residual::ChunkRows;
 use crate::safetensors::{self, Dtype, Header, TensorInfo, TensorSpec};
@@ -34,22 +36,29 @@ pub struct Selection {
 
 impl Selection {
     /// Tensors transformers + bitsandbytes leave in high precision: embeddings, the output head, norms.
-    pub const DEFAULT_SKIP: &'static str = r"(?i)(embed|lm_head|norm|(^|\.)ln_|(^|\.)wte\.|(^|\.)wpe\.)";
+    pub const DEFAULT_SKIP: &'static str =
+        r"(?i)(embed|lm_head|norm|(^|\.)ln_|(^|\.)wte\.|(^|\.)wpe\.)";
 
     /// `skip` replaces the default skip pattern; `only` restricts to matching names and, unless
     /// `skip` is also given, turns the default skip off.
     pub fn new(skip: Option<&str>, only: Option<&str>) -> Result<Self, FormatError> {
-        let compile = |p: &str| Regex::new(p).map_err(|e| FormatError::Input(format!("invalid regex {p:?}: {e}")));
+        let compile = |p: &str| {
+            Regex::new(p).map_err(|e| FormatError::Input(format!("invalid regex {p:?}: {e}")))
+        };
         let skip = match (skip, only) {
             (Some(s), _) => Some(compile(s)?),
             (None, None) => Some(compile(Self::DEFAULT_SKIP)?),
             (None, Some(_)) => None,
         };
-        Ok(Selection { skip, only: only.map(compile).transpose()? })
+        Ok(Selection {
+            skip,
+            only: only.map(compile).transpose()?,
+        })
     }
 
     fn wants(&self, name: &str) -> bool {
-        self.only.as_ref().is_none_or(|r| r.is_match(name)) && !self.skip.as_ref().is_some_and(|r| r.is_match(name))
+        self.only.as_ref().is_none_or(|r| r.is_match(name))
+            && !self.skip.as_ref().is_some_and(|r| r.is_match(name))
     }
 }
 
@@ -78,7 +87,11 @@ pub struct EncodeOptions {
 
 impl Default for EncodeOptions {
     fn default() -> Self {
-        EncodeOptions { selection: Selection::default(), chunk_elems: CHUNK_ELEMS, stream_chunk_bytes: STREAM_CHUNK_BYTES }
+        EncodeOptions {
+            selection: Selection::default(),
+            chunk_elems: CHUNK_ELEMS,
+            stream_chunk_bytes: STREAM_CHUNK_BYTES,
+        }
     }
 }
 
@@ -90,11 +103,25 @@ pub struct EncodeSummary {
 
 /// Encodes `input` into a blob at `out`. The blob appears only when complete: it is written to a
 /// temporary file in the same directory and renamed into place.
-pub fn encode_to_path(input: &EncodeInput, opts: &EncodeOptions, out: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<EncodeSummary, FormatError> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+pub fn encode_to_path(
+    input: &EncodeInput,
+    opts: &EncodeOptions,
+    out: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<EncodeSummary, FormatError> {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     let residual = tempfile::tempfile_in(dir)?;
-    let mut encoder = Encoder::new(input, opts, BufWriter::new(tmp.as_file().try_clone()?), residual, progress)?;
+    let mut encoder = Encoder::new(
+        input,
+        opts,
+        BufWriter::new(tmp.as_file().try_clone()?),
+        residual,
+        progress,
+    )?;
     encoder.run()?;
     let (index, blob_len) = encoder.finish()?;
     tmp.as_file().sync_all()?;
@@ -116,13 +143,18 @@ impl InputFile {
             .and_then(|n| n.to_str())
             .ok_or_else(|| FormatError::Input(format!("{}: not a file name", path.display())))?
             .to_string();
-        let mut f = File::open(path).map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
+        let mut f =
+            File::open(path).map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
         let header = safetensors::read_header(&mut BufReader::new(&mut f))
             .map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
         header
             .check_file_len(f.metadata()?.len())
             .map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
-        Ok(InputFile { path: path.to_owned(), name, header })
+        Ok(InputFile {
+            path: path.to_owned(),
+            name,
+            header,
+        })
     }
 
     /// Reads `len` bytes at data offset `begin` (random access, for the paired int8 file).
@@ -139,7 +171,11 @@ impl InputFile {
 enum Role {
     Shared,
     /// Quantized; with `supplied`, the int8 file index holding its weight and SCB.
-    Quantized { rows: u64, cols: u64, supplied: Option<usize> },
+    Quantized {
+        rows: u64,
+        cols: u64,
+        supplied: Option<usize>,
+    },
 }
 
 /// A tensor (or int8-only tensor) being encoded, piece by piece.
@@ -160,14 +196,32 @@ struct Task {
 
 /// One unit of parallel work: a chunk's input.
 enum Work {
-    Bytes { task: usize, data: Vec<u8> },
-    Quant { task: usize, high: Vec<u16>, supplied: Option<(Vec<u8>, Vec<u32>)>, cols: usize },
+    Bytes {
+        task: usize,
+        data: Vec<u8>,
+    },
+    Quant {
+        task: usize,
+        high: Vec<u16>,
+        supplied: Option<(Vec<u8>, Vec<u32>)>,
+        cols: usize,
+    },
 }
 
 /// A unit of work done: chunks ready to write.
 enum Done {
-    Bytes { task: usize, chunk: EncodedChunk, data: Vec<u8> },
-    Quant { task: usize, int8: EncodedChunk, residual: EncodedChunk, q: Vec<u8>, scales: Vec<u32> },
+    Bytes {
+        task: usize,
+        chunk: EncodedChunk,
+        data: Vec<u8>,
+    },
+    Quant {
+        task: usize,
+        int8: EncodedChunk,
+        residual: EncodedChunk,
+        q: Vec<u8>,
+        scales: Vec<u32>,
+    },
 }
 
 struct Encoder<'a, W: Write> {
@@ -198,16 +252,39 @@ struct Encoder<'a, W: Write> {
 }
 
 impl<'a, W: Write> Encoder<'a, W> {
-    fn new(input: &EncodeInput, opts: &'a EncodeOptions, mut out: W, residual: File, progress: &'a (dyn Fn(u64) + Sync)) -> Result<Self, FormatError> {
+    fn new(
+        input: &EncodeInput,
+        opts: &'a EncodeOptions,
+        mut out: W,
+        residual: File,
+        progress: &'a (dyn Fn(u64) + Sync),
+    ) -> Result<Self, FormatError> {
         if input.high.is_empty() {
-            return Err(FormatError::Input("no high-precision safetensors file given".into()));
+            return Err(FormatError::Input(
+                "no high-precision safetensors file given".into(),
+            ));
         }
-        let high = input.high.iter().map(|p| InputFile::open(p)).collect::<Result<Vec<_>, _>>()?;
-        let int8 = input.int8.iter().map(|p| InputFile::open(p)).collect::<Result<Vec<_>, _>>()?;
+        let high = input
+            .high
+            .iter()
+            .map(|p| InputFile::open(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let int8 = input
+            .int8
+            .iter()
+            .map(|p| InputFile::open(p))
+            .collect::<Result<Vec<_>, _>>()?;
         check_unique_names(&high)?;
         check_unique_names(&int8)?;
-        let int8_handles = int8.iter().map(|f| File::open(&f.path)).collect::<Result<Vec<_>, _>>()?;
-        let shard_index = input.shard_index.as_deref().map(|p| read_shard_index(p, &high)).transpose()?;
+        let int8_handles = int8
+            .iter()
+            .map(|f| File::open(&f.path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shard_index = input
+            .shard_index
+            .as_deref()
+            .map(|p| read_shard_index(p, &high))
+            .transpose()?;
         let dtype = model_dtype(&high)?;
         out.write_all(&MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;
@@ -245,7 +322,8 @@ impl<'a, W: Write> Encoder<'a, W> {
 
     fn run(&mut self) -> Result<(), FormatError> {
         if self.derived() {
-            self.weight_format = Some(self.small_stream("weight_format", Content::Tensor(Dtype::U8), &[0])?);
+            self.weight_format =
+                Some(self.small_stream("weight_format", Content::Tensor(Dtype::U8), &[0])?);
         }
         for f in 0..self.high.len() {
             self.encode_high_file(f)?;
@@ -260,10 +338,21 @@ impl<'a, W: Write> Encoder<'a, W> {
         }
         if let Some((name, json)) = self.shard_index.take() {
             let sid = self.small_stream(&name, Content::Text, &json)?;
-            self.high_files.push(output_file(name.clone(), json.len() as u64, sha256_hex(&json), vec![Segment::Stream(sid)]));
-            let int8_json = int8_shard_index(&json, &self.int8, &self.int8_files, &self.roles_for_int8())?;
+            self.high_files.push(output_file(
+                name.clone(),
+                json.len() as u64,
+                sha256_hex(&json),
+                vec![Segment::Stream(sid)],
+            ));
+            let int8_json =
+                int8_shard_index(&json, &self.int8, &self.int8_files, &self.roles_for_int8())?;
             let sid = self.small_stream(&name, Content::Text, &int8_json)?;
-            self.int8_files.push(output_file(name, int8_json.len() as u64, sha256_hex(&int8_json), vec![Segment::Stream(sid)]));
+            self.int8_files.push(output_file(
+                name,
+                int8_json.len() as u64,
+                sha256_hex(&int8_json),
+                vec![Segment::Stream(sid)],
+            ));
         }
         Ok(())
     }
@@ -271,7 +360,11 @@ impl<'a, W: Write> Encoder<'a, W> {
     /// Int8 headers of the derived files, computed by the same function that wrote them.
     fn roles_for_int8(&self) -> Vec<Header> {
         if self.derived() {
-            self.high.iter().map(|f| derived_int8_header(f, &self.roles(f))).map(|raw| header_of(&raw)).collect()
+            self.high
+                .iter()
+                .map(|f| derived_int8_header(f, &self.roles(f)))
+                .map(|raw| header_of(&raw))
+                .collect()
         } else {
             self.int8.iter().map(|f| f.header.clone()).collect()
         }
@@ -279,20 +372,31 @@ impl<'a, W: Write> Encoder<'a, W> {
 
     /// Decides how each tensor of a high-precision file is stored.
     fn roles(&self, file: &InputFile) -> Vec<Role> {
-        file.header.tensors.iter().map(|t| self.role(file, t)).collect()
+        file.header
+            .tensors
+            .iter()
+            .map(|t| self.role(file, t))
+            .collect()
     }
 
     fn role(&self, file: &InputFile, t: &TensorInfo) -> Role {
-        let quantizable = high_dtype_of(t.dtype) == Some(self.dtype) && t.shape.len() == 2 && t.elements() > 0;
+        let quantizable =
+            high_dtype_of(t.dtype) == Some(self.dtype) && t.shape.len() == 2 && t.elements() > 0;
         let Some(prefix) = t.name.strip_suffix(".weight").filter(|_| quantizable) else {
             return Role::Shared;
         };
         let (rows, cols) = (t.shape[0], t.shape[1]);
         let scb = format!("{prefix}.SCB");
         if self.derived() {
-            let clash = [scb.as_str(), &format!("{prefix}.weight_format")].iter().any(|n| file.header.tensor(n).is_some());
+            let clash = [scb.as_str(), &format!("{prefix}.weight_format")]
+                .iter()
+                .any(|n| file.header.tensor(n).is_some());
             if self.opts.selection.wants(&t.name) && !clash {
-                return Role::Quantized { rows, cols, supplied: None };
+                return Role::Quantized {
+                    rows,
+                    cols,
+                    supplied: None,
+                };
             }
             return Role::Shared;
         }
@@ -303,7 +407,11 @@ impl<'a, W: Write> Encoder<'a, W> {
                 && s.is_some_and(|s| s.dtype == Dtype::F32 && s.shape == [rows])
         });
         match pair {
-            Some(i) => Role::Quantized { rows, cols, supplied: Some(i) },
+            Some(i) => Role::Quantized {
+                rows,
+                cols,
+                supplied: Some(i),
+            },
             None => Role::Shared,
         }
     }
@@ -312,7 +420,11 @@ impl<'a, W: Write> Encoder<'a, W> {
         let roles = self.roles(&self.high[f]);
         let header_raw = self.high[f].header.raw.clone();
         let name = self.high[f].name.clone();
-        let mut segments = vec![Segment::Stream(self.small_stream(&format!("header of {name}"), Content::Text, &header_raw)?)];
+        let mut segments = vec![Segment::Stream(self.small_stream(
+            &format!("header of {name}"),
+            Content::Text,
+            &header_raw,
+        )?)];
         let mut hasher = Sha256::new();
         hasher.update(&header_raw);
         if self.derived() {
@@ -330,7 +442,13 @@ impl<'a, W: Write> Encoder<'a, W> {
             task_ids.push(task);
             match role {
                 Role::Shared => self.read_shared(&mut reader, &mut hasher, t, task)?,
-                Role::Quantized { rows, cols, supplied } => self.read_quantized(&mut reader, &mut hasher, t, task, rows, cols, supplied)?,
+                Role::Quantized {
+                    rows,
+                    cols,
+                    supplied,
+                } => {
+                    self.read_quantized(&mut reader, &mut hasher, t, task, rows, cols, supplied)?
+                }
             }
             if let (Role::Shared, false) = (&self.tasks[task].role, self.derived()) {
                 self.note_int8_twin(f, t, task)?;
@@ -346,7 +464,12 @@ impl<'a, W: Write> Encoder<'a, W> {
             debug_assert_eq!(self.tasks[task].len, t.len());
         }
         let size = self.high[f].header.file_len();
-        self.high_files.push(output_file(name, size, hex::encode(hasher.finalize()), segments));
+        self.high_files.push(output_file(
+            name,
+            size,
+            hex::encode(hasher.finalize()),
+            segments,
+        ));
         Ok(())
     }
 
@@ -370,7 +493,13 @@ impl<'a, W: Write> Encoder<'a, W> {
         self.tasks.len() - 1
     }
 
-    fn read_shared(&mut self, reader: &mut impl Read, hasher: &mut Sha256, t: &TensorInfo, task: usize) -> Result<(), FormatError> {
+    fn read_shared(
+        &mut self,
+        reader: &mut impl Read,
+        hasher: &mut Sha256,
+        t: &TensorInfo,
+        task: usize,
+    ) -> Result<(), FormatError> {
         let chunk_bytes = self.tasks[task].chunk_bytes;
         let mut left = t.len();
         if left == 0 {
@@ -389,7 +518,16 @@ impl<'a, W: Write> Encoder<'a, W> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn read_quantized(&mut self, reader: &mut impl Read, hasher: &mut Sha256, t: &TensorInfo, task: usize, rows: u64, cols: u64, supplied: Option<usize>) -> Result<(), FormatError> {
+    fn read_quantized(
+        &mut self,
+        reader: &mut impl Read,
+        hasher: &mut Sha256,
+        t: &TensorInfo,
+        task: usize,
+        rows: u64,
+        cols: u64,
+        supplied: Option<usize>,
+    ) -> Result<(), FormatError> {
         let rows_per_chunk = (self.opts.chunk_elems / cols).max(1);
         let scb = match supplied {
             Some(i) => Some(self.read_supplied_scales(i, t, rows)?),
@@ -407,30 +545,68 @@ impl<'a, W: Write> Encoder<'a, W> {
             drop(bytes);
             let supplied_rows = match (supplied, &scb) {
                 (Some(i), Some(s)) => {
-                    let w = self.int8[i].header.tensor(&t.name).expect("paired tensor exists").clone();
-                    let q = self.int8[i].read_data(&mut self.int8_handles[i], w.begin + row * cols, n)?;
+                    let w = self.int8[i]
+                        .header
+                        .tensor(&t.name)
+                        .expect("paired tensor exists")
+                        .clone();
+                    let q = self.int8[i].read_data(
+                        &mut self.int8_handles[i],
+                        w.begin + row * cols,
+                        n,
+                    )?;
                     Some((q, s[row as usize..(row + n_rows) as usize].to_vec()))
                 }
                 _ => None,
             };
-            self.submit(Work::Quant { task, high, supplied: supplied_rows, cols: cols as usize }, 2 * n)?;
+            self.submit(
+                Work::Quant {
+                    task,
+                    high,
+                    supplied: supplied_rows,
+                    cols: cols as usize,
+                },
+                2 * n,
+            )?;
             row += n_rows;
         }
         Ok(())
     }
 
-    fn read_supplied_scales(&mut self, i: usize, t: &TensorInfo, rows: u64) -> Result<Vec<u32>, FormatError> {
-        let prefix = t.name.strip_suffix(".weight").expect("quantized names end in .weight");
-        let s = self.int8[i].header.tensor(&format!("{prefix}.SCB")).expect("paired scales exist").clone();
+    fn read_supplied_scales(
+        &mut self,
+        i: usize,
+        t: &TensorInfo,
+        rows: u64,
+    ) -> Result<Vec<u32>, FormatError> {
+        let prefix = t
+            .name
+            .strip_suffix(".weight")
+            .expect("quantized names end in .weight");
+        let s = self.int8[i]
+            .header
+            .tensor(&format!("{prefix}.SCB"))
+            .expect("paired scales exist")
+            .clone();
         let bytes = self.int8[i].read_data(&mut self.int8_handles[i], s.begin, rows * 4)?;
-        Ok(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     }
 
     /// Remembers a shared tensor whose supplied-int8 counterpart has identical bytes, so the int8
     /// file can point at the same stream instead of storing it twice.
-    fn note_int8_twin(&mut self, _f: usize, t: &TensorInfo, task: usize) -> Result<(), FormatError> {
+    fn note_int8_twin(
+        &mut self,
+        _f: usize,
+        t: &TensorInfo,
+        task: usize,
+    ) -> Result<(), FormatError> {
         for i in 0..self.int8.len() {
-            let Some(other) = self.int8[i].header.tensor(&t.name).cloned() else { continue };
+            let Some(other) = self.int8[i].header.tensor(&t.name).cloned() else {
+                continue;
+            };
             if other.dtype != t.dtype || other.shape != t.shape {
                 continue;
             }
@@ -442,15 +618,26 @@ impl<'a, W: Write> Encoder<'a, W> {
     }
 
     fn high_file_of(&self, _task: usize, t: &TensorInfo) -> Result<(PathBuf, u64), FormatError> {
-        let f = self.high.iter().find(|f| f.header.tensor(&t.name) == Some(t)).expect("tensor comes from a high file");
+        let f = self
+            .high
+            .iter()
+            .find(|f| f.header.tensor(&t.name) == Some(t))
+            .expect("tensor comes from a high file");
         Ok((f.path.clone(), f.header.data_start() + t.begin))
     }
 
-    fn same_bytes(&mut self, i: usize, other: &TensorInfo, (path, offset): &(PathBuf, u64)) -> Result<bool, FormatError> {
+    fn same_bytes(
+        &mut self,
+        i: usize,
+        other: &TensorInfo,
+        (path, offset): &(PathBuf, u64),
+    ) -> Result<bool, FormatError> {
         let mut a = BufReader::new(File::open(path)?);
         a.seek(SeekFrom::Start(*offset))?;
         let b = &mut self.int8_handles[i];
-        b.seek(SeekFrom::Start(self.int8[i].header.data_start() + other.begin))?;
+        b.seek(SeekFrom::Start(
+            self.int8[i].header.data_start() + other.begin,
+        ))?;
         let mut b = BufReader::new(b);
         let (mut x, mut y) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
         let mut left = other.len();
@@ -481,7 +668,10 @@ impl<'a, W: Write> Encoder<'a, W> {
         self.pending_bytes = 0;
         let dtype = self.dtype;
         let contents: Vec<Content> = self.tasks.iter().map(|t| t.content).collect();
-        let done: Vec<Done> = work.into_par_iter().map(|w| encode_work(w, dtype, &contents)).collect::<Result<_, _>>()?;
+        let done: Vec<Done> = work
+            .into_par_iter()
+            .map(|w| encode_work(w, dtype, &contents))
+            .collect::<Result<_, _>>()?;
         for d in done {
             self.commit(d)?;
         }
@@ -501,7 +691,13 @@ impl<'a, W: Write> Encoder<'a, W> {
                     self.finish_task(task)?;
                 }
             }
-            Done::Quant { task, int8, residual, q, scales } => {
+            Done::Quant {
+                task,
+                int8,
+                residual,
+                q,
+                scales,
+            } => {
                 let base = self.write_base(int8)?;
                 let res = self.write_residual(residual)?;
                 if let Some(h) = self.tasks[task].int8_hash {
@@ -511,7 +707,9 @@ impl<'a, W: Write> Encoder<'a, W> {
                 t.base.push(base);
                 t.residual.push(res);
                 t.scales.extend(scales);
-                let Role::Quantized { rows, .. } = t.role else { unreachable!("quant work belongs to a quantized task") };
+                let Role::Quantized { rows, .. } = t.role else {
+                    unreachable!("quant work belongs to a quantized task")
+                };
                 if t.scales.len() as u64 == rows {
                     self.finish_task(task)?;
                 }
@@ -526,15 +724,23 @@ impl<'a, W: Write> Encoder<'a, W> {
         let base = std::mem::take(&mut t.base);
         let id = match t.role {
             Role::Shared => {
-                let (label, content, len, chunk_bytes) = (t.label.clone(), t.content, t.len, t.chunk_bytes);
+                let (label, content, len, chunk_bytes) =
+                    (t.label.clone(), t.content, t.len, t.chunk_bytes);
                 self.push_stream(label, content, len, chunk_bytes, base)
             }
             Role::Quantized { rows, cols, .. } => {
                 let residual = std::mem::take(&mut t.residual);
-                let scale_bytes: Vec<u8> = std::mem::take(&mut t.scales).iter().flat_map(|s| s.to_le_bytes()).collect();
+                let scale_bytes: Vec<u8> = std::mem::take(&mut t.scales)
+                    .iter()
+                    .flat_map(|s| s.to_le_bytes())
+                    .collect();
                 let name = t.label.clone();
                 let int8_hash = t.int8_hash;
-                let scales = self.small_stream(&format!("{name} scales"), Content::Tensor(Dtype::F32), &scale_bytes)?;
+                let scales = self.small_stream(
+                    &format!("{name} scales"),
+                    Content::Tensor(Dtype::F32),
+                    &scale_bytes,
+                )?;
                 if let Some(h) = int8_hash {
                     self.int8_hashers[h].update(&scale_bytes);
                     self.int8_hashers[h].update([0u8]);
@@ -548,7 +754,16 @@ impl<'a, W: Write> Encoder<'a, W> {
                     self.chunks.push(c);
                 }
                 let rows_per_chunk = (self.opts.chunk_elems / cols).max(1);
-                self.quantized.push(QuantTensor { name, rows, cols, rows_per_chunk, scales, int8_first, residual_first, n_chunks });
+                self.quantized.push(QuantTensor {
+                    name,
+                    rows,
+                    cols,
+                    rows_per_chunk,
+                    scales,
+                    int8_first,
+                    residual_first,
+                    n_chunks,
+                });
                 self.quantized.len() as u32 - 1
             }
         };
@@ -556,7 +771,14 @@ impl<'a, W: Write> Encoder<'a, W> {
         Ok(())
     }
 
-    fn push_stream(&mut self, label: String, content: Content, len: u64, chunk_bytes: u64, chunks: Vec<Chunk>) -> u32 {
+    fn push_stream(
+        &mut self,
+        label: String,
+        content: Content,
+        len: u64,
+        chunk_bytes: u64,
+        chunks: Vec<Chunk>,
+    ) -> u32 {
         let first_chunk = self.chunks.len() as u32;
         let n_chunks = chunks.len() as u32;
         self.chunks.extend(chunks);
@@ -564,31 +786,63 @@ impl<'a, W: Write> Encoder<'a, W> {
             Content::Tensor(d) => Some(d),
             Content::Text => None,
         };
-        self.streams.push(ByteStream { label, dtype, len, chunk_bytes, first_chunk, n_chunks });
+        self.streams.push(ByteStream {
+            label,
+            dtype,
+            len,
+            chunk_bytes,
+            first_chunk,
+            n_chunks,
+        });
         self.streams.len() as u32 - 1
     }
 
     /// Encodes bytes already in memory (headers, scales, JSON) as a stream, in parallel.
-    fn small_stream(&mut self, label: &str, content: Content, data: &[u8]) -> Result<u32, FormatError> {
+    fn small_stream(
+        &mut self,
+        label: &str,
+        content: Content,
+        data: &[u8],
+    ) -> Result<u32, FormatError> {
         let cb = match content {
             Content::Tensor(d) => (self.opts.stream_chunk_bytes / d.size()).max(1) * d.size(),
             Content::Text => self.opts.stream_chunk_bytes,
         };
-        let encoded: Vec<EncodedChunk> = data.par_chunks(cb as usize).map(|c| chunk::encode_bytes(c, content)).collect::<Result<_, _>>()?;
-        let entries = encoded.into_iter().map(|c| self.write_base(c)).collect::<Result<Vec<_>, _>>()?;
+        let encoded: Vec<EncodedChunk> = data
+            .par_chunks(cb as usize)
+            .map(|c| chunk::encode_bytes(c, content))
+            .collect::<Result<_, _>>()?;
+        let entries = encoded
+            .into_iter()
+            .map(|c| self.write_base(c))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(self.push_stream(label.to_string(), content, data.len() as u64, cb, entries))
     }
 
     fn write_base(&mut self, c: EncodedChunk) -> Result<Chunk, FormatError> {
         self.out.write_all(&c.stored)?;
-        let entry = Chunk(self.pos, c.stored.len() as u32, c.decoded_len, c.crc32, c.codec);
+        let entry = Chunk(
+            self.pos,
+            c.stored.len() as u32,
+            c.decoded_len,
+            c.crc32,
+            c.codec,
+            crc32fast::hash(&c.stored),
+        );
         self.pos += c.stored.len() as u64;
         Ok(entry)
     }
 
     fn write_residual(&mut self, c: EncodedChunk) -> Result<Chunk, FormatError> {
         self.residual.write_all(&c.stored)?;
-        let entry = Chunk(self.residual_pos, c.stored.len() as u32, c.decoded_len, c.crc32, c.codec);
+        let entry = Chunk(
+            self.residual_pos,
+            c.stored.len() as u32,
+            c.decoded_len,
+            c.crc32,
+            c.codec,
+            crc32fast::hash(&c.stored),
+        );
         self.residual_pos += c.stored.len() as u64;
         Ok(entry)
     }
@@ -601,7 +855,11 @@ impl<'a, W: Write> Encoder<'a, W> {
             let roles = self.roles(&self.high[f]);
             let raw = derived_int8_header(&self.high[f], &roles);
             let name = self.high[f].name.clone();
-            let mut segments = vec![Segment::Stream(self.small_stream(&format!("int8 header of {name}"), Content::Text, &raw)?)];
+            let mut segments = vec![Segment::Stream(self.small_stream(
+                &format!("int8 header of {name}"),
+                Content::Text,
+                &raw,
+            )?)];
             let mut size = raw.len() as u64;
             for role in roles {
                 let id = self.tasks[task].id.expect("every task finished");
@@ -611,14 +869,23 @@ impl<'a, W: Write> Encoder<'a, W> {
                     Role::Quantized { .. } => {
                         let q = &self.quantized[id as usize];
                         let wf = self.weight_format.expect("derived blobs have the literal");
-                        segments.extend([Segment::Int8(id), Segment::Stream(q.scales), Segment::Stream(wf)]);
+                        segments.extend([
+                            Segment::Int8(id),
+                            Segment::Stream(q.scales),
+                            Segment::Stream(wf),
+                        ]);
                     }
                 }
             }
             for s in &segments[1..] {
                 size += self.segment_len(*s);
             }
-            files.push(output_file(name, size, hex::encode(hasher.finalize()), segments));
+            files.push(output_file(
+                name,
+                size,
+                hex::encode(hasher.finalize()),
+                segments,
+            ));
         }
         Ok(files)
     }
@@ -627,7 +894,9 @@ impl<'a, W: Write> Encoder<'a, W> {
         match s {
             Segment::Stream(i) => self.streams[i as usize].len,
             Segment::Int8(i) => self.quantized[i as usize].rows * self.quantized[i as usize].cols,
-            Segment::High(i) => 2 * self.quantized[i as usize].rows * self.quantized[i as usize].cols,
+            Segment::High(i) => {
+                2 * self.quantized[i as usize].rows * self.quantized[i as usize].cols
+            }
         }
     }
 
@@ -635,10 +904,19 @@ impl<'a, W: Write> Encoder<'a, W> {
     /// already stored, identical tensors are shared, anything else gets its own stream.
     fn encode_supplied_int8_file(&mut self, f: usize) -> Result<OutputFile, FormatError> {
         let file = &self.int8[f];
-        let (name, raw, tensors, path) = (file.name.clone(), file.header.raw.clone(), file.header.tensors.clone(), file.path.clone());
+        let (name, raw, tensors, path) = (
+            file.name.clone(),
+            file.header.raw.clone(),
+            file.header.tensors.clone(),
+            file.path.clone(),
+        );
         let mut hasher = Sha256::new();
         hasher.update(&raw);
-        let mut segments = vec![Segment::Stream(self.small_stream(&format!("int8 header of {name}"), Content::Text, &raw)?)];
+        let mut segments = vec![Segment::Stream(self.small_stream(
+            &format!("int8 header of {name}"),
+            Content::Text,
+            &raw,
+        )?)];
         let mut reader = BufReader::with_capacity(1 << 20, File::open(&path)?);
         reader.seek(SeekFrom::Start(raw.len() as u64))?;
         let mut own_tasks = Vec::new();
@@ -656,14 +934,25 @@ impl<'a, W: Write> Encoder<'a, W> {
         }
         self.flush()?;
         for (at, task) in own_tasks {
-            segments[at] = Segment::Stream(self.tasks[task].id.expect("flushed tasks are finished"));
+            segments[at] =
+                Segment::Stream(self.tasks[task].id.expect("flushed tasks are finished"));
         }
-        Ok(output_file(name, file_len(&self.int8[f].header), hex::encode(hasher.finalize()), segments))
+        Ok(output_file(
+            name,
+            file_len(&self.int8[f].header),
+            hex::encode(hasher.finalize()),
+            segments,
+        ))
     }
 
     fn supplied_segment(&self, f: usize, t: &TensorInfo) -> Option<Segment> {
         for task in &self.tasks {
-            if let (Role::Quantized { supplied: Some(i), .. }, Some(id)) = (&task.role, task.id)
+            if let (
+                Role::Quantized {
+                    supplied: Some(i), ..
+                },
+                Some(id),
+            ) = (&task.role, task.id)
                 && *i == f
             {
                 let prefix = task.label.strip_suffix(".weight").unwrap_or(&task.label);
@@ -712,7 +1001,8 @@ impl<'a, W: Write> Encoder<'a, W> {
         self.pos += packed.len() as u64;
         self.out.write_all(&index_offset.to_le_bytes())?;
         self.out.write_all(&(packed.len() as u64).to_le_bytes())?;
-        self.out.write_all(&crc32fast::hash(&packed).to_le_bytes())?;
+        self.out
+            .write_all(&crc32fast::hash(&packed).to_le_bytes())?;
         self.out.write_all(&VERSION.to_le_bytes())?;
         self.out.write_all(&MAGIC)?;
         self.out.flush()?;
@@ -725,21 +1015,45 @@ impl<'a, W: Write> Encoder<'a, W> {
 /// Runs one unit of work: derive or take int8 values, then code int8 and residual, verified.
 fn encode_work(w: Work, dtype: HighDtype, contents: &[Content]) -> Result<Done, FormatError> {
     match w {
-        Work::Bytes { task, data } => Ok(Done::Bytes { task, chunk: chunk::encode_bytes(&data, contents[task])?, data }),
-        Work::Quant { task, high, supplied, cols } => {
+        Work::Bytes { task, data } => Ok(Done::Bytes {
+            task,
+            chunk: chunk::encode_bytes(&data, contents[task])?,
+            data,
+        }),
+        Work::Quant {
+            task,
+            high,
+            supplied,
+            cols,
+        } => {
             let (q, scales) = match supplied {
                 Some(s) => s,
                 None => {
                     let mut q = vec![0u8; high.len()];
-                    let scales = high.chunks(cols).zip(q.chunks_mut(cols)).map(|(r, qr)| quantize_row(dtype, r, qr).to_bits()).collect();
+                    let scales = high
+                        .chunks(cols)
+                        .zip(q.chunks_mut(cols))
+                        .map(|(r, qr)| quantize_row(dtype, r, qr).to_bits())
+                        .collect();
                     (q, scales)
                 }
             };
             let floats: Vec<f32> = scales.iter().map(|&b| f32::from_bits(b)).collect();
-            let rows = ChunkRows { dtype, q: &q, scales: &floats, cols };
+            let rows = ChunkRows {
+                dtype,
+                q: &q,
+                scales: &floats,
+                cols,
+            };
             let residual = chunk::encode_residual(&rows, &high)?;
             let int8 = chunk::encode_int8(&q)?;
-            Ok(Done::Quant { task, int8, residual, q, scales })
+            Ok(Done::Quant {
+                task,
+                int8,
+                residual,
+                q,
+                scales,
+            })
         }
     }
 }
@@ -750,12 +1064,31 @@ fn derived_int8_header(file: &InputFile, roles: &[Role]) -> Vec<u8> {
     let mut specs = Vec::new();
     for (t, role) in file.header.tensors.iter().zip(roles) {
         match role {
-            Role::Shared => specs.push(TensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }),
+            Role::Shared => specs.push(TensorSpec {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+            }),
             Role::Quantized { rows, .. } => {
-                let prefix = t.name.strip_suffix(".weight").expect("quantized names end in .weight");
-                specs.push(TensorSpec { name: t.name.clone(), dtype: Dtype::I8, shape: t.shape.clone() });
-                specs.push(TensorSpec { name: format!("{prefix}.SCB"), dtype: Dtype::F32, shape: vec![*rows] });
-                specs.push(TensorSpec { name: format!("{prefix}.weight_format"), dtype: Dtype::U8, shape: vec![] });
+                let prefix = t
+                    .name
+                    .strip_suffix(".weight")
+                    .expect("quantized names end in .weight");
+                specs.push(TensorSpec {
+                    name: t.name.clone(),
+                    dtype: Dtype::I8,
+                    shape: t.shape.clone(),
+                });
+                specs.push(TensorSpec {
+                    name: format!("{prefix}.SCB"),
+                    dtype: Dtype::F32,
+                    shape: vec![*rows],
+                });
+                specs.push(TensorSpec {
+                    name: format!("{prefix}.weight_format"),
+                    dtype: Dtype::U8,
+                    shape: vec![],
+                });
             }
         }
     }
@@ -774,9 +1107,15 @@ fn file_len(h: &Header) -> u64 {
 
 /// The int8 sharding index: the high one with `weight_map` rebuilt from the int8 files and
 /// `metadata.total_size` set to their data size; keys sorted, two-space indent, as transformers writes.
-fn int8_shard_index(high_json: &[u8], int8_inputs: &[InputFile], files: &[OutputFile], headers: &[Header]) -> Result<Vec<u8>, FormatError> {
+fn int8_shard_index(
+    high_json: &[u8],
+    int8_inputs: &[InputFile],
+    files: &[OutputFile],
+    headers: &[Header],
+) -> Result<Vec<u8>, FormatError> {
     let _ = int8_inputs;
-    let mut root: Map<String, Value> = serde_json::from_slice(high_json).map_err(|e| FormatError::Input(format!("{SHARD_INDEX_NAME}: {e}")))?;
+    let mut root: Map<String, Value> = serde_json::from_slice(high_json)
+        .map_err(|e| FormatError::Input(format!("{SHARD_INDEX_NAME}: {e}")))?;
     let mut weight_map = std::collections::BTreeMap::new();
     let mut total = 0u64;
     for (file, header) in files.iter().zip(headers) {
@@ -790,26 +1129,45 @@ fn int8_shard_index(high_json: &[u8], int8_inputs: &[InputFile], files: &[Output
         _ => Map::new(),
     };
     meta.insert("total_size".into(), Value::from(total));
-    root.insert("metadata".into(), Value::Object(meta.into_iter().collect::<std::collections::BTreeMap<_, _>>().into_iter().collect()));
-    root.insert("weight_map".into(), Value::Object(weight_map.into_iter().collect()));
+    root.insert(
+        "metadata".into(),
+        Value::Object(
+            meta.into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_iter()
+                .collect(),
+        ),
+    );
+    root.insert(
+        "weight_map".into(),
+        Value::Object(weight_map.into_iter().collect()),
+    );
     let sorted: std::collections::BTreeMap<String, Value> = root.into_iter().collect();
-    let mut out = serde_json::to_vec_pretty(&sorted).map_err(|e| FormatError::Input(e.to_string()))?;
+    let mut out =
+        serde_json::to_vec_pretty(&sorted).map_err(|e| FormatError::Input(e.to_string()))?;
     out.push(b'\n');
     Ok(out)
 }
 
 fn read_shard_index(path: &Path, high: &[InputFile]) -> Result<(String, Vec<u8>), FormatError> {
-    let bytes = std::fs::read(path).map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| FormatError::Input(format!("{}: not JSON: {e}", path.display())))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| FormatError::Input(format!("{}: not JSON: {e}", path.display())))?;
     let map = v
         .get("weight_map")
         .and_then(Value::as_object)
-        .ok_or_else(|| FormatError::Input(format!("{}: no \"weight_map\" object", path.display())))?;
+        .ok_or_else(|| {
+            FormatError::Input(format!("{}: no \"weight_map\" object", path.display()))
+        })?;
     for (tensor, file) in map {
         let file = file.as_str().unwrap_or_default();
         let holder = high.iter().find(|h| h.name == file);
         if holder.is_none_or(|h| h.header.tensor(tensor).is_none()) {
-            return Err(FormatError::Input(format!("{}: tensor {tensor:?} is mapped to {file:?}, which was not given or lacks it", path.display())));
+            return Err(FormatError::Input(format!(
+                "{}: tensor {tensor:?} is mapped to {file:?}, which was not given or lacks it",
+                path.display()
+            )));
         }
     }
     Ok((SHARD_INDEX_NAME.to_string(), bytes))
@@ -818,7 +1176,10 @@ fn read_shard_index(path: &Path, high: &[InputFile]) -> Result<(String, Vec<u8>)
 fn check_unique_names(files: &[InputFile]) -> Result<(), FormatError> {
     for (i, f) in files.iter().enumerate() {
         if files[..i].iter().any(|g| g.name == f.name) {
-            return Err(FormatError::Input(format!("two input files are named {:?}", f.name)));
+            return Err(FormatError::Input(format!(
+                "two input files are named {:?}",
+                f.name
+            )));
         }
     }
     Ok(())
@@ -835,13 +1196,20 @@ fn model_dtype(files: &[InputFile]) -> Result<HighDtype, FormatError> {
         }
     }
     match (bf16, f16) {
-        (0, 0) => Err(FormatError::Input("no BF16 or FP16 tensors: convert the checkpoint first (qstore convert --to bf16)".into())),
+        (0, 0) => Err(FormatError::Input(
+            "no BF16 or FP16 tensors: convert the checkpoint first (qstore convert --to bf16)"
+                .into(),
+        )),
         _ if bf16 >= f16 => Ok(HighDtype::Bf16),
         _ => Ok(HighDtype::F16),
     }
 }
 
-fn copy_into_hash(reader: &mut impl Read, hasher: &mut Sha256, mut len: u64) -> Result<(), FormatError> {
+fn copy_into_hash(
+    reader: &mut impl Read,
+    hasher: &mut Sha256,
+    mut len: u64,
+) -> Result<(), FormatError> {
     let mut buf = vec![0u8; 1 << 16];
     while len > 0 {
         let n = len.min(buf.len() as u64) as usize;
@@ -853,7 +1221,12 @@ fn copy_into_hash(reader: &mut impl Read, hasher: &mut Sha256, mut len: u64) -> 
 }
 
 fn output_file(name: String, size: u64, sha256: String, segments: Vec<Segment>) -> OutputFile {
-    OutputFile { name, size, sha256, segments }
+    OutputFile {
+        name,
+        size,
+        sha256,
+        segments,
+    }
 }
 
 /// Lowercase hex sha256.

@@ -183,7 +183,10 @@ impl Header {
     /// Checks that a file of `actual` bytes is exactly what this header describes.
     pub fn check_file_len(&self, actual: u64) -> Result<(), SafetensorsError> {
         if self.file_len() != actual {
-            return Err(SafetensorsError::LengthMismatch { expected: self.file_len(), actual });
+            return Err(SafetensorsError::LengthMismatch {
+                expected: self.file_len(),
+                actual,
+            });
         }
         Ok(())
     }
@@ -205,16 +208,26 @@ pub fn read_header(r: &mut impl Read) -> Result<Header, SafetensorsError> {
     raw.extend_from_slice(&len_bytes);
     let got = r.take(n).read_to_end(&mut raw)?;
     if got as u64 != n {
-        return Err(SafetensorsError::BadJson(format!("header declares {n} bytes but the file ends after {got}")));
+        return Err(SafetensorsError::BadJson(format!(
+            "header declares {n} bytes but the file ends after {got}"
+        )));
     }
     let (metadata, tensors) = parse_header_json(&raw[8..])?;
-    Ok(Header { raw, metadata, tensors })
+    Ok(Header {
+        raw,
+        metadata,
+        tensors,
+    })
 }
 
+/// Header metadata and tensors in data order, as [`parse_header_json`] returns them.
+pub type ParsedHeader = (Option<Map<String, Value>>, Vec<TensorInfo>);
+
 /// Parses header JSON into metadata and tensors sorted by offset, checking every invariant.
-pub fn parse_header_json(json: &[u8]) -> Result<(Option<Map<String, Value>>, Vec<TensorInfo>), SafetensorsError> {
+pub fn parse_header_json(json: &[u8]) -> Result<ParsedHeader, SafetensorsError> {
     let text = std::str::from_utf8(json).map_err(|e| SafetensorsError::BadJson(e.to_string()))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| SafetensorsError::BadJson(e.to_string()))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| SafetensorsError::BadJson(e.to_string()))?;
     let Value::Object(map) = value else {
         return Err(SafetensorsError::NotAnObject);
     };
@@ -240,23 +253,45 @@ fn parse_metadata(entry: Value) -> Result<Map<String, Value>, SafetensorsError> 
 }
 
 fn parse_tensor(name: String, entry: Value) -> Result<TensorInfo, SafetensorsError> {
-    let bad = |problem: &str| SafetensorsError::BadTensor { name: name.clone(), problem: problem.to_string() };
+    let bad = |problem: &str| SafetensorsError::BadTensor {
+        name: name.clone(),
+        problem: problem.to_string(),
+    };
     let Value::Object(fields) = &entry else {
         return Err(bad("entry must be an object"));
     };
-    let dtype_name = fields.get("dtype").and_then(Value::as_str).ok_or_else(|| bad("missing string field \"dtype\""))?;
-    let dtype = Dtype::parse(dtype_name).ok_or_else(|| bad(&format!("unsupported dtype {dtype_name:?}")))?;
-    let shape = u64_array(fields.get("shape")).ok_or_else(|| bad("\"shape\" must be an array of non-negative integers"))?;
-    let offsets = u64_array(fields.get("data_offsets")).ok_or_else(|| bad("\"data_offsets\" must be two non-negative integers"))?;
+    let dtype_name = fields
+        .get("dtype")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("missing string field \"dtype\""))?;
+    let dtype = Dtype::parse(dtype_name)
+        .ok_or_else(|| bad(&format!("unsupported dtype {dtype_name:?}")))?;
+    let shape = u64_array(fields.get("shape"))
+        .ok_or_else(|| bad("\"shape\" must be an array of non-negative integers"))?;
+    let offsets = u64_array(fields.get("data_offsets"))
+        .ok_or_else(|| bad("\"data_offsets\" must be two non-negative integers"))?;
     let [begin, end] = offsets[..] else {
         return Err(bad("\"data_offsets\" must be two non-negative integers"));
     };
-    let elements = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad("shape overflows"))?;
-    let nbytes = elements.checked_mul(dtype.size()).ok_or_else(|| bad("size overflows"))?;
+    let elements = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad("shape overflows"))?;
+    let nbytes = elements
+        .checked_mul(dtype.size())
+        .ok_or_else(|| bad("size overflows"))?;
     if end < begin || end - begin != nbytes {
-        return Err(bad(&format!("data_offsets [{begin}, {end}] do not match {nbytes} bytes of {dtype_name}{shape:?}")));
+        return Err(bad(&format!(
+            "data_offsets [{begin}, {end}] do not match {nbytes} bytes of {dtype_name}{shape:?}"
+        )));
     }
-    Ok(TensorInfo { name, dtype, shape, begin, end })
+    Ok(TensorInfo {
+        name,
+        dtype,
+        shape,
+        begin,
+        end,
+    })
 }
 
 fn u64_array(v: Option<&Value>) -> Option<Vec<u64>> {
@@ -298,12 +333,16 @@ pub fn write_header(metadata: Option<&Map<String, Value>>, tensors: &[TensorSpec
         let mut entry = Map::new();
         entry.insert("dtype".into(), Value::from(t.dtype.name()));
         entry.insert("shape".into(), Value::from(t.shape.clone()));
-        entry.insert("data_offsets".into(), Value::from(vec![offset, offset + len]));
+        entry.insert(
+            "data_offsets".into(),
+            Value::from(vec![offset, offset + len]),
+        );
         map.insert(t.name.clone(), Value::Object(entry));
         offset += len;
     }
-    let mut json = serde_json::to_vec(&Value::Object(map)).expect("a map of strings and numbers serialises");
-    while json.len() % 8 != 0 {
+    let mut json =
+        serde_json::to_vec(&Value::Object(map)).expect("a map of strings and numbers serialises");
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut raw = (json.len() as u64).to_le_bytes().to_vec();
@@ -317,9 +356,21 @@ mod tests {
 
     fn specs() -> Vec<TensorSpec> {
         vec![
-            TensorSpec { name: "a".into(), dtype: Dtype::BF16, shape: vec![2, 3] },
-            TensorSpec { name: "b".into(), dtype: Dtype::I64, shape: vec![] },
-            TensorSpec { name: "c".into(), dtype: Dtype::U8, shape: vec![0, 4] },
+            TensorSpec {
+                name: "a".into(),
+                dtype: Dtype::BF16,
+                shape: vec![2, 3],
+            },
+            TensorSpec {
+                name: "b".into(),
+                dtype: Dtype::I64,
+                shape: vec![],
+            },
+            TensorSpec {
+                name: "c".into(),
+                dtype: Dtype::U8,
+                shape: vec![0, 4],
+            },
         ]
     }
 
@@ -350,14 +401,32 @@ mod tests {
         let cases = [
             ("[]", "JSON object"),
             ("{", "JSON"),
-            (r#"{"t":{"dtype":"X9","shape":[1],"data_offsets":[0,1]}}"#, "unsupported dtype"),
-            (r#"{"t":{"dtype":"U8","shape":[2],"data_offsets":[0,1]}}"#, "do not match"),
-            (r#"{"t":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#, "not contiguous"),
-            (r#"{"t":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}"#, "shape"),
-            (r#"{"t":{"dtype":"U8","shape":[4294967296,4294967296,16],"data_offsets":[0,1]}}"#, "overflows"),
+            (
+                r#"{"t":{"dtype":"X9","shape":[1],"data_offsets":[0,1]}}"#,
+                "unsupported dtype",
+            ),
+            (
+                r#"{"t":{"dtype":"U8","shape":[2],"data_offsets":[0,1]}}"#,
+                "do not match",
+            ),
+            (
+                r#"{"t":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#,
+                "not contiguous",
+            ),
+            (
+                r#"{"t":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}"#,
+                "shape",
+            ),
+            (
+                r#"{"t":{"dtype":"U8","shape":[4294967296,4294967296,16],"data_offsets":[0,1]}}"#,
+                "overflows",
+            ),
             (r#"{"t":{"dtype":"U8","shape":[1]}}"#, "data_offsets"),
             (r#"{"__metadata__":{"a":1}}"#, "__metadata__"),
-            (r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#, "not contiguous"),
+            (
+                r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+                "not contiguous",
+            ),
         ];
         for (json, needle) in cases {
             let err = parse(json).unwrap_err().to_string();
@@ -368,8 +437,14 @@ mod tests {
     #[test]
     fn oversized_and_truncated_headers_are_rejected() {
         let raw = (MAX_HEADER_LEN + 1).to_le_bytes();
-        assert!(matches!(read_header(&mut &raw[..]), Err(SafetensorsError::HeaderTooLarge(_))));
-        assert!(matches!(read_header(&mut &raw[..5]), Err(SafetensorsError::Truncated)));
+        assert!(matches!(
+            read_header(&mut &raw[..]),
+            Err(SafetensorsError::HeaderTooLarge(_))
+        ));
+        assert!(matches!(
+            read_header(&mut &raw[..5]),
+            Err(SafetensorsError::Truncated)
+        ));
         let mut short = 100u64.to_le_bytes().to_vec();
         short.extend_from_slice(b"{}");
         assert!(read_header(&mut &short[..]).is_err());

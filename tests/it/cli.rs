@@ -1,0 +1,208 @@
+//! The `qstore` binary as a user runs it.
+
+use std::process::{Command, Output};
+
+use qstore::safetensors::Dtype;
+use qstore::synth::llm_like_bf16;
+
+use crate::helpers::*;
+
+fn qstore(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qstore"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = qstore(args);
+    assert!(
+        out.status.success(),
+        "qstore {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A failing command exits non-zero with exactly one line on stderr that names the problem.
+fn fails(args: &[&str], needle: &str) {
+    let out = qstore(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "qstore {args:?}");
+    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+    assert!(
+        err.starts_with("error: ") && err.contains(needle),
+        "{err:?} should contain {needle:?}"
+    );
+}
+
+#[test]
+fn convert_encode_decode_inspect_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let f32_data: Vec<u8> = llm_like_bf16(16, 32, 1)
+        .iter()
+        .flat_map(|&c| (half::bf16::from_bits(c).to_f32() * 1.001).to_le_bytes())
+        .collect();
+    write_st(
+        &dir.path().join("f32.safetensors"),
+        &[("format", "pt")],
+        &[
+            T::new("dense.weight", Dtype::F32, &[16, 32], f32_data.clone()),
+            T::new(
+                "ids",
+                Dtype::I64,
+                &[2],
+                vec![1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0],
+            ),
+        ],
+    );
+    ok(&[
+        "convert",
+        &d("f32.safetensors"),
+        "--to",
+        "bf16",
+        "-o",
+        &d("bf16.safetensors"),
+    ]);
+    let converted = tensors_of(&std::fs::read(d("bf16.safetensors")).unwrap());
+    let expect: Vec<u8> = f32_data
+        .chunks_exact(4)
+        .flat_map(|b| half::bf16::from_f32(f32::from_le_bytes(b.try_into().unwrap())).to_le_bytes())
+        .collect();
+    assert_eq!((converted[0].1, &converted[0].3), (Dtype::BF16, &expect));
+    assert_eq!(converted[1].1, Dtype::I64);
+
+    let out = ok(&["encode", &d("bf16.safetensors"), "-o", &d("m.qstore")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bits/param"));
+    ok(&[
+        "decode",
+        &d("m.qstore"),
+        "--precision",
+        "bf16",
+        "-o",
+        &d("back.safetensors"),
+    ]);
+    assert_eq!(
+        std::fs::read(d("back.safetensors")).unwrap(),
+        std::fs::read(d("bf16.safetensors")).unwrap()
+    );
+    let stdout = ok(&["decode", &d("m.qstore"), "--precision", "int8", "-o", "-"]).stdout;
+    check_derived_int8(
+        &std::fs::read(d("bf16.safetensors")).unwrap(),
+        &stdout,
+        &|n: &str| n == "dense.weight",
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&ok(&["inspect", &d("m.qstore"), "--json", "--tensors"]).stdout)
+            .unwrap();
+    assert_eq!(report["quantized_params"], 16 * 32);
+    assert!(
+        report["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "dense.weight" && t["kind"] == "quantized")
+    );
+    let text = String::from_utf8(ok(&["inspect", &d("m.qstore")]).stdout).unwrap();
+    assert!(text.contains("ratio") && text.contains("bits/param"));
+    ok(&["verify", &d("m.qstore")]);
+    ok(&[
+        "-q",
+        "convert",
+        &d("bf16.safetensors"),
+        "--to",
+        "fp16",
+        "-o",
+        &d("fp16.safetensors"),
+    ]);
+    ok(&["-q", "encode", &d("fp16.safetensors"), "-o", &d("h.qstore")]);
+    ok(&[
+        "decode",
+        &d("h.qstore"),
+        "--precision",
+        "fp16",
+        "-o",
+        &d("h.safetensors"),
+    ]);
+    assert_eq!(
+        std::fs::read(d("h.safetensors")).unwrap(),
+        std::fs::read(d("fp16.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn errors_are_one_readable_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    write_st(
+        &dir.path().join("a.safetensors"),
+        &[],
+        &[T::codes("x.weight", Dtype::BF16, &[2, 2], &[1, 2, 3, 4])],
+    );
+    ok(&["encode", "-q", &d("a.safetensors"), "-o", &d("a.qstore")]);
+    fails(
+        &["encode", &d("missing.safetensors"), "-o", &d("x.qstore")],
+        "missing.safetensors",
+    );
+    std::fs::write(d("junk.safetensors"), b"\x05\0\0\0\0\0\0\0{\"a\"").unwrap();
+    fails(
+        &["encode", &d("junk.safetensors"), "-o", &d("x.qstore")],
+        "JSON",
+    );
+    fails(
+        &[
+            "decode",
+            &d("a.qstore"),
+            "--precision",
+            "fp16",
+            "-o",
+            &d("o"),
+        ],
+        "bf16",
+    );
+    fails(
+        &[
+            "decode",
+            &d("a.qstore"),
+            "--precision",
+            "bf16",
+            "--file",
+            "nope",
+            "-o",
+            &d("o"),
+        ],
+        "nope",
+    );
+    fails(
+        &[
+            "decode",
+            &d("a.safetensors"),
+            "--precision",
+            "bf16",
+            "-o",
+            &d("o"),
+        ],
+        "not a qstore blob",
+    );
+    fails(&["verify", &d("missing.qstore")], "missing.qstore");
+    fails(
+        &[
+            "encode",
+            &d("a.safetensors"),
+            "--skip",
+            "(",
+            "-o",
+            &d("x.qstore"),
+        ],
+        "regex",
+    );
+    assert!(!dir.path().join("x.qstore").exists() && !dir.path().join("o").exists());
+    let mut blob = std::fs::read(d("a.qstore")).unwrap();
+    let mid = blob.len() / 3;
+    blob[mid] ^= 0x10;
+    std::fs::write(d("bad.qstore"), blob).unwrap();
+    let out = qstore(&["verify", &d("bad.qstore")]);
+    assert!(!out.status.success());
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: one binary, a module per area (see tests/it/helpers.rs for shared tools).
+
+mod cli;
+mod corruption;
+mod helpers;
+mod inputs;
+mod memory;
+mod ranges;
+mod real_weights;
+mod roundtrip;

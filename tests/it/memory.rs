@@ -1,0 +1,81 @@
+//! Memory stays bounded on a model larger than the bound (slow: set QSTORE_SLOW_TESTS=1).
+
+use std::process::Command;
+
+/// Bounds documented in docs/FORMAT.md ("Memory").
+const ENCODE_BOUND_MIB: u64 = 160;
+const DECODE_BOUND_MIB: u64 = 96;
+
+fn slow_tests_enabled() -> bool {
+    std::env::var_os("QSTORE_SLOW_TESTS").is_some_and(|v| v != "0")
+}
+
+/// Peak RSS in MiB of one child process, from wait4's resource usage for that child alone.
+fn peak_rss_mib(args: &[&str]) -> u64 {
+    // Reaped by wait4 below, which std does not know about.
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new(env!("CARGO_BIN_EXE_qstore"))
+        .args(args)
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: wait4 reaps our own child and only writes the two out-parameters we pass.
+    let usage = unsafe {
+        assert_eq!(
+            libc::wait4(child.id() as i32, &mut status, 0, usage.as_mut_ptr()),
+            child.id() as i32
+        );
+        usage.assume_init()
+    };
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "qstore {args:?} failed"
+    );
+    usage.ru_maxrss as u64 / 1024
+}
+
+#[test]
+fn encode_and_decode_memory_is_bounded_on_a_large_model() {
+    if !slow_tests_enabled() {
+        eprintln!("skipped: set QSTORE_SLOW_TESTS=1");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("big.safetensors");
+    // 6 × 4096 × 4096 BF16 = 192 MiB, larger than either bound.
+    qstore::synth::write_llm_like(&model, 6, 4096, 4096, 1).unwrap();
+    let size_mib = std::fs::metadata(&model).unwrap().len() >> 20;
+    assert!(size_mib > ENCODE_BOUND_MIB);
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let blob = dir.path().join("big.qstore");
+    let out = dir.path().join("out.safetensors");
+    let encode = peak_rss_mib(&["encode", "-q", &s(&model), "-o", &s(&blob)]);
+    eprintln!("encode: peak RSS {encode} MiB");
+    assert!(encode <= ENCODE_BOUND_MIB, "encode peaked at {encode} MiB");
+    for p in ["bf16", "int8"] {
+        let decode = peak_rss_mib(&["decode", "-q", &s(&blob), "--precision", p, "-o", &s(&out)]);
+        eprintln!("decode {p}: peak RSS {decode} MiB");
+        assert!(
+            decode <= DECODE_BOUND_MIB,
+            "decode {p} peaked at {decode} MiB"
+        );
+    }
+    let status = Command::new(env!("CARGO_BIN_EXE_qstore"))
+        .args([
+            "decode",
+            "-q",
+            &s(&blob),
+            "--precision",
+            "bf16",
+            "-o",
+            &s(&out),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        crate::helpers::sha(&std::fs::read(&out).unwrap()),
+        crate::helpers::sha(&std::fs::read(&model).unwrap())
+    );
+}

@@ -1,0 +1,123 @@
+//! Random access: any byte range equals the slice of the full output, and INT8 never touches the
+//! residual section.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use qstore::format::{Blob, BlobSource, EncodeOptions, Precision};
+use qstore::safetensors::Dtype;
+use qstore::synth::{Rng, llm_like_bf16};
+
+use crate::helpers::*;
+
+fn multi_chunk_blob(dir: &std::path::Path) -> Vec<u8> {
+    let path = dir.join("m.safetensors");
+    write_st(
+        &path,
+        &[("format", "pt")],
+        &[
+            T::codes(
+                "embed.weight",
+                Dtype::BF16,
+                &[50, 30],
+                &llm_like_bf16(50, 30, 1),
+            ),
+            T::codes(
+                "a.weight",
+                Dtype::BF16,
+                &[37, 53],
+                &llm_like_bf16(37, 53, 2),
+            ),
+            T::new(
+                "ids",
+                Dtype::I64,
+                &[100],
+                (0..800).map(|i| (i % 7) as u8).collect(),
+            ),
+            T::codes(
+                "b.weight",
+                Dtype::BF16,
+                &[64, 16],
+                &llm_like_bf16(64, 16, 3),
+            ),
+        ],
+    );
+    let opts = EncodeOptions {
+        chunk_elems: 300,
+        stream_chunk_bytes: 256,
+        ..EncodeOptions::default()
+    };
+    std::fs::read(encode_with(dir, &[path], None, &[], &opts)).unwrap()
+}
+
+#[test]
+fn every_sampled_range_matches_the_full_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = Blob::open(multi_chunk_blob(dir.path())).unwrap();
+    let mut rng = Rng::new(42);
+    for p in [Precision::High, Precision::Int8] {
+        let file = blob.file(p, None).unwrap().clone();
+        let mut full = Vec::new();
+        blob.write_file(&file, &mut full).unwrap();
+        let n = file.size;
+        let mut ranges = vec![(0, 0), (0, n), (n, n), (0, 1), (n - 1, n), (8, 9)];
+        for _ in 0..300 {
+            let a = rng.next_u64() % (n + 1);
+            let b = a + rng.next_u64() % (n - a + 1);
+            ranges.push((a, b));
+        }
+        for (a, b) in ranges {
+            let mut part = Vec::new();
+            blob.write_range(&file, a..b, &mut part).unwrap();
+            assert_eq!(part, &full[a as usize..b as usize], "{p:?} range {a}..{b}");
+        }
+        let mut none = Vec::new();
+        assert!(blob.write_range(&file, 0..n + 1, &mut none).is_err());
+    }
+}
+
+/// A blob in memory that counts reads landing in a forbidden byte range.
+struct Watched {
+    bytes: Vec<u8>,
+    forbidden: (u64, u64),
+    hits: AtomicU64,
+    reads: AtomicU64,
+}
+
+impl BlobSource for Watched {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        if offset < self.forbidden.1 && offset + len as u64 > self.forbidden.0 {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        self.bytes.read_at(offset, len)
+    }
+}
+
+#[test]
+fn int8_outputs_never_read_the_residual_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = multi_chunk_blob(dir.path());
+    let residual = Blob::open(bytes.clone()).unwrap().index().residual;
+    assert!(residual[1] > residual[0]);
+    let watched = Watched {
+        bytes,
+        forbidden: (residual[0], residual[1]),
+        hits: AtomicU64::new(0),
+        reads: AtomicU64::new(0),
+    };
+    let blob = Blob::open(watched).unwrap();
+    let file = blob.file(Precision::Int8, None).unwrap().clone();
+    blob.write_file(&file, &mut Vec::new()).unwrap();
+    let high = blob.file(Precision::High, None).unwrap().clone();
+    assert!(blob.source().reads.load(Ordering::Relaxed) > 2);
+    assert_eq!(blob_hits(&blob), 0, "int8 decode read residual bytes");
+    blob.write_file(&high, &mut Vec::new()).unwrap();
+    assert!(blob_hits(&blob) > 0, "the watcher does see residual reads");
+}
+
+fn blob_hits(blob: &Blob<Watched>) -> u64 {
+    blob.source().hits.load(Ordering::Relaxed)
+}

@@ -1,0 +1,206 @@
+//! Byte-exact round trips of both outputs, over generated models and edge-case values.
+
+use proptest::prelude::*;
+use qstore::format::{EncodeOptions, Precision};
+use qstore::safetensors::Dtype;
+
+use crate::helpers::*;
+
+/// Values that stress the codec: signed zeros, subnormals, NaN payloads, infinities, tiny and
+/// huge magnitudes, plus ordinary weights.
+fn special_codes() -> Vec<u16> {
+    vec![
+        0x0000, 0x8000, 0x0001, 0x807F, 0x0080, 0x7F80, 0xFF80, 0x7FC0, 0x7FC1, 0xFF81, 0x7F81,
+        0x7F7F, 0xFF7F, 0x3F80, 0xBF80, 0x3380, 0x4780, 0x477F, 0x3880, 0x387F, 0x7C00, 0xFC00,
+        0x7E01, 0x03FF,
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum RowKind {
+    Normal,
+    Zero,
+    Outlier,
+    Special,
+}
+
+fn row_strategy(cols: usize) -> impl Strategy<Value = Vec<u16>> {
+    (prop_oneof![4 => Just(RowKind::Normal), 1 => Just(RowKind::Zero), 1 => Just(RowKind::Outlier), 1 => Just(RowKind::Special)], any::<u64>(), 0.001f64..2.0).prop_map(
+        move |(kind, seed, sigma)| {
+            let mut rng = qstore::synth::Rng::new(seed);
+            let specials = special_codes();
+            (0..cols)
+                .map(|j| match kind {
+                    RowKind::Zero => if rng.uniform() < 0.5 { 0x0000 } else { 0x8000 },
+                    RowKind::Special => specials[(rng.next_u64() % specials.len() as u64) as usize],
+                    RowKind::Outlier if j == 0 => half::bf16::from_f64(sigma * 50.0).to_bits(),
+                    _ => half::bf16::from_f64(sigma * rng.normal()).to_bits(),
+                })
+                .collect()
+        },
+    )
+}
+
+fn matrix(
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> impl Strategy<Value = (usize, usize, Vec<u16>)> {
+    (rows, cols).prop_flat_map(|(r, c)| {
+        (
+            Just(r),
+            Just(c),
+            proptest::collection::vec(row_strategy(c), r).prop_map(|rows| rows.concat()),
+        )
+    })
+}
+
+/// Reinterprets BF16 codes as FP16 codes: the same bit patterns, so every special value class
+/// appears in both precisions.
+fn model(dtype: Dtype) -> impl Strategy<Value = Vec<T>> {
+    (
+        proptest::collection::vec(matrix(1..6, 1..40), 1..4),
+        matrix(1..3, 1..9),
+        proptest::collection::vec(any::<u8>(), 0..20),
+        any::<bool>(),
+    )
+        .prop_map(move |(mats, (er, ec, emb), extra, empty)| {
+            let mut ts = vec![T::codes(
+                "embeddings.word_embeddings.weight",
+                dtype,
+                &[er as u64, ec as u64],
+                &emb,
+            )];
+            for (i, (r, c, codes)) in mats.into_iter().enumerate() {
+                ts.push(T::codes(
+                    &format!("layer.{i}.dense.weight"),
+                    dtype,
+                    &[r as u64, c as u64],
+                    &codes,
+                ));
+                ts.push(T::codes(
+                    &format!("layer.{i}.LayerNorm.weight"),
+                    dtype,
+                    &[c as u64],
+                    &codes[..c],
+                ));
+            }
+            ts.push(T::new(
+                "position_ids",
+                Dtype::I64,
+                &[extra.len() as u64 / 8],
+                extra[..extra.len() / 8 * 8].to_vec(),
+            ));
+            ts.push(T::new(
+                "flags",
+                Dtype::BOOL,
+                &[extra.len() as u64],
+                extra.iter().map(|b| b & 1).collect(),
+            ));
+            ts.push(T::new("scalar", Dtype::F32, &[], vec![0, 0, 128, 63]));
+            if empty {
+                ts.push(T::new("empty.weight", dtype, &[0, 7], vec![]));
+                ts.push(T::new("empty2.weight", dtype, &[3, 0], vec![]));
+            }
+            ts
+        })
+}
+
+fn is_quantized(name: &str) -> bool {
+    name.starts_with("layer.") && name.ends_with("dense.weight")
+}
+
+fn round_trip(tensors: &[T], metadata: &[(&str, &str)], opts: &EncodeOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    write_st(&path, metadata, tensors);
+    let original = std::fs::read(&path).unwrap();
+    let blob = encode_with(dir.path(), std::slice::from_ref(&path), None, &[], opts);
+    let high = decode_all(&blob, Precision::High);
+    assert_eq!(high.len(), 1);
+    assert_eq!(
+        sha(&high[0].1),
+        sha(&original),
+        "high-precision output is byte-identical"
+    );
+    let int8 = decode_all(&blob, Precision::Int8);
+    check_derived_int8(&original, &int8[0].1, &is_quantized);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    #[test]
+    fn bf16_models_round_trip(tensors in model(Dtype::BF16), meta in proptest::option::of("[a-z]{1,8}")) {
+        let meta_pairs: Vec<(&str, &str)> = meta.as_deref().map(|m| vec![("format", "pt"), ("note", m)]).unwrap_or_default();
+        round_trip(&tensors, &meta_pairs, &EncodeOptions::default());
+    }
+
+    #[test]
+    fn fp16_models_round_trip(tensors in model(Dtype::F16)) {
+        round_trip(&tensors, &[], &EncodeOptions::default());
+    }
+
+    #[test]
+    fn small_chunks_round_trip(tensors in model(Dtype::BF16), chunk_elems in 1u64..50, stream_bytes in 1u64..64) {
+        let opts = EncodeOptions { chunk_elems, stream_chunk_bytes: stream_bytes, ..EncodeOptions::default() };
+        round_trip(&tensors, &[("format", "pt")], &opts);
+    }
+}
+
+#[test]
+fn row_and_column_vectors_and_llm_like_weights_round_trip() {
+    let llm = qstore::synth::llm_like_bf16(64, 512, 3);
+    let tensors = vec![
+        T::codes(
+            "row.weight",
+            Dtype::BF16,
+            &[1, 3000],
+            &qstore::synth::llm_like_bf16(1, 3000, 1),
+        ),
+        T::codes(
+            "col.weight",
+            Dtype::BF16,
+            &[3000, 1],
+            &qstore::synth::llm_like_bf16(3000, 1, 2),
+        ),
+        T::codes("layer.0.dense.weight", Dtype::BF16, &[64, 512], &llm),
+    ];
+    let quantized = |n: &str| n.ends_with(".weight");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    write_st(&path, &[("format", "pt")], &tensors);
+    let original = std::fs::read(&path).unwrap();
+    let blob = encode(dir.path(), std::slice::from_ref(&path), None, &[]);
+    assert_eq!(decode_all(&blob, Precision::High)[0].1, original);
+    check_derived_int8(
+        &original,
+        &decode_all(&blob, Precision::Int8)[0].1,
+        &quantized,
+    );
+}
+
+#[test]
+fn derived_int8_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    write_st(
+        &path,
+        &[],
+        &[T::codes(
+            "a.weight",
+            Dtype::BF16,
+            &[8, 64],
+            &qstore::synth::llm_like_bf16(8, 64, 9),
+        )],
+    );
+    let a = decode_all(
+        &encode(dir.path(), std::slice::from_ref(&path), None, &[]),
+        Precision::Int8,
+    );
+    let other = tempfile::tempdir().unwrap();
+    let b = decode_all(
+        &encode(other.path(), std::slice::from_ref(&path), None, &[]),
+        Precision::Int8,
+    );
+    assert_eq!(sha(&a[0].1), sha(&b[0].1));
+}
