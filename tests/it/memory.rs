@@ -10,29 +10,22 @@ fn slow_tests_enabled() -> bool {
     std::env::var_os("QSTORE_SLOW_TESTS").is_some_and(|v| v != "0")
 }
 
-/// Peak RSS in MiB of one child process, from wait4's resource usage for that child alone.
+/// Peak RSS in MiB of one `qstore` run, as the process itself reports it (VmHWM). The parent's
+/// getrusage is no use here: a child spawned with vfork inherits the test process's own peak.
 fn peak_rss_mib(args: &[&str]) -> u64 {
-    // Reaped by wait4 below, which std does not know about.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new(env!("CARGO_BIN_EXE_qstore"))
+    let out = Command::new(env!("CARGO_BIN_EXE_qstore"))
         .args(args)
-        .spawn()
+        .env("QSTORE_REPORT_PEAK_RSS", "1")
+        .output()
         .unwrap();
-    let mut status = 0;
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: wait4 reaps our own child and only writes the two out-parameters we pass.
-    let usage = unsafe {
-        assert_eq!(
-            libc::wait4(child.id() as i32, &mut status, 0, usage.as_mut_ptr()),
-            child.id() as i32
-        );
-        usage.assume_init()
-    };
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "qstore {args:?} failed"
-    );
-    usage.ru_maxrss as u64 / 1024
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "qstore {args:?}: {stderr}");
+    let kib: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("qstore: peak RSS "))
+        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS report in {stderr:?}"));
+    kib / 1024
 }
 
 #[test]
