@@ -62,7 +62,7 @@ struct ModelResult {
     rss: Option<(u64, u64, u64)>,
 }
 
-fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> ModelResult {
+fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Option<ModelResult> {
     let blob_path = work.join(format!("{name}.qstore"));
     let input = EncodeInput {
         high: vec![high.to_owned()],
@@ -89,6 +89,18 @@ fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Model
             decode_int8_s[slot] = time(REPS, || blob.write_file(&int8_file, &mut Sink).unwrap());
         });
     }
+    if std::env::var_os("QSTORE_BENCH_FAST").is_some() {
+        let r = |b: u64, t: [f64; 2]| format!("{} / {}", mbps(b, t[0]), mbps(b, t[1]));
+        eprintln!(
+            "{name}: {} bytes, {:.3} bits/param; encode {}; decode bf16 {}; int8 {} MB/s (2 threads / 1)",
+            report.blob_bytes,
+            report.quantized_bits_per_param,
+            r(high_file.size, encode_s),
+            r(high_file.size, decode_high_s),
+            r(int8_file.size, decode_int8_s)
+        );
+        return None;
+    }
     let int8_path = work.join(format!("{name}.int8.safetensors"));
     blob.write_file(&int8_file, &mut std::fs::File::create(&int8_path).unwrap())
         .unwrap();
@@ -112,7 +124,7 @@ fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Model
     let rss = measure_rss
         .then(|| peak_rss(high, &blob_path, work))
         .flatten();
-    ModelResult {
+    Some(ModelResult {
         name: name.to_string(),
         report,
         high_bytes: high_data.len() as u64,
@@ -123,7 +135,7 @@ fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Model
         zstd: zstd_rows,
         zipnn,
         rss,
-    }
+    })
 }
 
 /// (bf16 compressed, int8 compressed, median bf16 decode seconds), or None without ZipNN.
@@ -301,13 +313,13 @@ fn write_markdown(results: &[ModelResult]) -> String {
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let work = tempfile::tempdir_in(root.join("target")).unwrap();
-    let mut results = Vec::new();
+    let mut results: Vec<ModelResult> = Vec::new();
     let minilm = std::env::var_os("QSTORE_MINILM")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("data/minilm/model-bf16.safetensors"));
     if minilm.exists() {
         eprintln!("benchmarking MiniLM-L6 ({})", minilm.display());
-        results.push(bench_model(
+        results.extend(bench_model(
             "MiniLM-L6-v2 (BF16, 22.7M params)",
             &minilm,
             work.path(),
@@ -319,7 +331,10 @@ fn main() {
     let synth = work.path().join("llm-like.safetensors");
     qstore::synth::write_llm_like(&synth, 4, 4096, 4096, 7).unwrap();
     eprintln!("benchmarking the synthetic LLM-like set");
-    results.push(bench_model("Synthetic LLM-like: four 4096x4096 BF16 matrices, heavy tails, outlier columns (67.1M params)", &synth, work.path(), true));
+    results.extend(bench_model("Synthetic LLM-like: four 4096x4096 BF16 matrices, heavy tails, outlier columns (67.1M params)", &synth, work.path(), true));
+    if results.is_empty() {
+        return;
+    }
     let md = write_markdown(&results);
     print!("{md}");
     let out = root.join("docs/BENCHMARKS.md");

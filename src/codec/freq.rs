@@ -14,7 +14,7 @@ const TOTAL: u32 = 1 << TABLE_BITS;
 pub struct FreqTable {
     freq: [u32; 256],
     start: [u32; 256],
-    lookup: Vec<u8>,
+    lookup: Box<[u8; TOTAL as usize]>,
 }
 
 impl FreqTable {
@@ -36,7 +36,7 @@ impl FreqTable {
 
     fn from_freqs(freq: [u32; 256]) -> FreqTable {
         let mut start = [0u32; 256];
-        let mut lookup = vec![0u8; TOTAL as usize];
+        let mut lookup = Box::new([0u8; TOTAL as usize]);
         let mut acc = 0u32;
         for s in 0..256 {
             start[s] = acc;
@@ -63,9 +63,14 @@ impl FreqTable {
     /// Decodes one symbol from `lane`.
     #[inline(always)]
     pub fn decode(&self, dec: &mut Decoder, lane: usize) -> u8 {
-        let sym = self.lookup[dec.slot(lane, TABLE_BITS) as usize];
+        let sym = self.lookup[dec.slot(lane, TABLE_BITS) as usize & (TOTAL as usize - 1)];
         dec.advance(lane, self.symbol(sym));
         sym
+    }
+
+    /// Decodes one symbol per byte of `out`, element `i` on lane `i % 4`.
+    pub fn decode_all(&self, dec: &mut Decoder, out: &mut [u8]) {
+        dec.decode_table_bytes(&self.lookup, &self.start, &self.freq, out);
     }
 
     /// Appends the table: a mode byte, then per symbol a zigzag LEB128 value, either the

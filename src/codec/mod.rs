@@ -138,7 +138,7 @@ fn decode_planes_raw(data: &[u8], planes: usize, out: &mut [u8]) -> Result<(), C
         return Ok(());
     };
     if planes == 1 {
-        decode_single_plane(&tables[0], &mut dec, out);
+        tables[0].decode_all(&mut dec, out);
     } else {
         for (i, elem) in out.chunks_exact_mut(planes).enumerate() {
             for (o, t) in elem.iter_mut().zip(&tables) {
@@ -147,19 +147,6 @@ fn decode_planes_raw(data: &[u8], planes: usize, out: &mut [u8]) -> Result<(), C
         }
     }
     dec.finish()
-}
-
-/// The hot loop of int8 decoding, unrolled so each lane's state stays in a register.
-fn decode_single_plane(t: &FreqTable, dec: &mut Decoder, out: &mut [u8]) {
-    let mut quads = out.chunks_exact_mut(4);
-    for quad in &mut quads {
-        for (lane, o) in quad.iter_mut().enumerate() {
-            *o = t.decode(dec, lane);
-        }
-    }
-    for (lane, o) in quads.into_remainder().iter_mut().enumerate() {
-        *o = t.decode(dec, lane);
-    }
 }
 
 /// Float16-family decode fused with the inverse rotation: no intermediate buffer.

@@ -109,33 +109,80 @@ impl<'a> Decoder<'a> {
         self.states[lane % LANES] & ((1u32 << bits) - 1)
     }
 
-    /// Consumes, on `lane`, the symbol whose slice contains the lane's slot.
+    /// Consumes, on `lane`, the symbol whose slice contains the lane's slot. The refill is
+    /// branchless: whether a lane needs a word is a coin flip the branch predictor cannot learn.
     #[inline(always)]
     pub fn advance(&mut self, lane: usize, s: Symbol) {
         let lane = lane % LANES;
         let x = self.states[lane];
         let slot = x & ((1u32 << s.bits) - 1);
-        let mut x = s
+        let x = s
             .freq
             .wrapping_mul(x >> s.bits)
             .wrapping_add(slot.wrapping_sub(s.start));
-        if x < RANS_L {
-            x = (x << 16) | u32::from(self.next_word());
-        }
-        self.states[lane] = x;
+        let (word, available) = match self.words.get(self.pos..self.pos + 2) {
+            Some(w) => (u32::from(u16::from_le_bytes([w[0], w[1]])), true),
+            None => (0, false),
+        };
+        let need = x < RANS_L;
+        self.overrun |= need & !available;
+        self.states[lane] = if need { (x << 16) | word } else { x };
+        self.pos += usize::from(need & available) * 2;
     }
 
-    #[inline(always)]
-    fn next_word(&mut self) -> u16 {
-        match self.words.get(self.pos..self.pos + 2) {
-            Some(w) => {
-                self.pos += 2;
-                u16::from_le_bytes([w[0], w[1]])
+    /// Decodes one table-coded byte per output element (element `i` on lane `i % 4`), with the
+    /// four states in locals and one bounds check per four symbols: the int8 hot loop.
+    pub fn decode_table_bytes(
+        &mut self,
+        lookup: &[u8; 1 << 14],
+        start: &[u32; 256],
+        freq: &[u32; 256],
+        out: &mut [u8],
+    ) {
+        const MASK: u32 = (1 << 14) - 1;
+        let [mut x0, mut x1, mut x2, mut x3] = self.states;
+        let mut pos = self.pos;
+        let mut quads = out.chunks_exact_mut(4);
+        let mut done = 0;
+        for quad in &mut quads {
+            let Some(window) = self.words.get(pos..pos + 8) else {
+                break;
+            };
+            let window = u64::from_le_bytes(window.try_into().expect("8 bytes"));
+            let mut used = 0u32;
+            for (x, o) in [&mut x0, &mut x1, &mut x2, &mut x3]
+                .into_iter()
+                .zip(quad.iter_mut())
+            {
+                let slot = *x & MASK;
+                let sym = lookup[slot as usize];
+                *o = sym;
+                let v = freq[sym as usize]
+                    .wrapping_mul(*x >> 14)
+                    .wrapping_add(slot.wrapping_sub(start[sym as usize]));
+                let word = (window >> (16 * used)) as u32 & 0xFFFF;
+                let need = v < RANS_L;
+                *x = if need { (v << 16) | word } else { v };
+                used += u32::from(need);
             }
-            None => {
-                self.overrun = true;
-                0
-            }
+            pos += 2 * used as usize;
+            done += 4;
+        }
+        self.states = [x0, x1, x2, x3];
+        self.pos = pos;
+        for (i, o) in out[done..].iter_mut().enumerate() {
+            let lane = (done + i) % LANES;
+            let slot = self.slot(lane, 14);
+            let sym = lookup[slot as usize];
+            *o = sym;
+            self.advance(
+                lane,
+                Symbol {
+                    start: start[sym as usize],
+                    freq: freq[sym as usize],
+                    bits: 14,
+                },
+            );
         }
     }
 
