@@ -4,7 +4,7 @@ use std::process::Command;
 
 /// Bounds documented in docs/FORMAT.md ("Memory").
 const ENCODE_BOUND_MIB: u64 = 160;
-const DECODE_BOUND_MIB: u64 = 96;
+const DECODE_BOUND_MIB: u64 = 48;
 
 fn slow_tests_enabled() -> bool {
     std::env::var_os("QSTORE_SLOW_TESTS").is_some_and(|v| v != "0")
