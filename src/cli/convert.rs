@@ -65,12 +65,8 @@ pub fn convert(input: &Path, to: Target, output: &Path, bar: ProgressBar) -> Res
             shape: t.shape.clone(),
         })
         .collect();
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
+    let target = super::output::Output::create(output)?;
+    let mut out = BufWriter::with_capacity(1 << 20, target.file());
     out.write_all(&safetensors::write_header(header.metadata.as_ref(), &specs))?;
     bar.set_length(header.data_len());
     bar.set_message("convert");
@@ -97,9 +93,7 @@ pub fn convert(input: &Path, to: Target, output: &Path, bar: ProgressBar) -> Res
     }
     out.flush()?;
     drop(out);
-    tmp.persist(output)
-        .map_err(|e| e.error)
-        .with_context(|| format!("{}", output.display()))?;
+    target.commit()?;
     bar.finish_and_clear();
     Ok(())
 }

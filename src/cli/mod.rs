@@ -2,6 +2,7 @@
 //! one readable line.
 
 mod convert;
+mod output;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -211,19 +212,13 @@ fn decode(
     }
     let bar = progress_bar(quiet, file.size);
     bar.set_message("decode");
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let target = output::Output::create(output)?;
     {
-        let mut out = bar.wrap_write(BufWriter::with_capacity(1 << 20, tmp.as_file()));
+        let mut out = bar.wrap_write(BufWriter::with_capacity(1 << 20, target.file()));
         blob.write_file(file, &mut out)?;
         out.flush()?;
     }
-    tmp.persist(output)
-        .map_err(|e| e.error)
-        .with_context(|| format!("{}", output.display()))?;
+    target.commit()?;
     bar.finish_and_clear();
     Ok(())
 }

@@ -109,6 +109,12 @@ pub fn encode_to_path(
     out: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<EncodeSummary, FormatError> {
+    if std::fs::metadata(out).is_ok_and(|m| !m.is_file()) {
+        return Err(FormatError::Input(format!(
+            "refusing to replace {}: not a regular file",
+            out.display()
+        )));
+    }
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

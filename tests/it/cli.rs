@@ -108,6 +108,20 @@ fn convert_encode_decode_inspect_verify() {
     let text = String::from_utf8(ok(&["inspect", &d("m.qstore")]).stdout).unwrap();
     assert!(text.contains("ratio") && text.contains("bits/param"));
     ok(&["verify", &d("m.qstore")]);
+    // Special files are written in place, never replaced by a rename.
+    ok(&[
+        "decode",
+        &d("m.qstore"),
+        "--precision",
+        "bf16",
+        "-o",
+        "/dev/null",
+    ]);
+    assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
+    fails(
+        &["encode", &d("bf16.safetensors"), "-o", "/dev/null"],
+        "not a regular file",
+    );
     ok(&[
         "-q",
         "convert",

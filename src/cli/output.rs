@@ -1,0 +1,51 @@
+//! Output files that never appear half-written.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Where a command writes. A regular file is written to a temporary file in the same directory
+/// and renamed into place on [`Output::commit`], so a failed run leaves nothing behind; a special
+/// file that already exists (`/dev/null`, a FIFO) is written in place instead of being replaced.
+pub enum Output {
+    Atomic(tempfile::NamedTempFile, PathBuf),
+    Direct(File),
+}
+
+impl Output {
+    pub fn create(path: &Path) -> Result<Output> {
+        let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir());
+        if special {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| path.display().to_string())?;
+            return Ok(Output::Direct(f));
+        }
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp =
+            tempfile::NamedTempFile::new_in(dir).with_context(|| path.display().to_string())?;
+        Ok(Output::Atomic(tmp, path.to_owned()))
+    }
+
+    pub fn file(&self) -> &File {
+        match self {
+            Output::Atomic(tmp, _) => tmp.as_file(),
+            Output::Direct(f) => f,
+        }
+    }
+
+    /// Makes the output visible under its final name.
+    pub fn commit(self) -> Result<()> {
+        if let Output::Atomic(tmp, path) = self {
+            tmp.persist(&path)
+                .map_err(|e| e.error)
+                .with_context(|| path.display().to_string())?;
+        }
+        Ok(())
+    }
+}
