@@ -112,9 +112,11 @@ pub fn quantize_row(dtype: HighDtype, row: &[u16], q: &mut [u8]) -> f32 {
 /// to 0 are `0..bounds[1]`. A degenerate row (scale not finite and positive) has no intervals.
 pub struct RowIntervals {
     bounds: [u16; 129],
-    /// `ceil(2^48 / width)` per k, the uniform coder's exact divisor; 0 where the width is 0 or 1.
+    /// `ceil(2^48 / width)` per k, the uniform coder's exact divisor; 0 where the width is 0.
     recips: [u64; 128],
     degenerate: bool,
+    /// Top high byte of whole values, the low values possible under it, and their divisor.
+    whole_top: (u16, u32, u64),
 }
 
 impl RowIntervals {
@@ -123,6 +125,7 @@ impl RowIntervals {
             bounds: [0; 129],
             recips: [0; 128],
             degenerate: true,
+            whole_top: (0xFF, 128, uniform_divisor(128)),
         };
         if !(absmax.is_finite() && absmax > 0.0) {
             return r;
@@ -139,10 +142,13 @@ impl RowIntervals {
         }
         for k in 1..128 {
             let width = u32::from(r.bounds[k + 1]) - u32::from(r.bounds[k]);
-            if width > 1 {
+            if width > 0 {
                 r.recips[k] = uniform_divisor(width);
             }
         }
+        let last = r.bounds[1] - 1;
+        let count = u32::from(last & 0x7F) + 1;
+        r.whole_top = (last >> 7, count, uniform_divisor(count));
         r
     }
 
@@ -161,12 +167,8 @@ impl RowIntervals {
     /// For values coded whole (q = 0): the largest possible high byte of the magnitude, and how
     /// many low-7-bit values are possible under it (the band just below `zero_end` is partial).
     #[inline(always)]
-    pub fn whole_top(&self) -> (u16, u32) {
-        if self.degenerate {
-            return (0xFF, 128);
-        }
-        let last = self.bounds[1] - 1;
-        (last >> 7, u32::from(last & 0x7F) + 1)
+    pub fn whole_top(&self) -> (u16, u32, u64) {
+        self.whole_top
     }
 
     /// The codes quantizing to magnitude `k` (1..=127): first code and count.

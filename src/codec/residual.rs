@@ -32,7 +32,6 @@ enum Item {
         n: u16,
         recip: u64,
     },
-    Implied,
 }
 
 /// Inputs of one residual chunk: whole rows of the tensor.
@@ -89,7 +88,12 @@ pub fn encode(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
                         .symbol(hi),
                     lane,
                 );
-                push_low_bits(&mut enc, lane, lo & 0x7F, hi == top, u32::from(top_low) + 1);
+                let (n, d) = low_bits_range(
+                    hi == top,
+                    u32::from(top_low) + 1,
+                    uniform_divisor(u32::from(top_low) + 1),
+                );
+                enc.push(uniform_symbol(u32::from(lo & 0x7F), n, d), lane);
                 enc.push(
                     Symbol {
                         start: u32::from(lo >> 7),
@@ -102,7 +106,7 @@ pub fn encode(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
             Item::Position { r, n, recip } => {
                 enc.push(uniform_symbol(u32::from(r), u32::from(n), recip), lane)
             }
-            Item::Exception | Item::Implied => {}
+            Item::Exception => {}
         }
     }
     enc.finish_into(&mut out);
@@ -156,7 +160,7 @@ impl IntervalCache {
 
 fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
     let mag = code & 0x7FFF;
-    let (top, top_low) = iv.whole_top();
+    let (top, top_low, _) = iv.whole_top();
     let whole = Item::Whole {
         hi: (mag >> 7) as u8,
         lo: ((code >> 8) & 0x80) as u8 | (code & 0x7F) as u8,
@@ -183,8 +187,6 @@ fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
     let r = u32::from(mag).wrapping_sub(u32::from(lo));
     if mag < lo || r >= n {
         Item::Exception
-    } else if n == 1 {
-        Item::Implied
     } else {
         Item::Position {
             r: r as u16,
@@ -273,11 +275,12 @@ fn decode_one(
     if q == 0 || iv.is_degenerate() {
         let hi_t = table.ok_or(CodecError::Corrupt("whole-value element without a table"))?;
         let hi = u16::from(hi_t.decode(dec, lane));
-        let (top, top_low) = iv.whole_top();
+        let (top, top_low, top_divisor) = iv.whole_top();
         if hi > top {
             return Err(CodecError::Corrupt("whole value above its interval"));
         }
-        let low = decode_low_bits(dec, lane, hi == top, top_low) as u16;
+        let (n, d) = low_bits_range(hi == top, top_low, top_divisor);
+        let low = uniform_decode(dec, lane, n, d) as u16;
         let sign = dec.slot(lane, 1) as u16;
         dec.advance(
             lane,
@@ -289,12 +292,9 @@ fn decode_one(
         );
         return Ok((sign << 15) | (hi << 7) | low);
     }
+    // Width 0 cannot occur in a valid chunk; there it decodes garbage that the CRC rejects.
     let (lo, n, recip) = iv.interval(q.unsigned_abs().min(127) as usize);
-    let r = match n {
-        0 => return Err(CodecError::Corrupt("element in an empty interval")),
-        1 => 0,
-        _ => uniform_decode(dec, lane, n, recip),
-    };
+    let r = uniform_decode(dec, lane, n, recip);
     let sign = if q < 0 { 0x8000 } else { 0 };
     Ok(sign | lo.wrapping_add(r as u16))
 }
@@ -318,70 +318,37 @@ fn read_exceptions(buf: &mut &[u8], n: usize) -> Result<Vec<(usize, u16)>, Codec
     Ok(list)
 }
 
-/// Low 7 bits of a whole value: uniform (a table would cost more than it saves), over only the
-/// values that are possible when the high byte is the top one.
+/// Low 7 bits of a whole value: uniform (a table would cost more than it saves) over the values
+/// still possible: all 128, or fewer under the top high byte. One code path for both: a uniform
+/// symbol over 128 values costs exactly 7 bits.
 #[inline(always)]
-fn push_low_bits(enc: &mut Encoder, lane: usize, low: u8, at_top: bool, top_count: u32) {
-    if !at_top || top_count == 128 {
-        enc.push(
-            Symbol {
-                start: u32::from(low),
-                freq: 1,
-                bits: 7,
-            },
-            lane,
-        );
-    } else if top_count > 1 {
-        enc.push(
-            uniform_symbol(u32::from(low), top_count, uniform_divisor(top_count)),
-            lane,
-        );
-    }
-}
-
-#[inline(always)]
-fn decode_low_bits(dec: &mut Decoder, lane: usize, at_top: bool, top_count: u32) -> u32 {
-    if !at_top || top_count == 128 {
-        let low = dec.slot(lane, 7);
-        dec.advance(
-            lane,
-            Symbol {
-                start: low,
-                freq: 1,
-                bits: 7,
-            },
-        );
-        low
-    } else if top_count > 1 {
-        uniform_decode(dec, lane, top_count, uniform_divisor(top_count))
+fn low_bits_range(at_top: bool, top_count: u32, top_divisor: u64) -> (u32, u64) {
+    const ALL: u32 = 128;
+    const ALL_DIVISOR: u64 = 1 << 41; // uniform_divisor(128)
+    if at_top {
+        (top_count, top_divisor)
     } else {
-        0
+        (ALL, ALL_DIVISOR)
     }
 }
 
 /// Start of position `r` when the 16-bit range is split as evenly as integers allow into `n`
-/// slices: `ceil(r * 2^16 / n)`, divided exactly by multiplying with `d = uniform_divisor(n)`.
+/// slices: `ceil(r * 2^16 / n) = floor((r * 2^16 + n - 1) / n)`, divided exactly by multiplying
+/// with `d = uniform_divisor(n)` (the numerator stays below 2^32 for r ≤ n ≤ 2^15). No branch:
+/// `uniform_start(n) = 2^16`, and for n = 1 the only symbol spans the whole range and costs
+/// nothing, so width-1 intervals take the same path as every other.
 #[inline(always)]
-fn uniform_start(r: u32, d: u64) -> u32 {
-    // ceil(a / n) = floor((a - 1) / n) + 1 for a > 0.
-    if r == 0 {
-        0
-    } else {
-        ((u128::from((r << 16) - 1) * u128::from(d)) >> 48) as u32 + 1
-    }
+fn uniform_start(r: u32, n: u32, d: u64) -> u32 {
+    ((u128::from((r << 16) + n.wrapping_sub(1)) * u128::from(d)) >> 48) as u32
 }
 
 #[inline(always)]
 fn uniform_symbol(r: u32, n: u32, d: u64) -> Symbol {
-    let start = uniform_start(r, d);
-    let end = if r + 1 == n {
-        1 << 16
-    } else {
-        uniform_start(r + 1, d)
-    };
+    let start = uniform_start(r, n, d);
+    let end = uniform_start(r + 1, n, d);
     Symbol {
         start,
-        freq: end - start,
+        freq: end.wrapping_sub(start),
         bits: 16,
     }
 }
@@ -426,13 +393,14 @@ mod tests {
 
     #[test]
     fn uniform_slices_tile_the_range() {
-        for n in [2u32, 3, 7, 100, 255, 4097, 32767, 32768] {
+        for n in [1u32, 2, 3, 7, 100, 255, 4097, 32767, 32768] {
             let d = uniform_divisor(n);
             let mut prev_end = 0;
             for r in 0..n {
                 let s = uniform_symbol(r, n, d);
                 assert_eq!(s.start, prev_end);
                 assert_eq!(s.start, (r << 16).div_ceil(n), "exact ceil division");
+                assert_eq!(uniform_start(r, n, d), (r << 16).div_ceil(n));
                 assert!(s.freq >= 1);
                 prev_end = s.start + s.freq;
                 for slot in [s.start, s.start + s.freq - 1] {
