@@ -826,31 +826,12 @@ impl<'a, W: Write> Encoder<'a, W> {
     }
 
     fn write_base(&mut self, c: EncodedChunk) -> Result<Chunk, FormatError> {
-        self.out.write_all(&c.stored)?;
-        let entry = Chunk(
-            self.pos,
-            c.stored.len() as u32,
-            c.decoded_len,
-            c.crc32,
-            c.codec,
-            crc32fast::hash(&c.stored),
-        );
-        self.pos += c.stored.len() as u64;
-        Ok(entry)
+        append_chunk(&mut self.out, &mut self.pos, c)
     }
 
+    /// Residual chunks go to the spool file; their offsets are made absolute in `finish`.
     fn write_residual(&mut self, c: EncodedChunk) -> Result<Chunk, FormatError> {
-        self.residual.write_all(&c.stored)?;
-        let entry = Chunk(
-            self.residual_pos,
-            c.stored.len() as u32,
-            c.decoded_len,
-            c.crc32,
-            c.codec,
-            crc32fast::hash(&c.stored),
-        );
-        self.residual_pos += c.stored.len() as u64;
-        Ok(entry)
+        append_chunk(&mut self.residual, &mut self.residual_pos, c)
     }
 
     fn derived_int8_files(&mut self) -> Result<Vec<OutputFile>, FormatError> {
@@ -1016,6 +997,25 @@ impl<'a, W: Write> Encoder<'a, W> {
         index.validate(blob_len)?;
         Ok((index, blob_len))
     }
+}
+
+/// Writes a chunk's stored bytes at `*pos` and returns its index entry.
+fn append_chunk(
+    out: &mut impl Write,
+    pos: &mut u64,
+    c: EncodedChunk,
+) -> Result<Chunk, FormatError> {
+    out.write_all(&c.stored)?;
+    let entry = Chunk(
+        *pos,
+        c.stored.len() as u32,
+        c.decoded_len,
+        c.crc32,
+        c.codec,
+        crc32fast::hash(&c.stored),
+    );
+    *pos += c.stored.len() as u64;
+    Ok(entry)
 }
 
 /// Runs one unit of work: derive or take int8 values, then code int8 and residual, verified.

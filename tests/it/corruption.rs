@@ -64,17 +64,7 @@ fn flipped_bytes_anywhere_are_caught() {
 #[test]
 fn truncated_and_foreign_files_are_not_blobs() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.safetensors");
-    write_st(
-        &path,
-        &[],
-        &[T::codes(
-            "a.weight",
-            Dtype::BF16,
-            &[4, 4],
-            &llm_like_bf16(4, 4, 1),
-        )],
-    );
+    let path = one_weight_model(dir.path(), 4, 4, 1);
     let good = std::fs::read(encode(dir.path(), std::slice::from_ref(&path), None, &[])).unwrap();
     for cut in [0, 10, 47, good.len() / 2, good.len() - 1] {
         assert!(Blob::open(good[..cut].to_vec()).is_err(), "cut at {cut}");

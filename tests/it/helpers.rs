@@ -58,6 +58,18 @@ pub fn write_st(path: &Path, metadata: &[(&str, &str)], tensors: &[T]) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// Writes `dir/m.safetensors` holding one LLM-like BF16 weight `a.weight` of `rows × cols`.
+pub fn one_weight_model(dir: &Path, rows: u64, cols: u64, seed: u64) -> PathBuf {
+    let path = dir.join("m.safetensors");
+    let codes = qstore::synth::llm_like_bf16(rows as usize, cols as usize, seed);
+    write_st(
+        &path,
+        &[],
+        &[T::codes("a.weight", Dtype::BF16, &[rows, cols], &codes)],
+    );
+    path
+}
+
 pub fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }

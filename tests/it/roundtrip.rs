@@ -182,17 +182,7 @@ fn row_and_column_vectors_and_llm_like_weights_round_trip() {
 #[test]
 fn derived_int8_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.safetensors");
-    write_st(
-        &path,
-        &[],
-        &[T::codes(
-            "a.weight",
-            Dtype::BF16,
-            &[8, 64],
-            &qstore::synth::llm_like_bf16(8, 64, 9),
-        )],
-    );
+    let path = one_weight_model(dir.path(), 8, 64, 9);
     let a = decode_all(
         &encode(dir.path(), std::slice::from_ref(&path), None, &[]),
         Precision::Int8,
