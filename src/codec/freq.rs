@@ -34,6 +34,44 @@ impl FreqTable {
         Some(Self::from_freqs(freq))
     }
 
+    /// Every byte equally likely (exactly 8 bits each): what a table-coded plane falls back to
+    /// when its table would cost more than it saves (small chunks, near-uniform mantissa bytes).
+    pub fn uniform() -> FreqTable {
+        Self::from_freqs([TOTAL / 256; 256])
+    }
+
+    /// The cheapest of a fitted table, its mirror-symmetric version (int8 weights are close to
+    /// symmetric around 0, and a symmetric table is stored in half the bytes) and the uniform
+    /// table, counting each table's own bytes.
+    pub fn best_for(counts: &[u64; 256]) -> Option<FreqTable> {
+        let fitted = Self::from_counts(counts)?;
+        let cost = |t: &FreqTable| -> f64 {
+            let coded: f64 = counts
+                .iter()
+                .zip(&t.freq)
+                .filter(|(c, _)| **c > 0)
+                .map(|(&c, &f)| c as f64 * (f64::from(TABLE_BITS) - f64::from(f).log2()))
+                .sum();
+            let mut table = Vec::new();
+            t.write(&mut table);
+            coded + 8.0 * table.len() as f64
+        };
+        let mut best = fitted.freq;
+        let mut best_cost = cost(&fitted);
+        let candidates = [symmetric(&fitted.freq, counts), Some([TOTAL / 256; 256])];
+        for freq in candidates.into_iter().flatten() {
+            let c = cost(&Self::from_freqs(freq));
+            if c < best_cost {
+                (best, best_cost) = (freq, c);
+            }
+        }
+        Some(Self::from_freqs(best))
+    }
+
+    fn is_uniform(&self) -> bool {
+        self.freq.iter().all(|&f| f == TOTAL / 256)
+    }
+
     fn from_freqs(freq: [u32; 256]) -> FreqTable {
         let mut start = [0u32; 256];
         let mut lookup = Box::new([0u8; TOTAL as usize]);
@@ -73,12 +111,25 @@ impl FreqTable {
         dec.decode_table_bytes(&self.lookup, &self.start, &self.freq, out);
     }
 
-    /// Appends the table: a mode byte, then per symbol a zigzag LEB128 value, either the
+    /// Appends the table: a mode byte (2 = uniform, nothing follows), then per symbol a zigzag
+    /// LEB128 value, either the
     /// frequency itself (mode 0) or its difference from the previous symbol's (mode 1: weight
     /// distributions are smooth, so most differences fit one byte), whichever is shorter. A zero
     /// frequency is followed by a byte counting further zeros (up to 255).
     pub fn write(&self, out: &mut Vec<u8>) {
-        let (plain, delta) = (self.encode_entries(false), self.encode_entries(true));
+        if self.is_uniform() {
+            out.push(2);
+            return;
+        }
+        if is_symmetric(&self.freq) {
+            out.push(3);
+            out.extend_from_slice(&encode_entries(&self.freq[1..=128], true));
+            return;
+        }
+        let (plain, delta) = (
+            encode_entries(&self.freq, false),
+            encode_entries(&self.freq, true),
+        );
         let (mode, best) = if delta.len() < plain.len() {
             (1, delta)
         } else {
@@ -88,57 +139,24 @@ impl FreqTable {
         out.extend_from_slice(&best);
     }
 
-    fn encode_entries(&self, delta: bool) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut s = 0;
-        let mut prev = 0i64;
-        while s < 256 {
-            let f = i64::from(self.freq[s]);
-            write_varint(&mut out, zigzag(f - prev));
-            if delta {
-                prev = f;
-            }
-            s += 1;
-            if f == 0 {
-                let run = self.freq[s..]
-                    .iter()
-                    .take(255)
-                    .take_while(|&&f| f == 0)
-                    .count();
-                out.push(run as u8);
-                s += run;
-            }
-        }
-        out
-    }
-
     /// Reads a table written by [`FreqTable::write`], rejecting any that does not sum to 2^14.
     pub fn read(buf: &mut &[u8]) -> Result<FreqTable, CodecError> {
-        let delta = match take(buf, 1)?[0] {
-            0 => false,
-            1 => true,
-            _ => return Err(CodecError::Corrupt("unknown frequency table mode")),
-        };
         let mut freq = [0u32; 256];
-        let mut s = 0;
-        let mut prev = 0i64;
-        while s < 256 {
-            let f = prev.saturating_add(unzigzag(read_varint(buf)?));
-            if !(0..=i64::from(TOTAL)).contains(&f) {
-                return Err(CodecError::Corrupt("frequency out of range"));
-            }
-            freq[s] = f as u32;
-            if delta {
-                prev = f;
-            }
-            s += 1;
-            if f == 0 {
-                let run = *take(buf, 1)?.first().unwrap() as usize;
-                if s + run > 256 {
-                    return Err(CodecError::Corrupt("frequency table overruns 256 symbols"));
+        match take(buf, 1)?[0] {
+            0 => read_entries(buf, false, &mut freq)?,
+            1 => read_entries(buf, true, &mut freq)?,
+            2 => return Ok(Self::uniform()),
+            3 => {
+                read_entries(buf, true, &mut freq[1..=128])?;
+                for b in 129..256 {
+                    freq[b] = freq[256 - b];
                 }
-                s += run;
+                let rest: u32 = freq[1..].iter().sum();
+                freq[0] = TOTAL
+                    .checked_sub(rest)
+                    .ok_or(CodecError::Corrupt("symmetric table overflows"))?;
             }
+            _ => return Err(CodecError::Corrupt("unknown frequency table mode")),
         }
         if freq.iter().sum::<u32>() != TOTAL {
             return Err(CodecError::Corrupt("frequency table does not sum to 2^14"));
@@ -147,12 +165,81 @@ impl FreqTable {
     }
 }
 
+/// Serialises frequencies as zigzag LEB128 values (differences from the previous one when
+/// `delta`), a zero followed by a byte counting further zeros.
+fn encode_entries(freq: &[u32], delta: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut s = 0;
+    let mut prev = 0i64;
+    while s < freq.len() {
+        let f = i64::from(freq[s]);
+        write_varint(&mut out, zigzag(f - prev));
+        if delta {
+            prev = f;
+        }
+        s += 1;
+        if f == 0 {
+            let run = freq[s..].iter().take(255).take_while(|&&f| f == 0).count();
+            out.push(run as u8);
+            s += run;
+        }
+    }
+    out
+}
+
+fn read_entries(buf: &mut &[u8], delta: bool, freq: &mut [u32]) -> Result<(), CodecError> {
+    let mut s = 0;
+    let mut prev = 0i64;
+    while s < freq.len() {
+        let f = prev.saturating_add(unzigzag(read_varint(buf)?));
+        if !(0..=i64::from(TOTAL)).contains(&f) {
+            return Err(CodecError::Corrupt("frequency out of range"));
+        }
+        freq[s] = f as u32;
+        if delta {
+            prev = f;
+        }
+        s += 1;
+        if f == 0 {
+            let run = *take(buf, 1)?.first().unwrap() as usize;
+            if s + run > freq.len() {
+                return Err(CodecError::Corrupt("frequency table overruns its symbols"));
+            }
+            s += run;
+        }
+    }
+    Ok(())
+}
+
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
 fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// True when byte `b` and byte `256 - b` (the int8 values q and -q) have equal frequencies.
+fn is_symmetric(freq: &[u32; 256]) -> bool {
+    (1..128).all(|b| freq[b] == freq[256 - b])
+}
+
+/// A symmetric table close to `freq`: each ±q pair gets the mean of the pair, and q = 0 absorbs
+/// the rounding. `None` if that leaves q = 0 without room.
+fn symmetric(freq: &[u32; 256], counts: &[u64; 256]) -> Option<[u32; 256]> {
+    let mut g = *freq;
+    for b in 1..128 {
+        let pair = 256 - b;
+        let mut mean = (freq[b] + freq[pair]).div_ceil(2);
+        if counts[b] > 0 || counts[pair] > 0 {
+            mean = mean.max(1);
+        }
+        g[b] = mean;
+        g[pair] = mean;
+    }
+    let rest: u32 = g[1..].iter().sum();
+    g[0] = TOTAL.checked_sub(rest)?;
+    (counts[0] == 0 || g[0] > 0).then_some(g)
 }
 
 /// Makes the frequencies sum to exactly 2^14 by moving the rounding error onto the symbols that
@@ -234,6 +321,42 @@ mod tests {
         assert!(buf.len() < 200, "{}", buf.len());
         let back = FreqTable::read(&mut &buf[..]).unwrap();
         assert_eq!(back.freq, t.freq);
+    }
+
+    #[test]
+    fn small_flat_planes_use_the_uniform_table() {
+        let mut counts = [0u64; 256];
+        counts
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, c)| *c = 1 + (i as u64 % 3));
+        let t = FreqTable::best_for(&counts).unwrap();
+        assert!(t.is_uniform());
+        let mut buf = Vec::new();
+        t.write(&mut buf);
+        assert_eq!(buf, [2]);
+        assert!(FreqTable::read(&mut &buf[..]).unwrap().is_uniform());
+        let mut peaked = [0u64; 256];
+        peaked[0] = 100_000;
+        peaked[1] = 10;
+        assert!(!FreqTable::best_for(&peaked).unwrap().is_uniform());
+    }
+
+    #[test]
+    fn near_symmetric_int8_tables_are_stored_half_size() {
+        let mut counts = [0u64; 256];
+        for q in -60i32..=60 {
+            let c = (100_000.0 * (-(q as f64).powi(2) / 400.0).exp()) as u64 + 1;
+            counts[(q as i8 as u8) as usize] = c + u64::from(q == 7);
+        }
+        let t = FreqTable::best_for(&counts).unwrap();
+        assert!(is_symmetric(&t.freq));
+        let mut buf = Vec::new();
+        t.write(&mut buf);
+        assert_eq!(buf[0], 3);
+        let back = FreqTable::read(&mut &buf[..]).unwrap();
+        assert_eq!(back.freq, t.freq);
+        assert!(FreqTable::read(&mut &[3u8, 0x80, 0x80, 0x01][..]).is_err());
     }
 
     #[test]

@@ -97,7 +97,7 @@ fn encode_planes_raw(data: &[u8], planes: usize) -> Vec<u8> {
     let mut out = Vec::new();
     let Some(tables) = counts
         .iter()
-        .map(FreqTable::from_counts)
+        .map(FreqTable::best_for)
         .collect::<Option<Vec<_>>>()
     else {
         return out;
