@@ -45,17 +45,7 @@ impl FreqTable {
     /// table, counting each table's own bytes.
     pub fn best_for(counts: &[u64; 256]) -> Option<FreqTable> {
         let fitted = Self::from_counts(counts)?;
-        let cost = |t: &FreqTable| -> f64 {
-            let coded: f64 = counts
-                .iter()
-                .zip(&t.freq)
-                .filter(|(c, _)| **c > 0)
-                .map(|(&c, &f)| c as f64 * (f64::from(TABLE_BITS) - f64::from(f).log2()))
-                .sum();
-            let mut table = Vec::new();
-            t.write(&mut table);
-            coded + 8.0 * table.len() as f64
-        };
+        let cost = |t: &FreqTable| t.coded_bits(counts) + 8.0 * t.written_len() as f64;
         let mut best = fitted.freq;
         let mut best_cost = cost(&fitted);
         let candidates = [symmetric(&fitted.freq, counts), Some([TOTAL / 256; 256])];
@@ -66,6 +56,23 @@ impl FreqTable {
             }
         }
         Some(Self::from_freqs(best))
+    }
+
+    /// Bits needed to code `counts` with this table.
+    pub fn coded_bits(&self, counts: &[u64; 256]) -> f64 {
+        counts
+            .iter()
+            .zip(&self.freq)
+            .filter(|(c, _)| **c > 0)
+            .map(|(&c, &f)| c as f64 * (f64::from(TABLE_BITS) - f64::from(f).log2()))
+            .sum()
+    }
+
+    /// Bytes [`FreqTable::write`] produces.
+    pub fn written_len(&self) -> usize {
+        let mut buf = Vec::new();
+        self.write(&mut buf);
+        buf.len()
     }
 
     fn is_uniform(&self) -> bool {

@@ -85,8 +85,36 @@ fn rotate(data: &[u8], elem_size: usize, forward: bool) -> Vec<u8> {
     out
 }
 
-/// Codes `data` as `planes` interleaved byte planes, one static table each; every byte of
-/// element `i` goes on rANS lane `i % 4`. Layout: one table per plane, then the rANS stream.
+/// How one byte plane is stored.
+enum Plane {
+    /// rANS-coded with a static table.
+    Coded(FreqTable),
+    /// Stored as is, outside the rANS stream: the table would save under [`RAW_PLANE_GAIN`],
+    /// and a plain byte copy decodes several times faster than a symbol (mantissa bytes).
+    Raw,
+}
+
+/// A plane is kept raw unless coding it saves at least this fraction of its bytes.
+const RAW_PLANE_GAIN: f64 = 0.015;
+/// Descriptor byte of a raw plane, where a table's mode byte would be.
+const RAW_PLANE: u8 = 4;
+
+impl Plane {
+    fn choose(counts: &[u64; 256]) -> Option<Plane> {
+        let table = FreqTable::best_for(counts)?;
+        let n: u64 = counts.iter().sum();
+        let coded_bytes = table.coded_bits(counts) / 8.0 + table.written_len() as f64;
+        Some(if coded_bytes > (1.0 - RAW_PLANE_GAIN) * n as f64 {
+            Plane::Raw
+        } else {
+            Plane::Coded(table)
+        })
+    }
+}
+
+/// Codes `data` as `planes` interleaved byte planes. Layout: one descriptor per plane (a
+/// frequency table, or the byte 4 for a raw plane), then each raw plane's bytes, then one rANS
+/// stream holding every coded plane's byte of element `i` on lane `i % 4`.
 fn encode_planes_raw(data: &[u8], planes: usize) -> Vec<u8> {
     let mut counts = vec![[0u64; 256]; planes];
     for elem in data.chunks_exact(planes) {
@@ -95,31 +123,42 @@ fn encode_planes_raw(data: &[u8], planes: usize) -> Vec<u8> {
         }
     }
     let mut out = Vec::new();
-    let Some(tables) = counts
-        .iter()
-        .map(FreqTable::best_for)
-        .collect::<Option<Vec<_>>>()
-    else {
+    let Some(kinds) = counts.iter().map(Plane::choose).collect::<Option<Vec<_>>>() else {
         return out;
     };
-    tables.iter().for_each(|t| t.write(&mut out));
+    for kind in &kinds {
+        match kind {
+            Plane::Coded(t) => t.write(&mut out),
+            Plane::Raw => out.push(RAW_PLANE),
+        }
+    }
+    for (p, kind) in kinds.iter().enumerate() {
+        if let Plane::Raw = kind {
+            out.extend(data.chunks_exact(planes).map(|e| e[p]));
+        }
+    }
     let mut enc = Encoder::with_capacity(data.len());
     for (i, elem) in data.chunks_exact(planes).enumerate() {
-        for (t, &b) in tables.iter().zip(elem) {
-            enc.push(t.symbol(b), i);
+        for (kind, &b) in kinds.iter().zip(elem) {
+            if let Plane::Coded(t) = kind {
+                enc.push(t.symbol(b), i);
+            }
         }
     }
     enc.finish_into(&mut out);
     out
 }
 
-/// Reads the tables of a plane-coded chunk and opens its stream; `None` for an empty chunk.
-fn open_planes<'a>(
-    data: &'a [u8],
-    planes: usize,
-    out_len: usize,
-) -> Result<Option<(Vec<FreqTable>, Decoder<'a>)>, CodecError> {
-    if out_len == 0 {
+/// A plane-coded chunk opened for decoding: plane kinds, the raw planes' bytes, the stream.
+struct OpenPlanes<'a> {
+    kinds: Vec<Plane>,
+    raw: Vec<&'a [u8]>,
+    dec: Decoder<'a>,
+}
+
+/// Reads the descriptors and raw planes of a chunk of `n` elements; `None` for an empty chunk.
+fn open_planes(data: &[u8], planes: usize, n: usize) -> Result<Option<OpenPlanes<'_>>, CodecError> {
+    if n == 0 {
         return if data.is_empty() {
             Ok(None)
         } else {
@@ -127,48 +166,98 @@ fn open_planes<'a>(
         };
     }
     let mut buf = data;
-    let tables = (0..planes)
-        .map(|_| FreqTable::read(&mut buf))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some((tables, Decoder::new(buf)?)))
+    let mut kinds = Vec::with_capacity(planes);
+    for _ in 0..planes {
+        if buf.first() == Some(&RAW_PLANE) {
+            buf = &buf[1..];
+            kinds.push(Plane::Raw);
+        } else {
+            kinds.push(Plane::Coded(FreqTable::read(&mut buf)?));
+        }
+    }
+    let mut raw = Vec::new();
+    for kind in &kinds {
+        if let Plane::Raw = kind {
+            raw.push(freq::take(&mut buf, n)?);
+        }
+    }
+    Ok(Some(OpenPlanes {
+        kinds,
+        raw,
+        dec: Decoder::new(buf)?,
+    }))
 }
 
 fn decode_planes_raw(data: &[u8], planes: usize, out: &mut [u8]) -> Result<(), CodecError> {
-    let Some((tables, mut dec)) = open_planes(data, planes, out.len())? else {
+    let Some(OpenPlanes {
+        kinds,
+        raw,
+        mut dec,
+    }) = open_planes(data, planes, out.len() / planes)?
+    else {
         return Ok(());
     };
-    if planes == 1 {
-        tables[0].decode_all(&mut dec, out);
-    } else {
-        for (i, elem) in out.chunks_exact_mut(planes).enumerate() {
-            for (o, t) in elem.iter_mut().zip(&tables) {
-                *o = t.decode(&mut dec, i);
+    match (planes, &kinds[..]) {
+        (1, [Plane::Coded(t)]) => t.decode_all(&mut dec, out),
+        _ => {
+            for (i, elem) in out.chunks_exact_mut(planes).enumerate() {
+                let mut raw_planes = raw.iter();
+                for (o, kind) in elem.iter_mut().zip(&kinds) {
+                    *o = match kind {
+                        Plane::Coded(t) => t.decode(&mut dec, i),
+                        Plane::Raw => raw_planes.next().expect("one slice per raw plane")[i],
+                    };
+                }
             }
         }
     }
     dec.finish()
 }
 
-/// Float16-family decode fused with the inverse rotation: no intermediate buffer.
+/// Float16-family decode fused with the inverse rotation. The common case, a coded exponent
+/// plane and a raw mantissa plane, decodes one symbol per value in the fast table loop.
 fn decode_float16(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
-    let Some((tables, mut dec)) = open_planes(data, 2, out.len())? else {
+    let n = out.len() / 2;
+    let Some(OpenPlanes {
+        kinds,
+        raw,
+        mut dec,
+    }) = open_planes(data, 2, n)?
+    else {
         return Ok(());
     };
-    let (hi_t, lo_t) = (&tables[0], &tables[1]);
-    let one = |dec: &mut Decoder, lane: usize, o: &mut [u8]| {
-        let r = (u16::from(hi_t.decode(dec, lane)) << 8) | u16::from(lo_t.decode(dec, lane));
-        o.copy_from_slice(&r.rotate_right(1).to_le_bytes());
-    };
-    let mut quads = out.chunks_exact_mut(8);
-    for quad in &mut quads {
-        for (lane, o) in quad.chunks_exact_mut(2).enumerate() {
-            one(&mut dec, lane, o);
+    match &kinds[..] {
+        [Plane::Coded(hi_t), Plane::Raw] => {
+            let mut hi = vec![0u8; n];
+            hi_t.decode_all(&mut dec, &mut hi);
+            for ((o, &h), &l) in out.chunks_exact_mut(2).zip(&hi).zip(raw[0]) {
+                put_unrotated(o, h, l);
+            }
+        }
+        [Plane::Coded(hi_t), Plane::Coded(lo_t)] => {
+            for (i, o) in out.chunks_exact_mut(2).enumerate() {
+                put_unrotated(o, hi_t.decode(&mut dec, i), lo_t.decode(&mut dec, i));
+            }
+        }
+        _ => {
+            drop(dec);
+            decode_planes_raw(data, 2, out)?;
+            let restored = rotate(out, 2, false);
+            out.copy_from_slice(&restored);
+            return Ok(());
         }
     }
-    for (lane, o) in quads.into_remainder().chunks_exact_mut(2).enumerate() {
-        one(&mut dec, lane, o);
-    }
     dec.finish()
+}
+
+/// Writes a 16-bit value from its rotated planes.
+#[inline(always)]
+fn put_unrotated(out: &mut [u8], hi: u8, lo: u8) {
+    out.copy_from_slice(
+        &((u16::from(hi) << 8) | u16::from(lo))
+            .rotate_right(1)
+            .to_le_bytes(),
+    );
 }
 
 #[cfg(test)]
