@@ -88,7 +88,7 @@ fn rotate(data: &[u8], elem_size: usize, forward: bool) -> Vec<u8> {
 /// How one byte plane is stored.
 enum Plane {
     /// rANS-coded with a static table.
-    Coded(FreqTable),
+    Coded(Box<FreqTable>),
     /// Stored as is, outside the rANS stream: the table would save under [`RAW_PLANE_GAIN`],
     /// and a plain byte copy decodes several times faster than a symbol (mantissa bytes).
     Raw,
@@ -172,7 +172,7 @@ fn open_planes(data: &[u8], planes: usize, n: usize) -> Result<Option<OpenPlanes
             buf = &buf[1..];
             kinds.push(Plane::Raw);
         } else {
-            kinds.push(Plane::Coded(FreqTable::read(&mut buf)?));
+            kinds.push(Plane::Coded(Box::new(FreqTable::read(&mut buf)?)));
         }
     }
     let mut raw = Vec::new();
@@ -240,7 +240,6 @@ fn decode_float16(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
             }
         }
         _ => {
-            drop(dec);
             decode_planes_raw(data, 2, out)?;
             let restored = rotate(out, 2, false);
             out.copy_from_slice(&restored);
