@@ -107,7 +107,7 @@ impl Plane {
         Some(if coded_bytes > (1.0 - RAW_PLANE_GAIN) * n as f64 {
             Plane::Raw
         } else {
-            Plane::Coded(table)
+            Plane::Coded(Box::new(table))
         })
     }
 }
