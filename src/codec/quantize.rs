@@ -115,7 +115,8 @@ pub struct RowIntervals {
     /// `ceil(2^48 / width)` per k, the uniform coder's exact divisor; 0 where the width is 0.
     recips: [u64; 128],
     degenerate: bool,
-    /// Top high byte of whole values, the low values possible under it, and their divisor.
+    /// Top high byte of whole values, the (low 7 bits, sign) pairs possible under it, and
+    /// their uniform divisor.
     whole_top: (u16, u32, u64),
 }
 
@@ -125,7 +126,7 @@ impl RowIntervals {
             bounds: [0; 129],
             recips: [0; 128],
             degenerate: true,
-            whole_top: (0xFF, 128, uniform_divisor(128)),
+            whole_top: (0xFF, 256, uniform_divisor(256)),
         };
         if !(absmax.is_finite() && absmax > 0.0) {
             return r;
@@ -148,7 +149,7 @@ impl RowIntervals {
         }
         let last = r.bounds[1] - 1;
         let count = u32::from(last & 0x7F) + 1;
-        r.whole_top = (last >> 7, count, uniform_divisor(count));
+        r.whole_top = (last >> 7, 2 * count, uniform_divisor(2 * count));
         r
     }
 
@@ -164,8 +165,9 @@ impl RowIntervals {
         self.bounds[1]
     }
 
-    /// For values coded whole (q = 0): the largest possible high byte of the magnitude, and how
-    /// many low-7-bit values are possible under it (the band just below `zero_end` is partial).
+    /// For values coded whole (q = 0): the largest possible high byte of the magnitude, how many
+    /// (low 7 bits, sign) pairs are possible under it (the band just below `zero_end` is
+    /// partial), and the uniform divisor for that many.
     #[inline(always)]
     pub fn whole_top(&self) -> (u16, u32, u64) {
         self.whole_top

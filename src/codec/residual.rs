@@ -88,20 +88,10 @@ pub fn encode(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
                         .symbol(hi),
                     lane,
                 );
-                let (n, d) = low_bits_range(
-                    hi == top,
-                    u32::from(top_low) + 1,
-                    uniform_divisor(u32::from(top_low) + 1),
-                );
-                enc.push(uniform_symbol(u32::from(lo & 0x7F), n, d), lane);
-                enc.push(
-                    Symbol {
-                        start: u32::from(lo >> 7),
-                        freq: 1,
-                        bits: 1,
-                    },
-                    lane,
-                );
+                let top_pairs = 2 * (u32::from(top_low) + 1);
+                let (n, d) = low_and_sign_range(hi == top, top_pairs, uniform_divisor(top_pairs));
+                let low_and_sign = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
+                enc.push(uniform_symbol(low_and_sign, n, d), lane);
             }
             Item::Position { r, n, recip } => {
                 enc.push(uniform_symbol(u32::from(r), u32::from(n), recip), lane)
@@ -160,12 +150,12 @@ impl IntervalCache {
 
 fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
     let mag = code & 0x7FFF;
-    let (top, top_low, _) = iv.whole_top();
+    let (top, top_pairs, _) = iv.whole_top();
     let whole = Item::Whole {
         hi: (mag >> 7) as u8,
         lo: ((code >> 8) & 0x80) as u8 | (code & 0x7F) as u8,
         top: top as u8,
-        top_low: (top_low - 1) as u8,
+        top_low: (top_pairs / 2 - 1) as u8,
     };
     if iv.is_degenerate() {
         return if q == 0 { whole } else { Item::Exception };
@@ -279,18 +269,9 @@ fn decode_one(
         if hi > top {
             return Err(CodecError::Corrupt("whole value above its interval"));
         }
-        let (n, d) = low_bits_range(hi == top, top_low, top_divisor);
-        let low = uniform_decode(dec, lane, n, d) as u16;
-        let sign = dec.slot(lane, 1) as u16;
-        dec.advance(
-            lane,
-            Symbol {
-                start: u32::from(sign),
-                freq: 1,
-                bits: 1,
-            },
-        );
-        return Ok((sign << 15) | (hi << 7) | low);
+        let (n, d) = low_and_sign_range(hi == top, top_low, top_divisor);
+        let v = uniform_decode(dec, lane, n, d) as u16;
+        return Ok(((v & 1) << 15) | (hi << 7) | (v >> 1));
     }
     // Width 0 cannot occur in a valid chunk; there it decodes garbage that the CRC rejects.
     let (lo, n, recip) = iv.interval(q.unsigned_abs().min(127) as usize);
@@ -318,15 +299,15 @@ fn read_exceptions(buf: &mut &[u8], n: usize) -> Result<Vec<(usize, u16)>, Codec
     Ok(list)
 }
 
-/// Low 7 bits of a whole value: uniform (a table would cost more than it saves) over the values
-/// still possible: all 128, or fewer under the top high byte. One code path for both: a uniform
-/// symbol over 128 values costs exactly 7 bits.
+/// Low 7 bits and sign of a whole value, as one uniform symbol over `2 * low + sign` (a table
+/// would cost more than it saves): over all 256 pairs, or fewer under the top high byte. One
+/// symbol instead of two keeps the q = 0 path short; the cost is the same.
 #[inline(always)]
-fn low_bits_range(at_top: bool, top_count: u32, top_divisor: u64) -> (u32, u64) {
-    const ALL: u32 = 128;
-    const ALL_DIVISOR: u64 = 1 << 41; // uniform_divisor(128)
+fn low_and_sign_range(at_top: bool, top_pairs: u32, top_divisor: u64) -> (u32, u64) {
+    const ALL: u32 = 256;
+    const ALL_DIVISOR: u64 = 1 << 40; // uniform_divisor(256)
     if at_top {
-        (top_count, top_divisor)
+        (top_pairs, top_divisor)
     } else {
         (ALL, ALL_DIVISOR)
     }
