@@ -199,18 +199,24 @@ fn write_exceptions(items: &[Item], high: &[u16], out: &mut Vec<u8>) {
     }
 }
 
-/// Decodes a chunk written by [`encode`] into `out` (one code per element).
-pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u16]) -> Result<(), CodecError> {
-    rows.check(out.len())?;
+/// Decodes a chunk written by [`encode`] into `out`: each code as 2 little-endian bytes, the
+/// way safetensors stores it, so the output needs no second pass.
+pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    if out.len() % 2 != 0 {
+        return Err(CodecError::Corrupt("odd output length for 16-bit codes"));
+    }
+    let n = out.len() / 2;
+    rows.check(n)?;
     let mut buf = data;
-    let exceptions = read_exceptions(&mut buf, out.len())?;
+    let exceptions = read_exceptions(&mut buf, n)?;
     let table = match take(&mut buf, 1)?[0] {
         0 => None,
         1 => Some(FreqTable::read(&mut buf)?),
         _ => return Err(CodecError::Corrupt("bad residual table flag")),
     };
     let mut dec = Decoder::new(buf)?;
-    let (n, cols, q) = (out.len(), rows.cols, rows.q);
+    let (cols, q) = (rows.cols, rows.q);
+    let mut put = |i: usize, code: u16| out[2 * i..2 * i + 2].copy_from_slice(&code.to_le_bytes());
     let mut cache = IntervalCache::new(rows.dtype);
     let mut iv = rows.scales.first().map_or(0, |&s| cache.slot(s));
     let (mut row, mut row_end) = (0, cols);
@@ -227,17 +233,18 @@ pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u16]) -> Result<(), Code
                 iv = cache.slot(rows.scales[row]);
             }
             if i == next_exc {
-                out[i] = exceptions[exc].1;
+                put(i, exceptions[exc].1);
                 exc += 1;
                 next_exc = exceptions.get(exc).map_or(usize::MAX, |e| e.0);
             } else {
-                out[i] = decode_one(
+                let code = decode_one(
                     &cache.intervals[iv],
                     q[i] as i8,
                     table.as_ref(),
                     &mut dec,
                     $lane,
                 )?;
+                put(i, code);
             }
             i += 1;
         }};
@@ -356,10 +363,14 @@ mod tests {
             cols,
         };
         let data = encode(&rows, high).unwrap();
-        let mut out = vec![0u16; high.len()];
+        let mut out = vec![0u8; 2 * high.len()];
         decode(&rows, &data, &mut out).unwrap();
-        assert_eq!(out, high);
+        assert_eq!(out, le_bytes(high));
         data.len()
+    }
+
+    fn le_bytes(codes: &[u16]) -> Vec<u8> {
+        codes.iter().flat_map(|c| c.to_le_bytes()).collect()
     }
 
     fn derived(dtype: HighDtype, high: &[u16], cols: usize) -> (Vec<u8>, Vec<f32>) {
@@ -434,13 +445,17 @@ mod tests {
             cols: 64,
         };
         let data = encode(&rows, &high).unwrap();
-        let mut out = vec![0u16; high.len()];
+        let mut out = vec![0u8; 2 * high.len()];
+        let expected = le_bytes(&high);
         for i in 0..data.len() {
             for bit in [0x01u8, 0x80] {
                 let mut bad = data.clone();
                 bad[i] ^= bit;
                 if decode(&rows, &bad, &mut out).is_ok() {
-                    assert_ne!(out, high, "a flipped byte cannot decode to the original");
+                    assert_ne!(
+                        out, expected,
+                        "a flipped byte cannot decode to the original"
+                    );
                 }
             }
         }

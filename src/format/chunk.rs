@@ -214,9 +214,9 @@ pub fn encode_residual(
     let stored = residual::encode(rows, high)?;
     let decoded = codes_to_le_bytes(high);
     let chunk = EncodedChunk::new(stored, ChunkCodec::Residual, &decoded);
-    let mut check = vec![0u16; high.len()];
+    let mut check = vec![0u8; decoded.len()];
     residual::decode(rows, &chunk.stored, &mut check)?;
-    if check != high {
+    if check != decoded {
         return Err(FormatError::Corrupt(
             "residual chunk failed to round-trip while encoding".into(),
         ));
@@ -236,12 +236,7 @@ pub fn decode_residual(
             "{codec:?} chunk where a residual was expected"
         )));
     }
-    let mut codes = vec![0u16; rows.q.len()];
-    residual::decode(rows, stored, &mut codes)?;
-    for (o, c) in out.chunks_exact_mut(2).zip(codes) {
-        o.copy_from_slice(&c.to_le_bytes());
-    }
-    Ok(())
+    Ok(residual::decode(rows, stored, out)?)
 }
 
 /// Little-endian bytes of 16-bit codes, as safetensors stores them.
