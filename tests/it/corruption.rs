@@ -74,3 +74,66 @@ fn truncated_and_foreign_files_are_not_blobs() {
     extended.push(0);
     assert!(Blob::open(extended).is_err());
 }
+
+mod hostile_input {
+    use proptest::prelude::*;
+    use qstore::codec::freq::FreqTable;
+    use qstore::codec::quantize::HighDtype;
+    use qstore::codec::residual::{self, ChunkRows};
+    use qstore::format::{Blob, Precision};
+
+    use super::*;
+
+    fn small_blob() -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = one_weight_model(dir.path(), 6, 24, 3);
+        std::fs::read(encode(dir.path(), &[path], None, &[])).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+        /// Arbitrary bytes never make a parser or decoder panic.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048), cols in 1usize..8) {
+            let _ = qstore::safetensors::read_header(&mut &bytes[..]);
+            let _ = FreqTable::read(&mut &bytes[..]);
+            let _ = Blob::open(bytes.clone());
+            let rows = 3;
+            let q: Vec<u8> = bytes.iter().cycle().take(rows * cols).copied().collect();
+            let scales = [0.5f32, 0.0, f32::NAN];
+            let chunk = ChunkRows { dtype: HighDtype::Bf16, q: &q, scales: &scales, cols };
+            let mut out = vec![0u8; 2 * rows * cols];
+            let _ = residual::decode(&chunk, &bytes, &mut out);
+            let mut plain = vec![0u8; 64];
+            let _ = qstore::codec::decode_float(&bytes, 2, &mut plain);
+            let _ = qstore::codec::decode_int8(&bytes, &mut plain);
+        }
+
+        /// Several random byte changes to a valid blob give an error or the exact original bytes.
+        #[test]
+        fn mutated_blobs_never_serve_wrong_bytes(edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)) {
+            let good = small_blob();
+            let blob = Blob::open(good.clone()).unwrap();
+            let expected: Vec<Vec<u8>> = [Precision::Int8, Precision::High].iter().flat_map(|&p| blob.files(p).to_vec()).map(|f| {
+                let mut out = Vec::new();
+                blob.write_file(&f, &mut out).unwrap();
+                out
+            }).collect();
+            let mut bad = good.clone();
+            for (at, value) in edits {
+                let i = at.index(bad.len());
+                bad[i] = value;
+            }
+            if let Ok(b) = Blob::open(bad) {
+                let files: Vec<_> = [Precision::Int8, Precision::High].iter().flat_map(|&p| b.files(p).to_vec()).collect();
+                for (f, want) in files.iter().zip(&expected) {
+                    let mut out = Vec::new();
+                    if b.write_file(f, &mut out).is_ok() {
+                        prop_assert_eq!(&out, want);
+                    }
+                }
+            }
+        }
+    }
+}
