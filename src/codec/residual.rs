@@ -202,7 +202,7 @@ fn write_exceptions(items: &[Item], high: &[u16], out: &mut Vec<u8>) {
 /// Decodes a chunk written by [`encode`] into `out`: each code as 2 little-endian bytes, the
 /// way safetensors stores it, so the output needs no second pass.
 pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
-    if out.len() % 2 != 0 {
+    if !out.len().is_multiple_of(2) {
         return Err(CodecError::Corrupt("odd output length for 16-bit codes"));
     }
     let n = out.len() / 2;

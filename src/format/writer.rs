@@ -350,8 +350,7 @@ impl<'a, W: Write> Encoder<'a, W> {
                 sha256_hex(&json),
                 vec![Segment::Stream(sid)],
             ));
-            let int8_json =
-                int8_shard_index(&json, &self.int8, &self.int8_files, &self.roles_for_int8())?;
+            let int8_json = int8_shard_index(&json, &self.int8_files, &self.int8_headers())?;
             let sid = self.small_stream(&name, Content::Text, &int8_json)?;
             self.int8_files.push(output_file(
                 name,
@@ -364,7 +363,7 @@ impl<'a, W: Write> Encoder<'a, W> {
     }
 
     /// Int8 headers of the derived files, computed by the same function that wrote them.
-    fn roles_for_int8(&self) -> Vec<Header> {
+    fn int8_headers(&self) -> Vec<Header> {
         if self.derived() {
             self.high
                 .iter()
@@ -457,7 +456,7 @@ impl<'a, W: Write> Encoder<'a, W> {
                 }
             }
             if let (Role::Shared, false) = (&self.tasks[task].role, self.derived()) {
-                self.note_int8_twin(f, t, task)?;
+                self.note_int8_twin(t, task)?;
             }
         }
         self.flush()?;
@@ -603,12 +602,7 @@ impl<'a, W: Write> Encoder<'a, W> {
 
     /// Remembers a shared tensor whose supplied-int8 counterpart has identical bytes, so the int8
     /// file can point at the same stream instead of storing it twice.
-    fn note_int8_twin(
-        &mut self,
-        _f: usize,
-        t: &TensorInfo,
-        task: usize,
-    ) -> Result<(), FormatError> {
+    fn note_int8_twin(&mut self, t: &TensorInfo, task: usize) -> Result<(), FormatError> {
         for i in 0..self.int8.len() {
             let Some(other) = self.int8[i].header.tensor(&t.name).cloned() else {
                 continue;
@@ -616,14 +610,14 @@ impl<'a, W: Write> Encoder<'a, W> {
             if other.dtype != t.dtype || other.shape != t.shape {
                 continue;
             }
-            if self.same_bytes(i, &other, &self.high_file_of(task, t)?)? {
+            if self.same_bytes(i, &other, &self.high_file_of(t)?)? {
                 self.int8_shared.push((i, t.name.clone(), task));
             }
         }
         Ok(())
     }
 
-    fn high_file_of(&self, _task: usize, t: &TensorInfo) -> Result<(PathBuf, u64), FormatError> {
+    fn high_file_of(&self, t: &TensorInfo) -> Result<(PathBuf, u64), FormatError> {
         let f = self
             .high
             .iter()
@@ -926,7 +920,7 @@ impl<'a, W: Write> Encoder<'a, W> {
         }
         Ok(output_file(
             name,
-            file_len(&self.int8[f].header),
+            self.int8[f].header.file_len(),
             hex::encode(hasher.finalize()),
             segments,
         ))
@@ -1107,19 +1101,13 @@ fn header_of(raw: &[u8]) -> Header {
     safetensors::read_header(&mut &raw[..]).expect("headers we wrote parse")
 }
 
-fn file_len(h: &Header) -> u64 {
-    h.file_len()
-}
-
 /// The int8 sharding index: the high one with `weight_map` rebuilt from the int8 files and
 /// `metadata.total_size` set to their data size; keys sorted, two-space indent, as transformers writes.
 fn int8_shard_index(
     high_json: &[u8],
-    int8_inputs: &[InputFile],
     files: &[OutputFile],
     headers: &[Header],
 ) -> Result<Vec<u8>, FormatError> {
-    let _ = int8_inputs;
     let mut root: Map<String, Value> = serde_json::from_slice(high_json)
         .map_err(|e| FormatError::Input(format!("{SHARD_INDEX_NAME}: {e}")))?;
     let mut weight_map = std::collections::BTreeMap::new();
