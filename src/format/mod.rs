@@ -7,15 +7,17 @@
 
 mod chunk;
 mod index;
+mod input;
 mod reader;
 mod report;
 mod writer;
 
 pub use chunk::ChunkCodec;
 pub use index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
+pub use input::{EncodeInput, SHARD_INDEX_NAME, Selection};
 pub use reader::{Blob, BlobSource, Precision, WINDOW};
 pub use report::{Report, TensorReport};
-pub use writer::{EncodeInput, EncodeOptions, EncodeSummary, Selection, encode_to_path};
+pub use writer::{EncodeOptions, EncodeSummary, encode_to_path};
 
 /// First 8 bytes of every blob; also the last 8, closing the footer.
 pub const MAGIC: [u8; 8] = *b"\x89QSTORE\n";

@@ -10,73 +10,23 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use regex::Regex;
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::chunk::{self, Content, EncodedChunk, high_dtype_of};
 use super::index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
+use super::input::{
+    EncodeInput, InputFile, Role, Selection, check_unique_names, derived_int8_header, header_of,
+    int8_shard_index, model_dtype, read_shard_index,
+};
 use super::{
     CHUNK_ELEMS, FOOTER_LEN, FormatError, MAGIC, PREAMBLE_LEN, STREAM_CHUNK_BYTES, VERSION,
 };
 use crate::codec::quantize::{HighDtype, quantize_row};
 use crate::codec::residual::ChunkRows;
-use crate::safetensors::{self, Dtype, Header, TensorInfo, TensorSpec};
+use crate::safetensors::{Dtype, Header, TensorInfo};
 
 /// Input bytes gathered before a parallel encode step: enough chunks to keep every core busy.
 pub const BATCH_BYTES: u64 = 16 << 20;
-/// Name of the sharding index that Hugging Face writes next to shards.
-pub const SHARD_INDEX_NAME: &str = "model.safetensors.index.json";
-
-/// Which tensors get an int8 form when the int8 checkpoint is derived.
-pub struct Selection {
-    skip: Option<Regex>,
-    only: Option<Regex>,
-}
-
-impl Selection {
-    /// Tensors transformers + bitsandbytes leave in high precision: embeddings, the output head, norms.
-    pub const DEFAULT_SKIP: &'static str =
-        r"(?i)(embed|lm_head|norm|(^|\.)ln_|(^|\.)wte\.|(^|\.)wpe\.)";
-
-    /// `skip` replaces the default skip pattern; `only` restricts to matching names and, unless
-    /// `skip` is also given, turns the default skip off.
-    pub fn new(skip: Option<&str>, only: Option<&str>) -> Result<Self, FormatError> {
-        let compile = |p: &str| {
-            Regex::new(p).map_err(|e| FormatError::Input(format!("invalid regex {p:?}: {e}")))
-        };
-        let skip = match (skip, only) {
-            (Some(s), _) => Some(compile(s)?),
-            (None, None) => Some(compile(Self::DEFAULT_SKIP)?),
-            (None, Some(_)) => None,
-        };
-        Ok(Selection {
-            skip,
-            only: only.map(compile).transpose()?,
-        })
-    }
-
-    fn wants(&self, name: &str) -> bool {
-        self.only.as_ref().is_none_or(|r| r.is_match(name))
-            && !self.skip.as_ref().is_some_and(|r| r.is_match(name))
-    }
-}
-
-impl Default for Selection {
-    fn default() -> Self {
-        Self::new(None, None).expect("the default pattern compiles")
-    }
-}
-
-/// The files that make up one model upload.
-pub struct EncodeInput {
-    /// High-precision safetensors files (one, or every shard).
-    pub high: Vec<PathBuf>,
-    /// `model.safetensors.index.json`, for sharded models.
-    pub shard_index: Option<PathBuf>,
-    /// A user-supplied int8 checkpoint (one or more files) to store instead of deriving one.
-    pub int8: Vec<PathBuf>,
-}
 
 /// Tunables; the defaults are what the format documents.
 pub struct EncodeOptions {
@@ -133,55 +83,6 @@ pub fn encode_to_path(
     tmp.as_file().sync_all()?;
     tmp.persist(out).map_err(|e| FormatError::Io(e.error))?;
     Ok(EncodeSummary { index, blob_len })
-}
-
-/// A safetensors input: path, name in the blob, parsed header.
-struct InputFile {
-    path: PathBuf,
-    name: String,
-    header: Header,
-}
-
-impl InputFile {
-    fn open(path: &Path) -> Result<InputFile, FormatError> {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| FormatError::Input(format!("{}: not a file name", path.display())))?
-            .to_string();
-        let mut f =
-            File::open(path).map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
-        let header = safetensors::read_header(&mut BufReader::new(&mut f))
-            .map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
-        header
-            .check_file_len(f.metadata()?.len())
-            .map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
-        Ok(InputFile {
-            path: path.to_owned(),
-            name,
-            header,
-        })
-    }
-
-    /// Reads `len` bytes at data offset `begin` (random access, for the paired int8 file).
-    fn read_data(&self, file: &mut File, begin: u64, len: u64) -> Result<Vec<u8>, FormatError> {
-        let mut buf = vec![0u8; len as usize];
-        file.seek(SeekFrom::Start(self.header.data_start() + begin))?;
-        file.read_exact(&mut buf)?;
-        Ok(buf)
-    }
-}
-
-/// How one high-precision tensor is stored.
-#[derive(Clone)]
-enum Role {
-    Shared,
-    /// Quantized; with `supplied`, the int8 file index holding its weight and SCB.
-    Quantized {
-        rows: u64,
-        cols: u64,
-        supplied: Option<usize>,
-    },
 }
 
 /// A tensor (or int8-only tensor) being encoded, piece by piece.
@@ -1055,147 +956,6 @@ fn encode_work(w: Work, dtype: HighDtype, contents: &[Content]) -> Result<Done, 
                 scales,
             })
         }
-    }
-}
-
-/// The int8 header of a derived file: the high file's tensors in the same order, each quantized
-/// weight replaced by `weight` (I8), `SCB` (F32, one per row) and `weight_format` (U8 scalar 0).
-fn derived_int8_header(file: &InputFile, roles: &[Role]) -> Vec<u8> {
-    let mut specs = Vec::new();
-    for (t, role) in file.header.tensors.iter().zip(roles) {
-        match role {
-            Role::Shared => specs.push(TensorSpec {
-                name: t.name.clone(),
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-            }),
-            Role::Quantized { rows, .. } => {
-                let prefix = t
-                    .name
-                    .strip_suffix(".weight")
-                    .expect("quantized names end in .weight");
-                specs.push(TensorSpec {
-                    name: t.name.clone(),
-                    dtype: Dtype::I8,
-                    shape: t.shape.clone(),
-                });
-                specs.push(TensorSpec {
-                    name: format!("{prefix}.SCB"),
-                    dtype: Dtype::F32,
-                    shape: vec![*rows],
-                });
-                specs.push(TensorSpec {
-                    name: format!("{prefix}.weight_format"),
-                    dtype: Dtype::U8,
-                    shape: vec![],
-                });
-            }
-        }
-    }
-    let mut meta = Map::new();
-    meta.insert("format".into(), Value::from("pt"));
-    safetensors::write_header(Some(&meta), &specs)
-}
-
-fn header_of(raw: &[u8]) -> Header {
-    safetensors::read_header(&mut &raw[..]).expect("headers we wrote parse")
-}
-
-/// The int8 sharding index: the high one with `weight_map` rebuilt from the int8 files and
-/// `metadata.total_size` set to their data size; keys sorted, two-space indent, as transformers writes.
-fn int8_shard_index(
-    high_json: &[u8],
-    files: &[OutputFile],
-    headers: &[Header],
-) -> Result<Vec<u8>, FormatError> {
-    let mut root: Map<String, Value> = serde_json::from_slice(high_json)
-        .map_err(|e| FormatError::Input(format!("{SHARD_INDEX_NAME}: {e}")))?;
-    let mut weight_map = std::collections::BTreeMap::new();
-    let mut total = 0u64;
-    for (file, header) in files.iter().zip(headers) {
-        for t in &header.tensors {
-            weight_map.insert(t.name.clone(), Value::from(file.name.clone()));
-        }
-        total += header.data_len();
-    }
-    let mut meta = match root.remove("metadata") {
-        Some(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
-    meta.insert("total_size".into(), Value::from(total));
-    root.insert(
-        "metadata".into(),
-        Value::Object(
-            meta.into_iter()
-                .collect::<std::collections::BTreeMap<_, _>>()
-                .into_iter()
-                .collect(),
-        ),
-    );
-    root.insert(
-        "weight_map".into(),
-        Value::Object(weight_map.into_iter().collect()),
-    );
-    let sorted: std::collections::BTreeMap<String, Value> = root.into_iter().collect();
-    let mut out =
-        serde_json::to_vec_pretty(&sorted).map_err(|e| FormatError::Input(e.to_string()))?;
-    out.push(b'\n');
-    Ok(out)
-}
-
-fn read_shard_index(path: &Path, high: &[InputFile]) -> Result<(String, Vec<u8>), FormatError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| FormatError::Input(format!("{}: not JSON: {e}", path.display())))?;
-    let map = v
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| {
-            FormatError::Input(format!("{}: no \"weight_map\" object", path.display()))
-        })?;
-    for (tensor, file) in map {
-        let file = file.as_str().unwrap_or_default();
-        let holder = high.iter().find(|h| h.name == file);
-        if holder.is_none_or(|h| h.header.tensor(tensor).is_none()) {
-            return Err(FormatError::Input(format!(
-                "{}: tensor {tensor:?} is mapped to {file:?}, which was not given or lacks it",
-                path.display()
-            )));
-        }
-    }
-    Ok((SHARD_INDEX_NAME.to_string(), bytes))
-}
-
-fn check_unique_names(files: &[InputFile]) -> Result<(), FormatError> {
-    for (i, f) in files.iter().enumerate() {
-        if files[..i].iter().any(|g| g.name == f.name) {
-            return Err(FormatError::Input(format!(
-                "two input files are named {:?}",
-                f.name
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The model's high precision: whichever 16-bit float type holds the most elements.
-fn model_dtype(files: &[InputFile]) -> Result<HighDtype, FormatError> {
-    let (mut bf16, mut f16) = (0u64, 0u64);
-    for t in files.iter().flat_map(|f| &f.header.tensors) {
-        match t.dtype {
-            Dtype::BF16 => bf16 += t.elements(),
-            Dtype::F16 => f16 += t.elements(),
-            _ => {}
-        }
-    }
-    match (bf16, f16) {
-        (0, 0) => Err(FormatError::Input(
-            "no BF16 or FP16 tensors: convert the checkpoint first (qstore convert --to bf16)"
-                .into(),
-        )),
-        _ if bf16 >= f16 => Ok(HighDtype::Bf16),
-        _ => Ok(HighDtype::F16),
     }
 }
 
