@@ -7,6 +7,15 @@ fn main() {
         report_peak_rss();
     }
     if let Err(e) = result {
+        // A reader that stopped early (`| head`) is not an error worth a message; exit the way
+        // a process killed by SIGPIPE would.
+        let broken_pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            std::process::exit(141);
+        }
         eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
         std::process::exit(1);
     }

@@ -224,6 +224,7 @@ fn decode(
 }
 
 fn inspect(path: &Path, json: bool, tensors: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let blob = open_blob(path)?;
     let len = std::fs::metadata(path)?.len();
     let mut report = Report::new(blob.index(), len);
@@ -231,42 +232,48 @@ fn inspect(path: &Path, json: bool, tensors: bool) -> Result<()> {
         report.tensors.clear();
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }
     let mb = |b: u64| b as f64 / 1e6;
-    println!(
+    writeln!(
+        out,
         "blob            {:>12} bytes ({:.2} MB), high precision {}",
         report.blob_bytes,
         mb(report.blob_bytes),
         report.high_dtype
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  base          {:>12} bytes (int8 outputs read only this)",
         report.base_bytes
-    );
-    println!("  residual      {:>12} bytes", report.residual_bytes);
-    println!("  index+footer  {:>12} bytes", report.index_bytes);
-    println!(
+    )?;
+    writeln!(out, "  residual      {:>12} bytes", report.residual_bytes)?;
+    writeln!(out, "  index+footer  {:>12} bytes", report.index_bytes)?;
+    writeln!(
+        out,
         "separate files  {:>12} bytes high + {} bytes int8",
         report.high_files_bytes, report.int8_files_bytes
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "ratio           {:.3}x vs the two separate files",
         report.ratio_vs_separate_files
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "quantized       {} params, {:.3} bits/param (int8 {:.3} + residual {:.3} + scales {:.3} + index)",
         report.quantized_params,
         report.quantized_bits_per_param,
         report.int8_bits_per_param,
         report.residual_bits_per_param,
         report.scales_bits_per_param
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "shared          {} params, {:.3} bits/param",
         report.shared_params, report.shared_bits_per_param
-    );
+    )?;
     for (label, files) in [
         ("int8", &blob.index().int8_files),
         (
@@ -275,22 +282,25 @@ fn inspect(path: &Path, json: bool, tensors: bool) -> Result<()> {
         ),
     ] {
         for f in files.iter() {
-            println!(
+            writeln!(
+                out,
                 "{label:>5} file      {} {} bytes sha256 {}",
                 f.name, f.size, f.sha256
-            );
+            )?;
         }
     }
     if tensors {
-        println!(
+        writeln!(
+            out,
             "{:<60} {:>10} {:>12} {:>12} {:>9}",
             "tensor", "kind", "params", "stored", "bits/par"
-        );
+        )?;
         for t in &report.tensors {
-            println!(
+            writeln!(
+                out,
                 "{:<60} {:>10} {:>12} {:>12} {:>9.3}",
                 t.name, t.kind, t.params, t.stored_bytes, t.bits_per_param
-            );
+            )?;
         }
     }
     Ok(())

@@ -108,6 +108,16 @@ fn convert_encode_decode_inspect_verify() {
     let text = String::from_utf8(ok(&["inspect", &d("m.qstore")]).stdout).unwrap();
     assert!(text.contains("ratio") && text.contains("bits/param"));
     ok(&["verify", &d("m.qstore")]);
+    // A reader that closes the pipe early gets no panic and no error message.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qstore"))
+        .args(["decode", &d("m.qstore"), "--precision", "bf16", "-o", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
     // Special files are written in place, never replaced by a rename.
     ok(&[
         "decode",
