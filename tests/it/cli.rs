@@ -117,7 +117,11 @@ fn convert_encode_decode_inspect_verify() {
         .unwrap();
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Special files are written in place, never replaced by a rename.
     ok(&[
         "decode",

@@ -194,3 +194,36 @@ fn derived_int8_is_deterministic() {
     );
     assert_eq!(sha(&a[0].1), sha(&b[0].1));
 }
+
+#[test]
+fn every_dtype_is_carried_byte_exact() {
+    use Dtype::*;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("all.safetensors");
+    let mut rng = qstore::synth::Rng::new(5);
+    let mut tensors: Vec<T> = [
+        BOOL, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, I16, U16, F16, I32, U32, F32, I64, U64, F64,
+    ]
+    .into_iter()
+    .map(|d| {
+        let shape = [3u64, 5];
+        let data = (0..15 * d.size()).map(|_| rng.next_u64() as u8).collect();
+        T::new(&format!("t.{}", d.name()), d, &shape, data)
+    })
+    .collect();
+    tensors.push(T::codes(
+        "layer.0.dense.weight",
+        BF16,
+        &[4, 6],
+        &qstore::synth::llm_like_bf16(4, 6, 1),
+    ));
+    write_st(&path, &[("format", "pt")], &tensors);
+    let original = std::fs::read(&path).unwrap();
+    let blob = encode(dir.path(), std::slice::from_ref(&path), None, &[]);
+    assert_eq!(decode_all(&blob, Precision::High)[0].1, original);
+    check_derived_int8(
+        &original,
+        &decode_all(&blob, Precision::Int8)[0].1,
+        &is_quantized,
+    );
+}
