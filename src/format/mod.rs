@@ -6,6 +6,7 @@
 //! any byte range of any output can be produced by reading a few chunks and checking them.
 
 mod chunk;
+mod hash;
 mod index;
 mod input;
 mod reader;

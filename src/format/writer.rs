@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use super::hash::BackgroundHash;
+
 use super::chunk::{self, Content, EncodedChunk, high_dtype_of};
 use super::index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
 use super::input::{
@@ -150,7 +152,7 @@ struct Encoder<'a, W: Write> {
     tasks: Vec<Task>,
     pending: Vec<Work>,
     pending_bytes: u64,
-    int8_hashers: Vec<Sha256>,
+    int8_hashers: Vec<BackgroundHash>,
     high_files: Vec<OutputFile>,
     int8_files: Vec<OutputFile>,
     /// (int8 file, tensor name) → shared task whose bytes are identical.
@@ -331,11 +333,11 @@ impl<'a, W: Write> Encoder<'a, W> {
             Content::Text,
             &header_raw,
         )?)];
-        let mut hasher = Sha256::new();
+        let mut hasher = BackgroundHash::new();
         hasher.update(&header_raw);
         if self.derived() {
             let int8_header = derived_int8_header(&self.high[f], &roles);
-            let mut h = Sha256::new();
+            let mut h = BackgroundHash::new();
             h.update(&int8_header);
             self.int8_hashers.push(h);
         }
@@ -370,12 +372,8 @@ impl<'a, W: Write> Encoder<'a, W> {
             debug_assert_eq!(self.tasks[task].len, t.len());
         }
         let size = self.high[f].header.file_len();
-        self.high_files.push(output_file(
-            name,
-            size,
-            hex::encode(hasher.finalize()),
-            segments,
-        ));
+        self.high_files
+            .push(output_file(name, size, hasher.finish(), segments));
         Ok(())
     }
 
@@ -402,7 +400,7 @@ impl<'a, W: Write> Encoder<'a, W> {
     fn read_shared(
         &mut self,
         reader: &mut impl Read,
-        hasher: &mut Sha256,
+        hasher: &mut BackgroundHash,
         t: &TensorInfo,
         task: usize,
     ) -> Result<(), FormatError> {
@@ -427,7 +425,7 @@ impl<'a, W: Write> Encoder<'a, W> {
     fn read_quantized(
         &mut self,
         reader: &mut impl Read,
-        hasher: &mut Sha256,
+        hasher: &mut BackgroundHash,
         t: &TensorInfo,
         task: usize,
         rows: u64,
@@ -445,10 +443,9 @@ impl<'a, W: Write> Encoder<'a, W> {
             let n = n_rows * cols;
             let mut bytes = vec![0u8; (2 * n) as usize];
             reader.read_exact(&mut bytes)?;
-            hasher.update(&bytes);
             (self.progress)(2 * n);
             let high = chunk::le_bytes_to_codes(&bytes);
-            drop(bytes);
+            hasher.update_owned(bytes);
             let supplied_rows = match (supplied, &scb) {
                 (Some(i), Some(s)) => {
                     let w = self.int8[i]
@@ -584,7 +581,7 @@ impl<'a, W: Write> Encoder<'a, W> {
             Done::Bytes { task, chunk, data } => {
                 let entry = self.write_base(chunk)?;
                 if let Some(h) = self.tasks[task].int8_hash {
-                    self.int8_hashers[h].update(&data);
+                    self.int8_hashers[h].update_owned(data);
                 }
                 let t = &mut self.tasks[task];
                 t.base.push(entry);
@@ -602,7 +599,7 @@ impl<'a, W: Write> Encoder<'a, W> {
                 let base = self.write_base(int8)?;
                 let res = self.write_residual(residual)?;
                 if let Some(h) = self.tasks[task].int8_hash {
-                    self.int8_hashers[h].update(&q);
+                    self.int8_hashers[h].update_owned(q);
                 }
                 let t = &mut self.tasks[task];
                 t.base.push(base);
@@ -643,8 +640,8 @@ impl<'a, W: Write> Encoder<'a, W> {
                     &scale_bytes,
                 )?;
                 if let Some(h) = int8_hash {
-                    self.int8_hashers[h].update(&scale_bytes);
-                    self.int8_hashers[h].update([0u8]);
+                    self.int8_hashers[h].update_owned(scale_bytes);
+                    self.int8_hashers[h].update(&[0u8]);
                 }
                 let int8_first = self.chunks.len() as u32;
                 let n_chunks = base.len() as u32;
@@ -762,12 +759,7 @@ impl<'a, W: Write> Encoder<'a, W> {
             for s in &segments[1..] {
                 size += self.segment_len(*s);
             }
-            files.push(output_file(
-                name,
-                size,
-                hex::encode(hasher.finalize()),
-                segments,
-            ));
+            files.push(output_file(name, size, hasher.finish(), segments));
         }
         Ok(files)
     }
@@ -792,7 +784,7 @@ impl<'a, W: Write> Encoder<'a, W> {
             file.header.tensors.clone(),
             file.path.clone(),
         );
-        let mut hasher = Sha256::new();
+        let mut hasher = BackgroundHash::new();
         hasher.update(&raw);
         let mut segments = vec![Segment::Stream(self.small_stream(
             &format!("int8 header of {name}"),
@@ -822,7 +814,7 @@ impl<'a, W: Write> Encoder<'a, W> {
         Ok(output_file(
             name,
             self.int8[f].header.file_len(),
-            hex::encode(hasher.finalize()),
+            hasher.finish(),
             segments,
         ))
     }
@@ -961,7 +953,7 @@ fn encode_work(w: Work, dtype: HighDtype, contents: &[Content]) -> Result<Done, 
 
 fn copy_into_hash(
     reader: &mut impl Read,
-    hasher: &mut Sha256,
+    hasher: &mut BackgroundHash,
     mut len: u64,
 ) -> Result<(), FormatError> {
     let mut buf = vec![0u8; 1 << 16];
