@@ -173,7 +173,11 @@ impl Index {
         let bad = || FormatError::Corrupt(format!("quantized tensor {:?} is inconsistent", q.name));
         let elems = q.rows.checked_mul(q.cols).ok_or_else(bad)?;
         let chunk_elems = q.rows_per_chunk.checked_mul(q.cols).ok_or_else(bad)?;
-        if q.rows_per_chunk == 0 || elems == 0 || chunk_elems > u64::from(u32::MAX) / 2 {
+        if q.rows_per_chunk == 0
+            || elems == 0
+            || elems > 1 << 60
+            || chunk_elems > u64::from(u32::MAX) / 2
+        {
             return Err(bad());
         }
         if u64::from(q.n_chunks) != q.rows.div_ceil(q.rows_per_chunk) {
