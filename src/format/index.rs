@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::chunk::ChunkCodec;
-use super::{FormatError, VERSION};
+use super::{FormatError, MAX_CHUNK_DECODED, VERSION};
 use crate::codec::quantize::HighDtype;
 
 /// `[offset, stored_len, decoded_len, crc32_of_decoded, codec, crc32_of_stored]`: a chunk's place
@@ -211,7 +211,12 @@ impl Index {
             .get(id as usize)
             .ok_or_else(|| FormatError::Corrupt(format!("missing chunk {id}")))?;
         let end = c.offset().checked_add(u64::from(c.stored_len()));
-        if u64::from(c.decoded_len()) != decoded
+        // Stored bytes never exceed twice the decoded size plus tables (exceptions cost 3 bytes
+        // per 2-byte value at worst); anything larger is a crafted index.
+        let stored_cap = 2 * decoded + 65_536;
+        if decoded > MAX_CHUNK_DECODED
+            || u64::from(c.stored_len()) > stored_cap
+            || u64::from(c.decoded_len()) != decoded
             || c.offset() < section[0]
             || end.is_none_or(|e| e > section[1])
         {

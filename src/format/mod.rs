@@ -32,6 +32,11 @@ pub const FOOTER_LEN: u64 = 32;
 pub const CHUNK_ELEMS: u64 = 1 << 19;
 /// Bytes per chunk of a plain byte stream.
 pub const STREAM_CHUNK_BYTES: u64 = 1 << 20;
+/// Largest decoded chunk a reader accepts (128 MiB): bounds what a crafted index can make a
+/// reader allocate. Writers stay far below it (about 1 MiB per chunk).
+pub const MAX_CHUNK_DECODED: u64 = 1 << 27;
+/// Widest row that gets quantized: one row is one chunk at least, so rows must fit a chunk.
+pub const MAX_QUANTIZED_COLS: u64 = MAX_CHUNK_DECODED / 2;
 /// Largest index we accept when opening a blob (decompressed JSON).
 pub const MAX_INDEX_LEN: usize = 1 << 30;
 

@@ -21,7 +21,8 @@ use super::input::{
     int8_shard_index, model_dtype, read_shard_index,
 };
 use super::{
-    CHUNK_ELEMS, FOOTER_LEN, FormatError, MAGIC, PREAMBLE_LEN, STREAM_CHUNK_BYTES, VERSION,
+    CHUNK_ELEMS, FOOTER_LEN, FormatError, MAGIC, MAX_QUANTIZED_COLS, PREAMBLE_LEN,
+    STREAM_CHUNK_BYTES, VERSION,
 };
 use crate::codec::quantize::{HighDtype, quantize_row};
 use crate::codec::residual::ChunkRows;
@@ -288,8 +289,10 @@ impl<'a, W: Write> Encoder<'a, W> {
     }
 
     fn role(&self, file: &InputFile, t: &TensorInfo) -> Role {
-        let quantizable =
-            high_dtype_of(t.dtype) == Some(self.dtype) && t.shape.len() == 2 && t.elements() > 0;
+        let quantizable = high_dtype_of(t.dtype) == Some(self.dtype)
+            && t.shape.len() == 2
+            && t.elements() > 0
+            && t.shape[1] <= MAX_QUANTIZED_COLS;
         let Some(prefix) = t.name.strip_suffix(".weight").filter(|_| quantizable) else {
             return Role::Shared;
         };
