@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use crate::format::{
-    Blob, EncodeInput, EncodeOptions, Precision, Report, Selection, encode_to_path,
+    Blob, EncodeInput, EncodeOptions, FormatError, Precision, Report, Selection, encode_to_path,
 };
 
 #[derive(Parser)]
@@ -170,7 +170,11 @@ fn encode(
         selection: Selection::new(skip.as_deref(), only.as_deref())?,
         ..Default::default()
     };
-    let summary = encode_to_path(&input, &opts, output, &|n| bar.inc(n))?;
+    let summary = encode_to_path(&input, &opts, output, &|n| bar.inc(n)).map_err(|e| match e {
+        // Input problems already name their file; I/O errors here are about the output.
+        FormatError::Io(io) => anyhow::Error::new(io).context(output.display().to_string()),
+        other => other.into(),
+    })?;
     bar.finish_and_clear();
     if !quiet {
         let r = Report::new(&summary.index, summary.blob_len);

@@ -219,6 +219,15 @@ fn errors_are_one_readable_line() {
         &[
             "encode",
             &d("a.safetensors"),
+            "-o",
+            &d("no/such/dir/x.qstore"),
+        ],
+        "no/such/dir/x.qstore",
+    );
+    fails(
+        &[
+            "encode",
+            &d("a.safetensors"),
             "--skip",
             "(",
             "-o",
