@@ -93,6 +93,16 @@ pub struct OutputFile {
     pub segments: Vec<Segment>,
 }
 
+/// Length in bytes of one segment, given the streams and quantized tensors it refers to (the
+/// writer needs this before the index exists).
+pub fn segment_len(streams: &[ByteStream], quantized: &[QuantTensor], s: Segment) -> u64 {
+    match s {
+        Segment::Stream(i) => streams[i as usize].len,
+        Segment::Int8(i) => quantized[i as usize].rows * quantized[i as usize].cols,
+        Segment::High(i) => 2 * quantized[i as usize].rows * quantized[i as usize].cols,
+    }
+}
+
 /// The whole index.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Index {
@@ -112,13 +122,7 @@ pub struct Index {
 impl Index {
     /// Length in bytes of one segment.
     pub fn segment_len(&self, s: Segment) -> u64 {
-        match s {
-            Segment::Stream(i) => self.streams[i as usize].len,
-            Segment::Int8(i) => self.quantized[i as usize].rows * self.quantized[i as usize].cols,
-            Segment::High(i) => {
-                2 * self.quantized[i as usize].rows * self.quantized[i as usize].cols
-            }
-        }
+        segment_len(&self.streams, &self.quantized, s)
     }
 
     /// Checks every cross-reference and size, so that reading can index without panicking.

@@ -374,13 +374,6 @@ impl<S: BlobSource> Blob<S> {
         check_crc(id, &c, &out)?;
         Ok(out)
     }
-
-    /// Stored bytes of a stream, for size reports.
-    pub fn stored_len(&self, first: u32, n: u32) -> u64 {
-        (first..first + n)
-            .map(|i| u64::from(self.index.chunks[i as usize].stored_len()))
-            .sum()
-    }
 }
 
 fn check_crc(id: u64, c: &Chunk, decoded: &[u8]) -> Result<(), FormatError> {

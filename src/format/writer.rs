@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::hash::BackgroundHash;
 
 use super::chunk::{self, Content, EncodedChunk, high_dtype_of};
-use super::index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
+use super::index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment, segment_len};
 use super::input::{
     EncodeInput, InputFile, Role, Selection, check_unique_names, derived_int8_header, header_of,
     int8_shard_index, model_dtype, read_shard_index,
@@ -154,6 +154,9 @@ struct Encoder<'a, W: Write> {
     pending: Vec<Work>,
     pending_bytes: u64,
     int8_hashers: Vec<BackgroundHash>,
+    /// Per high file, when the int8 checkpoint is derived: its int8 header and tensor roles,
+    /// computed once and used for hashing, the file layout and the sharding index.
+    derived_layouts: Vec<(Vec<u8>, Vec<Role>)>,
     high_files: Vec<OutputFile>,
     int8_files: Vec<OutputFile>,
     /// (int8 file, tensor name) → shared task whose bytes are identical.
@@ -219,6 +222,7 @@ impl<'a, W: Write> Encoder<'a, W> {
             pending: Vec::new(),
             pending_bytes: 0,
             int8_hashers: Vec::new(),
+            derived_layouts: Vec::new(),
             high_files: Vec::new(),
             int8_files: Vec::new(),
             int8_shared: Vec::new(),
@@ -269,10 +273,9 @@ impl<'a, W: Write> Encoder<'a, W> {
     /// Int8 headers of the derived files, computed by the same function that wrote them.
     fn int8_headers(&self) -> Vec<Header> {
         if self.derived() {
-            self.high
+            self.derived_layouts
                 .iter()
-                .map(|f| derived_int8_header(f, &self.roles(f)))
-                .map(|raw| header_of(&raw))
+                .map(|(raw, _)| header_of(raw))
                 .collect()
         } else {
             self.int8.iter().map(|f| f.header.clone()).collect()
@@ -343,6 +346,7 @@ impl<'a, W: Write> Encoder<'a, W> {
             let mut h = BackgroundHash::new();
             h.update(&int8_header);
             self.int8_hashers.push(h);
+            self.derived_layouts.push((int8_header, roles.clone()));
         }
         let mut reader = BufReader::with_capacity(1 << 20, File::open(&self.high[f].path)?);
         reader.seek(SeekFrom::Start(header_raw.len() as u64))?;
@@ -362,7 +366,7 @@ impl<'a, W: Write> Encoder<'a, W> {
                 }
             }
             if let (Role::Shared, false) = (&self.tasks[task].role, self.derived()) {
-                self.note_int8_twin(t, task)?;
+                self.note_int8_twin(f, t, task)?;
             }
         }
         self.flush()?;
@@ -436,8 +440,16 @@ impl<'a, W: Write> Encoder<'a, W> {
         supplied: Option<usize>,
     ) -> Result<(), FormatError> {
         let rows_per_chunk = (self.opts.chunk_elems / cols).max(1);
-        let scb = match supplied {
-            Some(i) => Some(self.read_supplied_scales(i, t, rows)?),
+        // The paired int8 file, where its weight starts, and its scales, looked up once.
+        let paired = match supplied {
+            Some(i) => {
+                let begin = self.int8[i]
+                    .header
+                    .tensor(&t.name)
+                    .expect("paired tensor exists")
+                    .begin;
+                Some((i, begin, self.read_supplied_scales(i, t, rows)?))
+            }
             None => None,
         };
         let mut row = 0;
@@ -449,21 +461,16 @@ impl<'a, W: Write> Encoder<'a, W> {
             (self.progress)(2 * n);
             let high = chunk::le_bytes_to_codes(&bytes);
             hasher.update_owned(bytes);
-            let supplied_rows = match (supplied, &scb) {
-                (Some(i), Some(s)) => {
-                    let w = self.int8[i]
-                        .header
-                        .tensor(&t.name)
-                        .expect("paired tensor exists")
-                        .clone();
-                    let q = self.int8[i].read_data(
-                        &mut self.int8_handles[i],
-                        w.begin + row * cols,
+            let supplied_rows = match &paired {
+                Some((i, begin, scales)) => {
+                    let q = self.int8[*i].read_data(
+                        &mut self.int8_handles[*i],
+                        begin + row * cols,
                         n,
                     )?;
-                    Some((q, s[row as usize..(row + n_rows) as usize].to_vec()))
+                    Some((q, scales[row as usize..(row + n_rows) as usize].to_vec()))
                 }
-                _ => None,
+                None => None,
             };
             self.submit(
                 Work::Quant {
@@ -503,7 +510,11 @@ impl<'a, W: Write> Encoder<'a, W> {
 
     /// Remembers a shared tensor whose supplied-int8 counterpart has identical bytes, so the int8
     /// file can point at the same stream instead of storing it twice.
-    fn note_int8_twin(&mut self, t: &TensorInfo, task: usize) -> Result<(), FormatError> {
+    fn note_int8_twin(&mut self, f: usize, t: &TensorInfo, task: usize) -> Result<(), FormatError> {
+        let high_at = (
+            self.high[f].path.clone(),
+            self.high[f].header.data_start() + t.begin,
+        );
         for i in 0..self.int8.len() {
             let Some(other) = self.int8[i].header.tensor(&t.name).cloned() else {
                 continue;
@@ -511,20 +522,11 @@ impl<'a, W: Write> Encoder<'a, W> {
             if other.dtype != t.dtype || other.shape != t.shape {
                 continue;
             }
-            if self.same_bytes(i, &other, &self.high_file_of(t)?)? {
+            if self.same_bytes(i, &other, &high_at)? {
                 self.int8_shared.push((i, t.name.clone(), task));
             }
         }
         Ok(())
-    }
-
-    fn high_file_of(&self, t: &TensorInfo) -> Result<(PathBuf, u64), FormatError> {
-        let f = self
-            .high
-            .iter()
-            .find(|f| f.header.tensor(&t.name) == Some(t))
-            .expect("tensor comes from a high file");
-        Ok((f.path.clone(), f.header.data_start() + t.begin))
     }
 
     fn same_bytes(
@@ -734,8 +736,7 @@ impl<'a, W: Write> Encoder<'a, W> {
         let hashers = std::mem::take(&mut self.int8_hashers);
         let mut task = 0;
         for (f, hasher) in (0..self.high.len()).zip(hashers) {
-            let roles = self.roles(&self.high[f]);
-            let raw = derived_int8_header(&self.high[f], &roles);
+            let (raw, roles) = self.derived_layouts[f].clone();
             let name = self.high[f].name.clone();
             let mut segments = vec![Segment::Stream(self.small_stream(
                 &format!("int8 header of {name}"),
@@ -760,21 +761,11 @@ impl<'a, W: Write> Encoder<'a, W> {
                 }
             }
             for s in &segments[1..] {
-                size += self.segment_len(*s);
+                size += segment_len(&self.streams, &self.quantized, *s);
             }
             files.push(output_file(name, size, hasher.finish(), segments));
         }
         Ok(files)
-    }
-
-    fn segment_len(&self, s: Segment) -> u64 {
-        match s {
-            Segment::Stream(i) => self.streams[i as usize].len,
-            Segment::Int8(i) => self.quantized[i as usize].rows * self.quantized[i as usize].cols,
-            Segment::High(i) => {
-                2 * self.quantized[i as usize].rows * self.quantized[i as usize].cols
-            }
-        }
     }
 
     /// Lays out a supplied int8 file: quantized weights and scales point at what the high files
