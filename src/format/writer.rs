@@ -251,23 +251,33 @@ impl<'a, W: Write> Encoder<'a, W> {
             }
         }
         if let Some((name, json)) = self.shard_index.take() {
-            let sid = self.small_stream(&name, Content::Text, &json)?;
-            self.high_files.push(output_file(
-                name.clone(),
-                json.len() as u64,
-                sha256_hex(&json),
-                vec![Segment::Stream(sid)],
-            ));
+            let high = self.text_file(&name, &json)?;
+            self.high_files.push(high);
             let int8_json = int8_shard_index(&json, &self.int8_files, &self.int8_headers())?;
-            let sid = self.small_stream(&name, Content::Text, &int8_json)?;
-            self.int8_files.push(output_file(
-                name,
-                int8_json.len() as u64,
-                sha256_hex(&int8_json),
-                vec![Segment::Stream(sid)],
-            ));
+            let int8 = self.text_file(&name, &int8_json)?;
+            self.int8_files.push(int8);
         }
         Ok(())
+    }
+
+    /// A header or other small text, stored as one stream.
+    fn text_segment(&mut self, label: &str, bytes: &[u8]) -> Result<Segment, FormatError> {
+        Ok(Segment::Stream(self.small_stream(
+            label,
+            Content::Text,
+            bytes,
+        )?))
+    }
+
+    /// A whole output file that is a single text stream (a sharding index).
+    fn text_file(&mut self, name: &str, bytes: &[u8]) -> Result<OutputFile, FormatError> {
+        let segment = self.text_segment(name, bytes)?;
+        Ok(output_file(
+            name.to_string(),
+            bytes.len() as u64,
+            sha256_hex(bytes),
+            vec![segment],
+        ))
     }
 
     /// Int8 headers of the derived files, computed by the same function that wrote them.
@@ -334,11 +344,7 @@ impl<'a, W: Write> Encoder<'a, W> {
         let roles = self.roles(&self.high[f]);
         let header_raw = self.high[f].header.raw.clone();
         let name = self.high[f].name.clone();
-        let mut segments = vec![Segment::Stream(self.small_stream(
-            &format!("header of {name}"),
-            Content::Text,
-            &header_raw,
-        )?)];
+        let mut segments = vec![self.text_segment(&format!("header of {name}"), &header_raw)?];
         let mut hasher = BackgroundHash::new();
         hasher.update(&header_raw);
         if self.derived() {
@@ -738,11 +744,7 @@ impl<'a, W: Write> Encoder<'a, W> {
         for (f, hasher) in (0..self.high.len()).zip(hashers) {
             let (raw, roles) = self.derived_layouts[f].clone();
             let name = self.high[f].name.clone();
-            let mut segments = vec![Segment::Stream(self.small_stream(
-                &format!("int8 header of {name}"),
-                Content::Text,
-                &raw,
-            )?)];
+            let mut segments = vec![self.text_segment(&format!("int8 header of {name}"), &raw)?];
             let mut size = raw.len() as u64;
             for role in roles {
                 let id = self.tasks[task].id.expect("every task finished");
@@ -780,11 +782,7 @@ impl<'a, W: Write> Encoder<'a, W> {
         );
         let mut hasher = BackgroundHash::new();
         hasher.update(&raw);
-        let mut segments = vec![Segment::Stream(self.small_stream(
-            &format!("int8 header of {name}"),
-            Content::Text,
-            &raw,
-        )?)];
+        let mut segments = vec![self.text_segment(&format!("int8 header of {name}"), &raw)?];
         let mut reader = BufReader::with_capacity(1 << 20, File::open(&path)?);
         reader.seek(SeekFrom::Start(raw.len() as u64))?;
         let mut own_tasks = Vec::new();

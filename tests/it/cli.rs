@@ -24,6 +24,15 @@ fn ok(args: &[&str]) -> Output {
     out
 }
 
+/// Decodes one precision of `blob` to `out` and checks it equals the file `expected`.
+fn decodes_to(blob: &str, precision: &str, out: &str, expected: &str) {
+    ok(&["decode", blob, "--precision", precision, "-o", out]);
+    assert_eq!(
+        std::fs::read(out).unwrap(),
+        std::fs::read(expected).unwrap()
+    );
+}
+
 /// A failing command exits non-zero with exactly one line on stderr that names the problem.
 fn fails(args: &[&str], needle: &str) {
     let out = qstore(args);
@@ -75,17 +84,11 @@ fn convert_encode_decode_inspect_verify() {
 
     let out = ok(&["encode", &d("bf16.safetensors"), "-o", &d("m.qstore")]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("bits/param"));
-    ok(&[
-        "decode",
+    decodes_to(
         &d("m.qstore"),
-        "--precision",
         "bf16",
-        "-o",
         &d("back.safetensors"),
-    ]);
-    assert_eq!(
-        std::fs::read(d("back.safetensors")).unwrap(),
-        std::fs::read(d("bf16.safetensors")).unwrap()
+        &d("bf16.safetensors"),
     );
     let stdout = ok(&["decode", &d("m.qstore"), "--precision", "int8", "-o", "-"]).stdout;
     check_derived_int8(
@@ -146,17 +149,11 @@ fn convert_encode_decode_inspect_verify() {
         &d("fp16.safetensors"),
     ]);
     ok(&["-q", "encode", &d("fp16.safetensors"), "-o", &d("h.qstore")]);
-    ok(&[
-        "decode",
+    decodes_to(
         &d("h.qstore"),
-        "--precision",
         "fp16",
-        "-o",
         &d("h.safetensors"),
-    ]);
-    assert_eq!(
-        std::fs::read(d("h.safetensors")).unwrap(),
-        std::fs::read(d("fp16.safetensors")).unwrap()
+        &d("fp16.safetensors"),
     );
 }
 

@@ -1,8 +1,7 @@
 //! A damaged blob gives an error, never wrong bytes.
 
 use qstore::format::{Blob, Precision};
-use qstore::safetensors::Dtype;
-use qstore::synth::{Rng, llm_like_bf16};
+use qstore::synth::Rng;
 
 use crate::helpers::*;
 
@@ -26,18 +25,8 @@ fn flipped_bytes_anywhere_are_caught() {
         &path,
         &[("format", "pt")],
         &[
-            T::codes(
-                "embed.weight",
-                Dtype::BF16,
-                &[20, 16],
-                &llm_like_bf16(20, 16, 1),
-            ),
-            T::codes(
-                "a.weight",
-                Dtype::BF16,
-                &[24, 32],
-                &llm_like_bf16(24, 32, 2),
-            ),
+            T::llm("embed.weight", 20, 16, 1),
+            T::llm("a.weight", 24, 32, 2),
         ],
     );
     let good = std::fs::read(encode(dir.path(), &[path], None, &[])).unwrap();

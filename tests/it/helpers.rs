@@ -26,6 +26,12 @@ impl T {
         }
     }
 
+    /// An LLM-like BF16 weight (see `qstore::synth::llm_like_bf16`).
+    pub fn llm(name: &str, rows: u64, cols: u64, seed: u64) -> T {
+        let codes = qstore::synth::llm_like_bf16(rows as usize, cols as usize, seed);
+        T::codes(name, Dtype::BF16, &[rows, cols], &codes)
+    }
+
     /// A 16-bit float tensor from codes.
     pub fn codes(name: &str, dtype: Dtype, shape: &[u64], codes: &[u16]) -> T {
         T::new(

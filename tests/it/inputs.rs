@@ -20,30 +20,15 @@ fn sharded_model_round_trips_with_both_indexes() {
         &a,
         &[("format", "pt")],
         &[
-            T::codes(
-                "embed_tokens.weight",
-                Dtype::BF16,
-                &[10, 16],
-                &llm_like_bf16(10, 16, 1),
-            ),
-            T::codes(
-                "layers.0.q_proj.weight",
-                Dtype::BF16,
-                &[16, 16],
-                &llm_like_bf16(16, 16, 2),
-            ),
+            T::llm("embed_tokens.weight", 10, 16, 1),
+            T::llm("layers.0.q_proj.weight", 16, 16, 2),
         ],
     );
     write_st(
         &b,
         &[("format", "pt")],
         &[
-            T::codes(
-                "layers.1.q_proj.weight",
-                Dtype::BF16,
-                &[32, 16],
-                &llm_like_bf16(32, 16, 3),
-            ),
+            T::llm("layers.1.q_proj.weight", 32, 16, 3),
             T::codes("norm.weight", Dtype::BF16, &[16], &llm_like_bf16(1, 16, 4)),
         ],
     );
@@ -149,14 +134,9 @@ fn selection_patterns_choose_what_is_quantized() {
         &path,
         &[],
         &[
-            T::codes(
-                "lm_head.weight",
-                Dtype::BF16,
-                &[4, 8],
-                &llm_like_bf16(4, 8, 1),
-            ),
-            T::codes("a.weight", Dtype::BF16, &[4, 8], &llm_like_bf16(4, 8, 2)),
-            T::codes("b.weight", Dtype::BF16, &[4, 8], &llm_like_bf16(4, 8, 3)),
+            T::llm("lm_head.weight", 4, 8, 1),
+            T::llm("a.weight", 4, 8, 2),
+            T::llm("b.weight", 4, 8, 3),
         ],
     );
     let original = std::fs::read(&path).unwrap();

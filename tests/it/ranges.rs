@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use qstore::format::{Blob, BlobSource, EncodeOptions, Precision};
 use qstore::safetensors::Dtype;
-use qstore::synth::{Rng, llm_like_bf16};
+use qstore::synth::Rng;
 
 use crate::helpers::*;
 
@@ -15,30 +15,15 @@ fn multi_chunk_blob(dir: &std::path::Path) -> Vec<u8> {
         &path,
         &[("format", "pt")],
         &[
-            T::codes(
-                "embed.weight",
-                Dtype::BF16,
-                &[50, 30],
-                &llm_like_bf16(50, 30, 1),
-            ),
-            T::codes(
-                "a.weight",
-                Dtype::BF16,
-                &[37, 53],
-                &llm_like_bf16(37, 53, 2),
-            ),
+            T::llm("embed.weight", 50, 30, 1),
+            T::llm("a.weight", 37, 53, 2),
             T::new(
                 "ids",
                 Dtype::I64,
                 &[100],
                 (0..800).map(|i| (i % 7) as u8).collect(),
             ),
-            T::codes(
-                "b.weight",
-                Dtype::BF16,
-                &[64, 16],
-                &llm_like_bf16(64, 16, 3),
-            ),
+            T::llm("b.weight", 64, 16, 3),
         ],
     );
     let opts = EncodeOptions {

@@ -109,7 +109,12 @@ fn is_quantized(name: &str) -> bool {
     name.starts_with("layer.") && name.ends_with("dense.weight")
 }
 
-fn round_trip(tensors: &[T], metadata: &[(&str, &str)], opts: &EncodeOptions) {
+fn round_trip(
+    tensors: &[T],
+    metadata: &[(&str, &str)],
+    opts: &EncodeOptions,
+    quantized: &dyn Fn(&str) -> bool,
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     write_st(&path, metadata, tensors);
@@ -123,7 +128,7 @@ fn round_trip(tensors: &[T], metadata: &[(&str, &str)], opts: &EncodeOptions) {
         "high-precision output is byte-identical"
     );
     let int8 = decode_all(&blob, Precision::Int8);
-    check_derived_int8(&original, &int8[0].1, &is_quantized);
+    check_derived_int8(&original, &int8[0].1, quantized);
 }
 
 proptest! {
@@ -132,49 +137,33 @@ proptest! {
     #[test]
     fn bf16_models_round_trip(tensors in model(Dtype::BF16), meta in proptest::option::of("[a-z]{1,8}")) {
         let meta_pairs: Vec<(&str, &str)> = meta.as_deref().map(|m| vec![("format", "pt"), ("note", m)]).unwrap_or_default();
-        round_trip(&tensors, &meta_pairs, &EncodeOptions::default());
+        round_trip(&tensors, &meta_pairs, &EncodeOptions::default(), &is_quantized);
     }
 
     #[test]
     fn fp16_models_round_trip(tensors in model(Dtype::F16)) {
-        round_trip(&tensors, &[], &EncodeOptions::default());
+        round_trip(&tensors, &[], &EncodeOptions::default(), &is_quantized);
     }
 
     #[test]
     fn small_chunks_round_trip(tensors in model(Dtype::BF16), chunk_elems in 1u64..50, stream_bytes in 1u64..64) {
         let opts = EncodeOptions { chunk_elems, stream_chunk_bytes: stream_bytes, ..EncodeOptions::default() };
-        round_trip(&tensors, &[("format", "pt")], &opts);
+        round_trip(&tensors, &[("format", "pt")], &opts, &is_quantized);
     }
 }
 
 #[test]
 fn row_and_column_vectors_and_llm_like_weights_round_trip() {
-    let llm = qstore::synth::llm_like_bf16(64, 512, 3);
     let tensors = vec![
-        T::codes(
-            "row.weight",
-            Dtype::BF16,
-            &[1, 3000],
-            &qstore::synth::llm_like_bf16(1, 3000, 1),
-        ),
-        T::codes(
-            "col.weight",
-            Dtype::BF16,
-            &[3000, 1],
-            &qstore::synth::llm_like_bf16(3000, 1, 2),
-        ),
-        T::codes("layer.0.dense.weight", Dtype::BF16, &[64, 512], &llm),
+        T::llm("row.weight", 1, 3000, 1),
+        T::llm("col.weight", 3000, 1, 2),
+        T::llm("layer.0.dense.weight", 64, 512, 3),
     ];
     let quantized = |n: &str| n.ends_with(".weight");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.safetensors");
-    write_st(&path, &[("format", "pt")], &tensors);
-    let original = std::fs::read(&path).unwrap();
-    let blob = encode(dir.path(), std::slice::from_ref(&path), None, &[]);
-    assert_eq!(decode_all(&blob, Precision::High)[0].1, original);
-    check_derived_int8(
-        &original,
-        &decode_all(&blob, Precision::Int8)[0].1,
+    round_trip(
+        &tensors,
+        &[("format", "pt")],
+        &EncodeOptions::default(),
         &quantized,
     );
 }
@@ -198,8 +187,6 @@ fn derived_int8_is_deterministic() {
 #[test]
 fn every_dtype_is_carried_byte_exact() {
     use Dtype::*;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("all.safetensors");
     let mut rng = qstore::synth::Rng::new(5);
     let mut tensors: Vec<T> = [
         BOOL, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, I16, U16, F16, I32, U32, F32, I64, U64, F64,
@@ -211,19 +198,11 @@ fn every_dtype_is_carried_byte_exact() {
         T::new(&format!("t.{}", d.name()), d, &shape, data)
     })
     .collect();
-    tensors.push(T::codes(
-        "layer.0.dense.weight",
-        BF16,
-        &[4, 6],
-        &qstore::synth::llm_like_bf16(4, 6, 1),
-    ));
-    write_st(&path, &[("format", "pt")], &tensors);
-    let original = std::fs::read(&path).unwrap();
-    let blob = encode(dir.path(), std::slice::from_ref(&path), None, &[]);
-    assert_eq!(decode_all(&blob, Precision::High)[0].1, original);
-    check_derived_int8(
-        &original,
-        &decode_all(&blob, Precision::Int8)[0].1,
+    tensors.push(T::llm("layer.0.dense.weight", 4, 6, 1));
+    round_trip(
+        &tensors,
+        &[("format", "pt")],
+        &EncodeOptions::default(),
         &is_quantized,
     );
 }
