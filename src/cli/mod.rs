@@ -3,6 +3,7 @@
 
 mod convert;
 mod output;
+mod server;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -33,6 +34,24 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the registry server (embedded defaults: ./data, 127.0.0.1:8080).
+    Serve {
+        /// Address to listen on, e.g. 0.0.0.0:8080.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        config: server::ConfigArgs,
+    },
+    /// Apply catalog migrations and exit (for deployments where `serve` skips them).
+    Migrate {
+        #[command(flatten)]
+        config: server::ConfigArgs,
+    },
+    /// Manage API tokens for uploads and deletes.
+    Token {
+        #[command(subcommand)]
+        command: server::TokenCommand,
+    },
     /// Encode a BF16/FP16 safetensors checkpoint (and optionally its INT8 twin) into one blob.
     Encode {
         /// High-precision safetensors file(s): one file, or every shard.
@@ -96,6 +115,9 @@ enum PrecisionArg {
 pub fn run(cli: Cli) -> Result<()> {
     let quiet = cli.quiet;
     match cli.command {
+        Command::Serve { listen, config } => server::serve(&config, listen),
+        Command::Migrate { config } => server::migrate(&config),
+        Command::Token { command } => server::token(command),
         Command::Encode {
             high,
             index,

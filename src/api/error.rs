@@ -1,0 +1,147 @@
+//! The one API error type: a kind that fixes the HTTP status, the stable `code` string and (for
+//! Hugging Face clients) the `X-Error-Code` header. Mapped to a response in exactly one place.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::format::FormatError;
+use crate::storage::StorageError;
+
+/// What went wrong, from the client's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Malformed request or upload (bad model file, bad name, bad form).
+    BadRequest,
+    /// The named model does not exist.
+    RepoNotFound,
+    /// The model exists but not this revision or precision.
+    RevisionNotFound,
+    /// The revision exists but has no such file.
+    EntryNotFound,
+    Unauthorized,
+    Forbidden,
+    PayloadTooLarge,
+    RangeNotSatisfiable,
+    /// Server-side failure; the message is logged, never sent.
+    Internal,
+    /// A dependency (catalog, object store) is unreachable.
+    Unavailable,
+}
+
+impl ErrorKind {
+    fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::RepoNotFound | ErrorKind::RevisionNotFound | ErrorKind::EntryNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable code in the JSON body; the not-found ones are the names Hugging Face clients read.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "BadRequest",
+            ErrorKind::RepoNotFound => "RepoNotFound",
+            ErrorKind::RevisionNotFound => "RevisionNotFound",
+            ErrorKind::EntryNotFound => "EntryNotFound",
+            ErrorKind::Unauthorized => "Unauthorized",
+            ErrorKind::Forbidden => "Forbidden",
+            ErrorKind::PayloadTooLarge => "PayloadTooLarge",
+            ErrorKind::RangeNotSatisfiable => "RangeNotSatisfiable",
+            ErrorKind::Internal => "Internal",
+            ErrorKind::Unavailable => "Unavailable",
+        }
+    }
+}
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// Commit to send with `EntryNotFound`, so Hugging Face clients cache the absence.
+    pub commit: Option<String>,
+    /// Total size for a 416's `Content-Range: bytes */TOTAL`.
+    pub total: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind,
+            message: message.into(),
+            commit: None,
+            total: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorKind::BadRequest, message)
+    }
+
+    pub fn with_commit(mut self, commit: &str) -> ApiError {
+        self.commit = Some(commit.to_string());
+        self
+    }
+
+    /// A server-side failure: logged here with its detail, answered as a bare 500.
+    pub fn internal(context: &str, detail: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %detail, "{context}");
+        ApiError::new(ErrorKind::Internal, "internal server error")
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        if e.is_not_found() {
+            tracing::error!(error = %e, "an object the catalog refers to is missing");
+        }
+        ApiError::internal("storage", e)
+    }
+}
+
+impl From<FormatError> for ApiError {
+    fn from(e: FormatError) -> Self {
+        match e {
+            FormatError::Input(_) | FormatError::Safetensors(_) => {
+                ApiError::bad_request(e.to_string())
+            }
+            FormatError::NotFound(m) => ApiError::new(ErrorKind::EntryNotFound, m),
+            FormatError::Corrupt(_) | FormatError::Io(_) => ApiError::internal("blob", e),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.kind.status();
+        let body = json!({"error": {"code": self.kind.code(), "message": self.message}});
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert("x-error-code", HeaderValue::from_static(self.kind.code()));
+        if let Ok(msg) = HeaderValue::from_str(&self.message.replace(['\r', '\n'], " ")) {
+            headers.insert("x-error-message", msg);
+        }
+        if let Some(commit) = self.commit.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            headers.insert("x-repo-commit", commit);
+        }
+        if let Some(total) = self.total {
+            headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{total}")).expect("ascii"),
+            );
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,181 @@
+//! HTTP: the native `/models/...` API, the Hugging Face-compatible routes, and operations
+//! endpoints. Handlers read top-down: route → catalog lookup → blob range read → body stream.
+
+pub mod auth;
+pub mod error;
+mod hf;
+pub mod metrics;
+mod models;
+pub mod names;
+mod revisions;
+mod serve;
+mod upload;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::config::Config;
+use crate::format::{Blob, BlobSource};
+use crate::storage::{Catalog, ObjectSource, Objects, Revision};
+pub use auth::WritePolicy;
+use error::{ApiError, ApiResult, ErrorKind};
+use metrics::Metrics;
+
+/// Everything a handler needs, passed explicitly (no globals).
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub catalog: Catalog,
+    pub objects: Objects,
+    pub metrics: Arc<Metrics>,
+    pub blobs: Arc<BlobCache>,
+    pub writes: Arc<WritePolicy>,
+}
+
+impl AppState {
+    /// An opened blob (footer and index read and validated), cached per revision.
+    pub async fn blob(&self, revision: &Revision) -> ApiResult<Arc<Blob<ObjectSource>>> {
+        if let Some(blob) = self.blobs.get(&revision.id) {
+            return Ok(blob);
+        }
+        let source = self.objects.blob_source(&revision.blob_key).await?;
+        if source.len() != revision.blob_size {
+            return Err(ApiError::internal(
+                "blob size differs from the catalog",
+                &revision.blob_key,
+            ));
+        }
+        let blob = tokio::task::spawn_blocking(move || Blob::open(source))
+            .await
+            .map_err(|e| ApiError::internal("blob open task", e))??;
+        let blob = Arc::new(blob);
+        self.blobs.put(&revision.id, blob.clone());
+        Ok(blob)
+    }
+}
+
+/// Opened blobs by revision id: opening reads the index (a ranged GET or two), which every
+/// request for the same revision would otherwise repeat. Small and bounded; oldest out first.
+#[derive(Default)]
+pub struct BlobCache {
+    entries: Mutex<VecDeque<(String, Arc<Blob<ObjectSource>>)>>,
+}
+
+const BLOB_CACHE_ENTRIES: usize = 32;
+
+impl BlobCache {
+    fn get(&self, revision: &str) -> Option<Arc<Blob<ObjectSource>>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .find(|(id, _)| id == revision)
+            .map(|(_, b)| b.clone())
+    }
+
+    fn put(&self, revision: &str, blob: Arc<Blob<ObjectSource>>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|(id, _)| id != revision);
+        if entries.len() == BLOB_CACHE_ENTRIES {
+            entries.pop_front();
+        }
+        entries.push_back((revision.to_string(), blob));
+    }
+
+    /// Forgets a revision (its repo was deleted).
+    pub fn remove(&self, revision: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|(id, _)| id != revision);
+    }
+}
+
+/// The whole HTTP surface.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/models", get(models::list))
+        .fallback(dispatch)
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .with_state(state)
+}
+
+/// Routes whose paths embed repo ids of one or two segments, which a route table cannot tell
+/// apart; parsed from the raw path so that a percent-encoded `/` in a revision stays one segment.
+async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
+    let method = request.method().clone();
+    let uri: Uri = request.uri().clone();
+    let segments: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+    let result = match (segments.first().copied(), &method) {
+        (Some("models"), _) => models::dispatch(state, &segments[1..], request).await,
+        (Some("api"), &Method::GET) if segments.get(1) == Some(&"models") => {
+            hf::api_models(state, &segments[2..], uri.query()).await
+        }
+        (_, &Method::GET | &Method::HEAD) => match hf::resolve_route(&segments) {
+            Some(route) => hf::resolve(state, route, &method, request.headers()).await,
+            None => Err(not_found(&uri)),
+        },
+        _ => Err(not_found(&uri)),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn not_found(uri: &Uri) -> ApiError {
+    ApiError::new(
+        ErrorKind::EntryNotFound,
+        format!("no route for {}", uri.path()),
+    )
+}
+
+async fn readyz(State(state): State<AppState>) -> ApiResult<&'static str> {
+    let unavailable = |what: &str, e: crate::storage::StorageError| {
+        tracing::warn!(error = %e, "readiness: {what} unreachable");
+        ApiError::new(ErrorKind::Unavailable, format!("{what} unreachable"))
+    };
+    state
+        .catalog
+        .ping()
+        .await
+        .map_err(|e| unavailable("catalog", e))?;
+    state
+        .objects
+        .ping()
+        .await
+        .map_err(|e| unavailable("object store", e))?;
+    Ok("ready\n")
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .add_request(&method, response.status().as_u16());
+    response
+}

@@ -1,0 +1,430 @@
+//! Serving one file: conditional requests, single byte ranges, and a body streamed with
+//! backpressure from the blob decoder (off the runtime) or from a plain object.
+
+use std::io::Write;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ErrorKind};
+use super::metrics::Served;
+use crate::format::{Blob, OutputFile, Precision};
+use crate::storage::{FileEntry, ObjectSource};
+
+/// Bytes handed to the HTTP body per message: large enough to keep syscalls few, small enough
+/// that the bounded channel holds little.
+const BODY_PIECE: usize = 256 << 10;
+/// Messages in flight between the decoder and the connection.
+const BODY_QUEUE: usize = 8;
+
+/// Where a served file's bytes come from.
+pub enum Source {
+    /// An output file decoded from a revision's blob.
+    Blob {
+        blob: Arc<Blob<ObjectSource>>,
+        file: OutputFile,
+        precision: Precision,
+    },
+    /// A plain object (config, tokenizer...).
+    Object { key: String },
+}
+
+/// A file about to be answered, with the headers every answer carries.
+pub struct ServedFile {
+    pub source: Source,
+    pub size: u64,
+    pub sha256: String,
+    /// `X-Repo-Commit` for Hugging Face clients.
+    pub commit: Option<String>,
+    pub cache_control: String,
+}
+
+impl ServedFile {
+    /// A catalog entry served from `blob` (if it has no object) or from its object.
+    pub fn from_entry(
+        entry: &FileEntry,
+        blob: Option<(Arc<Blob<ObjectSource>>, Precision)>,
+        commit: Option<String>,
+        cache_control: String,
+    ) -> ApiResult<ServedFile> {
+        let source = match (&entry.object_key, blob) {
+            (Some(key), _) => Source::Object { key: key.clone() },
+            (None, Some((blob, precision))) => {
+                let file = blob.file(precision, Some(&entry.path))?.clone();
+                if file.sha256 != entry.sha256 || file.size != entry.size {
+                    return Err(ApiError::internal(
+                        "blob index disagrees with the catalog",
+                        &entry.path,
+                    ));
+                }
+                Source::Blob {
+                    blob,
+                    file,
+                    precision,
+                }
+            }
+            (None, None) => return Err(ApiError::internal("no blob for a blob file", &entry.path)),
+        };
+        Ok(ServedFile {
+            source,
+            size: entry.size,
+            sha256: entry.sha256.clone(),
+            commit,
+            cache_control,
+        })
+    }
+}
+
+/// `Cache-Control` for a URL pinned to an immutable revision, or naming a moving branch.
+pub fn cache_control(pinned: bool, branch_max_age: u64) -> String {
+    if pinned {
+        "public, max-age=31536000, immutable".into()
+    } else {
+        format!("public, max-age={branch_max_age}")
+    }
+}
+
+/// Answers GET or HEAD for `file`, honouring `If-None-Match`, `Range` and `If-Range`.
+pub async fn respond(
+    state: &AppState,
+    file: ServedFile,
+    method: &Method,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let etag = format!("\"{}\"", file.sha256);
+    let mut builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, &file.cache_control);
+    if let Some(commit) = &file.commit {
+        builder = builder.header("x-repo-commit", commit);
+    }
+    if none_match(headers, &file.sha256) {
+        return Ok(builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .expect("valid response"));
+    }
+    let range = if if_range_allows(headers, &etag) {
+        match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+            Some(spec) => parse_range(spec, file.size).map_err(|()| ApiError {
+                total: Some(file.size),
+                ..ApiError::new(
+                    ErrorKind::RangeNotSatisfiable,
+                    format!("range {spec:?} is outside the {}-byte file", file.size),
+                )
+            })?,
+            None => None,
+        }
+    } else {
+        None
+    };
+    let (status, span) = match range {
+        Some(r) => {
+            builder = builder.header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{}", r.start, r.end - 1, file.size),
+            );
+            (StatusCode::PARTIAL_CONTENT, r)
+        }
+        None => (StatusCode::OK, 0..file.size),
+    };
+    builder = builder
+        .status(status)
+        .header(header::CONTENT_LENGTH, span.end - span.start)
+        .header(header::CONTENT_TYPE, content_type(&file));
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        body_of(state, file, span).await?
+    };
+    Ok(builder.body(body).expect("valid response"))
+}
+
+fn content_type(file: &ServedFile) -> HeaderValue {
+    let name = match &file.source {
+        Source::Blob { file, .. } => file.name.as_str(),
+        Source::Object { key } => key.as_str(),
+    };
+    HeaderValue::from_static(match name.rsplit('.').next() {
+        Some("json") => "application/json",
+        Some("txt" | "md") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    })
+}
+
+/// True when `If-None-Match` names this file's ETag (or `*`).
+fn none_match(headers: &HeaderMap, sha256: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
+        .any(|t| t == "*" || t == sha256)
+}
+
+/// `If-Range` with a different validator means "send the whole file".
+fn if_range_allows(headers: &HeaderMap, etag: &str) -> bool {
+    match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(v) => v.trim() == etag,
+    }
+}
+
+/// Parses a `Range` header against a file of `size` bytes. `Ok(None)`: ignore it (not a single
+/// byte range, or syntactically invalid, as RFC 9110 allows); `Err`: unsatisfiable (416). An end
+/// past the file is clamped, as download accelerators expect.
+pub fn parse_range(spec: &str, size: u64) -> Result<Option<Range<u64>>, ()> {
+    let Some(set) = spec.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if set.contains(',') {
+        return Ok(None);
+    }
+    let Some((first, last)) = set.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let number = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (first.trim().is_empty(), number(first), number(last)) {
+        (true, _, Some(n)) => {
+            if n == 0 || size == 0 {
+                Err(())
+            } else {
+                Ok(Some(size.saturating_sub(n)..size))
+            }
+        }
+        (false, Some(a), None) if last.trim().is_empty() => {
+            if a >= size {
+                Err(())
+            } else {
+                Ok(Some(a..size))
+            }
+        }
+        (false, Some(a), Some(b)) if a <= b => {
+            if a >= size {
+                Err(())
+            } else {
+                Ok(Some(a..b.saturating_add(1).min(size)))
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+async fn body_of(state: &AppState, file: ServedFile, span: Range<u64>) -> ApiResult<Body> {
+    match file.source {
+        Source::Blob {
+            blob,
+            file: output,
+            precision,
+        } => Ok(decoded_body(state, blob, output, precision, span)),
+        Source::Object { key } => {
+            let whole = span.start == 0 && span.end == file.size;
+            let stream = state.objects.get_range_stream(&key, span).await?;
+            let served = state.metrics.clone();
+            let verified =
+                verify_stream(stream, whole.then_some(file.sha256), key).inspect(move |r| {
+                    if let Ok(b) = r {
+                        served.add_served(Served::Plain, b.len() as u64);
+                    }
+                });
+            Ok(Body::from_stream(verified))
+        }
+    }
+}
+
+/// Streams `span` of a blob output file. Decoding runs on a blocking thread and feeds a bounded
+/// channel, so a slow client slows the decoder instead of filling memory. A chunk that fails its
+/// checksum ends the body with an error: the connection is cut, and no wrong byte goes out.
+fn decoded_body(
+    state: &AppState,
+    blob: Arc<Blob<ObjectSource>>,
+    file: OutputFile,
+    precision: Precision,
+    span: Range<u64>,
+) -> Body {
+    let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(BODY_QUEUE);
+    let metrics = state.metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut out = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(BODY_PIECE),
+            sent: 0,
+        };
+        let len = span.end - span.start;
+        let result = blob
+            .write_range(&file, span, &mut out)
+            .and_then(|()| out.flush().map_err(Into::into));
+        let kind = Served::from(precision);
+        metrics.add_served(kind, out.sent);
+        match result {
+            Ok(()) => metrics.add_decode(kind, len, started.elapsed()),
+            Err(e) if out.client_gone() => {
+                tracing::debug!(file = %file.name, error = %e, "client went away")
+            }
+            Err(e) => {
+                metrics.add_failed_download();
+                tracing::error!(file = %file.name, error = %e, "download aborted: blob failed to decode");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// `Write` into the body channel, in `BODY_PIECE` messages; blocks while the client is behind.
+struct ChannelWriter {
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+    sent: u64,
+}
+
+impl ChannelWriter {
+    fn client_gone(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    fn send_buffered(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(BODY_PIECE),
+        ));
+        let n = piece.len() as u64;
+        self.tx.blocking_send(Ok(piece)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "client closed the connection",
+            )
+        })?;
+        self.sent += n;
+        Ok(())
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = BODY_PIECE - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == BODY_PIECE {
+            self.send_buffered()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_buffered()
+    }
+}
+
+/// Passes an object's bytes through; when it is sent whole, hashes them and holds the last piece
+/// back until the sha256 matches the catalog, so a damaged object never arrives complete.
+fn verify_stream(
+    inner: futures::stream::BoxStream<'static, Result<Bytes, crate::storage::StorageError>>,
+    expected: Option<String>,
+    key: String,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
+    struct St {
+        inner: futures::stream::BoxStream<'static, Result<Bytes, crate::storage::StorageError>>,
+        hasher: Sha256,
+        held: Option<Bytes>,
+        expected: Option<String>,
+        key: String,
+        done: bool,
+    }
+    let st = St {
+        inner,
+        hasher: Sha256::new(),
+        held: None,
+        expected,
+        key,
+        done: false,
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            match st.inner.next().await {
+                Some(Ok(b)) => {
+                    if st.expected.is_none() {
+                        return Some((Ok(b), st));
+                    }
+                    st.hasher.update(&b);
+                    if let Some(prev) = st.held.replace(b) {
+                        return Some((Ok(prev), st));
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::error!(key = %st.key, error = %e, "object read failed mid-body");
+                    st.done = true;
+                    return Some((Err(std::io::Error::other(e.to_string())), st));
+                }
+                None => {
+                    st.done = true;
+                    let expected = st.expected.take()?;
+                    let actual = hex::encode(std::mem::take(&mut st.hasher).finalize());
+                    if actual != expected {
+                        tracing::error!(key = %st.key, "object does not match its sha256; download aborted");
+                        return Some((Err(std::io::Error::other("checksum mismatch")), st));
+                    }
+                    return st.held.take().map(|b| (Ok(b), st));
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-0", 10), Ok(Some(0..1)));
+        assert_eq!(parse_range("bytes=2-5", 10), Ok(Some(2..6)));
+        assert_eq!(parse_range("bytes=2-", 10), Ok(Some(2..10)));
+        assert_eq!(parse_range("bytes=-3", 10), Ok(Some(7..10)));
+        assert_eq!(parse_range("bytes=-30", 10), Ok(Some(0..10)));
+        assert_eq!(parse_range("bytes=5-99", 10), Ok(Some(5..10)));
+        assert_eq!(parse_range("bytes=10-", 10), Err(()));
+        assert_eq!(parse_range("bytes=10-12", 10), Err(()));
+        assert_eq!(parse_range("bytes=-0", 10), Err(()));
+        assert_eq!(parse_range("bytes=0-0", 0), Err(()));
+        assert_eq!(parse_range("bytes=5-2", 10), Ok(None));
+        assert_eq!(parse_range("bytes=0-1,4-5", 10), Ok(None));
+        assert_eq!(parse_range("items=0-1", 10), Ok(None));
+        assert_eq!(parse_range("bytes=a-b", 10), Ok(None));
+        assert_eq!(parse_range("bytes=+1-2", 10), Ok(None));
+    }
+
+    #[test]
+    fn etags_match_quoted_weak_and_star() {
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, "W/\"abc\", \"def\"".parse().unwrap());
+        assert!(none_match(&h, "abc"));
+        assert!(none_match(&h, "def"));
+        assert!(!none_match(&h, "ab"));
+        h.insert(header::IF_NONE_MATCH, "*".parse().unwrap());
+        assert!(none_match(&h, "x"));
+    }
+}

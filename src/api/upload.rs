@@ -1,0 +1,480 @@
+//! `POST /models/{name}`: receive a checkpoint, encode it into one blob, store it, and make the
+//! new revision visible in one catalog transaction.
+//!
+//! Memory is bounded independently of model size: the body streams to a spool directory under
+//! `data_dir/tmp` (hashed as it flows, each safetensors header checked as soon as its file has
+//! arrived), the encoder works in bounded batches, and the blob goes to the object store in 8 MiB
+//! multipart parts. Temporary disk: the upload itself plus its blob (roughly 1.7x the upload),
+//! removed when the request ends, whether it succeeded, failed or was aborted. Objects written
+//! before a failure are deleted; nothing is visible until the catalog commit.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+
+use axum::Json;
+use axum::extract::{FromRequest, Multipart, Request};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ErrorKind};
+use super::names;
+use super::revisions::new_commit_id;
+use crate::codec::quantize::HighDtype;
+use crate::format::{EncodeInput, EncodeOptions, EncodeSummary, OutputFile};
+use crate::storage::catalog::now_millis;
+use crate::storage::{FileEntry, FileSet, NewRevision, Objects, Revision};
+
+/// Name given to the weights of a raw-body upload.
+const RAW_BODY_NAME: &str = "model.safetensors";
+/// Multipart field name for files of a supplied INT8 checkpoint.
+const INT8_FIELD: &str = "int8";
+
+/// A plain (non-weight) file of the upload, spooled.
+struct PlainFile {
+    path: String,
+    local: PathBuf,
+    size: u64,
+    sha256: String,
+}
+
+/// The upload as it lands on local disk.
+struct Spool {
+    dir: tempfile::TempDir,
+    high: Vec<(PathBuf, String)>,
+    shard_index: Option<PathBuf>,
+    int8: Vec<PathBuf>,
+    plain: Vec<PlainFile>,
+    received: u64,
+}
+
+impl Spool {
+    fn new(state: &AppState) -> ApiResult<Spool> {
+        let root = state.config.storage.data_dir.join("tmp");
+        let dir = std::fs::create_dir_all(&root)
+            .and_then(|()| tempfile::Builder::new().prefix("upload-").tempdir_in(&root))
+            .map_err(|e| ApiError::internal("creating the upload spool", e))?;
+        for sub in ["high", "int8", "plain"] {
+            std::fs::create_dir(dir.path().join(sub))
+                .map_err(|e| ApiError::internal("creating the upload spool", e))?;
+        }
+        Ok(Spool {
+            dir,
+            high: Vec::new(),
+            shard_index: None,
+            int8: Vec::new(),
+            plain: Vec::new(),
+            received: 0,
+        })
+    }
+
+    fn file_count(&self) -> usize {
+        self.high.len()
+            + self.int8.len()
+            + self.plain.len()
+            + usize::from(self.shard_index.is_some())
+    }
+}
+
+pub(super) async fn upload(state: AppState, name: &str, request: Request) -> ApiResult<Response> {
+    state
+        .writes
+        .check(&state.catalog, request.headers())
+        .await?;
+    let result = receive_and_store(&state, name, request).await;
+    match &result {
+        Ok((_, received)) => state.metrics.add_upload(true, *received),
+        Err(e) => {
+            state.metrics.add_upload(false, 0);
+            tracing::info!(model = name, code = e.kind.code(), message = %e.message, "upload refused");
+        }
+    }
+    result.map(|(response, _)| response)
+}
+
+async fn receive_and_store(
+    state: &AppState,
+    name: &str,
+    request: Request,
+) -> ApiResult<(Response, u64)> {
+    let mut spool = Spool::new(state)?;
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("multipart/form-data"));
+    if is_multipart {
+        let form = Multipart::from_request(request, &())
+            .await
+            .map_err(|e| ApiError::bad_request(format!("multipart body: {e}")))?;
+        receive_form(state, form, &mut spool).await?;
+    } else {
+        let dest = spool.dir.path().join("high").join(RAW_BODY_NAME);
+        let limit = state.config.limits.max_upload_bytes;
+        let (size, sha) = spool_stream(
+            request.into_body().into_data_stream(),
+            &dest,
+            limit,
+            RAW_BODY_NAME,
+        )
+        .await?;
+        check_safetensors(&dest, RAW_BODY_NAME).await?;
+        spool.received = size;
+        spool.high.push((dest, sha));
+    }
+    if spool.high.is_empty() {
+        return Err(ApiError::bad_request(
+            "the upload has no .safetensors weights",
+        ));
+    }
+    let received = spool.received;
+    let (spool, summary) = encode(spool).await?;
+    let response = store_revision(state, name, &spool, &summary).await?;
+    Ok((response, received))
+}
+
+/// Reads every form field into the spool, classifying it by field name and file name.
+async fn receive_form(state: &AppState, mut form: Multipart, spool: &mut Spool) -> ApiResult<()> {
+    let limits = &state.config.limits;
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("multipart body: {e}")))?
+    {
+        if spool.file_count() >= limits.max_files {
+            return Err(ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("more than {} files in one upload", limits.max_files),
+            ));
+        }
+        let field_name = field.name().unwrap_or_default().to_string();
+        let Some(path) = field.file_name().map(str::to_string) else {
+            return Err(ApiError::bad_request(format!(
+                "form field {field_name:?} is not a file (send files with a filename)"
+            )));
+        };
+        names::check_file_path(&path)?;
+        let is_weights = path.ends_with(".safetensors");
+        let is_shard_index = path.ends_with(".safetensors.index.json");
+        if (is_weights || field_name == INT8_FIELD) && path.contains('/') {
+            return Err(ApiError::bad_request(format!(
+                "{path:?}: weight files must be at the top of the repo"
+            )));
+        }
+        let left = limits.max_upload_bytes.saturating_sub(spool.received);
+        let (dest, limit) = if field_name == INT8_FIELD {
+            if !is_weights {
+                return Err(ApiError::bad_request(format!(
+                    "{path:?}: the int8 field takes .safetensors files only"
+                )));
+            }
+            (spool.dir.path().join("int8").join(&path), left)
+        } else if is_weights || is_shard_index {
+            (spool.dir.path().join("high").join(&path), left)
+        } else {
+            let local = spool
+                .dir
+                .path()
+                .join("plain")
+                .join(spool.plain.len().to_string());
+            (local, left.min(limits.max_plain_file_bytes))
+        };
+        if dest.exists() || spool.plain.iter().any(|p| p.path == path) {
+            return Err(ApiError::bad_request(format!("{path:?} appears twice")));
+        }
+        let (size, sha256) = spool_stream(field, &dest, limit, &path).await?;
+        spool.received += size;
+        if field_name == INT8_FIELD {
+            check_safetensors(&dest, &path).await?;
+            spool.int8.push(dest);
+        } else if is_weights {
+            check_safetensors(&dest, &path).await?;
+            spool.high.push((dest, sha256));
+        } else if is_shard_index {
+            if spool.shard_index.is_some() {
+                return Err(ApiError::bad_request("more than one shard index"));
+            }
+            spool.shard_index = Some(dest);
+        } else {
+            spool.plain.push(PlainFile {
+                path,
+                local: dest,
+                size,
+                sha256,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes a body stream to `dest`, hashing it; more than `limit` bytes is a 413.
+async fn spool_stream<S, E>(
+    mut stream: S,
+    dest: &Path,
+    limit: u64,
+    what: &str,
+) -> ApiResult<(u64, String)>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Display,
+{
+    let spool_err = |e: std::io::Error| ApiError::internal("writing the upload spool", e);
+    let file = tokio::fs::File::create(dest).await.map_err(spool_err)?;
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(piece) = stream.next().await {
+        let piece = piece
+            .map_err(|e| ApiError::bad_request(format!("{what}: the upload ended early ({e})")))?;
+        size += piece.len() as u64;
+        if size > limit {
+            return Err(ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("{what}: the upload is larger than the {limit}-byte limit"),
+            ));
+        }
+        hasher.update(&piece);
+        out.write_all(&piece).await.map_err(spool_err)?;
+    }
+    out.flush().await.map_err(spool_err)?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// Rejects a file that is not safetensors as soon as it has arrived.
+async fn check_safetensors(path: &Path, name: &str) -> ApiResult<()> {
+    let path = path.to_owned();
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || -> ApiResult<()> {
+        let bad = |e: &dyn Display| ApiError::bad_request(format!("{name}: {e}"));
+        let mut f = std::fs::File::open(&path).map_err(|e| ApiError::internal("spool", e))?;
+        let len = f
+            .metadata()
+            .map_err(|e| ApiError::internal("spool", e))?
+            .len();
+        let header = crate::safetensors::read_header(&mut std::io::BufReader::new(&mut f))
+            .map_err(|e| bad(&e))?;
+        header.check_file_len(len).map_err(|e| bad(&e))
+    })
+    .await
+    .map_err(|e| ApiError::internal("header check task", e))?
+}
+
+/// Encodes the spooled checkpoint into `spool/model.qstore` on a blocking thread. The spool moves
+/// into the task and back, so an aborted request cannot delete it mid-encode.
+async fn encode(spool: Spool) -> ApiResult<(Spool, EncodeSummary)> {
+    tokio::task::spawn_blocking(move || {
+        let input = EncodeInput {
+            high: spool.high.iter().map(|(p, _)| p.clone()).collect(),
+            shard_index: spool.shard_index.clone(),
+            int8: spool.int8.clone(),
+        };
+        let out = spool.dir.path().join("model.qstore");
+        let summary =
+            crate::format::encode_to_path(&input, &EncodeOptions::default(), &out, &|_| {})?;
+        for (path, sha) in &spool.high {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let stored = summary.index.high_files.iter().find(|f| f.name == name);
+            if stored.map(|f| &f.sha256) != Some(sha) {
+                return Err(ApiError::internal(
+                    "the blob does not reproduce an uploaded file",
+                    name,
+                ));
+            }
+        }
+        Ok((spool, summary))
+    })
+    .await
+    .map_err(|e| ApiError::internal("encode task", e))?
+}
+
+/// Deletes a revision's objects unless the revision was committed, including when the request
+/// future is dropped halfway (client gone, shutdown).
+struct Uncommitted {
+    objects: Objects,
+    prefix: String,
+    armed: bool,
+}
+
+impl Drop for Uncommitted {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (objects, prefix) = (self.objects.clone(), std::mem::take(&mut self.prefix));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = objects.delete_prefix(&prefix).await {
+                    tracing::warn!(%prefix, error = %e, "leftovers of a failed upload remain");
+                }
+            });
+        }
+    }
+}
+
+/// Puts the blob and plain files, then commits the catalog rows.
+async fn store_revision(
+    state: &AppState,
+    name: &str,
+    spool: &Spool,
+    summary: &EncodeSummary,
+) -> ApiResult<Response> {
+    let id = new_commit_id().map_err(|e| ApiError::internal("random commit id", e))?;
+    let int8_id = new_commit_id().map_err(|e| ApiError::internal("random commit id", e))?;
+    let mut guard = Uncommitted {
+        objects: state.objects.clone(),
+        prefix: format!("revisions/{id}/"),
+        armed: true,
+    };
+    let index = &summary.index;
+    let high_dtype = match index.high_dtype {
+        HighDtype::Bf16 => "bf16",
+        HighDtype::F16 => "fp16",
+    };
+    let blob_key = Objects::blob_key(&id);
+    state
+        .objects
+        .put_file(&blob_key, &spool.dir.path().join("model.qstore"))
+        .await?;
+
+    let mut files: Vec<(FileSet, FileEntry)> = Vec::new();
+    let blob_entry = |f: &OutputFile| FileEntry {
+        path: f.name.clone(),
+        size: f.size,
+        sha256: f.sha256.clone(),
+        object_key: None,
+    };
+    files.extend(
+        index
+            .high_files
+            .iter()
+            .map(|f| (FileSet::High, blob_entry(f))),
+    );
+    files.extend(
+        index
+            .int8_files
+            .iter()
+            .map(|f| (FileSet::Int8, blob_entry(f))),
+    );
+    let mut plain_size = 0;
+    for p in &spool.plain {
+        let key = Objects::file_key(&id, "files", &p.path);
+        state.objects.put_file(&key, &p.local).await?;
+        plain_size += p.size;
+        let entry = FileEntry {
+            path: p.path.clone(),
+            size: p.size,
+            sha256: p.sha256.clone(),
+            object_key: Some(key),
+        };
+        if p.path == "config.json" {
+            let int8 = int8_config(&p.local, high_dtype).await?;
+            let key = Objects::file_key(&id, "int8", &p.path);
+            let entry8 = FileEntry {
+                path: p.path.clone(),
+                size: int8.len() as u64,
+                sha256: hex::encode(Sha256::digest(&int8)),
+                object_key: Some(key.clone()),
+            };
+            plain_size += entry8.size;
+            state.objects.put_bytes(&key, int8).await?;
+            files.push((FileSet::High, entry));
+            files.push((FileSet::Int8, entry8));
+        } else {
+            files.push((FileSet::Both, entry));
+        }
+    }
+
+    let total = |fs: &[OutputFile]| fs.iter().map(|f| f.size).sum::<u64>();
+    let revision = Revision {
+        id: id.clone(),
+        int8_id: int8_id.clone(),
+        repo: name.to_string(),
+        blob_key,
+        blob_size: summary.blob_len,
+        high_dtype: high_dtype.into(),
+        high_size: total(&index.high_files),
+        int8_size: total(&index.int8_files),
+        plain_size,
+        tensors: (index.streams.iter().filter(|s| s.dtype.is_some()).count()
+            + index.quantized.len()) as u64,
+        quantized: index.quantized.len() as u64,
+        created_at: now_millis(),
+    };
+    let new = NewRevision {
+        revision,
+        files,
+        branches: vec!["main".into(), high_dtype.into(), "int8".into()],
+    };
+    state.catalog.commit_revision(&new).await?;
+    guard.armed = false;
+    tracing::info!(model = name, revision = %id, blob_bytes = summary.blob_len, "upload committed");
+    Ok((StatusCode::CREATED, Json(upload_report(name, &new))).into_response())
+}
+
+/// The config.json of the INT8 files: the original plus bitsandbytes' `quantization_config`, as
+/// transformers writes it when saving an LLM.int8 model.
+async fn int8_config(path: &Path, high_dtype: &str) -> ApiResult<Bytes> {
+    let raw = tokio::fs::read(path)
+        .await
+        .map_err(|e| ApiError::internal("reading the spooled config", e))?;
+    let mut config: serde_json::Map<String, Value> = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad_request(format!("config.json is not a JSON object: {e}")))?;
+    config.insert(
+        "quantization_config".into(),
+        json!({
+            "_load_in_4bit": false,
+            "_load_in_8bit": true,
+            "bnb_4bit_compute_dtype": "float32",
+            "bnb_4bit_quant_storage": "uint8",
+            "bnb_4bit_quant_type": "fp4",
+            "bnb_4bit_use_double_quant": false,
+            "llm_int8_enable_fp32_cpu_offload": false,
+            "llm_int8_has_fp16_weight": false,
+            "llm_int8_skip_modules": null,
+            "llm_int8_threshold": 6.0,
+            "load_in_4bit": false,
+            "load_in_8bit": true,
+            "quant_method": "bitsandbytes"
+        }),
+    );
+    let dtype = if high_dtype == "bf16" {
+        "bfloat16"
+    } else {
+        "float16"
+    };
+    config.insert("dtype".into(), json!(dtype));
+    let mut out = serde_json::to_vec_pretty(&config).expect("JSON values serialise");
+    out.push(b'\n');
+    Ok(Bytes::from(out))
+}
+
+/// The 201 body: what was stored and what it saves.
+fn upload_report(name: &str, new: &NewRevision) -> Value {
+    let r = &new.revision;
+    let list = |set: FileSet| -> Vec<Value> {
+        new.files
+            .iter()
+            .filter(|(s, _)| *s == set || *s == FileSet::Both)
+            .map(|(_, f)| json!({"path": f.path, "size": f.size, "sha256": f.sha256}))
+            .collect()
+    };
+    let separate = r.high_size + r.int8_size;
+    json!({
+        "name": name,
+        "revision": r.id,
+        "commits": {r.high_dtype.as_str(): r.id, "int8": r.int8_id},
+        "files": {r.high_dtype.as_str(): list(FileSet::High), "int8": list(FileSet::Int8)},
+        "blob_bytes": r.blob_size,
+        "stored_bytes": r.blob_size + r.plain_size,
+        "separate_bytes": separate,
+        "ratio": if r.blob_size == 0 { 0.0 } else { separate as f64 / r.blob_size as f64 },
+    })
+}

@@ -1,0 +1,284 @@
+//! Server configuration: one typed struct, layered defaults < TOML file < environment
+//! (`QSTORE__SECTION__KEY`) < command-line flags. Unknown keys are an error at every layer, so a
+//! typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything `qstore serve` (and `migrate`, `token`) reads at start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub catalog: CatalogConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// How long downloads in flight may continue after SIGINT/SIGTERM.
+    pub shutdown_timeout_secs: u64,
+    /// Run catalog migrations at start (turn off when `qstore migrate` runs as its own step).
+    pub run_migrations: bool,
+    /// `Cache-Control: max-age` for branch URLs, whose content moves when a new upload lands.
+    pub branch_max_age_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_timeout_secs: 30,
+            run_migrations: true,
+            branch_max_age_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Holds the local object store (`objects/`), the SQLite catalog and upload spool (`tmp/`).
+    pub data_dir: PathBuf,
+    /// Object store backend; `local` keeps objects under `data_dir/objects`.
+    pub backend: StorageBackend,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./data"),
+            backend: StorageBackend::Local,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Local,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// sqlx URL; empty means a SQLite file at `data_dir/catalog.db`.
+    pub database_url: String,
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Bearer tokens allowed to write, in addition to those made by `qstore token create`.
+    pub tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest upload body (all files together), in bytes.
+    pub max_upload_bytes: u64,
+    /// Largest non-safetensors file in an upload (config, tokenizer...), in bytes.
+    pub max_plain_file_bytes: u64,
+    /// Most files in one upload.
+    pub max_files: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_upload_bytes: 256 << 30,
+            max_plain_file_bytes: 256 << 20,
+            max_files: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `qstore=debug,tower_http=info`.
+    pub level: String,
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            json: false,
+        }
+    }
+}
+
+/// Values given on the command line; they override every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Builds the configuration from its layers. `env` is the process environment (passed in so
+    /// tests need not mutate the real one).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(format!("config file {} does not exist", file.display()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("QSTORE__"))
+            .collect();
+        figment = figment.merge(Serialized::defaults(env_tree(&vars)?));
+        let mut config: Config = figment.extract().map_err(|e| e.to_string())?;
+        if let Some(listen) = flags.listen {
+            config.server.listen = listen;
+        }
+        if let Some(dir) = &flags.data_dir {
+            config.storage.data_dir = dir.clone();
+        }
+        Ok(config)
+    }
+
+    /// The catalog URL, defaulting to SQLite under the data directory.
+    pub fn database_url(&self) -> String {
+        if self.catalog.database_url.is_empty() {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.storage.data_dir.join("catalog.db").display()
+            )
+        } else {
+            self.catalog.database_url.clone()
+        }
+    }
+}
+
+/// Turns `QSTORE__SECTION__KEY=value` pairs into a nested TOML table. Values are parsed as TOML
+/// (numbers, booleans, arrays) and fall back to plain strings.
+fn env_tree(vars: &[(String, String)]) -> Result<toml::Table, String> {
+    let mut root = toml::Table::new();
+    for (key, raw) in vars {
+        let parts: Vec<String> = key["QSTORE__".len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if parts.iter().any(String::is_empty) {
+            return Err(format!("environment variable {key}: empty key segment"));
+        }
+        let value = parse_env_value(raw);
+        let (last, sections) = parts.split_last().expect("split yields one part at least");
+        let mut table = &mut root;
+        for section in sections {
+            table = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| format!("environment variable {key}: {section} is not a section"))?;
+        }
+        table.insert(last.clone(), value);
+    }
+    Ok(root)
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let wrapped = format!("v = {raw}");
+    match wrapped.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("the key was just parsed"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.database_url().starts_with("sqlite://./data/catalog.db"));
+    }
+
+    #[test]
+    fn the_documented_default_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let c = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"0.0.0.0:9000\"\nshutdown_timeout_secs = 5\n[auth]\ntokens = [\"a\"]\n",
+        )
+        .unwrap();
+        let vars = env(&[
+            ("QSTORE__SERVER__SHUTDOWN_TIMEOUT_SECS", "7"),
+            ("QSTORE__AUTH__TOKENS", "[\"b\", \"c\"]"),
+            ("QSTORE__CATALOG__DATABASE_URL", "postgres://u@h/db"),
+            ("QSTORE_SLOW_TESTS", "1"),
+        ]);
+        let flags = Overrides {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            data_dir: Some("/srv/q".into()),
+        };
+        let c = Config::load(Some(&file), vars, &flags).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(c.server.shutdown_timeout_secs, 7);
+        assert_eq!(c.auth.tokens, ["b", "c"]);
+        assert_eq!(c.database_url(), "postgres://u@h/db");
+        assert_eq!(c.storage.data_dir, PathBuf::from("/srv/q"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[server]\nlisten_addr = \"0.0.0.0:9000\"\n").unwrap();
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.contains("listen_addr"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("QSTORE__SERVR__LISTEN", "x")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("servr"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("QSTORE__SERVER__LISTEN", "nowhere")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("listen"), "{err}");
+    }
+}

@@ -1,0 +1,120 @@
+//! Running the registry: open storage, migrate, bind, serve until told to stop, then let
+//! downloads in flight finish for a bounded time.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+
+use crate::api::{AppState, BlobCache, WritePolicy, app, metrics::Metrics};
+use crate::config::Config;
+use crate::storage::{Catalog, Objects};
+
+/// Opens the catalog (migrating it if configured to) and the object store.
+pub async fn state(config: Config) -> Result<AppState> {
+    let catalog = open_catalog(&config).await?;
+    if config.server.run_migrations {
+        catalog
+            .migrate()
+            .await
+            .context("running catalog migrations")?;
+    }
+    let objects = Objects::open(&config).context("opening the object store")?;
+    let writes = WritePolicy::new(&config.auth.tokens, config.server.listen.ip().is_loopback());
+    Ok(AppState {
+        config: Arc::new(config),
+        catalog,
+        objects,
+        metrics: Arc::new(Metrics::default()),
+        blobs: Arc::new(BlobCache::default()),
+        writes: Arc::new(writes),
+    })
+}
+
+/// Connects to the configured catalog.
+pub async fn open_catalog(config: &Config) -> Result<Catalog> {
+    Catalog::connect(&config.database_url(), config.catalog.max_connections)
+        .await
+        .context("connecting to the catalog")
+}
+
+/// A server bound to its port, not yet serving.
+pub struct Bound {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Bound {
+    /// Binds the configured address (port 0 picks a free one).
+    pub async fn new(config: Config) -> Result<Bound> {
+        let listen = config.server.listen;
+        let state = state(config).await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        Ok(Bound { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound socket has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then waits for requests in flight for at most the
+    /// configured shutdown timeout.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let addr = self.local_addr();
+        let timeout = Duration::from_secs(self.state.config.server.shutdown_timeout_secs);
+        let db_tokens = self.state.catalog.token_count().await.unwrap_or(0);
+        if self.state.writes.writes_refused(db_tokens) {
+            tracing::warn!(
+                "no API token is configured and {addr} is not loopback: uploads and deletes are refused \
+                 (set auth.tokens or run `qstore token create`)"
+            );
+        }
+        tracing::info!(%addr, data_dir = %self.state.config.storage.data_dir.display(), "qstore listening");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server =
+            axum::serve(self.listener, app(self.state)).with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            });
+        let mut serving = tokio::spawn(server.into_future());
+        tokio::select! {
+            joined = &mut serving => return joined.context("server task")?.context("serving"),
+            () = shutdown => {}
+        }
+        tracing::info!(
+            timeout_secs = timeout.as_secs(),
+            "shutting down: finishing requests in flight"
+        );
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(timeout, serving).await {
+            Ok(joined) => joined.context("server task")?.context("serving")?,
+            Err(_) => tracing::warn!("shutdown timeout reached; dropping remaining connections"),
+        }
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
