@@ -233,6 +233,7 @@ where
             .map_err(|e| ApiError::bad_request(format!("{what}: the upload ended early ({e})")))?;
         size += piece.len() as u64;
         if size > limit {
+            drain_briefly(&mut stream).await;
             return Err(ApiError::new(
                 ErrorKind::PayloadTooLarge,
                 format!("{what}: the upload is larger than the {limit}-byte limit"),
@@ -243,6 +244,25 @@ where
     }
     out.flush().await.map_err(spool_err)?;
     Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// Reads and drops a little more of a refused body, so that a client still sending a moderately
+/// oversized upload gets to read the 413 instead of a reset connection. Bounded in bytes and time.
+async fn drain_briefly<S, E>(stream: &mut S)
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    const DRAIN_BYTES: usize = 32 << 20;
+    let drain = async {
+        let mut drained = 0;
+        while let Some(Ok(piece)) = stream.next().await {
+            drained += piece.len();
+            if drained > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
 }
 
 /// Rejects a file that is not safetensors as soon as it has arrived.

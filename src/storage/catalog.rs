@@ -107,17 +107,15 @@ impl Catalog {
     pub async fn commit_revision(&self, new: &NewRevision) -> Result<(), StorageError> {
         let r = &new.revision;
         let mut tx = self.pool.begin().await?;
-        let exists = sqlx::query("SELECT name FROM repos WHERE name = $1")
-            .bind(&r.repo)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            sqlx::query("INSERT INTO repos (name, created_at) VALUES ($1, $2)")
-                .bind(&r.repo)
-                .bind(r.created_at)
-                .execute(&mut *tx)
-                .await?;
-        }
+        // Write first: a transaction that reads before its first write cannot wait for SQLite's
+        // write lock (it fails with "database is locked" instead).
+        sqlx::query(
+            "INSERT INTO repos (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&r.repo)
+        .bind(r.created_at)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(&format!(
             "INSERT INTO revisions ({REVISION_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
@@ -266,6 +264,11 @@ impl Catalog {
     /// deletes afterwards (a crash in between leaves unreferenced objects, never dangling rows).
     pub async fn delete_repo(&self, repo: &str) -> Result<Option<Vec<Revision>>, StorageError> {
         let mut tx = self.pool.begin().await?;
+        // Write first (see commit_revision), then collect what is being removed.
+        sqlx::query("DELETE FROM branches WHERE repo = $1")
+            .bind(repo)
+            .execute(&mut *tx)
+            .await?;
         let rows = sqlx::query(&format!(
             "SELECT {REVISION_COLUMNS} FROM revisions WHERE repo = $1"
         ))
@@ -276,10 +279,6 @@ impl Catalog {
             .iter()
             .map(revision_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        sqlx::query("DELETE FROM branches WHERE repo = $1")
-            .bind(repo)
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(
             "DELETE FROM files WHERE revision IN (SELECT id FROM revisions WHERE repo = $1)",
         )

@@ -8,3 +8,4 @@ mod memory;
 mod ranges;
 mod real_weights;
 mod roundtrip;
+mod server;

@@ -1,0 +1,858 @@
+//! The registry server end to end: a real server on an ephemeral port, driven over HTTP.
+//!
+//! Backend-agnostic: the server's configuration comes from the same layers as in production, so
+//! `QSTORE_TEST_CONFIG=file.toml` or `QSTORE__CATALOG__DATABASE_URL=...` runs this suite
+//! unchanged against other object stores and catalogs. Repo names are unique per test, so tests
+//! may share one catalog.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use qstore::config::{Config, Overrides};
+use qstore::safetensors::Dtype;
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_RANGE, ETAG, IF_NONE_MATCH, IF_RANGE, RANGE};
+use serde_json::Value;
+
+use crate::helpers::{T, sha, write_st};
+
+/// A server running on its own runtime thread, as a separate process would.
+pub struct TestServer {
+    pub url: String,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What a test changes from the defaults.
+#[derive(Default, Clone)]
+pub struct Opts {
+    pub tokens: Vec<String>,
+    pub listen_any: bool,
+    pub max_upload_bytes: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        TestServer::with(Opts::default())
+    }
+
+    pub fn with(opts: Opts) -> TestServer {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+        let (dir, data_dir) = match &opts.data_dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().to_path_buf();
+                (Some(dir), path)
+            }
+        };
+        let listen = if opts.listen_any {
+            "0.0.0.0:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        let file = std::env::var_os("QSTORE_TEST_CONFIG").map(PathBuf::from);
+        let mut config = Config::load(
+            file.as_deref(),
+            std::env::vars(),
+            &Overrides {
+                listen: Some(listen.parse().unwrap()),
+                data_dir: Some(data_dir.clone()),
+            },
+        )
+        .unwrap();
+        config.auth.tokens.extend(opts.tokens.iter().cloned());
+        config.server.shutdown_timeout_secs = 10;
+        if let Some(n) = opts.max_upload_bytes {
+            config.limits.max_upload_bytes = n;
+        }
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let bound = qstore::server::Bound::new(config).await.unwrap();
+                addr_tx.send(bound.local_addr()).unwrap();
+                bound
+                    .serve(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        TestServer {
+            url: format!("http://127.0.0.1:{}", addr.port()),
+            data_dir,
+            _dir: dir,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Asks for a graceful shutdown and waits for the server to exit.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+/// A repo name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::rng().random::<u64>())
+}
+
+/// A small LLM-like BF16 model whose weights span several chunks.
+pub fn small_model(dir: &Path, seed: u64) -> PathBuf {
+    let path = dir.join("model.safetensors");
+    write_st(
+        &path,
+        &[("format", "pt")],
+        &[
+            T::llm("embed_tokens.weight", 64, 256, seed),
+            T::llm("layers.0.q_proj.weight", 1024, 768, seed + 1),
+            T::llm("layers.0.k_proj.weight", 512, 1024, seed + 2),
+            T::codes("norm.weight", Dtype::BF16, &[256], &vec![0x3f80; 256]),
+        ],
+    );
+    path
+}
+
+/// Uploads one file as the raw body; returns the status and JSON answer.
+pub async fn post_raw(s: &TestServer, name: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let r = client()
+        .post(s.at(&format!("/models/{name}")))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Uploads files as a multipart form: `(field, path in repo, bytes)`.
+pub async fn post_form(
+    s: &TestServer,
+    name: &str,
+    files: Vec<(&str, String, Vec<u8>)>,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut form = reqwest::multipart::Form::new();
+    for (field, path, bytes) in files {
+        form = form.part(
+            field.to_string(),
+            reqwest::multipart::Part::bytes(bytes).file_name(path),
+        );
+    }
+    let mut req = client()
+        .post(s.at(&format!("/models/{name}")))
+        .multipart(form);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn get(s: &TestServer, path: &str) -> reqwest::Response {
+    client().get(s.at(path)).send().await.unwrap()
+}
+
+pub async fn get_bytes(s: &TestServer, path: &str) -> (StatusCode, Bytes) {
+    let r = get(s, path).await;
+    let status = r.status();
+    (status, r.bytes().await.unwrap())
+}
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+/// Blob objects of every revision under the local data directory.
+fn revision_dirs(data_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data_dir.join("objects/revisions"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
+}
+
+fn spool_entries(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir.join("tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn upload_then_download_both_precisions_exactly() {
+    let s = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::read(small_model(dir.path(), 1)).unwrap();
+    let name = unique("m");
+    let (status, report) = post_raw(&s, &name, model.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{report}");
+    let revision = report["revision"].as_str().unwrap().to_string();
+    assert_eq!(revision.len(), 40);
+    assert!(report["ratio"].as_f64().unwrap() > 1.5, "{report}");
+
+    // The blob the server stored decodes to what a local encode gives.
+    let local = crate::helpers::encode(
+        dir.path(),
+        &[dir.path().join("model.safetensors")],
+        None,
+        &[],
+    );
+    let int8_local = crate::helpers::decode_all(&local, qstore::format::Precision::Int8);
+    let (st, bf16) = get_bytes(&s, &format!("/models/{name}/bf16")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(sha(&bf16), sha(&model));
+    let (st, int8) = get_bytes(&s, &format!("/models/{name}/int8")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(sha(&int8), sha(&int8_local[0].1));
+    assert_eq!(report["files"]["int8"][0]["sha256"], sha(&int8));
+    crate::helpers::check_derived_int8(&model, &int8, &|n| n.contains("proj"));
+
+    // Pinned by either commit id; the wrong precision is a clear 404.
+    let pinned = get(&s, &format!("/models/{name}/bf16?revision={revision}")).await;
+    assert_eq!(
+        pinned.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(sha(&pinned.bytes().await.unwrap()), sha(&model));
+    let branch = get(&s, &format!("/models/{name}/int8")).await;
+    assert_eq!(branch.headers()["cache-control"], "public, max-age=60");
+    let int8_commit = report["commits"]["int8"].as_str().unwrap();
+    let (_, again) = get_bytes(&s, &format!("/models/{name}/int8?revision={int8_commit}")).await;
+    assert_eq!(again, int8);
+    let r = get(&s, &format!("/models/{name}/fp16")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.headers()["x-error-code"], "RevisionNotFound");
+
+    // Listing and details.
+    let (_, list) = get_bytes(&s, "/models").await;
+    let list: Value = serde_json::from_slice(&list).unwrap();
+    let entry = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name.as_str())
+        .unwrap();
+    assert_eq!(entry["served_bytes"]["bf16"], model.len() as u64);
+    assert_eq!(entry["served_bytes"]["int8"], int8.len() as u64);
+    assert!(entry["savings"].as_f64().unwrap() > 0.3);
+    let (_, details) = get_bytes(&s, &format!("/models/{name}")).await;
+    let details: Value = serde_json::from_slice(&details).unwrap();
+    assert_eq!(details["branches"]["main"], revision.as_str());
+    assert_eq!(details["revisions"][0]["quantized_tensors"], 2);
+}
+
+#[tokio::test]
+async fn ranges_heads_and_conditional_requests() {
+    let s = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::read(small_model(dir.path(), 7)).unwrap();
+    let name = unique("r");
+    assert_eq!(
+        post_raw(&s, &name, model.clone()).await.0,
+        StatusCode::CREATED
+    );
+    let (_, int8) = get_bytes(&s, &format!("/models/{name}/int8")).await;
+    let c = client();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for (precision, full) in [("bf16", &model[..]), ("int8", &int8[..])] {
+        let url = s.at(&format!("/models/{name}/{precision}"));
+        let n = full.len() as u64;
+        let mut cases: Vec<(String, u64, u64)> = (0..40)
+            .map(|_| {
+                let a = rng.random_range(0..n);
+                let b = rng.random_range(a..n);
+                (format!("bytes={a}-{b}"), a, b + 1)
+            })
+            .collect();
+        cases.extend([
+            (format!("bytes=-{}", 1000), n - 1000, n),
+            (format!("bytes={}-", n - 5), n - 5, n),
+            (format!("bytes={}-{}", n - 10, n + 10_000_000), n - 10, n),
+            ("bytes=0-0".to_string(), 0, 1),
+            (format!("bytes=-{}", n + 5), 0, n),
+        ]);
+        for (spec, a, b) in cases {
+            let r = c.get(&url).header(RANGE, &spec).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{spec}");
+            assert_eq!(
+                r.headers()[CONTENT_RANGE],
+                format!("bytes {a}-{}/{n}", b - 1).as_str()
+            );
+            assert_eq!(r.headers()["content-length"], (b - a).to_string().as_str());
+            let body = r.bytes().await.unwrap();
+            assert!(
+                body[..] == full[a as usize..b as usize],
+                "{precision} {spec}"
+            );
+        }
+        for spec in [
+            format!("bytes={n}-"),
+            format!("bytes={}-{}", n, n + 4),
+            "bytes=-0".into(),
+        ] {
+            let r = c.get(&url).header(RANGE, &spec).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{spec}");
+            assert_eq!(r.headers()[CONTENT_RANGE], format!("bytes */{n}").as_str());
+        }
+        // Multiple ranges are answered with the whole file.
+        let r = c
+            .get(&url)
+            .header(RANGE, "bytes=0-1,5-6")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.bytes().await.unwrap().len() as u64, n);
+
+        let head = c.head(&url).send().await.unwrap();
+        assert_eq!(head.status(), StatusCode::OK);
+        assert_eq!(head.headers()["content-length"], n.to_string().as_str());
+        assert_eq!(head.headers()["accept-ranges"], "bytes");
+        let etag = head.headers()[ETAG].to_str().unwrap().to_string();
+        assert_eq!(etag, format!("\"{}\"", sha(full)));
+        assert!(head.bytes().await.unwrap().is_empty());
+
+        let r = c
+            .get(&url)
+            .header(IF_NONE_MATCH, &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(r.headers()[ETAG], etag.as_str());
+        assert!(r.bytes().await.unwrap().is_empty());
+        let r = c
+            .get(&url)
+            .header(IF_NONE_MATCH, "\"other\"")
+            .header(RANGE, "bytes=0-9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        let r = c
+            .get(&url)
+            .header(IF_RANGE, "\"stale\"")
+            .header(RANGE, "bytes=0-9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.bytes().await.unwrap().len() as u64, n);
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_and_store_nothing() {
+    let s = TestServer::with(Opts {
+        max_upload_bytes: Some(4 << 20),
+        ..Opts::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::read(small_model(dir.path(), 2)).unwrap();
+
+    // (Names are checked before the body is read: small bodies, so the answer is readable.)
+    let (st, v) = post_raw(&s, "a..b", b"x".to_vec()).await;
+    assert_eq!(
+        (st, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "BadRequest")
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("a..b"),
+        "{v}"
+    );
+    let (st, v) = post_raw(&s, "x/y/z", b"x".to_vec()).await;
+    assert_eq!(
+        (st, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "BadRequest")
+    );
+
+    let name = unique("bad");
+    let (st, v) = post_raw(&s, &name, b"definitely not safetensors".to_vec()).await;
+    assert_eq!(
+        (st, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "BadRequest"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("model.safetensors"),
+        "{v}"
+    );
+    let (st, v) = post_raw(&s, &name, model[..model.len() - 3].to_vec()).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = post_raw(&s, &name, vec![0u8; 5 << 20]).await;
+    assert_eq!(
+        (st, error_code(&v)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
+        "{v}"
+    );
+    let (st, v) = post_form(
+        &s,
+        &name,
+        vec![("file", "config.json".into(), b"{}".to_vec())],
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no .safetensors"),
+        "{v}"
+    );
+    let (st, v) = post_form(
+        &s,
+        &name,
+        vec![
+            ("file", "model.safetensors".into(), model.clone()),
+            ("file", "../escape.json".into(), b"{}".to_vec()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = post_form(
+        &s,
+        &name,
+        vec![
+            ("file", "model.safetensors".into(), model.clone()),
+            ("file", "config.json".into(), b"[not json".to_vec()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+
+    // Nothing of the refused uploads is visible or left behind.
+    let r = get(&s, &format!("/models/{name}")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.headers()["x-error-code"], "RepoNotFound");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(error_code(&v), "RepoNotFound");
+    wait_until(|| spool_entries(&s.data_dir) == 0 && revision_dirs(&s.data_dir).is_empty()).await;
+
+    let r = get(&s, &format!("/models/{name}/int8")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = get(&s, "/no/such/route/here").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = client().put(s.at("/models/x")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+/// Polls `cond` for up to five seconds (cleanup after an aborted request is asynchronous).
+pub async fn wait_until(cond: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cond(), "condition not reached within 5 s");
+}
+
+#[tokio::test]
+async fn writes_need_a_token_when_one_is_configured() {
+    let s = TestServer::with(Opts {
+        tokens: vec!["s3cret".into()],
+        ..Opts::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::read(small_model(dir.path(), 3)).unwrap();
+    let name = unique("auth");
+    let files = || vec![("file", "model.safetensors".to_string(), model.clone())];
+    let (st, v) = post_form(&s, &name, files(), None).await;
+    assert_eq!(
+        (st, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "Unauthorized")
+    );
+    let (st, _) = post_form(&s, &name, files(), Some("wrong")).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = post_form(&s, &name, files(), Some("s3cret")).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    // Reads are public.
+    assert_eq!(
+        get(&s, &format!("/models/{name}/int8")).await.status(),
+        StatusCode::OK
+    );
+    let r = client()
+        .delete(s.at(&format!("/models/{name}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = client()
+        .delete(s.at(&format!("/models/{name}")))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        get(&s, &format!("/models/{name}/int8")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let r = client()
+        .delete(s.at(&format!("/models/{name}")))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    if std::env::var_os("QSTORE_TEST_CONFIG").is_none() {
+        wait_until(|| revision_dirs(&s.data_dir).is_empty()).await;
+    }
+}
+
+#[tokio::test]
+async fn without_tokens_only_a_loopback_server_accepts_writes() {
+    let s = TestServer::with(Opts {
+        listen_any: true,
+        ..Opts::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::read(small_model(dir.path(), 4)).unwrap();
+    let (st, v) = post_raw(&s, &unique("open"), model).await;
+    assert_eq!(
+        (st, error_code(&v)),
+        (StatusCode::FORBIDDEN, "Forbidden"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no API token")
+    );
+}
+
+#[tokio::test]
+async fn tokens_made_by_the_cli_authorise_writes() {
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qstore"))
+        .args(["token", "create", "--name", "ci", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("qst_"));
+    let s = TestServer::with(Opts {
+        data_dir: Some(data.path().to_path_buf()),
+        listen_any: true,
+        ..Opts::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::read(small_model(dir.path(), 5)).unwrap();
+    let files = vec![("file", "model.safetensors".to_string(), model)];
+    let (st, _) = post_form(&s, &unique("tok"), files.clone(), None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = post_form(&s, &unique("tok"), files, Some(&token)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+}
+
+#[tokio::test]
+async fn sharded_upload_with_a_supplied_int8_checkpoint() {
+    let s = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let shard = |i: u32, tensors: &[T]| -> (String, Vec<u8>) {
+        let name = format!("model-0000{i}-of-00002.safetensors");
+        let path = dir.path().join(&name);
+        write_st(&path, &[("format", "pt")], tensors);
+        (name, std::fs::read(path).unwrap())
+    };
+    let (n1, s1) = shard(
+        1,
+        &[
+            T::llm("embed_tokens.weight", 10, 64, 1),
+            T::llm("l0.q_proj.weight", 128, 64, 2),
+        ],
+    );
+    let (n2, s2) = shard(2, &[T::llm("l1.q_proj.weight", 256, 64, 3)]);
+    let index = format!(
+        r#"{{"metadata": {{"total_size": {}}}, "weight_map": {{"embed_tokens.weight": "{n1}", "l0.q_proj.weight": "{n1}", "l1.q_proj.weight": "{n2}"}}}}"#,
+        2 * (10 * 64 + 128 * 64 + 256 * 64)
+    );
+    let name = unique("sharded");
+    let (st, v) = post_form(
+        &s,
+        &name,
+        vec![
+            ("file", n1.clone(), s1.clone()),
+            ("file", n2.clone(), s2.clone()),
+            (
+                "file",
+                "model.safetensors.index.json".into(),
+                index.clone().into_bytes(),
+            ),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = get_bytes(&s, &format!("/models/{name}/bf16")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v:?}");
+    assert!(String::from_utf8_lossy(&v).contains(&n2));
+    let (_, b1) = get_bytes(&s, &format!("/models/{name}/bf16?file={n1}")).await;
+    let (_, b2) = get_bytes(&s, &format!("/models/{name}/bf16?file={n2}")).await;
+    assert_eq!((sha(&b1), sha(&b2)), (sha(&s1), sha(&s2)));
+    let (_, idx) = get_bytes(
+        &s,
+        &format!("/models/{name}/bf16?file=model.safetensors.index.json"),
+    )
+    .await;
+    assert_eq!(idx, index.as_bytes());
+    let (_, i2) = get_bytes(&s, &format!("/models/{name}/int8?file={n2}")).await;
+    crate::helpers::check_derived_int8(&s2, &i2, &|n| n.contains("proj"));
+    assert_eq!(
+        get(&s, &format!("/models/{name}/int8?file=nope.safetensors"))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // A supplied INT8 checkpoint is served as given.
+    let one = dir.path().join("one.safetensors");
+    write_st(&one, &[], &[T::llm("a.weight", 64, 64, 9)]);
+    let high = std::fs::read(&one).unwrap();
+    let blob = crate::helpers::encode(dir.path(), &[one], None, &[]);
+    let int8 = crate::helpers::decode_all(&blob, qstore::format::Precision::Int8)
+        .remove(0)
+        .1;
+    let name = unique("paired");
+    let (st, v) = post_form(
+        &s,
+        &name,
+        vec![
+            ("file", "model.safetensors".into(), high.clone()),
+            ("int8", "model.safetensors".into(), int8.clone()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(get_bytes(&s, &format!("/models/{name}/int8")).await.1, int8);
+    assert_eq!(get_bytes(&s, &format!("/models/{name}/bf16")).await.1, high);
+}
+
+#[tokio::test]
+async fn concurrent_uploads_and_downloads() {
+    let s = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let models: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            let sub = dir.path().join(i.to_string());
+            std::fs::create_dir(&sub).unwrap();
+            std::fs::read(small_model(&sub, 100 + i)).unwrap()
+        })
+        .collect();
+    let shared = unique("same");
+    let names: Vec<String> = (0..3).map(|_| unique("par")).collect();
+    let mut tasks = Vec::new();
+    for (i, m) in models.iter().enumerate() {
+        for target in [names[i].clone(), shared.clone()] {
+            let (url, body) = (s.at(&format!("/models/{target}")), m.clone());
+            tasks.push(tokio::spawn(async move {
+                client().post(url).body(body).send().await.unwrap().status()
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::CREATED);
+    }
+    let mut downloads = Vec::new();
+    for round in 0..2 {
+        for (i, m) in models.iter().enumerate() {
+            let url = s.at(&format!("/models/{}/{}", names[i], ["bf16", "int8"][round]));
+            let want = (round == 0).then(|| sha(m));
+            downloads.push(tokio::spawn(async move {
+                let body = client()
+                    .get(url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
+                (sha(&body), want)
+            }));
+        }
+    }
+    for d in downloads {
+        let (got, want) = d.await.unwrap();
+        if let Some(want) = want {
+            assert_eq!(got, want);
+        }
+    }
+    // The shared name kept all three revisions; main is one of them, served exactly.
+    let (_, details) = get_bytes(&s, &format!("/models/{shared}")).await;
+    let details: Value = serde_json::from_slice(&details).unwrap();
+    assert_eq!(details["revisions"].as_array().unwrap().len(), 3);
+    let (_, main) = get_bytes(&s, &format!("/models/{shared}/bf16")).await;
+    assert!(models.iter().any(|m| sha(m) == sha(&main)));
+}
+
+#[tokio::test]
+async fn an_upload_killed_midway_leaves_nothing() {
+    let s = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::read(small_model(dir.path(), 11)).unwrap();
+    let name = unique("killed");
+    let half = Bytes::from(model[..model.len() / 2].to_vec());
+    let stream = futures::stream::iter(vec![
+        Ok::<Bytes, std::io::Error>(half),
+        Err(std::io::Error::other("client died")),
+    ]);
+    let result = client()
+        .post(s.at(&format!("/models/{name}")))
+        .header("content-length", model.len().to_string())
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await;
+    assert!(result.is_err() || !result.unwrap().status().is_success());
+    wait_until(|| spool_entries(&s.data_dir) == 0).await;
+    assert_eq!(
+        get(&s, &format!("/models/{name}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert!(revision_dirs(&s.data_dir).is_empty());
+}
+
+#[tokio::test]
+async fn a_corrupted_blob_fails_the_download_instead_of_sending_wrong_bytes() {
+    let s = TestServer::start();
+    if std::env::var_os("QSTORE_TEST_CONFIG").is_some() {
+        return; // Needs the blob on the local disk to damage it.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::read(small_model(dir.path(), 12)).unwrap();
+    let name = unique("rot");
+    let (st, v) = post_raw(&s, &name, model.clone()).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let blob_path = s
+        .data_dir
+        .join("objects")
+        .join(qstore::storage::Objects::blob_key(
+            v["revision"].as_str().unwrap(),
+        ));
+    let mut blob = std::fs::read(&blob_path).unwrap();
+    let opened = qstore::format::Blob::open(blob.clone()).unwrap();
+    let [start, end] = opened.index().residual;
+    let mid = ((start + end) / 2) as usize;
+    blob[mid] ^= 0x5a;
+    std::fs::write(&blob_path, &blob).unwrap();
+
+    let r = get(&s, &format!("/models/{name}/bf16")).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "headers go out before the bad chunk"
+    );
+    let body = r.bytes().await;
+    assert!(body.is_err(), "the body must be cut, not completed");
+    // INT8 never reads the residual section, so it is still served whole and exact.
+    let (st, int8) = get_bytes(&s, &format!("/models/{name}/int8")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        sha(&int8),
+        v["files"]["int8"][0]["sha256"].as_str().unwrap()
+    );
+    let (_, metrics) = get_bytes(&s, "/metrics").await;
+    assert!(String::from_utf8_lossy(&metrics).contains("qstore_download_errors_total 1"));
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let s = TestServer::start();
+    assert_eq!(get_bytes(&s, "/healthz").await.0, StatusCode::OK);
+    assert_eq!(get_bytes(&s, "/readyz").await.0, StatusCode::OK);
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::read(small_model(dir.path(), 13)).unwrap();
+    let name = unique("met");
+    post_raw(&s, &name, model.clone()).await;
+    let (_, int8) = get_bytes(&s, &format!("/models/{name}/int8")).await;
+    let (_, text) = get_bytes(&s, "/metrics").await;
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    let value = |line: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{line} missing:\n{text}"))
+    };
+    assert_eq!(value("qstore_uploads_total"), 1);
+    assert_eq!(value("qstore_uploaded_bytes_total"), model.len() as u64);
+    assert_eq!(
+        value("qstore_served_bytes_total{kind=\"int8\"}"),
+        int8.len() as u64
+    );
+    assert_eq!(
+        value("qstore_decoded_bytes_total{precision=\"int8\"}"),
+        int8.len() as u64
+    );
+    assert!(value("qstore_http_requests_total{method=\"GET\",status=\"200\"}") >= 3);
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_download_in_flight_finish() {
+    let mut s = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::read(small_model(dir.path(), 14)).unwrap();
+    let name = unique("drain");
+    post_raw(&s, &name, model.clone()).await;
+    let mut r = get(&s, &format!("/models/{name}/bf16")).await;
+    let mut got = r.chunk().await.unwrap().unwrap().to_vec();
+    let url = s.url.clone();
+    let stopper = std::thread::spawn(move || s.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Some(piece) = r.chunk().await.unwrap() {
+        got.extend_from_slice(&piece);
+    }
+    assert_eq!(sha(&got), sha(&model));
+    stopper.join().unwrap();
+    assert!(client().get(format!("{url}/healthz")).send().await.is_err());
+}
