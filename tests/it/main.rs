@@ -3,6 +3,7 @@
 mod cli;
 mod corruption;
 mod helpers;
+mod hf_client;
 mod inputs;
 mod memory;
 mod ranges;

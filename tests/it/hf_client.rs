@@ -1,0 +1,173 @@
+//! The real MiniLM-L6 through the server: native downloads, and the real `huggingface_hub`
+//! client (tests/hf_client/check_hub.py) for revisions main, bf16 and int8.
+//!
+//! Needs `scripts/fetch-minilm.sh` (skipped with a message otherwise; QSTORE_REQUIRE_REAL_WEIGHTS=1
+//! makes it fail instead) and, for the client test, QSTORE_TEST_PYTHON naming a Python with
+//! huggingface_hub installed (QSTORE_REQUIRE_HF_CLIENT=1 makes its absence a failure).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::sha;
+use crate::server::{TestServer, get, get_bytes, post_form, unique};
+
+const MINILM: &str = "data/minilm";
+
+/// The BF16 weights and the repo's other files, or None (test skipped) when not fetched.
+fn minilm() -> Option<(Vec<u8>, Vec<(String, Vec<u8>)>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(MINILM);
+    let weights = root.join("model-bf16.safetensors");
+    if !weights.is_file() || !root.join("repo/config.json").is_file() {
+        assert!(
+            std::env::var_os("QSTORE_REQUIRE_REAL_WEIGHTS").is_none(),
+            "{} missing: run scripts/fetch-minilm.sh",
+            root.display()
+        );
+        eprintln!("skipped: real MiniLM weights not fetched (scripts/fetch-minilm.sh)");
+        return None;
+    }
+    let mut files = Vec::new();
+    collect(&root.join("repo"), &root.join("repo"), &mut files);
+    files.sort();
+    Some((std::fs::read(weights).unwrap(), files))
+}
+
+fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect(base, &path, out);
+        } else {
+            let rel = path
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            out.push((rel, std::fs::read(&path).unwrap()));
+        }
+    }
+}
+
+/// Uploads MiniLM with all its files; returns the 201 report.
+async fn upload_minilm(
+    s: &TestServer,
+    name: &str,
+    weights: &[u8],
+    files: &[(String, Vec<u8>)],
+) -> Value {
+    let mut form = vec![("file", "model.safetensors".to_string(), weights.to_vec())];
+    form.extend(files.iter().map(|(p, b)| ("file", p.clone(), b.clone())));
+    let (status, report) = post_form(s, name, form, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{report}");
+    report
+}
+
+/// The INT8 file a local encode derives from the same weights.
+fn local_int8(weights: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, weights).unwrap();
+    let blob = crate::helpers::encode(dir.path(), &[path], None, &[]);
+    crate::helpers::decode_all(&blob, qstore::format::Precision::Int8)
+        .remove(0)
+        .1
+}
+
+#[tokio::test]
+async fn minilm_upload_serves_both_precisions_byte_exact() {
+    let Some((weights, files)) = minilm() else {
+        return;
+    };
+    let s = TestServer::start();
+    let name = unique("st/minilm");
+    let report = upload_minilm(&s, &name, &weights, &files).await;
+    assert!(report["ratio"].as_f64().unwrap() >= 2.6, "{report}");
+
+    let (st, bf16) = get_bytes(&s, &format!("/models/{name}/bf16")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(sha(&bf16), sha(&weights));
+    let (_, int8) = get_bytes(&s, &format!("/models/{name}/int8")).await;
+    assert_eq!(sha(&int8), sha(&local_int8(&weights)));
+    for (path, bytes) in &files {
+        let (st, got) = get_bytes(&s, &format!("/{name}/resolve/main/{path}")).await;
+        assert_eq!(st, StatusCode::OK, "{path}");
+        assert_eq!(sha(&got), sha(bytes), "{path}");
+    }
+    let r = get(&s, &format!("/{name}/resolve/int8/model.safetensors")).await;
+    assert_eq!(
+        r.headers()["x-repo-commit"],
+        report["commits"]["int8"].as_str().unwrap()
+    );
+    assert_eq!(sha(&r.bytes().await.unwrap()), sha(&int8));
+}
+
+#[tokio::test]
+async fn huggingface_hub_downloads_every_revision() {
+    let Some(python) = std::env::var_os("QSTORE_TEST_PYTHON").map(PathBuf::from) else {
+        assert!(
+            std::env::var_os("QSTORE_REQUIRE_HF_CLIENT").is_none(),
+            "QSTORE_TEST_PYTHON must name a Python with huggingface_hub"
+        );
+        eprintln!("skipped: set QSTORE_TEST_PYTHON to a Python with huggingface_hub");
+        return;
+    };
+    let Some((weights, files)) = minilm() else {
+        return;
+    };
+    let s = TestServer::start();
+    let name = unique("st/minilm");
+    let report = upload_minilm(&s, &name, &weights, &files).await;
+
+    let mut high: BTreeMap<String, String> =
+        files.iter().map(|(p, b)| (p.clone(), sha(b))).collect();
+    high.insert("model.safetensors".into(), sha(&weights));
+    let mut int8 = high.clone();
+    int8.insert("model.safetensors".into(), sha(&local_int8(&weights)));
+    let served_int8_config = report["files"]["int8"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "config.json")
+        .unwrap()["sha256"]
+        .clone();
+    int8.insert(
+        "config.json".into(),
+        served_int8_config.as_str().unwrap().into(),
+    );
+    let (high_commit, int8_commit) = (&report["commits"]["bf16"], &report["commits"]["int8"]);
+    let expected = json!({
+        "server": s.url,
+        "repo": name,
+        "revisions": {
+            "main": {"commit": high_commit, "files": high},
+            "bf16": {"commit": high_commit, "files": high},
+            "int8": {"commit": int8_commit, "files": int8},
+        },
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let expected_path = dir.path().join("expected.json");
+    std::fs::write(&expected_path, expected.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_client/check_hub.py");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(expected_path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "check_hub.py failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("check_hub: OK"));
+}
