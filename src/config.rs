@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub run_migrations: bool,
     /// `Cache-Control: max-age` for branch URLs, whose content moves when a new upload lands.
     pub branch_max_age_secs: u64,
+    /// Chunks each download decodes per parallel step; memory per download is about twice this
+    /// many MiB. Small keeps many concurrent downloads cheap; larger helps a lone client.
+    pub decode_window_chunks: usize,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +43,7 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 30,
             run_migrations: true,
             branch_max_age_secs: 60,
+            decode_window_chunks: 4,
         }
     }
 }
@@ -92,6 +96,12 @@ pub struct LimitsConfig {
     pub max_plain_file_bytes: u64,
     /// Most files in one upload.
     pub max_files: usize,
+    /// Uploads encoding at once (each holds ~90 MiB; more would only share the same cores).
+    /// Further uploads are received to the spool and wait for their turn to encode.
+    pub max_concurrent_encodes: usize,
+    /// Downloads decoding at once (each holds ~2 x `decode_window_chunks` MiB); further
+    /// requests wait before their first byte.
+    pub max_concurrent_decodes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -100,6 +110,8 @@ impl Default for LimitsConfig {
             max_upload_bytes: 256 << 30,
             max_plain_file_bytes: 256 << 20,
             max_files: 1000,
+            max_concurrent_encodes: 2,
+            max_concurrent_decodes: 32,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::api::{AppState, BlobCache, WritePolicy, app, metrics::Metrics};
 use crate::config::Config;
@@ -24,6 +25,8 @@ pub async fn state(config: Config) -> Result<AppState> {
     }
     let objects = Objects::open(&config).context("opening the object store")?;
     let writes = WritePolicy::new(&config.auth.tokens, config.server.listen.ip().is_loopback());
+    let encodes = Arc::new(Semaphore::new(config.limits.max_concurrent_encodes.max(1)));
+    let decodes = Arc::new(Semaphore::new(config.limits.max_concurrent_decodes.max(1)));
     Ok(AppState {
         config: Arc::new(config),
         catalog,
@@ -31,6 +34,8 @@ pub async fn state(config: Config) -> Result<AppState> {
         metrics: Arc::new(Metrics::default()),
         blobs: Arc::new(BlobCache::default()),
         writes: Arc::new(writes),
+        encodes,
+        decodes,
     })
 }
 

@@ -20,6 +20,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tokio::sync::Semaphore;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -39,6 +40,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub blobs: Arc<BlobCache>,
     pub writes: Arc<WritePolicy>,
+    /// Admission for the memory-heavy work: blob encodes and blob decodes.
+    pub encodes: Arc<Semaphore>,
+    pub decodes: Arc<Semaphore>,
 }
 
 impl AppState {

@@ -33,7 +33,12 @@ pub(super) async fn dispatch(
         segments
     };
     let name = name_segments.join("/");
-    names::check_repo_name(&name)?;
+    if let Err(e) = names::check_repo_name(&name) {
+        return Err(match method {
+            Method::POST => upload::refuse(request, e).await,
+            _ => e,
+        });
+    }
     match (precision, method) {
         (Some(p), Method::GET | Method::HEAD) => download(state, &name, p, request).await,
         (None, Method::GET) => details(state, &name).await.map(IntoResponse::into_response),

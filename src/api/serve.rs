@@ -24,7 +24,7 @@ use crate::storage::{FileEntry, ObjectSource};
 /// that the bounded channel holds little.
 const BODY_PIECE: usize = 256 << 10;
 /// Messages in flight between the decoder and the connection.
-const BODY_QUEUE: usize = 8;
+const BODY_QUEUE: usize = 4;
 
 /// Where a served file's bytes come from.
 pub enum Source {
@@ -232,7 +232,15 @@ async fn body_of(state: &AppState, file: ServedFile, span: Range<u64>) -> ApiRes
             blob,
             file: output,
             precision,
-        } => Ok(decoded_body(state, blob, output, precision, span)),
+        } => {
+            let permit = state
+                .decodes
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| ApiError::internal("decode admission", e))?;
+            Ok(decoded_body(state, blob, output, precision, span, permit))
+        }
         Source::Object { key } => {
             let whole = span.start == 0 && span.end == file.size;
             let stream = state.objects.get_range_stream(&key, span).await?;
@@ -257,10 +265,13 @@ fn decoded_body(
     file: OutputFile,
     precision: Precision,
     span: Range<u64>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Body {
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(BODY_QUEUE);
     let metrics = state.metrics.clone();
+    let window = state.config.server.decode_window_chunks;
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let started = Instant::now();
         let mut out = ChannelWriter {
             tx: tx.clone(),
@@ -269,7 +280,7 @@ fn decoded_body(
         };
         let len = span.end - span.start;
         let result = blob
-            .write_range(&file, span, &mut out)
+            .write_range_windowed(&file, span, &mut out, window)
             .and_then(|()| out.flush().map_err(Into::into));
         let kind = Served::from(precision);
         metrics.add_served(kind, out.sent);

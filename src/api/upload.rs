@@ -4,8 +4,8 @@
 //! Memory is bounded independently of model size: the body streams to a spool directory under
 //! `data_dir/tmp` (hashed as it flows, each safetensors header checked as soon as its file has
 //! arrived), the encoder works in bounded batches, and the blob goes to the object store in 8 MiB
-//! multipart parts. Temporary disk: the upload itself plus its blob (roughly 1.7x the upload),
-//! removed when the request ends, whether it succeeded, failed or was aborted. Objects written
+//! multipart parts. Temporary disk: the upload itself plus its blob (up to about 1.8x the upload,
+//! docs/SERVER.md), removed when the request ends, whether it succeeded, failed or was aborted. Objects written
 //! before a failure are deleted; nothing is visible until the catalog commit.
 
 use std::fmt::Display;
@@ -82,10 +82,9 @@ impl Spool {
 }
 
 pub(super) async fn upload(state: AppState, name: &str, request: Request) -> ApiResult<Response> {
-    state
-        .writes
-        .check(&state.catalog, request.headers())
-        .await?;
+    if let Err(e) = state.writes.check(&state.catalog, request.headers()).await {
+        return Err(refuse(request, e).await);
+    }
     let result = receive_and_store(&state, name, request).await;
     match &result {
         Ok((_, received)) => state.metrics.add_upload(true, *received),
@@ -133,7 +132,13 @@ async fn receive_and_store(
         ));
     }
     let received = spool.received;
+    let permit = state
+        .encodes
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal("encode admission", e))?;
     let (spool, summary) = encode(spool).await?;
+    drop(permit);
     let response = store_revision(state, name, &spool, &summary).await?;
     Ok((response, received))
 }
@@ -246,8 +251,15 @@ where
     Ok((size, hex::encode(hasher.finalize())))
 }
 
+/// Answers `error` to an upload refused before its body was read, after draining some of the body
+/// so that the client reads the answer rather than a reset connection.
+pub(super) async fn refuse(request: Request, error: ApiError) -> ApiError {
+    drain_briefly(&mut request.into_body().into_data_stream()).await;
+    error
+}
+
 /// Reads and drops a little more of a refused body, so that a client still sending a moderately
-/// oversized upload gets to read the 413 instead of a reset connection. Bounded in bytes and time.
+/// large upload gets to read the error instead of a reset connection. Bounded in bytes and time.
 async fn drain_briefly<S, E>(stream: &mut S)
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,

@@ -1,6 +1,7 @@
 //! `qstore serve`, `qstore migrate`, `qstore token create`: the commands that need the
 //! configuration and an async runtime.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -51,7 +52,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     let _ = if config.log.json {
         builder.json().try_init()
     } else {

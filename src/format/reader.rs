@@ -3,7 +3,8 @@
 //! Memory: a range is decoded in windows of [`WINDOW`] chunks (decoded in parallel, then written
 //! in order while the next window decodes), so a decode holds at most two windows: `2 * WINDOW`
 //! decoded chunks of ≤ ~1 MiB of output each plus their stored bytes, whatever the file size.
-//! Sixteen chunks per window keep both cores busy when chunk sizes are uneven (small tensors).
+//! Sixteen chunks per window keep both cores busy when chunk sizes are uneven (small tensors); a
+//! server running many decodes at once picks a smaller window ([`Blob::write_range_windowed`]).
 
 use std::io::Write;
 use std::ops::Range;
@@ -178,6 +179,19 @@ impl<S: BlobSource> Blob<S> {
         range: Range<u64>,
         out: &mut (dyn Write + Send),
     ) -> Result<(), FormatError> {
+        self.write_range_windowed(file, range, out, WINDOW)
+    }
+
+    /// [`Blob::write_range`] decoding `window` chunks per parallel step: memory held is about
+    /// `2 * window` decoded chunks.
+    pub fn write_range_windowed(
+        &self,
+        file: &OutputFile,
+        range: Range<u64>,
+        out: &mut (dyn Write + Send),
+        window: usize,
+    ) -> Result<(), FormatError> {
+        let window = window.max(1);
         if range.start > range.end || range.end > file.size {
             return Err(FormatError::NotFound(format!(
                 "range {range:?} is outside the {}-byte file",
@@ -192,9 +206,10 @@ impl<S: BlobSource> Blob<S> {
             }
             return Ok(());
         }
-        // This thread decodes window k+1 (on the current rayon pool) while a helper writes window k.
+        // This thread decodes window k+1 (on the current rayon pool) while a helper writes window k;
+        // the hand-over is a rendezvous, so no third window waits in between.
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<(&[Piece], Vec<Vec<u8>>)>(1);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(&[Piece], Vec<Vec<u8>>)>(0);
             let writer = scope.spawn(move || -> std::io::Result<()> {
                 for (window, decoded) in rx {
                     for (p, bytes) in window.iter().zip(decoded) {
@@ -204,7 +219,7 @@ impl<S: BlobSource> Blob<S> {
                 Ok(())
             });
             let mut result = Ok(());
-            for window in pieces.chunks(WINDOW) {
+            for window in pieces.chunks(window) {
                 match window
                     .par_iter()
                     .map(|p| self.decode_piece(p))

@@ -16,8 +16,11 @@ use crate::server::{TestServer, get, get_bytes, post_form, unique};
 
 const MINILM: &str = "data/minilm";
 
+/// Files of a repo: (path in the repo, bytes).
+type RepoFiles = Vec<(String, Vec<u8>)>;
+
 /// The BF16 weights and the repo's other files, or None (test skipped) when not fetched.
-fn minilm() -> Option<(Vec<u8>, Vec<(String, Vec<u8>)>)> {
+fn minilm() -> Option<(Vec<u8>, RepoFiles)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(MINILM);
     let weights = root.join("model-bf16.safetensors");
     if !weights.is_file() || !root.join("repo/config.json").is_file() {
@@ -35,7 +38,7 @@ fn minilm() -> Option<(Vec<u8>, Vec<(String, Vec<u8>)>)> {
     Some((std::fs::read(weights).unwrap(), files))
 }
 
-fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+fn collect(base: &Path, dir: &Path, out: &mut RepoFiles) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {

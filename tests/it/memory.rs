@@ -72,3 +72,102 @@ fn encode_and_decode_memory_is_bounded_on_a_large_model() {
         crate::helpers::sha(&std::fs::read(&model).unwrap())
     );
 }
+
+/// Documented in docs/SERVER.md ("Memory").
+const SERVER_BOUND_MIB: u64 = 160;
+
+/// A port that was free a moment ago, for a server process started by the test.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn server_memory_is_bounded_during_an_upload_and_16_concurrent_downloads() {
+    if !slow_tests_enabled() {
+        eprintln!("skipped: set QSTORE_SLOW_TESTS=1");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("big.safetensors");
+    qstore::synth::write_llm_like(&model, 6, 4096, 4096, 2).unwrap();
+    let size_mib = std::fs::metadata(&model).unwrap().len() >> 20;
+    assert!(
+        size_mib > SERVER_BOUND_MIB / 2 * 3 / 2,
+        "the model must dwarf the bound"
+    );
+    let want = crate::helpers::sha(&std::fs::read(&model).unwrap());
+    let port = free_port();
+    let server = Command::new(env!("CARGO_BIN_EXE_qstore"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("QSTORE_REPORT_PEAK_RSS", "1")
+        .env("QSTORE__LOG__LEVEL", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = crate::server::client();
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let file = tokio::fs::File::open(&model).await.unwrap();
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+    let r = client
+        .post(format!("{base}/models/big"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+
+    let downloads: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, url) = (client.clone(), format!("{base}/models/big/bf16"));
+            tokio::spawn(async move {
+                use sha2::Digest;
+                let mut r = client.get(url).send().await.unwrap();
+                let mut h = sha2::Sha256::new();
+                while let Some(piece) = r.chunk().await.unwrap() {
+                    h.update(&piece);
+                }
+                hex::encode(h.finalize())
+            })
+        })
+        .collect();
+    for d in downloads {
+        assert_eq!(d.await.unwrap(), want);
+    }
+    let pid = server.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = server.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let peak: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("qstore: peak RSS "))
+        .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no peak RSS report in {stderr:?}"))
+        / 1024;
+    eprintln!(
+        "server: peak RSS {peak} MiB (upload + 16 concurrent BF16 downloads of {size_mib} MiB)"
+    );
+    assert!(peak <= SERVER_BOUND_MIB, "server peaked at {peak} MiB");
+}

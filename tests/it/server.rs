@@ -389,8 +389,7 @@ async fn bad_requests_get_json_errors_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let model = std::fs::read(small_model(dir.path(), 2)).unwrap();
 
-    // (Names are checked before the body is read: small bodies, so the answer is readable.)
-    let (st, v) = post_raw(&s, "a..b", b"x".to_vec()).await;
+    let (st, v) = post_raw(&s, "a..b", model.clone()).await;
     assert_eq!(
         (st, error_code(&v)),
         (StatusCode::BAD_REQUEST, "BadRequest")
@@ -399,7 +398,7 @@ async fn bad_requests_get_json_errors_and_store_nothing() {
         v["error"]["message"].as_str().unwrap().contains("a..b"),
         "{v}"
     );
-    let (st, v) = post_raw(&s, "x/y/z", b"x".to_vec()).await;
+    let (st, v) = post_raw(&s, "x/y/z", model.clone()).await;
     assert_eq!(
         (st, error_code(&v)),
         (StatusCode::BAD_REQUEST, "BadRequest")
