@@ -21,6 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::Semaphore;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -110,6 +111,9 @@ pub fn app(state: AppState) -> Router {
         .route("/models", get(models::list))
         .fallback(dispatch)
         .layer(DefaultBodyLimit::disable())
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("handler panicked", "see the panic message above").into_response()
+        }))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,

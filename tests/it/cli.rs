@@ -240,3 +240,41 @@ fn errors_are_one_readable_line() {
     let out = qstore(&["verify", &d("bad.qstore")]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn server_commands_fail_in_one_line_on_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    fails(&["serve", "--config", &d("missing.toml")], "missing.toml");
+    std::fs::write(d("typo.toml"), "[server]\nlisen = \"0.0.0.0:1\"\n").unwrap();
+    fails(&["serve", "--config", &d("typo.toml")], "lisen");
+    std::fs::write(
+        d("bad.toml"),
+        "[catalog]\ndatabase_url = \"nosuchdb://x\"\n",
+    )
+    .unwrap();
+    fails(&["migrate", "--config", &d("bad.toml")], "catalog");
+    let out = Command::new(env!("CARGO_BIN_EXE_qstore"))
+        .args(["serve", "--data-dir", &d("data")])
+        .env("QSTORE__SERVER__SHUTDOWN_TIMEOUT", "3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("shutdown_timeout"), "{err}");
+}
+
+#[test]
+fn migrate_creates_the_catalog_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    for _ in 0..2 {
+        let out = ok(&["migrate", "--data-dir", data]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "catalog is up to date\n"
+        );
+    }
+    assert!(dir.path().join("data/catalog.db").is_file());
+}

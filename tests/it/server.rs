@@ -855,3 +855,151 @@ async fn shutdown_lets_a_download_in_flight_finish() {
     stopper.join().unwrap();
     assert!(client().get(format!("{url}/healthz")).send().await.is_err());
 }
+
+#[tokio::test]
+async fn an_fp16_model_is_served_as_fp16_under_its_own_name() {
+    let s = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let f16_codes: Vec<u16> = qstore::synth::llm_like_bf16(256, 512, 21)
+        .iter()
+        .map(|&b| half::f16::from_f32(half::bf16::from_bits(b).to_f32()).to_bits())
+        .collect();
+    let path = dir.path().join("model.safetensors");
+    write_st(
+        &path,
+        &[],
+        &[T::codes(
+            "l.q_proj.weight",
+            Dtype::F16,
+            &[256, 512],
+            &f16_codes,
+        )],
+    );
+    let model = std::fs::read(&path).unwrap();
+    let name = unique("half");
+    let (st, v) = post_raw(&s, &name, model.clone()).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(v["commits"]["fp16"], v["revision"]);
+    assert_eq!(
+        get_bytes(&s, &format!("/models/{name}/fp16")).await.1,
+        model
+    );
+    let r = get(&s, &format!("/models/{name}/bf16")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("fp16"),
+        "{v}"
+    );
+    let (st, int8) = get_bytes(&s, &format!("/{name}/resolve/int8/model.safetensors")).await;
+    assert_eq!(st, StatusCode::OK);
+    crate::helpers::check_derived_int8(&model, &int8, &|_| true);
+    let (st, fp16) = get_bytes(&s, &format!("/{name}/resolve/fp16/model.safetensors")).await;
+    assert_eq!((st, fp16), (StatusCode::OK, Bytes::from(model)));
+    let r = get(&s, &format!("/{name}/resolve/bf16/model.safetensors")).await;
+    assert_eq!(r.headers()["x-error-code"], "RevisionNotFound");
+}
+
+#[tokio::test]
+async fn hub_api_answers_info_tree_and_typed_errors() {
+    let s = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::read(small_model(dir.path(), 22)).unwrap();
+    let name = unique("org/hub");
+    let (st, report) = post_form(
+        &s,
+        &name,
+        vec![
+            ("file", "model.safetensors".into(), model.clone()),
+            (
+                "file",
+                "config.json".into(),
+                br#"{"model_type": "llama"}"#.to_vec(),
+            ),
+            ("file", "sub/notes.txt".into(), b"hello".to_vec()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{report}");
+    let (high, int8) = (
+        report["commits"]["bf16"].as_str().unwrap(),
+        report["commits"]["int8"].as_str().unwrap(),
+    );
+    for (rev, sha) in [
+        ("main", high),
+        ("bf16", high),
+        ("int8", int8),
+        (high, high),
+        (int8, int8),
+    ] {
+        let info: Value = get(&s, &format!("/api/models/{name}/revision/{rev}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(info["sha"], sha, "{rev}");
+        assert_eq!(info["id"], name.as_str());
+        let tree: Value = get(&s, &format!("/api/models/{name}/tree/{sha}?recursive=true"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let paths: Vec<&str> = tree
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["config.json", "model.safetensors", "sub/notes.txt"]);
+        let weights = &tree[1];
+        assert_eq!(weights["lfs"]["oid"], weights["oid"]);
+        let head = client()
+            .head(s.at(&format!("/{name}/resolve/{rev}/model.safetensors")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.headers()["x-repo-commit"], sha);
+        assert_eq!(
+            head.headers()["etag"],
+            format!("\"{}\"", weights["oid"].as_str().unwrap()).as_str()
+        );
+    }
+    let sub: Value = get(&s, &format!("/api/models/{name}/tree/main/sub"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sub.as_array().unwrap().len(), 1);
+    let config: Value = get(&s, &format!("/{name}/resolve/int8/config.json"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["quantization_config"]["load_in_8bit"], true);
+    assert_eq!(config["model_type"], "llama");
+    let plain = get_bytes(&s, &format!("/{name}/resolve/main/config.json"))
+        .await
+        .1;
+    assert_eq!(&plain[..], br#"{"model_type": "llama"}"#);
+
+    let code = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-error-code")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let r = get(&s, &format!("/{name}/resolve/main/missing.json")).await;
+    assert_eq!(
+        (r.status(), code(&r).as_deref()),
+        (StatusCode::NOT_FOUND, Some("EntryNotFound"))
+    );
+    assert_eq!(r.headers()["x-repo-commit"], high);
+    let r = get(&s, &format!("/{name}/resolve/refs%2Fpr%2F1/config.json")).await;
+    assert_eq!(code(&r).as_deref(), Some("RevisionNotFound"));
+    let r = get(&s, &format!("/{name}-nope/resolve/main/config.json")).await;
+    assert_eq!(code(&r).as_deref(), Some("RepoNotFound"));
+    let r = get(&s, &format!("/api/models/{name}-nope/revision/main")).await;
+    assert_eq!(code(&r).as_deref(), Some("RepoNotFound"));
+    let r = get(&s, "/api/agent-harnesses").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
