@@ -43,21 +43,21 @@ pub async fn resolve(state: &AppState, repo: &str, rev: &str) -> ApiResult<Resol
             format!("model {repo:?} not found"),
         ));
     }
-    if is_commit_id(rev) {
-        if let Some(revision) = state.catalog.revision_by_commit(repo, rev).await? {
-            let precision = if revision.int8_id == rev {
-                Precision::Int8
-            } else {
-                Precision::High
-            };
-            return Ok(Resolved {
-                revision,
-                precision,
-                pinned: true,
-            });
-        }
-    } else if let Some(revision) = state.catalog.branch(repo, rev).await? {
-        let precision = if rev == "int8" {
+    // (revision, names the INT8 files, pinned to an immutable commit)
+    let found = if is_commit_id(rev) {
+        state.catalog.revision_by_commit(repo, rev).await?.map(|r| {
+            let int8 = r.int8_id == rev;
+            (r, int8, true)
+        })
+    } else {
+        state
+            .catalog
+            .branch(repo, rev)
+            .await?
+            .map(|r| (r, rev == "int8", false))
+    };
+    if let Some((revision, int8, pinned)) = found {
+        let precision = if int8 {
             Precision::Int8
         } else {
             Precision::High
@@ -65,7 +65,7 @@ pub async fn resolve(state: &AppState, repo: &str, rev: &str) -> ApiResult<Resol
         return Ok(Resolved {
             revision,
             precision,
-            pinned: false,
+            pinned,
         });
     }
     Err(ApiError::new(

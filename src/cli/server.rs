@@ -76,11 +76,7 @@ pub fn serve(args: &ConfigArgs, listen: Option<SocketAddr>) -> Result<()> {
 pub fn migrate(args: &ConfigArgs) -> Result<()> {
     let config = load(args, None)?;
     runtime()?.block_on(async move {
-        let catalog = crate::server::open_catalog(&config).await?;
-        catalog
-            .migrate()
-            .await
-            .context("running catalog migrations")?;
+        migrated_catalog(&config).await?;
         println!("catalog is up to date");
         Ok(())
     })
@@ -91,11 +87,7 @@ pub fn token(command: TokenCommand) -> Result<()> {
     let TokenCommand::Create { name, config } = command;
     let config = load(&config, None)?;
     runtime()?.block_on(async move {
-        let catalog = crate::server::open_catalog(&config).await?;
-        catalog
-            .migrate()
-            .await
-            .context("running catalog migrations")?;
+        let catalog = migrated_catalog(&config).await?;
         let token = crate::api::auth::new_token().context("generating a token")?;
         let id = crate::api::auth::hash_token(&token)[..16].to_string();
         catalog
@@ -104,4 +96,13 @@ pub fn token(command: TokenCommand) -> Result<()> {
         println!("{token}");
         Ok(())
     })
+}
+
+async fn migrated_catalog(config: &Config) -> Result<crate::storage::Catalog> {
+    let catalog = crate::server::open_catalog(config).await?;
+    catalog
+        .migrate()
+        .await
+        .context("running catalog migrations")?;
+    Ok(catalog)
 }

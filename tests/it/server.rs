@@ -190,6 +190,15 @@ pub async fn post_form(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// GET `url` with extra request headers.
+async fn get_with(url: &str, headers: &[(reqwest::header::HeaderName, &str)]) -> reqwest::Response {
+    let mut req = client().get(url);
+    for (name, value) in headers {
+        req = req.header(name, *value);
+    }
+    req.send().await.unwrap()
+}
+
 pub async fn get(s: &TestServer, path: &str) -> reqwest::Response {
     client().get(s.at(path)).send().await.unwrap()
 }
@@ -202,6 +211,16 @@ pub async fn get_bytes(s: &TestServer, path: &str) -> (StatusCode, Bytes) {
 
 fn error_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
+}
+
+/// An error answer: this status, this stable code, and a message that names `needle`.
+fn expect_error((status, v): (StatusCode, Value), want: StatusCode, code: &str, needle: &str) {
+    assert_eq!((status, error_code(&v)), (want, code), "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains(needle),
+        "{message:?} should name {needle:?}"
+    );
 }
 
 /// Blob objects of every revision under the local data directory.
@@ -334,12 +353,7 @@ async fn ranges_heads_and_conditional_requests() {
             assert_eq!(r.headers()[CONTENT_RANGE], format!("bytes */{n}").as_str());
         }
         // Multiple ranges are answered with the whole file.
-        let r = c
-            .get(&url)
-            .header(RANGE, "bytes=0-1,5-6")
-            .send()
-            .await
-            .unwrap();
+        let r = get_with(&url, &[(RANGE, "bytes=0-1,5-6")]).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.bytes().await.unwrap().len() as u64, n);
 
@@ -351,30 +365,13 @@ async fn ranges_heads_and_conditional_requests() {
         assert_eq!(etag, format!("\"{}\"", sha(full)));
         assert!(head.bytes().await.unwrap().is_empty());
 
-        let r = c
-            .get(&url)
-            .header(IF_NONE_MATCH, &etag)
-            .send()
-            .await
-            .unwrap();
+        let r = get_with(&url, &[(IF_NONE_MATCH, &etag)]).await;
         assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(r.headers()[ETAG], etag.as_str());
         assert!(r.bytes().await.unwrap().is_empty());
-        let r = c
-            .get(&url)
-            .header(IF_NONE_MATCH, "\"other\"")
-            .header(RANGE, "bytes=0-9")
-            .send()
-            .await
-            .unwrap();
+        let r = get_with(&url, &[(IF_NONE_MATCH, "\"other\""), (RANGE, "bytes=0-9")]).await;
         assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-        let r = c
-            .get(&url)
-            .header(IF_RANGE, "\"stale\"")
-            .header(RANGE, "bytes=0-9")
-            .send()
-            .await
-            .unwrap();
+        let r = get_with(&url, &[(IF_RANGE, "\"stale\""), (RANGE, "bytes=0-9")]).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.bytes().await.unwrap().len() as u64, n);
     }
@@ -389,80 +386,38 @@ async fn bad_requests_get_json_errors_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let model = std::fs::read(small_model(dir.path(), 2)).unwrap();
 
-    let (st, v) = post_raw(&s, "a..b", model.clone()).await;
-    assert_eq!(
-        (st, error_code(&v)),
-        (StatusCode::BAD_REQUEST, "BadRequest")
-    );
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("a..b"),
-        "{v}"
-    );
-    let (st, v) = post_raw(&s, "x/y/z", model.clone()).await;
-    assert_eq!(
-        (st, error_code(&v)),
-        (StatusCode::BAD_REQUEST, "BadRequest")
-    );
+    let bad = StatusCode::BAD_REQUEST;
+    let answer = post_raw(&s, "a..b", model.clone()).await;
+    expect_error(answer, bad, "BadRequest", "a..b");
+    let answer = post_raw(&s, "x/y/z", model.clone()).await;
+    expect_error(answer, bad, "BadRequest", "x/y/z");
 
     let name = unique("bad");
-    let (st, v) = post_raw(&s, &name, b"definitely not safetensors".to_vec()).await;
-    assert_eq!(
-        (st, error_code(&v)),
-        (StatusCode::BAD_REQUEST, "BadRequest"),
-        "{v}"
+    let answer = post_raw(&s, &name, b"definitely not safetensors".to_vec()).await;
+    expect_error(answer, bad, "BadRequest", "model.safetensors");
+    let answer = post_raw(&s, &name, model[..model.len() - 3].to_vec()).await;
+    expect_error(answer, bad, "BadRequest", "model.safetensors");
+    let answer = post_raw(&s, &name, vec![0u8; 5 << 20]).await;
+    expect_error(
+        answer,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PayloadTooLarge",
+        "limit",
     );
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("model.safetensors"),
-        "{v}"
-    );
-    let (st, v) = post_raw(&s, &name, model[..model.len() - 3].to_vec()).await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let (st, v) = post_raw(&s, &name, vec![0u8; 5 << 20]).await;
-    assert_eq!(
-        (st, error_code(&v)),
-        (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
-        "{v}"
-    );
-    let (st, v) = post_form(
-        &s,
-        &name,
-        vec![("file", "config.json".into(), b"{}".to_vec())],
-        None,
-    )
-    .await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no .safetensors"),
-        "{v}"
-    );
-    let (st, v) = post_form(
-        &s,
-        &name,
-        vec![
-            ("file", "model.safetensors".into(), model.clone()),
-            ("file", "../escape.json".into(), b"{}".to_vec()),
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let (st, v) = post_form(
-        &s,
-        &name,
-        vec![
-            ("file", "model.safetensors".into(), model.clone()),
-            ("file", "config.json".into(), b"[not json".to_vec()),
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let config_only = vec![("file", "config.json".into(), b"{}".to_vec())];
+    let answer = post_form(&s, &name, config_only, None).await;
+    expect_error(answer, bad, "BadRequest", "no .safetensors");
+    for (path, bytes) in [
+        ("../escape.json", &b"{}"[..]),
+        ("config.json", b"[not json"),
+    ] {
+        let files = vec![
+            ("file", "model.safetensors".to_string(), model.clone()),
+            ("file", path.to_string(), bytes.to_vec()),
+        ];
+        let (st, v) = post_form(&s, &name, files, None).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{path}: {v}");
+    }
 
     // Nothing of the refused uploads is visible or left behind.
     let r = get(&s, &format!("/models/{name}")).await;
@@ -501,11 +456,8 @@ async fn writes_need_a_token_when_one_is_configured() {
     let model = std::fs::read(small_model(dir.path(), 3)).unwrap();
     let name = unique("auth");
     let files = || vec![("file", "model.safetensors".to_string(), model.clone())];
-    let (st, v) = post_form(&s, &name, files(), None).await;
-    assert_eq!(
-        (st, error_code(&v)),
-        (StatusCode::UNAUTHORIZED, "Unauthorized")
-    );
+    let answer = post_form(&s, &name, files(), None).await;
+    expect_error(answer, StatusCode::UNAUTHORIZED, "Unauthorized", "Bearer");
     let (st, _) = post_form(&s, &name, files(), Some("wrong")).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     let (st, v) = post_form(&s, &name, files(), Some("s3cret")).await;
@@ -552,18 +504,8 @@ async fn without_tokens_only_a_loopback_server_accepts_writes() {
     });
     let dir = tempfile::tempdir().unwrap();
     let model = std::fs::read(small_model(dir.path(), 4)).unwrap();
-    let (st, v) = post_raw(&s, &unique("open"), model).await;
-    assert_eq!(
-        (st, error_code(&v)),
-        (StatusCode::FORBIDDEN, "Forbidden"),
-        "{v}"
-    );
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no API token")
-    );
+    let answer = post_raw(&s, &unique("open"), model).await;
+    expect_error(answer, StatusCode::FORBIDDEN, "Forbidden", "no API token");
 }
 
 #[tokio::test]
