@@ -68,6 +68,7 @@ fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Optio
         high: vec![high.to_owned()],
         shard_index: None,
         int8: vec![],
+        arriving: None,
     };
     let opts = EncodeOptions::default();
     let mut encode_s = [0.0; 2];

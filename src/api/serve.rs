@@ -273,17 +273,17 @@ fn decoded_body(
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let started = Instant::now();
+        let kind = Served::from(precision);
         let mut out = ChannelWriter {
             tx: tx.clone(),
             buf: Vec::with_capacity(BODY_PIECE),
-            sent: 0,
+            metrics: metrics.clone(),
+            kind,
         };
         let len = span.end - span.start;
         let result = blob
             .write_range_windowed(&file, span, &mut out, window)
             .and_then(|()| out.flush().map_err(Into::into));
-        let kind = Served::from(precision);
-        metrics.add_served(kind, out.sent);
         match result {
             Ok(()) => metrics.add_decode(kind, len, started.elapsed()),
             Err(e) if out.client_gone() => {
@@ -303,7 +303,9 @@ fn decoded_body(
 struct ChannelWriter {
     tx: mpsc::Sender<std::io::Result<Bytes>>,
     buf: Vec<u8>,
-    sent: u64,
+    /// Counts each piece as it is handed to the connection.
+    metrics: Arc<super::metrics::Metrics>,
+    kind: Served,
 }
 
 impl ChannelWriter {
@@ -326,7 +328,7 @@ impl ChannelWriter {
                 "client closed the connection",
             )
         })?;
-        self.sent += n;
+        self.metrics.add_served(self.kind, n);
         Ok(())
     }
 }

@@ -2,14 +2,15 @@
 //! new revision visible in one catalog transaction.
 //!
 //! Memory is bounded independently of model size: the body streams to a spool directory under
-//! `data_dir/tmp` (hashed as it flows, each safetensors header checked as soon as its file has
-//! arrived), the encoder works in bounded batches, and the blob goes to the object store in 8 MiB
+//! `data_dir/tmp` (hashed as it flows; a raw body is encoded while it arrives, a form's files are
+//! header-checked as each arrives), the encoder works in bounded batches, and the blob goes to the object store in 8 MiB
 //! multipart parts. Temporary disk: the upload itself plus its blob (up to about 1.8x the upload,
 //! docs/SERVER.md), removed when the request ends, whether it succeeded, failed or was aborted. Objects written
 //! before a failure are deleted; nothing is visible until the catalog commit.
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{FromRequest, Multipart, Request};
@@ -26,7 +27,7 @@ use super::error::{ApiError, ApiResult, ErrorKind};
 use super::names;
 use super::revisions::new_commit_id;
 use crate::codec::quantize::HighDtype;
-use crate::format::{EncodeInput, EncodeOptions, EncodeSummary, OutputFile};
+use crate::format::{Arrival, EncodeInput, EncodeOptions, EncodeSummary, FormatError, OutputFile};
 use crate::storage::catalog::now_millis;
 use crate::storage::{FileEntry, FileSet, NewRevision, Objects, Revision};
 
@@ -45,7 +46,8 @@ struct PlainFile {
 
 /// The upload as it lands on local disk.
 struct Spool {
-    dir: tempfile::TempDir,
+    /// Shared with the encode task, so the directory outlives a request dropped mid-encode.
+    dir: Arc<tempfile::TempDir>,
     high: Vec<(PathBuf, String)>,
     shard_index: Option<PathBuf>,
     int8: Vec<PathBuf>,
@@ -64,7 +66,7 @@ impl Spool {
                 .map_err(|e| ApiError::internal("creating the upload spool", e))?;
         }
         Ok(Spool {
-            dir,
+            dir: Arc::new(dir),
             high: Vec::new(),
             shard_index: None,
             int8: Vec::new(),
@@ -107,40 +109,154 @@ async fn receive_and_store(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("multipart/form-data"));
-    if is_multipart {
+    let summary = if is_multipart {
         let form = Multipart::from_request(request, &())
             .await
             .map_err(|e| ApiError::bad_request(format!("multipart body: {e}")))?;
         receive_form(state, form, &mut spool).await?;
+        if spool.high.is_empty() {
+            return Err(ApiError::bad_request(
+                "the upload has no .safetensors weights",
+            ));
+        }
+        let _turn = encode_turn(state).await?;
+        let input = EncodeInput {
+            high: spool.high.iter().map(|(p, _)| p.clone()).collect(),
+            shard_index: spool.shard_index.clone(),
+            int8: spool.int8.clone(),
+            arriving: None,
+        };
+        encode_result(encode(&spool, input).await, &spool)?
     } else {
-        let dest = spool.dir.path().join("high").join(RAW_BODY_NAME);
-        let limit = state.config.limits.max_upload_bytes;
-        let (size, sha) = spool_stream(
-            request.into_body().into_data_stream(),
-            &dest,
-            limit,
-            RAW_BODY_NAME,
-        )
-        .await?;
-        check_safetensors(&dest, RAW_BODY_NAME).await?;
-        spool.received = size;
-        spool.high.push((dest, sha));
-    }
-    if spool.high.is_empty() {
-        return Err(ApiError::bad_request(
-            "the upload has no .safetensors weights",
-        ));
-    }
-    let received = spool.received;
-    let permit = state
+        receive_and_encode_raw(state, request, &mut spool).await?
+    };
+    check_reproduces_upload(&summary, &spool)?;
+    let response = store_revision(state, name, &spool, &summary).await?;
+    Ok((response, spool.received))
+}
+
+/// Waits for a slot among `limits.max_concurrent_encodes`.
+async fn encode_turn(state: &AppState) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
+    state
         .encodes
         .acquire()
         .await
-        .map_err(|e| ApiError::internal("encode admission", e))?;
-    let (spool, summary) = encode(spool).await?;
-    drop(permit);
-    let response = store_revision(state, name, &spool, &summary).await?;
-    Ok((response, received))
+        .map_err(|e| ApiError::internal("encode admission", e))
+}
+
+/// A raw body is one safetensors file: it is encoded while it arrives. The encoder reads the
+/// spool file behind the receiving loop, so a bad header is refused after its first bytes and the
+/// encode finishes shortly after the last byte arrives.
+async fn receive_and_encode_raw(
+    state: &AppState,
+    request: Request,
+    spool: &mut Spool,
+) -> ApiResult<EncodeSummary> {
+    let dest = spool.dir.path().join("high").join(RAW_BODY_NAME);
+    let file = tokio::fs::File::create(&dest)
+        .await
+        .map_err(|e| ApiError::internal("creating the upload spool", e))?;
+    let _turn = encode_turn(state).await?;
+    let arrival = AbortOnDrop(Arrival::new());
+    let input = EncodeInput {
+        high: vec![dest.clone()],
+        arriving: Some(arrival.0.clone()),
+        ..EncodeInput::default()
+    };
+    let mut encoding = encode(spool, input);
+    let limit = state.config.limits.max_upload_bytes;
+    let mut body = request.into_body().into_data_stream();
+    match receive_arriving(&mut body, file, limit, &arrival.0, &mut encoding).await {
+        Ok(Arrived::Body { size, sha256 }) => {
+            arrival.0.finish(Ok(()));
+            spool.received = size;
+            spool.high.push((dest, sha256));
+            encode_result(encoding.await, spool)
+        }
+        Ok(Arrived::EncoderStopped(joined)) => {
+            // The encoder failed on what it read before the body ended: its error says why.
+            drain_briefly(&mut body).await;
+            Err(encode_result(joined, spool).err().unwrap_or_else(|| {
+                ApiError::internal("upload", "the encoder finished before the upload")
+            }))
+        }
+        Err(e) => {
+            arrival.0.finish(Err(e.message.clone()));
+            let _ = encoding.await;
+            Err(e)
+        }
+    }
+}
+
+/// Tells the encoder the upload is over, whatever way the request ends (a dropped request
+/// future included), so it never waits for bytes that will not come.
+struct AbortOnDrop(Arc<Arrival>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.finish(Err("the upload was aborted".into()));
+    }
+}
+
+/// How receiving a raw body ended.
+enum Arrived {
+    /// All of it, with its sha256.
+    Body { size: u64, sha256: String },
+    /// The encoder ended first (it failed on what it had read); its result.
+    EncoderStopped(Result<Result<EncodeSummary, FormatError>, tokio::task::JoinError>),
+}
+
+/// Writes the body to the spool file in 1 MiB steps, telling the encoder after each flushed step,
+/// and stops early if the encoder does.
+async fn receive_arriving<S, E>(
+    body: &mut S,
+    mut file: tokio::fs::File,
+    limit: u64,
+    arrival: &Arrival,
+    encoding: &mut tokio::task::JoinHandle<Result<EncodeSummary, FormatError>>,
+) -> ApiResult<Arrived>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Display,
+{
+    const STEP: usize = 1 << 20;
+    let spool_err = |e: std::io::Error| ApiError::internal("writing the upload spool", e);
+    let mut hasher = Sha256::new();
+    let mut pending = Vec::with_capacity(STEP);
+    let mut size = 0u64;
+    loop {
+        let piece = tokio::select! {
+            joined = &mut *encoding => return Ok(Arrived::EncoderStopped(joined)),
+            piece = body.next() => piece,
+        };
+        let Some(piece) = piece else { break };
+        let piece = piece.map_err(|e| {
+            ApiError::bad_request(format!("{RAW_BODY_NAME}: the upload ended early ({e})"))
+        })?;
+        size += piece.len() as u64;
+        if size > limit {
+            drain_briefly(body).await;
+            return Err(ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("{RAW_BODY_NAME}: the upload is larger than the {limit}-byte limit"),
+            ));
+        }
+        hasher.update(&piece);
+        pending.extend_from_slice(&piece);
+        if pending.len() >= STEP {
+            file.write_all(&pending).await.map_err(spool_err)?;
+            file.flush().await.map_err(spool_err)?;
+            pending.clear();
+            arrival.advance(size);
+        }
+    }
+    file.write_all(&pending).await.map_err(spool_err)?;
+    file.flush().await.map_err(spool_err)?;
+    arrival.advance(size);
+    Ok(Arrived::Body {
+        size,
+        sha256: hex::encode(hasher.finalize()),
+    })
 }
 
 /// Reads every form field into the spool, classifying it by field name and file name.
@@ -296,35 +412,52 @@ async fn check_safetensors(path: &Path, name: &str) -> ApiResult<()> {
     .map_err(|e| ApiError::internal("header check task", e))?
 }
 
-/// Encodes the spooled checkpoint into `spool/model.qstore` on a blocking thread. The spool moves
-/// into the task and back, so an aborted request cannot delete it mid-encode.
-async fn encode(spool: Spool) -> ApiResult<(Spool, EncodeSummary)> {
+/// Starts encoding `input` into `spool/model.qstore` on a blocking thread.
+fn encode(
+    spool: &Spool,
+    input: EncodeInput,
+) -> tokio::task::JoinHandle<Result<EncodeSummary, FormatError>> {
+    let dir = spool.dir.clone();
     tokio::task::spawn_blocking(move || {
-        let input = EncodeInput {
-            high: spool.high.iter().map(|(p, _)| p.clone()).collect(),
-            shard_index: spool.shard_index.clone(),
-            int8: spool.int8.clone(),
-        };
-        let out = spool.dir.path().join("model.qstore");
-        let summary =
-            crate::format::encode_to_path(&input, &EncodeOptions::default(), &out, &|_| {})?;
-        for (path, sha) in &spool.high {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            let stored = summary.index.high_files.iter().find(|f| f.name == name);
-            if stored.map(|f| &f.sha256) != Some(sha) {
-                return Err(ApiError::internal(
-                    "the blob does not reproduce an uploaded file",
-                    name,
-                ));
-            }
-        }
-        Ok((spool, summary))
+        let out = dir.path().join("model.qstore");
+        crate::format::encode_to_path(&input, &EncodeOptions::default(), &out, &|_| {})
     })
-    .await
-    .map_err(|e| ApiError::internal("encode task", e))?
+}
+
+/// An encode's outcome; its input errors become 400s that name files as the client did (never
+/// by their spool paths).
+fn encode_result(
+    joined: Result<Result<EncodeSummary, FormatError>, tokio::task::JoinError>,
+    spool: &Spool,
+) -> ApiResult<EncodeSummary> {
+    let result = joined.map_err(|e| ApiError::internal("encode task", e))?;
+    result.map_err(|e| {
+        let mut error = ApiError::from(e);
+        for sub in ["high", "int8", ""] {
+            let prefix = format!("{}/", spool.dir.path().join(sub).display());
+            error.message = error.message.replace(&prefix, "");
+        }
+        error
+    })
+}
+
+/// The blob must give back every uploaded high-precision file exactly (the encoder verified its
+/// chunks; this ties the whole file to the bytes received).
+fn check_reproduces_upload(summary: &EncodeSummary, spool: &Spool) -> ApiResult<()> {
+    for (path, sha) in &spool.high {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let stored = summary.index.high_files.iter().find(|f| f.name == name);
+        if stored.map(|f| &f.sha256) != Some(sha) {
+            return Err(ApiError::internal(
+                "the blob does not reproduce an uploaded file",
+                name,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Deletes a revision's objects unless the revision was committed, including when the request

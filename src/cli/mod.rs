@@ -130,6 +130,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 high,
                 shard_index: index,
                 int8,
+                arriving: None,
             },
             skip,
             only,

@@ -4,11 +4,13 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::FormatError;
+use super::arrival::{Arrival, ArrivingFile};
 use super::index::OutputFile;
 use crate::codec::quantize::HighDtype;
 use crate::safetensors::{self, Dtype, Header, TensorSpec};
@@ -57,6 +59,7 @@ impl Default for Selection {
 }
 
 /// The files that make up one model upload.
+#[derive(Default)]
 pub struct EncodeInput {
     /// High-precision safetensors files (one, or every shard).
     pub high: Vec<PathBuf>,
@@ -64,6 +67,9 @@ pub struct EncodeInput {
     pub shard_index: Option<PathBuf>,
     /// A user-supplied int8 checkpoint (one or more files) to store instead of deriving one.
     pub int8: Vec<PathBuf>,
+    /// Set when the (single) high-precision file is still being written, e.g. by an upload in
+    /// progress: the encoder then reads it as it arrives, and checks its final length at the end.
+    pub arriving: Option<Arc<Arrival>>,
 }
 
 /// A safetensors input: path, name in the blob, parsed header.
@@ -73,13 +79,17 @@ pub(super) struct InputFile {
     pub(super) header: Header,
 }
 
+/// The name a file keeps in the blob: its file name without the directory.
+fn file_name(path: &Path) -> Result<String, FormatError> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| FormatError::Input(format!("{}: not a file name", path.display())))
+}
+
 impl InputFile {
     pub(super) fn open(path: &Path) -> Result<InputFile, FormatError> {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| FormatError::Input(format!("{}: not a file name", path.display())))?
-            .to_string();
+        let name = file_name(path)?;
         let mut f =
             File::open(path).map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
         let header = safetensors::read_header(&mut BufReader::new(&mut f))
@@ -87,6 +97,25 @@ impl InputFile {
         header
             .check_file_len(f.metadata()?.len())
             .map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
+        Ok(InputFile {
+            path: path.to_owned(),
+            name,
+            header,
+        })
+    }
+
+    /// Opens a file still being written: parses its header as soon as it has arrived. Its length
+    /// can only be checked once writing ends ([`Arrival::wait_complete`]).
+    pub(super) fn open_arriving(
+        path: &Path,
+        arrival: &Arc<Arrival>,
+    ) -> Result<InputFile, FormatError> {
+        let name = file_name(path)?;
+        let file =
+            File::open(path).map_err(|e| FormatError::Input(format!("{}: {e}", path.display())))?;
+        let mut reader = ArrivingFile::new(file, arrival.clone());
+        let header = safetensors::read_header(&mut reader)
+            .map_err(|e| FormatError::Input(format!("{name}: {e}")))?;
         Ok(InputFile {
             path: path.to_owned(),
             name,

@@ -5,6 +5,7 @@
 //! Every chunk decodes to at most about 1 MiB of output and carries a CRC-32 of its decoded bytes, so
 //! any byte range of any output can be produced by reading a few chunks and checking them.
 
+mod arrival;
 mod chunk;
 mod hash;
 mod index;
@@ -13,6 +14,7 @@ mod reader;
 mod report;
 mod writer;
 
+pub use arrival::{Arrival, ArrivingFile};
 pub use chunk::ChunkCodec;
 pub use index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
 pub use input::{EncodeInput, SHARD_INDEX_NAME, Selection};

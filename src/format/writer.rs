@@ -8,10 +8,12 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use super::arrival::{Arrival, ArrivingFile};
 use super::hash::BackgroundHash;
 
 use super::chunk::{self, Content, EncodedChunk, high_dtype_of};
@@ -162,7 +164,13 @@ struct Encoder<'a, W: Write> {
     /// (int8 file, tensor name) → shared task whose bytes are identical.
     int8_shared: Vec<(usize, String, usize)>,
     weight_format: Option<u32>,
+    /// The high-precision file is still arriving (see [`EncodeInput::arriving`]).
+    arriving: Option<Arc<Arrival>>,
 }
+
+/// What the high-precision reader needs: a plain file, or one still arriving.
+trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
 
 impl<'a, W: Write> Encoder<'a, W> {
     fn new(
@@ -177,11 +185,21 @@ impl<'a, W: Write> Encoder<'a, W> {
                 "no high-precision safetensors file given".into(),
             ));
         }
-        let high = input
-            .high
-            .iter()
-            .map(|p| InputFile::open(p))
-            .collect::<Result<Vec<_>, _>>()?;
+        let high = match &input.arriving {
+            None => input
+                .high
+                .iter()
+                .map(|p| InputFile::open(p))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(arrival) => {
+                if input.high.len() != 1 || !input.int8.is_empty() || input.shard_index.is_some() {
+                    return Err(FormatError::Input(
+                        "only a single high-precision file can be encoded while it arrives".into(),
+                    ));
+                }
+                vec![InputFile::open_arriving(&input.high[0], arrival)?]
+            }
+        };
         let int8 = input
             .int8
             .iter()
@@ -227,6 +245,7 @@ impl<'a, W: Write> Encoder<'a, W> {
             int8_files: Vec::new(),
             int8_shared: Vec::new(),
             weight_format: None,
+            arriving: input.arriving.clone(),
         })
     }
 
@@ -354,27 +373,17 @@ impl<'a, W: Write> Encoder<'a, W> {
             self.int8_hashers.push(h);
             self.derived_layouts.push((int8_header, roles.clone()));
         }
-        let mut reader = BufReader::with_capacity(1 << 20, File::open(&self.high[f].path)?);
+        let file = File::open(&self.high[f].path)?;
+        let source: Box<dyn ReadSeek> = match &self.arriving {
+            Some(arrival) => Box::new(ArrivingFile::new(file, arrival.clone())),
+            None => Box::new(file),
+        };
+        let mut reader = BufReader::with_capacity(1 << 20, source);
         reader.seek(SeekFrom::Start(header_raw.len() as u64))?;
         let tensors = self.high[f].header.tensors.clone();
-        let mut task_ids = Vec::with_capacity(tensors.len());
-        for (t, role) in tensors.iter().zip(roles) {
-            let task = self.start_task(t, role.clone(), self.derived().then_some(f));
-            task_ids.push(task);
-            match role {
-                Role::Shared => self.read_shared(&mut reader, &mut hasher, t, task)?,
-                Role::Quantized {
-                    rows,
-                    cols,
-                    supplied,
-                } => {
-                    self.read_quantized(&mut reader, &mut hasher, t, task, rows, cols, supplied)?
-                }
-            }
-            if let (Role::Shared, false) = (&self.tasks[task].role, self.derived()) {
-                self.note_int8_twin(f, t, task)?;
-            }
-        }
+        let task_ids = self
+            .read_high_tensors(f, &mut reader, &mut hasher, &tensors, roles)
+            .map_err(|e| self.explain_short_arrival(f, e))?;
         self.flush()?;
         for (&task, t) in task_ids.iter().zip(&tensors) {
             let id = self.tasks[task].id.expect("flushed tasks are finished");
@@ -385,9 +394,63 @@ impl<'a, W: Write> Encoder<'a, W> {
             debug_assert_eq!(self.tasks[task].len, t.len());
         }
         let size = self.high[f].header.file_len();
+        self.check_arrived_len(f)?;
         self.high_files
             .push(output_file(name, size, hasher.finish(), segments));
         Ok(())
+    }
+
+    /// An arriving file must end exactly where its header says (a plain file was checked when
+    /// opened). Waits for the upload to end.
+    fn check_arrived_len(&self, f: usize) -> Result<(), FormatError> {
+        let Some(arrival) = &self.arriving else {
+            return Ok(());
+        };
+        let file = &self.high[f];
+        file.header
+            .check_file_len(arrival.wait_complete()?)
+            .map_err(|e| FormatError::Input(format!("{}: {e}", file.name)))
+    }
+
+    /// A file that arrived shorter than its header says fails as a read past its end; say so.
+    fn explain_short_arrival(&self, f: usize, e: FormatError) -> FormatError {
+        match &e {
+            FormatError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                match self.check_arrived_len(f) {
+                    Err(input @ FormatError::Input(_)) => input,
+                    _ => e,
+                }
+            }
+            _ => e,
+        }
+    }
+
+    /// Reads every tensor of high-precision file `f` into encode tasks, in file order.
+    fn read_high_tensors(
+        &mut self,
+        f: usize,
+        reader: &mut impl Read,
+        hasher: &mut BackgroundHash,
+        tensors: &[TensorInfo],
+        roles: Vec<Role>,
+    ) -> Result<Vec<usize>, FormatError> {
+        let mut task_ids = Vec::with_capacity(tensors.len());
+        for (t, role) in tensors.iter().zip(roles) {
+            let task = self.start_task(t, role.clone(), self.derived().then_some(f));
+            task_ids.push(task);
+            match role {
+                Role::Shared => self.read_shared(reader, hasher, t, task)?,
+                Role::Quantized {
+                    rows,
+                    cols,
+                    supplied,
+                } => self.read_quantized(reader, hasher, t, task, rows, cols, supplied)?,
+            }
+            if let (Role::Shared, false) = (&self.tasks[task].role, self.derived()) {
+                self.note_int8_twin(f, t, task)?;
+            }
+        }
+        Ok(task_ids)
     }
 
     fn start_task(&mut self, t: &TensorInfo, role: Role, int8_hash: Option<usize>) -> usize {

@@ -97,6 +97,7 @@ pub fn encode_with(
         high: high.to_vec(),
         shard_index: index,
         int8: int8.to_vec(),
+        arriving: None,
     };
     encode_to_path(&input, opts, &out, &|_| {}).unwrap();
     out

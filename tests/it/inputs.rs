@@ -174,6 +174,7 @@ fn encode_error(files: &[(&str, Vec<u8>)]) -> String {
         high: paths,
         shard_index: None,
         int8: vec![],
+        arriving: None,
     };
     let out = dir.path().join("out.qstore");
     let err = encode_to_path(&input, &EncodeOptions::default(), &out, &|_| {})

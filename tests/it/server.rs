@@ -397,13 +397,18 @@ async fn bad_requests_get_json_errors_and_store_nothing() {
     expect_error(answer, bad, "BadRequest", "model.safetensors");
     let answer = post_raw(&s, &name, model[..model.len() - 3].to_vec()).await;
     expect_error(answer, bad, "BadRequest", "model.safetensors");
+    // A bad header is refused from the body's first bytes, before any size limit is reached.
     let answer = post_raw(&s, &name, vec![0u8; 5 << 20]).await;
-    expect_error(
-        answer,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "PayloadTooLarge",
-        "limit",
-    );
+    expect_error(answer, bad, "BadRequest", "header");
+    let mut oversized = model.clone();
+    oversized.resize(5 << 20, 0);
+    let answer = post_raw(&s, &name, oversized).await;
+    let too_large = StatusCode::PAYLOAD_TOO_LARGE;
+    expect_error(answer, too_large, "PayloadTooLarge", "limit");
+    let mut trailing = model.clone();
+    trailing.extend_from_slice(b"extra");
+    let answer = post_raw(&s, &name, trailing).await;
+    expect_error(answer, bad, "BadRequest", "model.safetensors");
     let config_only = vec![("file", "config.json".into(), b"{}".to_vec())];
     let answer = post_form(&s, &name, config_only, None).await;
     expect_error(answer, bad, "BadRequest", "no .safetensors");
@@ -757,8 +762,15 @@ async fn health_readiness_and_metrics() {
     let name = unique("met");
     post_raw(&s, &name, model.clone()).await;
     let (_, int8) = get_bytes(&s, &format!("/models/{name}/int8")).await;
-    let (_, text) = get_bytes(&s, "/metrics").await;
-    let text = String::from_utf8(text.to_vec()).unwrap();
+    // A decode is counted when its task ends, which may be just after the client has the bytes.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = String::from_utf8(get_bytes(&s, "/metrics").await.1.to_vec()).unwrap();
+        if !text.contains("qstore_decoded_bytes_total{precision=\"int8\"} 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let value = |line: &str| -> u64 {
         text.lines()
             .find_map(|l| l.strip_prefix(line))
@@ -944,4 +956,30 @@ async fn hub_api_answers_info_tree_and_typed_errors() {
     assert_eq!(code(&r).as_deref(), Some("RepoNotFound"));
     let r = get(&s, "/api/agent-harnesses").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_raw_upload_is_checked_while_it_arrives() {
+    let s = TestServer::start();
+    // The first megabyte is not safetensors, and the body never ends: the answer must come
+    // from the bytes that arrived, not after the upload.
+    let first = Bytes::from(vec![0xffu8; 1 << 20]);
+    use futures::StreamExt;
+    let body = futures::stream::iter(vec![Ok::<Bytes, std::io::Error>(first)])
+        .chain(futures::stream::pending());
+    let request = client()
+        .post(s.at(&format!("/models/{}", unique("stream"))))
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let response = tokio::time::timeout(Duration::from_secs(20), request)
+        .await
+        .expect("answered before the body ended")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let v: Value = response.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("header"),
+        "{v}"
+    );
+    wait_until(|| spool_entries(&s.data_dir) == 0).await;
 }
