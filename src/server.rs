@@ -24,6 +24,7 @@ pub async fn state(config: Config) -> Result<AppState> {
             .context("running catalog migrations")?;
     }
     let objects = Objects::open(&config).context("opening the object store")?;
+    remove_stale_spools(&config.storage.data_dir.join("tmp"), STALE_SPOOL_AGE);
     let writes = WritePolicy::new(&config.auth.tokens, config.server.listen.ip().is_loopback());
     let encodes = Arc::new(Semaphore::new(config.limits.max_concurrent_encodes.max(1)));
     let decodes = Arc::new(Semaphore::new(config.limits.max_concurrent_decodes.max(1)));
@@ -37,6 +38,36 @@ pub async fn state(config: Config) -> Result<AppState> {
         encodes,
         decodes,
     })
+}
+
+/// Upload spools older than this belong to a process that died mid-upload (a spool is as old as
+/// its upload, and no upload runs for a day).
+const STALE_SPOOL_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Removes spool directories left by a crashed or killed server.
+fn remove_stale_spools(tmp: &std::path::Path, age: Duration) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|elapsed| elapsed > age);
+        let is_spool = entry.file_name().to_string_lossy().starts_with("upload-");
+        if stale && is_spool {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a stale upload spool")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale upload spool")
+                }
+            }
+        }
+    }
 }
 
 /// Connects to the configured catalog.

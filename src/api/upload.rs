@@ -31,6 +31,9 @@ use crate::format::{Arrival, EncodeInput, EncodeOptions, EncodeSummary, FormatEr
 use crate::storage::catalog::now_millis;
 use crate::storage::{FileEntry, FileSet, NewRevision, Objects, Revision};
 
+/// How much of a refused body is read (and dropped) so the client can read the answer.
+const DRAIN_BYTES: usize = 32 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// Name given to the weights of a raw-body upload.
 const RAW_BODY_NAME: &str = "model.safetensors";
 /// Multipart field name for files of a supplied INT8 checkpoint.
@@ -110,10 +113,10 @@ async fn receive_and_store(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("multipart/form-data"));
     let summary = if is_multipart {
-        let form = Multipart::from_request(request, &())
+        let mut form = Multipart::from_request(request, &())
             .await
             .map_err(|e| ApiError::bad_request(format!("multipart body: {e}")))?;
-        receive_form(state, form, &mut spool).await?;
+        receive_form(state, &mut form, &mut spool).await?;
         if spool.high.is_empty() {
             return Err(ApiError::bad_request(
                 "the upload has no .safetensors weights",
@@ -260,7 +263,7 @@ where
 }
 
 /// Reads every form field into the spool, classifying it by field name and file name.
-async fn receive_form(state: &AppState, mut form: Multipart, spool: &mut Spool) -> ApiResult<()> {
+async fn receive_form(state: &AppState, form: &mut Multipart, spool: &mut Spool) -> ApiResult<()> {
     let limits = &state.config.limits;
     while let Some(field) = form
         .next_field()
@@ -380,7 +383,6 @@ async fn drain_briefly<S, E>(stream: &mut S)
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
 {
-    const DRAIN_BYTES: usize = 32 << 20;
     let drain = async {
         let mut drained = 0;
         while let Some(Ok(piece)) = stream.next().await {
@@ -390,7 +392,7 @@ where
             }
         }
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
 }
 
 /// Rejects a file that is not safetensors as soon as it has arrived.

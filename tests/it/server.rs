@@ -433,6 +433,11 @@ async fn bad_requests_get_json_errors_and_store_nothing() {
         let (st, v) = post_form(&s, &name, files, None).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{path}: {v}");
     }
+    // Refused at the first part: the rest of the form is drained so the answer can be read.
+    let mut files = vec![("file", "../escape.json".to_string(), b"{}".to_vec())];
+    files.extend((0..8).map(|i| ("file", format!("m{i}.safetensors"), model.clone())));
+    let answer = post_form(&s, &name, files, None).await;
+    expect_error(answer, bad, "BadRequest", "escape.json");
 
     // Nothing of the refused uploads is visible or left behind.
     let r = get(&s, &format!("/models/{name}")).await;
@@ -992,4 +997,28 @@ async fn a_raw_upload_is_checked_while_it_arrives() {
         "{v}"
     );
     wait_until(|| spool_entries(&s.data_dir) == 0).await;
+}
+
+#[tokio::test]
+async fn spools_left_by_a_dead_server_are_removed_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let tmp = data.path().join("tmp");
+    for name in ["upload-stale", "upload-fresh", "not-a-spool"] {
+        std::fs::create_dir_all(tmp.join(name)).unwrap();
+        std::fs::write(tmp.join(name).join("model.safetensors"), b"x").unwrap();
+    }
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+    for name in ["upload-stale", "not-a-spool"] {
+        std::fs::File::open(tmp.join(name))
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+    }
+    let _s = TestServer::with(Opts {
+        data_dir: Some(data.path().to_path_buf()),
+        ..Opts::default()
+    });
+    assert!(!tmp.join("upload-stale").exists());
+    assert!(tmp.join("upload-fresh").exists());
+    assert!(tmp.join("not-a-spool").exists());
 }
