@@ -278,3 +278,28 @@ fn migrate_creates_the_catalog_and_is_idempotent() {
     }
     assert!(dir.path().join("data/catalog.db").is_file());
 }
+
+#[test]
+fn serve_says_at_start_that_writes_are_refused_without_a_token_off_loopback() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_qstore"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env("QSTORE__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(server.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(first.contains("uploads and deletes are refused"), "{first}");
+    assert!(
+        !first.contains('\u{1b}'),
+        "no colour codes off a terminal: {first:?}"
+    );
+}

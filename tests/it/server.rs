@@ -39,6 +39,8 @@ pub struct Opts {
     /// The server's own SQLite catalog in its data directory, whatever the suite's backend: for
     /// tests that change catalog-wide state (API tokens) other tests would see.
     pub private_catalog: bool,
+    /// `server.shutdown_timeout_secs` (10 when unset).
+    pub shutdown_timeout_secs: Option<u64>,
 }
 
 impl TestServer {
@@ -79,7 +81,7 @@ impl TestServer {
         if opts.private_catalog {
             config.catalog.database_url = String::new();
         }
-        config.server.shutdown_timeout_secs = 10;
+        config.server.shutdown_timeout_secs = opts.shutdown_timeout_secs.unwrap_or(10);
         if let Some(n) = opts.max_upload_bytes {
             config.limits.max_upload_bytes = n;
         }
@@ -1021,4 +1023,30 @@ async fn spools_left_by_a_dead_server_are_removed_at_start() {
     assert!(!tmp.join("upload-stale").exists());
     assert!(tmp.join("upload-fresh").exists());
     assert!(tmp.join("not-a-spool").exists());
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_a_stalled_client_after_its_timeout() {
+    let mut s = TestServer::with(Opts {
+        shutdown_timeout_secs: Some(1),
+        ..Opts::default()
+    });
+    // Larger than what socket buffers can hold, so the response is still in flight.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    write_st(&path, &[], &[T::llm("big.q_proj.weight", 6144, 4096, 15)]);
+    let model = std::fs::read(path).unwrap();
+    let name = unique("stall");
+    post_raw(&s, &name, model).await;
+    // A client that reads one piece and then nothing: the server must not wait for it forever.
+    let mut stalled = get(&s, &format!("/models/{name}/bf16")).await;
+    stalled.chunk().await.unwrap();
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || s.stop()).await.unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "shutdown did not wait: {took:?}"
+    );
 }
