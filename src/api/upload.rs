@@ -506,6 +506,7 @@ async fn store_revision(
         HighDtype::F16 => "fp16",
     };
     let blob_key = Objects::blob_key(&id);
+    let storing = std::time::Instant::now();
     state
         .objects
         .put_file(&blob_key, &spool.dir.path().join("model.qstore"))
@@ -582,7 +583,13 @@ async fn store_revision(
     };
     state.catalog.commit_revision(&new).await?;
     guard.armed = false;
-    tracing::info!(model = name, revision = %id, blob_bytes = summary.blob_len, "upload committed");
+    tracing::info!(
+        model = name,
+        revision = %id,
+        blob_bytes = summary.blob_len,
+        store_ms = storing.elapsed().as_millis() as u64,
+        "upload committed"
+    );
     Ok((StatusCode::CREATED, Json(upload_report(name, &new))).into_response())
 }
 
