@@ -31,7 +31,7 @@ pub struct ServerConfig {
     pub run_migrations: bool,
     /// `Cache-Control: max-age` for branch URLs, whose content moves when a new upload lands.
     pub branch_max_age_secs: u64,
-    /// Chunks each download decodes per parallel step; memory per download is about twice this
+    /// Half the chunks each download keeps in flight; memory per download is about twice this
     /// many MiB. Small keeps many concurrent downloads cheap; larger helps a lone client.
     pub decode_window_chunks: usize,
 }

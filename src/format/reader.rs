@@ -1,22 +1,19 @@
 //! Decoding: any byte range of any output file, from the chunks that cover it.
 //!
-//! Memory: a range is decoded in windows of [`WINDOW`] chunks (decoded in parallel, then written
-//! in order while the next window decodes), so a decode holds at most two windows: `2 * WINDOW`
-//! decoded chunks of ≤ ~1 MiB of output each plus their stored bytes, whatever the file size.
-//! Sixteen chunks per window keep both cores busy when chunk sizes are uneven (small tensors); a
-//! server running many decodes at once picks a smaller window ([`Blob::write_range_windowed`]).
+//! Memory: chunks are decoded in parallel, at most `2 * WINDOW` at a time, and written in order as
+//! they complete, so a decode holds at most `2 * WINDOW` decoded chunks of ≤ ~1 MiB of output each
+//! plus their stored bytes, whatever the file size. A server running many decodes at once picks a
+//! smaller window ([`Blob::write_range_windowed`]).
 
 use std::io::Write;
 use std::ops::Range;
-
-use rayon::prelude::*;
 
 use super::chunk;
 use super::index::{Chunk, Index, OutputFile, QuantTensor, Segment};
 use super::{FOOTER_LEN, FormatError, MAGIC, MAX_INDEX_LEN, PREAMBLE_LEN, VERSION};
 use crate::codec::residual::ChunkRows;
 
-/// Chunks decoded per parallel step.
+/// Half the chunks a decode keeps in flight (see the module comment).
 pub const WINDOW: usize = 16;
 
 /// Where blob bytes come from: a local file, memory, or (in the server) an object store.
@@ -182,8 +179,8 @@ impl<S: BlobSource> Blob<S> {
         self.write_range_windowed(file, range, out, WINDOW)
     }
 
-    /// [`Blob::write_range`] decoding `window` chunks per parallel step: memory held is about
-    /// `2 * window` decoded chunks.
+    /// [`Blob::write_range`] with at most `2 * window` chunks decoding or decoded at a time (the
+    /// memory it holds).
     pub fn write_range_windowed(
         &self,
         file: &OutputFile,
@@ -206,39 +203,48 @@ impl<S: BlobSource> Blob<S> {
             }
             return Ok(());
         }
-        // This thread decodes window k+1 (on the current rayon pool) while a helper writes window k;
-        // the hand-over is a rendezvous, so no third window waits in between.
-        std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<(&[Piece], Vec<Vec<u8>>)>(0);
-            let writer = scope.spawn(move || -> std::io::Result<()> {
-                for (window, decoded) in rx {
-                    for (p, bytes) in window.iter().zip(decoded) {
-                        out.write_all(&bytes[p.skip..p.skip + p.take])?;
+        self.write_pipelined(&pieces, out, 2 * window)
+    }
+
+    /// Decodes `pieces` on the rayon pool, at most `in_flight` at a time, and writes each from
+    /// this thread as soon as it and all before it are ready: the cores stay busy across uneven
+    /// chunks (no barrier between groups), and memory holds at most `in_flight` decoded chunks.
+    fn write_pipelined(
+        &self,
+        pieces: &[Piece],
+        out: &mut (dyn Write + Send),
+        in_flight: usize,
+    ) -> Result<(), FormatError> {
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Vec<u8>, FormatError>)>();
+        rayon::in_place_scope(|scope| {
+            let spawn = |i: usize| {
+                let (tx, piece) = (tx.clone(), &pieces[i]);
+                scope.spawn(move |_| {
+                    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.decode_piece(piece)
+                    }))
+                    .unwrap_or_else(|_| Err(FormatError::Corrupt("the decoder panicked".into())));
+                    let _ = tx.send((i, decoded));
+                });
+            };
+            let mut spawned = pieces.len().min(in_flight.max(1));
+            (0..spawned).for_each(spawn);
+            let mut ready = std::collections::HashMap::new();
+            for (i, p) in pieces.iter().enumerate() {
+                let bytes = loop {
+                    if let Some(bytes) = ready.remove(&i) {
+                        break bytes;
                     }
-                }
-                Ok(())
-            });
-            let mut result = Ok(());
-            for window in pieces.chunks(window) {
-                match window
-                    .par_iter()
-                    .map(|p| self.decode_piece(p))
-                    .collect::<Result<Vec<_>, _>>()
-                {
-                    Ok(decoded) => {
-                        if tx.send((window, decoded)).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
+                    let (j, decoded) = rx.recv().expect("every spawned decode sends its result");
+                    ready.insert(j, decoded?);
+                };
+                out.write_all(&bytes[p.skip..p.skip + p.take])?;
+                if spawned < pieces.len() {
+                    spawn(spawned);
+                    spawned += 1;
                 }
             }
-            drop(tx);
-            let written = writer.join().expect("the writer thread does not panic");
-            result.and(written.map_err(FormatError::from))
+            Ok(())
         })
     }
 
