@@ -2,11 +2,12 @@
 //! new revision visible in one catalog transaction.
 //!
 //! Memory is bounded independently of model size: the body streams to a spool directory under
-//! `data_dir/tmp` (hashed as it flows; a raw body is encoded while it arrives, a form's files are
-//! header-checked as each arrives), the encoder works in bounded batches, and the blob goes to the object store in 8 MiB
-//! multipart parts. Temporary disk: the upload itself plus its blob (up to about 1.8x the upload,
-//! docs/SERVER.md), removed when the request ends, whether it succeeded, failed or was aborted. Objects written
-//! before a failure are deleted; nothing is visible until the catalog commit.
+//! `data_dir/tmp`, hashed as it flows (a raw body is encoded while it arrives; a form's files are
+//! header-checked as each arrives), the encoder works in bounded batches, and the blob goes to the
+//! object store in 8 MiB multipart parts. Temporary disk: the upload plus its blob (up to about
+//! 1.8x the upload, docs/SERVER.md), removed when the request ends, whether it succeeded, failed
+//! or was aborted. Objects written before a failure are deleted; nothing is visible until the
+//! catalog commit.
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -113,23 +114,7 @@ async fn receive_and_store(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("multipart/form-data"));
     let summary = if is_multipart {
-        let mut form = Multipart::from_request(request, &())
-            .await
-            .map_err(|e| ApiError::bad_request(format!("multipart body: {e}")))?;
-        receive_form(state, &mut form, &mut spool).await?;
-        if spool.high.is_empty() {
-            return Err(ApiError::bad_request(
-                "the upload has no .safetensors weights",
-            ));
-        }
-        let _turn = encode_turn(state).await?;
-        let input = EncodeInput {
-            high: spool.high.iter().map(|(p, _)| p.clone()).collect(),
-            shard_index: spool.shard_index.clone(),
-            int8: spool.int8.clone(),
-            arriving: None,
-        };
-        encode_result(encode(&spool, input).await, &spool)?
+        receive_and_encode_form(state, request, &mut spool).await?
     } else {
         receive_and_encode_raw(state, request, &mut spool).await?
     };
@@ -145,6 +130,32 @@ async fn encode_turn(state: &AppState) -> ApiResult<tokio::sync::SemaphorePermit
         .acquire()
         .await
         .map_err(|e| ApiError::internal("encode admission", e))
+}
+
+/// A form may hold shards, their index and a supplied INT8 checkpoint, whose roles are known
+/// only once it has ended: received whole (each weight file checked as it arrives), then encoded.
+async fn receive_and_encode_form(
+    state: &AppState,
+    request: Request,
+    spool: &mut Spool,
+) -> ApiResult<EncodeSummary> {
+    let mut form = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::bad_request(format!("multipart body: {e}")))?;
+    receive_form(state, &mut form, spool).await?;
+    if spool.high.is_empty() {
+        return Err(ApiError::bad_request(
+            "the upload has no .safetensors weights",
+        ));
+    }
+    let _turn = encode_turn(state).await?;
+    let input = EncodeInput {
+        high: spool.high.iter().map(|(p, _)| p.clone()).collect(),
+        shard_index: spool.shard_index.clone(),
+        int8: spool.int8.clone(),
+        arriving: None,
+    };
+    encode_result(encode(spool, input).await, spool)
 }
 
 /// A raw body is one safetensors file: it is encoded while it arrives. The encoder reads the

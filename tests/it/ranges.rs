@@ -106,3 +106,33 @@ fn int8_outputs_never_read_the_residual_section() {
 fn blob_hits(blob: &Blob<Watched>) -> u64 {
     blob.source().hits.load(Ordering::Relaxed)
 }
+
+#[test]
+fn decoding_inside_a_callers_thread_pool_completes() {
+    // A caller may already run on a rayon pool (a bench pinning one thread, an application's own
+    // pool): the decode must use it without waiting on itself.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = multi_chunk_blob(dir.path());
+    let blob = std::sync::Arc::new(Blob::open(bytes).unwrap());
+    let file = blob.files(Precision::High)[0].clone();
+    let mut direct = Vec::new();
+    blob.write_file(&file, &mut direct).unwrap();
+    for threads in [1, 2] {
+        let (blob, file) = (blob.clone(), file.clone());
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut out = Vec::new();
+            pool.install(|| blob.write_range_windowed(&file, 0..file.size, &mut out, 1))
+                .unwrap();
+            done_tx.send(out).unwrap();
+        });
+        let out = done_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("decode inside a {threads}-thread pool never finished"));
+        assert!(out == direct, "{threads} threads");
+    }
+}
