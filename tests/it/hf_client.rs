@@ -3,7 +3,8 @@
 //!
 //! Needs `scripts/fetch-minilm.sh` (skipped with a message otherwise; QSTORE_REQUIRE_REAL_WEIGHTS=1
 //! makes it fail instead) and, for the client test, QSTORE_TEST_PYTHON naming a Python with
-//! huggingface_hub installed (QSTORE_REQUIRE_HF_CLIENT=1 makes its absence a failure).
+//! huggingface_hub installed (QSTORE_REQUIRE_HF_CLIENT=1 makes its absence a failure). The
+//! transformers check (QSTORE_TEST_TRANSFORMERS_PYTHON) loads both precisions as models.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -173,4 +174,44 @@ async fn huggingface_hub_downloads_every_revision() {
         "check_hub.py failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("check_hub: OK"));
+}
+
+#[tokio::test]
+async fn transformers_loads_both_precisions() {
+    let python = std::env::var_os("QSTORE_TEST_TRANSFORMERS_PYTHON").filter(|p| !p.is_empty());
+    let Some(python) = python.map(PathBuf::from) else {
+        eprintln!(
+            "skipped: set QSTORE_TEST_TRANSFORMERS_PYTHON to a Python with torch, transformers, \
+             bitsandbytes and accelerate"
+        );
+        return;
+    };
+    let Some((weights, files)) = minilm() else {
+        return;
+    };
+    let s = TestServer::start();
+    let name = unique("st/minilm");
+    upload_minilm(&s, &name, &weights, &files).await;
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_client/check_transformers.py");
+    let url = s.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .args([&url, &name])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "check_transformers.py failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("check_transformers: OK"));
 }
