@@ -154,26 +154,7 @@ async fn huggingface_hub_downloads_every_revision() {
     let dir = tempfile::tempdir().unwrap();
     let expected_path = dir.path().join("expected.json");
     std::fs::write(&expected_path, expected.to_string()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_client/check_hub.py");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .arg(expected_path)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    eprintln!("{stdout}");
-    assert!(
-        out.status.success(),
-        "check_hub.py failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("check_hub: OK"));
+    run_check(python, "check_hub.py", vec![expected_path.into_os_string()]).await;
 }
 
 #[tokio::test]
@@ -192,13 +173,19 @@ async fn transformers_loads_both_precisions() {
     let s = TestServer::start();
     let name = unique("st/minilm");
     upload_minilm(&s, &name, &weights, &files).await;
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_client/check_transformers.py");
-    let url = s.url.clone();
+    let args = vec![s.url.clone().into(), name.into()];
+    run_check(python, "check_transformers.py", args).await;
+}
+
+/// Runs `tests/hf_client/SCRIPT ARGS...` with `python`; it must exit 0 and print "SCRIPT: OK".
+async fn run_check(python: PathBuf, script: &str, args: Vec<std::ffi::OsString>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/hf_client")
+        .join(script);
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
-            .arg(script)
-            .args([&url, &name])
+            .arg(path)
+            .args(args)
             .output()
             .unwrap()
     })
@@ -209,9 +196,10 @@ async fn transformers_loads_both_precisions() {
         String::from_utf8_lossy(&out.stderr),
     );
     eprintln!("{stdout}");
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    let marker = format!("{}: OK", script.trim_end_matches(".py"));
     assert!(
-        out.status.success(),
-        "check_transformers.py failed:\n{stdout}\n{stderr}"
+        stdout.contains(&marker),
+        "{script} did not finish:\n{stdout}"
     );
-    assert!(stdout.contains("check_transformers: OK"));
 }

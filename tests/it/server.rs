@@ -202,6 +202,15 @@ pub async fn post_form(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `DELETE /models/{name}`, with a bearer token if given.
+async fn delete(s: &TestServer, name: &str, token: Option<&str>) -> StatusCode {
+    let mut req = client().delete(s.at(&format!("/models/{name}")));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap().status()
+}
+
 /// GET `url` with extra request headers.
 async fn get_with(url: &str, headers: &[(reqwest::header::HeaderName, &str)]) -> reqwest::Response {
     let mut req = client().get(url);
@@ -489,30 +498,16 @@ async fn writes_need_a_token_when_one_is_configured() {
         get(&s, &format!("/models/{name}/int8")).await.status(),
         StatusCode::OK
     );
-    let r = client()
-        .delete(s.at(&format!("/models/{name}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = client()
-        .delete(s.at(&format!("/models/{name}")))
-        .bearer_auth("s3cret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(delete(&s, &name, None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(delete(&s, &name, Some("s3cret")).await, StatusCode::OK);
     assert_eq!(
         get(&s, &format!("/models/{name}/int8")).await.status(),
         StatusCode::NOT_FOUND
     );
-    let r = client()
-        .delete(s.at(&format!("/models/{name}")))
-        .bearer_auth("s3cret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        delete(&s, &name, Some("s3cret")).await,
+        StatusCode::NOT_FOUND
+    );
     wait_until(|| no_revision_objects(&s)).await;
 }
 
