@@ -114,21 +114,7 @@ pub async fn respond(
             .body(Body::empty())
             .expect("valid response"));
     }
-    let range = if if_range_allows(headers, &etag) {
-        match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-            Some(spec) => parse_range(spec, file.size).map_err(|()| ApiError {
-                total: Some(file.size),
-                ..ApiError::new(
-                    ErrorKind::RangeNotSatisfiable,
-                    format!("range {spec:?} is outside the {}-byte file", file.size),
-                )
-            })?,
-            None => None,
-        }
-    } else {
-        None
-    };
-    let (status, span) = match range {
+    let (status, span) = match requested_range(headers, &etag, file.size)? {
         Some(r) => {
             builder = builder.header(
                 header::CONTENT_RANGE,
@@ -148,6 +134,24 @@ pub async fn respond(
         body_of(state, file, span).await?
     };
     Ok(builder.body(body).expect("valid response"))
+}
+
+/// The byte range to send: `None` for the whole file (no `Range`, one to ignore, or an `If-Range`
+/// naming another version); 416 when it cannot be satisfied.
+fn requested_range(headers: &HeaderMap, etag: &str, size: u64) -> ApiResult<Option<Range<u64>>> {
+    let Some(spec) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    if !if_range_allows(headers, etag) {
+        return Ok(None);
+    }
+    parse_range(spec, size).map_err(|()| ApiError {
+        total: Some(size),
+        ..ApiError::new(
+            ErrorKind::RangeNotSatisfiable,
+            format!("range {spec:?} is outside the {size}-byte file"),
+        )
+    })
 }
 
 fn content_type(file: &ServedFile) -> HeaderValue {
