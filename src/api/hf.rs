@@ -96,11 +96,7 @@ async fn repo_files(state: &AppState, resolved: &Resolved) -> ApiResult<Vec<File
 }
 
 /// `GET /api/models/{repo_id}[/revision/{rev}]` and `GET /api/models/{repo_id}/tree/{rev}[/path]`.
-pub(super) async fn api_models(
-    state: AppState,
-    segments: &[&str],
-    _query: Option<&str>,
-) -> ApiResult<Response> {
+pub(super) async fn api_models(state: AppState, segments: &[&str]) -> ApiResult<Response> {
     let verb_at = segments
         .iter()
         .position(|s| *s == "revision" || *s == "tree")
@@ -121,7 +117,8 @@ pub(super) async fn api_models(
     let files = repo_files(&state, &resolved).await?;
     match verb {
         Some("tree") => {
-            let prefix = rest[1..].iter().map(decode).collect::<Vec<_>>().join("/");
+            let path = rest.get(1..).unwrap_or_default();
+            let prefix = path.iter().map(decode).collect::<Vec<_>>().join("/");
             Ok(Json(tree(&files, &prefix)).into_response())
         }
         _ => Ok(Json(model_info(&repo, &resolved, &files)).into_response()),

@@ -135,7 +135,7 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let result = match (segments.first().copied(), &method) {
         (Some("models"), _) => models::dispatch(state, &segments[1..], request).await,
         (Some("api"), &Method::GET) if segments.get(1) == Some(&"models") => {
-            hf::api_models(state, &segments[2..], uri.query()).await
+            hf::api_models(state, &segments[2..]).await
         }
         (_, &Method::GET | &Method::HEAD) => match hf::resolve_route(&segments) {
             Some(route) => hf::resolve(state, route, &method, request.headers()).await,

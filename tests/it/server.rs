@@ -966,6 +966,14 @@ async fn hub_api_answers_info_tree_and_typed_errors() {
     assert_eq!(code(&r).as_deref(), Some("RepoNotFound"));
     let r = get(&s, &format!("/api/models/{name}-nope/revision/main")).await;
     assert_eq!(code(&r).as_deref(), Some("RepoNotFound"));
+    for bare in ["tree", "revision"] {
+        let r = get(&s, &format!("/api/models/{name}/{bare}")).await;
+        assert_eq!(r.status(), StatusCode::OK, "{bare} alone means main");
+        let r = get(&s, &format!("/api/models/{name}/{bare}/")).await;
+        assert_eq!(code(&r).as_deref(), Some("RevisionNotFound"), "{bare}/");
+    }
+    let r = get(&s, "/api/models/").await;
+    assert_eq!(code(&r).as_deref(), Some("RepoNotFound"));
     let r = get(&s, "/api/agent-harnesses").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
@@ -1044,4 +1052,49 @@ async fn shutdown_gives_up_on_a_stalled_client_after_its_timeout() {
         took >= Duration::from_millis(900),
         "shutdown did not wait: {took:?}"
     );
+}
+
+#[tokio::test]
+async fn odd_paths_get_4xx_never_5xx() {
+    let s = TestServer::start();
+    let paths = [
+        "/",
+        "//",
+        "/models/",
+        "/models//int8",
+        "/models/int8",
+        "/models/a/b/c/int8",
+        "/api",
+        "/api/models",
+        "/api/models/",
+        "/api/models/a/b/c/d",
+        "/api/models/tree/main",
+        "/a/resolve",
+        "/a/resolve/main",
+        "/a/b/resolve/main/",
+        "/%ff/resolve/main/x",
+        "/models/%2e%2e/int8",
+        "/a/resolve/%ff/x",
+        "/resolve/resolve/resolve/x",
+        "/models/a/bf16?revision=",
+        "/models/a/bf16?file=%ff",
+    ];
+    for path in paths {
+        for method in [
+            reqwest::Method::GET,
+            reqwest::Method::HEAD,
+            reqwest::Method::DELETE,
+        ] {
+            let r = client()
+                .request(method.clone(), s.at(path))
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                r.status().is_client_error(),
+                "{method} {path}: {}",
+                r.status()
+            );
+        }
+    }
 }
