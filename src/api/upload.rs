@@ -142,7 +142,10 @@ async fn receive_and_encode_form(
     let mut form = Multipart::from_request(request, &())
         .await
         .map_err(|e| ApiError::bad_request(format!("multipart body: {e}")))?;
-    receive_form(state, &mut form, spool).await?;
+    if let Err(e) = receive_form(state, &mut form, spool).await {
+        drain_form_briefly(&mut form).await;
+        return Err(e);
+    }
     if spool.high.is_empty() {
         return Err(ApiError::bad_request(
             "the upload has no .safetensors weights",
@@ -386,6 +389,23 @@ where
 pub(super) async fn refuse(request: Request, error: ApiError) -> ApiError {
     drain_briefly(&mut request.into_body().into_data_stream()).await;
     error
+}
+
+/// [`drain_briefly`] for a form refused halfway, so the client reads the answer instead of a
+/// reset connection (seen under load with a 21 MB form refused at its first part).
+async fn drain_form_briefly(form: &mut Multipart) {
+    let drain = async {
+        let mut drained = 0;
+        while let Ok(Some(mut field)) = form.next_field().await {
+            while let Ok(Some(piece)) = field.chunk().await {
+                drained += piece.len();
+                if drained > DRAIN_BYTES {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
 }
 
 /// Reads and drops a little more of a refused body, so that a client still sending a moderately
