@@ -71,6 +71,7 @@ impl Objects {
                 break;
             }
             if let Err(e) = writer.wait_for_capacity(4).await {
+                let _ = writer.abort().await;
                 return Err(e.into());
             }
             writer.write(&buf[..n]);
