@@ -279,14 +279,16 @@ fn migrate_creates_the_catalog_and_is_idempotent() {
     assert!(dir.path().join("data/catalog.db").is_file());
 }
 
-#[test]
-fn serve_says_at_start_that_writes_are_refused_without_a_token_off_loopback() {
+/// The first log line `qstore serve` prints with these extra environment variables.
+fn first_log_line(args: &[&str], env: &[(&str, &str)]) -> String {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_qstore"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg("serve")
+        .args(args)
+        .arg("--data-dir")
         .arg(dir.path())
-        .env("QSTORE__LOG__LEVEL", "warn")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -297,9 +299,25 @@ fn serve_says_at_start_that_writes_are_refused_without_a_token_off_loopback() {
         .unwrap();
     server.kill().unwrap();
     server.wait().unwrap();
+    first
+}
+
+#[test]
+fn serve_says_at_start_that_writes_are_refused_without_a_token_off_loopback() {
+    let env = [("QSTORE__LOG__LEVEL", "warn")];
+    let first = first_log_line(&["--listen", "0.0.0.0:0"], &env);
     assert!(first.contains("uploads and deletes are refused"), "{first}");
     assert!(
         !first.contains('\u{1b}'),
         "no colour codes off a terminal: {first:?}"
     );
+}
+
+#[test]
+fn serve_logs_json_lines_when_asked() {
+    let env = [("QSTORE__LOG__JSON", "true")];
+    let first = first_log_line(&["--listen", "127.0.0.1:0"], &env);
+    let line: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(line["level"], "INFO", "{first}");
+    assert_eq!(line["fields"]["message"], "qstore listening", "{first}");
 }

@@ -41,6 +41,8 @@ pub struct Opts {
     pub private_catalog: bool,
     /// `server.shutdown_timeout_secs` (10 when unset).
     pub shutdown_timeout_secs: Option<u64>,
+    /// Leave `server.run_migrations` off (migrations applied by `qstore migrate` instead).
+    pub skip_migrations: bool,
 }
 
 impl TestServer {
@@ -82,6 +84,9 @@ impl TestServer {
             config.catalog.database_url = String::new();
         }
         config.server.shutdown_timeout_secs = opts.shutdown_timeout_secs.unwrap_or(10);
+        if opts.skip_migrations {
+            config.server.run_migrations = false;
+        }
         if let Some(n) = opts.max_upload_bytes {
             config.limits.max_upload_bytes = n;
         }
@@ -1097,4 +1102,26 @@ async fn odd_paths_get_4xx_never_5xx() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn serve_can_leave_migrations_to_the_migrate_command() {
+    let data = tempfile::tempdir().unwrap();
+    let migrate = std::process::Command::new(env!("CARGO_BIN_EXE_qstore"))
+        .args(["migrate", "--data-dir"])
+        .arg(data.path())
+        .env_remove("QSTORE__CATALOG__DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(migrate.status.success());
+    let s = TestServer::with(Opts {
+        data_dir: Some(data.path().to_path_buf()),
+        private_catalog: true,
+        skip_migrations: true,
+        ..Opts::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::read(small_model(dir.path(), 16)).unwrap();
+    let (st, v) = post_raw(&s, &unique("premigrated"), model).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
 }
