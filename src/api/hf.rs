@@ -60,8 +60,7 @@ pub(super) async fn resolve(
     method: &Method,
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
-    names::check_repo_name(&route.repo)
-        .map_err(|e| ApiError::new(ErrorKind::RepoNotFound, e.message))?;
+    check_hub_repo(&route.repo)?;
     let resolved = revisions::resolve(&state, &route.repo, &route.revision).await?;
     let commit = resolved.commit().to_string();
     let files = repo_files(&state, &resolved).await?;
@@ -88,6 +87,11 @@ pub(super) async fn resolve(
     respond(&state, served, method, headers).await
 }
 
+/// A repo id that cannot exist is, to a Hub client, a repo that does not exist.
+fn check_hub_repo(repo: &str) -> ApiResult<()> {
+    names::check_repo_name(repo).map_err(|e| ApiError::new(ErrorKind::RepoNotFound, e.message))
+}
+
 async fn repo_files(state: &AppState, resolved: &Resolved) -> ApiResult<Vec<FileEntry>> {
     Ok(state
         .catalog
@@ -111,7 +115,7 @@ pub(super) async fn api_models(state: AppState, segments: &[&str]) -> ApiResult<
         .map(decode)
         .collect::<Vec<_>>()
         .join("/");
-    names::check_repo_name(&repo).map_err(|e| ApiError::new(ErrorKind::RepoNotFound, e.message))?;
+    check_hub_repo(&repo)?;
     let rev = rest.first().map(decode).unwrap_or_else(|| "main".into());
     let resolved = revisions::resolve(&state, &repo, &rev).await?;
     let files = repo_files(&state, &resolved).await?;

@@ -238,42 +238,27 @@ where
 {
     const STEP: usize = 1 << 20;
     let spool_err = |e: std::io::Error| ApiError::internal("writing the upload spool", e);
-    let mut hasher = Sha256::new();
+    let mut intake = Intake::new(RAW_BODY_NAME, limit);
     let mut pending = Vec::with_capacity(STEP);
-    let mut size = 0u64;
     loop {
         let piece = tokio::select! {
             joined = &mut *encoding => return Ok(Arrived::EncoderStopped(joined)),
             piece = body.next() => piece,
         };
         let Some(piece) = piece else { break };
-        let piece = piece.map_err(|e| {
-            ApiError::bad_request(format!("{RAW_BODY_NAME}: the upload ended early ({e})"))
-        })?;
-        size += piece.len() as u64;
-        if size > limit {
-            drain_briefly(body).await;
-            return Err(ApiError::new(
-                ErrorKind::PayloadTooLarge,
-                format!("{RAW_BODY_NAME}: the upload is larger than the {limit}-byte limit"),
-            ));
-        }
-        hasher.update(&piece);
-        pending.extend_from_slice(&piece);
+        pending.extend_from_slice(&intake.accept(piece, body).await?);
         if pending.len() >= STEP {
             file.write_all(&pending).await.map_err(spool_err)?;
             file.flush().await.map_err(spool_err)?;
             pending.clear();
-            arrival.advance(size);
+            arrival.advance(intake.size);
         }
     }
     file.write_all(&pending).await.map_err(spool_err)?;
     file.flush().await.map_err(spool_err)?;
-    arrival.advance(size);
-    Ok(Arrived::Body {
-        size,
-        sha256: hex::encode(hasher.finalize()),
-    })
+    arrival.advance(intake.size);
+    let (size, sha256) = intake.finish();
+    Ok(Arrived::Body { size, sha256 })
 }
 
 /// Reads every form field into the spool, classifying it by field name and file name.
@@ -364,24 +349,62 @@ where
     let spool_err = |e: std::io::Error| ApiError::internal("writing the upload spool", e);
     let file = tokio::fs::File::create(dest).await.map_err(spool_err)?;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
+    let mut intake = Intake::new(what, limit);
     while let Some(piece) = stream.next().await {
-        let piece = piece
-            .map_err(|e| ApiError::bad_request(format!("{what}: the upload ended early ({e})")))?;
-        size += piece.len() as u64;
-        if size > limit {
-            drain_briefly(&mut stream).await;
-            return Err(ApiError::new(
-                ErrorKind::PayloadTooLarge,
-                format!("{what}: the upload is larger than the {limit}-byte limit"),
-            ));
-        }
-        hasher.update(&piece);
+        let piece = intake.accept(piece, &mut stream).await?;
         out.write_all(&piece).await.map_err(spool_err)?;
     }
     out.flush().await.map_err(spool_err)?;
-    Ok((size, hex::encode(hasher.finalize())))
+    Ok(intake.finish())
+}
+
+/// Counts, bounds and hashes a body as it flows.
+struct Intake<'a> {
+    what: &'a str,
+    limit: u64,
+    size: u64,
+    hasher: Sha256,
+}
+
+impl<'a> Intake<'a> {
+    fn new(what: &'a str, limit: u64) -> Intake<'a> {
+        Intake {
+            what,
+            limit,
+            size: 0,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// Takes the next piece of `body`: a transport error is the client's (400); going over the
+    /// limit is a 413, answered after draining a little more of `body` so the client reads it.
+    async fn accept<S, E>(&mut self, piece: Result<Bytes, E>, body: &mut S) -> ApiResult<Bytes>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let what = self.what;
+        let piece = piece
+            .map_err(|e| ApiError::bad_request(format!("{what}: the upload ended early ({e})")))?;
+        self.size += piece.len() as u64;
+        if self.size > self.limit {
+            drain_briefly(body).await;
+            return Err(ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "{what}: the upload is larger than the {}-byte limit",
+                    self.limit
+                ),
+            ));
+        }
+        self.hasher.update(&piece);
+        Ok(piece)
+    }
+
+    /// Bytes received and their sha256.
+    fn finish(self) -> (u64, String) {
+        (self.size, hex::encode(self.hasher.finalize()))
+    }
 }
 
 /// Answers `error` to an upload refused before its body was read, after draining some of the body

@@ -231,3 +231,14 @@ pub fn check_derived_int8(high: &[u8], int8: &[u8], quantized: &dyn Fn(&str) -> 
     }
     assert_eq!(i.len(), expected_count, "no extra tensors in the int8 file");
 }
+
+/// The INT8 file a local encode derives from the same weights.
+pub fn derived_int8(weights: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, weights).unwrap();
+    let blob = encode(dir.path(), &[path], None, &[]);
+    decode_all(&blob, qstore::format::Precision::Int8)
+        .remove(0)
+        .1
+}

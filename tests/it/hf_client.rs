@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::sha;
+use crate::helpers::{derived_int8, sha};
 use crate::server::{TestServer, get, get_bytes, post_form, unique};
 
 const MINILM: &str = "data/minilm";
@@ -69,17 +69,6 @@ async fn upload_minilm(
     report
 }
 
-/// The INT8 file a local encode derives from the same weights.
-fn local_int8(weights: &[u8]) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("model.safetensors");
-    std::fs::write(&path, weights).unwrap();
-    let blob = crate::helpers::encode(dir.path(), &[path], None, &[]);
-    crate::helpers::decode_all(&blob, qstore::format::Precision::Int8)
-        .remove(0)
-        .1
-}
-
 #[tokio::test]
 async fn minilm_upload_serves_both_precisions_byte_exact() {
     let Some((weights, files)) = minilm() else {
@@ -94,7 +83,7 @@ async fn minilm_upload_serves_both_precisions_byte_exact() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(sha(&bf16), sha(&weights));
     let (_, int8) = get_bytes(&s, &format!("/models/{name}/int8")).await;
-    assert_eq!(sha(&int8), sha(&local_int8(&weights)));
+    assert_eq!(sha(&int8), sha(&derived_int8(&weights)));
     for (path, bytes) in &files {
         let (st, got) = get_bytes(&s, &format!("/{name}/resolve/main/{path}")).await;
         assert_eq!(st, StatusCode::OK, "{path}");
@@ -129,7 +118,7 @@ async fn huggingface_hub_downloads_every_revision() {
         files.iter().map(|(p, b)| (p.clone(), sha(b))).collect();
     high.insert("model.safetensors".into(), sha(&weights));
     let mut int8 = high.clone();
-    int8.insert("model.safetensors".into(), sha(&local_int8(&weights)));
+    int8.insert("model.safetensors".into(), sha(&derived_int8(&weights)));
     let served_int8_config = report["files"]["int8"]
         .as_array()
         .unwrap()

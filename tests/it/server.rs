@@ -170,6 +170,12 @@ pub fn small_model(dir: &Path, seed: u64) -> PathBuf {
     path
 }
 
+/// The bytes of [`small_model`].
+pub fn small_model_bytes(seed: u64) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::read(small_model(dir.path(), seed)).unwrap()
+}
+
 /// Uploads one file as the raw body; returns the status and JSON answer.
 pub async fn post_raw(s: &TestServer, name: &str, body: Vec<u8>) -> (StatusCode, Value) {
     let r = client()
@@ -265,8 +271,7 @@ fn spool_entries(data_dir: &Path) -> usize {
 #[tokio::test]
 async fn upload_then_download_both_precisions_exactly() {
     let s = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(small_model(dir.path(), 1)).unwrap();
+    let model = small_model_bytes(1);
     let name = unique("m");
     let (status, report) = post_raw(&s, &name, model.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{report}");
@@ -275,19 +280,12 @@ async fn upload_then_download_both_precisions_exactly() {
     assert!(report["ratio"].as_f64().unwrap() > 1.5, "{report}");
 
     // The blob the server stored decodes to what a local encode gives.
-    let local = crate::helpers::encode(
-        dir.path(),
-        &[dir.path().join("model.safetensors")],
-        None,
-        &[],
-    );
-    let int8_local = crate::helpers::decode_all(&local, qstore::format::Precision::Int8);
     let (st, bf16) = get_bytes(&s, &format!("/models/{name}/bf16")).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(sha(&bf16), sha(&model));
     let (st, int8) = get_bytes(&s, &format!("/models/{name}/int8")).await;
     assert_eq!(st, StatusCode::OK);
-    assert_eq!(sha(&int8), sha(&int8_local[0].1));
+    assert_eq!(sha(&int8), sha(&crate::helpers::derived_int8(&model)));
     assert_eq!(report["files"]["int8"][0]["sha256"], sha(&int8));
     crate::helpers::check_derived_int8(&model, &int8, &|n| n.contains("proj"));
 
@@ -328,8 +326,7 @@ async fn upload_then_download_both_precisions_exactly() {
 #[tokio::test]
 async fn ranges_heads_and_conditional_requests() {
     let s = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(small_model(dir.path(), 7)).unwrap();
+    let model = small_model_bytes(7);
     let name = unique("r");
     assert_eq!(
         post_raw(&s, &name, model.clone()).await.0,
@@ -409,8 +406,7 @@ async fn bad_requests_get_json_errors_and_store_nothing() {
         max_upload_bytes: Some(4 << 20),
         ..Opts::default()
     });
-    let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(small_model(dir.path(), 2)).unwrap();
+    let model = small_model_bytes(2);
 
     let bad = StatusCode::BAD_REQUEST;
     let answer = post_raw(&s, "a..b", model.clone()).await;
@@ -488,8 +484,7 @@ async fn writes_need_a_token_when_one_is_configured() {
         tokens: vec!["s3cret".into()],
         ..Opts::default()
     });
-    let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(small_model(dir.path(), 3)).unwrap();
+    let model = small_model_bytes(3);
     let name = unique("auth");
     let files = || vec![("file", "model.safetensors".to_string(), model.clone())];
     let answer = post_form(&s, &name, files(), None).await;
@@ -522,8 +517,7 @@ async fn without_tokens_only_a_loopback_server_accepts_writes() {
         listen_any: true,
         ..Opts::default()
     });
-    let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(small_model(dir.path(), 4)).unwrap();
+    let model = small_model_bytes(4);
     let answer = post_raw(&s, &unique("open"), model).await;
     expect_error(answer, StatusCode::FORBIDDEN, "Forbidden", "no API token");
 }
@@ -550,8 +544,7 @@ async fn tokens_made_by_the_cli_authorise_writes() {
         private_catalog: true,
         ..Opts::default()
     });
-    let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(small_model(dir.path(), 5)).unwrap();
+    let model = small_model_bytes(5);
     let files = vec![("file", "model.safetensors".to_string(), model)];
     let (st, _) = post_form(&s, &unique("tok"), files.clone(), None).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
@@ -623,10 +616,7 @@ async fn sharded_upload_with_a_supplied_int8_checkpoint() {
     let one = dir.path().join("one.safetensors");
     write_st(&one, &[], &[T::llm("a.weight", 64, 64, 9)]);
     let high = std::fs::read(&one).unwrap();
-    let blob = crate::helpers::encode(dir.path(), &[one], None, &[]);
-    let int8 = crate::helpers::decode_all(&blob, qstore::format::Precision::Int8)
-        .remove(0)
-        .1;
+    let int8 = crate::helpers::derived_int8(&high);
     let name = unique("paired");
     let (st, v) = post_form(
         &s,
@@ -703,8 +693,7 @@ async fn concurrent_uploads_and_downloads() {
 #[tokio::test]
 async fn an_upload_killed_midway_leaves_nothing() {
     let s = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(small_model(dir.path(), 11)).unwrap();
+    let model = small_model_bytes(11);
     let name = unique("killed");
     let half = Bytes::from(model[..model.len() / 2].to_vec());
     let stream = futures::stream::iter(vec![
@@ -732,8 +721,7 @@ async fn a_corrupted_blob_fails_the_download_instead_of_sending_wrong_bytes() {
     if !s.local_objects {
         return; // Needs the blob on the local disk to damage it.
     }
-    let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(small_model(dir.path(), 12)).unwrap();
+    let model = small_model_bytes(12);
     let name = unique("rot");
     let (st, v) = post_raw(&s, &name, model.clone()).await;
     assert_eq!(st, StatusCode::CREATED);
@@ -774,8 +762,7 @@ async fn health_readiness_and_metrics() {
     let s = TestServer::start();
     assert_eq!(get_bytes(&s, "/healthz").await.0, StatusCode::OK);
     assert_eq!(get_bytes(&s, "/readyz").await.0, StatusCode::OK);
-    let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(small_model(dir.path(), 13)).unwrap();
+    let model = small_model_bytes(13);
     let name = unique("met");
     post_raw(&s, &name, model.clone()).await;
     let (_, int8) = get_bytes(&s, &format!("/models/{name}/int8")).await;
@@ -810,8 +797,7 @@ async fn health_readiness_and_metrics() {
 #[tokio::test]
 async fn shutdown_lets_a_download_in_flight_finish() {
     let mut s = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(small_model(dir.path(), 14)).unwrap();
+    let model = small_model_bytes(14);
     let name = unique("drain");
     post_raw(&s, &name, model.clone()).await;
     let mut r = get(&s, &format!("/models/{name}/bf16")).await;
@@ -874,8 +860,7 @@ async fn an_fp16_model_is_served_as_fp16_under_its_own_name() {
 #[tokio::test]
 async fn hub_api_answers_info_tree_and_typed_errors() {
     let s = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(small_model(dir.path(), 22)).unwrap();
+    let model = small_model_bytes(22);
     let name = unique("org/hub");
     let (st, report) = post_form(
         &s,
@@ -1120,8 +1105,7 @@ async fn serve_can_leave_migrations_to_the_migrate_command() {
         skip_migrations: true,
         ..Opts::default()
     });
-    let dir = tempfile::tempdir().unwrap();
-    let model = std::fs::read(small_model(dir.path(), 16)).unwrap();
+    let model = small_model_bytes(16);
     let (st, v) = post_raw(&s, &unique("premigrated"), model).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
 }
