@@ -18,6 +18,7 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub gc: GcConfig,
     pub log: LogConfig,
 }
 
@@ -55,6 +56,8 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Object store backend; `local` keeps objects under `data_dir/objects`.
     pub backend: StorageBackend,
+    /// Used when `backend = "s3"`.
+    pub s3: S3Config,
 }
 
 impl Default for StorageConfig {
@@ -62,6 +65,7 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("./data"),
             backend: StorageBackend::Local,
+            s3: S3Config::default(),
         }
     }
 }
@@ -69,7 +73,47 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
+    /// Files under `data_dir/objects`: one machine, nothing to install.
     Local,
+    /// An S3-compatible bucket shared by every replica.
+    S3,
+}
+
+/// Where the S3 bucket is. Credentials are never configuration: they come from the standard
+/// AWS environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, web
+/// identity, instance metadata), so secrets stay out of files.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Empty: AWS itself (or `AWS_ENDPOINT_URL`). An `http://` endpoint allows plain HTTP.
+    pub endpoint: String,
+    /// Empty: `AWS_REGION`/`AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: String,
+    /// `https://endpoint/bucket/key` instead of `https://bucket.endpoint/key`; most self-hosted
+    /// S3-compatible servers need this.
+    pub path_style: bool,
+    /// Key prefix inside the bucket, so several deployments can share one bucket.
+    pub prefix: String,
+}
+
+/// Garbage collection of objects no revision refers to (`qstore gc`, or periodically).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Leftovers younger than this are kept: they may belong to an upload still in progress.
+    pub grace_secs: u64,
+    /// Run a collection this often inside `serve`; 0 turns the periodic task off.
+    pub interval_secs: u64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            grace_secs: 24 * 3600,
+            interval_secs: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -4,7 +4,7 @@
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::api::{AppState, BlobCache, WritePolicy, app, metrics::Metrics};
 use crate::config::Config;
-use crate::storage::{Catalog, Objects};
+use crate::storage::{Catalog, Objects, gc};
 
 /// Opens the catalog (migrating it if configured to) and the object store.
 pub async fn state(config: Config) -> Result<AppState> {
@@ -24,7 +24,7 @@ pub async fn state(config: Config) -> Result<AppState> {
             .context("running catalog migrations")?;
     }
     let objects = Objects::open(&config).context("opening the object store")?;
-    remove_stale_spools(&config.storage.data_dir.join("tmp"), STALE_SPOOL_AGE);
+    remove_abandoned_spools(&config);
     let writes = WritePolicy::new(&config.auth.tokens, config.server.listen.ip().is_loopback());
     let encodes = Arc::new(Semaphore::new(config.limits.max_concurrent_encodes.max(1)));
     let decodes = Arc::new(Semaphore::new(config.limits.max_concurrent_decodes.max(1)));
@@ -40,32 +40,26 @@ pub async fn state(config: Config) -> Result<AppState> {
     })
 }
 
-/// Upload spools older than this belong to a process that died mid-upload (a spool is as old as
-/// its upload, and no upload runs for a day).
-const STALE_SPOOL_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Spools older than the gc grace period belong to a process that died mid-upload (a spool is
+/// written for as long as its upload runs); this process has none yet.
+fn remove_abandoned_spools(config: &Config) {
+    let grace = Duration::from_secs(config.gc.grace_secs);
+    if let Some(cutoff) = SystemTime::now().checked_sub(grace) {
+        gc::remove_old_spools(&config.storage.data_dir.join("tmp"), cutoff, false);
+    }
+}
 
-/// Removes spool directories left by a crashed or killed server.
-fn remove_stale_spools(tmp: &std::path::Path, age: Duration) {
-    let Ok(entries) = std::fs::read_dir(tmp) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let stale = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|elapsed| elapsed > age);
-        let is_spool = entry.file_name().to_string_lossy().starts_with("upload-");
-        if stale && is_spool {
-            match std::fs::remove_dir_all(entry.path()) {
-                Ok(()) => {
-                    tracing::info!(path = %entry.path().display(), "removed a stale upload spool")
-                }
-                Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale upload spool")
-                }
-            }
+/// Collects garbage every `gc.interval_secs`, for deployments without a cron job running
+/// `qstore gc`. Failures are logged and retried at the next tick.
+async fn collect_periodically(state: AppState) {
+    let interval = Duration::from_secs(state.config.gc.interval_secs);
+    let grace = Duration::from_secs(state.config.gc.grace_secs);
+    let spools = state.config.storage.data_dir.join("tmp");
+    loop {
+        tokio::time::sleep(interval).await;
+        match gc::collect(&state.catalog, &state.objects, &spools, grace, false).await {
+            Ok(report) => tracing::info!(%report, "gc: periodic collection"),
+            Err(e) => tracing::warn!(error = %e, "gc: periodic collection failed"),
         }
     }
 }
@@ -114,14 +108,20 @@ impl Bound {
         }
         tracing::info!(%addr, data_dir = %self.state.config.storage.data_dir.display(), "qstore listening");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server =
-            axum::serve(self.listener, app(self.state)).with_graceful_shutdown(async move {
+        let server = axum::serve(self.listener, app(self.state.clone())).with_graceful_shutdown(
+            async move {
                 let _ = stop_rx.await;
-            });
+            },
+        );
+        let periodic_gc = (self.state.config.gc.interval_secs > 0)
+            .then(|| tokio::spawn(collect_periodically(self.state.clone())));
         let mut serving = tokio::spawn(server.into_future());
         tokio::select! {
             joined = &mut serving => return joined.context("server task")?.context("serving"),
             () = shutdown => {}
+        }
+        if let Some(task) = periodic_gc {
+            task.abort();
         }
         tracing::info!(
             timeout_secs = timeout.as_secs(),

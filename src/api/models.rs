@@ -208,12 +208,8 @@ async fn delete(state: AppState, name: &str, headers: &HeaderMap) -> ApiResult<R
     };
     for r in &revisions {
         state.blobs.remove(&r.id);
-        if let Err(e) = state
-            .objects
-            .delete_prefix(&format!("revisions/{}/", r.id))
-            .await
-        {
-            tracing::warn!(revision = %r.id, error = %e, "objects of a deleted model remain");
+        if let Err(e) = state.objects.delete_revision_folder(&r.id).await {
+            tracing::warn!(revision = %r.id, error = %e, "objects of a deleted model remain (qstore gc removes them)");
         }
     }
     tracing::info!(model = name, revisions = revisions.len(), "model deleted");

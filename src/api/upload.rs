@@ -520,7 +520,7 @@ fn check_reproduces_upload(summary: &EncodeSummary, spool: &Spool) -> ApiResult<
 /// future is dropped halfway (client gone, shutdown).
 struct Uncommitted {
     objects: Objects,
-    prefix: String,
+    revision: String,
     armed: bool,
 }
 
@@ -529,11 +529,11 @@ impl Drop for Uncommitted {
         if !self.armed {
             return;
         }
-        let (objects, prefix) = (self.objects.clone(), std::mem::take(&mut self.prefix));
+        let (objects, revision) = (self.objects.clone(), std::mem::take(&mut self.revision));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = objects.delete_prefix(&prefix).await {
-                    tracing::warn!(%prefix, error = %e, "leftovers of a failed upload remain");
+                if let Err(e) = objects.delete_revision_folder(&revision).await {
+                    tracing::warn!(%revision, error = %e, "leftovers of a failed upload remain (qstore gc removes them)");
                 }
             });
         }
@@ -551,7 +551,7 @@ async fn store_revision(
     let int8_id = new_commit_id().map_err(|e| ApiError::internal("random commit id", e))?;
     let mut guard = Uncommitted {
         objects: state.objects.clone(),
-        prefix: format!("revisions/{id}/"),
+        revision: id.clone(),
         armed: true,
     };
     let index = &summary.index;

@@ -47,6 +47,18 @@ enum Command {
         #[command(flatten)]
         config: server::ConfigArgs,
     },
+    /// Delete objects no revision refers to, and old upload spools (leftovers of uploads cut
+    /// short by a crash). Safe while servers run: only leftovers older than the grace period go.
+    Gc {
+        /// Keep leftovers younger than this many seconds (default: gc.grace_secs, 86400).
+        #[arg(long)]
+        grace_secs: Option<u64>,
+        /// Report what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        config: server::ConfigArgs,
+    },
     /// Manage API tokens for uploads and deletes.
     Token {
         #[command(subcommand)]
@@ -118,6 +130,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve { listen, config } => server::serve(&config, listen),
         Command::Migrate { config } => server::migrate(&config),
         Command::Token { command } => server::token(command),
+        Command::Gc {
+            grace_secs,
+            dry_run,
+            config,
+        } => server::gc(&config, grace_secs, dry_run),
         Command::Encode {
             high,
             index,

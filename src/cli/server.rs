@@ -1,14 +1,16 @@
-//! `qstore serve`, `qstore migrate`, `qstore token create`: the commands that need the
+//! `qstore serve`, `migrate`, `gc`, `token create`: the commands that need the
 //! configuration and an async runtime.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use crate::config::{Config, Overrides};
+use crate::storage::{Objects, gc};
 
 /// Where the configuration comes from; shared by every server-side command.
 #[derive(Args, Clone)]
@@ -78,6 +80,27 @@ pub fn migrate(args: &ConfigArgs) -> Result<()> {
     runtime()?.block_on(async move {
         migrated_catalog(&config).await?;
         println!("catalog is up to date");
+        Ok(())
+    })
+}
+
+/// One garbage collection; prints what it did. Needs the catalog already migrated (a fresh,
+/// empty deployment has nothing to collect, and gc must never be the one to create a schema).
+pub fn gc(args: &ConfigArgs, grace_secs: Option<u64>, dry_run: bool) -> Result<()> {
+    let config = load(args, None)?;
+    let grace = Duration::from_secs(grace_secs.unwrap_or(config.gc.grace_secs));
+    runtime()?.block_on(async move {
+        let catalog = crate::server::open_catalog(&config).await?;
+        let objects = Objects::open(&config).context("opening the object store")?;
+        let spools = config.storage.data_dir.join("tmp");
+        let report = gc::collect(&catalog, &objects, &spools, grace, dry_run)
+            .await
+            .context("collecting garbage")?;
+        for id in &report.removed {
+            let verb = if dry_run { "would remove" } else { "removed" };
+            println!("{verb} revisions/{id}/");
+        }
+        println!("{report}");
         Ok(())
     })
 }

@@ -1,6 +1,7 @@
 //! The catalog: repos, immutable revisions, their files, branches and API tokens, in SQL that
 //! SQLite and PostgreSQL both run (through sqlx's `Any` driver, so the backend is the URL).
 
+use std::collections::HashSet;
 use std::str::FromStr;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -190,6 +191,16 @@ impl Catalog {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(revision_from_row).collect()
+    }
+
+    /// Every revision id, across all repos: what garbage collection must keep.
+    pub async fn all_revision_ids(&self) -> Result<HashSet<String>, StorageError> {
+        let rows = sqlx::query("SELECT id FROM revisions")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>("id").map_err(Into::into))
+            .collect()
     }
 
     /// The revision a branch points at.

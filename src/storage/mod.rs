@@ -2,6 +2,7 @@
 //! which revisions exist. Backends are configuration (`object_store`, sqlx `Any`).
 
 pub mod catalog;
+pub mod gc;
 pub mod objects;
 
 pub use catalog::{Catalog, FileEntry, FileSet, NewRevision, Revision};
@@ -19,6 +20,8 @@ pub enum StorageError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl StorageError {
@@ -29,4 +32,19 @@ impl StorageError {
             StorageError::Object(object_store::Error::NotFound { .. })
         )
     }
+}
+
+/// The latest modification time of a path and anything below it: how garbage collection tells
+/// an abandoned folder from one an upload is still writing.
+pub(crate) fn newest_modification(
+    path: &std::path::Path,
+) -> std::io::Result<std::time::SystemTime> {
+    let meta = std::fs::metadata(path)?;
+    let mut newest = meta.modified()?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            newest = newest.max(newest_modification(&entry?.path())?);
+        }
+    }
+    Ok(newest)
 }

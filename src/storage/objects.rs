@@ -9,13 +9,19 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
 use super::StorageError;
-use crate::config::{Config, StorageBackend};
+use crate::config::{Config, S3Config, StorageBackend};
 use crate::format::BlobSource;
 
 /// Bytes per multipart part when uploading a blob (S3 needs ≥ 5 MiB per part).
@@ -25,6 +31,37 @@ const PART_BYTES: usize = 8 << 20;
 #[derive(Clone)]
 pub struct Objects {
     store: Arc<dyn ObjectStore>,
+    /// The local backend's directory: garbage collection also sees (and removes) the staging
+    /// files a killed multipart put leaves, which the `object_store` listing hides.
+    local_root: Option<PathBuf>,
+}
+
+/// The S3 client: bucket and endpoint from the configuration, credentials (and any other
+/// `AWS_*` setting) from the environment. Retries are kept short so a dead endpoint answers
+/// `/readyz` and downloads with an error within seconds, not minutes.
+fn open_s3(config: &S3Config) -> Result<AmazonS3, StorageError> {
+    if config.bucket.is_empty() {
+        return Err(StorageError::Config(
+            "storage.s3.bucket must be set when storage.backend is \"s3\"".into(),
+        ));
+    }
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(&config.bucket)
+        .with_virtual_hosted_style_request(!config.path_style)
+        .with_retry(RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(20),
+            ..Default::default()
+        });
+    if !config.endpoint.is_empty() {
+        builder = builder
+            .with_endpoint(&config.endpoint)
+            .with_allow_http(config.endpoint.starts_with("http://"));
+    }
+    if !config.region.is_empty() {
+        builder = builder.with_region(&config.region);
+    }
+    Ok(builder.build()?)
 }
 
 impl Objects {
@@ -37,6 +74,19 @@ impl Objects {
                 let store = LocalFileSystem::new_with_prefix(&root)?.with_automatic_cleanup(true);
                 Ok(Objects {
                     store: Arc::new(store),
+                    local_root: Some(root),
+                })
+            }
+            StorageBackend::S3 => {
+                let s3 = open_s3(&config.storage.s3)?;
+                let store: Arc<dyn ObjectStore> = if config.storage.s3.prefix.is_empty() {
+                    Arc::new(s3)
+                } else {
+                    Arc::new(PrefixStore::new(s3, config.storage.s3.prefix.as_str()))
+                };
+                Ok(Objects {
+                    store,
+                    local_root: None,
                 })
             }
         }
@@ -44,12 +94,12 @@ impl Objects {
 
     /// Where a revision's blob lives.
     pub fn blob_key(revision: &str) -> String {
-        format!("revisions/{revision}/model.qstore")
+        format!("{REVISIONS}/{revision}/model.qstore")
     }
 
     /// Where a plain file of a revision lives; `variant` keeps per-precision versions apart.
     pub fn file_key(revision: &str, variant: &str, path: &str) -> String {
-        format!("revisions/{revision}/{variant}/{path}")
+        format!("{REVISIONS}/{revision}/{variant}/{path}")
     }
 
     /// Uploads a local file with a multipart put (aborted on failure), streaming it in parts.
@@ -109,7 +159,7 @@ impl Objects {
     }
 
     /// Removes every object under `prefix` (a revision's folder).
-    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
         let prefix = Path::from(prefix);
         let mut listing = self.store.list(Some(&prefix));
         while let Some(meta) = listing.next().await {
@@ -119,6 +169,45 @@ impl Objects {
             }
         }
         Ok(())
+    }
+
+    /// Every revision folder in the store with the time of its newest object: what garbage
+    /// collection weighs against the catalog. The local backend reads the directory itself, so
+    /// the staging files of a put cut short by a crash count too.
+    pub async fn revision_folders(&self) -> Result<Vec<RevisionFolder>, StorageError> {
+        if let Some(root) = &self.local_root {
+            let dir = root.join(REVISIONS);
+            return tokio::task::spawn_blocking(move || local_revision_folders(&dir))
+                .await
+                .map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
+        }
+        let mut newest: BTreeMap<String, SystemTime> = BTreeMap::new();
+        let mut listing = self.store.list(Some(&Path::from(REVISIONS)));
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            let Some(id) = meta.location.parts().nth(1) else {
+                continue;
+            };
+            let modified = SystemTime::from(meta.last_modified);
+            let entry = newest.entry(id.as_ref().to_string()).or_insert(modified);
+            *entry = (*entry).max(modified);
+        }
+        Ok(newest
+            .into_iter()
+            .map(|(id, newest)| RevisionFolder { id, newest })
+            .collect())
+    }
+
+    /// Removes a revision's folder and everything in it.
+    pub async fn delete_revision_folder(&self, id: &str) -> Result<(), StorageError> {
+        if let Some(root) = &self.local_root {
+            let dir = root.join(REVISIONS).join(id);
+            return match tokio::fs::remove_dir_all(&dir).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            };
+        }
+        self.delete_prefix(&format!("{REVISIONS}/{id}/")).await
     }
 
     /// Cheap reachability probe for `/readyz`.
@@ -139,6 +228,36 @@ impl Objects {
             runtime: tokio::runtime::Handle::current(),
         })
     }
+}
+
+/// Top folder of every revision's objects.
+const REVISIONS: &str = "revisions";
+
+/// One `revisions/{id}/` folder, as garbage collection sees it.
+#[derive(Debug, Clone)]
+pub struct RevisionFolder {
+    pub id: String,
+    /// When its newest object (or staging file) was last written.
+    pub newest: SystemTime,
+}
+
+fn local_revision_folders(dir: &FsPath) -> Result<Vec<RevisionFolder>, StorageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut folders = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            folders.push(RevisionFolder {
+                id: entry.file_name().to_string_lossy().into_owned(),
+                newest: super::newest_modification(&entry.path())?,
+            });
+        }
+    }
+    Ok(folders)
 }
 
 /// A blob in the object store read by ranged GETs, one per chunk the decoder asks for. Must be

@@ -2,10 +2,12 @@
 
 mod cli;
 mod corruption;
+mod deployment;
 mod helpers;
 mod hf_client;
 mod inputs;
 mod memory;
+mod process;
 mod ranges;
 mod real_weights;
 mod roundtrip;

@@ -262,7 +262,7 @@ fn no_revision_objects(s: &TestServer) -> bool {
             .map_or(true, |mut d| d.next().is_none())
 }
 
-fn spool_entries(data_dir: &Path) -> usize {
+pub fn spool_entries(data_dir: &Path) -> usize {
     std::fs::read_dir(data_dir.join("tmp"))
         .map(|d| d.count())
         .unwrap_or(0)
@@ -1004,10 +1004,12 @@ async fn spools_left_by_a_dead_server_are_removed_at_start() {
     }
     let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
     for name in ["upload-stale", "not-a-spool"] {
-        std::fs::File::open(tmp.join(name))
-            .unwrap()
-            .set_modified(two_days_ago)
-            .unwrap();
+        for path in [tmp.join(name).join("model.safetensors"), tmp.join(name)] {
+            std::fs::File::open(path)
+                .unwrap()
+                .set_modified(two_days_ago)
+                .unwrap();
+        }
     }
     let _s = TestServer::with(Opts {
         data_dir: Some(data.path().to_path_buf()),

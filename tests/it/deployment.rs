@@ -1,0 +1,241 @@
+//! Deployment as several replicas: real `qstore serve` processes sharing one object store and
+//! one catalog (a data directory on the local backend; the bucket and database the suite's
+//! configuration names otherwise), killed without warning, and cleaned up by `qstore gc`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use qstore::storage::Objects;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::sha;
+use crate::process::{ServerProcess, qstore, test_config};
+use crate::server::{client, small_model_bytes, spool_entries, unique, wait_until};
+
+async fn upload(base: &ServerProcess, name: &str, model: Vec<u8>) -> Value {
+    let r = client()
+        .post(base.at(&format!("/models/{name}")))
+        .body(model)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    v
+}
+
+async fn download(base: &ServerProcess, path: &str) -> (StatusCode, Bytes) {
+    let r = client().get(base.at(path)).send().await.unwrap();
+    (r.status(), r.bytes().await.unwrap())
+}
+
+async fn json(base: &ServerProcess, path: &str) -> Value {
+    let (status, body) = download(base, path).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Environment giving a server its own key prefix in a shared bucket (ignored by the local
+/// backend, whose data directory is private anyway): for tests that collect garbage, which
+/// must not see other tests' uploads in flight.
+fn private_prefix() -> [(&'static str, String); 1] {
+    [("QSTORE__STORAGE__S3__PREFIX", unique("gc-test"))]
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_store_and_catalog() {
+    let data = tempfile::tempdir().unwrap();
+    let a = ServerProcess::start(data.path(), &[]).await;
+    let b = ServerProcess::start(data.path(), &[]).await;
+    let name = unique("replicas");
+
+    // Uploaded through one, served byte-exact by the other.
+    let model = small_model_bytes(40);
+    let first = upload(&a, &name, model.clone()).await;
+    let (status, bf16) = download(&b, &format!("/models/{name}/bf16")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sha(&bf16), sha(&model));
+    let (_, int8) = download(&b, &format!("/models/{name}/int8")).await;
+    assert_eq!(
+        sha(&int8),
+        first["files"]["int8"][0]["sha256"].as_str().unwrap()
+    );
+
+    // Concurrent uploads of the same name through both: every one lands as a revision, and
+    // the branches all name the same one of them.
+    let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
+    let uploads: Vec<_> = (0..8u64)
+        .map(|i| {
+            let server = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let name = name.clone();
+            tokio::spawn(async move {
+                let model = small_model_bytes(41 + i);
+                let v = upload(&server, &name, model.clone()).await;
+                (v["revision"].as_str().unwrap().to_string(), sha(&model))
+            })
+        })
+        .collect();
+    let mut uploaded = vec![(first["revision"].as_str().unwrap().to_string(), sha(&model))];
+    for u in uploads {
+        uploaded.push(u.await.unwrap());
+    }
+    let details = json(&b, &format!("/models/{name}")).await;
+    let stored: HashSet<&str> = details["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["revision"].as_str().unwrap())
+        .collect();
+    let want: HashSet<&str> = uploaded.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(stored, want, "no revision lost, none invented");
+    let branches = details["branches"].as_object().unwrap();
+    let main = branches["main"].as_str().unwrap();
+    for branch in ["bf16", "int8"] {
+        assert_eq!(branches[branch], main, "{branches:?}");
+    }
+    let winner = &uploaded.iter().find(|(id, _)| id == main).unwrap().1;
+    for server in [&a, &b] {
+        let (_, bf16) = download(server, &format!("/models/{name}/bf16")).await;
+        assert_eq!(&sha(&bf16), winner, "both replicas serve the winner");
+    }
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_upload_leaves_nothing_visible_and_gc_cleans_up() {
+    let data = tempfile::tempdir().unwrap();
+    let prefix = private_prefix();
+    let env: Vec<(&str, &str)> = prefix.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let config = test_config(data.path(), &env);
+    let objects = Objects::open(&config).unwrap();
+
+    let server = ServerProcess::start(data.path(), &env).await;
+    let kept_model = small_model_bytes(50);
+    let kept_name = unique("kept");
+    let kept = upload(&server, &kept_name, kept_model.clone()).await;
+    let kept_id = kept["revision"].as_str().unwrap().to_string();
+    // What a server killed between putting a blob and committing it leaves behind.
+    let orphan = "0123456789abcdef0123456789abcdef01234567";
+    objects
+        .put_bytes(
+            &Objects::blob_key(orphan),
+            Bytes::from_static(b"orphaned blob"),
+        )
+        .await
+        .unwrap();
+
+    // An upload whose body stops halfway, then the server dies with it in flight.
+    let name = unique("killed");
+    let model = small_model_bytes(51);
+    let half = Bytes::from(model[..model.len() / 2].to_vec());
+    let body =
+        futures::stream::iter([Ok::<_, std::io::Error>(half)]).chain(futures::stream::pending());
+    let url = server.at(&format!("/models/{name}"));
+    let length = model.len().to_string();
+    let in_flight = tokio::spawn(async move {
+        client()
+            .post(url)
+            .header("content-length", length)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+    });
+    wait_until(|| spool_entries(data.path()) == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill9();
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the client sees the connection die"
+    );
+
+    // Another replica (here: the restarted one) shows nothing of it.
+    let server = ServerProcess::start(data.path(), &env).await;
+    let (status, _) = download(&server, &format!("/models/{name}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let list = json(&server, "/models").await;
+    assert!(!list.to_string().contains(&name));
+    assert_eq!(
+        spool_entries(data.path()),
+        1,
+        "a fresh spool survives a restart"
+    );
+
+    // gc keeps young leftovers (an upload may still be writing them)...
+    let out = qstore("gc", data.path(), &env).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("0 unreferenced removed, 1 unreferenced kept"),
+        "{report}"
+    );
+    assert!(report.contains("0 upload spools removed"), "{report}");
+    // ...and removes them once past the grace period, never what the catalog names.
+    let out = qstore("gc", data.path(), &env)
+        .args(["--grace-secs", "0"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains(&format!("removed revisions/{orphan}/")),
+        "{report}"
+    );
+    for part in [
+        "1 unreferenced removed",
+        "0 unreferenced kept",
+        "1 upload spools removed",
+    ] {
+        assert!(report.contains(part), "{report}");
+    }
+    assert_eq!(spool_entries(data.path()), 0);
+    let left: Vec<String> = objects
+        .revision_folders()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(left, vec![kept_id.clone()]);
+    let (status, bf16) = download(&server, &format!("/models/{kept_name}/bf16")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sha(&bf16), sha(&kept_model));
+}
+
+#[tokio::test]
+async fn a_blob_missing_or_truncated_in_the_store_is_a_logged_5xx() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &[]).await;
+    let objects = Objects::open(&test_config(data.path(), &[])).unwrap();
+    let name = unique("lost");
+    let v = upload(&server, &name, small_model_bytes(60)).await;
+    let key = Objects::blob_key(v["revision"].as_str().unwrap());
+
+    objects
+        .put_bytes(&key, Bytes::from_static(b"a truncated blob"))
+        .await
+        .unwrap();
+    let (status, body) = download(&server, &format!("/models/{name}/bf16")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "Internal");
+
+    objects
+        .delete_revision_folder(v["revision"].as_str().unwrap())
+        .await
+        .unwrap();
+    let (status, _) = download(&server, &format!("/models/{name}/int8")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let log = server.log();
+    assert!(log.contains("blob size differs from the catalog"), "{log}");
+    assert!(
+        log.contains("an object the catalog refers to is missing"),
+        "{log}"
+    );
+}
