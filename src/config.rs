@@ -58,6 +58,10 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
     /// Used when `backend = "s3"`.
     pub s3: S3Config,
+    /// MiB of stored chunks all downloads together may read ahead from a remote store, where
+    /// each ranged GET costs a round trip: enough keeps many GETs in flight, the cap bounds
+    /// memory. Unused by the local backend.
+    pub read_ahead_mib: usize,
 }
 
 impl Default for StorageConfig {
@@ -66,6 +70,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./data"),
             backend: StorageBackend::Local,
             s3: S3Config::default(),
+            read_ahead_mib: 32,
         }
     }
 }

@@ -18,7 +18,7 @@ pub use arrival::{Arrival, ArrivingFile};
 pub use chunk::ChunkCodec;
 pub use index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
 pub use input::{EncodeInput, SHARD_INDEX_NAME, Selection};
-pub use reader::{Blob, BlobSource, Precision, WINDOW};
+pub use reader::{Blob, BlobSource, Precision, ReadAhead, WINDOW};
 pub use report::{Report, TensorReport};
 pub use writer::{EncodeOptions, EncodeSummary, encode_to_path};
 

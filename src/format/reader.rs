@@ -41,6 +41,89 @@ pub trait BlobSource: Sync {
     }
     /// Reads exactly `len` bytes at `offset`.
     fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>>;
+    /// Starts reading `len` bytes at `offset` now, for a decode that will need them soon. A
+    /// remote source (an object store, where each read costs a round trip) starts the request
+    /// in the background so a decode keeps many reads in flight; a local one defers the read
+    /// to when the bytes are taken, which is the default.
+    fn read_ahead(&self, offset: u64, len: usize) -> ReadAhead {
+        let _ = (offset, len);
+        ReadAhead::deferred()
+    }
+}
+
+/// A read a [`BlobSource`] may have started ahead of need.
+pub struct ReadAhead(Pending);
+
+enum Pending {
+    /// Read when taken, by the thread that decodes.
+    Deferred,
+    /// In progress elsewhere; `hold` (e.g. a share of a memory budget) lives until the bytes
+    /// are taken.
+    Started {
+        result: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        hold: Box<dyn Send>,
+    },
+    Done {
+        result: std::io::Result<Vec<u8>>,
+        _hold: Option<Box<dyn Send>>,
+    },
+}
+
+impl ReadAhead {
+    /// Nothing started: the bytes are read when taken.
+    pub fn deferred() -> ReadAhead {
+        ReadAhead(Pending::Deferred)
+    }
+
+    /// A read in progress elsewhere that will send its result on `result`; `hold` is dropped
+    /// once the result has arrived.
+    pub fn started(
+        result: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        hold: Box<dyn Send>,
+    ) -> ReadAhead {
+        ReadAhead(Pending::Started { result, hold })
+    }
+
+    /// A read already finished.
+    pub fn done(result: std::io::Result<Vec<u8>>) -> ReadAhead {
+        ReadAhead(Pending::Done {
+            result,
+            _hold: None,
+        })
+    }
+
+    /// Waits (on this thread) for a started read to finish.
+    fn settle(self) -> ReadAhead {
+        match self.0 {
+            Pending::Started { result, hold } => ReadAhead(Pending::Done {
+                result: result.recv().unwrap_or_else(|_| {
+                    Err(std::io::Error::other("a read ahead ended without a result"))
+                }),
+                _hold: Some(hold),
+            }),
+            other => ReadAhead(other),
+        }
+    }
+
+    /// The bytes: read now if deferred, else the read's result.
+    fn take(self, src: &impl BlobSource, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        match self.settle().0 {
+            Pending::Done { result, .. } => result,
+            _ => src.read_at(offset, len),
+        }
+    }
+}
+
+/// The stored chunks one piece of decode work needs, read ahead when the piece was scheduled.
+#[derive(Default)]
+struct Fetched(Vec<(u64, ReadAhead)>);
+
+impl Fetched {
+    /// The read started for chunk `id`, if any (taken: each is used once).
+    fn take(&mut self, id: u64) -> Option<ReadAhead> {
+        let at = self.0.iter().position(|(c, _)| *c == id)?;
+        Some(self.0.swap_remove(at).1)
+    }
 }
 
 impl BlobSource for std::fs::File {
@@ -213,7 +296,7 @@ impl<S: BlobSource> Blob<S> {
         let pieces = self.plan(file, range);
         if pieces.len() <= 1 {
             for p in &pieces {
-                let bytes = self.decode_piece(p)?;
+                let bytes = self.decode_piece(p, &mut Fetched::default())?;
                 out.write_all(&bytes[p.skip..p.skip + p.take])?;
             }
             return Ok(());
@@ -224,6 +307,8 @@ impl<S: BlobSource> Blob<S> {
     /// Decodes `pieces` on the rayon pool, at most `in_flight` at a time, and writes each from
     /// this thread as soon as it and all before it are ready: the cores stay busy across uneven
     /// chunks (no barrier between groups), and memory holds at most `in_flight` decoded chunks.
+    /// A piece's reads start when it is scheduled (see [`BlobSource::read_ahead`]), so on a
+    /// remote source the round trips of all pieces in flight overlap.
     fn write_pipelined(
         &self,
         pieces: &[Piece],
@@ -234,9 +319,10 @@ impl<S: BlobSource> Blob<S> {
         rayon::in_place_scope(|scope| {
             let spawn = |i: usize| {
                 let (tx, piece) = (tx.clone(), &pieces[i]);
+                let mut fetched = self.read_ahead(piece);
                 scope.spawn(move |_| {
                     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.decode_piece(piece)
+                        self.decode_piece(piece, &mut fetched)
                     }))
                     .unwrap_or_else(|_| Err(FormatError::Corrupt("the decoder panicked".into())));
                     let _ = tx.send((i, decoded));
@@ -328,17 +414,47 @@ impl<S: BlobSource> Blob<S> {
         }
     }
 
-    fn decode_piece(&self, p: &Piece) -> Result<Vec<u8>, FormatError> {
+    /// Starts reading every stored chunk `p` decodes from (the same chunks `decode_piece`
+    /// takes; one it misses is simply read when needed).
+    fn read_ahead(&self, p: &Piece) -> Fetched {
+        let mut ids = Vec::with_capacity(3);
+        match p.seg {
+            Segment::Stream(s) => {
+                ids.push(u64::from(self.index.streams[s as usize].first_chunk) + p.chunk)
+            }
+            Segment::Int8(q) => {
+                ids.push(u64::from(self.index.quantized[q as usize].int8_first) + p.chunk)
+            }
+            Segment::High(q) => {
+                let q = &self.index.quantized[q as usize];
+                ids.push(u64::from(q.int8_first) + p.chunk);
+                ids.extend(self.scale_chunks(q, q.chunk_rows(p.chunk)));
+                ids.push(u64::from(q.residual_first) + p.chunk);
+            }
+        }
+        Fetched(
+            ids.into_iter()
+                .map(|id| {
+                    let c = self.chunk(id);
+                    (id, self.src.read_ahead(c.offset(), c.stored_len() as usize))
+                })
+                .collect(),
+        )
+    }
+
+    fn decode_piece(&self, p: &Piece, fetched: &mut Fetched) -> Result<Vec<u8>, FormatError> {
         match p.seg {
             Segment::Stream(s) => {
                 let s = &self.index.streams[s as usize];
-                self.decode_plain(s.first_chunk as u64 + p.chunk)
+                self.decode_plain(s.first_chunk as u64 + p.chunk, fetched)
             }
             Segment::Int8(q) => {
                 let q = &self.index.quantized[q as usize];
-                self.decode_int8(q, p.chunk)
+                self.decode_int8(q, p.chunk, fetched)
             }
-            Segment::High(q) => self.decode_high(&self.index.quantized[q as usize], p.chunk),
+            Segment::High(q) => {
+                self.decode_high(&self.index.quantized[q as usize], p.chunk, fetched)
+            }
         }
     }
 
@@ -346,8 +462,22 @@ impl<S: BlobSource> Blob<S> {
         self.index.chunks[id as usize]
     }
 
-    fn stored(&self, c: &Chunk) -> Result<Vec<u8>, FormatError> {
-        let bytes = self.src.read_at(c.offset(), c.stored_len() as usize)?;
+    /// Chunk `id`'s stored bytes, from its read ahead if one was started, checked.
+    fn stored(&self, id: u64, fetched: &mut Fetched) -> Result<Vec<u8>, FormatError> {
+        let c = self.chunk(id);
+        let (offset, len) = (c.offset(), c.stored_len() as usize);
+        let bytes = match fetched.take(id) {
+            Some(read) => read.take(&self.src, offset, len)?,
+            None => self.src.read_at(offset, len)?,
+        };
+        if bytes.len() != c.stored_len() as usize {
+            return Err(FormatError::Corrupt(format!(
+                "chunk at offset {} read {} of {} bytes",
+                c.offset(),
+                bytes.len(),
+                c.stored_len()
+            )));
+        }
         if crc32fast::hash(&bytes) != c.stored_crc32() {
             return Err(FormatError::Corrupt(format!(
                 "chunk at offset {} fails its stored checksum",
@@ -357,30 +487,47 @@ impl<S: BlobSource> Blob<S> {
         Ok(bytes)
     }
 
-    fn decode_plain(&self, id: u64) -> Result<Vec<u8>, FormatError> {
+    fn decode_plain(&self, id: u64, fetched: &mut Fetched) -> Result<Vec<u8>, FormatError> {
         let c = self.chunk(id);
         let mut out = vec![0u8; c.decoded_len() as usize];
-        chunk::decode_bytes(c.codec(), &self.stored(&c)?, &mut out)?;
+        chunk::decode_bytes(c.codec(), &self.stored(id, fetched)?, &mut out)?;
         check_crc(id, &c, &out)?;
         Ok(out)
     }
 
-    fn decode_int8(&self, q: &QuantTensor, i: u64) -> Result<Vec<u8>, FormatError> {
+    fn decode_int8(
+        &self,
+        q: &QuantTensor,
+        i: u64,
+        fetched: &mut Fetched,
+    ) -> Result<Vec<u8>, FormatError> {
         let id = u64::from(q.int8_first) + i;
         let c = self.chunk(id);
         let mut out = vec![0u8; c.decoded_len() as usize];
-        chunk::decode_int8(c.codec(), &self.stored(&c)?, &mut out)?;
+        chunk::decode_int8(c.codec(), &self.stored(id, fetched)?, &mut out)?;
         check_crc(id, &c, &out)?;
         Ok(out)
     }
 
+    /// The chunk ids of the scale stream that hold the scales of `rows`.
+    fn scale_chunks(&self, q: &QuantTensor, rows: Range<u64>) -> impl Iterator<Item = u64> {
+        let s = &self.index.streams[q.scales as usize];
+        let (lo, hi) = (rows.start * 4, rows.end * 4);
+        (lo / s.chunk_bytes..hi.div_ceil(s.chunk_bytes)).map(|i| u64::from(s.first_chunk) + i)
+    }
+
     /// The float32 scales of `rows`, from the scale stream's chunks.
-    fn scales(&self, q: &QuantTensor, rows: Range<u64>) -> Result<Vec<f32>, FormatError> {
+    fn scales(
+        &self,
+        q: &QuantTensor,
+        rows: Range<u64>,
+        fetched: &mut Fetched,
+    ) -> Result<Vec<f32>, FormatError> {
         let s = &self.index.streams[q.scales as usize];
         let (lo, hi) = (rows.start * 4, rows.end * 4);
         let mut bytes = Vec::with_capacity((hi - lo) as usize);
         for i in lo / s.chunk_bytes..hi.div_ceil(s.chunk_bytes) {
-            let chunk = self.decode_plain(u64::from(s.first_chunk) + i)?;
+            let chunk = self.decode_plain(u64::from(s.first_chunk) + i, fetched)?;
             let start = i * s.chunk_bytes;
             let (a, b) = (
                 lo.max(start) - start,
@@ -394,9 +541,14 @@ impl<S: BlobSource> Blob<S> {
             .collect())
     }
 
-    fn decode_high(&self, q: &QuantTensor, i: u64) -> Result<Vec<u8>, FormatError> {
-        let values = self.decode_int8(q, i)?;
-        let scales = self.scales(q, q.chunk_rows(i))?;
+    fn decode_high(
+        &self,
+        q: &QuantTensor,
+        i: u64,
+        fetched: &mut Fetched,
+    ) -> Result<Vec<u8>, FormatError> {
+        let values = self.decode_int8(q, i, fetched)?;
+        let scales = self.scales(q, q.chunk_rows(i), fetched)?;
         let id = u64::from(q.residual_first) + i;
         let c = self.chunk(id);
         let rows = ChunkRows {
@@ -406,7 +558,7 @@ impl<S: BlobSource> Blob<S> {
             cols: q.cols as usize,
         };
         let mut out = vec![0u8; c.decoded_len() as usize];
-        chunk::decode_residual(c.codec(), &rows, &self.stored(&c)?, &mut out)?;
+        chunk::decode_residual(c.codec(), &rows, &self.stored(id, fetched)?, &mut out)?;
         check_crc(id, &c, &out)?;
         Ok(out)
     }

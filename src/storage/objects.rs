@@ -19,10 +19,11 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
 use tokio::io::AsyncReadExt;
+use tokio::sync::Semaphore;
 
 use super::StorageError;
 use crate::config::{Config, S3Config, StorageBackend};
-use crate::format::BlobSource;
+use crate::format::{BlobSource, ReadAhead};
 
 /// Bytes per multipart part when uploading a blob (S3 needs ≥ 5 MiB per part).
 const PART_BYTES: usize = 8 << 20;
@@ -34,6 +35,9 @@ pub struct Objects {
     /// The local backend's directory: garbage collection also sees (and removes) the staging
     /// files a killed multipart put leaves, which the `object_store` listing hides.
     local_root: Option<PathBuf>,
+    /// KiB of chunk bytes all downloads together may hold read ahead (remote backends only).
+    read_ahead: Arc<Semaphore>,
+    read_ahead_kib: u32,
 }
 
 /// The S3 client: bucket and endpoint from the configuration, credentials (and any other
@@ -75,6 +79,9 @@ impl Objects {
                 Ok(Objects {
                     store: Arc::new(store),
                     local_root: Some(root),
+                    // A local read costs no round trip: chunks are read when decoded.
+                    read_ahead: Arc::new(Semaphore::new(0)),
+                    read_ahead_kib: 0,
                 })
             }
             StorageBackend::S3 => {
@@ -84,9 +91,14 @@ impl Objects {
                 } else {
                     Arc::new(PrefixStore::new(s3, config.storage.s3.prefix.as_str()))
                 };
+                let kib = u32::try_from(config.storage.read_ahead_mib.saturating_mul(1024))
+                    .unwrap_or(u32::MAX)
+                    .max(1);
                 Ok(Objects {
                     store,
                     local_root: None,
+                    read_ahead: Arc::new(Semaphore::new(kib as usize)),
+                    read_ahead_kib: kib,
                 })
             }
         }
@@ -223,6 +235,8 @@ impl Objects {
         let len = self.size(key).await?;
         Ok(ObjectSource {
             store: self.store.clone(),
+            read_ahead: self.read_ahead.clone(),
+            read_ahead_kib: self.read_ahead_kib,
             path: Path::from(key),
             len,
             runtime: tokio::runtime::Handle::current(),
@@ -264,6 +278,8 @@ fn local_revision_folders(dir: &FsPath) -> Result<Vec<RevisionFolder>, StorageEr
 /// used from blocking threads (it waits on the runtime), never from async tasks.
 pub struct ObjectSource {
     store: Arc<dyn ObjectStore>,
+    read_ahead: Arc<Semaphore>,
+    read_ahead_kib: u32,
     path: Path,
     len: u64,
     runtime: tokio::runtime::Handle,
@@ -272,6 +288,36 @@ pub struct ObjectSource {
 impl BlobSource for ObjectSource {
     fn len(&self) -> u64 {
         self.len
+    }
+
+    /// One ranged GET started on the runtime now; a download's writer thread schedules the
+    /// next chunks' reads this way, so round trips overlap instead of adding up. Bytes read
+    /// ahead and not yet decoded count against the store's read-ahead budget, shared by every
+    /// download: when it is spent, the writer waits here, which bounds their memory.
+    fn read_ahead(&self, offset: u64, len: usize) -> ReadAhead {
+        // Waiting for budget cannot deadlock: it is held only by reads in flight and by chunks
+        // queued for decoding, which the decode pool frees without waiting on anything.
+        let kib = u32::try_from(len.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.read_ahead_kib);
+        let Ok(permit) = self
+            .runtime
+            .block_on(self.read_ahead.clone().acquire_many_owned(kib))
+        else {
+            return ReadAhead::deferred(); // The semaphore is never closed.
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (store, path) = (self.store.clone(), self.path.clone());
+        let end = offset.saturating_add(len as u64);
+        self.runtime.spawn(async move {
+            let read = store
+                .get_range(&path, offset..end)
+                .await
+                .map(|bytes| bytes.to_vec())
+                .map_err(|e| std::io::Error::other(format!("object store: {e}")));
+            let _ = tx.send(read);
+        });
+        ReadAhead::started(rx, Box::new(permit))
     }
 
     fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
