@@ -92,8 +92,7 @@ impl Objects {
                     Arc::new(PrefixStore::new(s3, config.storage.s3.prefix.as_str()))
                 };
                 let kib = u32::try_from(config.storage.read_ahead_mib.saturating_mul(1024))
-                    .unwrap_or(u32::MAX)
-                    .max(1);
+                    .unwrap_or(u32::MAX);
                 Ok(Objects {
                     store,
                     local_root: None,
@@ -295,6 +294,9 @@ impl BlobSource for ObjectSource {
     /// ahead and not yet decoded count against the store's read-ahead budget, shared by every
     /// download: when it is spent, the writer waits here, which bounds their memory.
     fn read_ahead(&self, offset: u64, len: usize) -> ReadAhead {
+        if self.read_ahead_kib == 0 {
+            return ReadAhead::deferred(); // Local (no round trip to hide), or turned off.
+        }
         // Waiting for budget cannot deadlock: it is held only by reads in flight and by chunks
         // queued for decoding, which the decode pool frees without waiting on anything.
         let kib = u32::try_from(len.div_ceil(1024))
