@@ -17,7 +17,7 @@ work="${BENCH_DIR:-/tmp/qstore-bench}"
 secs="${BENCH_SECONDS:-5}"
 reps="${BENCH_REPS:-3}"
 big_tensors="${BENCH_BIG_TENSORS:-64}" # x 32 MiB of BF16 weights: 2 GiB by default
-port_nginx=18080 port_local=18081 port_s3=18082 port_mem=18083
+port_nginx=18080 port_local=18081 port_s3=18082 port_mem=18083 port_cache=18084
 mkdir -p "$work"
 q="$root/target/release/qstore"
 pids=()
@@ -59,21 +59,34 @@ upload() { # URL FILE
     curl -fsS -o /dev/null -X POST --data-binary "@$2" "$1"
 }
 
-rm -rf "$work/local" "$work/s3data" "$work/www" && mkdir -p "$work/www"
+rm -rf "$work/local" "$work/s3data" "$work/cached" "$work/www" && mkdir -p "$work/www"
 serve $port_local "$work/local"
 pids+=($!)
 serve $port_s3 "$work/s3data" --config "$s3_config"
 pids+=($!)
+QSTORE__CACHE__MAX_BYTES=$((8 << 30)) serve $port_cache "$work/cached"
+pids+=($!)
 local_url="http://127.0.0.1:$port_local" s3_url="http://127.0.0.1:$port_s3"
-wait_ready "$local_url" && wait_ready "$s3_url"
+cache_url="http://127.0.0.1:$port_cache"
+wait_ready "$local_url" && wait_ready "$s3_url" && wait_ready "$cache_url"
 name="bench-$(date +%s)"
 upload "$local_url/models/$name" "$work/model.safetensors"
 upload "$s3_url/models/$name" "$work/model.safetensors"
+upload "$cache_url/models/$name" "$work/model.safetensors"
 curl -fsS -o "$work/www/int8.safetensors" "$local_url/models/$name/int8"
 curl -fsS -o "$work/www/bf16.safetensors" "$local_url/models/$name/bf16"
 cmp "$work/www/bf16.safetensors" "$work/model.safetensors"
 cmp "$work/www/int8.safetensors" <(curl -fsS "$s3_url/models/$name/int8")
 cmp "$work/www/bf16.safetensors" <(curl -fsS "$s3_url/models/$name/bf16")
+# The first whole download fills the file cache; the check reads it back from the cache.
+for precision in int8 bf16; do
+    curl -fsS -o /dev/null "$cache_url/models/$name/$precision"
+    cmp "$work/www/$precision.safetensors" <(curl -fsS "$cache_url/models/$name/$precision")
+done
+curl -fsS "$cache_url/metrics" | grep -q '^qstore_cache_hits_total 2$' || {
+    log "the file cache did not serve"
+    exit 1
+}
 
 user_line=""
 [[ "$(id -u)" == 0 ]] && user_line="user root;"
@@ -115,6 +128,7 @@ for precision in int8 bf16; do
             log "$precision, $conns clients, rep $rep"
             echo "tput nginx $precision $conns $(wrk_mbps "$nginx_url/$precision.safetensors" "$conns")" >>"$results"
             echo "tput local $precision $conns $(wrk_mbps "$local_url/models/$name/$precision" "$conns")" >>"$results"
+            echo "tput cache $precision $conns $(wrk_mbps "$cache_url/models/$name/$precision" "$conns")" >>"$results"
             echo "tput s3 $precision $conns $(wrk_mbps "$s3_url/models/$name/$precision" "$conns")" >>"$results"
         done
     done

@@ -18,6 +18,7 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub cache: CacheConfig,
     pub gc: GcConfig,
     pub log: LogConfig,
 }
@@ -100,6 +101,16 @@ pub struct S3Config {
     pub path_style: bool,
     /// Key prefix inside the bucket, so several deployments can share one bucket.
     pub prefix: String,
+}
+
+/// The local cache of decoded files (`data_dir/cache`), each replica's own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Disk the cache may use; 0 turns it off (every download decodes, the store holds the only
+    /// copy). With it on, a file downloaded whole is kept decoded and later whole downloads are
+    /// read from disk, verified by sha256, at file-server speed.
+    pub max_bytes: u64,
 }
 
 /// Garbage collection of objects no revision refers to (`qstore gc`, or periodically).

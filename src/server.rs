@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::api::{AppState, BlobCache, WritePolicy, app, metrics::Metrics};
 use crate::config::Config;
+use crate::storage::cache::FileCache;
 use crate::storage::{Catalog, Objects, gc};
 
 /// Opens the catalog (migrating it if configured to) and the object store.
@@ -28,6 +29,11 @@ pub async fn state(config: Config) -> Result<AppState> {
     let writes = WritePolicy::new(&config.auth.tokens, config.server.listen.ip().is_loopback());
     let encodes = Arc::new(Semaphore::new(config.limits.max_concurrent_encodes.max(1)));
     let decodes = Arc::new(Semaphore::new(config.limits.max_concurrent_decodes.max(1)));
+    let cache = FileCache::open(
+        &config.storage.data_dir.join("cache"),
+        config.cache.max_bytes,
+    )
+    .context("opening the file cache")?;
     Ok(AppState {
         config: Arc::new(config),
         catalog,
@@ -37,6 +43,7 @@ pub async fn state(config: Config) -> Result<AppState> {
         writes: Arc::new(writes),
         encodes,
         decodes,
+        cache,
     })
 }
 

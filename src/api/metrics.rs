@@ -35,6 +35,8 @@ pub struct Metrics {
     decoded_bytes: [AtomicU64; 2],
     decode_micros: [AtomicU64; 2],
     failed_downloads: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_fills: AtomicU64,
     uploads_ok: AtomicU64,
     uploads_failed: AtomicU64,
     uploaded_bytes: AtomicU64,
@@ -61,6 +63,16 @@ impl Metrics {
 
     pub fn add_failed_download(&self) {
         self.failed_downloads.fetch_add(1, Relaxed);
+    }
+
+    /// A whole file served from the local file cache instead of decoded.
+    pub fn add_cache_hit(&self) {
+        self.cache_hits.fetch_add(1, Relaxed);
+    }
+
+    /// A decoded file stored in the local file cache.
+    pub fn add_cache_fill(&self) {
+        self.cache_fills.fetch_add(1, Relaxed);
     }
 
     pub fn add_upload(&self, ok: bool, bytes: u64) {
@@ -112,6 +124,16 @@ impl Metrics {
                 "qstore_download_errors_total",
                 "Downloads cut because stored bytes failed verification or could not be read.",
                 self.failed_downloads.load(Relaxed),
+            ),
+            (
+                "qstore_cache_hits_total",
+                "Whole files served from the local file cache.",
+                self.cache_hits.load(Relaxed),
+            ),
+            (
+                "qstore_cache_fills_total",
+                "Decoded files added to the local file cache.",
+                self.cache_fills.load(Relaxed),
             ),
             (
                 "qstore_uploads_total",

@@ -27,6 +27,7 @@ use tracing::Level;
 
 use crate::config::Config;
 use crate::format::{Blob, BlobSource};
+use crate::storage::cache::FileCache;
 use crate::storage::{Catalog, ObjectSource, Objects, Revision};
 pub use auth::WritePolicy;
 use error::{ApiError, ApiResult, ErrorKind};
@@ -44,6 +45,8 @@ pub struct AppState {
     /// Admission for the memory-heavy work: blob encodes and blob decodes.
     pub encodes: Arc<Semaphore>,
     pub decodes: Arc<Semaphore>,
+    /// Decoded files kept on local disk (`cache.max_bytes`), if on.
+    pub cache: Option<Arc<FileCache>>,
 }
 
 impl AppState {

@@ -18,6 +18,7 @@ use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorKind};
 use super::metrics::Served;
 use crate::format::{Blob, OutputFile, Precision};
+use crate::storage::cache::{FileCache, Fill, Hit};
 use crate::storage::{FileEntry, ObjectSource};
 
 /// Bytes handed to the HTTP body per message: large enough to keep syscalls few, small enough
@@ -237,32 +238,75 @@ async fn body_of(state: &AppState, file: ServedFile, span: Range<u64>) -> ApiRes
             file: output,
             precision,
         } => {
+            let whole = span.start == 0 && span.end == file.size;
+            let cache = state.cache.as_ref().filter(|_| whole);
+            if let Some(cache) = cache
+                && let Some(hit) = cache.lookup(&file.sha256, file.size)
+            {
+                let cache = cache.clone();
+                return cached_body(state, cache, hit, file.size, file.sha256, precision).await;
+            }
+            let fill = cache.and_then(|c| c.start_fill(&file.sha256, file.size));
             let permit = state
                 .decodes
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|e| ApiError::internal("decode admission", e))?;
-            Ok(decoded_body(state, blob, output, precision, span, permit))
+            Ok(decoded_body(
+                state, blob, output, precision, span, permit, fill,
+            ))
         }
         Source::Object { key } => {
             let whole = span.start == 0 && span.end == file.size;
             let stream = state.objects.get_range_stream(&key, span).await?;
             let served = state.metrics.clone();
-            let verified =
-                verify_stream(stream, whole.then_some(file.sha256), key).inspect(move |r| {
-                    if let Ok(b) = r {
-                        served.add_served(Served::Plain, b.len() as u64);
-                    }
-                });
+            let check = whole.then(|| Check::Sha256(Sha256::new(), file.sha256));
+            let verified = verify_stream(stream, check, key).inspect(move |r| {
+                if let Ok(b) = r {
+                    served.add_served(Served::Plain, b.len() as u64);
+                }
+            });
             Ok(Body::from_stream(verified))
         }
     }
 }
 
+/// A whole file from the local cache, checked against the entry's CRC-32 as it streams with its
+/// last piece held back until it matches; an entry found damaged is dropped from the cache.
+async fn cached_body(
+    state: &AppState,
+    cache: Arc<FileCache>,
+    hit: Hit,
+    size: u64,
+    sha256: String,
+    precision: Precision,
+) -> ApiResult<Body> {
+    use tokio::io::AsyncReadExt;
+    let entry = tokio::fs::File::open(&hit.path)
+        .await
+        .map_err(|e| ApiError::internal("opening a cache entry", e))?;
+    state.metrics.add_cache_hit();
+    let stream = tokio_util::io::ReaderStream::with_capacity(entry.take(size), BODY_PIECE)
+        .map(|r| r.map_err(crate::storage::StorageError::from))
+        .boxed();
+    let (served, kind) = (state.metrics.clone(), Served::from(precision));
+    let key = hit.path.display().to_string();
+    let check = Check::Crc32(crc32fast::Hasher::new(), hit.crc32);
+    let verified = verify_stream(stream, Some(check), key).inspect(move |r| match r {
+        Ok(b) => served.add_served(kind, b.len() as u64),
+        Err(_) => {
+            served.add_failed_download();
+            cache.remove(&sha256);
+        }
+    });
+    Ok(Body::from_stream(verified))
+}
+
 /// Streams `span` of a blob output file. Decoding runs on a blocking thread and feeds a bounded
 /// channel, so a slow client slows the decoder instead of filling memory. A chunk that fails its
-/// checksum ends the body with an error: the connection is cut, and no wrong byte goes out.
+/// checksum ends the body with an error: the connection is cut, and no wrong byte goes out. With
+/// `fill`, the bytes also go to the file cache, published only if the whole file was sent.
 fn decoded_body(
     state: &AppState,
     blob: Arc<Blob<ObjectSource>>,
@@ -270,6 +314,7 @@ fn decoded_body(
     precision: Precision,
     span: Range<u64>,
     permit: tokio::sync::OwnedSemaphorePermit,
+    fill: Option<Fill>,
 ) -> Body {
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(BODY_QUEUE);
     let metrics = state.metrics.clone();
@@ -283,13 +328,19 @@ fn decoded_body(
             buf: Vec::with_capacity(BODY_PIECE),
             metrics: metrics.clone(),
             kind,
+            fill,
         };
         let len = span.end - span.start;
         let result = blob
             .write_range_windowed(&file, span, &mut out, window)
             .and_then(|()| out.flush().map_err(Into::into));
         match result {
-            Ok(()) => metrics.add_decode(kind, len, started.elapsed()),
+            Ok(()) => {
+                metrics.add_decode(kind, len, started.elapsed());
+                if out.fill.take().is_some_and(Fill::finish) {
+                    metrics.add_cache_fill();
+                }
+            }
             Err(e) if out.client_gone() => {
                 tracing::debug!(file = %file.name, error = %e, "client went away")
             }
@@ -310,6 +361,8 @@ struct ChannelWriter {
     /// Counts each piece as it is handed to the connection.
     metrics: Arc<super::metrics::Metrics>,
     kind: Served,
+    /// The file cache entry these bytes also go to, if any.
+    fill: Option<Fill>,
 }
 
 impl ChannelWriter {
@@ -326,6 +379,9 @@ impl ChannelWriter {
             Vec::with_capacity(BODY_PIECE),
         ));
         let n = piece.len() as u64;
+        if let Some(fill) = self.fill.as_mut() {
+            fill.write(&piece);
+        }
         self.tx.blocking_send(Ok(piece)).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,
@@ -353,26 +409,48 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Passes an object's bytes through; when it is sent whole, hashes them and holds the last piece
-/// back until the sha256 matches the catalog, so a damaged object never arrives complete.
+/// What a whole body must hash to.
+enum Check {
+    /// The catalog's sha256 of a plain object.
+    Sha256(Sha256, String),
+    /// A file cache entry's CRC-32.
+    Crc32(crc32fast::Hasher, u32),
+}
+
+impl Check {
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Check::Sha256(h, _) => h.update(bytes),
+            Check::Crc32(h, _) => h.update(bytes),
+        }
+    }
+
+    fn matches(self) -> bool {
+        match self {
+            Check::Sha256(h, want) => hex::encode(h.finalize()) == want,
+            Check::Crc32(h, want) => h.finalize() == want,
+        }
+    }
+}
+
+/// Passes stored bytes through; with a check (the body is a whole file), hashes them and holds
+/// the last piece back until the hash matches, so damaged bytes never arrive as a complete file.
 fn verify_stream(
     inner: futures::stream::BoxStream<'static, Result<Bytes, crate::storage::StorageError>>,
-    expected: Option<String>,
+    check: Option<Check>,
     key: String,
 ) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
     struct St {
         inner: futures::stream::BoxStream<'static, Result<Bytes, crate::storage::StorageError>>,
-        hasher: Sha256,
+        check: Option<Check>,
         held: Option<Bytes>,
-        expected: Option<String>,
         key: String,
         done: bool,
     }
     let st = St {
         inner,
-        hasher: Sha256::new(),
+        check,
         held: None,
-        expected,
         key,
         done: false,
     };
@@ -383,10 +461,10 @@ fn verify_stream(
         loop {
             match st.inner.next().await {
                 Some(Ok(b)) => {
-                    if st.expected.is_none() {
+                    let Some(check) = st.check.as_mut() else {
                         return Some((Ok(b), st));
-                    }
-                    st.hasher.update(&b);
+                    };
+                    check.update(&b);
                     if let Some(prev) = st.held.replace(b) {
                         return Some((Ok(prev), st));
                     }
@@ -398,10 +476,8 @@ fn verify_stream(
                 }
                 None => {
                     st.done = true;
-                    let expected = st.expected.take()?;
-                    let actual = hex::encode(std::mem::take(&mut st.hasher).finalize());
-                    if actual != expected {
-                        tracing::error!(key = %st.key, "object does not match its sha256; download aborted");
+                    if !st.check.take()?.matches() {
+                        tracing::error!(key = %st.key, "stored bytes do not match their checksum; download aborted");
                         return Some((Err(std::io::Error::other("checksum mismatch")), st));
                     }
                     return st.held.take().map(|b| (Ok(b), st));

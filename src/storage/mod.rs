@@ -1,6 +1,7 @@
 //! Where models live: blobs and plain files in an object store, and the SQL catalog that says
 //! which revisions exist. Backends are configuration (`object_store`, sqlx `Any`).
 
+pub mod cache;
 pub mod catalog;
 pub mod gc;
 pub mod objects;

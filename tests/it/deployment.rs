@@ -239,3 +239,57 @@ async fn a_blob_missing_or_truncated_in_the_store_is_a_logged_5xx() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn replicas_starting_together_migrate_a_fresh_catalog_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = test_config(dir.path(), &[]).database_url();
+    if !url.starts_with("postgres") {
+        eprintln!("skipped: needs the PostgreSQL catalog (QSTORE_TEST_CONFIG)");
+        return;
+    }
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(&url).await.unwrap();
+    let db = unique("migrate").replace('-', "_");
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let fresh = format!("{}/{db}", url.rsplit_once('/').unwrap().0);
+
+    // Four replicas at once on an empty database, each migrating at start.
+    let env = [("QSTORE__CATALOG__DATABASE_URL", fresh.as_str())];
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let servers =
+        futures::future::join_all(dirs.iter().map(|d| ServerProcess::start(d.path(), &env))).await;
+    let catalog = sqlx::AnyPool::connect(&fresh).await.unwrap();
+    let applied: Vec<(i64, bool)> =
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&catalog)
+            .await
+            .unwrap();
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        applied.len(),
+        files,
+        "each migration applied once: {applied:?}"
+    );
+    assert!(applied.iter().all(|(_, ok)| *ok));
+
+    // And they work as one registry.
+    let name = unique("fresh");
+    let model = small_model_bytes(70);
+    upload(&servers[0], &name, model.clone()).await;
+    let (status, bf16) = download(&servers[3], &format!("/models/{name}/bf16")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sha(&bf16), sha(&model));
+
+    drop(servers);
+    catalog.close().await;
+    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}

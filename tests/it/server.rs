@@ -43,6 +43,8 @@ pub struct Opts {
     pub shutdown_timeout_secs: Option<u64>,
     /// Leave `server.run_migrations` off (migrations applied by `qstore migrate` instead).
     pub skip_migrations: bool,
+    /// `cache.max_bytes` (off when unset).
+    pub cache_max_bytes: Option<u64>,
 }
 
 impl TestServer {
@@ -90,6 +92,7 @@ impl TestServer {
         if let Some(n) = opts.max_upload_bytes {
             config.limits.max_upload_bytes = n;
         }
+        config.cache.max_bytes = opts.cache_max_bytes.unwrap_or(0);
         let local_objects = config.storage.backend == qstore::config::StorageBackend::Local;
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1110,4 +1113,65 @@ async fn serve_can_leave_migrations_to_the_migrate_command() {
     let model = small_model_bytes(16);
     let (st, v) = post_raw(&s, &unique("premigrated"), model).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
+}
+
+/// The value of one counter in `/metrics`.
+async fn metric(s: &TestServer, name: &str) -> u64 {
+    let (_, text) = get_bytes(s, "/metrics").await;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+#[tokio::test]
+async fn whole_downloads_fill_the_file_cache_and_later_ones_read_it_verified() {
+    let s = TestServer::with(Opts {
+        cache_max_bytes: Some(64 << 20),
+        ..Opts::default()
+    });
+    let model = small_model_bytes(80);
+    let name = unique("cached");
+    let (st, _) = post_raw(&s, &name, model.clone()).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let url = format!("/models/{name}/bf16");
+
+    // A range is decoded and fills nothing; the first whole download decodes and fills.
+    let r = get_with(&s.at(&url), &[(RANGE, "bytes=1000-1999")]).await;
+    assert_eq!(r.bytes().await.unwrap(), model[1000..2000]);
+    assert_eq!(metric(&s, "qstore_cache_fills_total").await, 0);
+    let (_, first) = get_bytes(&s, &url).await;
+    assert_eq!(sha(&first), sha(&model));
+    assert_eq!(metric(&s, "qstore_cache_fills_total").await, 1);
+    let entry = s.data_dir.join("cache").join(sha(&model));
+    let cached = |entry: &Path| std::fs::read(entry).unwrap()[..model.len()].to_vec();
+    assert_eq!(cached(&entry), model);
+
+    // The next whole download is read from the cache, byte-exact.
+    let decoded = metric(&s, "qstore_decoded_bytes_total{precision=\"high\"}").await;
+    let (_, second) = get_bytes(&s, &url).await;
+    assert_eq!(sha(&second), sha(&model));
+    assert_eq!(metric(&s, "qstore_cache_hits_total").await, 1);
+    assert_eq!(
+        metric(&s, "qstore_decoded_bytes_total{precision=\"high\"}").await,
+        decoded,
+        "nothing decoded"
+    );
+
+    // A damaged entry is caught by its CRC-32: the body is cut, the entry dropped...
+    let mut damaged = std::fs::read(&entry).unwrap();
+    damaged[model.len() / 2] ^= 1;
+    std::fs::write(&entry, &damaged).unwrap();
+    let r = get(&s, &url).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.bytes().await.is_err(),
+        "the body must be cut, not completed"
+    );
+    assert!(!entry.exists());
+    // ...and the next download decodes again, exact, and fills the cache anew.
+    let (_, again) = get_bytes(&s, &url).await;
+    assert_eq!(sha(&again), sha(&model));
+    assert_eq!(metric(&s, "qstore_cache_fills_total").await, 2);
+    assert_eq!(cached(&entry), model);
 }
