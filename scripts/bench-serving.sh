@@ -7,6 +7,7 @@
 # docs/BENCHMARKS.md (between <!-- serving --> markers, kept by `cargo bench`).
 #
 #   scripts/bench-serving.sh            # BENCH_SECONDS=5 BENCH_REPS=3 BENCH_BIG_TENSORS=64
+#   BENCH_PHASES=memory scripts/bench-serving.sh   # redo one phase (serving, memory), keep the other
 #
 # Needs nginx and wrk (Debian: nginx-light, wrk; installed if missing), PostgreSQL and s3s-fs
 # (scripts/services.sh installs them). About 10 minutes on 2 cores.
@@ -17,6 +18,7 @@ work="${BENCH_DIR:-/tmp/qstore-bench}"
 secs="${BENCH_SECONDS:-5}"
 reps="${BENCH_REPS:-3}"
 big_tensors="${BENCH_BIG_TENSORS:-64}" # x 32 MiB of BF16 weights: 2 GiB by default
+phases=" ${BENCH_PHASES:-serving memory} "
 port_nginx=18080 port_local=18081 port_s3=18082 port_mem=18083 port_cache=18084
 mkdir -p "$work"
 q="$root/target/release/qstore"
@@ -37,6 +39,7 @@ cargo build --release --quiet --bin qstore --example synth
 synth="$root/target/release/examples/synth"
 [[ -f "$work/model.safetensors" ]] || "$synth" "$work/model.safetensors" 6 4096 4096
 [[ -f "$work/big.safetensors" ]] || "$synth" "$work/big.safetensors" "$big_tensors" 4096 4096
+big_mib=$(($(stat -c %s "$work/big.safetensors") >> 20))
 eval "$(scripts/services.sh start "$work/services")"
 s3_config="$QSTORE_TEST_CONFIG"
 unset QSTORE_TEST_CONFIG
@@ -51,14 +54,19 @@ wait_ready() {
 serve() {
     local port="$1" data="$2"
     shift 2
+    if curl -fs -o /dev/null "http://127.0.0.1:$port/healthz"; then
+        log "port $port is taken by another server"
+        exit 1
+    fi
     QSTORE__LOG__LEVEL=warn "$q" serve --listen "127.0.0.1:$port" --data-dir "$data" "$@" \
         >"$data.log" 2>&1 &
 }
 
-upload() { # URL FILE
-    curl -fsS -o /dev/null -X POST --data-binary "@$2" "$1"
+upload() { # URL FILE (streamed: --data-binary would read the file into memory)
+    curl -fsS -o /dev/null -X POST -T "$2" "$1"
 }
 
+if [[ "$phases" == *" serving "* ]]; then
 rm -rf "$work/local" "$work/s3data" "$work/cached" "$work/www" && mkdir -p "$work/www"
 serve $port_local "$work/local"
 pids+=($!)
@@ -120,7 +128,7 @@ wrk_mbps() {
             printf "%.1f\n", v * f / 1e6 }'
 }
 
-results="$work/results.txt"
+results="$work/serving.txt"
 : >"$results"
 for precision in int8 bf16; do
     for conns in 1 16; do
@@ -145,11 +153,14 @@ for rep in $(seq 21); do
         echo "ttfb $1 $t" >>"$results"
     done
 done
+fi
 
 # Peak RSS (VmHWM, printed at exit) of a fresh server: one upload of the big model, then (new
 # process) 16 concurrent BF16 downloads of it, each checked against the upload's sha256.
+if [[ "$phases" == *" memory "* ]]; then
+results="$work/memory.txt"
+: >"$results"
 big_sha=$(sha256sum "$work/big.safetensors" | cut -d' ' -f1)
-big_mib=$(($(stat -c %s "$work/big.safetensors") >> 20))
 peak_of() { # DATA_DIR -> MiB
     awk '/peak RSS/ {print int($(NF-1) / 1024)}' "$1.log" | tail -1
 }
@@ -167,6 +178,7 @@ for store in local s3; do
     mem_url="http://127.0.0.1:$port_mem"
     QSTORE_REPORT_PEAK_RSS=1 serve $port_mem "$data" "${extra[@]}"
     pid=$!
+    pids+=("$pid")
     wait_ready "$mem_url"
     log "$store: upload of $big_mib MiB"
     start=$(date +%s.%N)
@@ -176,6 +188,7 @@ for store in local s3; do
     echo "rss_upload $store $(peak_of "$data")" >>"$results"
     QSTORE_REPORT_PEAK_RSS=1 serve $port_mem "$data" "${extra[@]}"
     pid=$!
+    pids+=("$pid")
     wait_ready "$mem_url"
     log "$store: 16 concurrent BF16 downloads of $big_mib MiB"
     start=$(date +%s.%N)
@@ -192,10 +205,12 @@ for store in local s3; do
     stop_server "$pid"
     echo "rss_download $store $(peak_of "$data")" >>"$results"
 done
+fi
 
 machine="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/ {print $2}') GiB"
-python3 scripts/bench_serving_table.py "$results" docs/BENCHMARKS.md \
+cat "$work/serving.txt" "$work/memory.txt" >"$work/results.txt"
+python3 scripts/bench_serving_table.py "$work/results.txt" docs/BENCHMARKS.md \
     --machine "$machine" --secs "$secs" --reps "$reps" \
     --model-mib "$(($(stat -c %s "$work/model.safetensors") >> 20))" \
     --int8-mib "$(($(stat -c %s "$work/www/int8.safetensors") >> 20))" --big-mib "$big_mib"
-log "wrote docs/BENCHMARKS.md (raw numbers: $results)"
+log "wrote docs/BENCHMARKS.md (raw numbers: $work/results.txt)"

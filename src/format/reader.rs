@@ -63,10 +63,6 @@ enum Pending {
         result: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
         hold: Box<dyn Send>,
     },
-    Done {
-        result: std::io::Result<Vec<u8>>,
-        _hold: Option<Box<dyn Send>>,
-    },
 }
 
 impl ReadAhead {
@@ -76,7 +72,7 @@ impl ReadAhead {
     }
 
     /// A read in progress elsewhere that will send its result on `result`; `hold` is dropped
-    /// once the result has arrived.
+    /// once the bytes are taken.
     pub fn started(
         result: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
         hold: Box<dyn Send>,
@@ -84,32 +80,17 @@ impl ReadAhead {
         ReadAhead(Pending::Started { result, hold })
     }
 
-    /// A read already finished.
-    pub fn done(result: std::io::Result<Vec<u8>>) -> ReadAhead {
-        ReadAhead(Pending::Done {
-            result,
-            _hold: None,
-        })
-    }
-
-    /// Waits (on this thread) for a started read to finish.
-    fn settle(self) -> ReadAhead {
-        match self.0 {
-            Pending::Started { result, hold } => ReadAhead(Pending::Done {
-                result: result.recv().unwrap_or_else(|_| {
-                    Err(std::io::Error::other("a read ahead ended without a result"))
-                }),
-                _hold: Some(hold),
-            }),
-            other => ReadAhead(other),
-        }
-    }
-
-    /// The bytes: read now if deferred, else the read's result.
+    /// The bytes: the started read's result (waiting for it), or read now if deferred.
     fn take(self, src: &impl BlobSource, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        match self.settle().0 {
-            Pending::Done { result, .. } => result,
-            _ => src.read_at(offset, len),
+        match self.0 {
+            Pending::Started { result, hold } => {
+                let bytes = result.recv().unwrap_or_else(|_| {
+                    Err(std::io::Error::other("a read ahead ended without a result"))
+                });
+                drop(hold);
+                bytes
+            }
+            Pending::Deferred => src.read_at(offset, len),
         }
     }
 }

@@ -2,17 +2,15 @@
 //! configuration. Every object of a revision lives under `revisions/{id}/`, so an upload that
 //! fails can remove exactly what it wrote.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::Path as FsPath;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
-
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
