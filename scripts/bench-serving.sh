@@ -167,6 +167,12 @@ peak_of() { # DATA_DIR -> MiB
 since() { # seconds since START (date +%s.%N)
     awk -v s="$1" -v n="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", n - s }'
 }
+start_measured() { # DATA_DIR [ARGS...]: a server reporting its peak RSS at exit; sets $pid
+    QSTORE_REPORT_PEAK_RSS=1 serve $port_mem "$@"
+    pid=$!
+    pids+=("$pid")
+    wait_ready "http://127.0.0.1:$port_mem"
+}
 stop_server() {
     kill -TERM "$1" && wait "$1" || true
 }
@@ -176,20 +182,14 @@ for store in local s3; do
     data="$work/mem-$store"
     rm -rf "$data"
     mem_url="http://127.0.0.1:$port_mem"
-    QSTORE_REPORT_PEAK_RSS=1 serve $port_mem "$data" "${extra[@]}"
-    pid=$!
-    pids+=("$pid")
-    wait_ready "$mem_url"
+    start_measured "$data" "${extra[@]}"
     log "$store: upload of $big_mib MiB"
     start=$(date +%s.%N)
     upload "$mem_url/models/big" "$work/big.safetensors"
     echo "upload_secs $store $(since "$start")" >>"$results"
     stop_server "$pid"
     echo "rss_upload $store $(peak_of "$data")" >>"$results"
-    QSTORE_REPORT_PEAK_RSS=1 serve $port_mem "$data" "${extra[@]}"
-    pid=$!
-    pids+=("$pid")
-    wait_ready "$mem_url"
+    start_measured "$data" "${extra[@]}"
     log "$store: 16 concurrent BF16 downloads of $big_mib MiB"
     start=$(date +%s.%N)
     downloads=()
