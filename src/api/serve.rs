@@ -240,11 +240,14 @@ async fn body_of(state: &AppState, file: ServedFile, span: Range<u64>) -> ApiRes
         } => {
             let whole = span.start == 0 && span.end == file.size;
             let cache = state.cache.as_ref().filter(|_| whole);
+            // An entry evicted between lookup and open is simply decoded.
             if let Some(cache) = cache
                 && let Some(hit) = cache.lookup(&file.sha256, file.size)
+                && let Ok(entry) = tokio::fs::File::open(&hit.path).await
             {
                 let cache = cache.clone();
-                return cached_body(state, cache, hit, file.size, file.sha256, precision).await;
+                let body = cached_body(state, cache, hit, entry, file.size, file.sha256, precision);
+                return Ok(body);
             }
             let fill = cache.and_then(|c| c.start_fill(&file.sha256, file.size));
             let permit = state
@@ -274,18 +277,16 @@ async fn body_of(state: &AppState, file: ServedFile, span: Range<u64>) -> ApiRes
 
 /// A whole file from the local cache, checked against the entry's CRC-32 as it streams with its
 /// last piece held back until it matches; an entry found damaged is dropped from the cache.
-async fn cached_body(
+fn cached_body(
     state: &AppState,
     cache: Arc<FileCache>,
     hit: Hit,
+    entry: tokio::fs::File,
     size: u64,
     sha256: String,
     precision: Precision,
-) -> ApiResult<Body> {
+) -> Body {
     use tokio::io::AsyncReadExt;
-    let entry = tokio::fs::File::open(&hit.path)
-        .await
-        .map_err(|e| ApiError::internal("opening a cache entry", e))?;
     state.metrics.add_cache_hit();
     let stream = tokio_util::io::ReaderStream::with_capacity(entry.take(size), BODY_PIECE)
         .map(|r| r.map_err(crate::storage::StorageError::from))
@@ -300,7 +301,7 @@ async fn cached_body(
             cache.remove(&sha256);
         }
     });
-    Ok(Body::from_stream(verified))
+    Body::from_stream(verified)
 }
 
 /// Streams `span` of a blob output file. Decoding runs on a blocking thread and feeds a bounded
