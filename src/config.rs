@@ -108,8 +108,8 @@ pub struct S3Config {
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Disk the cache may use; 0 turns it off (every download decodes, the store holds the only
-    /// copy). With it on, a file downloaded whole is kept decoded and later whole downloads are
-    /// read from disk, verified by sha256, at file-server speed.
+    /// copy). With it on, a file downloaded whole is kept decoded (once its sha256 matched) and
+    /// later whole downloads are read from disk, CRC-32-checked, at file-server speed.
     pub max_bytes: u64,
 }
 
