@@ -240,14 +240,18 @@ async fn body_of(state: &AppState, file: ServedFile, span: Range<u64>) -> ApiRes
         } => {
             let whole = span.start == 0 && span.end == file.size;
             let cache = state.cache.as_ref().filter(|_| whole);
-            // An entry evicted between lookup and open is simply decoded.
             if let Some(cache) = cache
-                && let Some(hit) = cache.lookup(&file.sha256, file.size)
-                && let Ok(entry) = tokio::fs::File::open(&hit.path).await
+                && let Some(hit) = lookup_off_runtime(cache, &file.sha256, file.size).await
             {
                 let cache = cache.clone();
-                let body = cached_body(state, cache, hit, entry, file.size, file.sha256, precision);
-                return Ok(body);
+                return Ok(cached_body(
+                    state,
+                    cache,
+                    hit,
+                    file.size,
+                    file.sha256,
+                    precision,
+                ));
             }
             let fill = cache.and_then(|c| c.start_fill(&file.sha256, file.size));
             let permit = state
@@ -275,19 +279,28 @@ async fn body_of(state: &AppState, file: ServedFile, span: Range<u64>) -> ApiRes
     }
 }
 
+/// [`FileCache::lookup`] on a blocking thread (it opens and stats the entry).
+async fn lookup_off_runtime(cache: &Arc<FileCache>, sha256: &str, size: u64) -> Option<Hit> {
+    let (cache, sha256) = (cache.clone(), sha256.to_string());
+    tokio::task::spawn_blocking(move || cache.lookup(&sha256, size))
+        .await
+        .ok()
+        .flatten()
+}
+
 /// A whole file from the local cache, checked against the entry's CRC-32 as it streams with its
 /// last piece held back until it matches; an entry found damaged is dropped from the cache.
 fn cached_body(
     state: &AppState,
     cache: Arc<FileCache>,
     hit: Hit,
-    entry: tokio::fs::File,
     size: u64,
     sha256: String,
     precision: Precision,
 ) -> Body {
     use tokio::io::AsyncReadExt;
     state.metrics.add_cache_hit();
+    let entry = tokio::fs::File::from_std(hit.file);
     let stream = tokio_util::io::ReaderStream::with_capacity(entry.take(size), BODY_PIECE)
         .map(|r| r.map_err(crate::storage::StorageError::from))
         .boxed();

@@ -45,8 +45,9 @@ impl FileCache {
         })))
     }
 
-    /// The cached file with this content, if present and whole; marks it as just used (its
-    /// mtime orders eviction).
+    /// The cached file with this content, opened, if present and whole; marks it as just used
+    /// (its mtime orders eviction). Blocking file I/O: call it off the async runtime. The open
+    /// file stays readable even if eviction unlinks it meanwhile.
     pub fn lookup(&self, sha256: &str, size: u64) -> Option<Hit> {
         use std::os::unix::fs::FileExt;
         let path = self.entry_path(sha256)?;
@@ -62,7 +63,7 @@ impl FileCache {
         }
         let _ = file.set_modified(SystemTime::now());
         let crc32 = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
-        Some(Hit { path, crc32 })
+        Some(Hit { path, file, crc32 })
     }
 
     /// Drops an entry (found damaged while serving it).
@@ -154,6 +155,7 @@ const TRAILER_LEN: u64 = 8;
 /// A cache entry to serve: its first `size` bytes are the file, whose CRC-32 must be `crc32`.
 pub struct Hit {
     pub path: PathBuf,
+    pub file: File,
     pub crc32: u32,
 }
 

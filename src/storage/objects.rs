@@ -33,9 +33,15 @@ pub struct Objects {
     /// The local backend's directory: garbage collection also sees (and removes) the staging
     /// files a killed multipart put leaves, which the `object_store` listing hides.
     local_root: Option<PathBuf>,
-    /// KiB of chunk bytes all downloads together may hold read ahead (remote backends only).
-    read_ahead: Arc<Semaphore>,
-    read_ahead_kib: u32,
+    /// What all downloads together may hold read ahead; `None` for the local backend (no
+    /// round trip to hide) or when turned off.
+    read_ahead: Option<Arc<ReadAheadBudget>>,
+}
+
+/// KiB of stored chunks read ahead and not yet decoded, shared by every download.
+struct ReadAheadBudget {
+    kib: Arc<Semaphore>,
+    total_kib: u32,
 }
 
 /// The S3 client: bucket and endpoint from the configuration, credentials (and any other
@@ -78,8 +84,7 @@ impl Objects {
                     store: Arc::new(store),
                     local_root: Some(root),
                     // A local read costs no round trip: chunks are read when decoded.
-                    read_ahead: Arc::new(Semaphore::new(0)),
-                    read_ahead_kib: 0,
+                    read_ahead: None,
                 })
             }
             StorageBackend::S3 => {
@@ -94,8 +99,12 @@ impl Objects {
                 Ok(Objects {
                     store,
                     local_root: None,
-                    read_ahead: Arc::new(Semaphore::new(kib as usize)),
-                    read_ahead_kib: kib,
+                    read_ahead: (kib > 0).then(|| {
+                        Arc::new(ReadAheadBudget {
+                            kib: Arc::new(Semaphore::new(kib as usize)),
+                            total_kib: kib,
+                        })
+                    }),
                 })
             }
         }
@@ -233,7 +242,6 @@ impl Objects {
         Ok(ObjectSource {
             store: self.store.clone(),
             read_ahead: self.read_ahead.clone(),
-            read_ahead_kib: self.read_ahead_kib,
             path: Path::from(key),
             len,
             runtime: tokio::runtime::Handle::current(),
@@ -275,8 +283,7 @@ fn local_revision_folders(dir: &FsPath) -> Result<Vec<RevisionFolder>, StorageEr
 /// used from blocking threads (it waits on the runtime), never from async tasks.
 pub struct ObjectSource {
     store: Arc<dyn ObjectStore>,
-    read_ahead: Arc<Semaphore>,
-    read_ahead_kib: u32,
+    read_ahead: Option<Arc<ReadAheadBudget>>,
     path: Path,
     len: u64,
     runtime: tokio::runtime::Handle,
@@ -292,17 +299,17 @@ impl BlobSource for ObjectSource {
     /// ahead and not yet decoded count against the store's read-ahead budget, shared by every
     /// download: when it is spent, the writer waits here, which bounds their memory.
     fn read_ahead(&self, offset: u64, len: usize) -> ReadAhead {
-        if self.read_ahead_kib == 0 {
+        let Some(budget) = &self.read_ahead else {
             return ReadAhead::deferred(); // Local (no round trip to hide), or turned off.
-        }
+        };
         // Waiting for budget cannot deadlock: it is held only by reads in flight and by chunks
         // queued for decoding, which the decode pool frees without waiting on anything.
         let kib = u32::try_from(len.div_ceil(1024))
             .unwrap_or(u32::MAX)
-            .min(self.read_ahead_kib);
+            .min(budget.total_kib);
         let Ok(permit) = self
             .runtime
-            .block_on(self.read_ahead.clone().acquire_many_owned(kib))
+            .block_on(budget.kib.clone().acquire_many_owned(kib))
         else {
             return ReadAhead::deferred(); // The semaphore is never closed.
         };

@@ -13,28 +13,19 @@ use serde_json::Value;
 
 use crate::helpers::sha;
 use crate::process::{ServerProcess, qstore, test_config};
-use crate::server::{client, small_model_bytes, spool_entries, unique, wait_until};
+use crate::server::{
+    Endpoint, client, get_bytes, post_raw, small_model_bytes, spool_entries, unique, wait_until,
+};
 
-async fn upload(base: &ServerProcess, name: &str, model: Vec<u8>) -> Value {
-    let r = client()
-        .post(base.at(&format!("/models/{name}")))
-        .body(model)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap();
+/// A raw upload that must succeed; its JSON answer.
+async fn upload(server: &ServerProcess, name: &str, model: Vec<u8>) -> Value {
+    let (status, v) = post_raw(server, name, model).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     v
 }
 
-async fn download(base: &ServerProcess, path: &str) -> (StatusCode, Bytes) {
-    let r = client().get(base.at(path)).send().await.unwrap();
-    (r.status(), r.bytes().await.unwrap())
-}
-
-async fn json(base: &ServerProcess, path: &str) -> Value {
-    let (status, body) = download(base, path).await;
+async fn json(server: &ServerProcess, path: &str) -> Value {
+    let (status, body) = get_bytes(server, path).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     serde_json::from_slice(&body).unwrap()
 }
@@ -56,10 +47,10 @@ async fn two_replicas_share_one_store_and_catalog() {
     // Uploaded through one, served byte-exact by the other.
     let model = small_model_bytes(40);
     let first = upload(&a, &name, model.clone()).await;
-    let (status, bf16) = download(&b, &format!("/models/{name}/bf16")).await;
+    let (status, bf16) = get_bytes(&b, &format!("/models/{name}/bf16")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(sha(&bf16), sha(&model));
-    let (_, int8) = download(&b, &format!("/models/{name}/int8")).await;
+    let (_, int8) = get_bytes(&b, &format!("/models/{name}/int8")).await;
     assert_eq!(
         sha(&int8),
         first["files"]["int8"][0]["sha256"].as_str().unwrap()
@@ -99,7 +90,7 @@ async fn two_replicas_share_one_store_and_catalog() {
     }
     let winner = &uploaded.iter().find(|(id, _)| id == main).unwrap().1;
     for server in [&a, &b] {
-        let (_, bf16) = download(server, &format!("/models/{name}/bf16")).await;
+        let (_, bf16) = get_bytes(server.as_ref(), &format!("/models/{name}/bf16")).await;
         assert_eq!(&sha(&bf16), winner, "both replicas serve the winner");
     }
 }
@@ -153,7 +144,7 @@ async fn a_server_killed_mid_upload_leaves_nothing_visible_and_gc_cleans_up() {
 
     // Another replica (here: the restarted one) shows nothing of it.
     let server = ServerProcess::start(data.path(), &env).await;
-    let (status, _) = download(&server, &format!("/models/{name}")).await;
+    let (status, _) = get_bytes(&server, &format!("/models/{name}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let list = json(&server, "/models").await;
     assert!(!list.to_string().contains(&name));
@@ -203,7 +194,7 @@ async fn a_server_killed_mid_upload_leaves_nothing_visible_and_gc_cleans_up() {
         .map(|f| f.id)
         .collect();
     assert_eq!(left, vec![kept_id.clone()]);
-    let (status, bf16) = download(&server, &format!("/models/{kept_name}/bf16")).await;
+    let (status, bf16) = get_bytes(&server, &format!("/models/{kept_name}/bf16")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(sha(&bf16), sha(&kept_model));
 }
@@ -221,7 +212,7 @@ async fn a_blob_missing_or_truncated_in_the_store_is_a_logged_5xx() {
         .put_bytes(&key, Bytes::from_static(b"a truncated blob"))
         .await
         .unwrap();
-    let (status, body) = download(&server, &format!("/models/{name}/bf16")).await;
+    let (status, body) = get_bytes(&server, &format!("/models/{name}/bf16")).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"]["code"], "Internal");
@@ -230,7 +221,7 @@ async fn a_blob_missing_or_truncated_in_the_store_is_a_logged_5xx() {
         .delete_revision_folder(v["revision"].as_str().unwrap())
         .await
         .unwrap();
-    let (status, _) = download(&server, &format!("/models/{name}/int8")).await;
+    let (status, _) = get_bytes(&server, &format!("/models/{name}/int8")).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     let log = server.log();
     assert!(log.contains("blob size differs from the catalog"), "{log}");
@@ -282,7 +273,7 @@ async fn replicas_starting_together_migrate_a_fresh_catalog_once() {
     let name = unique("fresh");
     let model = small_model_bytes(70);
     upload(&servers[0], &name, model.clone()).await;
-    let (status, bf16) = download(&servers[3], &format!("/models/{name}/bf16")).await;
+    let (status, bf16) = get_bytes(&servers[3], &format!("/models/{name}/bf16")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(sha(&bf16), sha(&model));
 

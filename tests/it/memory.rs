@@ -1,5 +1,6 @@
 //! Memory stays bounded on a model larger than the bound (slow: set QSTORE_SLOW_TESTS=1).
 
+use crate::server::Endpoint;
 use std::process::Command;
 
 /// Bounds documented in docs/FORMAT.md ("Memory").

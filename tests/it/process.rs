@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use qstore::config::{Config, Overrides};
 
+use crate::server::Endpoint;
+
 /// The suite's backend configuration for a server whose local state is `data_dir`, plus `env`
 /// (`QSTORE__*` pairs) on top, exactly as the child process will load it.
 pub fn test_config(data_dir: &Path, env: &[(&str, &str)]) -> Config {
@@ -84,10 +86,6 @@ impl ServerProcess {
         false
     }
 
-    pub fn at(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
     /// SIGKILL: no cleanup of any kind runs in the server.
     pub fn kill9(mut self) {
         let mut child = self.child.take().unwrap();
@@ -106,6 +104,12 @@ impl ServerProcess {
     /// Everything the process printed so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl crate::server::Endpoint for ServerProcess {
+    fn url(&self) -> &str {
+        &self.url
     }
 }
 

@@ -133,9 +133,21 @@ impl TestServer {
             t.join().unwrap();
         }
     }
+}
 
-    pub fn at(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
+/// Where a test server answers: in this process ([`TestServer`]) or as a child process
+/// ([`crate::process::ServerProcess`]); the request helpers below take either.
+pub trait Endpoint {
+    fn url(&self) -> &str;
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url())
+    }
+}
+
+impl Endpoint for TestServer {
+    fn url(&self) -> &str {
+        &self.url
     }
 }
 
@@ -180,7 +192,7 @@ pub fn small_model_bytes(seed: u64) -> Vec<u8> {
 }
 
 /// Uploads one file as the raw body; returns the status and JSON answer.
-pub async fn post_raw(s: &TestServer, name: &str, body: Vec<u8>) -> (StatusCode, Value) {
+pub async fn post_raw(s: &impl Endpoint, name: &str, body: Vec<u8>) -> (StatusCode, Value) {
     let r = client()
         .post(s.at(&format!("/models/{name}")))
         .body(body)
@@ -234,11 +246,11 @@ async fn get_with(url: &str, headers: &[(reqwest::header::HeaderName, &str)]) ->
     req.send().await.unwrap()
 }
 
-pub async fn get(s: &TestServer, path: &str) -> reqwest::Response {
+pub async fn get(s: &impl Endpoint, path: &str) -> reqwest::Response {
     client().get(s.at(path)).send().await.unwrap()
 }
 
-pub async fn get_bytes(s: &TestServer, path: &str) -> (StatusCode, Bytes) {
+pub async fn get_bytes(s: &impl Endpoint, path: &str) -> (StatusCode, Bytes) {
     let r = get(s, path).await;
     let status = r.status();
     (status, r.bytes().await.unwrap())
