@@ -36,6 +36,9 @@ pub struct ServerConfig {
     /// Half the chunks each download keeps in flight; memory per download is about twice this
     /// many MiB. Small keeps many concurrent downloads cheap; larger helps a lone client.
     pub decode_window_chunks: usize,
+    /// The URL clients reach this server at (behind a proxy or CDN), for the links it hands out
+    /// (LFS upload URLs, commit URLs); empty: taken from each request's `Host` header.
+    pub public_url: String,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +49,7 @@ impl Default for ServerConfig {
             run_migrations: true,
             branch_max_age_secs: 60,
             decode_window_chunks: 4,
+            public_url: String::new(),
         }
     }
 }

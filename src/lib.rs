@@ -5,6 +5,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod format;
+pub mod repo;
 pub mod safetensors;
 pub mod server;
 pub mod storage;

@@ -34,6 +34,7 @@ pub async fn state(config: Config) -> Result<AppState> {
         config.cache.max_bytes,
     )
     .context("opening the file cache")?;
+    let spool_root = config.storage.data_dir.join("tmp");
     Ok(AppState {
         config: Arc::new(config),
         catalog,
@@ -44,6 +45,7 @@ pub async fn state(config: Config) -> Result<AppState> {
         encodes,
         decodes,
         cache,
+        spool_root,
     })
 }
 

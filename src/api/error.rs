@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::format::FormatError;
+use crate::repo::RepoError;
 use crate::storage::StorageError;
 
 /// What went wrong, from the client's point of view.
@@ -24,6 +25,10 @@ pub enum ErrorKind {
     Forbidden,
     PayloadTooLarge,
     RangeNotSatisfiable,
+    /// It exists already (repo, branch, tag), or a concurrent write won.
+    Conflict,
+    /// The client's `parentCommit` is not the branch head any more.
+    PreconditionFailed,
     /// Server-side failure; the message is logged, never sent.
     Internal,
     /// A dependency (catalog, object store) is unreachable.
@@ -41,6 +46,8 @@ impl ErrorKind {
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -57,6 +64,8 @@ impl ErrorKind {
             ErrorKind::Forbidden => "Forbidden",
             ErrorKind::PayloadTooLarge => "PayloadTooLarge",
             ErrorKind::RangeNotSatisfiable => "RangeNotSatisfiable",
+            ErrorKind::Conflict => "Conflict",
+            ErrorKind::PreconditionFailed => "PreconditionFailed",
             ErrorKind::Internal => "Internal",
             ErrorKind::Unavailable => "Unavailable",
         }
@@ -117,6 +126,22 @@ impl From<FormatError> for ApiError {
             }
             FormatError::NotFound(m) => ApiError::new(ErrorKind::EntryNotFound, m),
             FormatError::Corrupt(_) | FormatError::Io(_) => ApiError::internal("blob", e),
+        }
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::RepoNotFound(m) => ApiError::new(ErrorKind::RepoNotFound, m),
+            RepoError::RevisionNotFound(m) => ApiError::new(ErrorKind::RevisionNotFound, m),
+            RepoError::EntryNotFound(m) => ApiError::new(ErrorKind::EntryNotFound, m),
+            RepoError::BadInput(m) => ApiError::bad_request(m),
+            RepoError::Conflict(m) => ApiError::new(ErrorKind::Conflict, m),
+            RepoError::StaleParent(m) => ApiError::new(ErrorKind::PreconditionFailed, m),
+            RepoError::Storage(e) => e.into(),
+            RepoError::Format(e) => e.into(),
+            RepoError::Internal(m) => ApiError::internal("repository", m),
         }
     }
 }

@@ -1,21 +1,32 @@
-//! The Hugging Face-compatible routes (see shared/docs/hub-protocol.md): `resolve` for files and
-//! `api/models` for repo info and trees, so `huggingface_hub` and `transformers` work unmodified
-//! with `HF_ENDPOINT` pointing here. Revisions `main`/`bf16`/`fp16` serve the high-precision files,
-//! `int8` the INT8 files; every (upload, precision) pair has its own 40-hex commit.
+//! The read side of the Hugging Face-compatible API (see shared/docs/hub-protocol.md):
+//! `resolve` for files, and under `/api/models` repo info, trees, paths-info, refs, history and
+//! the model list, so `huggingface_hub` and `transformers` work unmodified with `HF_ENDPOINT`
+//! pointing here. Every commit has two views: its uploaded precision (its id, branches, tags)
+//! and INT8 (its twin id, `int8`, `int8/REF`).
+
+use std::collections::HashMap;
 
 use axum::Json;
-use axum::http::{HeaderMap, Method};
+use axum::extract::Request;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
-use percent_encoding::percent_decode_str;
+use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorKind};
 use super::names;
-use super::revisions::{self, Resolved, file_set};
+use super::revisions::{self, visible_repo};
 use super::serve::{ServedFile, cache_control, respond};
 use crate::format::Precision;
-use crate::storage::FileEntry;
+use crate::repo::Resolved;
+use crate::repo::refs::commit_id_of;
+use crate::repo::tree::{self, Listed};
+use crate::storage::{CommitRecord, FileEntry, RefKind, RepoSort};
+
+/// Largest page of a listing.
+const MAX_PAGE: usize = 1000;
 
 /// `/{repo_id}/resolve/{revision}/{path}`, decoded segment by segment.
 pub(super) struct ResolveRoute {
@@ -30,27 +41,24 @@ pub(super) fn resolve_route(segments: &[&str]) -> Option<ResolveRoute> {
     if !(1..=2).contains(&at) || segments.len() < at + 3 {
         return None;
     }
-    let decode = |s: &str| {
-        percent_decode_str(s)
-            .decode_utf8()
-            .ok()
-            .map(|c| c.into_owned())
-    };
-    let repo = segments[..at]
-        .iter()
-        .map(|s| decode(s))
-        .collect::<Option<Vec<_>>>()?
-        .join("/");
-    let path = segments[at + 2..]
-        .iter()
-        .map(|s| decode(s))
-        .collect::<Option<Vec<_>>>()?
-        .join("/");
+    let repo = decode_all(&segments[..at])?.join("/");
+    let path = decode_all(&segments[at + 2..])?.join("/");
     Some(ResolveRoute {
         repo,
         revision: decode(segments[at + 1])?,
         path,
     })
+}
+
+fn decode(s: &str) -> Option<String> {
+    percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+fn decode_all(segments: &[&str]) -> Option<Vec<String>> {
+    segments.iter().map(|s| decode(s)).collect()
 }
 
 /// `HEAD|GET /{repo_id}/resolve/{revision}/{path}`.
@@ -61,9 +69,9 @@ pub(super) async fn resolve(
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
     check_hub_repo(&route.repo)?;
-    let resolved = revisions::resolve(&state, &route.repo, &route.revision).await?;
-    let commit = resolved.commit().to_string();
-    let files = repo_files(&state, &resolved).await?;
+    let resolved = revisions::resolve(&state, headers, &route.repo, &route.revision).await?;
+    let commit = resolved.commit_id().to_string();
+    let files = view_files(&state, &resolved).await?;
     let Some(entry) = files.iter().find(|f| f.path == route.path) else {
         return Err(ApiError::new(
             ErrorKind::EntryNotFound,
@@ -74,9 +82,10 @@ pub(super) async fn resolve(
         )
         .with_commit(&commit));
     };
-    let blob = match entry.object_key {
-        Some(_) => None,
-        None => Some((state.blob(&resolved.revision).await?, resolved.precision)),
+    let blob = match (&entry.object_key, &resolved.commit.blob) {
+        (Some(_), _) => None,
+        (None, Some(b)) => Some((state.blob(b).await?, resolved.precision)),
+        (None, None) => return Err(ApiError::internal("a blob file without a blob", &entry.path)),
     };
     let served = ServedFile::from_entry(
         entry,
@@ -88,92 +97,399 @@ pub(super) async fn resolve(
 }
 
 /// A repo id that cannot exist is, to a Hub client, a repo that does not exist.
-fn check_hub_repo(repo: &str) -> ApiResult<()> {
+pub(super) fn check_hub_repo(repo: &str) -> ApiResult<()> {
     names::check_repo_name(repo).map_err(|e| ApiError::new(ErrorKind::RepoNotFound, e.message))
 }
 
-async fn repo_files(state: &AppState, resolved: &Resolved) -> ApiResult<Vec<FileEntry>> {
+pub(super) async fn view_files(state: &AppState, resolved: &Resolved) -> ApiResult<Vec<FileEntry>> {
     Ok(state
         .catalog
-        .files(&resolved.revision.id, file_set(resolved.precision))
+        .files(&resolved.commit.id, resolved.file_set())
         .await?)
 }
 
-/// `GET /api/models/{repo_id}[/revision/{rev}]` and `GET /api/models/{repo_id}/tree/{rev}[/path]`.
-pub(super) async fn api_models(state: AppState, segments: &[&str]) -> ApiResult<Response> {
-    let verb_at = segments
-        .iter()
-        .position(|s| *s == "revision" || *s == "tree")
-        .filter(|&i| (1..=2).contains(&i));
-    let (repo_segments, verb, rest) = match verb_at {
-        Some(i) => (&segments[..i], Some(segments[i]), &segments[i + 1..]),
-        None => (segments, None, &segments[segments.len()..]),
-    };
-    let decode = |s: &&str| percent_decode_str(s).decode_utf8_lossy().into_owned();
-    let repo = repo_segments
-        .iter()
-        .map(decode)
-        .collect::<Vec<_>>()
-        .join("/");
-    check_hub_repo(&repo)?;
-    let rev = rest.first().map(decode).unwrap_or_else(|| "main".into());
-    let resolved = revisions::resolve(&state, &repo, &rev).await?;
-    let files = repo_files(&state, &resolved).await?;
-    match verb {
-        Some("tree") => {
-            let path = rest.get(1..).unwrap_or_default();
-            let prefix = path.iter().map(decode).collect::<Vec<_>>().join("/");
-            Ok(Json(tree(&files, &prefix)).into_response())
-        }
-        _ => Ok(Json(model_info(&repo, &resolved, &files)).into_response()),
+/// The query string as a multimap (`expand[]=a&expand[]=b`).
+pub(super) fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+    uri.query().map(|q| url_pairs(q.as_bytes())).unwrap_or_default()
+}
+
+/// `application/x-www-form-urlencoded` pairs.
+pub(super) fn url_pairs(raw: &[u8]) -> Vec<(String, String)> {
+    raw.split(|b| *b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let text = String::from_utf8_lossy(p).replace('+', " ");
+            let (k, v) = text.split_once('=').unwrap_or((&text, ""));
+            (
+                percent_decode_str(k).decode_utf8_lossy().into_owned(),
+                percent_decode_str(v).decode_utf8_lossy().into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn first<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+fn flag(pairs: &[(String, String)], key: &str) -> bool {
+    first(pairs, key).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true"))
+}
+
+/// A number from the query, bounded.
+fn number(pairs: &[(String, String)], key: &str, default: usize, max: usize) -> ApiResult<usize> {
+    match first(pairs, key) {
+        None | Some("") => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .map(|n| n.min(max))
+            .map_err(|_| ApiError::bad_request(format!("{key}={v:?} is not a number"))),
     }
 }
 
-/// Repo info as `huggingface_hub.ModelInfo` reads it.
-fn model_info(repo: &str, resolved: &Resolved, files: &[FileEntry]) -> Value {
-    let r = &resolved.revision;
-    let modified = chrono::DateTime::from_timestamp_millis(r.created_at)
+pub(super) fn iso_date(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string();
-    let precision = match resolved.precision {
-        Precision::Int8 => "int8",
-        Precision::High => r.high_dtype.as_str(),
+        .to_string()
+}
+
+/// A JSON answer with a `Link: <next>; rel="next"` header when there is a next page.
+fn paged(body: Value, next: Option<String>) -> Response {
+    let mut response = Json(body).into_response();
+    if let Some(next) = next.and_then(|n| HeaderValue::from_str(&format!("<{n}>; rel=\"next\"")).ok()) {
+        response.headers_mut().insert("link", next);
+    }
+    response
+}
+
+/// The URL of the next page: this request's with `key` set to `value`.
+fn next_url(state: &AppState, request: &Parts, key: &str, value: usize) -> String {
+    let mut pairs: Vec<(String, String)> = query_pairs(&request.uri)
+        .into_iter()
+        .filter(|(k, _)| k != key)
+        .collect();
+    pairs.push((key.to_string(), value.to_string()));
+    let query = pairs
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(k, NON_ALPHANUMERIC),
+                utf8_percent_encode(v, NON_ALPHANUMERIC)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    format!("{}{}?{query}", state.base_url(&request.headers), request.uri.path())
+}
+
+/// `/api/models/{repo_id}/...` after `models`: the repo id (one or two segments), the verb and
+/// what follows it.
+pub(super) fn split_repo<'a>(segments: &'a [&'a str]) -> ApiResult<(String, Option<&'a str>, &'a [&'a str])> {
+    const VERBS: [&str; 11] = [
+        "revision", "tree", "refs", "commits", "paths-info", "preupload", "commit", "branch",
+        "tag", "settings", "xet-write-token",
+    ];
+    let at = segments
+        .iter()
+        .position(|s| VERBS.contains(s))
+        .filter(|&i| (1..=2).contains(&i));
+    let (repo_segments, verb, rest) = match at {
+        Some(i) => (&segments[..i], Some(segments[i]), &segments[i + 1..]),
+        None => (segments, None, &segments[segments.len()..]),
     };
-    json!({
-        "_id": resolved.commit(),
+    let repo = decode_all(repo_segments)
+        .ok_or_else(|| ApiError::bad_request("repo id is not UTF-8"))?
+        .join("/");
+    check_hub_repo(&repo)?;
+    Ok((repo, verb, rest))
+}
+
+/// The reads under `/api/models/{repo_id}`.
+pub(super) async fn api_models_read(
+    state: AppState,
+    repo: &str,
+    verb: Option<&str>,
+    rest: &[&str],
+    request: Request,
+) -> ApiResult<Response> {
+    let (request, _) = request.into_parts();
+    let rev = rest
+        .first()
+        .and_then(|s| decode(s))
+        .unwrap_or_else(|| "main".into());
+    match verb {
+        None | Some("revision") => model_info(&state, repo, &rev, &request).await,
+        Some("tree") => {
+            let path = decode_all(rest.get(1..).unwrap_or_default())
+                .ok_or_else(|| ApiError::bad_request("path is not UTF-8"))?
+                .join("/");
+            tree_listing(&state, repo, &rev, &path, &request).await
+        }
+        Some("refs") => refs(&state, repo, &request.headers).await,
+        Some("commits") => commits(&state, repo, &rev, &request).await,
+        _ => Err(ApiError::new(
+            ErrorKind::EntryNotFound,
+            format!("no route for {} {}", request.method, request.uri.path()),
+        )),
+    }
+}
+
+/// Repo info as `huggingface_hub.ModelInfo` reads it; `?blobs=true` adds file sizes and LFS
+/// details to `siblings`.
+async fn model_info(state: &AppState, repo: &str, rev: &str, request: &Parts) -> ApiResult<Response> {
+    let resolved = revisions::resolve(state, &request.headers, repo, rev).await?;
+    let record = state
+        .catalog
+        .repo(repo)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorKind::RepoNotFound, format!("model {repo:?} not found")))?;
+    let files = view_files(state, &resolved).await?;
+    let with_blobs = flag(&query_pairs(&request.uri), "blobs");
+    let siblings: Vec<Value> = files
+        .iter()
+        .map(|f| {
+            let mut s = json!({"rfilename": f.path});
+            if with_blobs {
+                s["size"] = json!(f.size);
+                s["blobId"] = json!(tree::tree_oid(f));
+                if f.lfs {
+                    let (_, pointer) = tree::lfs_pointer(&f.sha256, f.size);
+                    s["lfs"] = json!({"sha256": f.sha256, "size": f.size, "pointerSize": pointer});
+                }
+            }
+            s
+        })
+        .collect();
+    let c = &resolved.commit;
+    let precision = match (resolved.precision, &c.blob) {
+        (Precision::Int8, Some(_)) => "int8",
+        (_, Some(b)) => b.high_dtype.as_str(),
+        (_, None) => "no-weights",
+    };
+    let stored = stored_bytes(state, repo).await?;
+    let mut info = json!({
+        "_id": resolved.commit_id(),
         "id": repo,
         "modelId": repo,
-        "sha": resolved.commit(),
-        "lastModified": modified,
-        "createdAt": modified,
-        "private": false,
+        "author": repo.split_once('/').map(|(ns, _)| ns),
+        "sha": resolved.commit_id(),
+        "lastModified": iso_date(c.created_at),
+        "createdAt": iso_date(record.created_at),
+        "private": record.private,
         "gated": false,
         "disabled": false,
         "downloads": 0,
         "likes": 0,
         "library_name": "transformers",
         "tags": ["safetensors", precision],
-        "siblings": files.iter().map(|f| json!({"rfilename": f.path})).collect::<Vec<_>>(),
-        "usedStorage": r.blob_size + r.plain_size,
+        "siblings": siblings,
+        "usedStorage": stored,
+        "xetEnabled": false,
+    });
+    if let Some(card) = card_data(state, &files).await? {
+        info["cardData"] = card;
+    }
+    Ok(Json(info).into_response())
+}
+
+/// Bytes the repo's commits hold: each blob and plain object once.
+pub(super) async fn stored_bytes(state: &AppState, repo: &str) -> ApiResult<u64> {
+    let blobs: u64 = state.catalog.repo_blobs(repo).await?.iter().map(|b| b.size).sum();
+    let objects: u64 = state.catalog.repo_objects(repo).await?.iter().map(|(_, s)| *s).sum();
+    Ok(blobs + objects)
+}
+
+/// The README's YAML metadata as JSON, when there is a README with some.
+async fn card_data(state: &AppState, files: &[FileEntry]) -> ApiResult<Option<Value>> {
+    let Some(readme) = files.iter().find(|f| f.path == "README.md") else {
+        return Ok(None);
+    };
+    let (Some(key), true) = (&readme.object_key, readme.size <= super::hub::MAX_README_BYTES) else {
+        return Ok(None);
+    };
+    let raw = state.objects.read_prefix(key, readme.size).await?;
+    Ok(super::hub::front_matter(&String::from_utf8_lossy(&raw))
+        .ok()
+        .flatten())
+}
+
+/// `GET /api/models/{repo}/tree/{rev}[/{path}]`: files and folders under `path`, `recursive`,
+/// paginated (`limit`, `cursor`) with a `Link` header.
+async fn tree_listing(
+    state: &AppState,
+    repo: &str,
+    rev: &str,
+    path: &str,
+    request: &Parts,
+) -> ApiResult<Response> {
+    let resolved = revisions::resolve(state, &request.headers, repo, rev).await?;
+    let files = view_files(state, &resolved).await?;
+    let pairs = query_pairs(&request.uri);
+    let recursive = flag(&pairs, "recursive");
+    let entries = tree::list(&files, path, recursive);
+    if entries.is_empty() && !path.is_empty() {
+        return Err(ApiError::new(
+            ErrorKind::EntryNotFound,
+            format!("{repo} has no folder {path:?} at {rev}"),
+        )
+        .with_commit(resolved.commit_id()));
+    }
+    let limit = number(&pairs, "limit", MAX_PAGE, MAX_PAGE)?.max(1);
+    let cursor = number(&pairs, "cursor", 0, usize::MAX)?;
+    let page: Vec<Value> = entries
+        .iter()
+        .skip(cursor)
+        .take(limit)
+        .map(|e| listed_json(&files, e))
+        .collect();
+    let next = (cursor + limit < entries.len()).then(|| next_url(state, request, "cursor", cursor + limit));
+    Ok(paged(Value::Array(page), next))
+}
+
+/// One tree or paths-info entry.
+pub(super) fn listed_json(files: &[FileEntry], e: &Listed) -> Value {
+    match e {
+        Listed::File(f) => {
+            let mut v = json!({"type": "file", "oid": tree::tree_oid(f), "size": f.size, "path": f.path});
+            if f.lfs {
+                let (_, pointer) = tree::lfs_pointer(&f.sha256, f.size);
+                v["lfs"] = json!({"oid": f.sha256, "size": f.size, "pointerSize": pointer});
+            }
+            v
+        }
+        Listed::Folder(p) => {
+            json!({"type": "directory", "oid": tree::folder_oid(files, p), "size": 0, "path": p})
+        }
+    }
+}
+
+/// `POST /api/models/{repo}/paths-info/{rev}` (form: `paths`, repeated, and `expand`).
+pub(super) async fn paths_info(
+    state: &AppState,
+    repo: &str,
+    rev: &str,
+    headers: &HeaderMap,
+    form: &[u8],
+) -> ApiResult<Response> {
+    let resolved = revisions::resolve(state, headers, repo, rev).await?;
+    let files = view_files(state, &resolved).await?;
+    let mut out = Vec::new();
+    for (key, path) in url_pairs(form) {
+        if key != "paths" {
+            continue;
+        }
+        let path = path.trim_end_matches('/');
+        if let Some(f) = files.iter().find(|f| f.path == path) {
+            out.push(listed_json(&files, &Listed::File(f)));
+        } else if files.iter().any(|f| f.path.starts_with(&format!("{path}/"))) {
+            out.push(listed_json(&files, &Listed::Folder(path.to_string())));
+        }
+    }
+    Ok(Json(Value::Array(out)).into_response())
+}
+
+/// `GET /api/models/{repo}/refs`.
+async fn refs(state: &AppState, repo: &str, headers: &HeaderMap) -> ApiResult<Response> {
+    let caller = state.writes.caller(&state.catalog, headers).await?;
+    visible_repo(state, caller.as_ref(), repo).await?;
+    let (mut branches, mut tags) = (Vec::new(), Vec::new());
+    for (kind, name, commit) in state.catalog.refs(repo).await? {
+        match kind {
+            RefKind::Branch => branches.push(json!({"name": name, "ref": format!("refs/heads/{name}"), "targetCommit": commit})),
+            RefKind::Tag => tags.push(json!({"name": name, "ref": format!("refs/tags/{name}"), "targetCommit": commit})),
+        }
+    }
+    Ok(Json(json!({"branches": branches, "tags": tags, "converts": [], "pullRequests": []})).into_response())
+}
+
+/// `GET /api/models/{repo}/commits/{rev}`: the history ending at `rev`, newest first, in
+/// pages (`p`, `limit`) linked by `Link`. For an INT8 view, the INT8 twin ids.
+async fn commits(state: &AppState, repo: &str, rev: &str, request: &Parts) -> ApiResult<Response> {
+    let resolved = revisions::resolve(state, &request.headers, repo, rev).await?;
+    let pairs = query_pairs(&request.uri);
+    let limit = number(&pairs, "limit", 50, MAX_PAGE)?.max(1);
+    let page = number(&pairs, "p", 0, usize::MAX / MAX_PAGE)?;
+    let mut history = state
+        .catalog
+        .history(&resolved.commit.id, limit as u64 + 1, (page * limit) as u64)
+        .await?;
+    let more = history.len() > limit;
+    history.truncate(limit);
+    let items: Vec<Value> = history
+        .iter()
+        .map(|c| commit_json(c, resolved.precision))
+        .collect();
+    let next = more.then(|| next_url(state, request, "p", page + 1));
+    Ok(paged(Value::Array(items), next))
+}
+
+fn commit_json(c: &CommitRecord, precision: Precision) -> Value {
+    json!({
+        "id": commit_id_of(c, precision),
+        "authors": [{"user": c.author}],
+        "date": iso_date(c.created_at),
+        "title": c.title,
+        "message": c.message,
     })
 }
 
-/// The tree listing: every file under `prefix` (recursive), safetensors marked as LFS.
-fn tree(files: &[FileEntry], prefix: &str) -> Value {
-    let under = |p: &str| prefix.is_empty() || p.starts_with(&format!("{prefix}/"));
-    let entries: Vec<Value> = files
-        .iter()
-        .filter(|f| under(&f.path))
-        .map(|f| {
-            let mut e = json!({"type": "file", "path": f.path, "size": f.size, "oid": f.sha256});
-            if f.object_key.is_none() {
-                e["lfs"] = json!({"oid": f.sha256, "size": f.size, "pointerSize": 134});
-            }
-            e
-        })
+/// `GET /api/models?search=&author=&sort=&limit=`: repos the caller may see, paginated by
+/// `offset` with a `Link` header.
+pub(super) async fn list_models(state: AppState, request: Request) -> ApiResult<Response> {
+    let (request, _) = request.into_parts();
+    let pairs = query_pairs(&request.uri);
+    let known: HashMap<&str, ()> = ["search", "author", "sort", "direction", "limit", "offset", "full", "cardData", "config", "expand[]", "expand", "filter"]
+        .into_iter()
+        .map(|k| (k, ()))
         .collect();
-    Value::Array(entries)
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains_key(k.as_str())) {
+        return Err(ApiError::bad_request(format!("unknown query parameter {k:?}")));
+    }
+    let caller = state.writes.caller(&state.catalog, &request.headers).await?;
+    let sort = match first(&pairs, "sort").unwrap_or("") {
+        "" | "id" | "modelId" => RepoSort::Name,
+        "lastModified" | "createdAt" | "trending_score" | "trendingScore" | "downloads" | "likes" => RepoSort::Recent,
+        "usedStorage" | "size" => RepoSort::Size,
+        other => return Err(ApiError::bad_request(format!("cannot sort by {other:?}"))),
+    };
+    let limit = number(&pairs, "limit", MAX_PAGE, MAX_PAGE)?.max(1);
+    let offset = number(&pairs, "offset", 0, usize::MAX)?;
+    let repos = state
+        .catalog
+        .list_repos(
+            first(&pairs, "search").unwrap_or(""),
+            first(&pairs, "author"),
+            sort,
+            u32::MAX as u64,
+            0,
+        )
+        .await?;
+    let visible: Vec<_> = repos
+        .into_iter()
+        .filter(|r| super::auth::can_read(caller.as_ref(), r))
+        .collect();
+    let mut items = Vec::new();
+    for r in visible.iter().skip(offset).take(limit) {
+        let head = state.catalog.ref_target(&r.name, RefKind::Branch, "main").await?;
+        items.push(json!({
+            "_id": r.name,
+            "id": r.name,
+            "modelId": r.name,
+            "author": r.name.split_once('/').map(|(ns, _)| ns),
+            "private": r.private,
+            "sha": head.as_ref().map(|c| c.id.clone()),
+            "lastModified": iso_date(head.as_ref().map_or(r.created_at, |c| c.created_at)),
+            "createdAt": iso_date(r.created_at),
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "library_name": "transformers",
+        }));
+    }
+    let next = (offset + limit < visible.len()).then(|| next_url(&state, &request, "offset", offset + limit));
+    Ok(paged(Value::Array(items), next))
 }
 
 #[cfg(test)]
@@ -199,5 +515,17 @@ mod tests {
         assert_eq!(route("/resolve/main/x"), None);
         assert_eq!(route("/a/b/c/resolve/main/x"), None);
         assert_eq!(route("/m/resolve/main"), None);
+    }
+
+    #[test]
+    fn form_pairs() {
+        assert_eq!(
+            url_pairs(b"paths=a%2Fb&paths=c+d&expand=False"),
+            vec![
+                ("paths".into(), "a/b".into()),
+                ("paths".into(), "c d".into()),
+                ("expand".into(), "False".into())
+            ]
+        );
     }
 }

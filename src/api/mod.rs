@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod error;
 mod hf;
+mod hub;
+mod lfs;
 pub mod metrics;
 mod models;
 pub mod names;
@@ -28,7 +30,7 @@ use tracing::Level;
 use crate::config::Config;
 use crate::format::{Blob, BlobSource};
 use crate::storage::cache::FileCache;
-use crate::storage::{Catalog, ObjectSource, Objects, Revision};
+use crate::storage::{BlobRecord, Catalog, ObjectSource, Objects};
 pub use auth::WritePolicy;
 use error::{ApiError, ApiResult, ErrorKind};
 use metrics::Metrics;
@@ -47,27 +49,51 @@ pub struct AppState {
     pub decodes: Arc<Semaphore>,
     /// Decoded files kept on local disk (`cache.max_bytes`), if on.
     pub cache: Option<Arc<FileCache>>,
+    /// Where uploads and commits spool files (`data_dir/tmp`).
+    pub spool_root: std::path::PathBuf,
 }
 
 impl AppState {
-    /// An opened blob (footer and index read and validated), cached per revision.
-    pub async fn blob(&self, revision: &Revision) -> ApiResult<Arc<Blob<ObjectSource>>> {
-        if let Some(blob) = self.blobs.get(&revision.id) {
+    /// An opened blob (footer and index read and validated), cached per blob.
+    pub async fn blob(&self, record: &BlobRecord) -> ApiResult<Arc<Blob<ObjectSource>>> {
+        if let Some(blob) = self.blobs.get(&record.id) {
             return Ok(blob);
         }
-        let source = self.objects.blob_source(&revision.blob_key).await?;
-        if source.len() != revision.blob_size {
+        let source = self.objects.blob_source(&record.object_key).await?;
+        if source.len() != record.size {
             return Err(ApiError::internal(
                 "blob size differs from the catalog",
-                &revision.blob_key,
+                &record.object_key,
             ));
         }
         let blob = tokio::task::spawn_blocking(move || Blob::open(source))
             .await
             .map_err(|e| ApiError::internal("blob open task", e))??;
         let blob = Arc::new(blob);
-        self.blobs.put(&revision.id, blob.clone());
+        self.blobs.put(&record.id, blob.clone());
         Ok(blob)
+    }
+
+    /// Everything a commit needs, borrowed from the state.
+    pub fn repo_store(&self) -> crate::repo::commit::Store<'_> {
+        crate::repo::commit::Store {
+            catalog: &self.catalog,
+            objects: &self.objects,
+            spool_root: &self.spool_root,
+            encodes: &self.encodes,
+        }
+    }
+
+    /// The URL clients reach this server at: `server.public_url`, else from the request.
+    pub fn base_url(&self, headers: &axum::http::HeaderMap) -> String {
+        let configured = self.config.server.public_url.trim_end_matches('/');
+        if !configured.is_empty() {
+            return configured.to_string();
+        }
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let host = header("host").unwrap_or("localhost");
+        let scheme = header("x-forwarded-proto").unwrap_or("http");
+        format!("{scheme}://{host}")
     }
 }
 
@@ -98,7 +124,7 @@ impl BlobCache {
         entries.push_back((revision.to_string(), blob));
     }
 
-    /// Forgets a revision (its repo was deleted).
+    /// Forgets a blob (it was deleted).
     pub fn remove(&self, revision: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.retain(|(id, _)| id != revision);
@@ -135,11 +161,16 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let method = request.method().clone();
     let uri: Uri = request.uri().clone();
     let segments: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
-    let result = match (segments.first().copied(), &method) {
-        (Some("models"), _) => models::dispatch(state, &segments[1..], request).await,
-        (Some("api"), &Method::GET) if segments.get(1) == Some(&"models") => {
-            hf::api_models(state, &segments[2..]).await
-        }
+    let result = match (segments.as_slice(), &method) {
+        (["models", rest @ ..], _) => models::dispatch(state, rest, request).await,
+        (["api", "whoami-v2"], &Method::GET) => hub::whoami(state, request.headers()).await,
+        (["api", "repos", "create"], &Method::POST) => hub::create_repo(state, request).await,
+        (["api", "repos", "delete"], &Method::DELETE) => hub::delete_repo(state, request).await,
+        (["api", "validate-yaml"], &Method::POST) => hub::validate_yaml(request).await,
+        (["api", "models"], &Method::GET) => hf::list_models(state, request).await,
+        (["api", "models", rest @ ..], _) => hub::api_models(state, rest, request).await,
+        (["lfs", "uploads", rest @ ..], _) => lfs::upload(state, rest, request).await,
+        _ if lfs::is_batch_route(&segments) => lfs::dispatch(state, &segments, request).await,
         (_, &Method::GET | &Method::HEAD) => match hf::resolve_route(&segments) {
             Some(route) => hf::resolve(state, route, &method, request.headers()).await,
             None => Err(not_found(&uri)),

@@ -1,20 +1,21 @@
-//! The native API: `/models`, `/models/{name}`, `/models/{name}/{int8|bf16|fp16}`.
-
-use std::collections::HashMap;
+//! The native API: `/models`, `/models/{name}`, `/models/{name}/{int8|bf16|fp16}`. A model is a
+//! repo; an upload is a commit on `main` (api/upload.rs); downloads default to `main`.
 
 use axum::Json;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorKind};
-use super::revisions::{self, file_set};
+use super::hf::{query_pairs, stored_bytes};
+use super::revisions::{self, visible_repo};
 use super::serve::{ServedFile, cache_control, respond};
 use super::{names, upload};
 use crate::format::Precision;
-use crate::storage::{FileSet, Revision};
+use crate::repo::refs::commit_id_of;
+use crate::storage::{BlobRecord, CommitRecord, DeleteCommit, FileSet, RefKind};
 
 /// `/models/...` after the `models` segment.
 pub(super) async fn dispatch(
@@ -33,7 +34,20 @@ pub(super) async fn dispatch(
         segments
     };
     let name = name_segments.join("/");
-    if let Err(e) = names::check_repo_name(&name) {
+    let allowed: &[&str] = match (&precision, &method) {
+        (None, &Method::POST) => &[],
+        (None, &Method::DELETE) => &["revision", "force"],
+        _ => &["revision", "file"],
+    };
+    let checked = names::check_repo_name(&name).and_then(|()| {
+        match query_pairs(request.uri()).iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+            Some((k, _)) => Err(ApiError::bad_request(format!(
+                "unknown query parameter {k:?} (this request takes {allowed:?})"
+            ))),
+            None => Ok(()),
+        }
+    });
+    if let Err(e) = checked {
         return Err(match method {
             Method::POST => upload::refuse(request, e).await,
             _ => e,
@@ -41,49 +55,55 @@ pub(super) async fn dispatch(
     }
     match (precision, method) {
         (Some(p), Method::GET | Method::HEAD) => download(state, &name, p, request).await,
-        (None, Method::GET) => details(state, &name).await.map(IntoResponse::into_response),
+        (None, Method::GET) => details(state, &name, request.headers()).await.map(IntoResponse::into_response),
         (None, Method::POST) => upload::upload(state, &name, request).await,
-        (None, Method::DELETE) => delete(state, &name, request.headers()).await,
+        (None, Method::DELETE) => delete(state, &name, request).await,
         _ => Err(ApiError::bad_request(
-            "use GET /models/NAME, POST /models/NAME, DELETE /models/NAME, \
+            "use GET /models/NAME, POST /models/NAME, DELETE /models/NAME[?revision=ID], \
              or GET|HEAD /models/NAME/{int8|bf16|fp16}",
         )),
     }
 }
 
-/// `GET|HEAD /models/{name}/{precision}[?revision=ID][&file=NAME]`.
+/// `GET|HEAD /models/{name}/{precision}[?revision=REV][&file=NAME]`.
 async fn download(
     state: AppState,
     name: &str,
     precision: &str,
     request: Request,
 ) -> ApiResult<Response> {
-    let query: HashMap<String, String> = Query::try_from_uri(request.uri())
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
-    let rev = query.get("revision").map_or("main", String::as_str);
-    let resolved = revisions::resolve(&state, name, rev).await?;
-    let revision = &resolved.revision;
+    let query = query_pairs(request.uri());
+    let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
+    let rev = get("revision").unwrap_or("main");
+    let resolved = revisions::resolve(&state, request.headers(), name, rev).await?;
+    let commit = &resolved.commit;
+    let Some(blob) = &commit.blob else {
+        return Err(ApiError::new(
+            ErrorKind::EntryNotFound,
+            format!("model {name:?} has no weights at {rev}"),
+        ));
+    };
     let precision = match precision {
         "int8" => Precision::Int8,
-        p if p == revision.high_dtype => Precision::High,
+        p if p == blob.high_dtype => Precision::High,
         p => {
             return Err(ApiError::new(
                 ErrorKind::RevisionNotFound,
                 format!(
                     "model {name:?} is stored as {}, not {p}: use /{}",
-                    revision.high_dtype, revision.high_dtype
+                    blob.high_dtype, blob.high_dtype
                 ),
             ));
         }
     };
-    let files = state
-        .catalog
-        .files(&revision.id, file_set(precision))
-        .await?;
+    let set = match precision {
+        Precision::Int8 => FileSet::Int8,
+        Precision::High => FileSet::High,
+    };
+    let files = state.catalog.files(&commit.id, set).await?;
     let blob_files: Vec<_> = files.iter().filter(|f| f.object_key.is_none()).collect();
-    let entry = match query.get("file") {
-        Some(f) => blob_files.iter().find(|e| &e.path == f).ok_or_else(|| {
+    let entry = match get("file") {
+        Some(f) => blob_files.iter().find(|e| e.path == f).ok_or_else(|| {
             ApiError::new(ErrorKind::EntryNotFound, format!("no file {f:?} in {name}"))
         })?,
         None => {
@@ -102,120 +122,139 @@ async fn download(
             }
         }
     };
-    let blob = state.blob(revision).await?;
-    let commit = revisions::commit_of(revision, precision).to_string();
+    let opened = state.blob(blob).await?;
     let served = ServedFile::from_entry(
         entry,
-        Some((blob, precision)),
-        Some(commit),
+        Some((opened, precision)),
+        Some(commit_id_of(commit, precision).to_string()),
         cache_control(resolved.pinned, state.config.server.branch_max_age_secs),
     )?;
     respond(&state, served, request.method(), request.headers()).await
 }
 
-/// `GET /models`: every model with its stored and served sizes.
-pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+/// `GET /models`: every model the caller may see, with its stored and served sizes.
+pub(super) async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let caller = state.writes.caller(&state.catalog, &headers).await?;
     let mut models = Vec::new();
-    for name in state.catalog.repos().await? {
-        let revisions = state.catalog.revisions(&name).await?;
-        let Some(latest) = revisions.first() else {
-            continue;
-        };
-        let stored: u64 = revisions.iter().map(stored_bytes).sum();
+    let repos = state
+        .catalog
+        .list_repos("", None, crate::storage::RepoSort::Name, u32::MAX as u64, 0)
+        .await?;
+    for repo in repos.iter().filter(|r| super::auth::can_read(caller.as_ref(), r)) {
+        let head = state.catalog.ref_target(&repo.name, RefKind::Branch, "main").await?;
+        let commits = state.catalog.commits(&repo.name).await?;
+        let blob = head.as_ref().and_then(|h| h.blob.as_ref());
         models.push(json!({
-            "name": name,
-            "revisions": revisions.len(),
-            "latest": latest.id,
-            "high_dtype": latest.high_dtype,
-            "stored_bytes": stored,
-            "served_bytes": {latest.high_dtype.as_str(): latest.high_size, "int8": latest.int8_size},
-            "savings": savings(latest),
+            "name": repo.name,
+            "private": repo.private,
+            "revisions": commits.len(),
+            "latest": head.as_ref().map(|h| h.id.clone()),
+            "high_dtype": blob.map(|b| b.high_dtype.clone()),
+            "stored_bytes": stored_bytes(&state, &repo.name).await?,
+            "served_bytes": served_bytes(blob),
+            "savings": blob.map_or(0.0, savings),
         }));
     }
     Ok(Json(json!({ "models": models })))
 }
 
-/// `GET /models/{name}`: revisions, branches, files and sizes.
-async fn details(state: AppState, name: &str) -> ApiResult<Json<Value>> {
-    let revisions = state.catalog.revisions(name).await?;
-    if revisions.is_empty() {
-        return Err(ApiError::new(
-            ErrorKind::RepoNotFound,
-            format!("model {name:?} not found"),
-        ));
+fn served_bytes(blob: Option<&BlobRecord>) -> Value {
+    match blob {
+        Some(b) => json!({b.high_dtype.as_str(): b.high_size, "int8": b.int8_size}),
+        None => json!({}),
     }
-    let branches: serde_json::Map<String, Value> = state
-        .catalog
-        .branches(name)
-        .await?
-        .into_iter()
-        .map(|(b, r)| (b, Value::String(r)))
-        .collect();
-    let mut out = Vec::new();
-    for r in &revisions {
-        let high = state.catalog.files(&r.id, FileSet::High).await?;
-        let int8 = state.catalog.files(&r.id, FileSet::Int8).await?;
-        let list = |files: &[crate::storage::FileEntry]| -> Vec<Value> {
-            files
-                .iter()
-                .map(|f| json!({"path": f.path, "size": f.size, "sha256": f.sha256}))
-                .collect()
+}
+
+/// `GET /models/{name}`: commits (newest first), branches, tags, files and sizes.
+async fn details(state: AppState, name: &str, headers: &HeaderMap) -> ApiResult<Json<Value>> {
+    let caller = state.writes.caller(&state.catalog, headers).await?;
+    visible_repo(&state, caller.as_ref(), name).await?;
+    let (mut branches, mut tags) = (serde_json::Map::new(), serde_json::Map::new());
+    for (kind, ref_name, commit) in state.catalog.refs(name).await? {
+        match kind {
+            RefKind::Branch => branches.insert(ref_name, Value::String(commit)),
+            RefKind::Tag => tags.insert(ref_name, Value::String(commit)),
         };
-        out.push(json!({
-            "revision": r.id,
-            "commits": {r.high_dtype.as_str(): r.id, "int8": r.int8_id},
-            "created_at_ms": r.created_at,
-            "tensors": r.tensors,
-            "quantized_tensors": r.quantized,
-            "stored_bytes": stored_bytes(r),
-            "blob_bytes": r.blob_size,
-            "served_bytes": {r.high_dtype.as_str(): r.high_size, "int8": r.int8_size},
-            "savings": savings(r),
-            "files": {r.high_dtype.as_str(): list(&high), "int8": list(&int8)},
-        }));
     }
+    let commits = state.catalog.commits(name).await?;
+    let mut out = Vec::new();
+    for c in &commits {
+        out.push(commit_details(&state, c).await?);
+    }
+    let head = state.catalog.ref_target(name, RefKind::Branch, "main").await?;
     Ok(Json(json!({
         "name": name,
-        "high_dtype": revisions[0].high_dtype,
+        "high_dtype": head.as_ref().and_then(|h| h.blob.as_ref()).map(|b| b.high_dtype.clone()),
+        "stored_bytes": stored_bytes(&state, name).await?,
         "branches": branches,
+        "tags": tags,
         "revisions": out,
     })))
 }
 
-/// Blob plus plain files.
-fn stored_bytes(r: &Revision) -> u64 {
-    r.blob_size + r.plain_size
+async fn commit_details(state: &AppState, c: &CommitRecord) -> ApiResult<Value> {
+    let high = state.catalog.files(&c.id, FileSet::High).await?;
+    let int8 = state.catalog.files(&c.id, FileSet::Int8).await?;
+    let list = |files: &[crate::storage::FileEntry]| -> Vec<Value> {
+        files
+            .iter()
+            .map(|f| json!({"path": f.path, "size": f.size, "sha256": f.sha256}))
+            .collect()
+    };
+    let dtype = c.blob.as_ref().map_or("high", |b| b.high_dtype.as_str());
+    Ok(json!({
+        "revision": c.id,
+        "parent": c.parent,
+        "title": c.title,
+        "author": c.author,
+        "commits": {dtype: c.id, "int8": c.int8_id},
+        "created_at_ms": c.created_at,
+        "tensors": c.blob.as_ref().map_or(0, |b| b.tensors),
+        "quantized_tensors": c.blob.as_ref().map_or(0, |b| b.quantized),
+        "blob_bytes": c.blob.as_ref().map_or(0, |b| b.size),
+        "served_bytes": served_bytes(c.blob.as_ref()),
+        "savings": c.blob.as_ref().map_or(0.0, savings),
+        "files": {dtype: list(&high), "int8": list(&int8)},
+    }))
 }
 
 /// Fraction saved by the blob against storing the two precisions' weights separately.
-pub(super) fn savings(r: &Revision) -> f64 {
-    let separate = (r.high_size + r.int8_size) as f64;
+pub(super) fn savings(b: &BlobRecord) -> f64 {
+    let separate = (b.high_size + b.int8_size) as f64;
     if separate == 0.0 {
         0.0
     } else {
-        1.0 - r.blob_size as f64 / separate
+        1.0 - b.size as f64 / separate
     }
 }
 
-/// `DELETE /models/{name}`: the catalog rows first (so nothing dangles), then the objects.
-async fn delete(state: AppState, name: &str, headers: &HeaderMap) -> ApiResult<Response> {
-    state.writes.check(&state.catalog, headers).await?;
-    let Some(revisions) = state.catalog.delete_repo(name).await? else {
-        return Err(ApiError::new(
-            ErrorKind::RepoNotFound,
-            format!("model {name:?} not found"),
-        ));
+/// `DELETE /models/{name}`: the whole model. `?revision=ID`: that one commit, refused while a
+/// branch or tag points at it unless `force=true` (they move to its parent).
+async fn delete(state: AppState, name: &str, request: Request) -> ApiResult<Response> {
+    state.writes.check(&state.catalog, request.headers(), name).await?;
+    let query = query_pairs(request.uri());
+    let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
+    let Some(rev) = get("revision") else {
+        super::hub::remove_repo(&state, name).await?;
+        return Ok((StatusCode::OK, Json(json!({"deleted": name}))).into_response());
     };
-    for r in &revisions {
-        state.blobs.remove(&r.id);
-        if let Err(e) = state.objects.delete_revision_folder(&r.id).await {
-            tracing::warn!(revision = %r.id, error = %e, "objects of a deleted model remain (qstore gc removes them)");
+    let force = matches!(get("force"), Some("true" | "1"));
+    let resolved = revisions::resolve(&state, request.headers(), name, rev).await?;
+    let id = resolved.commit.id.clone();
+    match state.catalog.delete_commit(name, &id, force).await? {
+        DeleteCommit::Deleted(moved) => {
+            tracing::info!(model = name, commit = %id, ?moved, "commit deleted");
+            Ok(Json(json!({"deleted": id, "moved_refs": moved})).into_response())
         }
+        DeleteCommit::Referenced(refs) => Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!(
+                "{refs:?} point at {id}; pass force=true to move them to its parent (a first commit cannot be deleted while referenced: delete the model)"
+            ),
+        )),
+        DeleteCommit::NotFound => Err(ApiError::new(
+            ErrorKind::RevisionNotFound,
+            format!("model {name:?} has no revision {rev:?}"),
+        )),
     }
-    tracing::info!(model = name, revisions = revisions.len(), "model deleted");
-    Ok((
-        StatusCode::OK,
-        Json(json!({"deleted": name, "revisions": revisions.len()})),
-    )
-        .into_response())
 }

@@ -1,12 +1,12 @@
-//! `POST /models/{name}`: receive a checkpoint, encode it into one blob, store it, and make the
-//! new revision visible in one catalog transaction.
+//! `POST /models/{name}`: receive a checkpoint, encode it into one blob, and make it a commit on
+//! `main` whose files are exactly the upload's, through the same commit path as the Hub API.
 //!
 //! Memory is bounded independently of model size: the body streams to a spool directory under
 //! `data_dir/tmp`, hashed as it flows (a raw body is encoded while it arrives; a form's files are
 //! header-checked as each arrives), the encoder works in bounded batches, and the blob goes to the
 //! object store in 8 MiB multipart parts. Temporary disk: the upload plus its blob (up to about
 //! 1.8x the upload, docs/SERVER.md), removed when the request ends, whether it succeeded, failed
-//! or was aborted. Objects written before a failure are deleted; nothing is visible until the
+//! or was aborted. A blob written before a failure is deleted; nothing is visible until the
 //! catalog commit.
 
 use std::fmt::Display;
@@ -21,16 +21,18 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorKind};
 use super::names;
-use super::revisions::new_commit_id;
-use crate::codec::quantize::HighDtype;
-use crate::format::{Arrival, EncodeInput, EncodeOptions, EncodeSummary, FormatError, OutputFile};
-use crate::storage::catalog::now_millis;
-use crate::storage::{FileEntry, FileSet, NewRevision, Objects, Revision};
+use crate::format::{Arrival, EncodeInput, EncodeOptions, EncodeSummary, FormatError};
+use crate::repo::commit::Source;
+use crate::repo::refs::MAIN;
+use crate::repo::tree::{self, MAX_REGULAR_BYTES};
+use crate::repo::{Change, CommitRequest, Committed, NewFile, PreparedBlob, make_commit};
+use crate::storage::FileSet;
 
 /// How much of a refused body is read (and dropped) so the client can read the answer.
 const DRAIN_BYTES: usize = 32 << 20;
@@ -54,7 +56,8 @@ struct Spool {
     dir: Arc<tempfile::TempDir>,
     high: Vec<(PathBuf, String)>,
     shard_index: Option<PathBuf>,
-    int8: Vec<PathBuf>,
+    /// A supplied INT8 checkpoint: spool path and sha256.
+    int8: Vec<(PathBuf, String)>,
     plain: Vec<PlainFile>,
     received: u64,
 }
@@ -88,10 +91,15 @@ impl Spool {
 }
 
 pub(super) async fn upload(state: AppState, name: &str, request: Request) -> ApiResult<Response> {
-    if let Err(e) = state.writes.check(&state.catalog, request.headers()).await {
-        return Err(refuse(request, e).await);
-    }
-    let result = receive_and_store(&state, name, request).await;
+    let caller = match state
+        .writes
+        .writer(&state.catalog, request.headers(), Some(name))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return Err(refuse(request, e).await),
+    };
+    let result = receive_and_store(&state, name, &caller, request).await;
     match &result {
         Ok((_, received)) => state.metrics.add_upload(true, *received),
         Err(e) => {
@@ -105,6 +113,7 @@ pub(super) async fn upload(state: AppState, name: &str, request: Request) -> Api
 async fn receive_and_store(
     state: &AppState,
     name: &str,
+    caller: &Caller,
     request: Request,
 ) -> ApiResult<(Response, u64)> {
     let mut spool = Spool::new(state)?;
@@ -119,7 +128,7 @@ async fn receive_and_store(
         receive_and_encode_raw(state, request, &mut spool).await?
     };
     check_reproduces_upload(&summary, &spool)?;
-    let response = store_revision(state, name, &spool, &summary).await?;
+    let response = commit_upload(state, name, caller, &spool, summary).await?;
     Ok((response, spool.received))
 }
 
@@ -155,7 +164,7 @@ async fn receive_and_encode_form(
     let input = EncodeInput {
         high: spool.high.iter().map(|(p, _)| p.clone()).collect(),
         shard_index: spool.shard_index.clone(),
-        int8: spool.int8.clone(),
+        int8: spool.int8.iter().map(|(p, _)| p.clone()).collect(),
         arriving: None,
     };
     encode_result(encode(spool, input).await, spool)
@@ -314,7 +323,7 @@ async fn receive_form(state: &AppState, form: &mut Multipart, spool: &mut Spool)
         spool.received += size;
         if field_name == INT8_FIELD {
             check_safetensors(&dest, &path).await?;
-            spool.int8.push(dest);
+            spool.int8.push((dest, sha256));
         } else if is_weights {
             check_safetensors(&dest, &path).await?;
             spool.high.push((dest, sha256));
@@ -516,193 +525,112 @@ fn check_reproduces_upload(summary: &EncodeSummary, spool: &Spool) -> ApiResult<
     Ok(())
 }
 
-/// Deletes a revision's objects unless the revision was committed, including when the request
-/// future is dropped halfway (client gone, shutdown).
-struct Uncommitted {
-    objects: Objects,
-    revision: String,
-    armed: bool,
-}
-
-impl Drop for Uncommitted {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let (objects, revision) = (self.objects.clone(), std::mem::take(&mut self.revision));
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = objects.delete_revision_folder(&revision).await {
-                    tracing::warn!(%revision, error = %e, "leftovers of a failed upload remain (qstore gc removes them)");
-                }
-            });
-        }
-    }
-}
-
-/// Puts the blob and plain files, then commits the catalog rows.
-async fn store_revision(
+/// Stores the upload's plain files (once, by content) and commits blob and files on `main`.
+async fn commit_upload(
     state: &AppState,
     name: &str,
+    caller: &Caller,
     spool: &Spool,
-    summary: &EncodeSummary,
+    summary: EncodeSummary,
 ) -> ApiResult<Response> {
-    let id = new_commit_id().map_err(|e| ApiError::internal("random commit id", e))?;
-    let int8_id = new_commit_id().map_err(|e| ApiError::internal("random commit id", e))?;
-    let mut guard = Uncommitted {
-        objects: state.objects.clone(),
-        revision: id.clone(),
-        armed: true,
-    };
-    let index = &summary.index;
-    let high_dtype = match index.high_dtype {
-        HighDtype::Bf16 => "bf16",
-        HighDtype::F16 => "fp16",
-    };
-    let blob_key = Objects::blob_key(&id);
-    let storing = std::time::Instant::now();
-    state
-        .objects
-        .put_file(&blob_key, &spool.dir.path().join("model.qstore"))
-        .await?;
-
-    let mut files: Vec<(FileSet, FileEntry)> = Vec::new();
-    let blob_entry = |f: &OutputFile| FileEntry {
-        path: f.name.clone(),
-        size: f.size,
-        sha256: f.sha256.clone(),
-        object_key: None,
-    };
-    files.extend(
-        index
-            .high_files
-            .iter()
-            .map(|f| (FileSet::High, blob_entry(f))),
-    );
-    files.extend(
-        index
-            .int8_files
-            .iter()
-            .map(|f| (FileSet::Int8, blob_entry(f))),
-    );
-    let mut plain_size = 0;
+    let mut changes = Vec::new();
     for p in &spool.plain {
-        let key = Objects::file_key(&id, "files", &p.path);
-        state.objects.put_file(&key, &p.local).await?;
-        plain_size += p.size;
-        let entry = FileEntry {
+        let sample = read_sample(&p.local, p.size).await?;
+        let lfs = tree::is_lfs(&p.path, p.size, &sample);
+        let key = state
+            .objects
+            .put_content_file(&p.sha256, p.size, &p.local)
+            .await?;
+        changes.push(Change::Add(NewFile {
             path: p.path.clone(),
             size: p.size,
             sha256: p.sha256.clone(),
-            object_key: Some(key),
-        };
-        if p.path == "config.json" {
-            let int8 = int8_config(&p.local, high_dtype).await?;
-            let key = Objects::file_key(&id, "int8", &p.path);
-            let entry8 = FileEntry {
-                path: p.path.clone(),
-                size: int8.len() as u64,
-                sha256: hex::encode(Sha256::digest(&int8)),
-                object_key: Some(key.clone()),
-            };
-            plain_size += entry8.size;
-            state.objects.put_bytes(&key, int8).await?;
-            files.push((FileSet::High, entry));
-            files.push((FileSet::Int8, entry8));
-        } else {
-            files.push((FileSet::Both, entry));
-        }
+            git_oid: (!lfs).then(|| tree::git_blob_oid(&sample)),
+            lfs,
+            source: Source::Object(key),
+        }));
     }
-
-    let total = |fs: &[OutputFile]| fs.iter().map(|f| f.size).sum::<u64>();
-    let revision = Revision {
-        id: id.clone(),
-        int8_id: int8_id.clone(),
-        repo: name.to_string(),
-        blob_key,
-        blob_size: summary.blob_len,
-        high_dtype: high_dtype.into(),
-        high_size: total(&index.high_files),
-        int8_size: total(&index.int8_files),
-        plain_size,
-        tensors: (index.streams.iter().filter(|s| s.dtype.is_some()).count()
-            + index.quantized.len()) as u64,
-        quantized: index.quantized.len() as u64,
-        created_at: now_millis(),
-    };
-    let new = NewRevision {
-        revision,
-        files,
-        branches: vec!["main".into(), high_dtype.into(), "int8".into()],
-    };
-    state.catalog.commit_revision(&new).await?;
-    guard.armed = false;
+    let supplied_int8 = spool
+        .int8
+        .iter()
+        .map(|(p, sha)| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            (name.to_string(), sha.clone())
+        })
+        .collect();
+    let storing = std::time::Instant::now();
+    let committed = make_commit(
+        &state.repo_store(),
+        CommitRequest {
+            repo: name.to_string(),
+            branch: MAIN.into(),
+            parent: None,
+            author: caller.name.clone(),
+            title: format!("Upload {name}"),
+            message: String::new(),
+            changes,
+            replace_all: true,
+            create_repo: true,
+            prepared: Some(PreparedBlob {
+                path: spool.dir.path().join("model.qstore"),
+                summary,
+                supplied_int8,
+            }),
+        },
+    )
+    .await?;
     tracing::info!(
         model = name,
-        revision = %id,
-        blob_bytes = summary.blob_len,
+        commit = %committed.commit.id,
+        new_blob = committed.new_blob,
         store_ms = storing.elapsed().as_millis() as u64,
         "upload committed"
     );
-    Ok((StatusCode::CREATED, Json(upload_report(name, &new))).into_response())
+    Ok((StatusCode::CREATED, Json(upload_report(name, &committed))).into_response())
 }
 
-/// The config.json of the INT8 files: the original plus bitsandbytes' `quantization_config`, as
-/// transformers writes it when saving an LLM.int8 model.
-async fn int8_config(path: &Path, high_dtype: &str) -> ApiResult<Bytes> {
-    let raw = tokio::fs::read(path)
+/// A regular file's whole bytes (for its git id), or an LFS file's first 512.
+async fn read_sample(path: &Path, size: u64) -> ApiResult<Vec<u8>> {
+    let mut f = tokio::fs::File::open(path)
         .await
-        .map_err(|e| ApiError::internal("reading the spooled config", e))?;
-    let mut config: serde_json::Map<String, Value> = serde_json::from_slice(&raw)
-        .map_err(|e| ApiError::bad_request(format!("config.json is not a JSON object: {e}")))?;
-    config.insert(
-        "quantization_config".into(),
-        json!({
-            "_load_in_4bit": false,
-            "_load_in_8bit": true,
-            "bnb_4bit_compute_dtype": "float32",
-            "bnb_4bit_quant_storage": "uint8",
-            "bnb_4bit_quant_type": "fp4",
-            "bnb_4bit_use_double_quant": false,
-            "llm_int8_enable_fp32_cpu_offload": false,
-            "llm_int8_has_fp16_weight": false,
-            "llm_int8_skip_modules": null,
-            "llm_int8_threshold": 6.0,
-            "load_in_4bit": false,
-            "load_in_8bit": true,
-            "quant_method": "bitsandbytes"
-        }),
-    );
-    let dtype = if high_dtype == "bf16" {
-        "bfloat16"
-    } else {
-        "float16"
-    };
-    config.insert("dtype".into(), json!(dtype));
-    let mut out = serde_json::to_vec_pretty(&config).expect("JSON values serialise");
-    out.push(b'\n');
-    Ok(Bytes::from(out))
+        .map_err(|e| ApiError::internal("reading the spool", e))?;
+    let want = if size <= MAX_REGULAR_BYTES { size } else { 512 };
+    let mut buf = Vec::with_capacity(want as usize);
+    tokio::io::AsyncReadExt::take(&mut f, want)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| ApiError::internal("reading the spool", e))?;
+    Ok(buf)
 }
 
 /// The 201 body: what was stored and what it saves.
-fn upload_report(name: &str, new: &NewRevision) -> Value {
-    let r = &new.revision;
+fn upload_report(name: &str, c: &Committed) -> Value {
+    let blob = c.commit.blob.as_ref();
+    let dtype = blob.map_or("bf16", |b| b.high_dtype.as_str());
     let list = |set: FileSet| -> Vec<Value> {
-        new.files
+        c.view(set)
             .iter()
-            .filter(|(s, _)| *s == set || *s == FileSet::Both)
-            .map(|(_, f)| json!({"path": f.path, "size": f.size, "sha256": f.sha256}))
+            .map(|f| json!({"path": f.path, "size": f.size, "sha256": f.sha256}))
             .collect()
     };
-    let separate = r.high_size + r.int8_size;
+    let blob_bytes = blob.map_or(0, |b| b.size);
+    let separate = blob.map_or(0, |b| b.high_size + b.int8_size);
+    let plain: u64 = c
+        .files
+        .iter()
+        .filter(|(_, f)| f.object_key.is_some())
+        .map(|(_, f)| f.size)
+        .sum();
     json!({
         "name": name,
-        "revision": r.id,
-        "commits": {r.high_dtype.as_str(): r.id, "int8": r.int8_id},
-        "files": {r.high_dtype.as_str(): list(FileSet::High), "int8": list(FileSet::Int8)},
-        "blob_bytes": r.blob_size,
-        "stored_bytes": r.blob_size + r.plain_size,
+        "revision": c.commit.id,
+        "commits": {dtype: c.commit.id, "int8": c.commit.int8_id},
+        "files": {dtype: list(FileSet::High), "int8": list(FileSet::Int8)},
+        "blob_bytes": blob_bytes,
+        "blob_key": blob.map(|b| b.object_key.clone()),
+        "new_blob": c.new_blob,
+        "stored_bytes": blob_bytes + plain,
         "separate_bytes": separate,
-        "ratio": if r.blob_size == 0 { 0.0 } else { separate as f64 / r.blob_size as f64 },
+        "ratio": if blob_bytes == 0 { 0.0 } else { separate as f64 / blob_bytes as f64 },
     })
 }

@@ -25,11 +25,28 @@ pub struct ConfigArgs {
 
 #[derive(Subcommand)]
 pub enum TokenCommand {
-    /// Make a new API token for writes; prints it once (only its hash is stored).
+    /// Make a new API token; prints it once (only its hash is stored).
     Create {
-        /// A label saying who or what uses the token.
+        /// Who or what uses the token: the author of its commits, its namespace in `whoami`.
         #[arg(long, default_value = "default")]
         name: String,
+        /// A namespace (user or org) it may write in; repeat for several. None: all.
+        #[arg(long = "scope", value_name = "ORG_OR_USER")]
+        scopes: Vec<String>,
+        /// Reads only (private repos in its scopes), never writes.
+        #[arg(long)]
+        read_only: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// List tokens (id, name, scopes, role, creation date); never the tokens themselves.
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Revoke a token by id (or by name, when only one token has it).
+    Revoke {
+        id_or_name: String,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -96,27 +113,73 @@ pub fn gc(args: &ConfigArgs, grace_secs: Option<u64>, dry_run: bool) -> Result<(
         let report = gc::collect(&catalog, &objects, &spools, grace, dry_run)
             .await
             .context("collecting garbage")?;
-        for id in &report.removed {
+        for key in &report.removed {
             let verb = if dry_run { "would remove" } else { "removed" };
-            println!("{verb} revisions/{id}/");
+            println!("{verb} {key}");
         }
         println!("{report}");
         Ok(())
     })
 }
 
-/// Creates an API token.
+/// Creates, lists or revokes API tokens.
 pub fn token(command: TokenCommand) -> Result<()> {
-    let TokenCommand::Create { name, config } = command;
-    let config = load(&config, None)?;
+    let config = match &command {
+        TokenCommand::Create { config, .. }
+        | TokenCommand::List { config }
+        | TokenCommand::Revoke { config, .. } => load(config, None)?,
+    };
     runtime()?.block_on(async move {
         let catalog = migrated_catalog(&config).await?;
-        let token = crate::api::auth::new_token().context("generating a token")?;
-        let id = crate::api::auth::hash_token(&token)[..16].to_string();
-        catalog
-            .add_token(&id, &name, &crate::api::auth::hash_token(&token))
-            .await?;
-        println!("{token}");
+        match command {
+            TokenCommand::Create {
+                name,
+                scopes,
+                read_only,
+                ..
+            } => {
+                for s in &scopes {
+                    crate::api::names::check_repo_name(s)
+                        .ok()
+                        .filter(|()| !s.contains('/'))
+                        .with_context(|| format!("scope {s:?} is not a user or org name"))?;
+                }
+                let token = crate::api::auth::new_token().context("generating a token")?;
+                let hash = crate::api::auth::hash_token(&token);
+                let record = crate::storage::TokenRecord {
+                    id: hash[..16].to_string(),
+                    name,
+                    scopes,
+                    read_only,
+                    created_at: crate::storage::catalog::now_millis(),
+                };
+                catalog.add_token(&record, &hash).await?;
+                println!("{token}");
+            }
+            TokenCommand::List { .. } => {
+                println!("{:<16}  {:<20}  {:<5}  {:<24}  scopes", "id", "name", "role", "created");
+                for t in catalog.tokens().await? {
+                    let created = chrono::DateTime::from_timestamp_millis(t.created_at)
+                        .unwrap_or_default()
+                        .format("%Y-%m-%d %H:%M:%S UTC");
+                    let scopes = if t.scopes.is_empty() {
+                        "(all)".to_string()
+                    } else {
+                        t.scopes.join(",")
+                    };
+                    let role = if t.read_only { "read" } else { "write" };
+                    println!("{:<16}  {:<20}  {role:<5}  {created:<24}  {scopes}", t.id, t.name);
+                }
+            }
+            TokenCommand::Revoke { id_or_name, .. } => {
+                if catalog.revoke_token(&id_or_name).await? == 0 {
+                    anyhow::bail!(
+                        "no token with id {id_or_name:?} (or exactly one token named so): see `qstore token list`"
+                    );
+                }
+                println!("revoked {id_or_name}");
+            }
+        }
         Ok(())
     })
 }

@@ -1,20 +1,22 @@
-//! The catalog: repos, immutable revisions, their files, branches and API tokens, in SQL that
-//! SQLite and PostgreSQL both run (through sqlx's `Any` driver, so the backend is the URL).
+//! The catalog: repos, their commits and refs, the blobs and objects commits name, LFS uploads in
+//! progress and API tokens, in SQL that SQLite and PostgreSQL both run (through sqlx's `Any`
+//! driver, so the backend is the URL). Plain data in, plain data out: what the rows mean is the
+//! repository model's business (`crate::repo`).
 
 use std::collections::HashSet;
 use std::str::FromStr;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::StorageError;
 
-/// Which of a revision's file lists a row belongs to.
+/// Which of a commit's file lists a row belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileSet {
     High,
     Int8,
-    /// Shared by both precisions (config-free plain files such as the tokenizer).
+    /// Shared by both precisions (the tokenizer, the README...).
     Both,
 }
 
@@ -28,38 +30,138 @@ impl FileSet {
     }
 }
 
-/// One immutable upload.
+/// A repo as listed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Revision {
+pub struct RepoRecord {
+    pub name: String,
+    pub private: bool,
+    pub created_at: i64,
+}
+
+/// One stored `.qstore` blob, shared by every commit whose weights it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlobRecord {
     pub id: String,
-    pub int8_id: String,
-    pub repo: String,
-    pub blob_key: String,
-    pub blob_size: u64,
-    /// `bf16` or `fp16`: also the name of the high-precision branch.
+    /// What the blob reproduces (see `crate::repo::weights_key`): equal keys, equal blobs.
+    pub weights: String,
+    pub object_key: String,
+    pub size: u64,
+    /// `bf16` or `fp16`.
     pub high_dtype: String,
     pub high_size: u64,
     pub int8_size: u64,
-    pub plain_size: u64,
     pub tensors: u64,
     pub quantized: u64,
     pub created_at: i64,
 }
 
-/// A file served for a revision: from the blob (`object_key` None) or a plain object.
+/// One immutable commit with its blob, if it has weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitRecord {
+    pub id: String,
+    pub int8_id: String,
+    pub repo: String,
+    pub parent: Option<String>,
+    pub title: String,
+    pub message: String,
+    pub author: String,
+    pub created_at: i64,
+    pub blob: Option<BlobRecord>,
+}
+
+/// A file of a commit: decoded from the commit's blob (`object_key` None) or a plain object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileEntry {
     pub path: String,
     pub size: u64,
     pub sha256: String,
+    /// Git blob SHA-1 of a regular file's bytes (what Hub clients compare for regular files).
+    pub git_oid: Option<String>,
+    /// Stored through LFS (large or binary), as Hub tree listings mark it.
+    pub lfs: bool,
     pub object_key: Option<String>,
 }
 
-/// A new revision and everything that becomes visible with it.
-pub struct NewRevision {
-    pub revision: Revision,
+/// Branch or tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefKind {
+    Branch,
+    Tag,
+}
+
+impl RefKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RefKind::Branch => "branch",
+            RefKind::Tag => "tag",
+        }
+    }
+}
+
+/// A new commit and everything that becomes visible with it.
+pub struct NewCommit {
+    pub commit: CommitRecord,
+    /// True when `commit.blob` is new and gets its row with this commit.
+    pub new_blob: bool,
     pub files: Vec<(FileSet, FileEntry)>,
-    pub branches: Vec<String>,
+    pub branch: String,
+    /// The commit the branch must still point at (None: the branch must not exist yet).
+    pub expected_head: Option<String>,
+    /// Create the repo if missing (the native upload does; Hub commits need `create_repo`).
+    pub create_repo: bool,
+}
+
+/// Why a commit did not land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed,
+    /// The branch moved (or appeared) since the commit was prepared.
+    StaleHead,
+    /// The repo does not exist (and the commit may not create it).
+    NoRepo,
+}
+
+/// What deleting one commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteCommit {
+    /// Deleted; these refs moved to its parent.
+    Deleted(Vec<String>),
+    /// Not deleted: these refs point at it (and `force` was not given, or it has no parent).
+    Referenced(Vec<String>),
+    NotFound,
+}
+
+/// An API token as stored (its hash, never the token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    /// Namespaces it may write in; empty: every namespace.
+    pub scopes: Vec<String>,
+    pub read_only: bool,
+    pub created_at: i64,
+}
+
+/// An LFS upload that was offered and not yet completed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LfsUpload {
+    pub id: String,
+    pub repo: String,
+    pub oid: String,
+    pub size: u64,
+    pub part_size: u64,
+    pub parts: u64,
+    pub created_at: i64,
+}
+
+/// Order of `GET /api/models`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoSort {
+    Name,
+    /// Newest commit first.
+    Recent,
+    /// Most stored bytes first.
+    Size,
 }
 
 /// The SQL catalog.
@@ -68,8 +170,14 @@ pub struct Catalog {
     pool: AnyPool,
 }
 
-const REVISION_COLUMNS: &str = "id, int8_id, repo, blob_key, blob_size, high_dtype, high_size, \
-     int8_size, plain_size, tensors, quantized, created_at";
+const BLOB_COLUMNS: &str = "b.id, b.weights, b.object_key, b.size, b.high_dtype, b.high_size, \
+     b.int8_size, b.tensors, b.quantized, b.created_at";
+const COMMIT_COLUMNS: &str =
+    "c.id, c.int8_id, c.repo, c.parent, c.title, c.message, c.author, c.created_at";
+
+fn commit_select() -> String {
+    format!("SELECT {COMMIT_COLUMNS}, {BLOB_COLUMNS} FROM commits c LEFT JOIN blobs b ON b.id = c.blob")
+}
 
 impl Catalog {
     /// Connects; a SQLite file is created if missing and switched to WAL.
@@ -104,199 +212,93 @@ impl Catalog {
         Ok(())
     }
 
-    /// Makes a revision, its files and its branch moves visible at once.
-    pub async fn commit_revision(&self, new: &NewRevision) -> Result<(), StorageError> {
-        let r = &new.revision;
+    // ----- repos
+
+    /// Creates a repo; false when it already exists.
+    pub async fn create_repo(&self, name: &str, private: bool) -> Result<bool, StorageError> {
+        let done = sqlx::query(
+            "INSERT INTO repos (name, created_at, private) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(now_millis())
+        .bind(i64::from(private))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn repo(&self, name: &str) -> Result<Option<RepoRecord>, StorageError> {
+        let row = sqlx::query("SELECT name, private, created_at FROM repos WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(repo_from_row).transpose()
+    }
+
+    pub async fn set_private(&self, name: &str, private: bool) -> Result<bool, StorageError> {
+        let done = sqlx::query("UPDATE repos SET private = $2 WHERE name = $1")
+            .bind(name)
+            .bind(i64::from(private))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Repos whose name contains `search` and, with `author`, whose namespace is `author`; at
+    /// most `limit` from `offset` in `sort` order. Private repos only when `include_private`
+    /// says so for their namespace.
+    pub async fn list_repos(
+        &self,
+        search: &str,
+        author: Option<&str>,
+        sort: RepoSort,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<RepoRecord>, StorageError> {
+        let order = match sort {
+            RepoSort::Name => "r.name",
+            RepoSort::Recent => "latest DESC, r.name",
+            RepoSort::Size => "stored DESC, r.name",
+        };
+        let like = format!("%{}%", escape_like(&search.to_ascii_lowercase()));
+        let author_like = author.map(|a| format!("{}/%", escape_like(a)));
+        let rows = sqlx::query(&format!(
+            "SELECT r.name, r.private, r.created_at, \
+               COALESCE((SELECT MAX(c.created_at) FROM commits c WHERE c.repo = r.name), r.created_at) AS latest, \
+               COALESCE((SELECT SUM(b.size) FROM blobs b WHERE b.id IN \
+                  (SELECT c.blob FROM commits c WHERE c.repo = r.name)), 0) AS stored \
+             FROM repos r \
+             WHERE LOWER(r.name) LIKE $1 ESCAPE '\\' AND ($2 = '' OR r.name LIKE $3 ESCAPE '\\') \
+             ORDER BY {order} LIMIT $4 OFFSET $5"
+        ))
+        .bind(like)
+        .bind(author.unwrap_or(""))
+        .bind(author_like.unwrap_or_default())
+        .bind(limit as i64)
+        .bind(offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(repo_from_row).collect()
+    }
+
+    /// Removes a repo from the catalog (commits, files, refs). Objects and blobs stay until
+    /// garbage collection finds nothing else refers to them.
+    pub async fn delete_repo(&self, repo: &str) -> Result<bool, StorageError> {
         let mut tx = self.pool.begin().await?;
         // Write first: a transaction that reads before its first write cannot wait for SQLite's
         // write lock (it fails with "database is locked" instead).
+        sqlx::query("DELETE FROM refs WHERE repo = $1")
+            .bind(repo)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
-            "INSERT INTO repos (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(&r.repo)
-        .bind(r.created_at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(&format!(
-            "INSERT INTO revisions ({REVISION_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-        ))
-        .bind(&r.id)
-        .bind(&r.int8_id)
-        .bind(&r.repo)
-        .bind(&r.blob_key)
-        .bind(r.blob_size as i64)
-        .bind(&r.high_dtype)
-        .bind(r.high_size as i64)
-        .bind(r.int8_size as i64)
-        .bind(r.plain_size as i64)
-        .bind(r.tensors as i64)
-        .bind(r.quantized as i64)
-        .bind(r.created_at)
-        .execute(&mut *tx)
-        .await?;
-        for (set, f) in &new.files {
-            sqlx::query(
-                "INSERT INTO files (revision, precision, path, size, sha256, object_key) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&r.id)
-            .bind(set.as_str())
-            .bind(&f.path)
-            .bind(f.size as i64)
-            .bind(&f.sha256)
-            .bind(f.object_key.clone())
-            .execute(&mut *tx)
-            .await?;
-        }
-        for branch in &new.branches {
-            // Portable upsert: both dialects accept ON CONFLICT ... DO UPDATE.
-            sqlx::query(
-                "INSERT INTO branches (repo, name, revision) VALUES ($1, $2, $3) \
-                 ON CONFLICT (repo, name) DO UPDATE SET revision = excluded.revision",
-            )
-            .bind(&r.repo)
-            .bind(branch)
-            .bind(&r.id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// All repo names, sorted.
-    pub async fn repos(&self) -> Result<Vec<String>, StorageError> {
-        let rows = sqlx::query("SELECT name FROM repos ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
-    }
-
-    pub async fn repo_exists(&self, repo: &str) -> Result<bool, StorageError> {
-        Ok(sqlx::query("SELECT name FROM repos WHERE name = $1")
-            .bind(repo)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some())
-    }
-
-    /// A repo's revisions, newest first.
-    pub async fn revisions(&self, repo: &str) -> Result<Vec<Revision>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {REVISION_COLUMNS} FROM revisions WHERE repo = $1 \
-             ORDER BY created_at DESC, id DESC"
-        ))
-        .bind(repo)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(revision_from_row).collect()
-    }
-
-    /// Every revision id, across all repos: what garbage collection must keep.
-    pub async fn all_revision_ids(&self) -> Result<HashSet<String>, StorageError> {
-        let rows = sqlx::query("SELECT id FROM revisions")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| row.try_get::<String, _>("id").map_err(Into::into))
-            .collect()
-    }
-
-    /// The revision a branch points at.
-    pub async fn branch(&self, repo: &str, branch: &str) -> Result<Option<Revision>, StorageError> {
-        let row = sqlx::query(&format!(
-            "SELECT {} FROM revisions r JOIN branches b ON b.revision = r.id \
-             WHERE b.repo = $1 AND b.name = $2",
-            qualified_revision_columns()
-        ))
-        .bind(repo)
-        .bind(branch)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(revision_from_row).transpose()
-    }
-
-    /// Branch names and the revision each points at.
-    pub async fn branches(&self, repo: &str) -> Result<Vec<(String, String)>, StorageError> {
-        let rows = sqlx::query("SELECT name, revision FROM branches WHERE repo = $1 ORDER BY name")
-            .bind(repo)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
-            .collect())
-    }
-
-    /// The revision of `repo` whose high or int8 commit id is `commit`.
-    pub async fn revision_by_commit(
-        &self,
-        repo: &str,
-        commit: &str,
-    ) -> Result<Option<Revision>, StorageError> {
-        let row = sqlx::query(&format!(
-            "SELECT {REVISION_COLUMNS} FROM revisions \
-             WHERE repo = $1 AND (id = $2 OR int8_id = $2)"
-        ))
-        .bind(repo)
-        .bind(commit)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(revision_from_row).transpose()
-    }
-
-    /// The files served for one precision of a revision, sorted by path.
-    pub async fn files(
-        &self,
-        revision: &str,
-        set: FileSet,
-    ) -> Result<Vec<FileEntry>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT path, size, sha256, object_key FROM files \
-             WHERE revision = $1 AND (precision = $2 OR precision = 'both') ORDER BY path",
-        )
-        .bind(revision)
-        .bind(set.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| FileEntry {
-                path: r.get(0),
-                size: r.get::<i64, _>(1) as u64,
-                sha256: r.get(2),
-                object_key: r.get(3),
-            })
-            .collect())
-    }
-
-    /// Removes a repo from the catalog and returns its revisions, whose objects the caller
-    /// deletes afterwards (a crash in between leaves unreferenced objects, never dangling rows).
-    pub async fn delete_repo(&self, repo: &str) -> Result<Option<Vec<Revision>>, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        // Write first (see commit_revision), then collect what is being removed.
-        sqlx::query("DELETE FROM branches WHERE repo = $1")
-            .bind(repo)
-            .execute(&mut *tx)
-            .await?;
-        let rows = sqlx::query(&format!(
-            "SELECT {REVISION_COLUMNS} FROM revisions WHERE repo = $1"
-        ))
-        .bind(repo)
-        .fetch_all(&mut *tx)
-        .await?;
-        let revisions = rows
-            .iter()
-            .map(revision_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        sqlx::query(
-            "DELETE FROM files WHERE revision IN (SELECT id FROM revisions WHERE repo = $1)",
+            "DELETE FROM commit_files WHERE commit_id IN (SELECT id FROM commits WHERE repo = $1)",
         )
         .bind(repo)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM revisions WHERE repo = $1")
+        sqlx::query("DELETE FROM commits WHERE repo = $1")
             .bind(repo)
             .execute(&mut *tx)
             .await?;
@@ -305,21 +307,520 @@ impl Catalog {
             .execute(&mut *tx)
             .await?;
         if deleted.rows_affected() == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         tx.commit().await?;
-        Ok(Some(revisions))
+        Ok(true)
     }
 
-    /// Stores a new API token's hash.
-    pub async fn add_token(&self, id: &str, name: &str, hash: &str) -> Result<(), StorageError> {
-        sqlx::query("INSERT INTO tokens (id, name, hash, created_at) VALUES ($1, $2, $3, $4)")
+    // ----- commits
+
+    /// Makes a commit, its files and its branch move visible at once, if the branch still
+    /// points where the commit was prepared from (compare and swap: never a lost update).
+    pub async fn commit(&self, new: &NewCommit) -> Result<CommitOutcome, StorageError> {
+        let c = &new.commit;
+        let mut tx = self.pool.begin().await?;
+        // Write first (see delete_repo).
+        if new.create_repo {
+            sqlx::query(
+                "INSERT INTO repos (name, created_at, private) VALUES ($1, $2, 0) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&c.repo)
+            .bind(c.created_at)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            // A no-op write that takes the lock and tells whether the repo exists.
+            let touched = sqlx::query("UPDATE repos SET private = private WHERE name = $1")
+                .bind(&c.repo)
+                .execute(&mut *tx)
+                .await?;
+            if touched.rows_affected() == 0 {
+                return Ok(CommitOutcome::NoRepo);
+            }
+        }
+        if let (true, Some(b)) = (new.new_blob, &c.blob) {
+            sqlx::query(
+                "INSERT INTO blobs (id, weights, object_key, size, high_dtype, high_size, \
+                 int8_size, tensors, quantized, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&b.id)
+            .bind(&b.weights)
+            .bind(&b.object_key)
+            .bind(b.size as i64)
+            .bind(&b.high_dtype)
+            .bind(b.high_size as i64)
+            .bind(b.int8_size as i64)
+            .bind(b.tensors as i64)
+            .bind(b.quantized as i64)
+            .bind(b.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO commits (id, int8_id, repo, parent, blob, title, message, author, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&c.id)
+        .bind(&c.int8_id)
+        .bind(&c.repo)
+        .bind(c.parent.clone())
+        .bind(c.blob.as_ref().map(|b| b.id.clone()))
+        .bind(&c.title)
+        .bind(&c.message)
+        .bind(&c.author)
+        .bind(c.created_at)
+        .execute(&mut *tx)
+        .await?;
+        for (set, f) in &new.files {
+            sqlx::query(
+                "INSERT INTO commit_files (commit_id, precision, path, size, sha256, git_oid, lfs, object_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&c.id)
+            .bind(set.as_str())
+            .bind(&f.path)
+            .bind(f.size as i64)
+            .bind(&f.sha256)
+            .bind(f.git_oid.clone())
+            .bind(i64::from(f.lfs))
+            .bind(f.object_key.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let moved = match &new.expected_head {
+            Some(head) => sqlx::query(
+                "UPDATE refs SET commit_id = $4 WHERE repo = $1 AND kind = 'branch' AND name = $2 \
+                 AND commit_id = $3",
+            )
+            .bind(&c.repo)
+            .bind(&new.branch)
+            .bind(head)
+            .bind(&c.id)
+            .execute(&mut *tx)
+            .await?,
+            None => sqlx::query(
+                "INSERT INTO refs (repo, kind, name, commit_id) VALUES ($1, 'branch', $2, $3) \
+                 ON CONFLICT (repo, kind, name) DO NOTHING",
+            )
+            .bind(&c.repo)
+            .bind(&new.branch)
+            .bind(&c.id)
+            .execute(&mut *tx)
+            .await?,
+        };
+        if moved.rows_affected() != 1 {
+            return Ok(CommitOutcome::StaleHead); // Dropping `tx` rolls it back.
+        }
+        tx.commit().await?;
+        Ok(CommitOutcome::Committed)
+    }
+
+    /// The commit a branch or tag points at.
+    pub async fn ref_target(
+        &self,
+        repo: &str,
+        kind: RefKind,
+        name: &str,
+    ) -> Result<Option<CommitRecord>, StorageError> {
+        let row = sqlx::query(&format!(
+            "{} JOIN refs f ON f.commit_id = c.id WHERE f.repo = $1 AND f.kind = $2 AND f.name = $3",
+            commit_select()
+        ))
+        .bind(repo)
+        .bind(kind.as_str())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(commit_from_row).transpose()
+    }
+
+    /// The commit of `repo` whose id or INT8 twin id is `id`.
+    pub async fn commit_by_id(
+        &self,
+        repo: &str,
+        id: &str,
+    ) -> Result<Option<CommitRecord>, StorageError> {
+        let row = sqlx::query(&format!(
+            "{} WHERE c.repo = $1 AND (c.id = $2 OR c.int8_id = $2)",
+            commit_select()
+        ))
+        .bind(repo)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(commit_from_row).transpose()
+    }
+
+    /// `limit` commits of the history ending at `head`, newest first, skipping `offset`.
+    pub async fn history(
+        &self,
+        head: &str,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<CommitRecord>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "WITH RECURSIVE chain(id, depth) AS ( \
+                SELECT id, 0 FROM commits WHERE id = $1 \
+                UNION ALL \
+                SELECT p.parent, chain.depth + 1 FROM commits p JOIN chain ON p.id = chain.id \
+                WHERE p.parent IS NOT NULL) \
+             {} JOIN chain h ON h.id = c.id ORDER BY h.depth LIMIT $2 OFFSET $3",
+            commit_select()
+        ))
+        .bind(head)
+        .bind(limit as i64)
+        .bind(offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(commit_from_row).collect()
+    }
+
+    /// Every commit of a repo, newest first.
+    pub async fn commits(&self, repo: &str) -> Result<Vec<CommitRecord>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "{} WHERE c.repo = $1 ORDER BY c.created_at DESC, c.id DESC",
+            commit_select()
+        ))
+        .bind(repo)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(commit_from_row).collect()
+    }
+
+    /// The files of one view of a commit, sorted by path.
+    pub async fn files(&self, commit: &str, set: FileSet) -> Result<Vec<FileEntry>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT path, size, sha256, git_oid, lfs, object_key FROM commit_files \
+             WHERE commit_id = $1 AND (precision = $2 OR precision = 'both') ORDER BY path",
+        )
+        .bind(commit)
+        .bind(set.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    /// A committed high-precision or shared file with these bytes, anywhere in the registry,
+    /// with its commit: where a later commit naming the same sha256 can take them from.
+    pub async fn file_by_sha256(
+        &self,
+        sha256: &str,
+    ) -> Result<Option<(CommitRecord, FileEntry)>, StorageError> {
+        let row = sqlx::query(
+            "SELECT commit_id, path, size, sha256, git_oid, lfs, object_key FROM commit_files \
+             WHERE sha256 = $1 AND precision <> 'int8' LIMIT 1",
+        )
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let commit_id: String = row.try_get(0)?;
+        let entry = FileEntry {
+            path: row.try_get(1)?,
+            size: size(&row, 2)?,
+            sha256: row.try_get(3)?,
+            git_oid: row.try_get(4)?,
+            lfs: row.try_get::<i64, _>(5)? != 0,
+            object_key: row.try_get(6)?,
+        };
+        let row = sqlx::query(&format!("{} WHERE c.id = $1", commit_select()))
+            .bind(&commit_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .as_ref()
+            .map(commit_from_row)
+            .transpose()?
+            .map(|c| (c, entry)))
+    }
+
+    /// A blob that reproduces exactly these weights, if one is stored.
+    pub async fn blob_by_weights(&self, weights: &str) -> Result<Option<BlobRecord>, StorageError> {
+        let row = sqlx::query(&format!(
+            "SELECT {BLOB_COLUMNS} FROM blobs b WHERE b.weights = $1 ORDER BY b.created_at LIMIT 1"
+        ))
+        .bind(weights)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(|r| blob_from_row(r, 0)).transpose()
+    }
+
+    /// The files a blob reproduces, (high, int8), as the catalog lists them for a commit that
+    /// uses it.
+    pub async fn blob_files(
+        &self,
+        blob: &str,
+    ) -> Result<(Vec<FileEntry>, Vec<FileEntry>), StorageError> {
+        let Some(row) = sqlx::query("SELECT id FROM commits WHERE blob = $1 LIMIT 1")
+            .bind(blob)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let commit: String = row.try_get(0)?;
+        let in_blob = |files: Vec<FileEntry>| -> Vec<FileEntry> {
+            files.into_iter().filter(|f| f.object_key.is_none()).collect()
+        };
+        Ok((
+            in_blob(self.files(&commit, FileSet::High).await?),
+            in_blob(self.files(&commit, FileSet::Int8).await?),
+        ))
+    }
+
+    /// Blobs at least one commit of `repo` uses.
+    pub async fn repo_blobs(&self, repo: &str) -> Result<Vec<BlobRecord>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BLOB_COLUMNS} FROM blobs b WHERE b.id IN \
+             (SELECT c.blob FROM commits c WHERE c.repo = $1) ORDER BY b.created_at"
+        ))
+        .bind(repo)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| blob_from_row(r, 0)).collect()
+    }
+
+    /// Distinct plain objects (key, size) the commits of `repo` name.
+    pub async fn repo_objects(&self, repo: &str) -> Result<Vec<(String, u64)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT f.object_key, f.size FROM commit_files f \
+             JOIN commits c ON c.id = f.commit_id \
+             WHERE c.repo = $1 AND f.object_key IS NOT NULL ORDER BY f.object_key",
+        )
+        .bind(repo)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, size(r, 1)?)))
+            .collect()
+    }
+
+    /// Every object key a blob row or a commit's file names: what garbage collection keeps.
+    pub async fn referenced_keys(&self) -> Result<HashSet<String>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT object_key FROM blobs UNION \
+             SELECT object_key FROM commit_files WHERE object_key IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(Into::into))
+            .collect()
+    }
+
+    /// Blobs no commit uses any more (their repo was deleted): their rows go, their objects
+    /// become garbage.
+    pub async fn delete_unused_blobs(&self) -> Result<Vec<String>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "DELETE FROM blobs WHERE id NOT IN \
+             (SELECT blob FROM commits WHERE blob IS NOT NULL) RETURNING object_key",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(Into::into))
+            .collect()
+    }
+
+    /// Deletes one commit: its children get its parent; refs pointing at it move to its
+    /// parent with `force`, else the deletion is refused with their names.
+    pub async fn delete_commit(
+        &self,
+        repo: &str,
+        id: &str,
+        force: bool,
+    ) -> Result<DeleteCommit, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        // Write first (see delete_repo): a no-op update that takes the lock.
+        let found = sqlx::query("UPDATE commits SET parent = parent WHERE repo = $1 AND id = $2")
+            .bind(repo)
             .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if found.rows_affected() == 0 {
+            return Ok(DeleteCommit::NotFound);
+        }
+        let parent: Option<String> = sqlx::query("SELECT parent FROM commits WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        let refs: Vec<String> = sqlx::query(
+            "SELECT name FROM refs WHERE repo = $1 AND commit_id = $2 ORDER BY name",
+        )
+        .bind(repo)
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+        if !refs.is_empty() && (!force || parent.is_none()) {
+            return Ok(DeleteCommit::Referenced(refs));
+        }
+        sqlx::query("UPDATE refs SET commit_id = $2 WHERE repo = $3 AND commit_id = $1")
+            .bind(id)
+            .bind(parent.clone())
+            .bind(repo)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE commits SET parent = $2 WHERE parent = $1")
+            .bind(id)
+            .bind(parent)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM commit_files WHERE commit_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM commits WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(DeleteCommit::Deleted(refs))
+    }
+
+    // ----- refs
+
+    /// Branches and tags of a repo: (kind, name, commit), sorted.
+    pub async fn refs(&self, repo: &str) -> Result<Vec<(RefKind, String, String)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT kind, name, commit_id FROM refs WHERE repo = $1 ORDER BY kind, name",
+        )
+        .bind(repo)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let kind = match r.try_get::<String, _>(0)?.as_str() {
+                    "tag" => RefKind::Tag,
+                    _ => RefKind::Branch,
+                };
+                Ok((kind, r.try_get(1)?, r.try_get(2)?))
+            })
+            .collect()
+    }
+
+    /// Creates a branch or tag; false when one of that name exists.
+    pub async fn create_ref(
+        &self,
+        repo: &str,
+        kind: RefKind,
+        name: &str,
+        commit: &str,
+    ) -> Result<bool, StorageError> {
+        let done = sqlx::query(
+            "INSERT INTO refs (repo, kind, name, commit_id) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (repo, kind, name) DO NOTHING",
+        )
+        .bind(repo)
+        .bind(kind.as_str())
+        .bind(name)
+        .bind(commit)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes a branch or tag; false when there was none.
+    pub async fn delete_ref(
+        &self,
+        repo: &str,
+        kind: RefKind,
+        name: &str,
+    ) -> Result<bool, StorageError> {
+        let done = sqlx::query("DELETE FROM refs WHERE repo = $1 AND kind = $2 AND name = $3")
+            .bind(repo)
+            .bind(kind.as_str())
             .bind(name)
-            .bind(hash)
-            .bind(now_millis())
             .execute(&self.pool)
             .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ----- LFS uploads
+
+    pub async fn add_lfs_upload(&self, u: &LfsUpload) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO lfs_uploads (id, repo, oid, size, part_size, parts, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&u.id)
+        .bind(&u.repo)
+        .bind(&u.oid)
+        .bind(u.size as i64)
+        .bind(u.part_size as i64)
+        .bind(u.parts as i64)
+        .bind(u.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn lfs_upload(&self, id: &str) -> Result<Option<LfsUpload>, StorageError> {
+        let row = sqlx::query(
+            "SELECT id, repo, oid, size, part_size, parts, created_at FROM lfs_uploads WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(LfsUpload {
+                id: r.try_get(0)?,
+                repo: r.try_get(1)?,
+                oid: r.try_get(2)?,
+                size: size(&r, 3)?,
+                part_size: size(&r, 4)?,
+                parts: size(&r, 5)?,
+                created_at: r.try_get(6)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn delete_lfs_upload(&self, id: &str) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM lfs_uploads WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets uploads offered before `before_ms` (their parts are garbage after that).
+    pub async fn delete_lfs_uploads_before(&self, before_ms: i64) -> Result<u64, StorageError> {
+        let done = sqlx::query("DELETE FROM lfs_uploads WHERE created_at < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    // ----- tokens
+
+    /// Stores a new API token's hash.
+    pub async fn add_token(
+        &self,
+        token: &TokenRecord,
+        hash: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, name, hash, created_at, scopes, read_only) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&token.id)
+        .bind(&token.name)
+        .bind(hash)
+        .bind(token.created_at)
+        .bind(token.scopes.join(","))
+        .bind(i64::from(token.read_only))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -330,41 +831,122 @@ impl Catalog {
         Ok(row.get::<i64, _>(0) as u64)
     }
 
-    pub async fn token_exists(&self, hash: &str) -> Result<bool, StorageError> {
-        Ok(sqlx::query("SELECT id FROM tokens WHERE hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StorageError> {
+        let row = sqlx::query(
+            "SELECT id, name, scopes, read_only, created_at FROM tokens WHERE hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
+        let rows =
+            sqlx::query("SELECT id, name, scopes, read_only, created_at FROM tokens ORDER BY created_at, id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    /// Revokes the token with this id (or, if unique, this name); how many went.
+    pub async fn revoke_token(&self, id_or_name: &str) -> Result<u64, StorageError> {
+        let by_id = sqlx::query("DELETE FROM tokens WHERE id = $1")
+            .bind(id_or_name)
+            .execute(&self.pool)
+            .await?;
+        if by_id.rows_affected() > 0 {
+            return Ok(by_id.rows_affected());
+        }
+        let named = sqlx::query("SELECT COUNT(*) FROM tokens WHERE name = $1")
+            .bind(id_or_name)
+            .fetch_one(&self.pool)
             .await?
-            .is_some())
+            .get::<i64, _>(0);
+        if named != 1 {
+            return Ok(0);
+        }
+        let done = sqlx::query("DELETE FROM tokens WHERE name = $1")
+            .bind(id_or_name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 }
 
-fn qualified_revision_columns() -> String {
-    REVISION_COLUMNS
-        .split(", ")
-        .map(|c| format!("r.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+fn size(r: &AnyRow, i: usize) -> Result<u64, StorageError> {
+    Ok(u64::try_from(r.try_get::<i64, _>(i)?).unwrap_or(0))
 }
 
-fn revision_from_row(r: &sqlx::any::AnyRow) -> Result<Revision, StorageError> {
-    let size = |i: usize| -> Result<u64, StorageError> {
-        Ok(u64::try_from(r.try_get::<i64, _>(i)?).unwrap_or(0))
-    };
-    Ok(Revision {
+fn repo_from_row(r: &AnyRow) -> Result<RepoRecord, StorageError> {
+    Ok(RepoRecord {
+        name: r.try_get(0)?,
+        private: r.try_get::<i64, _>(1)? != 0,
+        created_at: r.try_get(2)?,
+    })
+}
+
+fn blob_from_row(r: &AnyRow, at: usize) -> Result<BlobRecord, StorageError> {
+    Ok(BlobRecord {
+        id: r.try_get(at)?,
+        weights: r.try_get(at + 1)?,
+        object_key: r.try_get(at + 2)?,
+        size: size(r, at + 3)?,
+        high_dtype: r.try_get(at + 4)?,
+        high_size: size(r, at + 5)?,
+        int8_size: size(r, at + 6)?,
+        tensors: size(r, at + 7)?,
+        quantized: size(r, at + 8)?,
+        created_at: r.try_get(at + 9)?,
+    })
+}
+
+fn commit_from_row(r: &AnyRow) -> Result<CommitRecord, StorageError> {
+    let blob_id: Option<String> = r.try_get(8)?;
+    Ok(CommitRecord {
         id: r.try_get(0)?,
         int8_id: r.try_get(1)?,
         repo: r.try_get(2)?,
-        blob_key: r.try_get(3)?,
-        blob_size: size(4)?,
-        high_dtype: r.try_get(5)?,
-        high_size: size(6)?,
-        int8_size: size(7)?,
-        plain_size: size(8)?,
-        tensors: size(9)?,
-        quantized: size(10)?,
-        created_at: r.try_get(11)?,
+        parent: r.try_get(3)?,
+        title: r.try_get(4)?,
+        message: r.try_get(5)?,
+        author: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+        blob: blob_id.map(|_| blob_from_row(r, 8)).transpose()?,
     })
+}
+
+fn file_from_row(r: &AnyRow) -> Result<FileEntry, StorageError> {
+    Ok(FileEntry {
+        path: r.try_get(0)?,
+        size: size(r, 1)?,
+        sha256: r.try_get(2)?,
+        git_oid: r.try_get(3)?,
+        lfs: r.try_get::<i64, _>(4)? != 0,
+        object_key: r.try_get(5)?,
+    })
+}
+
+fn token_from_row(r: &AnyRow) -> Result<TokenRecord, StorageError> {
+    let scopes: String = r.try_get(2)?;
+    Ok(TokenRecord {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        scopes: scopes
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        read_only: r.try_get::<i64, _>(3)? != 0,
+        created_at: r.try_get(4)?,
+    })
+}
+
+/// `LIKE` pattern text matching `s` literally (escape character `\`).
+fn escape_like(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 fn sqlite_path(url: &str) -> Option<&str> {
@@ -378,93 +960,4 @@ pub fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn revision(id: &str, repo: &str, at: i64) -> Revision {
-        Revision {
-            id: id.into(),
-            int8_id: format!("{id}-8"),
-            repo: repo.into(),
-            blob_key: format!("revisions/{id}/model.qstore"),
-            blob_size: 10,
-            high_dtype: "bf16".into(),
-            high_size: 20,
-            int8_size: 12,
-            plain_size: 1,
-            tensors: 3,
-            quantized: 2,
-            created_at: at,
-        }
-    }
-
-    fn entry(path: &str) -> FileEntry {
-        FileEntry {
-            path: path.into(),
-            size: 5,
-            sha256: "ab".into(),
-            object_key: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn revisions_branches_files_and_delete() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
-        let c = Catalog::connect(&url, None).await.unwrap();
-        c.migrate().await.unwrap();
-        c.migrate().await.unwrap();
-        for (id, at) in [("a1", 1), ("a2", 2)] {
-            c.commit_revision(&NewRevision {
-                revision: revision(id, "org/m", at),
-                files: vec![
-                    (FileSet::High, entry("model.safetensors")),
-                    (FileSet::Int8, entry("model.safetensors")),
-                    (FileSet::Both, entry("tokenizer.json")),
-                ],
-                branches: vec!["main".into(), "int8".into()],
-            })
-            .await
-            .unwrap();
-        }
-        assert_eq!(c.repos().await.unwrap(), ["org/m"]);
-        assert_eq!(c.branch("org/m", "main").await.unwrap().unwrap().id, "a2");
-        assert_eq!(
-            c.revision_by_commit("org/m", "a1-8")
-                .await
-                .unwrap()
-                .unwrap(),
-            revision("a1", "org/m", 1)
-        );
-        assert!(c.revision_by_commit("other", "a1").await.unwrap().is_none());
-        let ids: Vec<_> = c
-            .revisions("org/m")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(ids, ["a2", "a1"]);
-        let files = c.files("a1", FileSet::Int8).await.unwrap();
-        assert_eq!(files.len(), 2);
-        assert_eq!(c.delete_repo("org/m").await.unwrap().unwrap().len(), 2);
-        assert!(c.delete_repo("org/m").await.unwrap().is_none());
-        assert!(c.repos().await.unwrap().is_empty());
-        assert!(c.files("a1", FileSet::High).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn tokens_are_found_by_hash() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
-        let c = Catalog::connect(&url, None).await.unwrap();
-        c.migrate().await.unwrap();
-        assert_eq!(c.token_count().await.unwrap(), 0);
-        c.add_token("t1", "ci", "deadbeef").await.unwrap();
-        assert!(c.token_exists("deadbeef").await.unwrap());
-        assert!(!c.token_exists("beef").await.unwrap());
-    }
 }

@@ -1,8 +1,9 @@
-//! Garbage collection: removes what no revision refers to. An upload writes its objects under a
-//! fresh `revisions/{id}/` before the catalog row that makes it visible, so a server killed in
-//! between (or a failed cleanup) leaves a folder nobody references; likewise its local spool.
-//! Anything younger than the grace period is kept, since it may belong to an upload still
-//! running on some replica; anything the catalog names is always kept.
+//! Garbage collection: removes objects no catalog row names. A write puts its objects before the
+//! catalog row that makes them visible (an LFS upload waits for its commit; a commit's blob is put
+//! before the commit lands), so a crash in between, an upload never committed, or a deleted repo
+//! leaves objects nobody references. Anything younger than the grace period is kept, since it may
+//! belong to an upload or commit still running on some replica; anything the catalog names is
+//! always kept.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -12,12 +13,16 @@ use super::{Catalog, Objects, StorageError};
 /// What one collection found and removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcReport {
-    /// Revision folders the catalog names.
+    /// Objects the catalog names.
     pub referenced: usize,
-    /// Unreferenced folders kept because they are younger than the grace period.
+    /// Unreferenced objects kept because they are younger than the grace period.
     pub young: usize,
-    /// Unreferenced folders removed (or that would be, on a dry run).
+    /// Unreferenced objects removed (or that would be, on a dry run), by key.
     pub removed: Vec<String>,
+    /// Bytes those held.
+    pub removed_bytes: u64,
+    /// Blob rows no commit used any more, dropped from the catalog.
+    pub blobs_released: usize,
     /// Upload spools removed from the local spool directory.
     pub spools_removed: usize,
 }
@@ -26,10 +31,12 @@ impl std::fmt::Display for GcReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} revision folders in use, {} unreferenced removed, {} unreferenced kept (younger than the grace period), {} upload spools removed",
+            "{} objects in use, {} unreferenced removed ({} bytes), {} unreferenced kept (younger than the grace period), {} unused blobs released, {} upload spools removed",
             self.referenced,
             self.removed.len(),
+            self.removed_bytes,
             self.young,
+            self.blobs_released,
             self.spools_removed
         )
     }
@@ -43,25 +50,32 @@ pub async fn collect(
     grace: Duration,
     dry_run: bool,
 ) -> Result<GcReport, StorageError> {
-    let cutoff = SystemTime::now()
-        .checked_sub(grace)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    // List the store before reading the catalog: a revision committed in between has fresh
-    // objects, so it falls under the grace period rather than looking unreferenced.
-    let folders = objects.revision_folders().await?;
-    let referenced = catalog.all_revision_ids().await?;
+    let now = SystemTime::now();
+    let cutoff = now.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut report = GcReport::default();
-    for folder in folders {
-        if referenced.contains(&folder.id) {
+    if !dry_run {
+        report.blobs_released = catalog.delete_unused_blobs().await?.len();
+        let cutoff_ms = cutoff
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        catalog.delete_lfs_uploads_before(cutoff_ms).await?;
+    }
+    // List the store before reading the catalog: an object committed in between is fresh, so it
+    // falls under the grace period rather than looking unreferenced.
+    let stored = objects.list_all().await?;
+    let referenced = catalog.referenced_keys().await?;
+    for object in stored {
+        if referenced.contains(&object.key) {
             report.referenced += 1;
-        } else if folder.newest > cutoff {
+        } else if object.modified > cutoff {
             report.young += 1;
         } else {
             if !dry_run {
-                objects.delete_revision_folder(&folder.id).await?;
-                tracing::info!(revision = %folder.id, "gc: removed an unreferenced revision folder");
+                objects.delete(&object.key).await?;
+                tracing::info!(key = %object.key, bytes = object.size, "gc: removed an unreferenced object");
             }
-            report.removed.push(folder.id);
+            report.removed_bytes += object.size;
+            report.removed.push(object.key);
         }
     }
     report.spools_removed = remove_old_spools(spool_dir, cutoff, dry_run);

@@ -6,8 +6,11 @@ pub mod catalog;
 pub mod gc;
 pub mod objects;
 
-pub use catalog::{Catalog, FileEntry, FileSet, NewRevision, Revision};
-pub use objects::{ObjectSource, Objects};
+pub use catalog::{
+    BlobRecord, Catalog, CommitOutcome, CommitRecord, DeleteCommit, FileEntry, FileSet, LfsUpload, NewCommit,
+    RefKind, RepoRecord, RepoSort, TokenRecord,
+};
+pub use objects::{ObjectSource, Objects, PutStreamError, StoredObject};
 
 /// Failures of the storage layer; all are server-side (the API maps them to 5xx, or 404 for a
 /// missing object).

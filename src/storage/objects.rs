@@ -1,8 +1,8 @@
 //! Object storage for blobs and plain repo files, through `object_store` so the backend is
-//! configuration. Every object of a revision lives under `revisions/{id}/`, so an upload that
-//! fails can remove exactly what it wrote.
+//! configuration. Plain files are addressed by their sha256 (`objects/sha256/..`), so each is
+//! stored once across the registry; blobs live under `blobs/`, LFS uploads in progress under
+//! `uploads/`. Older deployments also have `revisions/{id}/...` keys, still served as named.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -110,14 +110,82 @@ impl Objects {
         }
     }
 
-    /// Where a revision's blob lives.
-    pub fn blob_key(revision: &str) -> String {
-        format!("{REVISIONS}/{revision}/model.qstore")
+    /// Where the plain object with this sha256 lives.
+    pub fn content_key(sha256: &str) -> String {
+        let fan = sha256.get(..2).unwrap_or("xx");
+        format!("objects/sha256/{fan}/{sha256}")
     }
 
-    /// Where a plain file of a revision lives; `variant` keeps per-precision versions apart.
-    pub fn file_key(revision: &str, variant: &str, path: &str) -> String {
-        format!("{REVISIONS}/{revision}/{variant}/{path}")
+    /// Where a new blob lives.
+    pub fn blob_key(id: &str) -> String {
+        format!("blobs/{id}.qstore")
+    }
+
+    /// Where part `n` (or, for 0, the whole body) of an LFS upload in progress lands.
+    pub fn upload_part_key(upload: &str, n: u64) -> String {
+        format!("uploads/{upload}/{n:05}")
+    }
+
+    /// True when an object with this key and size exists (a content-addressed object that
+    /// needs no second put).
+    pub async fn has(&self, key: &str, size: u64) -> Result<bool, StorageError> {
+        match self.store.head(&Path::from(key)).await {
+            Ok(meta) => Ok(meta.size == size),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores a local file under its content key unless it is there already.
+    pub async fn put_content_file(
+        &self,
+        sha256: &str,
+        size: u64,
+        file: &FsPath,
+    ) -> Result<String, StorageError> {
+        let key = Self::content_key(sha256);
+        if !self.has(&key, size).await? {
+            self.put_file(&key, file).await?;
+        }
+        Ok(key)
+    }
+
+    /// Stores small bytes under their content key unless they are there already.
+    pub async fn put_content_bytes(
+        &self,
+        sha256: &str,
+        data: Bytes,
+    ) -> Result<String, StorageError> {
+        let key = Self::content_key(sha256);
+        if !self.has(&key, data.len() as u64).await? {
+            self.put_bytes(&key, data).await?;
+        }
+        Ok(key)
+    }
+
+    /// Moves an object (an LFS upload, once verified, to its content key).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        self.store
+            .rename(&Path::from(from), &Path::from(to))
+            .await?;
+        Ok(())
+    }
+
+    /// Removes one object; a missing one is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The first `len` bytes of an object, or fewer if it is shorter.
+    pub async fn read_prefix(&self, key: &str, len: u64) -> Result<Bytes, StorageError> {
+        let size = self.size(key).await?;
+        Ok(self
+            .store
+            .get_range(&Path::from(key), 0..len.min(size))
+            .await?)
     }
 
     /// Uploads a local file with a multipart put (aborted on failure), streaming it in parts.
@@ -149,6 +217,55 @@ impl Objects {
         Ok(total)
     }
 
+    /// Streams `body` into a new object with a multipart put, counting and hashing it; more
+    /// than `limit` bytes, or a body that fails, aborts the put and leaves nothing.
+    pub async fn put_stream<S, E>(
+        &self,
+        key: &str,
+        mut body: S,
+        limit: u64,
+    ) -> Result<(u64, String), PutStreamError>
+    where
+        S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use sha2::Digest;
+        let upload = self
+            .store
+            .put_multipart(&Path::from(key))
+            .await
+            .map_err(|e| PutStreamError::Store(e.into()))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut hasher = sha2::Sha256::new();
+        let mut total = 0u64;
+        while let Some(piece) = body.next().await {
+            let failed = match piece {
+                Err(e) => Some(PutStreamError::Body(e.to_string())),
+                Ok(piece) => {
+                    total += piece.len() as u64;
+                    if total > limit {
+                        Some(PutStreamError::TooLarge(limit))
+                    } else if let Err(e) = writer.wait_for_capacity(4).await {
+                        Some(PutStreamError::Store(e.into()))
+                    } else {
+                        hasher.update(&piece);
+                        writer.put(piece);
+                        None
+                    }
+                }
+            };
+            if let Some(e) = failed {
+                let _ = writer.abort().await;
+                return Err(e);
+            }
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| PutStreamError::Store(e.into()))?;
+        Ok((total, hex::encode(hasher.finalize())))
+    }
+
     /// Stores a small object in one put.
     pub async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
         self.store
@@ -176,8 +293,15 @@ impl Objects {
         Ok(self.store.head(&Path::from(key)).await?.size)
     }
 
-    /// Removes every object under `prefix` (a revision's folder).
-    async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+    /// Removes every object under `prefix`.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+        if let Some(root) = &self.local_root {
+            let dir = root.join(prefix.trim_end_matches('/'));
+            return match tokio::fs::remove_dir_all(&dir).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            };
+        }
         let prefix = Path::from(prefix);
         let mut listing = self.store.list(Some(&prefix));
         while let Some(meta) = listing.next().await {
@@ -189,49 +313,38 @@ impl Objects {
         Ok(())
     }
 
-    /// Every revision folder in the store with the time of its newest object: what garbage
-    /// collection weighs against the catalog. The local backend reads the directory itself, so
-    /// the staging files of a put cut short by a crash count too.
-    pub async fn revision_folders(&self) -> Result<Vec<RevisionFolder>, StorageError> {
+    /// Every object in the store with the time it was last written: what garbage collection
+    /// weighs against the catalog. The local backend reads the directory itself, so the staging
+    /// files of a put cut short by a crash count too (under the key they were staged for plus a
+    /// `#` suffix, which no catalog row names).
+    pub async fn list_all(&self) -> Result<Vec<StoredObject>, StorageError> {
         if let Some(root) = &self.local_root {
-            let dir = root.join(REVISIONS);
-            return tokio::task::spawn_blocking(move || local_revision_folders(&dir))
-                .await
-                .map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
+            let root = root.clone();
+            return tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                local_objects(&root, &root, &mut out)?;
+                Ok(out)
+            })
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
         }
-        let mut newest: BTreeMap<String, SystemTime> = BTreeMap::new();
-        let mut listing = self.store.list(Some(&Path::from(REVISIONS)));
+        let mut out = Vec::new();
+        let mut listing = self.store.list(None);
         while let Some(meta) = listing.next().await {
             let meta = meta?;
-            let Some(id) = meta.location.parts().nth(1) else {
-                continue;
-            };
-            let modified = SystemTime::from(meta.last_modified);
-            let entry = newest.entry(id.as_ref().to_string()).or_insert(modified);
-            *entry = (*entry).max(modified);
+            out.push(StoredObject {
+                key: meta.location.to_string(),
+                size: meta.size,
+                modified: SystemTime::from(meta.last_modified),
+            });
         }
-        Ok(newest
-            .into_iter()
-            .map(|(id, newest)| RevisionFolder { id, newest })
-            .collect())
-    }
-
-    /// Removes a revision's folder and everything in it.
-    pub async fn delete_revision_folder(&self, id: &str) -> Result<(), StorageError> {
-        if let Some(root) = &self.local_root {
-            let dir = root.join(REVISIONS).join(id);
-            return match tokio::fs::remove_dir_all(&dir).await {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-                _ => Ok(()),
-            };
-        }
-        self.delete_prefix(&format!("{REVISIONS}/{id}/")).await
+        Ok(out)
     }
 
     /// Cheap reachability probe for `/readyz`.
     pub async fn ping(&self) -> Result<(), StorageError> {
         self.store
-            .list_with_delimiter(Some(&Path::from("revisions")))
+            .list_with_delimiter(Some(&Path::from("blobs")))
             .await?;
         Ok(())
     }
@@ -249,34 +362,55 @@ impl Objects {
     }
 }
 
-/// Top folder of every revision's objects.
-const REVISIONS: &str = "revisions";
-
-/// One `revisions/{id}/` folder, as garbage collection sees it.
-#[derive(Debug, Clone)]
-pub struct RevisionFolder {
-    pub id: String,
-    /// When its newest object (or staging file) was last written.
-    pub newest: SystemTime,
+/// Why [`Objects::put_stream`] stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum PutStreamError {
+    /// The body failed (the client's side).
+    #[error("the upload ended early: {0}")]
+    Body(String),
+    #[error("more than the {0}-byte limit")]
+    TooLarge(u64),
+    #[error(transparent)]
+    Store(#[from] StorageError),
 }
 
-fn local_revision_folders(dir: &FsPath) -> Result<Vec<RevisionFolder>, StorageError> {
+/// One object as garbage collection sees it.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+fn local_objects(
+    root: &FsPath,
+    dir: &FsPath,
+    out: &mut Vec<StoredObject>,
+) -> Result<(), StorageError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let mut folders = Vec::new();
     for entry in entries {
         let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            folders.push(RevisionFolder {
-                id: entry.file_name().to_string_lossy().into_owned(),
-                newest: super::newest_modification(&entry.path())?,
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            local_objects(root, &entry.path(), out)?;
+        } else {
+            let key = entry
+                .path()
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.push(StoredObject {
+                key,
+                size: meta.len(),
+                modified: meta.modified()?,
             });
         }
     }
-    Ok(folders)
+    Ok(())
 }
 
 /// A blob in the object store read by ranged GETs, one per chunk the decoder asks for. Must be

@@ -1,0 +1,210 @@
+//! The Git LFS endpoints Hub clients upload large files through: the batch call (with `basic`
+//! and `multipart` transfers), the upload URLs it hands out, multipart completion and verify.
+//! Upload URLs carry an unguessable upload id instead of credentials (LFS clients send none
+//! there); the batch and verify calls need a token that may write in the repo.
+
+use axum::Json;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ErrorKind};
+use super::hf::check_hub_repo;
+use crate::repo::lfs::{self, Offer};
+
+const LFS_JSON: &str = "application/vnd.git-lfs+json";
+/// Largest batch or completion request.
+const MAX_LFS_JSON: usize = 8 << 20;
+
+/// `/{repo}.git/info/lfs/objects/{batch|verify}` with a one- or two-segment repo id.
+pub(super) fn is_batch_route(segments: &[&str]) -> bool {
+    batch_route(segments).is_some()
+}
+
+fn batch_route(segments: &[&str]) -> Option<(String, String)> {
+    let n = segments.len();
+    if !(5..=6).contains(&n) || segments[n - 4..n - 1] != ["info", "lfs", "objects"] {
+        return None;
+    }
+    let repo_segments = &segments[..n - 4];
+    let last = repo_segments.last()?.strip_suffix(".git")?;
+    let mut parts: Vec<&str> = repo_segments[..repo_segments.len() - 1].to_vec();
+    parts.push(last);
+    Some((parts.join("/"), segments[n - 1].to_string()))
+}
+
+pub(super) async fn dispatch(state: AppState, segments: &[&str], request: Request) -> ApiResult<Response> {
+    let (repo, action) = batch_route(segments).expect("checked by is_batch_route");
+    check_hub_repo(&repo)?;
+    match (action.as_str(), request.method()) {
+        ("batch", &Method::POST) => batch(state, &repo, request).await,
+        ("verify", &Method::POST) => verify(state, &repo, request).await,
+        _ => Err(ApiError::new(ErrorKind::EntryNotFound, format!("no LFS route {action:?}"))),
+    }
+}
+
+async fn lfs_json<T: for<'de> Deserialize<'de>>(request: Request) -> ApiResult<T> {
+    let raw = axum::body::to_bytes(request.into_body(), MAX_LFS_JSON)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
+    serde_json::from_slice(&raw).map_err(|e| ApiError::bad_request(format!("LFS request: {e}")))
+}
+
+fn lfs_answer(status: StatusCode, body: Value) -> Response {
+    let mut r = (status, Json(body)).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(LFS_JSON));
+    r
+}
+
+/// `POST /{repo}.git/info/lfs/objects/batch`: for each object, nothing (stored already) or where
+/// to send it.
+async fn batch(state: AppState, repo: &str, request: Request) -> ApiResult<Response> {
+    #[derive(Deserialize)]
+    struct Object {
+        oid: String,
+        size: u64,
+    }
+    #[derive(Deserialize)]
+    struct Body {
+        operation: String,
+        #[serde(default)]
+        transfers: Vec<String>,
+        objects: Vec<Object>,
+        hash_algo: Option<String>,
+    }
+    let headers = request.headers().clone();
+    let caller = state.writes.writer(&state.catalog, &headers, Some(repo)).await?;
+    super::revisions::visible_repo(&state, Some(&caller), repo).await?;
+    let base = state.base_url(&headers);
+    let body: Body = lfs_json(request).await?;
+    if body.operation != "upload" {
+        return Err(ApiError::bad_request(
+            "only LFS uploads go through the batch API; download through /resolve",
+        ));
+    }
+    if body.hash_algo.as_deref().is_some_and(|a| a != "sha256") {
+        return Err(ApiError::bad_request("only sha256 LFS objects are supported"));
+    }
+    let multipart_ok = body.transfers.iter().any(|t| t == "multipart");
+    if !multipart_ok && !body.transfers.is_empty() && !body.transfers.iter().any(|t| t == "basic") {
+        return Err(ApiError::bad_request("qstore offers the basic and multipart LFS transfers"));
+    }
+    let verify = json!({"href": format!("{base}/{repo}.git/info/lfs/objects/verify")});
+    let mut any_multipart = false;
+    let mut objects = Vec::new();
+    for o in body.objects {
+        let offer = lfs::offer(
+            &state.catalog,
+            &state.objects,
+            repo,
+            &o.oid,
+            o.size,
+            multipart_ok,
+            state.config.limits.max_upload_bytes,
+        )
+        .await;
+        let href = |id: &str| format!("{base}/lfs/uploads/{id}");
+        objects.push(match offer {
+            Ok(Offer::Present) => json!({"oid": o.oid, "size": o.size}),
+            Ok(Offer::Basic(u)) => json!({
+                "oid": o.oid, "size": o.size, "authenticated": true,
+                "actions": {"upload": {"href": href(&u.id)}, "verify": verify},
+            }),
+            Ok(Offer::Multipart(u)) => {
+                any_multipart = true;
+                let mut header = serde_json::Map::new();
+                header.insert("chunk_size".into(), json!(u.part_size.to_string()));
+                for n in 1..=u.parts {
+                    header.insert(n.to_string(), json!(format!("{}/{n}", href(&u.id))));
+                }
+                json!({
+                    "oid": o.oid, "size": o.size, "authenticated": true,
+                    "actions": {"upload": {"href": href(&u.id), "header": header}, "verify": verify},
+                })
+            }
+            Err(crate::repo::RepoError::BadInput(m)) => {
+                json!({"oid": o.oid, "size": o.size, "error": {"code": 422, "message": m}})
+            }
+            Err(e) => return Err(e.into()),
+        });
+    }
+    let transfer = if any_multipart { "multipart" } else { "basic" };
+    Ok(lfs_answer(
+        StatusCode::OK,
+        json!({"transfer": transfer, "objects": objects, "hash_algo": "sha256"}),
+    ))
+}
+
+/// `POST /{repo}.git/info/lfs/objects/verify` `{"oid", "size"}`: 200 once the object is stored
+/// (its sha256 was checked when it arrived).
+async fn verify(state: AppState, repo: &str, request: Request) -> ApiResult<Response> {
+    #[derive(Deserialize)]
+    struct Body {
+        oid: String,
+        size: u64,
+    }
+    let headers = request.headers().clone();
+    state.writes.writer(&state.catalog, &headers, Some(repo)).await?;
+    let body: Body = lfs_json(request).await?;
+    lfs::check_oid(&body.oid)?;
+    match lfs::locate(&state.catalog, &state.objects, &body.oid, body.size).await? {
+        Some(_) => Ok(lfs_answer(StatusCode::OK, json!({"oid": body.oid, "size": body.size}))),
+        None => Err(ApiError::new(
+            ErrorKind::EntryNotFound,
+            format!("LFS object {} ({} bytes) is not stored", body.oid, body.size),
+        )),
+    }
+}
+
+/// `/lfs/uploads/{id}` (PUT: the whole body; POST: complete a multipart upload) and
+/// `/lfs/uploads/{id}/{part}` (PUT: one part).
+pub(super) async fn upload(state: AppState, rest: &[&str], request: Request) -> ApiResult<Response> {
+    let unknown = || ApiError::new(ErrorKind::EntryNotFound, "no such upload (finished, expired or never offered)");
+    let id = match rest.first() {
+        Some(id) if lfs::is_upload_id(id) => *id,
+        _ => return Err(unknown()),
+    };
+    let part = match rest.get(1) {
+        None => 0,
+        Some(n) => n
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 1 && rest.len() == 2)
+            .ok_or_else(unknown)?,
+    };
+    // The upload id is the credential: checked before the body is read (no 100 Continue).
+    let Some(upload) = state.catalog.lfs_upload(id).await? else {
+        return Err(super::upload::refuse(request, unknown()).await);
+    };
+    match (request.method(), part) {
+        (&Method::PUT, n) => {
+            let body = request.into_body().into_data_stream();
+            let etag = lfs::receive(&state.catalog, &state.objects, &upload, n, body).await?;
+            let mut r = StatusCode::OK.into_response();
+            r.headers_mut().insert(
+                header::ETAG,
+                HeaderValue::from_str(&format!("\"{etag}\"")).expect("hex"),
+            );
+            Ok(r)
+        }
+        (&Method::POST, 0) => {
+            #[derive(Deserialize)]
+            struct Body {
+                oid: String,
+            }
+            let body: Body = lfs_json(request).await?;
+            if body.oid != upload.oid {
+                return Err(ApiError::bad_request(format!(
+                    "this upload is for {}, not {}",
+                    upload.oid, body.oid
+                )));
+            }
+            lfs::complete(&state.catalog, &state.objects, &upload).await?;
+            Ok(lfs_answer(StatusCode::OK, json!({"oid": upload.oid, "size": upload.size})))
+        }
+        _ => Err(ApiError::bad_request("PUT the body or a part; POST completes a multipart upload")),
+    }
+}
