@@ -53,7 +53,11 @@ impl WritePolicy {
 
     /// The caller the headers name: None without a token; 401 for a token that is not valid
     /// (revoked or unknown), whatever is asked.
-    pub async fn caller(&self, catalog: &Catalog, headers: &HeaderMap) -> ApiResult<Option<Caller>> {
+    pub async fn caller(
+        &self,
+        catalog: &Catalog,
+        headers: &HeaderMap,
+    ) -> ApiResult<Option<Caller>> {
         let Some(token) = bearer(headers) else {
             return Ok(None);
         };
@@ -72,7 +76,10 @@ impl WritePolicy {
                 read_only: t.read_only,
             })),
             None if self.open_for_loopback(catalog).await? => Ok(Some(local_caller())),
-            None => Err(ApiError::new(ErrorKind::Unauthorized, "invalid or revoked API token")),
+            None => Err(ApiError::new(
+                ErrorKind::Unauthorized,
+                "invalid or revoked API token",
+            )),
         }
     }
 

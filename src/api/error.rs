@@ -81,6 +81,8 @@ pub struct ApiError {
     pub commit: Option<String>,
     /// Total size for a 416's `Content-Range: bytes */TOTAL`.
     pub total: Option<u64>,
+    /// Fields added next to `error` in the body (a 409 on create names the existing `url`).
+    pub fields: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl ApiError {
@@ -90,7 +92,13 @@ impl ApiError {
             message: message.into(),
             commit: None,
             total: None,
+            fields: Vec::new(),
         }
+    }
+
+    pub fn with_field(mut self, key: &'static str, value: serde_json::Value) -> ApiError {
+        self.fields.push((key, value));
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -149,7 +157,10 @@ impl From<RepoError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.kind.status();
-        let body = json!({"error": {"code": self.kind.code(), "message": self.message}});
+        let mut body = json!({"error": {"code": self.kind.code(), "message": self.message}});
+        for (key, value) in self.fields {
+            body[key] = value;
+        }
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert("x-error-code", HeaderValue::from_static(self.kind.code()));

@@ -2,7 +2,7 @@
 //! `resolve` for files, and under `/api/models` repo info, trees, paths-info, refs, history and
 //! the model list, so `huggingface_hub` and `transformers` work unmodified with `HF_ENDPOINT`
 //! pointing here. Every commit has two views: its uploaded precision (its id, branches, tags)
-//! and INT8 (its twin id, `int8`, `int8/REF`).
+//! and INT8 (its twin id, `int8`, `int8-REF`).
 
 use std::collections::HashMap;
 
@@ -85,7 +85,12 @@ pub(super) async fn resolve(
     let blob = match (&entry.object_key, &resolved.commit.blob) {
         (Some(_), _) => None,
         (None, Some(b)) => Some((state.blob(b).await?, resolved.precision)),
-        (None, None) => return Err(ApiError::internal("a blob file without a blob", &entry.path)),
+        (None, None) => {
+            return Err(ApiError::internal(
+                "a blob file without a blob",
+                &entry.path,
+            ));
+        }
     };
     let served = ServedFile::from_entry(
         entry,
@@ -110,7 +115,9 @@ pub(super) async fn view_files(state: &AppState, resolved: &Resolved) -> ApiResu
 
 /// The query string as a multimap (`expand[]=a&expand[]=b`).
 pub(super) fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
-    uri.query().map(|q| url_pairs(q.as_bytes())).unwrap_or_default()
+    uri.query()
+        .map(|q| url_pairs(q.as_bytes()))
+        .unwrap_or_default()
 }
 
 /// `application/x-www-form-urlencoded` pairs.
@@ -129,7 +136,10 @@ pub(super) fn url_pairs(raw: &[u8]) -> Vec<(String, String)> {
 }
 
 fn first<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 fn flag(pairs: &[(String, String)], key: &str) -> bool {
@@ -157,7 +167,9 @@ pub(super) fn iso_date(ms: i64) -> String {
 /// A JSON answer with a `Link: <next>; rel="next"` header when there is a next page.
 fn paged(body: Value, next: Option<String>) -> Response {
     let mut response = Json(body).into_response();
-    if let Some(next) = next.and_then(|n| HeaderValue::from_str(&format!("<{n}>; rel=\"next\"")).ok()) {
+    if let Some(next) =
+        next.and_then(|n| HeaderValue::from_str(&format!("<{n}>; rel=\"next\"")).ok())
+    {
         response.headers_mut().insert("link", next);
     }
     response
@@ -181,15 +193,30 @@ fn next_url(state: &AppState, request: &Parts, key: &str, value: usize) -> Strin
         })
         .collect::<Vec<_>>()
         .join("&");
-    format!("{}{}?{query}", state.base_url(&request.headers), request.uri.path())
+    format!(
+        "{}{}?{query}",
+        state.base_url(&request.headers),
+        request.uri.path()
+    )
 }
 
 /// `/api/models/{repo_id}/...` after `models`: the repo id (one or two segments), the verb and
 /// what follows it.
-pub(super) fn split_repo<'a>(segments: &'a [&'a str]) -> ApiResult<(String, Option<&'a str>, &'a [&'a str])> {
+pub(super) fn split_repo<'a>(
+    segments: &'a [&'a str],
+) -> ApiResult<(String, Option<&'a str>, &'a [&'a str])> {
     const VERBS: [&str; 11] = [
-        "revision", "tree", "refs", "commits", "paths-info", "preupload", "commit", "branch",
-        "tag", "settings", "xet-write-token",
+        "revision",
+        "tree",
+        "refs",
+        "commits",
+        "paths-info",
+        "preupload",
+        "commit",
+        "branch",
+        "tag",
+        "settings",
+        "xet-write-token",
     ];
     let at = segments
         .iter()
@@ -238,13 +265,16 @@ pub(super) async fn api_models_read(
 
 /// Repo info as `huggingface_hub.ModelInfo` reads it; `?blobs=true` adds file sizes and LFS
 /// details to `siblings`.
-async fn model_info(state: &AppState, repo: &str, rev: &str, request: &Parts) -> ApiResult<Response> {
+async fn model_info(
+    state: &AppState,
+    repo: &str,
+    rev: &str,
+    request: &Parts,
+) -> ApiResult<Response> {
     let resolved = revisions::resolve(state, &request.headers, repo, rev).await?;
-    let record = state
-        .catalog
-        .repo(repo)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorKind::RepoNotFound, format!("model {repo:?} not found")))?;
+    let record = state.catalog.repo(repo).await?.ok_or_else(|| {
+        ApiError::new(ErrorKind::RepoNotFound, format!("model {repo:?} not found"))
+    })?;
     let files = view_files(state, &resolved).await?;
     let with_blobs = flag(&query_pairs(&request.uri), "blobs");
     let siblings: Vec<Value> = files
@@ -296,8 +326,20 @@ async fn model_info(state: &AppState, repo: &str, rev: &str, request: &Parts) ->
 
 /// Bytes the repo's commits hold: each blob and plain object once.
 pub(super) async fn stored_bytes(state: &AppState, repo: &str) -> ApiResult<u64> {
-    let blobs: u64 = state.catalog.repo_blobs(repo).await?.iter().map(|b| b.size).sum();
-    let objects: u64 = state.catalog.repo_objects(repo).await?.iter().map(|(_, s)| *s).sum();
+    let blobs: u64 = state
+        .catalog
+        .repo_blobs(repo)
+        .await?
+        .iter()
+        .map(|b| b.size)
+        .sum();
+    let objects: u64 = state
+        .catalog
+        .repo_objects(repo)
+        .await?
+        .iter()
+        .map(|(_, s)| *s)
+        .sum();
     Ok(blobs + objects)
 }
 
@@ -306,7 +348,10 @@ async fn card_data(state: &AppState, files: &[FileEntry]) -> ApiResult<Option<Va
     let Some(readme) = files.iter().find(|f| f.path == "README.md") else {
         return Ok(None);
     };
-    let (Some(key), true) = (&readme.object_key, readme.size <= super::hub::MAX_README_BYTES) else {
+    let (Some(key), true) = (
+        &readme.object_key,
+        readme.size <= super::hub::MAX_README_BYTES,
+    ) else {
         return Ok(None);
     };
     let raw = state.objects.read_prefix(key, readme.size).await?;
@@ -344,7 +389,8 @@ async fn tree_listing(
         .take(limit)
         .map(|e| listed_json(&files, e))
         .collect();
-    let next = (cursor + limit < entries.len()).then(|| next_url(state, request, "cursor", cursor + limit));
+    let next = (cursor + limit < entries.len())
+        .then(|| next_url(state, request, "cursor", cursor + limit));
     Ok(paged(Value::Array(page), next))
 }
 
@@ -352,7 +398,8 @@ async fn tree_listing(
 pub(super) fn listed_json(files: &[FileEntry], e: &Listed) -> Value {
     match e {
         Listed::File(f) => {
-            let mut v = json!({"type": "file", "oid": tree::tree_oid(f), "size": f.size, "path": f.path});
+            let mut v =
+                json!({"type": "file", "oid": tree::tree_oid(f), "size": f.size, "path": f.path});
             if f.lfs {
                 let (_, pointer) = tree::lfs_pointer(&f.sha256, f.size);
                 v["lfs"] = json!({"oid": f.sha256, "size": f.size, "pointerSize": pointer});
@@ -383,7 +430,10 @@ pub(super) async fn paths_info(
         let path = path.trim_end_matches('/');
         if let Some(f) = files.iter().find(|f| f.path == path) {
             out.push(listed_json(&files, &Listed::File(f)));
-        } else if files.iter().any(|f| f.path.starts_with(&format!("{path}/"))) {
+        } else if files
+            .iter()
+            .any(|f| f.path.starts_with(&format!("{path}/")))
+        {
             out.push(listed_json(&files, &Listed::Folder(path.to_string())));
         }
     }
@@ -397,11 +447,18 @@ async fn refs(state: &AppState, repo: &str, headers: &HeaderMap) -> ApiResult<Re
     let (mut branches, mut tags) = (Vec::new(), Vec::new());
     for (kind, name, commit) in state.catalog.refs(repo).await? {
         match kind {
-            RefKind::Branch => branches.push(json!({"name": name, "ref": format!("refs/heads/{name}"), "targetCommit": commit})),
-            RefKind::Tag => tags.push(json!({"name": name, "ref": format!("refs/tags/{name}"), "targetCommit": commit})),
+            RefKind::Branch => branches.push(
+                json!({"name": name, "ref": format!("refs/heads/{name}"), "targetCommit": commit}),
+            ),
+            RefKind::Tag => tags.push(
+                json!({"name": name, "ref": format!("refs/tags/{name}"), "targetCommit": commit}),
+            ),
         }
     }
-    Ok(Json(json!({"branches": branches, "tags": tags, "converts": [], "pullRequests": []})).into_response())
+    Ok(
+        Json(json!({"branches": branches, "tags": tags, "converts": [], "pullRequests": []}))
+            .into_response(),
+    )
 }
 
 /// `GET /api/models/{repo}/commits/{rev}`: the history ending at `rev`, newest first, in
@@ -440,17 +497,36 @@ fn commit_json(c: &CommitRecord, precision: Precision) -> Value {
 pub(super) async fn list_models(state: AppState, request: Request) -> ApiResult<Response> {
     let (request, _) = request.into_parts();
     let pairs = query_pairs(&request.uri);
-    let known: HashMap<&str, ()> = ["search", "author", "sort", "direction", "limit", "offset", "full", "cardData", "config", "expand[]", "expand", "filter"]
-        .into_iter()
-        .map(|k| (k, ()))
-        .collect();
+    let known: HashMap<&str, ()> = [
+        "search",
+        "author",
+        "sort",
+        "direction",
+        "limit",
+        "offset",
+        "full",
+        "cardData",
+        "config",
+        "expand[]",
+        "expand",
+        "filter",
+    ]
+    .into_iter()
+    .map(|k| (k, ()))
+    .collect();
     if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains_key(k.as_str())) {
-        return Err(ApiError::bad_request(format!("unknown query parameter {k:?}")));
+        return Err(ApiError::bad_request(format!(
+            "unknown query parameter {k:?}"
+        )));
     }
-    let caller = state.writes.caller(&state.catalog, &request.headers).await?;
+    let caller = state
+        .writes
+        .caller(&state.catalog, &request.headers)
+        .await?;
     let sort = match first(&pairs, "sort").unwrap_or("") {
         "" | "id" | "modelId" => RepoSort::Name,
-        "lastModified" | "createdAt" | "trending_score" | "trendingScore" | "downloads" | "likes" => RepoSort::Recent,
+        "lastModified" | "createdAt" | "trending_score" | "trendingScore" | "downloads"
+        | "likes" => RepoSort::Recent,
         "usedStorage" | "size" => RepoSort::Size,
         other => return Err(ApiError::bad_request(format!("cannot sort by {other:?}"))),
     };
@@ -472,7 +548,10 @@ pub(super) async fn list_models(state: AppState, request: Request) -> ApiResult<
         .collect();
     let mut items = Vec::new();
     for r in visible.iter().skip(offset).take(limit) {
-        let head = state.catalog.ref_target(&r.name, RefKind::Branch, "main").await?;
+        let head = state
+            .catalog
+            .ref_target(&r.name, RefKind::Branch, "main")
+            .await?;
         items.push(json!({
             "_id": r.name,
             "id": r.name,
@@ -488,7 +567,8 @@ pub(super) async fn list_models(state: AppState, request: Request) -> ApiResult<
             "library_name": "transformers",
         }));
     }
-    let next = (offset + limit < visible.len()).then(|| next_url(&state, &request, "offset", offset + limit));
+    let next = (offset + limit < visible.len())
+        .then(|| next_url(&state, &request, "offset", offset + limit));
     Ok(paged(Value::Array(items), next))
 }
 

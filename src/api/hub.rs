@@ -58,7 +58,11 @@ async fn json_body<T: for<'de> Deserialize<'de>>(request: Request) -> ApiResult<
     let raw = axum::body::to_bytes(request.into_body(), MAX_JSON_BYTES)
         .await
         .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
-    let raw: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &raw };
+    let raw: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &raw
+    };
     serde_json::from_slice(raw).map_err(|e| ApiError::bad_request(format!("JSON body: {e}")))
 }
 
@@ -131,7 +135,10 @@ pub(super) async fn create_repo(state: AppState, request: Request) -> ApiResult<
     let base = state.base_url(&headers);
     let body: RepoRef = json_body(request).await?;
     let name = body.full_name()?;
-    let caller = state.writes.writer(&state.catalog, &headers, Some(&name)).await?;
+    let caller = state
+        .writes
+        .writer(&state.catalog, &headers, Some(&name))
+        .await?;
     let private = match body.visibility.as_deref() {
         Some("private") => true,
         Some("public") | None => body.private.unwrap_or(false),
@@ -146,7 +153,8 @@ pub(super) async fn create_repo(state: AppState, request: Request) -> ApiResult<
         return Err(ApiError::new(
             ErrorKind::Conflict,
             format!("You already created this model repo: {name}"),
-        ));
+        )
+        .with_field("url", json!(url)));
     }
     let bytes = Bytes::from_static(GITATTRIBUTES.as_bytes());
     let file = stored_inline_file(&state, ".gitattributes", bytes).await?;
@@ -175,7 +183,10 @@ pub(super) async fn delete_repo(state: AppState, request: Request) -> ApiResult<
     let headers = request.headers().clone();
     let body: RepoRef = json_body(request).await?;
     let name = body.full_name()?;
-    state.writes.writer(&state.catalog, &headers, Some(&name)).await?;
+    state
+        .writes
+        .writer(&state.catalog, &headers, Some(&name))
+        .await?;
     remove_repo(&state, &name).await?;
     Ok(Json(json!({"deleted": name})).into_response())
 }
@@ -196,7 +207,10 @@ pub(super) async fn remove_repo(state: &AppState, name: &str) -> ApiResult<()> {
 /// The YAML block at the top of a model card, as JSON; Ok(None) when there is none.
 pub fn front_matter(readme: &str) -> Result<Option<Value>, String> {
     let text = readme.trim_start_matches('\u{feff}');
-    let Some(rest) = text.strip_prefix("---").filter(|r| r.starts_with(['\n', '\r'])) else {
+    let Some(rest) = text
+        .strip_prefix("---")
+        .filter(|r| r.starts_with(['\n', '\r']))
+    else {
         return Ok(None);
     };
     let end = rest
@@ -240,12 +254,18 @@ pub(super) async fn validate_yaml(request: Request) -> ApiResult<Response> {
 }
 
 /// Everything under `/api/models/{repo_id}`.
-pub(super) async fn api_models(state: AppState, segments: &[&str], request: Request) -> ApiResult<Response> {
+pub(super) async fn api_models(
+    state: AppState,
+    segments: &[&str],
+    request: Request,
+) -> ApiResult<Response> {
     let (repo, verb, rest) = split_repo(segments)?;
     let method = request.method().clone();
-    let arg = rest
-        .first()
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned());
+    let arg = rest.first().map(|s| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    });
     match (verb, &method, arg) {
         (None | Some("revision" | "tree" | "refs" | "commits"), &Method::GET, _) => {
             api_models_read(state, &repo, verb, rest, request).await
@@ -257,12 +277,20 @@ pub(super) async fn api_models(state: AppState, segments: &[&str], request: Requ
                 .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
             hf::paths_info(&state, &repo, &rev, &headers, &form).await
         }
-        (Some("preupload"), &Method::POST, Some(rev)) => preupload(state, &repo, &rev, request).await,
+        (Some("preupload"), &Method::POST, Some(rev)) => {
+            preupload(state, &repo, &rev, request).await
+        }
         (Some("commit"), &Method::POST, Some(rev)) => commit(state, &repo, &rev, request).await,
-        (Some("branch"), &Method::POST, Some(_)) => create_branch(state, &repo, rest, request).await,
-        (Some("branch"), &Method::DELETE, Some(_)) => delete_ref(state, &repo, RefKind::Branch, rest, request).await,
+        (Some("branch"), &Method::POST, Some(_)) => {
+            create_branch(state, &repo, rest, request).await
+        }
+        (Some("branch"), &Method::DELETE, Some(_)) => {
+            delete_ref(state, &repo, RefKind::Branch, rest, request).await
+        }
         (Some("tag"), &Method::POST, Some(_)) => create_tag(state, &repo, rest, request).await,
-        (Some("tag"), &Method::DELETE, Some(_)) => delete_ref(state, &repo, RefKind::Tag, rest, request).await,
+        (Some("tag"), &Method::DELETE, Some(_)) => {
+            delete_ref(state, &repo, RefKind::Tag, rest, request).await
+        }
         (Some("settings"), &Method::PUT, None) => settings(state, &repo, request).await,
         _ => Err(ApiError::new(
             ErrorKind::EntryNotFound,
@@ -274,21 +302,33 @@ pub(super) async fn api_models(state: AppState, segments: &[&str], request: Requ
 /// A ref name from the rest of the path (a branch may contain `/`).
 fn ref_name(rest: &[&str]) -> String {
     rest.iter()
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
 
 /// The caller, allowed to write in `repo`, which must exist and be visible to them.
 async fn repo_writer(state: &AppState, headers: &HeaderMap, repo: &str) -> ApiResult<Caller> {
-    let caller = state.writes.writer(&state.catalog, headers, Some(repo)).await?;
+    let caller = state
+        .writes
+        .writer(&state.catalog, headers, Some(repo))
+        .await?;
     revisions::visible_repo(state, Some(&caller), repo).await?;
     Ok(caller)
 }
 
 /// `POST /api/models/{repo}/preupload/{rev}`: which files go through LFS, and the oid of what
 /// the revision holds at each path (so the client skips files that did not change).
-async fn preupload(state: AppState, repo: &str, rev: &str, request: Request) -> ApiResult<Response> {
+async fn preupload(
+    state: AppState,
+    repo: &str,
+    rev: &str,
+    request: Request,
+) -> ApiResult<Response> {
     #[derive(Deserialize)]
     struct File {
         path: String,
@@ -321,7 +361,11 @@ async fn preupload(state: AppState, repo: &str, rev: &str, request: Request) -> 
             .map_err(|e| ApiError::bad_request(format!("{}: sample is not base64: {e}", f.path)))?;
         let lfs = f.size > 0 && tree::is_lfs(&f.path, f.size, &sample);
         let oid = existing.iter().find(|e| e.path == f.path).and_then(|e| {
-            if lfs { Some(e.sha256.clone()) } else { e.git_oid.clone() }
+            if lfs {
+                Some(e.sha256.clone())
+            } else {
+                e.git_oid.clone()
+            }
         });
         out.push(json!({
             "path": f.path,
@@ -338,7 +382,9 @@ fn reject_pull_requests(request: &Request) -> ApiResult<()> {
         .iter()
         .any(|(k, v)| k == "create_pr" && v != "0" && !v.eq_ignore_ascii_case("false"));
     if pr {
-        return Err(ApiError::bad_request("qstore has no pull requests: commit to a branch"));
+        return Err(ApiError::bad_request(
+            "qstore has no pull requests: commit to a branch",
+        ));
     }
     Ok(())
 }
@@ -379,7 +425,12 @@ struct CommitHeader {
 /// `POST /api/models/{repo}/commit/{branch}`, `application/x-ndjson`: a header line, then
 /// `file` (inline, base64), `lfsFile` (uploaded before), `deletedFile` and `deletedFolder` lines.
 /// Read line by line: memory holds one line at most.
-async fn commit(state: AppState, repo: &str, branch: &str, request: Request) -> ApiResult<Response> {
+async fn commit(
+    state: AppState,
+    repo: &str,
+    branch: &str,
+    request: Request,
+) -> ApiResult<Response> {
     let headers = request.headers().clone();
     let caller = repo_writer(&state, &headers, repo).await?;
     reject_pull_requests(&request)?;
@@ -415,7 +466,11 @@ async fn commit(state: AppState, repo: &str, branch: &str, request: Request) -> 
             branch: branch.to_string(),
             parent: header.parent_commit.filter(|p| !p.is_empty()),
             author: caller.name,
-            title: if summary.is_empty() { "Upload files".into() } else { summary },
+            title: if summary.is_empty() {
+                "Upload files".into()
+            } else {
+                summary
+            },
             message: header.description.unwrap_or_default(),
             changes,
             replace_all: false,
@@ -463,9 +518,16 @@ async fn inline_file(state: &AppState, v: Value) -> ApiResult<NewFile> {
     let bytes = match f.encoding.as_deref() {
         Some("base64") => base64::engine::general_purpose::STANDARD
             .decode(f.content.as_bytes())
-            .map_err(|e| ApiError::bad_request(format!("{}: content is not base64: {e}", f.path)))?,
+            .map_err(|e| {
+                ApiError::bad_request(format!("{}: content is not base64: {e}", f.path))
+            })?,
         None | Some("utf-8") => f.content.into_bytes(),
-        Some(other) => return Err(ApiError::bad_request(format!("{}: unknown encoding {other:?}", f.path))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "{}: unknown encoding {other:?}",
+                f.path
+            )));
+        }
     };
     stored_inline_file(state, &f.path, Bytes::from(bytes)).await
 }
@@ -481,7 +543,10 @@ async fn lfs_file(state: &AppState, v: Value) -> ApiResult<NewFile> {
     let f: F = from_value(v, "lfsFile")?;
     check_path(&f.path)?;
     if f.algo.as_deref().is_some_and(|a| a != "sha256") {
-        return Err(ApiError::bad_request(format!("{}: only sha256 LFS oids are supported", f.path)));
+        return Err(ApiError::bad_request(format!(
+            "{}: only sha256 LFS oids are supported",
+            f.path
+        )));
     }
     lfs::check_oid(&f.oid)?;
     let Some(source) = lfs::locate(&state.catalog, &state.objects, &f.oid, f.size).await? else {
@@ -530,7 +595,10 @@ impl LineReader {
             if self.buf.len() > MAX_COMMIT_LINE {
                 return Err(ApiError::new(
                     ErrorKind::PayloadTooLarge,
-                    format!("commit line {} is longer than {MAX_COMMIT_LINE} bytes: send large files through LFS", self.count + 1),
+                    format!(
+                        "commit line {} is longer than {MAX_COMMIT_LINE} bytes: send large files through LFS",
+                        self.count + 1
+                    ),
                 ));
             }
             if self.done {
@@ -550,7 +618,12 @@ impl LineReader {
 }
 
 /// `POST /api/models/{repo}/branch/{name}` `{"startingPoint"?}` (default: `main`).
-async fn create_branch(state: AppState, repo: &str, rest: &[&str], request: Request) -> ApiResult<Response> {
+async fn create_branch(
+    state: AppState,
+    repo: &str,
+    rest: &[&str],
+    request: Request,
+) -> ApiResult<Response> {
     #[derive(Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
     struct Body {
@@ -563,14 +636,26 @@ async fn create_branch(state: AppState, repo: &str, rest: &[&str], request: Requ
     let body: Body = json_body(request).await?;
     let from = body.starting_point.unwrap_or_else(|| MAIN.into());
     let start = crate::repo::resolve(&state.catalog, repo, &from).await?;
-    if !state.catalog.create_ref(repo, RefKind::Branch, &name, &start.commit.id).await? {
-        return Err(ApiError::new(ErrorKind::Conflict, format!("branch {name:?} already exists")));
+    if !state
+        .catalog
+        .create_ref(repo, RefKind::Branch, &name, &start.commit.id)
+        .await?
+    {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!("branch {name:?} already exists"),
+        ));
     }
     Ok(Json(json!({"name": name, "targetCommit": start.commit.id})).into_response())
 }
 
 /// `POST /api/models/{repo}/tag/{revision}` `{"tag", "message"?}`.
-async fn create_tag(state: AppState, repo: &str, rest: &[&str], request: Request) -> ApiResult<Response> {
+async fn create_tag(
+    state: AppState,
+    repo: &str,
+    rest: &[&str],
+    request: Request,
+) -> ApiResult<Response> {
     #[derive(Deserialize)]
     struct Body {
         tag: String,
@@ -581,21 +666,37 @@ async fn create_tag(state: AppState, repo: &str, rest: &[&str], request: Request
     let body: Body = json_body(request).await?;
     check_ref_name(&body.tag)?;
     let target = crate::repo::resolve(&state.catalog, repo, &rev).await?;
-    if !state.catalog.create_ref(repo, RefKind::Tag, &body.tag, &target.commit.id).await? {
-        return Err(ApiError::new(ErrorKind::Conflict, format!("tag {:?} already exists", body.tag)));
+    if !state
+        .catalog
+        .create_ref(repo, RefKind::Tag, &body.tag, &target.commit.id)
+        .await?
+    {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!("tag {:?} already exists", body.tag),
+        ));
     }
     Ok(Json(json!({"name": body.tag, "targetCommit": target.commit.id})).into_response())
 }
 
 /// `DELETE /api/models/{repo}/branch/{name}` or `/tag/{name}`; `main` stays.
-async fn delete_ref(state: AppState, repo: &str, kind: RefKind, rest: &[&str], request: Request) -> ApiResult<Response> {
+async fn delete_ref(
+    state: AppState,
+    repo: &str,
+    kind: RefKind,
+    rest: &[&str],
+    request: Request,
+) -> ApiResult<Response> {
     let name = ref_name(rest);
     repo_writer(&state, request.headers(), repo).await?;
     if kind == RefKind::Branch && name == MAIN {
         return Err(ApiError::bad_request("the main branch cannot be deleted"));
     }
     if !state.catalog.delete_ref(repo, kind, &name).await? {
-        return Err(ApiError::new(ErrorKind::RevisionNotFound, format!("model {repo:?} has no such ref {name:?}")));
+        return Err(ApiError::new(
+            ErrorKind::RevisionNotFound,
+            format!("model {repo:?} has no such ref {name:?}"),
+        ));
     }
     Ok(Json(json!({"deleted": name})).into_response())
 }
@@ -613,7 +714,11 @@ async fn settings(state: AppState, repo: &str, request: Request) -> ApiResult<Re
     let private = match body.visibility.as_deref() {
         Some("private") => Some(true),
         Some("public") => Some(false),
-        Some(other) => return Err(ApiError::bad_request(format!("visibility {other:?}: use \"public\" or \"private\""))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "visibility {other:?}: use \"public\" or \"private\""
+            )));
+        }
         None => body.private,
     };
     if let Some(p) = private {

@@ -36,13 +36,20 @@ fn batch_route(segments: &[&str]) -> Option<(String, String)> {
     Some((parts.join("/"), segments[n - 1].to_string()))
 }
 
-pub(super) async fn dispatch(state: AppState, segments: &[&str], request: Request) -> ApiResult<Response> {
+pub(super) async fn dispatch(
+    state: AppState,
+    segments: &[&str],
+    request: Request,
+) -> ApiResult<Response> {
     let (repo, action) = batch_route(segments).expect("checked by is_batch_route");
     check_hub_repo(&repo)?;
     match (action.as_str(), request.method()) {
         ("batch", &Method::POST) => batch(state, &repo, request).await,
         ("verify", &Method::POST) => verify(state, &repo, request).await,
-        _ => Err(ApiError::new(ErrorKind::EntryNotFound, format!("no LFS route {action:?}"))),
+        _ => Err(ApiError::new(
+            ErrorKind::EntryNotFound,
+            format!("no LFS route {action:?}"),
+        )),
     }
 }
 
@@ -55,7 +62,8 @@ async fn lfs_json<T: for<'de> Deserialize<'de>>(request: Request) -> ApiResult<T
 
 fn lfs_answer(status: StatusCode, body: Value) -> Response {
     let mut r = (status, Json(body)).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(LFS_JSON));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(LFS_JSON));
     r
 }
 
@@ -76,7 +84,10 @@ async fn batch(state: AppState, repo: &str, request: Request) -> ApiResult<Respo
         hash_algo: Option<String>,
     }
     let headers = request.headers().clone();
-    let caller = state.writes.writer(&state.catalog, &headers, Some(repo)).await?;
+    let caller = state
+        .writes
+        .writer(&state.catalog, &headers, Some(repo))
+        .await?;
     super::revisions::visible_repo(&state, Some(&caller), repo).await?;
     let base = state.base_url(&headers);
     let body: Body = lfs_json(request).await?;
@@ -86,11 +97,15 @@ async fn batch(state: AppState, repo: &str, request: Request) -> ApiResult<Respo
         ));
     }
     if body.hash_algo.as_deref().is_some_and(|a| a != "sha256") {
-        return Err(ApiError::bad_request("only sha256 LFS objects are supported"));
+        return Err(ApiError::bad_request(
+            "only sha256 LFS objects are supported",
+        ));
     }
     let multipart_ok = body.transfers.iter().any(|t| t == "multipart");
     if !multipart_ok && !body.transfers.is_empty() && !body.transfers.iter().any(|t| t == "basic") {
-        return Err(ApiError::bad_request("qstore offers the basic and multipart LFS transfers"));
+        return Err(ApiError::bad_request(
+            "qstore offers the basic and multipart LFS transfers",
+        ));
     }
     let verify = json!({"href": format!("{base}/{repo}.git/info/lfs/objects/verify")});
     let mut any_multipart = false;
@@ -147,22 +162,40 @@ async fn verify(state: AppState, repo: &str, request: Request) -> ApiResult<Resp
         size: u64,
     }
     let headers = request.headers().clone();
-    state.writes.writer(&state.catalog, &headers, Some(repo)).await?;
+    state
+        .writes
+        .writer(&state.catalog, &headers, Some(repo))
+        .await?;
     let body: Body = lfs_json(request).await?;
     lfs::check_oid(&body.oid)?;
     match lfs::locate(&state.catalog, &state.objects, &body.oid, body.size).await? {
-        Some(_) => Ok(lfs_answer(StatusCode::OK, json!({"oid": body.oid, "size": body.size}))),
+        Some(_) => Ok(lfs_answer(
+            StatusCode::OK,
+            json!({"oid": body.oid, "size": body.size}),
+        )),
         None => Err(ApiError::new(
             ErrorKind::EntryNotFound,
-            format!("LFS object {} ({} bytes) is not stored", body.oid, body.size),
+            format!(
+                "LFS object {} ({} bytes) is not stored",
+                body.oid, body.size
+            ),
         )),
     }
 }
 
 /// `/lfs/uploads/{id}` (PUT: the whole body; POST: complete a multipart upload) and
 /// `/lfs/uploads/{id}/{part}` (PUT: one part).
-pub(super) async fn upload(state: AppState, rest: &[&str], request: Request) -> ApiResult<Response> {
-    let unknown = || ApiError::new(ErrorKind::EntryNotFound, "no such upload (finished, expired or never offered)");
+pub(super) async fn upload(
+    state: AppState,
+    rest: &[&str],
+    request: Request,
+) -> ApiResult<Response> {
+    let unknown = || {
+        ApiError::new(
+            ErrorKind::EntryNotFound,
+            "no such upload (finished, expired or never offered)",
+        )
+    };
     let id = match rest.first() {
         Some(id) if lfs::is_upload_id(id) => *id,
         _ => return Err(unknown()),
@@ -203,8 +236,13 @@ pub(super) async fn upload(state: AppState, rest: &[&str], request: Request) -> 
                 )));
             }
             lfs::complete(&state.catalog, &state.objects, &upload).await?;
-            Ok(lfs_answer(StatusCode::OK, json!({"oid": upload.oid, "size": upload.size})))
+            Ok(lfs_answer(
+                StatusCode::OK,
+                json!({"oid": upload.oid, "size": upload.size}),
+            ))
         }
-        _ => Err(ApiError::bad_request("PUT the body or a part; POST completes a multipart upload")),
+        _ => Err(ApiError::bad_request(
+            "PUT the body or a part; POST completes a multipart upload",
+        )),
     }
 }

@@ -40,7 +40,10 @@ pub(super) async fn dispatch(
         _ => &["revision", "file"],
     };
     let checked = names::check_repo_name(&name).and_then(|()| {
-        match query_pairs(request.uri()).iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        match query_pairs(request.uri())
+            .iter()
+            .find(|(k, _)| !allowed.contains(&k.as_str()))
+        {
             Some((k, _)) => Err(ApiError::bad_request(format!(
                 "unknown query parameter {k:?} (this request takes {allowed:?})"
             ))),
@@ -55,7 +58,9 @@ pub(super) async fn dispatch(
     }
     match (precision, method) {
         (Some(p), Method::GET | Method::HEAD) => download(state, &name, p, request).await,
-        (None, Method::GET) => details(state, &name, request.headers()).await.map(IntoResponse::into_response),
+        (None, Method::GET) => details(state, &name, request.headers())
+            .await
+            .map(IntoResponse::into_response),
         (None, Method::POST) => upload::upload(state, &name, request).await,
         (None, Method::DELETE) => delete(state, &name, request).await,
         _ => Err(ApiError::bad_request(
@@ -133,15 +138,24 @@ async fn download(
 }
 
 /// `GET /models`: every model the caller may see, with its stored and served sizes.
-pub(super) async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     let caller = state.writes.caller(&state.catalog, &headers).await?;
     let mut models = Vec::new();
     let repos = state
         .catalog
         .list_repos("", None, crate::storage::RepoSort::Name, u32::MAX as u64, 0)
         .await?;
-    for repo in repos.iter().filter(|r| super::auth::can_read(caller.as_ref(), r)) {
-        let head = state.catalog.ref_target(&repo.name, RefKind::Branch, "main").await?;
+    for repo in repos
+        .iter()
+        .filter(|r| super::auth::can_read(caller.as_ref(), r))
+    {
+        let head = state
+            .catalog
+            .ref_target(&repo.name, RefKind::Branch, "main")
+            .await?;
         let commits = state.catalog.commits(&repo.name).await?;
         let blob = head.as_ref().and_then(|h| h.blob.as_ref());
         models.push(json!({
@@ -181,7 +195,10 @@ async fn details(state: AppState, name: &str, headers: &HeaderMap) -> ApiResult<
     for c in &commits {
         out.push(commit_details(&state, c).await?);
     }
-    let head = state.catalog.ref_target(name, RefKind::Branch, "main").await?;
+    let head = state
+        .catalog
+        .ref_target(name, RefKind::Branch, "main")
+        .await?;
     Ok(Json(json!({
         "name": name,
         "high_dtype": head.as_ref().and_then(|h| h.blob.as_ref()).map(|b| b.high_dtype.clone()),
@@ -231,7 +248,10 @@ pub(super) fn savings(b: &BlobRecord) -> f64 {
 /// `DELETE /models/{name}`: the whole model. `?revision=ID`: that one commit, refused while a
 /// branch or tag points at it unless `force=true` (they move to its parent).
 async fn delete(state: AppState, name: &str, request: Request) -> ApiResult<Response> {
-    state.writes.check(&state.catalog, request.headers(), name).await?;
+    state
+        .writes
+        .check(&state.catalog, request.headers(), name)
+        .await?;
     let query = query_pairs(request.uri());
     let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
     let Some(rev) = get("revision") else {

@@ -52,7 +52,7 @@ pub enum Source {
     /// A verified object (content-addressed, or a legacy key).
     Object(String),
     /// The high-precision file `name` of a stored blob.
-    Blob { blob: BlobRecord, name: String },
+    Blob { blob: Box<BlobRecord>, name: String },
 }
 
 /// A file added or replaced by a commit.
@@ -247,7 +247,9 @@ fn stale(req: &CommitRequest) -> RepoError {
     RepoError::StaleParent(format!(
         "a commit has happened on {:?} since {}: refresh and try again",
         req.branch,
-        req.parent.as_deref().unwrap_or("the one this commit was based on")
+        req.parent
+            .as_deref()
+            .unwrap_or("the one this commit was based on")
     ))
 }
 
@@ -276,7 +278,7 @@ fn apply(tree: &mut Tree, changes: &[Change]) -> RepoResult<()> {
                                 f.path
                             )));
                         }
-                        (None, Some((blob.clone(), name.clone())))
+                        (None, Some(((**blob).clone(), name.clone())))
                     }
                 };
                 let entry = FileEntry {
@@ -343,7 +345,10 @@ async fn weights_blob(
         .values()
         .filter(|f| is_weight_path(&f.entry.path))
         .collect();
-    if !weights.iter().any(|f| f.entry.path.ends_with(".safetensors")) {
+    if !weights
+        .iter()
+        .any(|f| f.entry.path.ends_with(".safetensors"))
+    {
         return Ok(None);
     }
     if let Some(h) = head.and_then(|h| h.blob.as_ref()) {
@@ -419,7 +424,10 @@ fn blob_entries(files: &[OutputFile]) -> Vec<FileEntry> {
 /// True when the safetensors among `weights` hold BF16 or FP16 tensors (what the codec
 /// stores); a file that is not safetensors at all is the client's error.
 async fn encodable(store: &Store<'_>, weights: &[&TreeFile]) -> RepoResult<bool> {
-    for f in weights.iter().filter(|f| f.entry.path.ends_with(".safetensors")) {
+    for f in weights
+        .iter()
+        .filter(|f| f.entry.path.ends_with(".safetensors"))
+    {
         let Some(key) = &f.entry.object_key else {
             return Ok(true); // Already in a blob: encoded once, so encodable.
         };
@@ -430,7 +438,10 @@ async fn encodable(store: &Store<'_>, weights: &[&TreeFile]) -> RepoResult<bool>
             .unwrap_or(0);
         let raw = store
             .objects
-            .read_prefix(key, 8u64.saturating_add(n.min(crate::safetensors::MAX_HEADER_LEN)))
+            .read_prefix(
+                key,
+                8u64.saturating_add(n.min(crate::safetensors::MAX_HEADER_LEN)),
+            )
             .await?;
         let header = crate::safetensors::read_header(&mut &raw[..])
             .map_err(|e| RepoError::BadInput(format!("{}: {e}", f.entry.path)))?;
@@ -488,7 +499,11 @@ async fn encode_weights(
         e
     })?;
     for f in weights {
-        let stored = summary.index.high_files.iter().find(|o| o.name == f.entry.path);
+        let stored = summary
+            .index
+            .high_files
+            .iter()
+            .find(|o| o.name == f.entry.path);
         if stored.map(|o| &o.sha256) != Some(&f.entry.sha256) {
             return Err(RepoError::Internal(format!(
                 "the blob does not reproduce {}",
@@ -609,7 +624,10 @@ async fn commit_files(
     blob: Option<&ChosenBlob>,
 ) -> RepoResult<Vec<(FileSet, FileEntry)>> {
     let Some((record, high, int8)) = blob else {
-        return Ok(tree.into_values().map(|f| (FileSet::Both, f.entry)).collect());
+        return Ok(tree
+            .into_values()
+            .map(|f| (FileSet::Both, f.entry))
+            .collect());
     };
     let mut files: Vec<(FileSet, FileEntry)> = Vec::new();
     files.extend(high.iter().cloned().map(|f| (FileSet::High, f)));
@@ -704,12 +722,11 @@ mod tests {
     fn weights_keys_ignore_order_and_see_every_byte() {
         let a = ("a.safetensors".to_string(), "11".to_string());
         let b = ("b.safetensors".to_string(), "22".to_string());
-        assert_eq!(
-            weights_key(&[a.clone(), b.clone()], &[]),
-            weights_key(&[b.clone(), a.clone()], &[])
-        );
-        assert_ne!(weights_key(&[a.clone()], &[]), weights_key(&[b.clone()], &[]));
-        assert_ne!(weights_key(&[a.clone()], &[]), weights_key(&[a.clone()], &[b]));
+        let key = |high: &[(String, String)], int8: &[(String, String)]| weights_key(high, int8);
+        let (only_a, only_b) = (vec![a.clone()], vec![b.clone()]);
+        assert_eq!(key(&[a.clone(), b.clone()], &[]), key(&[b, a], &[]));
+        assert_ne!(key(&only_a, &[]), key(&only_b, &[]));
+        assert_ne!(key(&only_a, &[]), key(&only_a, &only_b));
     }
 
     #[test]

@@ -30,7 +30,11 @@ pub enum Offer {
 
 /// Checks an oid is a sha256 in lowercase hex.
 pub fn check_oid(oid: &str) -> RepoResult<()> {
-    if oid.len() == 64 && oid.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if oid.len() == 64
+        && oid
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
         Err(RepoError::BadInput(format!(
@@ -70,7 +74,11 @@ pub async fn offer(
         oid: oid.to_string(),
         size,
         part_size,
-        parts: if multipart { size.div_ceil(part_size) } else { 1 },
+        parts: if multipart {
+            size.div_ceil(part_size)
+        } else {
+            1
+        },
         created_at: now_millis(),
     };
     catalog.add_lfs_upload(&upload).await?;
@@ -102,7 +110,7 @@ pub async fn locate(
     Ok(match (entry.object_key, commit.blob) {
         (Some(key), _) => Some(Source::Object(key)),
         (None, Some(blob)) => Some(Source::Blob {
-            blob,
+            blob: Box::new(blob),
             name: entry.path,
         }),
         (None, None) => None,
@@ -214,7 +222,9 @@ async fn publish(
     sha256: &str,
 ) -> RepoResult<()> {
     if sha256 != upload.oid {
-        objects.delete_prefix(&format!("uploads/{}/", upload.id)).await?;
+        objects
+            .delete_prefix(&format!("uploads/{}/", upload.id))
+            .await?;
         catalog.delete_lfs_upload(&upload.id).await?;
         return Err(RepoError::BadInput(format!(
             "the uploaded bytes hash to {sha256}, not to the oid {}",
@@ -222,7 +232,9 @@ async fn publish(
         )));
     }
     objects.rename(key, &Objects::content_key(sha256)).await?;
-    objects.delete_prefix(&format!("uploads/{}/", upload.id)).await?;
+    objects
+        .delete_prefix(&format!("uploads/{}/", upload.id))
+        .await?;
     catalog.delete_lfs_upload(&upload.id).await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! has those weights; every other file is an object addressed by its sha256, stored once across
 //! the registry. Each commit has an INT8 twin: the same files with the weights (and
 //! `config.json`) in their LLM.int8 form, reached by a fixed twin commit id or by `int8`
-//! (following `main`) and `int8/REF` (following any branch or tag).
+//! (following `main`) and `int8-REF` (following any branch or tag).
 
 pub mod commit;
 pub mod lfs;

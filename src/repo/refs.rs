@@ -1,5 +1,5 @@
 //! Names of revisions: branches, tags, commit ids and their INT8 twins, and the views that
-//! follow them (`int8` = INT8 of `main`, `int8/REF` = INT8 of any branch or tag; `bf16`/`fp16`
+//! follow them (`int8` = INT8 of `main`, `int8-REF` = INT8 of any branch or tag; `bf16`/`fp16`
 //! = `main` in its uploaded precision, as before commits existed).
 
 use sha2::{Digest, Sha256};
@@ -13,13 +13,13 @@ pub const MAX_REF_NAME: usize = 200;
 /// The branch every repo has.
 pub const MAIN: &str = "main";
 /// Prefix of the INT8 view of a branch or tag.
-pub const INT8_PREFIX: &str = "int8/";
+pub const INT8_PREFIX: &str = "int8-";
 
 /// A revision as a URL named it.
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub commit: CommitRecord,
-    /// The view the name implies: `int8`, `int8/REF` and twin ids mean INT8, the rest high.
+    /// The view the name implies: `int8`, `int8-REF` and twin ids mean INT8, the rest high.
     pub precision: Precision,
     /// True when the name was an immutable commit id rather than a moving ref.
     pub pinned: bool,
@@ -52,7 +52,10 @@ pub async fn resolve(catalog: &Catalog, repo: &str, rev: &str) -> RepoResult<Res
     let not_found =
         || RepoError::RevisionNotFound(format!("model {repo:?} has no revision {rev:?}"));
     if is_commit_id(rev) {
-        let commit = catalog.commit_by_id(repo, rev).await?.ok_or_else(not_found)?;
+        let commit = catalog
+            .commit_by_id(repo, rev)
+            .await?
+            .ok_or_else(not_found)?;
         let precision = if commit.int8_id == rev {
             Precision::Int8
         } else {
@@ -151,7 +154,7 @@ pub fn check_ref_name(name: &str) -> RepoResult<()> {
         || name.starts_with(INT8_PREFIX)
         || name.starts_with("refs/")
     {
-        return bad("int8, bf16, fp16, int8/... and refs/... are views qstore provides");
+        return bad("int8, bf16, fp16, int8-... and refs/... are views qstore provides");
     }
     Ok(())
 }
@@ -176,8 +179,21 @@ mod tests {
         }
         let long = "x".repeat(MAX_REF_NAME + 1);
         for bad in [
-            "", "int8", "bf16", "int8/dev", "refs/heads/x", "a..b", "/a", "a/", ".a", "a.lock",
-            "a b", "a//b", "-x", "é", &long,
+            "",
+            "int8",
+            "bf16",
+            "int8-dev",
+            "refs/heads/x",
+            "a..b",
+            "/a",
+            "a/",
+            ".a",
+            "a.lock",
+            "a b",
+            "a//b",
+            "-x",
+            "é",
+            &long,
             "0123456789abcdef0123456789abcdef01234567",
         ] {
             assert!(check_ref_name(bad).is_err(), "{bad}");

@@ -17,9 +17,34 @@ pub const MAX_REGULAR_BYTES: u64 = 5 << 20;
 
 /// Extensions the Hub's default `.gitattributes` sends through LFS.
 const LFS_EXTENSIONS: [&str; 28] = [
-    ".7z", ".arrow", ".bin", ".bz2", ".ckpt", ".ftz", ".gz", ".h5", ".joblib", ".mlmodel",
-    ".model", ".msgpack", ".npy", ".npz", ".onnx", ".ot", ".parquet", ".pb", ".pickle", ".pkl",
-    ".pt", ".pth", ".rar", ".safetensors", ".tar", ".tflite", ".xz", ".zip",
+    ".7z",
+    ".arrow",
+    ".bin",
+    ".bz2",
+    ".ckpt",
+    ".ftz",
+    ".gz",
+    ".h5",
+    ".joblib",
+    ".mlmodel",
+    ".model",
+    ".msgpack",
+    ".npy",
+    ".npz",
+    ".onnx",
+    ".ot",
+    ".parquet",
+    ".pb",
+    ".pickle",
+    ".pkl",
+    ".pt",
+    ".pth",
+    ".rar",
+    ".safetensors",
+    ".tar",
+    ".tflite",
+    ".xz",
+    ".zip",
 ];
 
 /// Checks a relative file path such as `config.json` or `1_Pooling/config.json`.
@@ -116,9 +141,9 @@ pub fn tree_of(files: Vec<FileEntry>, blob: Option<&BlobRecord>) -> Tree {
 
 /// Removes `path`; a missing file is an error, as on the Hub.
 pub fn delete_file(tree: &mut Tree, path: &str) -> RepoResult<()> {
-    tree.remove(path)
-        .map(|_| ())
-        .ok_or_else(|| RepoError::EntryNotFound(format!("A file with this name doesn't exist: {path:?}")))
+    tree.remove(path).map(|_| ()).ok_or_else(|| {
+        RepoError::EntryNotFound(format!("A file with this name doesn't exist: {path:?}"))
+    })
 }
 
 /// Removes everything under folder `path`; an empty match is an error.
@@ -197,10 +222,27 @@ mod tests {
 
     #[test]
     fn paths() {
-        for ok in ["config.json", "1_Pooling/config.json", "a b.txt", ".gitattributes", "x(1).md"] {
+        for ok in [
+            "config.json",
+            "1_Pooling/config.json",
+            "a b.txt",
+            ".gitattributes",
+            "x(1).md",
+        ] {
             assert!(check_path(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "/etc/passwd", "a//b", "../x", "a/./b", "a\\b", "x\n", "a/", ".git/config", "a/../b"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a//b",
+            "../x",
+            "a/./b",
+            "a\\b",
+            "x\n",
+            "a/",
+            ".git/config",
+            "a/../b",
+        ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
     }
@@ -208,8 +250,14 @@ mod tests {
     #[test]
     fn git_ids_match_git() {
         // `printf 'hello\n' | git hash-object --stdin`
-        assert_eq!(git_blob_oid(b"hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a");
-        assert_eq!(git_blob_oid(b""), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
+        assert_eq!(
+            git_blob_oid(b"hello\n"),
+            "ce013625030ba8dba906f756967f9e9ca394464a"
+        );
+        assert_eq!(
+            git_blob_oid(b""),
+            "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+        );
         let (_, len) = lfs_pointer(&"a".repeat(64), 1234);
         assert_eq!(len, 129);
     }
@@ -224,7 +272,11 @@ mod tests {
 
     #[test]
     fn listings_have_folders() {
-        let files = vec![entry("1_Pooling/config.json"), entry("a/b/c.txt"), entry("config.json")];
+        let files = vec![
+            entry("1_Pooling/config.json"),
+            entry("a/b/c.txt"),
+            entry("config.json"),
+        ];
         let names = |l: Vec<Listed>| -> Vec<String> {
             l.into_iter()
                 .map(|e| match e {
@@ -233,10 +285,20 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(names(list(&files, "", false)), ["1_Pooling/", "a/", "config.json"]);
+        assert_eq!(
+            names(list(&files, "", false)),
+            ["1_Pooling/", "a/", "config.json"]
+        );
         assert_eq!(
             names(list(&files, "", true)),
-            ["1_Pooling/", "a/", "a/b/", "1_Pooling/config.json", "a/b/c.txt", "config.json"]
+            [
+                "1_Pooling/",
+                "a/",
+                "a/b/",
+                "1_Pooling/config.json",
+                "a/b/c.txt",
+                "config.json"
+            ]
         );
         assert_eq!(names(list(&files, "a", false)), ["a/b/"]);
         assert_eq!(names(list(&files, "a/b", false)), ["a/b/c.txt"]);

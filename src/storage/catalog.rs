@@ -176,7 +176,9 @@ const COMMIT_COLUMNS: &str =
     "c.id, c.int8_id, c.repo, c.parent, c.title, c.message, c.author, c.created_at";
 
 fn commit_select() -> String {
-    format!("SELECT {COMMIT_COLUMNS}, {BLOB_COLUMNS} FROM commits c LEFT JOIN blobs b ON b.id = c.blob")
+    format!(
+        "SELECT {COMMIT_COLUMNS}, {BLOB_COLUMNS} FROM commits c LEFT JOIN blobs b ON b.id = c.blob"
+    )
 }
 
 impl Catalog {
@@ -401,15 +403,17 @@ impl Catalog {
             .bind(&c.id)
             .execute(&mut *tx)
             .await?,
-            None => sqlx::query(
-                "INSERT INTO refs (repo, kind, name, commit_id) VALUES ($1, 'branch', $2, $3) \
+            None => {
+                sqlx::query(
+                    "INSERT INTO refs (repo, kind, name, commit_id) VALUES ($1, 'branch', $2, $3) \
                  ON CONFLICT (repo, kind, name) DO NOTHING",
-            )
-            .bind(&c.repo)
-            .bind(&new.branch)
-            .bind(&c.id)
-            .execute(&mut *tx)
-            .await?,
+                )
+                .bind(&c.repo)
+                .bind(&new.branch)
+                .bind(&c.id)
+                .execute(&mut *tx)
+                .await?
+            }
         };
         if moved.rows_affected() != 1 {
             return Ok(CommitOutcome::StaleHead); // Dropping `tx` rolls it back.
@@ -563,7 +567,10 @@ impl Catalog {
         };
         let commit: String = row.try_get(0)?;
         let in_blob = |files: Vec<FileEntry>| -> Vec<FileEntry> {
-            files.into_iter().filter(|f| f.object_key.is_none()).collect()
+            files
+                .into_iter()
+                .filter(|f| f.object_key.is_none())
+                .collect()
         };
         Ok((
             in_blob(self.files(&commit, FileSet::High).await?),
@@ -650,16 +657,15 @@ impl Catalog {
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-        let refs: Vec<String> = sqlx::query(
-            "SELECT name FROM refs WHERE repo = $1 AND commit_id = $2 ORDER BY name",
-        )
-        .bind(repo)
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
+        let refs: Vec<String> =
+            sqlx::query("SELECT name FROM refs WHERE repo = $1 AND commit_id = $2 ORDER BY name")
+                .bind(repo)
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
         if !refs.is_empty() && (!force || parent.is_none()) {
             return Ok(DeleteCommit::Referenced(refs));
         }
@@ -804,11 +810,7 @@ impl Catalog {
     // ----- tokens
 
     /// Stores a new API token's hash.
-    pub async fn add_token(
-        &self,
-        token: &TokenRecord,
-        hash: &str,
-    ) -> Result<(), StorageError> {
+    pub async fn add_token(&self, token: &TokenRecord, hash: &str) -> Result<(), StorageError> {
         sqlx::query(
             "INSERT INTO tokens (id, name, hash, created_at, scopes, read_only) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -842,10 +844,11 @@ impl Catalog {
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
-        let rows =
-            sqlx::query("SELECT id, name, scopes, read_only, created_at FROM tokens ORDER BY created_at, id")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT id, name, scopes, read_only, created_at FROM tokens ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(token_from_row).collect()
     }
 

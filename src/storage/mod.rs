@@ -7,8 +7,8 @@ pub mod gc;
 pub mod objects;
 
 pub use catalog::{
-    BlobRecord, Catalog, CommitOutcome, CommitRecord, DeleteCommit, FileEntry, FileSet, LfsUpload, NewCommit,
-    RefKind, RepoRecord, RepoSort, TokenRecord,
+    BlobRecord, Catalog, CommitOutcome, CommitRecord, DeleteCommit, FileEntry, FileSet, LfsUpload,
+    NewCommit, RefKind, RepoRecord, RepoSort, TokenRecord,
 };
 pub use objects::{ObjectSource, Objects, PutStreamError, StoredObject};
 

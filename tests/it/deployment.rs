@@ -85,7 +85,11 @@ async fn two_replicas_share_one_store_and_catalog() {
     assert_eq!(stored, want, "no revision lost, none invented");
     let branches = details["branches"].as_object().unwrap();
     let main = branches["main"].as_str().unwrap();
-    assert_eq!(branches.len(), 1, "bf16 and int8 are views of main: {branches:?}");
+    assert_eq!(
+        branches.len(),
+        1,
+        "bf16 and int8 are views of main: {branches:?}"
+    );
     let winner = &uploaded.iter().find(|(id, _)| id == main).unwrap().1;
     for server in [&a, &b] {
         let (_, bf16) = get_bytes(server.as_ref(), &format!("/models/{name}/bf16")).await;

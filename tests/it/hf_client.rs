@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{derived_int8, sha};
-use crate::server::{TestServer, get, get_bytes, post_form, unique};
+use crate::server::{Opts, TestServer, get, get_bytes, post_form, unique};
 
 const MINILM: &str = "data/minilm";
 
@@ -144,6 +144,64 @@ async fn huggingface_hub_downloads_every_revision() {
     let expected_path = dir.path().join("expected.json");
     std::fs::write(&expected_path, expected.to_string()).unwrap();
     run_check(python, "check_hub.py", vec![expected_path.into_os_string()]).await;
+}
+
+/// The Python that has `huggingface_hub`, or None (test skipped) when not configured.
+fn hub_python() -> Option<PathBuf> {
+    let python = std::env::var_os("QSTORE_TEST_PYTHON").map(PathBuf::from);
+    if python.is_none() {
+        assert!(
+            std::env::var_os("QSTORE_REQUIRE_HF_CLIENT").is_none(),
+            "QSTORE_TEST_PYTHON must name a Python with huggingface_hub"
+        );
+        eprintln!("skipped: set QSTORE_TEST_PYTHON to a Python with huggingface_hub");
+    }
+    python
+}
+
+/// MiniLM as a repo folder: its files plus the BF16 weights as `model.safetensors`.
+fn minilm_folder(dir: &Path, weights: &[u8], files: &RepoFiles) -> PathBuf {
+    let folder = dir.join("minilm");
+    for (path, bytes) in files {
+        let dest = folder.join(path);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::write(dest, bytes).unwrap();
+    }
+    std::fs::write(folder.join("model.safetensors"), weights).unwrap();
+    folder
+}
+
+#[tokio::test]
+async fn huggingface_hub_uploads_like_to_the_hub() {
+    let Some(python) = hub_python() else {
+        return;
+    };
+    let Some((weights, files)) = minilm() else {
+        return;
+    };
+    let token = "qst_test_upload_token";
+    let s = TestServer::with(Opts {
+        tokens: vec![token.into()],
+        ..Opts::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let folder = minilm_folder(dir.path(), &weights, &files);
+    let expected = json!({
+        "server": s.url,
+        "token": token,
+        "token_name": "admin",
+        "namespace": unique("hub"),
+        "folder": folder,
+        "int8_sha256": sha(&derived_int8(&weights)),
+    });
+    let expected_path = dir.path().join("expected.json");
+    std::fs::write(&expected_path, expected.to_string()).unwrap();
+    run_check(
+        python,
+        "check_upload.py",
+        vec![expected_path.into_os_string()],
+    )
+    .await;
 }
 
 #[tokio::test]

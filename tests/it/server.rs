@@ -919,11 +919,18 @@ async fn hub_api_answers_info_tree_and_typed_errors() {
             .iter()
             .map(|e| e["path"].as_str().unwrap())
             .collect();
-        assert_eq!(paths, ["sub", "config.json", "model.safetensors", "sub/notes.txt"]);
+        assert_eq!(
+            paths,
+            ["sub", "config.json", "model.safetensors", "sub/notes.txt"]
+        );
         assert_eq!(tree[0]["type"], "directory");
         let weights = &tree[2];
         assert_eq!(weights["lfs"]["size"], weights["size"]);
-        assert_eq!(weights["oid"].as_str().unwrap().len(), 40, "git id of the LFS pointer");
+        assert_eq!(
+            weights["oid"].as_str().unwrap().len(),
+            40,
+            "git id of the LFS pointer"
+        );
         let head = client()
             .head(s.at(&format!("/{name}/resolve/{rev}/model.safetensors")))
             .send()
