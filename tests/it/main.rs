@@ -5,6 +5,7 @@ mod corruption;
 mod deployment;
 mod helpers;
 mod hf_client;
+mod hub;
 mod inputs;
 mod memory;
 mod process;
