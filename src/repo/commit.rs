@@ -208,7 +208,6 @@ pub async fn make_commit(store: &Store<'_>, mut req: CommitRequest) -> RepoResul
             .is_some_and(|(m, b)| m.record.id == b.id);
         let new = NewCommit {
             commit,
-            new_blob,
             files,
             branch: req.branch.clone(),
             expected_head: head.as_ref().map(|h| h.id.clone()),

@@ -101,8 +101,6 @@ impl RefKind {
 /// A new commit and everything that becomes visible with it.
 pub struct NewCommit {
     pub commit: CommitRecord,
-    /// True when `commit.blob` is new and gets its row with this commit.
-    pub new_blob: bool,
     pub files: Vec<(FileSet, FileEntry)>,
     pub branch: String,
     /// The commit the branch must still point at (None: the branch must not exist yet).
@@ -268,8 +266,8 @@ impl Catalog {
         let rows = sqlx::query(&format!(
             "SELECT r.name, r.private, r.created_at, \
                COALESCE((SELECT MAX(c.created_at) FROM commits c WHERE c.repo = r.name), r.created_at) AS latest, \
-               COALESCE((SELECT SUM(b.size) FROM blobs b WHERE b.id IN \
-                  (SELECT c.blob FROM commits c WHERE c.repo = r.name)), 0) AS stored \
+               CAST(COALESCE((SELECT SUM(b.size) FROM blobs b WHERE b.id IN \
+                  (SELECT c.blob FROM commits c WHERE c.repo = r.name)), 0) AS BIGINT) AS stored \
              FROM repos r \
              WHERE LOWER(r.name) LIKE $1 ESCAPE '\\' AND ($2 = '' OR r.name LIKE $3 ESCAPE '\\') \
              ORDER BY {order} LIMIT $4 OFFSET $5"
@@ -342,11 +340,13 @@ impl Catalog {
                 return Ok(CommitOutcome::NoRepo);
             }
         }
-        if let (true, Some(b)) = (new.new_blob, &c.blob) {
+        if let Some(b) = &c.blob {
+            // A new blob gets its row; a reused one keeps it (or gets it back, had garbage
+            // collection released it since the commit found it).
             sqlx::query(
                 "INSERT INTO blobs (id, weights, object_key, size, high_dtype, high_size, \
                  int8_size, tensors, quantized, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
             )
             .bind(&b.id)
             .bind(&b.weights)
@@ -963,4 +963,332 @@ pub fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fresh() -> (tempfile::TempDir, Catalog) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+        let c = Catalog::connect(&url, None).await.unwrap();
+        c.migrate().await.unwrap();
+        c.migrate().await.unwrap();
+        (dir, c)
+    }
+
+    fn blob(id: &str) -> BlobRecord {
+        BlobRecord {
+            id: id.into(),
+            weights: format!("w-{id}"),
+            object_key: format!("blobs/{id}.qstore"),
+            size: 10,
+            high_dtype: "bf16".into(),
+            high_size: 20,
+            int8_size: 12,
+            tensors: 3,
+            quantized: 2,
+            created_at: 1,
+        }
+    }
+
+    fn commit(id: &str, parent: Option<&str>, blob: Option<BlobRecord>) -> CommitRecord {
+        CommitRecord {
+            id: id.into(),
+            int8_id: format!("{id}-8"),
+            repo: "org/m".into(),
+            parent: parent.map(str::to_string),
+            title: format!("commit {id}"),
+            message: String::new(),
+            author: "me".into(),
+            created_at: 5,
+            blob,
+        }
+    }
+
+    fn entry(path: &str, key: Option<&str>) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            size: 5,
+            sha256: format!("sha-{path}"),
+            git_oid: None,
+            lfs: key.is_none(),
+            object_key: key.map(str::to_string),
+        }
+    }
+
+    fn new(c: CommitRecord, expected: Option<&str>) -> NewCommit {
+        NewCommit {
+            commit: c,
+            files: vec![
+                (FileSet::High, entry("model.safetensors", None)),
+                (FileSet::Int8, entry("model.safetensors", None)),
+                (FileSet::Both, entry("tokenizer.json", Some("objects/t"))),
+            ],
+            branch: "main".into(),
+            expected_head: expected.map(str::to_string),
+            create_repo: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_move_branches_only_from_the_expected_head() {
+        let (_dir, c) = fresh().await;
+        let a = commit("a", None, Some(blob("b1")));
+        assert_eq!(
+            c.commit(&new(a, None)).await.unwrap(),
+            CommitOutcome::Committed
+        );
+        // A second first commit: the branch exists now.
+        let stale = commit("x", None, None);
+        assert_eq!(
+            c.commit(&new(stale, None)).await.unwrap(),
+            CommitOutcome::StaleHead
+        );
+        assert!(
+            c.commit_by_id("org/m", "x").await.unwrap().is_none(),
+            "rolled back"
+        );
+        let b = commit("b", Some("a"), Some(blob("b1")));
+        assert_eq!(
+            c.commit(&new(b, Some("a"))).await.unwrap(),
+            CommitOutcome::Committed
+        );
+        let late = commit("y", Some("a"), None);
+        assert_eq!(
+            c.commit(&new(late, Some("a"))).await.unwrap(),
+            CommitOutcome::StaleHead
+        );
+        let head = c
+            .ref_target("org/m", RefKind::Branch, "main")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.id, "b");
+        assert_eq!(head.blob.unwrap().id, "b1");
+        let ids: Vec<_> = c
+            .history("b", 10, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(ids, ["b", "a"]);
+        assert_eq!(c.history("b", 1, 1).await.unwrap()[0].id, "a");
+        assert_eq!(
+            c.commit_by_id("org/m", "a-8").await.unwrap().unwrap().id,
+            "a"
+        );
+        assert_eq!(c.files("a", FileSet::Int8).await.unwrap().len(), 2);
+        assert_eq!(c.blob_by_weights("w-b1").await.unwrap().unwrap().id, "b1");
+        let (high, int8) = c.blob_files("b1").await.unwrap();
+        assert_eq!((high.len(), int8.len()), (1, 1));
+        let keys = c.referenced_keys().await.unwrap();
+        assert!(keys.contains("objects/t") && keys.contains("blobs/b1.qstore"));
+        let found = c
+            .file_by_sha256("sha-model.safetensors")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.1.object_key, None);
+
+        // No repo, no commit (unless asked to create it).
+        let mut orphan = new(commit("z", None, None), None);
+        orphan.commit.repo = "org/none".into();
+        orphan.create_repo = false;
+        assert_eq!(c.commit(&orphan).await.unwrap(), CommitOutcome::NoRepo);
+
+        assert!(
+            c.create_ref("org/m", RefKind::Tag, "v1", "a")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !c.create_ref("org/m", RefKind::Tag, "v1", "b")
+                .await
+                .unwrap()
+        );
+        assert_eq!(c.refs("org/m").await.unwrap().len(), 2);
+        assert!(c.delete_ref("org/m", RefKind::Tag, "v1").await.unwrap());
+
+        assert_eq!(
+            c.delete_commit("org/m", "b", false).await.unwrap(),
+            DeleteCommit::Referenced(vec!["main".into()])
+        );
+        assert_eq!(
+            c.delete_commit("org/m", "b", true).await.unwrap(),
+            DeleteCommit::Deleted(vec!["main".into()])
+        );
+        assert_eq!(
+            c.ref_target("org/m", RefKind::Branch, "main")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "a"
+        );
+        assert_eq!(
+            c.delete_commit("org/m", "a", true).await.unwrap(),
+            DeleteCommit::Referenced(vec!["main".into()])
+        );
+
+        assert!(c.delete_repo("org/m").await.unwrap());
+        assert!(!c.delete_repo("org/m").await.unwrap());
+        assert_eq!(c.delete_unused_blobs().await.unwrap(), ["blobs/b1.qstore"]);
+        assert!(c.referenced_keys().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn repos_are_listed_searched_and_sorted() {
+        let (_dir, c) = fresh().await;
+        for name in ["a/zeta", "b/alpha", "a/Alpha_2"] {
+            assert!(c.create_repo(name, name == "b/alpha").await.unwrap());
+        }
+        assert!(!c.create_repo("a/zeta", false).await.unwrap());
+        let names = |v: Vec<RepoRecord>| v.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        let all = c.list_repos("", None, RepoSort::Name, 10, 0).await.unwrap();
+        assert_eq!(names(all), ["a/Alpha_2", "a/zeta", "b/alpha"]);
+        let found = c
+            .list_repos("alpha", None, RepoSort::Name, 10, 0)
+            .await
+            .unwrap();
+        assert_eq!(names(found), ["a/Alpha_2", "b/alpha"]);
+        let by_a = c
+            .list_repos("", Some("a"), RepoSort::Name, 10, 0)
+            .await
+            .unwrap();
+        assert_eq!(names(by_a), ["a/Alpha_2", "a/zeta"]);
+        // `_` and `%` are literal in searches.
+        assert_eq!(
+            names(
+                c.list_repos("a_2", None, RepoSort::Name, 10, 0)
+                    .await
+                    .unwrap()
+            ),
+            ["a/Alpha_2"]
+        );
+        assert!(
+            c.list_repos("%", None, RepoSort::Name, 10, 0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            c.list_repos("", None, RepoSort::Name, 1, 1)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(c.repo("b/alpha").await.unwrap().unwrap().private);
+    }
+
+    #[tokio::test]
+    async fn tokens_are_found_listed_and_revoked() {
+        let (_dir, c) = fresh().await;
+        assert_eq!(c.token_count().await.unwrap(), 0);
+        let t = TokenRecord {
+            id: "t1".into(),
+            name: "ci".into(),
+            scopes: vec!["org".into(), "me".into()],
+            read_only: true,
+            created_at: 1,
+        };
+        c.add_token(&t, "deadbeef").await.unwrap();
+        assert_eq!(c.token_by_hash("deadbeef").await.unwrap().unwrap(), t);
+        assert!(c.token_by_hash("beef").await.unwrap().is_none());
+        assert_eq!(c.tokens().await.unwrap(), [t.clone()]);
+        assert_eq!(c.revoke_token("nope").await.unwrap(), 0);
+        assert_eq!(c.revoke_token("ci").await.unwrap(), 1);
+        assert!(c.token_by_hash("deadbeef").await.unwrap().is_none());
+    }
+
+    /// A catalog written by the first schema keeps every upload, as a commit on `main`.
+    #[tokio::test]
+    async fn legacy_revisions_become_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+        let first = dir.path().join("first");
+        std::fs::create_dir(&first).unwrap();
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/0001_catalog.sql"),
+            first.join("0001_catalog.sql"),
+        )
+        .unwrap();
+        let c = Catalog::connect(&url, None).await.unwrap();
+        sqlx::migrate::Migrator::new(first.as_path())
+            .await
+            .unwrap()
+            .run(&c.pool)
+            .await
+            .unwrap();
+        for (id, at) in [("r1", 1), ("r2", 2)] {
+            sqlx::query(
+                "INSERT INTO repos (name, created_at) VALUES ('m', 0) ON CONFLICT (name) DO NOTHING",
+            )
+            .execute(&c.pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO revisions VALUES ($1, $2, 'm', $3, 10, 'bf16', 20, 12, 3, 4, 2, $4)",
+            )
+            .bind(id)
+            .bind(format!("{id}-8"))
+            .bind(format!("revisions/{id}/model.qstore"))
+            .bind(at)
+            .execute(&c.pool)
+            .await
+            .unwrap();
+            for (set, key) in [
+                ("high", None),
+                ("int8", None),
+                ("both", Some(format!("revisions/{id}/files/vocab.txt"))),
+            ] {
+                sqlx::query("INSERT INTO files VALUES ($1, $2, $3, 5, 'ab', $4)")
+                    .bind(id)
+                    .bind(set)
+                    .bind(if key.is_some() {
+                        "vocab.txt"
+                    } else {
+                        "model.safetensors"
+                    })
+                    .bind(key)
+                    .execute(&c.pool)
+                    .await
+                    .unwrap();
+            }
+        }
+        for branch in ["main", "bf16", "int8"] {
+            sqlx::query("INSERT INTO branches VALUES ('m', $1, 'r2')")
+                .bind(branch)
+                .execute(&c.pool)
+                .await
+                .unwrap();
+        }
+        c.migrate().await.unwrap();
+        let head = c
+            .ref_target("m", RefKind::Branch, "main")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (head.id.as_str(), head.parent.as_deref()),
+            ("r2", Some("r1"))
+        );
+        assert_eq!(head.blob.unwrap().object_key, "revisions/r2/model.qstore");
+        assert_eq!(
+            c.refs("m").await.unwrap().len(),
+            1,
+            "bf16/int8 are views now"
+        );
+        let files = c.files("r1", FileSet::High).await.unwrap();
+        assert_eq!(files.len(), 2);
+        assert!(
+            files
+                .iter()
+                .any(|f| f.object_key.as_deref() == Some("revisions/r1/files/vocab.txt"))
+        );
+        assert_eq!(c.commit_by_id("m", "r1-8").await.unwrap().unwrap().id, "r1");
+    }
 }

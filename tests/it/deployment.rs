@@ -283,3 +283,102 @@ async fn replicas_starting_together_migrate_a_fresh_catalog_once() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn gc_collects_what_no_commit_references_once_past_the_grace_period() {
+    use crate::hub::{TOKEN, commit, create_repo, lfs_file, lfs_upload};
+    let data = tempfile::tempdir().unwrap();
+    let prefix = private_prefix();
+    let env: Vec<(&str, &str)> = prefix.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let objects = Objects::open(&test_config(data.path(), &env)).unwrap();
+    let server = ServerProcess::start(data.path(), &env).await;
+    let model = crate::server::small_model_bytes(70);
+    let (a, b) = (unique("gc/a"), unique("gc/b"));
+    for repo in [&a, &b] {
+        assert_eq!(
+            create_repo(&server, repo, TOKEN, false).await.0,
+            StatusCode::OK
+        );
+        let (oid, st) = lfs_upload(&server, repo, &model, false).await;
+        assert_eq!(st, StatusCode::OK);
+        let (st, v) = commit(
+            &server,
+            repo,
+            "main",
+            TOKEN,
+            None,
+            &[lfs_file("model.safetensors", &oid, model.len())],
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    // Uploaded through LFS and never committed.
+    let stray = b"an upload nobody committed".repeat(100);
+    lfs_upload(&server, &a, &stray, false).await;
+    let keys = || async {
+        let mut k: Vec<String> = objects
+            .list_all()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        k.sort();
+        k
+    };
+    let before = keys().await;
+    let blob: Vec<&String> = before.iter().filter(|k| k.starts_with("blobs/")).collect();
+    assert_eq!(blob.len(), 1, "both repos share one blob: {before:?}");
+    let blob = blob[0].clone();
+
+    let gc = |grace: &'static str| {
+        let out = qstore("gc", data.path(), &env)
+            .args(["--grace-secs", grace])
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{report}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        report
+    };
+    let report = gc("86400");
+    assert!(
+        report.contains("0 unreferenced removed"),
+        "young objects stay: {report}"
+    );
+    assert_eq!(keys().await, before);
+
+    // Repo a goes: its blob stays (b uses it); the raw weights (now in the blob) and the stray
+    // upload go.
+    let (st, _) = crate::hub::send_delete_repo(&server, &a).await;
+    assert_eq!(st, StatusCode::OK);
+    let report = gc("0");
+    assert!(
+        report.contains(&format!("removed {}", Objects::content_key(&sha(&stray)))),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("removed {}", Objects::content_key(&sha(&model)))),
+        "{report}"
+    );
+    let left = keys().await;
+    assert!(left.contains(&blob), "{left:?}");
+    let (st, int8) = get_bytes(&server, &format!("/{b}/resolve/int8/model.safetensors")).await;
+    assert_eq!(
+        (st, sha(&int8)),
+        (StatusCode::OK, sha(&crate::helpers::derived_int8(&model)))
+    );
+
+    // Repo b goes: the blob's row is released and the blob removed. (Its `.gitattributes` goes
+    // too unless another repo in a shared catalog has the same bytes.)
+    let (st, _) = crate::hub::send_delete_repo(&server, &b).await;
+    assert_eq!(st, StatusCode::OK);
+    let report = gc("0");
+    assert!(report.contains(&format!("removed {blob}")), "{report}");
+    let left = keys().await;
+    assert!(left.iter().all(|k| k.starts_with("objects/sha256/")), "{left:?}");
+    assert!(left.len() <= 1, "at most the shared .gitattributes: {left:?}");
+}

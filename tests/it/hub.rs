@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::helpers::{derived_int8, sha};
 use crate::server::{Endpoint, Opts, TestServer, client, get_bytes, small_model_bytes, unique};
 
-const TOKEN: &str = "qst_hub_test_admin";
+pub const TOKEN: &str = "qst_hub_test_admin";
 
 fn admin() -> TestServer {
     TestServer::with(Opts {
@@ -42,8 +42,8 @@ async fn send(
     )
 }
 
-async fn create_repo(
-    s: &TestServer,
+pub async fn create_repo(
+    s: &impl Endpoint,
     repo: &str,
     token: &str,
     private: bool,
@@ -62,7 +62,12 @@ async fn create_repo(
 
 /// Offers `bytes` to the LFS batch endpoint and PUTs them to the URL(s) it gives; `lie` sends
 /// other bytes of the same length instead. Returns the oid and the status of the last PUT.
-async fn lfs_upload(s: &TestServer, repo: &str, bytes: &[u8], lie: bool) -> (String, StatusCode) {
+pub async fn lfs_upload(
+    s: &impl Endpoint,
+    repo: &str,
+    bytes: &[u8],
+    lie: bool,
+) -> (String, StatusCode) {
     let oid = sha(bytes);
     let batch = json!({
         "operation": "upload", "transfers": ["basic", "multipart"], "hash_algo": "sha256",
@@ -108,17 +113,17 @@ async fn lfs_upload(s: &TestServer, repo: &str, bytes: &[u8], lie: bool) -> (Str
     (oid, r.status())
 }
 
-fn inline(path: &str, bytes: &[u8]) -> Value {
+pub fn inline(path: &str, bytes: &[u8]) -> Value {
     let content = base64::engine::general_purpose::STANDARD.encode(bytes);
     json!({"key": "file", "value": {"path": path, "content": content, "encoding": "base64"}})
 }
 
-fn lfs_file(path: &str, oid: &str, size: usize) -> Value {
+pub fn lfs_file(path: &str, oid: &str, size: usize) -> Value {
     json!({"key": "lfsFile", "value": {"path": path, "algo": "sha256", "oid": oid, "size": size}})
 }
 
-async fn commit(
-    s: &TestServer,
+pub async fn commit(
+    s: &impl Endpoint,
     repo: &str,
     branch: &str,
     token: &str,
@@ -146,7 +151,7 @@ async fn commit(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn head(s: &TestServer, repo: &str, rev: &str) -> String {
+pub async fn head(s: &impl Endpoint, repo: &str, rev: &str) -> String {
     let (st, v) = send(
         s,
         reqwest::Method::GET,
@@ -159,7 +164,7 @@ async fn head(s: &TestServer, repo: &str, rev: &str) -> String {
     v["sha"].as_str().unwrap().to_string()
 }
 
-async fn paths(s: &TestServer, repo: &str, rev: &str) -> Vec<String> {
+pub async fn paths(s: &impl Endpoint, repo: &str, rev: &str) -> Vec<String> {
     let (_, v) = send(
         s,
         reqwest::Method::GET,
@@ -963,4 +968,18 @@ async fn validate_yaml_and_preupload_answer_what_clients_read() {
     )
     .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
+}
+
+/// `DELETE /api/repos/delete` for `org/name`.
+pub async fn send_delete_repo(s: &impl Endpoint, repo: &str) -> (StatusCode, Value) {
+    let (org, name) = repo.split_once('/').unwrap();
+    let body = json!({"name": name, "organization": org, "type": "model"});
+    send(
+        s,
+        reqwest::Method::DELETE,
+        "/api/repos/delete",
+        Some(TOKEN),
+        Some(body),
+    )
+    .await
 }
