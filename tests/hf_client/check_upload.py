@@ -13,7 +13,9 @@ order, with HF_HUB_DISABLE_XET=1 (the LFS path):
   - create_branch / create_tag, list_repo_refs, list_repo_commits, list_models(search=...),
     get_paths_info, model_info(files_metadata=True);
   - snapshot_download at main, int8, a pinned commit and its INT8 twin: every file byte-exact;
-  - the CLI: hf repos create, hf upload, hf download, hf models ls.
+  - the CLI: hf repos create, hf upload, hf download, hf models ls (0.x: hf repo create, and no
+    hf models).
+Runs unchanged with huggingface_hub 2.x and 0.36.
 Exits non-zero with a message on the first failure.
 """
 
@@ -159,17 +161,21 @@ def main():
             want = {k: v for k, v in want.items() if k not in ("model.safetensors", "config.json")}
         check(got == want, f"{rev}: files differ: {sorted(set(got.items()) ^ set(want.items()))}")
 
-    # The CLI.
+    # The CLI (0.x names `hf repos` `hf repo` and has no `hf models`).
+    modern = int(huggingface_hub.__version__.split(".")[0]) >= 1
     cli_repo = f"{ns}/cli-minilm"
-    run_hf("repos", "create", cli_repo)
+    run_hf("repos" if modern else "repo", "create", cli_repo)
     run_hf("upload", cli_repo, str(folder), ".", "--commit-message", "CLI upload")
     out_dir = work / "cli-download"
     run_hf("download", cli_repo, "--local-dir", str(out_dir))
     got = tree_hashes(out_dir)
     got.pop(".gitattributes", None)
     check(got == local, "hf download differs from what hf upload sent")
-    listed = run_hf("models", "ls", "--search", "cli-minilm", "--format", "json")
-    check(cli_repo in listed, f"hf models ls: {listed}")
+    if modern:
+        listed = run_hf("models", "ls", "--search", "cli-minilm", "--format", "json")
+        check(cli_repo in listed, f"hf models ls: {listed}")
+    else:
+        print("skipped: `hf models ls` (not in huggingface_hub 0.x)")
     print("check_upload: OK")
 
 

@@ -379,6 +379,12 @@ async fn gc_collects_what_no_commit_references_once_past_the_grace_period() {
     let report = gc("0");
     assert!(report.contains(&format!("removed {blob}")), "{report}");
     let left = keys().await;
-    assert!(left.iter().all(|k| k.starts_with("objects/sha256/")), "{left:?}");
-    assert!(left.len() <= 1, "at most the shared .gitattributes: {left:?}");
+    assert!(
+        left.iter().all(|k| k.starts_with("objects/sha256/")),
+        "{left:?}"
+    );
+    assert!(
+        left.len() <= 1,
+        "at most the shared .gitattributes: {left:?}"
+    );
 }

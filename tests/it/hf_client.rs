@@ -176,6 +176,26 @@ async fn huggingface_hub_uploads_like_to_the_hub() {
     let Some(python) = hub_python() else {
         return;
     };
+    upload_check(python).await;
+}
+
+/// The same with huggingface_hub 0.36 (QSTORE_TEST_PYTHON_036), the last 0.x release line.
+#[tokio::test]
+async fn huggingface_hub_036_uploads_like_to_the_hub() {
+    let python = std::env::var_os("QSTORE_TEST_PYTHON_036").filter(|p| !p.is_empty());
+    let Some(python) = python.map(PathBuf::from) else {
+        assert!(
+            std::env::var_os("QSTORE_REQUIRE_HF_CLIENT").is_none(),
+            "QSTORE_TEST_PYTHON_036 must name a Python with huggingface_hub 0.36"
+        );
+        eprintln!("skipped: set QSTORE_TEST_PYTHON_036 to a Python with huggingface_hub 0.36");
+        return;
+    };
+    upload_check(python).await;
+}
+
+/// check_upload.py against a fresh server, with MiniLM as the folder to upload.
+async fn upload_check(python: PathBuf) {
     let Some((weights, files)) = minilm() else {
         return;
     };
