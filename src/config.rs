@@ -166,6 +166,9 @@ pub struct LimitsConfig {
     /// Downloads decoding at once (each holds ~2 x `decode_window_chunks` MiB); further
     /// requests wait before their first byte.
     pub max_concurrent_decodes: usize,
+    /// LFS bodies and parts being received (or joined) at once, each holding up to ~24 MiB of
+    /// parts in flight to the object store; further ones wait before their body is read.
+    pub max_concurrent_lfs_transfers: usize,
 }
 
 impl Default for LimitsConfig {
@@ -176,6 +179,7 @@ impl Default for LimitsConfig {
             max_files: 1000,
             max_concurrent_encodes: 2,
             max_concurrent_decodes: 32,
+            max_concurrent_lfs_transfers: 8,
         }
     }
 }

@@ -29,6 +29,9 @@ pub async fn state(config: Config) -> Result<AppState> {
     let writes = WritePolicy::new(&config.auth.tokens, config.server.listen.ip().is_loopback());
     let encodes = Arc::new(Semaphore::new(config.limits.max_concurrent_encodes.max(1)));
     let decodes = Arc::new(Semaphore::new(config.limits.max_concurrent_decodes.max(1)));
+    let lfs_transfers = Arc::new(Semaphore::new(
+        config.limits.max_concurrent_lfs_transfers.max(1),
+    ));
     let cache = FileCache::open(
         &config.storage.data_dir.join("cache"),
         config.cache.max_bytes,
@@ -44,6 +47,7 @@ pub async fn state(config: Config) -> Result<AppState> {
         writes: Arc::new(writes),
         encodes,
         decodes,
+        lfs_transfers,
         cache,
         spool_root,
     })

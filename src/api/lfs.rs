@@ -212,6 +212,11 @@ pub(super) async fn upload(
     let Some(upload) = state.catalog.lfs_upload(id).await? else {
         return Err(super::upload::refuse(request, unknown()).await);
     };
+    let _turn = state
+        .lfs_transfers
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal("LFS admission", e))?;
     match (request.method(), part) {
         (&Method::PUT, n) => {
             let body = request.into_body().into_data_stream();

@@ -47,6 +47,8 @@ pub struct AppState {
     /// Admission for the memory-heavy work: blob encodes and blob decodes.
     pub encodes: Arc<Semaphore>,
     pub decodes: Arc<Semaphore>,
+    /// Admission for LFS bodies being received or joined (api/lfs.rs).
+    pub lfs_transfers: Arc<Semaphore>,
     /// Decoded files kept on local disk (`cache.max_bytes`), if on.
     pub cache: Option<Arc<FileCache>>,
     /// Where uploads and commits spool files (`data_dir/tmp`).

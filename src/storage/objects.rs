@@ -245,7 +245,7 @@ impl Objects {
                     total += piece.len() as u64;
                     if total > limit {
                         Some(PutStreamError::TooLarge(limit))
-                    } else if let Err(e) = writer.wait_for_capacity(4).await {
+                    } else if let Err(e) = writer.wait_for_capacity(2).await {
                         Some(PutStreamError::Store(e.into()))
                     } else {
                         hasher.update(&piece);

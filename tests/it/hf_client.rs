@@ -244,6 +244,36 @@ async fn transformers_loads_both_precisions() {
     run_check(python, "check_transformers.py", args).await;
 }
 
+#[tokio::test]
+async fn transformers_pushes_to_hub_and_loads_both_precisions() {
+    let python = std::env::var_os("QSTORE_TEST_TRANSFORMERS_PYTHON").filter(|p| !p.is_empty());
+    let Some(python) = python.map(PathBuf::from) else {
+        eprintln!(
+            "skipped: set QSTORE_TEST_TRANSFORMERS_PYTHON to a Python with torch, transformers, \
+             bitsandbytes and accelerate"
+        );
+        return;
+    };
+    let Some((weights, files)) = minilm() else {
+        return;
+    };
+    let token = "qst_test_push_token";
+    let s = TestServer::with(Opts {
+        tokens: vec![token.into()],
+        ..Opts::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let folder = minilm_folder(dir.path(), &weights, &files);
+    let repo = unique("hub/pushed-minilm");
+    let args = vec![
+        s.url.clone().into(),
+        token.into(),
+        repo.into(),
+        folder.into_os_string(),
+    ];
+    run_check(python, "check_push_to_hub.py", args).await;
+}
+
 /// Runs `tests/hf_client/SCRIPT ARGS...` with `python`; it must exit 0 and print "SCRIPT: OK".
 async fn run_check(python: PathBuf, script: &str, args: Vec<std::ffi::OsString>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
