@@ -152,3 +152,76 @@ async fn server_memory_is_bounded_during_an_upload_and_16_concurrent_downloads()
     );
     assert!(peak <= bound, "server peaked at {peak} MiB (bound {bound})");
 }
+
+#[tokio::test]
+async fn server_memory_is_bounded_during_an_upload_folder_by_multipart_lfs() {
+    if !slow_tests_enabled() {
+        eprintln!("skipped: set QSTORE_SLOW_TESTS=1");
+        return;
+    }
+    let Some(python) = std::env::var_os("QSTORE_TEST_PYTHON") else {
+        assert!(
+            std::env::var_os("QSTORE_REQUIRE_HF_CLIENT").is_none(),
+            "QSTORE_TEST_PYTHON must name a Python with huggingface_hub"
+        );
+        eprintln!("skipped: set QSTORE_TEST_PYTHON to a Python with huggingface_hub");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let model = folder.join("model.safetensors");
+    // 18 x 4096 x 4096 BF16 = 576 MiB: several times the bound.
+    qstore::synth::write_llm_like(&model, 18, 4096, 4096, 3).unwrap();
+    std::fs::write(folder.join("config.json"), br#"{"model_type": "llama"}"#).unwrap();
+    let size_mib = std::fs::metadata(&model).unwrap().len() >> 20;
+    assert!(size_mib > 3 * SERVER_BOUND_MIB);
+    let want = crate::helpers::sha(&std::fs::read(&model).unwrap());
+    let mut server = crate::process::ServerProcess::start(
+        &dir.path().join("data"),
+        &[
+            ("QSTORE_REPORT_PEAK_RSS", "1"),
+            ("QSTORE__LOG__LEVEL", "warn"),
+        ],
+    )
+    .await;
+    let repo = crate::server::unique("big/folder");
+    let script = "import os, sys\n\
+        from huggingface_hub import HfApi\n\
+        api = HfApi(endpoint=sys.argv[1], token='local')\n\
+        api.create_repo(sys.argv[2])\n\
+        print(api.upload_folder(folder_path=sys.argv[3], repo_id=sys.argv[2]).oid)\n";
+    let out = std::process::Command::new(python)
+        .args(["-c", script, &server.url().to_string(), &repo])
+        .arg(&folder)
+        .env("HF_HUB_DISABLE_XET", "1")
+        .env("HF_HOME", dir.path().join("hf"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = crate::server::client();
+    let mut r = client
+        .get(server.at(&format!("/{repo}/resolve/main/model.safetensors")))
+        .send()
+        .await
+        .unwrap();
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    while let Some(piece) = r.chunk().await.unwrap() {
+        sha2::Digest::update(&mut h, &piece);
+    }
+    assert_eq!(hex::encode(sha2::Digest::finalize(h)), want);
+    let status = server.stop();
+    let log = server.log();
+    assert!(status.success(), "{log}");
+    let peak = reported_peak_mib(&log);
+    let remote = crate::process::test_config(dir.path(), &[]).storage.backend
+        != qstore::config::StorageBackend::Local;
+    let bound = SERVER_BOUND_MIB + if remote { REMOTE_STORE_EXTRA_MIB } else { 0 };
+    eprintln!("server: peak RSS {peak} MiB (upload_folder of {size_mib} MiB by multipart LFS)");
+    assert!(peak <= bound, "server peaked at {peak} MiB (bound {bound})");
+}
