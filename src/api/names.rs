@@ -5,12 +5,27 @@ use super::error::{ApiError, ApiResult};
 
 /// Longest segment of a repo name (`name` or `org/name`).
 pub const MAX_SEGMENT: usize = 96;
-/// Longest path of a file inside a repo.
-pub const MAX_PATH: usize = 255;
 
 /// Words that route parsing gives a meaning; a repo segment may not be one of them.
-const RESERVED: [&str; 8] = [
-    "int8", "bf16", "fp16", "resolve", "tree", "revision", "api", "models",
+const RESERVED: [&str; 18] = [
+    "int8",
+    "bf16",
+    "fp16",
+    "resolve",
+    "tree",
+    "revision",
+    "api",
+    "models",
+    "refs",
+    "commits",
+    "commit",
+    "paths-info",
+    "preupload",
+    "branch",
+    "tag",
+    "settings",
+    "lfs",
+    "xet-write-token",
 ];
 
 /// Checks `org/name` or `name`.
@@ -41,24 +56,10 @@ pub fn check_repo_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Checks a relative file path such as `config.json` or `1_Pooling/config.json`.
+/// Checks a relative file path such as `config.json` or `1_Pooling/config.json` (the rules are
+/// the repository model's, `crate::repo::tree::check_path`).
 pub fn check_file_path(path: &str) -> ApiResult<()> {
-    let bad = |why: &str| Err(ApiError::bad_request(format!("file name {path:?}: {why}")));
-    if path.is_empty() || path.len() > MAX_PATH {
-        return bad("must be 1-255 characters");
-    }
-    for s in path.split('/') {
-        if s.is_empty() || s == "." || s == ".." {
-            return bad("empty, `.` and `..` parts are not allowed");
-        }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_. +=@,".contains(&b))
-        {
-            return bad("only A-Z a-z 0-9 and - _ . + = @ , space are allowed");
-        }
-    }
-    Ok(())
+    crate::repo::tree::check_path(path).map_err(Into::into)
 }
 
 #[cfg(test)]
@@ -76,25 +77,6 @@ mod tests {
             "org/bf16", "api/x", &long,
         ] {
             assert!(check_repo_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn file_paths() {
-        for ok in ["config.json", "1_Pooling/config.json", "a b.txt"] {
-            assert!(check_file_path(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "/etc/passwd",
-            "a//b",
-            "../x",
-            "a/./b",
-            "a\\b",
-            "x\n",
-            "a/",
-        ] {
-            assert!(check_file_path(bad).is_err(), "{bad}");
         }
     }
 }
