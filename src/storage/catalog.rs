@@ -1198,7 +1198,7 @@ mod tests {
         c.add_token(&t, "deadbeef").await.unwrap();
         assert_eq!(c.token_by_hash("deadbeef").await.unwrap().unwrap(), t);
         assert!(c.token_by_hash("beef").await.unwrap().is_none());
-        assert_eq!(c.tokens().await.unwrap(), [t.clone()]);
+        assert_eq!(c.tokens().await.unwrap(), std::slice::from_ref(&t));
         assert_eq!(c.revoke_token("nope").await.unwrap(), 0);
         assert_eq!(c.revoke_token("ci").await.unwrap(), 1);
         assert!(c.token_by_hash("deadbeef").await.unwrap().is_none());

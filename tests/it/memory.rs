@@ -192,7 +192,7 @@ async fn server_memory_is_bounded_during_an_upload_folder_by_multipart_lfs() {
         api.create_repo(sys.argv[2])\n\
         print(api.upload_folder(folder_path=sys.argv[3], repo_id=sys.argv[2]).oid)\n";
     let out = std::process::Command::new(python)
-        .args(["-c", script, &server.url().to_string(), &repo])
+        .args(["-c", script, server.url(), &repo])
         .arg(&folder)
         .env("HF_HUB_DISABLE_XET", "1")
         .env("HF_HOME", dir.path().join("hf"))
