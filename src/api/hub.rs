@@ -28,7 +28,7 @@ use crate::storage::RefKind;
 /// Largest JSON body of the small endpoints (repo create, branch, tag, preupload...).
 const MAX_JSON_BYTES: usize = 4 << 20;
 /// Largest line of a commit body (an inline file, base64): regular files are at most 5 MiB.
-const MAX_COMMIT_LINE: usize = 16 << 20;
+const MAX_COMMIT_LINE: usize = 8 << 20;
 /// Largest README whose metadata is read.
 pub const MAX_README_BYTES: u64 = 1 << 20;
 /// Most files in one preupload request.
@@ -437,6 +437,13 @@ async fn commit(
     let base = state.base_url(&headers);
     let mut header = CommitHeader::default();
     let mut changes = Vec::new();
+    // A commit body holds one line (up to 8 MiB, and its decoded bytes) in memory: admitted
+    // with the LFS transfers.
+    let turn = state
+        .lfs_transfers
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal("commit admission", e))?;
     let mut lines = LineReader::new(request.into_body());
     while let Some(line) = lines.next().await? {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -458,6 +465,7 @@ async fn commit(
             }
         }
     }
+    drop(turn);
     let summary = header.summary.unwrap_or_default();
     let committed = make_commit(
         &state.repo_store(),

@@ -417,9 +417,18 @@ impl<'a> Intake<'a> {
 }
 
 /// Answers `error` to an upload refused before its body was read, after draining some of the body
-/// so that the client reads the answer rather than a reset connection.
+/// so that the client reads the answer rather than a reset connection. A client that asked
+/// `Expect: 100-continue` is waiting for the answer before it sends the body: it gets the error
+/// with no `100 Continue` (reading the body would send one) and sends nothing.
 pub(super) async fn refuse(request: Request, error: ApiError) -> ApiError {
-    drain_briefly(&mut request.into_body().into_data_stream()).await;
+    let expects_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if !expects_continue {
+        drain_briefly(&mut request.into_body().into_data_stream()).await;
+    }
     error
 }
 

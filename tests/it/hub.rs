@@ -983,3 +983,62 @@ pub async fn send_delete_repo(s: &impl Endpoint, repo: &str) -> (StatusCode, Val
     )
     .await
 }
+
+/// Sends only the headers of a large upload with `Expect: 100-continue`, as curl and most HTTP
+/// clients do, and returns the first status line the server answers.
+async fn first_answer_to_expect_continue(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000000000\r\n{auth}Expect: 100-continue\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("the server answers without the body")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn refused_uploads_are_answered_before_their_body_is_sent() {
+    let s = admin();
+    let repo = unique("org/expect");
+    create_repo(&s, &repo, TOKEN, false).await;
+    let cases = [
+        ("POST", format!("/models/{repo}"), None),
+        ("POST", format!("/models/{repo}"), Some("wrong-token")),
+        ("POST", format!("/api/models/{repo}/commit/main"), None),
+        ("PUT", format!("/lfs/uploads/{}", "ab".repeat(32)), None),
+    ];
+    for (method, path, token) in cases {
+        let line = first_answer_to_expect_continue(&s, method, &path, token).await;
+        assert!(
+            line.starts_with("HTTP/1.1 401") || line.starts_with("HTTP/1.1 404"),
+            "{method} {path}: {line:?}"
+        );
+    }
+    // An accepted upload is told to go on.
+    let line = first_answer_to_expect_continue(
+        &s,
+        "POST",
+        &format!("/api/models/{repo}/commit/main"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(line, "HTTP/1.1 100 Continue");
+}
