@@ -22,13 +22,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from common import sha256
 
 
 class FlakyProxy(http.server.ThreadingHTTPServer):

@@ -9,11 +9,12 @@ at `main` must be byte-identical to what `save_pretrained` writes locally, the I
 LLM.int8 layers, and both must agree with the local model (cosine of mean-pooled states > 0.99).
 """
 
-import hashlib
 import os
 import sys
 import tempfile
 from pathlib import Path
+
+from common import sha256
 
 server, token, repo, folder = sys.argv[1:5]
 os.environ["HF_ENDPOINT"] = server
@@ -28,10 +29,6 @@ from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 def fail(message):
     sys.exit(f"check_push_to_hub: FAIL: {message}")
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 local = AutoModel.from_pretrained(folder, dtype=torch.bfloat16)

@@ -226,12 +226,7 @@ async fn upload_check(python: PathBuf) {
 
 #[tokio::test]
 async fn transformers_loads_both_precisions() {
-    let python = std::env::var_os("QSTORE_TEST_TRANSFORMERS_PYTHON").filter(|p| !p.is_empty());
-    let Some(python) = python.map(PathBuf::from) else {
-        eprintln!(
-            "skipped: set QSTORE_TEST_TRANSFORMERS_PYTHON to a Python with torch, transformers, \
-             bitsandbytes and accelerate"
-        );
+    let Some(python) = transformers_python() else {
         return;
     };
     let Some((weights, files)) = minilm() else {
@@ -246,12 +241,7 @@ async fn transformers_loads_both_precisions() {
 
 #[tokio::test]
 async fn transformers_pushes_to_hub_and_loads_both_precisions() {
-    let python = std::env::var_os("QSTORE_TEST_TRANSFORMERS_PYTHON").filter(|p| !p.is_empty());
-    let Some(python) = python.map(PathBuf::from) else {
-        eprintln!(
-            "skipped: set QSTORE_TEST_TRANSFORMERS_PYTHON to a Python with torch, transformers, \
-             bitsandbytes and accelerate"
-        );
+    let Some(python) = transformers_python() else {
         return;
     };
     let Some((weights, files)) = minilm() else {
@@ -272,6 +262,18 @@ async fn transformers_pushes_to_hub_and_loads_both_precisions() {
         folder.into_os_string(),
     ];
     run_check(python, "check_push_to_hub.py", args).await;
+}
+
+/// The Python with torch, transformers, bitsandbytes and accelerate, or None (test skipped).
+fn transformers_python() -> Option<PathBuf> {
+    let python = std::env::var_os("QSTORE_TEST_TRANSFORMERS_PYTHON").filter(|p| !p.is_empty());
+    if python.is_none() {
+        eprintln!(
+            "skipped: set QSTORE_TEST_TRANSFORMERS_PYTHON to a Python with torch, transformers, \
+             bitsandbytes and accelerate"
+        );
+    }
+    python.map(PathBuf::from)
 }
 
 /// Runs `tests/hf_client/SCRIPT ARGS...` with `python`; it must exit 0 and print "SCRIPT: OK".

@@ -42,6 +42,11 @@ async fn send(
     )
 }
 
+/// The status of a request made with the admin token.
+async fn status_of(s: &impl Endpoint, method: reqwest::Method, path: &str) -> StatusCode {
+    send(s, method, path, Some(TOKEN), None).await.0
+}
+
 pub async fn create_repo(
     s: &impl Endpoint,
     repo: &str,
@@ -610,57 +615,25 @@ async fn branches_tags_and_their_int8_views() {
     assert_eq!(refs["branches"].as_array().unwrap().len(), 2);
     let del = reqwest::Method::DELETE;
     assert_eq!(
-        send(
-            &s,
-            del.clone(),
-            &format!("/api/models/{repo}/branch/main"),
-            Some(TOKEN),
-            None
-        )
-        .await
-        .0,
+        status_of(&s, del.clone(), &format!("/api/models/{repo}/branch/main")).await,
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
-        send(
-            &s,
-            del.clone(),
-            &format!("/api/models/{repo}/branch/dev"),
-            Some(TOKEN),
-            None
-        )
-        .await
-        .0,
+        status_of(&s, del.clone(), &format!("/api/models/{repo}/branch/dev")).await,
         StatusCode::OK
     );
     assert_eq!(
-        send(
-            &s,
-            del.clone(),
-            &format!("/api/models/{repo}/tag/v1"),
-            Some(TOKEN),
-            None
-        )
-        .await
-        .0,
+        status_of(&s, del.clone(), &format!("/api/models/{repo}/tag/v1")).await,
         StatusCode::OK
     );
     assert_eq!(
-        send(
-            &s,
-            del,
-            &format!("/api/models/{repo}/tag/v1"),
-            Some(TOKEN),
-            None
-        )
-        .await
-        .0,
+        status_of(&s, del, &format!("/api/models/{repo}/tag/v1")).await,
         StatusCode::NOT_FOUND
     );
 }
 
 /// `qstore token ...` on the server's own catalog.
-fn token_cli(data: &std::path::Path, args: &[&str]) -> String {
+pub fn token_cli(data: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qstore"))
         .arg("token")
         .args(args)

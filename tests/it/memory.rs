@@ -90,6 +90,35 @@ fn encode_and_decode_memory_is_bounded_on_a_large_model() {
 const SERVER_BOUND_MIB: u64 = 160;
 const REMOTE_STORE_EXTRA_MIB: u64 = 96;
 
+/// A server process in `dir/data` that reports its peak RSS when it stops.
+async fn measured_server(dir: &std::path::Path) -> crate::process::ServerProcess {
+    crate::process::ServerProcess::start(
+        &dir.join("data"),
+        &[
+            ("QSTORE_REPORT_PEAK_RSS", "1"),
+            ("QSTORE__LOG__LEVEL", "warn"),
+        ],
+    )
+    .await
+}
+
+/// Stops the server and checks its peak RSS against the documented bound of its backend.
+fn assert_peak_within_bound(
+    mut server: crate::process::ServerProcess,
+    dir: &std::path::Path,
+    what: &str,
+) {
+    let status = server.stop();
+    let log = server.log();
+    assert!(status.success(), "{log}");
+    let peak = reported_peak_mib(&log);
+    let remote = crate::process::test_config(dir, &[]).storage.backend
+        != qstore::config::StorageBackend::Local;
+    let bound = SERVER_BOUND_MIB + if remote { REMOTE_STORE_EXTRA_MIB } else { 0 };
+    eprintln!("server: peak RSS {peak} MiB ({what})");
+    assert!(peak <= bound, "server peaked at {peak} MiB (bound {bound})");
+}
+
 #[tokio::test]
 async fn server_memory_is_bounded_during_an_upload_and_16_concurrent_downloads() {
     if !slow_tests_enabled() {
@@ -103,14 +132,7 @@ async fn server_memory_is_bounded_during_an_upload_and_16_concurrent_downloads()
         "the model must be larger than the bound"
     );
     let want = crate::helpers::sha(&std::fs::read(&model).unwrap());
-    let mut server = crate::process::ServerProcess::start(
-        &dir.path().join("data"),
-        &[
-            ("QSTORE_REPORT_PEAK_RSS", "1"),
-            ("QSTORE__LOG__LEVEL", "warn"),
-        ],
-    )
-    .await;
+    let server = measured_server(dir.path()).await;
     let client = crate::server::client();
     let file = tokio::fs::File::open(&model).await.unwrap();
     let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
@@ -140,17 +162,8 @@ async fn server_memory_is_bounded_during_an_upload_and_16_concurrent_downloads()
     for d in downloads {
         assert_eq!(d.await.unwrap(), want);
     }
-    let status = server.stop();
-    let log = server.log();
-    assert!(status.success(), "{log}");
-    let peak = reported_peak_mib(&log);
-    let remote = crate::process::test_config(dir.path(), &[]).storage.backend
-        != qstore::config::StorageBackend::Local;
-    let bound = SERVER_BOUND_MIB + if remote { REMOTE_STORE_EXTRA_MIB } else { 0 };
-    eprintln!(
-        "server: peak RSS {peak} MiB (upload + 16 concurrent BF16 downloads of {size_mib} MiB)"
-    );
-    assert!(peak <= bound, "server peaked at {peak} MiB (bound {bound})");
+    let what = format!("upload + 16 concurrent BF16 downloads of {size_mib} MiB");
+    assert_peak_within_bound(server, dir.path(), &what);
 }
 
 #[tokio::test]
@@ -177,14 +190,7 @@ async fn server_memory_is_bounded_during_an_upload_folder_by_multipart_lfs() {
     let size_mib = std::fs::metadata(&model).unwrap().len() >> 20;
     assert!(size_mib > 3 * SERVER_BOUND_MIB);
     let want = crate::helpers::sha(&std::fs::read(&model).unwrap());
-    let mut server = crate::process::ServerProcess::start(
-        &dir.path().join("data"),
-        &[
-            ("QSTORE_REPORT_PEAK_RSS", "1"),
-            ("QSTORE__LOG__LEVEL", "warn"),
-        ],
-    )
-    .await;
+    let server = measured_server(dir.path()).await;
     let repo = crate::server::unique("big/folder");
     let script = "import os, sys\n\
         from huggingface_hub import HfApi\n\
@@ -215,13 +221,6 @@ async fn server_memory_is_bounded_during_an_upload_folder_by_multipart_lfs() {
         sha2::Digest::update(&mut h, &piece);
     }
     assert_eq!(hex::encode(sha2::Digest::finalize(h)), want);
-    let status = server.stop();
-    let log = server.log();
-    assert!(status.success(), "{log}");
-    let peak = reported_peak_mib(&log);
-    let remote = crate::process::test_config(dir.path(), &[]).storage.backend
-        != qstore::config::StorageBackend::Local;
-    let bound = SERVER_BOUND_MIB + if remote { REMOTE_STORE_EXTRA_MIB } else { 0 };
-    eprintln!("server: peak RSS {peak} MiB (upload_folder of {size_mib} MiB by multipart LFS)");
-    assert!(peak <= bound, "server peaked at {peak} MiB (bound {bound})");
+    let what = format!("upload_folder of {size_mib} MiB by multipart LFS");
+    assert_peak_within_bound(server, dir.path(), &what);
 }

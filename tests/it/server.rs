@@ -539,18 +539,7 @@ async fn without_tokens_only_a_loopback_server_accepts_writes() {
 #[tokio::test]
 async fn tokens_made_by_the_cli_authorise_writes() {
     let data = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qstore"))
-        .args(["token", "create", "--name", "ci", "--data-dir"])
-        .arg(data.path())
-        .env_remove("QSTORE__CATALOG__DATABASE_URL")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = crate::hub::token_cli(data.path(), &["create", "--name", "ci"]);
     assert!(token.starts_with("qst_"));
     let s = TestServer::with(Opts {
         data_dir: Some(data.path().to_path_buf()),
