@@ -12,7 +12,6 @@ EXPECTED.json (written by tests/it/hf_client.rs) names the server, the repo and,
 Exits non-zero with a message on the first failure.
 """
 
-import hashlib
 import http.client
 import http.server
 import json
