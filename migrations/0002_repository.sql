@@ -71,6 +71,16 @@ CREATE TABLE lfs_uploads (
     created_at  BIGINT NOT NULL
 );
 
+-- Which repo an LFS object was uploaded for: a commit may name uploaded bytes only in that repo
+-- (or bytes a public commit, or one of its own repo, already has), so nobody can claim content
+-- they never had by knowing its sha256.
+CREATE TABLE lfs_objects (
+    oid         TEXT NOT NULL,
+    repo        TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    PRIMARY KEY (oid, repo)
+);
+
 -- Namespaces a token may write in (comma-separated; empty: all) and whether it only reads.
 ALTER TABLE tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
 ALTER TABLE tokens ADD COLUMN read_only BIGINT NOT NULL DEFAULT 0;

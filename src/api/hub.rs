@@ -454,7 +454,7 @@ async fn commit(
         match line.key.as_str() {
             "header" => header = from_value(line.value, "header")?,
             "file" => changes.push(Change::Add(inline_file(&state, line.value).await?)),
-            "lfsFile" => changes.push(Change::Add(lfs_file(&state, line.value).await?)),
+            "lfsFile" => changes.push(Change::Add(lfs_file(&state, repo, line.value).await?)),
             "deletedFile" => changes.push(Change::Delete(path_of(line.value)?)),
             "deletedFolder" => changes.push(Change::DeleteFolder(path_of(line.value)?)),
             other => {
@@ -540,7 +540,7 @@ async fn inline_file(state: &AppState, v: Value) -> ApiResult<NewFile> {
     stored_inline_file(state, &f.path, Bytes::from(bytes)).await
 }
 
-async fn lfs_file(state: &AppState, v: Value) -> ApiResult<NewFile> {
+async fn lfs_file(state: &AppState, repo: &str, v: Value) -> ApiResult<NewFile> {
     #[derive(Deserialize)]
     struct F {
         path: String,
@@ -557,7 +557,8 @@ async fn lfs_file(state: &AppState, v: Value) -> ApiResult<NewFile> {
         )));
     }
     lfs::check_oid(&f.oid)?;
-    let Some(source) = lfs::locate(&state.catalog, &state.objects, &f.oid, f.size).await? else {
+    let Some(source) = lfs::locate(&state.catalog, &state.objects, repo, &f.oid, f.size).await?
+    else {
         return Err(ApiError::bad_request(format!(
             "{}: LFS object {} ({} bytes) was never uploaded (upload it through the LFS batch endpoint first)",
             f.path, f.oid, f.size

@@ -168,7 +168,7 @@ async fn verify(state: AppState, repo: &str, request: Request) -> ApiResult<Resp
         .await?;
     let body: Body = lfs_json(request).await?;
     lfs::check_oid(&body.oid)?;
-    match lfs::locate(&state.catalog, &state.objects, &body.oid, body.size).await? {
+    match lfs::locate(&state.catalog, &state.objects, repo, &body.oid, body.size).await? {
         Some(_) => Ok(lfs_answer(
             StatusCode::OK,
             json!({"oid": body.oid, "size": body.size}),

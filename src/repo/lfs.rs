@@ -59,7 +59,7 @@ pub async fn offer(
             "{oid}: {size} bytes is more than the {max_size}-byte limit"
         )));
     }
-    if locate(catalog, objects, oid, size).await?.is_some() {
+    if locate(catalog, objects, repo, oid, size).await?.is_some() {
         return Ok(Offer::Present);
     }
     let multipart = multipart && size > PART_BYTES;
@@ -89,19 +89,22 @@ pub async fn offer(
     })
 }
 
-/// Where the bytes with this sha256 and size are, if anywhere: an object (uploaded, or a
-/// committed plain file), or the weights of a stored blob.
+/// Where a commit to `repo` may take the bytes with this sha256 and size from, if anywhere: an
+/// object uploaded for `repo`, or a file a commit of `repo` or of a public repo has (as an object,
+/// or as weights a blob reproduces). Bytes only someone else's private repo has, or uploaded for
+/// another repo, are not offered: knowing a hash proves nothing.
 pub async fn locate(
     catalog: &Catalog,
     objects: &Objects,
+    repo: &str,
     oid: &str,
     size: u64,
 ) -> RepoResult<Option<Source>> {
     let key = Objects::content_key(oid);
-    if objects.has(&key, size).await? {
+    if catalog.lfs_object_in(oid, repo).await? && objects.has(&key, size).await? {
         return Ok(Some(Source::Object(key)));
     }
-    let Some((commit, entry)) = catalog.file_by_sha256(oid).await? else {
+    let Some((commit, entry)) = catalog.file_by_sha256(oid, repo).await? else {
         return Ok(None);
     };
     if entry.size != size {
@@ -232,6 +235,7 @@ async fn publish(
         )));
     }
     objects.rename(key, &Objects::content_key(sha256)).await?;
+    catalog.add_lfs_object(sha256, &upload.repo).await?;
     objects
         .delete_prefix(&format!("uploads/{}/", upload.id))
         .await?;

@@ -507,17 +507,23 @@ impl Catalog {
         rows.iter().map(file_from_row).collect()
     }
 
-    /// A committed high-precision or shared file with these bytes, anywhere in the registry,
-    /// with its commit: where a later commit naming the same sha256 can take them from.
+    /// A committed high-precision or shared file with these bytes in `repo` or in a public repo,
+    /// with its commit: where a commit to `repo` naming the same sha256 can take them from
+    /// (never from someone else's private repo).
     pub async fn file_by_sha256(
         &self,
         sha256: &str,
+        repo: &str,
     ) -> Result<Option<(CommitRecord, FileEntry)>, StorageError> {
         let row = sqlx::query(
-            "SELECT commit_id, path, size, sha256, git_oid, lfs, object_key FROM commit_files \
-             WHERE sha256 = $1 AND precision <> 'int8' LIMIT 1",
+            "SELECT f.commit_id, f.path, f.size, f.sha256, f.git_oid, f.lfs, f.object_key \
+             FROM commit_files f JOIN commits c ON c.id = f.commit_id \
+             JOIN repos r ON r.name = c.repo \
+             WHERE f.sha256 = $1 AND f.precision <> 'int8' AND (c.repo = $2 OR r.private = 0) \
+             LIMIT 1",
         )
         .bind(sha256)
+        .bind(repo)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
@@ -539,6 +545,32 @@ impl Catalog {
             .map(commit_from_row)
             .transpose()?
             .map(|c| (c, entry)))
+    }
+
+    /// Records that `oid` was uploaded (and verified) for `repo`.
+    pub async fn add_lfs_object(&self, oid: &str, repo: &str) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO lfs_objects (oid, repo, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (oid, repo) DO NOTHING",
+        )
+        .bind(oid)
+        .bind(repo)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// True when `oid` was uploaded for `repo`.
+    pub async fn lfs_object_in(&self, oid: &str, repo: &str) -> Result<bool, StorageError> {
+        Ok(
+            sqlx::query("SELECT oid FROM lfs_objects WHERE oid = $1 AND repo = $2")
+                .bind(oid)
+                .bind(repo)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
     }
 
     /// A blob that reproduces exactly these weights, if one is stored.
@@ -798,13 +830,18 @@ impl Catalog {
         Ok(())
     }
 
-    /// Forgets uploads offered before `before_ms` (their parts are garbage after that).
-    pub async fn delete_lfs_uploads_before(&self, before_ms: i64) -> Result<u64, StorageError> {
-        let done = sqlx::query("DELETE FROM lfs_uploads WHERE created_at < $1")
+    /// Forgets uploads offered, and uploaded objects recorded, before `before_ms`: parts are
+    /// garbage by then, and an object committed since is found through its commit.
+    pub async fn delete_lfs_records_before(&self, before_ms: i64) -> Result<u64, StorageError> {
+        let uploads = sqlx::query("DELETE FROM lfs_uploads WHERE created_at < $1")
             .bind(before_ms)
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected())
+        let objects = sqlx::query("DELETE FROM lfs_objects WHERE created_at < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(uploads.rows_affected() + objects.rows_affected())
     }
 
     // ----- tokens
@@ -1087,11 +1124,35 @@ mod tests {
         let keys = c.referenced_keys().await.unwrap();
         assert!(keys.contains("objects/t") && keys.contains("blobs/b1.qstore"));
         let found = c
-            .file_by_sha256("sha-model.safetensors")
+            .file_by_sha256("sha-model.safetensors", "org/m")
             .await
             .unwrap()
             .unwrap();
         assert_eq!(found.1.object_key, None);
+        assert!(
+            c.file_by_sha256("sha-model.safetensors", "other/x")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(c.set_private("org/m", true).await.unwrap());
+        assert!(
+            c.file_by_sha256("sha-model.safetensors", "other/x")
+                .await
+                .unwrap()
+                .is_none(),
+            "a private repo's files are found only from inside it"
+        );
+        assert!(
+            c.file_by_sha256("sha-model.safetensors", "org/m")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        c.add_lfs_object("oid1", "org/m").await.unwrap();
+        c.add_lfs_object("oid1", "org/m").await.unwrap();
+        assert!(c.lfs_object_in("oid1", "org/m").await.unwrap());
+        assert!(!c.lfs_object_in("oid1", "other/x").await.unwrap());
 
         // No repo, no commit (unless asked to create it).
         let mut orphan = new(commit("z", None, None), None);

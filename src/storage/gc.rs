@@ -58,7 +58,7 @@ pub async fn collect(
         let cutoff_ms = cutoff
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        catalog.delete_lfs_uploads_before(cutoff_ms).await?;
+        catalog.delete_lfs_records_before(cutoff_ms).await?;
     }
     // List the store before reading the catalog: an object committed in between is fresh, so it
     // falls under the grace period rather than looking unreferenced.

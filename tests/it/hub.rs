@@ -1015,3 +1015,87 @@ async fn refused_uploads_are_answered_before_their_body_is_sent() {
     .await;
     assert_eq!(line, "HTTP/1.1 100 Continue");
 }
+
+/// Whether the batch endpoint asks `repo` to send the object with these bytes.
+async fn batch_wants_upload(s: &TestServer, repo: &str, bytes: &[u8]) -> bool {
+    let batch = json!({
+        "operation": "upload", "transfers": ["basic"],
+        "objects": [{"oid": sha(bytes), "size": bytes.len()}],
+    });
+    let path = format!("/{repo}.git/info/lfs/objects/batch");
+    let (st, v) = send(s, reqwest::Method::POST, &path, Some(TOKEN), Some(batch)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v["objects"][0].get("actions").is_some()
+}
+
+#[tokio::test]
+async fn knowing_a_hash_does_not_give_access_to_bytes_uploaded_elsewhere() {
+    let s = admin();
+    let (private, other, third) = (unique("org/private"), unique("org/b"), unique("org/c"));
+    create_repo(&s, &private, TOKEN, true).await;
+    create_repo(&s, &other, TOKEN, false).await;
+    create_repo(&s, &third, TOKEN, false).await;
+    let model = small_model_bytes(40);
+    let (oid, _) = lfs_upload(&s, &private, &model, false).await;
+    let op = [lfs_file("model.safetensors", &oid, model.len())];
+    assert_eq!(
+        commit(&s, &private, "main", TOKEN, None, &op).await.0,
+        StatusCode::OK
+    );
+    // Uploaded for a third repo and never committed.
+    let note = b"uploaded for another repo".repeat(40);
+    lfs_upload(&s, &third, &note, false).await;
+
+    assert!(
+        !batch_wants_upload(&s, &private, &model).await,
+        "its own repo has it"
+    );
+    assert!(
+        batch_wants_upload(&s, &other, &model).await,
+        "only a private repo has it"
+    );
+    assert!(
+        batch_wants_upload(&s, &other, &note).await,
+        "uploaded for another repo"
+    );
+    let (st, v) = commit(&s, &other, "main", TOKEN, None, &op).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, _) = commit(
+        &s,
+        &other,
+        "main",
+        TOKEN,
+        None,
+        &[lfs_file("n.bin", &sha(&note), note.len())],
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+
+    // Once the repo is public, its bytes are anyone's to reuse (they could download them).
+    let (st, _) = send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/models/{private}/settings"),
+        Some(TOKEN),
+        Some(json!({"private": false})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(!batch_wants_upload(&s, &other, &model).await);
+    assert_eq!(
+        commit(&s, &other, "main", TOKEN, None, &op).await.0,
+        StatusCode::OK
+    );
+    // And uploading the bytes yourself always works.
+    lfs_upload(&s, &other, &note, false).await;
+    let (st, _) = commit(
+        &s,
+        &other,
+        "main",
+        TOKEN,
+        None,
+        &[lfs_file("n.bin", &sha(&note), note.len())],
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+}
