@@ -497,6 +497,7 @@ fn commit_json(c: &CommitRecord, precision: Precision) -> Value {
 pub(super) async fn list_models(state: AppState, request: Request) -> ApiResult<Response> {
     let (request, _) = request.into_parts();
     let pairs = query_pairs(&request.uri);
+    // What the Hub clients send; filters qstore cannot apply are refused, never ignored.
     let known: HashMap<&str, ()> = [
         "search",
         "author",
@@ -509,14 +510,13 @@ pub(super) async fn list_models(state: AppState, request: Request) -> ApiResult<
         "config",
         "expand[]",
         "expand",
-        "filter",
     ]
     .into_iter()
     .map(|k| (k, ()))
     .collect();
     if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains_key(k.as_str())) {
         return Err(ApiError::bad_request(format!(
-            "unknown query parameter {k:?}"
+            "unsupported query parameter {k:?} (qstore lists by search, author, sort, limit)"
         )));
     }
     let caller = state

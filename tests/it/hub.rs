@@ -1099,3 +1099,107 @@ async fn knowing_a_hash_does_not_give_access_to_bytes_uploaded_elsewhere() {
     .await;
     assert_eq!(st, StatusCode::OK);
 }
+
+/// Follows `Link: <…>; rel="next"` from `path` and returns every page's items.
+async fn all_pages(s: &TestServer, path: &str) -> Vec<Vec<Value>> {
+    let mut pages = Vec::new();
+    let mut url = s.at(path);
+    loop {
+        let r = client().get(&url).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{url}");
+        let next = r
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_string());
+        pages.push(r.json::<Vec<Value>>().await.unwrap());
+        let Some(link) = next else { return pages };
+        assert!(link.ends_with("; rel=\"next\""), "{link}");
+        url = link[1..link.find('>').unwrap()].to_string();
+        assert!(pages.len() < 20, "pagination does not end");
+    }
+}
+
+#[tokio::test]
+async fn listings_are_paginated_with_link_headers() {
+    let s = admin();
+    let ns = unique("pages");
+    for name in ["a", "b", "c"] {
+        create_repo(&s, &format!("{ns}/{name}"), TOKEN, false).await;
+    }
+    let ids = |pages: &[Vec<Value>]| -> Vec<Vec<String>> {
+        pages
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .map(|m| m["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .collect()
+    };
+    let pages = all_pages(&s, &format!("/api/models?search={ns}&limit=2")).await;
+    let want = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("{ns}/{n}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&pages), [want(&["a", "b"]), want(&["c"])]);
+    let by_author = all_pages(&s, &format!("/api/models?author={ns}")).await;
+    assert_eq!(ids(&by_author), [want(&["a", "b", "c"])]);
+    let (st, _) = send(
+        &s,
+        reqwest::Method::GET,
+        "/api/models?filter=text-generation",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        st,
+        StatusCode::BAD_REQUEST,
+        "an unsupported filter is not ignored"
+    );
+
+    let repo = format!("{ns}/a");
+    for i in 0..4 {
+        let (st, _) = commit(
+            &s,
+            &repo,
+            "main",
+            TOKEN,
+            None,
+            &[inline(&format!("d/f{i}.txt"), b"x")],
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let history = all_pages(&s, &format!("/api/models/{repo}/commits/main?limit=2")).await;
+    assert_eq!(history.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+    let tree = all_pages(
+        &s,
+        &format!("/api/models/{repo}/tree/main?recursive=true&limit=2"),
+    )
+    .await;
+    let paths: Vec<String> = tree
+        .concat()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "d",
+            ".gitattributes",
+            "d/f0.txt",
+            "d/f1.txt",
+            "d/f2.txt",
+            "d/f3.txt"
+        ]
+    );
+    let top = all_pages(&s, &format!("/api/models/{repo}/tree/main")).await;
+    assert_eq!(
+        top.concat().len(),
+        2,
+        "a folder and .gitattributes: {top:?}"
+    );
+}
