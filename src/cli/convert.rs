@@ -65,7 +65,7 @@ pub fn convert(input: &Path, to: Target, output: &Path, bar: ProgressBar) -> Res
             shape: t.shape.clone(),
         })
         .collect();
-    let target = super::output::Output::create(output)?;
+    let target = super::output::Output::create(output, &[input])?;
     let mut out = BufWriter::with_capacity(1 << 20, target.file());
     out.write_all(&safetensors::write_header(header.metadata.as_ref(), &specs))?;
     bar.set_length(header.data_len());

@@ -256,7 +256,7 @@ fn decode(
     }
     let bar = progress_bar(quiet, file.size);
     bar.set_message("decode");
-    let target = output::Output::create(output)?;
+    let target = output::Output::create(output, &[path])?;
     {
         let mut out = bar.wrap_write(BufWriter::with_capacity(1 << 20, target.file()));
         blob.write_file(file, &mut out)?;

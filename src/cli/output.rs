@@ -14,7 +14,16 @@ pub enum Output {
 }
 
 impl Output {
-    pub fn create(path: &Path) -> Result<Output> {
+    /// Refuses a path that is one of `inputs` (the same file under any name): writing it would
+    /// destroy what is being read.
+    pub fn create(path: &Path, inputs: &[&Path]) -> Result<Output> {
+        if let Some(input) = inputs.iter().find(|i| crate::format::same_file(path, i)) {
+            anyhow::bail!(
+                "refusing to write {} over the input {}",
+                path.display(),
+                input.display()
+            );
+        }
         let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir());
         if special {
             let f = std::fs::OpenOptions::new()
@@ -28,7 +37,7 @@ impl Output {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let tmp =
-            tempfile::NamedTempFile::new_in(dir).with_context(|| path.display().to_string())?;
+            crate::format::output_tempfile(dir).with_context(|| path.display().to_string())?;
         Ok(Output::Atomic(tmp, path.to_owned()))
     }
 

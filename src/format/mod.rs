@@ -20,7 +20,7 @@ pub use index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
 pub use input::{EncodeInput, SHARD_INDEX_NAME, Selection};
 pub use reader::{Blob, BlobSource, Precision, ReadAhead, WINDOW};
 pub use report::{Report, TensorReport};
-pub use writer::{EncodeOptions, EncodeSummary, encode_to_path};
+pub use writer::{EncodeOptions, EncodeSummary, encode_to_path, output_tempfile, same_file};
 
 /// First 8 bytes of every blob; also the last 8, closing the footer.
 pub const MAGIC: [u8; 8] = *b"\x89QSTORE\n";

@@ -70,11 +70,23 @@ pub fn encode_to_path(
             out.display()
         )));
     }
+    let inputs = input
+        .high
+        .iter()
+        .chain(&input.int8)
+        .chain(&input.shard_index);
+    if let Some(same) = inputs.into_iter().find(|i| same_file(out, i)) {
+        return Err(FormatError::Input(format!(
+            "refusing to write {} over the input {}",
+            out.display(),
+            same.display()
+        )));
+    }
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let tmp = output_tempfile(dir)?;
     let residual = tempfile::tempfile_in(dir)?;
     let mut encoder = Encoder::new(
         input,
@@ -88,6 +100,24 @@ pub fn encode_to_path(
     tmp.as_file().sync_all()?;
     tmp.persist(out).map_err(|e| FormatError::Io(e.error))?;
     Ok(EncodeSummary { index, blob_len })
+}
+
+/// True when `a` and `b` name the same existing file (hard links and other spellings included).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// A temporary file in `dir` that becomes an output: created with the mode an ordinary file gets
+/// (0666 less the umask), not the 0600 of private temporary files.
+pub fn output_tempfile(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
 }
 
 /// A tensor (or int8-only tensor) being encoded, piece by piece.

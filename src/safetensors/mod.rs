@@ -226,14 +226,22 @@ pub type ParsedHeader = (Option<Map<String, Value>>, Vec<TensorInfo>);
 /// Parses header JSON into metadata and tensors sorted by offset, checking every invariant.
 pub fn parse_header_json(json: &[u8]) -> Result<ParsedHeader, SafetensorsError> {
     let text = std::str::from_utf8(json).map_err(|e| SafetensorsError::BadJson(e.to_string()))?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| SafetensorsError::BadJson(e.to_string()))?;
-    let Value::Object(map) = value else {
+    if !text.trim_start().starts_with('{') {
         return Err(SafetensorsError::NotAnObject);
-    };
+    }
+    // Entries in file order, duplicates kept: a JSON map would silently keep the last.
+    let Entries(entries) =
+        serde_json::from_str(text).map_err(|e| SafetensorsError::BadJson(e.to_string()))?;
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
     let mut metadata = None;
-    let mut tensors = Vec::with_capacity(map.len());
-    for (name, entry) in map {
+    let mut tensors = Vec::with_capacity(entries.len());
+    for (name, entry) in entries {
+        if !seen.insert(name.clone()) {
+            return Err(SafetensorsError::BadTensor {
+                name,
+                problem: "appears twice in the header".into(),
+            });
+        }
         if name == "__metadata__" {
             metadata = Some(parse_metadata(entry)?);
             continue;
@@ -243,6 +251,34 @@ pub fn parse_header_json(json: &[u8]) -> Result<ParsedHeader, SafetensorsError> 
     tensors.sort_by_key(|t| (t.begin, t.end));
     check_contiguous(&tensors)?;
     Ok((metadata, tensors))
+}
+
+/// A JSON object's entries in order, duplicates included.
+struct Entries(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Entries;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 fn parse_metadata(entry: Value) -> Result<Map<String, Value>, SafetensorsError> {
@@ -448,5 +484,14 @@ mod tests {
         let mut short = 100u64.to_le_bytes().to_vec();
         short.extend_from_slice(b"{}");
         assert!(read_header(&mut &short[..]).is_err());
+    }
+
+    #[test]
+    fn duplicate_tensor_names_are_refused() {
+        let json = br#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
+        let err = parse_header_json(json).unwrap_err().to_string();
+        assert!(err.contains("\"a\"") && err.contains("twice"), "{err}");
+        let meta = br#"{"__metadata__":{},"__metadata__":{}}"#;
+        assert!(parse_header_json(meta).is_err());
     }
 }

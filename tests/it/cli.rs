@@ -321,3 +321,67 @@ fn serve_logs_json_lines_when_asked() {
     assert_eq!(line["level"], "INFO", "{first}");
     assert_eq!(line["fields"]["message"], "qstore listening", "{first}");
 }
+
+#[test]
+fn outputs_never_overwrite_inputs_and_get_ordinary_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let model = one_weight_model(dir.path(), 16, 64, 3);
+    let model = model.to_str().unwrap().to_string();
+    let before = std::fs::read(&model).unwrap();
+    fails(&["encode", &model, "-o", &model], "refusing to write");
+    std::fs::hard_link(&model, d("alias.safetensors")).unwrap();
+    fails(
+        &["encode", &model, "-o", &d("alias.safetensors")],
+        "over the input",
+    );
+    fails(
+        &["convert", &model, "--to", "fp16", "-o", &model],
+        "over the input",
+    );
+    assert_eq!(
+        std::fs::read(&model).unwrap(),
+        before,
+        "the input is intact"
+    );
+    ok(&["encode", "-q", &model, "-o", &d("m.qstore")]);
+    fails(
+        &[
+            "decode",
+            &d("m.qstore"),
+            "--precision",
+            "int8",
+            "-o",
+            &d("m.qstore"),
+        ],
+        "over the input",
+    );
+
+    // Outputs get 0666 less the umask, like any file the user's tools write.
+    let with_umask = |args: &str| {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "umask 022 && \"{}\" {args}",
+                env!("CARGO_BIN_EXE_qstore")
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args}");
+    };
+    with_umask(&format!("encode -q {model} -o {}", d("u.qstore")));
+    with_umask(&format!(
+        "decode -q {} --precision bf16 -o {}",
+        d("u.qstore"),
+        d("u.safetensors")
+    ));
+    with_umask(&format!(
+        "convert -q {model} --to fp16 -o {}",
+        d("c.safetensors")
+    ));
+    for f in ["u.qstore", "u.safetensors", "c.safetensors"] {
+        let mode = std::fs::metadata(d(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{f}: {mode:o}");
+    }
+}
