@@ -42,6 +42,8 @@ pub enum Source {
 /// A file about to be answered, with the headers every answer carries.
 pub struct ServedFile {
     pub source: Source,
+    /// The file's name, for `Content-Disposition` (its path's last segment).
+    pub name: String,
     pub size: u64,
     pub sha256: String,
     /// `X-Repo-Commit` for Hugging Face clients.
@@ -77,12 +79,29 @@ impl ServedFile {
         };
         Ok(ServedFile {
             source,
+            name: entry
+                .path
+                .rsplit('/')
+                .next()
+                .unwrap_or(&entry.path)
+                .to_string(),
             size: entry.size,
             sha256: entry.sha256.clone(),
             commit,
             cache_control,
         })
     }
+}
+
+/// RFC 9530 `Repr-Digest` of the whole file (also on ranges and HEAD), so a careful client can
+/// check what it assembled: `sha-256=:BASE64:`.
+pub fn repr_digest(sha256_hex: &str) -> String {
+    use base64::Engine;
+    let raw = hex::decode(sha256_hex).unwrap_or_default();
+    format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
 }
 
 /// `Cache-Control` for a URL pinned to an immutable revision, or naming a moving branch.
@@ -104,6 +123,14 @@ pub async fn respond(
     let etag = format!("\"{}\"", file.sha256);
     let mut builder = Response::builder()
         .header(header::ETAG, &etag)
+        .header("repr-digest", repr_digest(&file.sha256))
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!(
+                "attachment; filename=\"{}\"",
+                file.name.replace(['"', '\\'], "_")
+            ),
+        )
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CACHE_CONTROL, &file.cache_control);
     if let Some(commit) = &file.commit {

@@ -1181,3 +1181,42 @@ async fn whole_downloads_fill_the_file_cache_and_later_ones_read_it_verified() {
     assert_eq!(metric(&s, "qstore_cache_fills_total").await, 2);
     assert_eq!(cached(&entry), model);
 }
+
+#[tokio::test]
+async fn file_answers_carry_a_representation_digest_and_a_file_name() {
+    use base64::Engine;
+    let s = TestServer::start();
+    let model = small_model_bytes(14);
+    let name = unique("digest");
+    let (st, _) = post_raw(&s, &name, model.clone()).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let digest = |bytes: &[u8]| {
+        let raw = <sha2::Sha256 as sha2::Digest>::digest(bytes);
+        format!(
+            "sha-256=:{}:",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    };
+    let whole = get(&s, &format!("/models/{name}/bf16")).await;
+    let headers = whole.headers().clone();
+    assert_eq!(headers["repr-digest"], digest(&model).as_str());
+    assert_eq!(
+        headers["content-disposition"],
+        "attachment; filename=\"model.safetensors\""
+    );
+    // A range carries the digest of the whole file it is part of.
+    let part = get_with(
+        &s.at(&format!("/models/{name}/bf16")),
+        &[(RANGE, "bytes=10-20")],
+    )
+    .await;
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.headers()["repr-digest"], digest(&model).as_str());
+    let (_, int8) = get_bytes(&s, &format!("/{name}/resolve/int8/model.safetensors")).await;
+    let head = client()
+        .head(s.at(&format!("/{name}/resolve/int8/model.safetensors")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.headers()["repr-digest"], digest(&int8).as_str());
+}
