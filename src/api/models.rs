@@ -34,6 +34,14 @@ pub(super) async fn dispatch(
         segments
     };
     let name = name_segments.join("/");
+    if let Some(word) = unserved_precision(segments) {
+        return Err(ApiError::new(
+            ErrorKind::RevisionNotFound,
+            format!(
+                "qstore serves {word:?} of no model: ask for /int8, or for /bf16 or /fp16 (the precision the model was uploaded in)"
+            ),
+        ));
+    }
     let allowed: &[&str] = match (&precision, &method) {
         (None, &Method::POST) => &[],
         (None, &Method::DELETE) => &["revision", "force"],
@@ -68,6 +76,18 @@ pub(super) async fn dispatch(
              or GET|HEAD /models/NAME/{int8|bf16|fp16}",
         )),
     }
+}
+
+/// A last path segment that names a precision qstore does not serve under that spelling
+/// (`fp32`, `INT8`...), which would otherwise read as a model name.
+fn unserved_precision<'a>(segments: &[&'a str]) -> Option<&'a str> {
+    const WORDS: [&str; 14] = [
+        "int8", "bf16", "fp16", "fp32", "f32", "f16", "float32", "float16", "bfloat16", "int4",
+        "nf4", "fp8", "q8", "q4",
+    ];
+    let last = *segments.last()?;
+    let known = WORDS.contains(&last.to_ascii_lowercase().as_str());
+    (segments.len() > 1 && known && !["int8", "bf16", "fp16"].contains(&last)).then_some(last)
 }
 
 /// `GET|HEAD /models/{name}/{precision}[?revision=REV][&file=NAME]`.

@@ -19,6 +19,11 @@ pub enum SafetensorsError {
     Truncated,
     #[error("header length {0} is larger than the {MAX_HEADER_LEN}-byte limit")]
     HeaderTooLarge(u64),
+    /// The first bytes are text: a JSON file, a form body, an HTML page... not safetensors.
+    #[error(
+        "not a safetensors file: it starts with the text {0:?}, where a safetensors file starts with its header's length (8 bytes, little-endian) and then the JSON header"
+    )]
+    NotSafetensors(String),
     #[error("header is not valid UTF-8 JSON: {0}")]
     BadJson(String),
     #[error("header must be a JSON object")]
@@ -202,6 +207,15 @@ pub fn read_header(r: &mut impl Read) -> Result<Header, SafetensorsError> {
     })?;
     let n = u64::from_le_bytes(len_bytes);
     if n > MAX_HEADER_LEN {
+        // A real header length has zero high bytes; printable text there means another format.
+        if len_bytes
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+        {
+            return Err(SafetensorsError::NotSafetensors(
+                String::from_utf8_lossy(&len_bytes).into_owned(),
+            ));
+        }
         return Err(SafetensorsError::HeaderTooLarge(n));
     }
     let mut raw = Vec::with_capacity(8 + n as usize);
@@ -493,5 +507,17 @@ mod tests {
         assert!(err.contains("\"a\"") && err.contains("twice"), "{err}");
         let meta = br#"{"__metadata__":{},"__metadata__":{}}"#;
         assert!(parse_header_json(meta).is_err());
+    }
+
+    #[test]
+    fn text_is_said_not_to_be_safetensors() {
+        let err = read_header(&mut &b"{\"model_type\": \"bert\"}"[..]).unwrap_err();
+        assert!(matches!(err, SafetensorsError::NotSafetensors(_)), "{err}");
+        assert!(
+            err.to_string().starts_with("not a safetensors file"),
+            "{err}"
+        );
+        let form = read_header(&mut &b"weights=%01%02%03%04"[..]).unwrap_err();
+        assert!(form.to_string().contains("\"weights=\""), "{form}");
     }
 }

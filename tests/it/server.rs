@@ -1220,3 +1220,28 @@ async fn file_answers_carry_a_representation_digest_and_a_file_name() {
         .unwrap();
     assert_eq!(head.headers()["repr-digest"], digest(&int8).as_str());
 }
+
+#[tokio::test]
+async fn wrong_precisions_and_non_safetensors_bodies_get_errors_that_say_what_to_do() {
+    let s = TestServer::start();
+    let name = unique("words");
+    let (st, _) = post_raw(&s, &name, small_model_bytes(15)).await;
+    assert_eq!(st, StatusCode::CREATED);
+    for word in ["fp32", "INT8", "Bf16", "float16"] {
+        let r = get(&s, &format!("/models/{name}/{word}")).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{word}");
+        let v: Value = r.json().await.unwrap();
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("/int8") && message.contains(word),
+            "{message}"
+        );
+    }
+    let answer = post_raw(&s, &unique("json"), br#"{"model_type": "bert"}"#.to_vec()).await;
+    expect_error(
+        answer,
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        "not a safetensors file",
+    );
+}
