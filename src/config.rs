@@ -227,8 +227,8 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with("QSTORE__"))
             .collect();
-        figment = figment.merge(Serialized::defaults(env_tree(&vars)?));
-        let mut config: Config = figment.extract().map_err(|e| e.to_string())?;
+        figment = figment.merge(EnvLayer(env_tree(&vars)?));
+        let mut config: Config = figment.extract().map_err(describe)?;
         if let Some(listen) = flags.listen {
             config.server.listen = listen;
         }
@@ -249,6 +249,53 @@ impl Config {
             self.catalog.database_url.clone()
         }
     }
+}
+
+/// The `QSTORE__*` variables as a configuration layer, named so errors can point at them.
+struct EnvLayer(toml::Table);
+
+const ENV_LAYER: &str = "environment variables QSTORE__*";
+
+impl figment::Provider for EnvLayer {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(ENV_LAYER)
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::defaults(&self.0).data()
+    }
+}
+
+/// Configuration errors as a user can act on them: the key, where it was set (the file, or the
+/// environment variable by name), and what is wrong.
+fn describe(errors: figment::Error) -> String {
+    errors
+        .into_iter()
+        .map(|e| {
+            let key = e
+                .path
+                .iter()
+                .skip_while(|p| *p == "default")
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(".");
+            let from = match &e.metadata {
+                Some(m) if m.name == ENV_LAYER => format!(
+                    "environment variable QSTORE__{}",
+                    key.replace('.', "__").to_ascii_uppercase()
+                ),
+                Some(m) => m
+                    .source
+                    .as_ref()
+                    .map_or_else(|| m.name.to_string(), |s| s.to_string()),
+                None => "the defaults".into(),
+            };
+            format!("{key} (set in {from}): {}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Turns `QSTORE__SECTION__KEY=value` pairs into a nested TOML table. Values are parsed as TOML
@@ -360,5 +407,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_where_it_was_set() {
+        let e = Config::load(
+            None,
+            env(&[("QSTORE__SERVER__LISEN", "1")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("QSTORE__SERVER__LISEN") && e.contains("unknown field"),
+            "{e}"
+        );
+        assert!(!e.contains(".rs"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[("QSTORE__SERVER__LISTEN", "not-an-address")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("server.listen (set in environment variable QSTORE__SERVER__LISTEN)"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[server]\nlisen = 1\n").unwrap();
+        let e = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(e.contains("server.lisen") && e.contains("bad.toml"), "{e}");
     }
 }

@@ -187,6 +187,12 @@ impl Catalog {
             std::fs::create_dir_all(parent)?;
         }
         let options = AnyConnectOptions::from_str(url)?;
+        // One direct connection first: an unreachable server is reported at once with its real
+        // error, not after the pool's 30 s of retries as "pool timed out".
+        sqlx::Connection::close(
+            <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options).await?,
+        )
+        .await?;
         let mut pool = AnyPoolOptions::new();
         if let Some(n) = max_connections {
             pool = pool.max_connections(n);
@@ -1351,5 +1357,19 @@ mod tests {
                 .any(|f| f.object_key.as_deref() == Some("revisions/r1/files/vocab.txt"))
         );
         assert_eq!(c.commit_by_id("m", "r1-8").await.unwrap().unwrap().id, "r1");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_catalog_fails_at_once_with_its_error() {
+        let started = std::time::Instant::now();
+        let err = Catalog::connect("postgres://qstore@127.0.0.1:1/qstore", None)
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{err}"
+        );
+        assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
     }
 }
