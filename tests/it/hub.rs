@@ -1203,3 +1203,76 @@ async fn listings_are_paginated_with_link_headers() {
         "a folder and .gitattributes: {top:?}"
     );
 }
+
+#[tokio::test]
+async fn garbage_sent_to_every_hub_route_is_a_4xx_never_a_5xx() {
+    let s = admin();
+    let repo = unique("org/junk");
+    create_repo(&s, &repo, TOKEN, false).await;
+    let routes = [
+        ("POST", "/api/repos/create".to_string()),
+        ("DELETE", "/api/repos/delete".to_string()),
+        ("POST", "/api/validate-yaml".to_string()),
+        ("POST", format!("/api/models/{repo}/preupload/main")),
+        ("POST", format!("/api/models/{repo}/commit/main")),
+        ("POST", format!("/api/models/{repo}/commit/no-such-branch")),
+        ("POST", format!("/api/models/{repo}/branch/x")),
+        ("POST", format!("/api/models/{repo}/tag/main")),
+        ("PUT", format!("/api/models/{repo}/settings")),
+        ("POST", format!("/api/models/{repo}/paths-info/main")),
+        ("POST", format!("/{repo}.git/info/lfs/objects/batch")),
+        ("POST", format!("/{repo}.git/info/lfs/objects/verify")),
+        ("PUT", format!("/lfs/uploads/{}", "0".repeat(64))),
+        ("POST", format!("/lfs/uploads/{}", "0".repeat(64))),
+        (
+            "PUT",
+            format!("/lfs/uploads/{}/99999999999999999999", "0".repeat(64)),
+        ),
+        (
+            "GET",
+            format!("/api/models/{repo}/commits/main?p=99999999999999999999"),
+        ),
+        ("GET", format!("/api/models/{repo}/commits/main?limit=-1")),
+        ("GET", format!("/api/models/{repo}/tree/main?cursor=x")),
+        (
+            "GET",
+            format!("/api/models/{repo}/tree/main/no/such/folder"),
+        ),
+        ("GET", format!("/api/models/{repo}/revision/int8-nothing")),
+        ("GET", "/api/models?sort=banana".to_string()),
+        ("GET", "/api/models?limit=abc".to_string()),
+    ];
+    let bodies: [&[u8]; 7] = [
+        b"",
+        b"null",
+        b"[]",
+        b"{\"name\": 5}",
+        b"{\"files\": [{\"path\": 1}]}",
+        b"{\"key\":\"header\",\"value\":{\"parentCommit\":\"zz\"}}\n{\"key\":\"lfsFile\",\"value\":{}}",
+        &[0xff, 0xfe, 0x00, b'{'],
+    ];
+    for (method, path) in &routes {
+        for body in bodies {
+            let r = client()
+                .request(method.parse().unwrap(), s.at(path))
+                .bearer_auth(TOKEN)
+                .body(body.to_vec())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let text = r.text().await.unwrap();
+            assert!(
+                status.is_client_error() || status.is_success(),
+                "{method} {path} with {body:?}: {status} {text}"
+            );
+            if status.is_client_error() {
+                let v: Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+                assert!(v.get("error").is_some(), "{method} {path}: {v}");
+            }
+        }
+    }
+    // Nothing above changed the repo.
+    assert_eq!(paths(&s, &repo, "main").await, [".gitattributes"]);
+}
