@@ -118,6 +118,20 @@ pub async fn lfs_upload(
     (oid, r.status())
 }
 
+/// Uploads `model` through LFS and commits it as `model.safetensors` on `main`: its oid and the
+/// commit's answer.
+pub async fn commit_weights(
+    s: &impl Endpoint,
+    repo: &str,
+    model: &[u8],
+) -> (String, (StatusCode, Value)) {
+    let (oid, status) = lfs_upload(s, repo, model, false).await;
+    assert_eq!(status, StatusCode::OK);
+    let op = [lfs_file("model.safetensors", &oid, model.len())];
+    let answer = commit(s, repo, "main", TOKEN, None, &op).await;
+    (oid, answer)
+}
+
 pub fn inline(path: &str, bytes: &[u8]) -> Value {
     let content = base64::engine::general_purpose::STANDARD.encode(bytes);
     json!({"key": "file", "value": {"path": path, "content": content, "encoding": "base64"}})
@@ -247,17 +261,7 @@ async fn lying_uploads_and_missing_objects_change_nothing() {
     assert_eq!(st, StatusCode::BAD_REQUEST);
     // A .safetensors that is not one, sent through LFS.
     let junk = b"this is not a safetensors file at all".repeat(10);
-    let (oid, status) = lfs_upload(&s, &repo, &junk, false).await;
-    assert_eq!(status, StatusCode::OK);
-    let (st, v) = commit(
-        &s,
-        &repo,
-        "main",
-        TOKEN,
-        None,
-        &[lfs_file("model.safetensors", &oid, junk.len())],
-    )
-    .await;
+    let (_, (st, v)) = commit_weights(&s, &repo, &junk).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     assert!(
         v["error"]["message"]
@@ -445,16 +449,7 @@ async fn weights_become_a_blob_that_later_commits_and_other_repos_reuse() {
 
     // Changing the weights encodes a new blob; the old commit still serves the old ones.
     let model2 = small_model_bytes(22);
-    let (oid2, _) = lfs_upload(&s, &repo, &model2, false).await;
-    let (st, _) = commit(
-        &s,
-        &repo,
-        "main",
-        TOKEN,
-        None,
-        &[lfs_file("model.safetensors", &oid2, model2.len())],
-    )
-    .await;
+    let (oid2, (st, _)) = commit_weights(&s, &repo, &model2).await;
     assert_eq!(st, StatusCode::OK);
     let (_, now) = get_bytes(&s, &format!("/{repo}/resolve/main/model.safetensors")).await;
     assert_eq!(sha(&now), oid2);
@@ -534,16 +529,7 @@ async fn branches_tags_and_their_int8_views() {
     let repo = unique("org/refs");
     create_repo(&s, &repo, TOKEN, false).await;
     let model = small_model_bytes(23);
-    let (oid, _) = lfs_upload(&s, &repo, &model, false).await;
-    let (_, v) = commit(
-        &s,
-        &repo,
-        "main",
-        TOKEN,
-        None,
-        &[lfs_file("model.safetensors", &oid, model.len())],
-    )
-    .await;
+    let (_, (_, v)) = commit_weights(&s, &repo, &model).await;
     let first = v["commitOid"].as_str().unwrap().to_string();
     let post = reqwest::Method::POST;
     let (st, _) = send(
