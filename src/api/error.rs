@@ -96,6 +96,7 @@ impl ApiError {
         }
     }
 
+    /// Adds a field next to `error` (clients read some answers' extra keys).
     pub fn with_field(mut self, key: &'static str, value: serde_json::Value) -> ApiError {
         self.fields.push((key, value));
         self

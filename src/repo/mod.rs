@@ -44,4 +44,5 @@ pub enum RepoError {
     Internal(String),
 }
 
+/// Results of the repository model.
 pub type RepoResult<T> = Result<T, RepoError>;

@@ -40,6 +40,7 @@ impl Resolved {
     }
 }
 
+/// The id a view of a commit goes by: the commit's own, or its INT8 twin's.
 pub fn commit_id_of(commit: &CommitRecord, precision: Precision) -> &str {
     match precision {
         Precision::Int8 => &commit.int8_id,

@@ -110,6 +110,7 @@ pub fn is_weight_path(path: &str) -> bool {
     !path.contains('/') && (path.ends_with(".safetensors") || path == SHARD_INDEX_NAME)
 }
 
+/// Lowercase hex sha256: how files are named everywhere (oids, ETags, object keys).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }

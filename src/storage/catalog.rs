@@ -234,6 +234,7 @@ impl Catalog {
         Ok(done.rows_affected() == 1)
     }
 
+    /// A repo by name (private or not: visibility is the caller's business).
     pub async fn repo(&self, name: &str) -> Result<Option<RepoRecord>, StorageError> {
         let row = sqlx::query("SELECT name, private, created_at FROM repos WHERE name = $1")
             .bind(name)
@@ -242,6 +243,7 @@ impl Catalog {
         row.as_ref().map(repo_from_row).transpose()
     }
 
+    /// Changes a repo's visibility; false when there is no such repo.
     pub async fn set_private(&self, name: &str, private: bool) -> Result<bool, StorageError> {
         let done = sqlx::query("UPDATE repos SET private = $2 WHERE name = $1")
             .bind(name)
@@ -790,6 +792,7 @@ impl Catalog {
 
     // ----- LFS uploads
 
+    /// Remembers an offered upload, so any replica can take its parts.
     pub async fn add_lfs_upload(&self, u: &LfsUpload) -> Result<(), StorageError> {
         sqlx::query(
             "INSERT INTO lfs_uploads (id, repo, oid, size, part_size, parts, created_at) \
@@ -807,6 +810,7 @@ impl Catalog {
         Ok(())
     }
 
+    /// An offered upload by its id (the capability in its URLs).
     pub async fn lfs_upload(&self, id: &str) -> Result<Option<LfsUpload>, StorageError> {
         let row = sqlx::query(
             "SELECT id, repo, oid, size, part_size, parts, created_at FROM lfs_uploads WHERE id = $1",
@@ -828,6 +832,7 @@ impl Catalog {
         .transpose()
     }
 
+    /// Forgets a finished or refused upload.
     pub async fn delete_lfs_upload(&self, id: &str) -> Result<(), StorageError> {
         sqlx::query("DELETE FROM lfs_uploads WHERE id = $1")
             .bind(id)
@@ -876,6 +881,7 @@ impl Catalog {
         Ok(row.get::<i64, _>(0) as u64)
     }
 
+    /// The token with this hash, if it exists (revoked tokens do not).
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StorageError> {
         let row = sqlx::query(
             "SELECT id, name, scopes, read_only, created_at FROM tokens WHERE hash = $1",
@@ -886,6 +892,7 @@ impl Catalog {
         row.as_ref().map(token_from_row).transpose()
     }
 
+    /// Every token, oldest first, for `qstore token list`.
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
         let rows = sqlx::query(
             "SELECT id, name, scopes, read_only, created_at FROM tokens ORDER BY created_at, id",
