@@ -37,6 +37,8 @@ use crate::storage::FileSet;
 /// How much of a refused body is read (and dropped) so the client can read the answer.
 const DRAIN_BYTES: usize = 32 << 20;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long an oversized raw upload waits for the encoder's verdict on its header.
+const HEADER_VERDICT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Name given to the weights of a raw-body upload.
 const RAW_BODY_NAME: &str = "model.safetensors";
 /// Multipart field name for files of a supplied INT8 checkpoint.
@@ -205,6 +207,21 @@ async fn receive_and_encode_raw(
             Err(encode_result(joined, spool).err().unwrap_or_else(|| {
                 ApiError::internal("upload", "the encoder finished before the upload")
             }))
+        }
+        Err(e) if e.kind == ErrorKind::PayloadTooLarge => {
+            // The limit can be reached before the encoder (a blocking thread, maybe not yet
+            // scheduled) has judged the header it already has: a bad header is the better
+            // answer, whichever happened first. A good header keeps the encoder waiting for
+            // more bytes, so this waits at most HEADER_VERDICT before answering 413.
+            if let Ok(joined) = tokio::time::timeout(HEADER_VERDICT, &mut encoding).await {
+                match encode_result(joined, spool) {
+                    Err(refused) if refused.kind == ErrorKind::BadRequest => return Err(refused),
+                    _ => {}
+                }
+            }
+            arrival.0.finish(Err(e.message.clone()));
+            let _ = encoding.await;
+            Err(e)
         }
         Err(e) => {
             arrival.0.finish(Err(e.message.clone()));
