@@ -33,8 +33,9 @@ use crate::storage::{
 
 /// Largest `config.json` turned into an INT8 config (it is parsed in memory).
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
-/// Times a commit without a client-named parent is rebuilt when its branch moved meanwhile.
-const REBUILDS: usize = 4;
+/// Times a commit without a client-named parent is rebuilt when its branch moved meanwhile: each
+/// round lands at least one of the racing commits, so this many racing writers all land.
+const REBUILDS: usize = 32;
 
 /// What a commit works with, passed explicitly.
 pub struct Store<'a> {
@@ -233,7 +234,13 @@ pub async fn make_commit(store: &Store<'_>, mut req: CommitRequest) -> RepoResul
             CommitOutcome::StaleHead if req.parent.is_some() => {
                 return Err(stale(&req));
             }
-            CommitOutcome::StaleHead => continue, // Rebuild on the new head.
+            CommitOutcome::StaleHead => {
+                // Rebuild on the new head, after a short random pause so racing writers spread.
+                let mut jitter = [0u8; 1];
+                let _ = getrandom::fill(&mut jitter);
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(jitter[0] % 20)))
+                    .await;
+            }
         }
     }
     Err(RepoError::Conflict(format!(
