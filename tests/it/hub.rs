@@ -1047,15 +1047,8 @@ async fn knowing_a_hash_does_not_give_access_to_bytes_uploaded_elsewhere() {
     );
     let (st, v) = commit(&s, &other, "main", TOKEN, None, &op).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let (st, _) = commit(
-        &s,
-        &other,
-        "main",
-        TOKEN,
-        None,
-        &[lfs_file("n.bin", &sha(&note), note.len())],
-    )
-    .await;
+    let note_op = [lfs_file("n.bin", &sha(&note), note.len())];
+    let (st, _) = commit(&s, &other, "main", TOKEN, None, &note_op).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
 
     // Once the repo is public, its bytes are anyone's to reuse (they could download them).
@@ -1075,15 +1068,7 @@ async fn knowing_a_hash_does_not_give_access_to_bytes_uploaded_elsewhere() {
     );
     // And uploading the bytes yourself always works.
     lfs_upload(&s, &other, &note, false).await;
-    let (st, _) = commit(
-        &s,
-        &other,
-        "main",
-        TOKEN,
-        None,
-        &[lfs_file("n.bin", &sha(&note), note.len())],
-    )
-    .await;
+    let (st, _) = commit(&s, &other, "main", TOKEN, None, &note_op).await;
     assert_eq!(st, StatusCode::OK);
 }
 
