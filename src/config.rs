@@ -169,6 +169,9 @@ pub struct LimitsConfig {
     /// LFS bodies and parts being received (or joined) at once, each holding up to ~24 MiB of
     /// parts in flight to the object store; further ones wait before their body is read.
     pub max_concurrent_lfs_transfers: usize,
+    /// How long a Xet CAS token from `xet-write-token` lives, in seconds (clients ask for a new
+    /// one 30 s before it ends).
+    pub xet_token_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -180,6 +183,7 @@ impl Default for LimitsConfig {
             max_concurrent_encodes: 2,
             max_concurrent_decodes: 32,
             max_concurrent_lfs_transfers: 8,
+            xet_token_secs: 3600,
         }
     }
 }

@@ -147,6 +147,8 @@ impl From<RepoError> for ApiError {
             RepoError::EntryNotFound(m) => ApiError::new(ErrorKind::EntryNotFound, m),
             RepoError::BadInput(m) => ApiError::bad_request(m),
             RepoError::Conflict(m) => ApiError::new(ErrorKind::Conflict, m),
+            RepoError::Unauthorized(m) => ApiError::new(ErrorKind::Unauthorized, m),
+            RepoError::TooLarge(m) => ApiError::new(ErrorKind::PayloadTooLarge, m),
             RepoError::StaleParent(m) => ApiError::new(ErrorKind::PreconditionFailed, m),
             RepoError::Storage(e) => e.into(),
             RepoError::Format(e) => e.into(),

@@ -292,6 +292,9 @@ pub(super) async fn api_models(
             delete_ref(state, &repo, RefKind::Tag, rest, request).await
         }
         (Some("settings"), &Method::PUT, None) => settings(state, &repo, request).await,
+        (Some("xet-write-token"), &Method::GET, Some(_)) => {
+            super::xet::write_token(state, &repo, request).await
+        }
         _ => Err(ApiError::new(
             ErrorKind::EntryNotFound,
             format!("no route for {method} {}", request.uri().path()),
@@ -312,7 +315,11 @@ fn ref_name(rest: &[&str]) -> String {
 }
 
 /// The caller, allowed to write in `repo`, which must exist and be visible to them.
-async fn repo_writer(state: &AppState, headers: &HeaderMap, repo: &str) -> ApiResult<Caller> {
+pub(super) async fn repo_writer(
+    state: &AppState,
+    headers: &HeaderMap,
+    repo: &str,
+) -> ApiResult<Caller> {
     let caller = state
         .writes
         .writer(&state.catalog, headers, Some(repo))

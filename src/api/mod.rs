@@ -12,6 +12,7 @@ pub mod names;
 mod revisions;
 mod serve;
 mod upload;
+mod xet;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -172,6 +173,9 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         (["api", "models"], &Method::GET) => hf::list_models(state, request).await,
         (["api", "models", rest @ ..], _) => hub::api_models(state, rest, request).await,
         (["lfs", "uploads", rest @ ..], _) => lfs::upload(state, rest, request).await,
+        _ if xet::is_cas_route(&segments) => xet::cas(state, &segments, request).await,
+        // Xet clients post telemetry at the host root; it is not collected.
+        (["v1", "telemetry"], &Method::POST) => Ok(StatusCode::NO_CONTENT.into_response()),
         _ if lfs::is_batch_route(&segments) => lfs::dispatch(state, &segments, request).await,
         (_, &Method::GET | &Method::HEAD) => match hf::resolve_route(&segments) {
             Some(route) => hf::resolve(state, route, &method, request.headers()).await,

@@ -7,7 +7,7 @@ use super::error::{ApiError, ApiResult};
 pub const MAX_SEGMENT: usize = 96;
 
 /// Words that route parsing gives a meaning; a repo segment may not be one of them.
-const RESERVED: [&str; 18] = [
+const RESERVED: [&str; 19] = [
     "int8",
     "bf16",
     "fp16",
@@ -26,6 +26,7 @@ const RESERVED: [&str; 18] = [
     "settings",
     "lfs",
     "xet-write-token",
+    "xet",
 ];
 
 /// Checks `org/name` or `name`.

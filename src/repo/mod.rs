@@ -10,6 +10,7 @@ pub mod commit;
 pub mod lfs;
 pub mod refs;
 pub mod tree;
+pub mod xet;
 
 pub use commit::{Change, CommitRequest, Committed, NewFile, PreparedBlob, make_commit};
 pub use refs::{Resolved, resolve};
@@ -32,6 +33,12 @@ pub enum RepoError {
     /// It exists already (a repo, branch or tag).
     #[error("{0}")]
     Conflict(String),
+    /// A credential is missing, unknown or expired.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A body is larger than its limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// The client's `parentCommit` is no longer the branch head.
     #[error("{0}")]
     StaleParent(String),

@@ -152,6 +152,16 @@ pub struct LfsUpload {
     pub created_at: i64,
 }
 
+/// A short-lived CAS token (the Xet write path): which repo it may write, until when (unix
+/// seconds), and the hash of the API token it was issued for (empty: a configured token or an
+/// open loopback server).
+#[derive(Debug, Clone, PartialEq)]
+pub struct XetToken {
+    pub repo: String,
+    pub parent: String,
+    pub expires_at: i64,
+}
+
 /// Order of `GET /api/models`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RepoSort {
@@ -310,6 +320,20 @@ impl Catalog {
             .bind(repo)
             .execute(&mut *tx)
             .await?;
+        // Bytes uploaded for the repo must not serve a new repo that takes its name.
+        sqlx::query("DELETE FROM lfs_objects WHERE repo = $1")
+            .bind(repo)
+            .execute(&mut *tx)
+            .await?;
+        let xorbs = sqlx::query("DELETE FROM xet_xorbs WHERE repo = $1")
+            .bind(repo)
+            .execute(&mut *tx)
+            .await?;
+        if xorbs.rows_affected() > 0 {
+            sqlx::query("UPDATE xet_state SET generation = generation + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+        }
         let deleted = sqlx::query("DELETE FROM repos WHERE name = $1")
             .bind(repo)
             .execute(&mut *tx)
@@ -649,7 +673,8 @@ impl Catalog {
     pub async fn referenced_keys(&self) -> Result<HashSet<String>, StorageError> {
         let rows = sqlx::query(
             "SELECT object_key FROM blobs UNION \
-             SELECT object_key FROM commit_files WHERE object_key IS NOT NULL",
+             SELECT object_key FROM commit_files WHERE object_key IS NOT NULL UNION \
+             SELECT 'xet/xorbs/' || hash FROM xet_xorbs", // Objects::xorb_key
         )
         .fetch_all(&self.pool)
         .await?;
@@ -853,6 +878,115 @@ impl Catalog {
             .execute(&self.pool)
             .await?;
         Ok(uploads.rows_affected() + objects.rows_affected())
+    }
+
+    // ----- Xet
+
+    /// Records that the xorb `hash` (stored at `Objects::xorb_key`) was uploaded, verified, for
+    /// `repo`; an existing row is renewed. True when the row is new.
+    pub async fn add_xet_xorb(
+        &self,
+        hash: &str,
+        repo: &str,
+        size: u64,
+    ) -> Result<bool, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let renewed =
+            sqlx::query("UPDATE xet_xorbs SET created_at = $1 WHERE hash = $2 AND repo = $3")
+                .bind(now_millis())
+                .bind(hash)
+                .bind(repo)
+                .execute(&mut *tx)
+                .await?;
+        if renewed.rows_affected() > 0 {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO xet_xorbs (hash, repo, size, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (hash, repo) DO NOTHING",
+        )
+        .bind(hash)
+        .bind(repo)
+        .bind(size as i64)
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The stored size of xorb `hash` if it was uploaded for `repo`.
+    pub async fn xet_xorb_in(&self, hash: &str, repo: &str) -> Result<Option<u64>, StorageError> {
+        let row = sqlx::query("SELECT size FROM xet_xorbs WHERE hash = $1 AND repo = $2")
+            .bind(hash)
+            .bind(repo)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<i64, _>(0)? as u64),
+            None => None,
+        })
+    }
+
+    /// Stores a CAS token's hash, the repo it may write and the API token it came from.
+    pub async fn add_xet_token(&self, token: &XetToken, hash: &str) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO xet_tokens (hash, repo, parent, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(hash)
+        .bind(&token.repo)
+        .bind(&token.parent)
+        .bind(token.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The CAS token with this hash, expired or not.
+    pub async fn xet_token(&self, hash: &str) -> Result<Option<XetToken>, StorageError> {
+        let row = sqlx::query("SELECT repo, parent, expires_at FROM xet_tokens WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(XetToken {
+                repo: r.try_get(0)?,
+                parent: r.try_get(1)?,
+                expires_at: r.try_get(2)?,
+            }),
+            None => None,
+        })
+    }
+
+    /// The current generation of the CAS (see migrations/0003_xet.sql).
+    pub async fn xet_generation(&self) -> Result<i64, StorageError> {
+        let row = sqlx::query("SELECT generation FROM xet_state WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Drops xorb rows written before `before_ms` (their objects become garbage) and expired
+    /// CAS tokens; bumps the generation when any xorb row went. Returns the xorb rows dropped.
+    pub async fn delete_xet_records_before(&self, before_ms: i64) -> Result<u64, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let xorbs = sqlx::query("DELETE FROM xet_xorbs WHERE created_at < $1")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if xorbs > 0 {
+            sqlx::query("UPDATE xet_state SET generation = generation + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM xet_tokens WHERE expires_at < $1")
+            .bind(now_millis() / 1000)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(xorbs)
     }
 
     // ----- tokens

@@ -23,6 +23,8 @@ pub struct GcReport {
     pub removed_bytes: u64,
     /// Blob rows no commit used any more, dropped from the catalog.
     pub blobs_released: usize,
+    /// Xet xorb rows past the grace period, dropped (their objects go with the other garbage).
+    pub xorbs_released: usize,
     /// Upload spools removed from the local spool directory.
     pub spools_removed: usize,
 }
@@ -31,12 +33,13 @@ impl std::fmt::Display for GcReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} objects in use, {} unreferenced removed ({} bytes), {} unreferenced kept (younger than the grace period), {} unused blobs released, {} upload spools removed",
+            "{} objects in use, {} unreferenced removed ({} bytes), {} unreferenced kept (younger than the grace period), {} unused blobs released, {} xorbs released, {} upload spools removed",
             self.referenced,
             self.removed.len(),
             self.removed_bytes,
             self.young,
             self.blobs_released,
+            self.xorbs_released,
             self.spools_removed
         )
     }
@@ -59,6 +62,7 @@ pub async fn collect(
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         catalog.delete_lfs_records_before(cutoff_ms).await?;
+        report.xorbs_released = catalog.delete_xet_records_before(cutoff_ms).await? as usize;
     }
     // List the store before reading the catalog: an object committed in between is fresh, so it
     // falls under the grace period rather than looking unreferenced.

@@ -8,7 +8,7 @@ pub mod objects;
 
 pub use catalog::{
     BlobRecord, Catalog, CommitOutcome, CommitRecord, DeleteCommit, FileEntry, FileSet, LfsUpload,
-    NewCommit, RefKind, RepoRecord, RepoSort, TokenRecord,
+    NewCommit, RefKind, RepoRecord, RepoSort, TokenRecord, XetToken,
 };
 pub use objects::{ObjectSource, Objects, PutStreamError, StoredObject};
 

@@ -121,6 +121,12 @@ impl Objects {
         format!("blobs/{id}.qstore")
     }
 
+    /// Where a xorb of the Xet write path lives (its chunks and footer); the catalog's
+    /// `referenced_keys` builds the same key in SQL.
+    pub fn xorb_key(hash: &str) -> String {
+        format!("xet/xorbs/{hash}")
+    }
+
     /// Where part `n` (or, for 0, the whole body) of an LFS upload in progress lands.
     pub fn upload_part_key(upload: &str, n: u64) -> String {
         format!("uploads/{upload}/{n:05}")
