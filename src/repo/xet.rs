@@ -633,3 +633,93 @@ fn tokio_stream_from(
 ) -> impl futures::Stream<Item = Result<Bytes, String>> + Unpin {
     Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
+
+#[cfg(test)]
+mod tests {
+    use xet_core_structures::xorb_object::{CompressionScheme, serialize_chunk};
+
+    use super::*;
+
+    /// A xorb body (chunks without footer) and its hash, as a client builds them.
+    fn xorb(chunks: &[Vec<u8>], scheme: CompressionScheme) -> (Vec<u8>, MerkleHash) {
+        let mut body = Vec::new();
+        let mut hashes = Vec::new();
+        for c in chunks {
+            serialize_chunk(c, &mut body, scheme).unwrap();
+            hashes.push((compute_data_hash(c), c.len() as u64));
+        }
+        (body, xorb_hash(&hashes))
+    }
+
+    fn sample_chunks() -> Vec<Vec<u8>> {
+        let text: Vec<u8> = b"qstore xet "
+            .iter()
+            .cycle()
+            .take(70_000)
+            .copied()
+            .collect();
+        let noise: Vec<u8> = (0..50_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        vec![text, noise, vec![7u8; 1]]
+    }
+
+    fn seal(body: &[u8], hash: &MerkleHash) -> RepoResult<u64> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), body).unwrap();
+        let result = seal_xorb(file.path(), hash);
+        if result.is_ok() {
+            // What is stored is a complete xorb the format's reader accepts.
+            let stored = std::fs::read(file.path()).unwrap();
+            let footer = XorbObject::deserialize(&mut Cursor::new(&stored)).unwrap();
+            assert_eq!(footer.info.xorb_hash, *hash);
+            assert_eq!(&stored[..body.len()], body);
+        }
+        result
+    }
+
+    fn refused(result: RepoResult<u64>, words: &str) {
+        match result {
+            Err(RepoError::BadInput(m)) => assert!(m.contains(words), "{m}"),
+            other => panic!("expected a refusal naming {words:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_xorb_is_sealed_with_its_footer() {
+        for scheme in [CompressionScheme::None, CompressionScheme::LZ4] {
+            let (body, hash) = xorb(&sample_chunks(), scheme);
+            let size = seal(&body, &hash).unwrap();
+            assert!(size > body.len() as u64);
+        }
+    }
+
+    #[test]
+    fn xorbs_that_lie_are_refused() {
+        let (body, hash) = xorb(&sample_chunks(), CompressionScheme::LZ4);
+        let (_, other) = xorb(&[b"other".to_vec()], CompressionScheme::None);
+        refused(seal(&body, &other), "chunks hash to");
+        let mut flipped = body.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        refused(seal(&flipped, &hash), "xorb");
+        refused(seal(&body[..body.len() - 3], &hash), "chunk 2");
+        let mut trailing = body.clone();
+        trailing.push(0);
+        refused(seal(&trailing, &hash), "chunk 3");
+        refused(seal(&[], &hash), "at least one chunk");
+    }
+
+    #[test]
+    fn a_chunk_that_inflates_past_its_header_is_cut_off() {
+        // An uncompressed chunk whose header says 16 raw bytes but carries 64.
+        let mut body = vec![0u8, 64, 0, 0, 0, 16, 0, 0];
+        body.extend_from_slice(&[1u8; 64]);
+        let hash = xorb_hash(&[(compute_data_hash(&[1u8; 16]), 16)]);
+        refused(seal(&body, &hash), "chunk 0");
+        // A header claiming more than a chunk may hold.
+        let mut body = vec![0u8, 0, 0, 4, 0, 0, 0, 4];
+        body.extend_from_slice(&[0u8; 16]);
+        refused(seal(&body, &hash), "chunk 0 at byte 0");
+    }
+}

@@ -13,3 +13,4 @@ mod ranges;
 mod real_weights;
 mod roundtrip;
 mod server;
+mod xet;

@@ -24,6 +24,8 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     /// Objects are files under `data_dir/objects` (the local backend), so tests can inspect them.
     pub local_objects: bool,
+    /// The configuration it runs with (to open its catalog and store from a test).
+    pub config: Config,
     _dir: Option<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -45,6 +47,11 @@ pub struct Opts {
     pub skip_migrations: bool,
     /// `cache.max_bytes` (off when unset).
     pub cache_max_bytes: Option<u64>,
+    /// Objects under a key prefix no other test uses (S3; the local store is per test anyway):
+    /// for tests that collect garbage. Use with `private_catalog`.
+    pub private_store: bool,
+    /// `limits.xet_token_secs`.
+    pub xet_token_secs: Option<u64>,
 }
 
 impl TestServer {
@@ -93,6 +100,13 @@ impl TestServer {
             config.limits.max_upload_bytes = n;
         }
         config.cache.max_bytes = opts.cache_max_bytes.unwrap_or(0);
+        if opts.private_store {
+            config.storage.s3.prefix = unique("private-store");
+        }
+        if let Some(secs) = opts.xet_token_secs {
+            config.limits.xet_token_secs = secs;
+        }
+        let server_config = config.clone();
         let local_objects = config.storage.backend == qstore::config::StorageBackend::Local;
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -118,6 +132,7 @@ impl TestServer {
             url: format!("http://127.0.0.1:{}", addr.port()),
             data_dir,
             local_objects,
+            config: server_config,
             _dir: dir,
             stop: Some(stop),
             thread: Some(thread),
