@@ -40,6 +40,8 @@ pub struct Metrics {
     uploads_ok: AtomicU64,
     uploads_failed: AtomicU64,
     uploaded_bytes: AtomicU64,
+    xet_xorb_bytes: AtomicU64,
+    xet_files: AtomicU64,
 }
 
 impl Metrics {
@@ -82,6 +84,16 @@ impl Metrics {
         } else {
             self.uploads_failed.fetch_add(1, Relaxed);
         }
+    }
+
+    /// A xorb received and stored through the Xet CAS (`bytes` as stored, with its footer).
+    pub fn add_xet_xorb(&self, bytes: u64) {
+        self.xet_xorb_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// Files a shard made available (rebuilt from xorbs and verified).
+    pub fn add_xet_files(&self, n: u64) {
+        self.xet_files.fetch_add(n, Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -149,6 +161,16 @@ impl Metrics {
                 "qstore_uploaded_bytes_total",
                 "Bytes received in committed uploads.",
                 self.uploaded_bytes.load(Relaxed),
+            ),
+            (
+                "qstore_xet_xorb_bytes_total",
+                "Bytes of xorbs received through the Xet CAS.",
+                self.xet_xorb_bytes.load(Relaxed),
+            ),
+            (
+                "qstore_xet_files_total",
+                "Files rebuilt from xorbs and verified, ready for a commit.",
+                self.xet_files.load(Relaxed),
             ),
         ];
         for (name, help, n) in counters {

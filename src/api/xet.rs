@@ -83,7 +83,7 @@ pub(super) async fn cas(
                 .await
                 .map_err(|e| ApiError::internal("transfer admission", e))?;
             let body = request.into_body().into_data_stream();
-            let inserted = xet::receive_xorb(
+            let (inserted, size) = xet::receive_xorb(
                 &state.catalog,
                 &state.objects,
                 &state.spool_root,
@@ -92,7 +92,8 @@ pub(super) async fn cas(
                 body,
             )
             .await?;
-            tracing::info!(repo, xorb = %hash.hex(), inserted, "xet: xorb stored");
+            state.metrics.add_xet_xorb(size);
+            tracing::info!(repo, xorb = %hash.hex(), inserted, size, "xet: xorb stored");
             Ok(Json(json!({"was_inserted": inserted})).into_response())
         }
         (["v1", "xorbs", "default", hash], &Method::HEAD | &Method::GET) => {
@@ -122,6 +123,7 @@ pub(super) async fn cas(
                 body,
             )
             .await?;
+            state.metrics.add_xet_files(outcome.added as u64);
             tracing::info!(
                 repo,
                 files = outcome.files,

@@ -132,7 +132,7 @@ pub async fn has_xorb(catalog: &Catalog, repo: &str, hash: &MerkleHash) -> RepoR
 
 /// Receives a xorb body (chunks without footer) for `repo`: spools it, checks every chunk and
 /// that they hash to `hash`, adds the footer, and stores it unless the same xorb is stored.
-/// True when the xorb is new for this repo.
+/// Returns whether the xorb is new for this repo, and its stored size.
 pub async fn receive_xorb<S, E>(
     catalog: &Catalog,
     objects: &Objects,
@@ -140,7 +140,7 @@ pub async fn receive_xorb<S, E>(
     repo: &str,
     hash: MerkleHash,
     body: S,
-) -> RepoResult<bool>
+) -> RepoResult<(bool, u64)>
 where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
@@ -160,7 +160,8 @@ where
     if !objects.has(&key, size).await? {
         objects.put_file(&key, spool.path()).await?;
     }
-    Ok(catalog.add_xet_xorb(&hash.hex(), repo, size).await?)
+    let inserted = catalog.add_xet_xorb(&hash.hex(), repo, size).await?;
+    Ok((inserted, size))
 }
 
 async fn spool_body<S, E>(path: &Path, mut body: S, limit: u64) -> RepoResult<u64>

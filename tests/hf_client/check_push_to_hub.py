@@ -1,14 +1,16 @@
 """transformers `push_to_hub` to a qstore server, then `from_pretrained` of both precisions.
 
-Usage: python check_push_to_hub.py SERVER TOKEN REPO FOLDER
+Usage: python check_push_to_hub.py SERVER TOKEN REPO FOLDER {lfs|xet}
 
 FOLDER is MiniLM as a local repo (config, tokenizer, BF16 model.safetensors). The model is loaded
-from it in BF16 and pushed with `model.push_to_hub` and `tokenizer.push_to_hub` (HF_HUB_DISABLE_XET=1:
-the LFS path). Then REPO is loaded back from the server at `main` and at `int8`: the weights file
+from it in BF16 and pushed with `model.push_to_hub` and `tokenizer.push_to_hub`: with `lfs`,
+HF_HUB_DISABLE_XET=1 (the LFS path); with `xet`, the client as installed (hf_xet must be there, so
+the weights go through the Xet CAS). Then REPO is loaded back from the server at `main` and at `int8`: the weights file
 at `main` must be byte-identical to what `save_pretrained` writes locally, the INT8 model must have
 LLM.int8 layers, and both must agree with the local model (cosine of mean-pooled states > 0.99).
 """
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -16,10 +18,13 @@ from pathlib import Path
 
 from common import sha256
 
-server, token, repo, folder = sys.argv[1:5]
+server, token, repo, folder, transport = sys.argv[1:6]
 os.environ["HF_ENDPOINT"] = server
 os.environ["HF_HOME"] = tempfile.mkdtemp()
-os.environ["HF_HUB_DISABLE_XET"] = "1"
+if transport == "lfs":
+    os.environ["HF_HUB_DISABLE_XET"] = "1"
+elif importlib.util.find_spec("hf_xet") is None or "HF_HUB_DISABLE_XET" in os.environ:
+    sys.exit("check_push_to_hub: FAIL: the xet transport needs hf_xet and no HF_HUB_DISABLE_XET")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import torch  # noqa: E402
@@ -54,7 +59,7 @@ with torch.no_grad():
     b = int8(**batch).last_hidden_state.float().mean(1)
 cos = torch.nn.functional.cosine_similarity
 same, close = cos(ref, a).item(), cos(ref, b).item()
-print(f"check_push_to_hub: main {high.dtype} cosine {same:.5f}, int8 {len(eight_bit)} layers cosine {close:.4f}")
+print(f"check_push_to_hub ({transport}): main {high.dtype} cosine {same:.5f}, int8 {len(eight_bit)} layers cosine {close:.4f}")
 if same < 0.9999 or close <= 0.99:
     fail(f"outputs differ: main {same}, int8 {close}")
 print("check_push_to_hub: OK")

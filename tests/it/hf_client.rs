@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{derived_int8, sha};
+use crate::helpers::{T, derived_int8, sha, write_st};
 use crate::server::{Opts, TestServer, get, get_bytes, post_form, unique};
 
 const MINILM: &str = "data/minilm";
@@ -224,6 +224,105 @@ async fn upload_check(python: PathBuf) {
     .await;
 }
 
+/// A sharded BF16 model as a repo folder, and a retrained second shard (one of its two tensors
+/// changed, so most of its chunks are the old shard's).
+fn sharded_folder(dir: &Path) -> (PathBuf, PathBuf) {
+    let folder = dir.join("sharded");
+    std::fs::create_dir_all(&folder).unwrap();
+    let names = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
+    write_st(
+        &folder.join(names[0]),
+        &[("format", "pt")],
+        &[
+            T::llm("model.embed_tokens.weight", 64, 512, 1),
+            T::llm("model.layers.0.q_proj.weight", 512, 512, 2),
+        ],
+    );
+    let second = |seed: u64, path: &Path| {
+        write_st(
+            path,
+            &[("format", "pt")],
+            &[
+                T::llm("model.layers.1.q_proj.weight", 1024, 512, 3),
+                T::llm("model.layers.1.v_proj.weight", 1024, 512, seed),
+            ],
+        )
+    };
+    second(4, &folder.join(names[1]));
+    let changed = dir.join("retrained.safetensors");
+    second(5, &changed);
+    let index = json!({
+        "metadata": {"total_size": 2 * (64 * 512 + 512 * 512 + 2 * 1024 * 512)},
+        "weight_map": {
+            "model.embed_tokens.weight": names[0],
+            "model.layers.0.q_proj.weight": names[0],
+            "model.layers.1.q_proj.weight": names[1],
+            "model.layers.1.v_proj.weight": names[1],
+        },
+    });
+    std::fs::write(
+        folder.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    std::fs::write(folder.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+    (folder, changed)
+}
+
+/// The newest client as installed (hf_xet, no HF_HUB_DISABLE_XET): uploads go through Xet.
+#[tokio::test]
+async fn huggingface_hub_uploads_through_xet() {
+    let Some(python) = hub_python() else {
+        return;
+    };
+    let Some((weights, files)) = minilm() else {
+        return;
+    };
+    let token = "qst_test_xet_token";
+    let s = TestServer::with(Opts {
+        tokens: vec![token.into()],
+        ..Opts::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let minilm = minilm_folder(dir.path(), &weights, &files);
+    let (sharded, changed) = sharded_folder(dir.path());
+    let first = std::fs::read(sharded.join("model-00001-of-00002.safetensors")).unwrap();
+    let retrained = std::fs::read(&changed).unwrap();
+    let expected = json!({
+        "server": s.url,
+        "token": token,
+        "namespace": unique("xet"),
+        "minilm": {"folder": minilm, "int8_sha256": sha(&derived_int8(&weights))},
+        "sharded": {
+            "folder": sharded,
+            "changed": changed,
+            "changed_name": "model-00002-of-00002.safetensors",
+            "int8_sha256": {
+                "model-00001-of-00002.safetensors": sha(&derived_int8(&first)),
+                "model-00002-of-00002.safetensors": sha(&derived_int8(&retrained)),
+            },
+        },
+    });
+    let expected_path = dir.path().join("expected.json");
+    std::fs::write(&expected_path, expected.to_string()).unwrap();
+    run_check(python, "check_xet.py", vec![expected_path.into_os_string()]).await;
+    // Every weights file came through the CAS: MiniLM, two shards, the retrained shard.
+    let metrics = get(&s, "/metrics").await.text().await.unwrap();
+    let files = metric(&metrics, "qstore_xet_files_total");
+    assert!(files >= 4.0, "{files} files through Xet");
+}
+
+/// The value of an unlabelled counter in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {text}"))
+}
+
 #[tokio::test]
 async fn transformers_loads_both_precisions() {
     let Some(python) = transformers_python() else {
@@ -240,7 +339,17 @@ async fn transformers_loads_both_precisions() {
 }
 
 #[tokio::test]
-async fn transformers_pushes_to_hub_and_loads_both_precisions() {
+async fn transformers_pushes_to_hub_over_lfs_and_loads_both_precisions() {
+    push_to_hub_check("lfs").await;
+}
+
+/// The same with the client as installed: the weights go through the Xet CAS.
+#[tokio::test]
+async fn transformers_pushes_to_hub_over_xet_and_loads_both_precisions() {
+    push_to_hub_check("xet").await;
+}
+
+async fn push_to_hub_check(transport: &str) {
     let Some(python) = transformers_python() else {
         return;
     };
@@ -260,8 +369,15 @@ async fn transformers_pushes_to_hub_and_loads_both_precisions() {
         token.into(),
         repo.into(),
         folder.into_os_string(),
+        transport.into(),
     ];
     run_check(python, "check_push_to_hub.py", args).await;
+    let metrics = get(&s, "/metrics").await.text().await.unwrap();
+    let through_xet = metric(&metrics, "qstore_xet_files_total");
+    match transport {
+        "xet" => assert!(through_xet >= 1.0, "the weights did not go through Xet"),
+        _ => assert_eq!(through_xet, 0.0, "HF_HUB_DISABLE_XET=1 still used Xet"),
+    }
 }
 
 /// The Python with torch, transformers, bitsandbytes and accelerate, or None (test skipped).
