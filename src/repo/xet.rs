@@ -17,7 +17,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use xet_core_structures::merklehash::{MerkleHash, compute_data_hash, file_hash, xorb_hash};
+use xet_core_structures::merklehash::{
+    MerkleHash, MerkleHashSubtree, compute_data_hash, xorb_hash,
+};
 use xet_core_structures::metadata_shard::MDBShardFileHeader;
 use xet_core_structures::metadata_shard::file_structs::MDBFileInfoView;
 use xet_core_structures::metadata_shard::streaming_shard::process_shard_file_info_section;
@@ -39,14 +41,14 @@ pub const MAX_XORB_BYTES: u64 = (64 << 20) + (MAX_XORB_CHUNKS as u64) * 8 + (1 <
 /// Largest shard accepted (the client splits its shards at 64 MiB).
 pub const MAX_SHARD_BYTES: u64 = 80 << 20;
 /// Most bytes of file entries one shard may hold: what is kept in memory while it is checked
-/// (48 bytes per term; about 350,000 terms).
-const MAX_FILE_SECTION_BYTES: u64 = 16 << 20;
+/// (48 bytes per term; about 170,000 terms, each up to a 64 MiB xorb).
+const MAX_FILE_SECTION_BYTES: u64 = 8 << 20;
 /// Largest xorb footer read back (8,192 chunks take about 400 KiB).
 const MAX_FOOTER_BYTES: u64 = 4 << 20;
 /// Decompressed bytes sent to the object store at a time while a file is rebuilt.
 const REBUILD_PIECE: usize = 1 << 20;
 /// Stored bytes of a xorb read at once while a file is rebuilt.
-const READ_GROUP: u32 = 4 << 20;
+const READ_GROUP: u32 = 1 << 20;
 
 /// A CAS token as handed to a client.
 #[derive(Debug, Clone)]
@@ -158,7 +160,18 @@ where
         .map_err(|e| RepoError::Internal(format!("xorb check task: {e}")))??;
     let key = Objects::xorb_key(&hash.hex());
     if !objects.has(&key, size).await? {
-        objects.put_file(&key, spool.path()).await?;
+        // Streamed like an LFS body: at most two store parts in flight.
+        let file = tokio::fs::File::open(spool.path())
+            .await
+            .map_err(|e| RepoError::Internal(format!("xorb spool: {e}")))?;
+        let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+        objects
+            .put_stream(&key, body, size)
+            .await
+            .map_err(|e| match e {
+                PutStreamError::Store(e) => RepoError::Storage(e),
+                e => RepoError::Internal(format!("storing xorb {}: {e}", hash.hex())),
+            })?;
     }
     let inserted = catalog.add_xet_xorb(&hash.hex(), repo, size).await?;
     Ok((inserted, size))
@@ -421,7 +434,7 @@ async fn admit_file(
             )));
         }
         terms.push(Term {
-            key: Objects::xorb_key(&xorb),
+            xorb: entry.xorb_hash,
             start: entry.chunk_index_start,
             end: entry.chunk_index_end,
             bytes: entry.unpacked_segment_bytes,
@@ -430,7 +443,7 @@ async fn admit_file(
     }
     let upload = format!("xet-{}", hex::encode(random_bytes()?));
     let key = Objects::upload_part_key(&upload, 0);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(2);
     let rebuild = {
         let objects = objects.clone();
         let runtime = tokio::runtime::Handle::current();
@@ -445,7 +458,7 @@ async fn admit_file(
     };
     let stream = tokio_stream_from(rx);
     let put = objects.put_stream(&key, stream, size).await;
-    let chunks = rebuild
+    let rebuilt_hash = rebuild
         .await
         .map_err(|e| RepoError::Internal(format!("rebuild task: {e}")))??;
     let (written, digest) = put.map_err(|e| match e {
@@ -459,7 +472,7 @@ async fn admit_file(
     if written != size {
         return refuse(format!("its terms hold {written} bytes, not {size}")).await;
     }
-    if file_hash(&chunks) != file.file_hash() {
+    if rebuilt_hash != file.file_hash() {
         return refuse("its chunks do not hash to the file hash".into()).await;
     }
     if digest != sha256 {
@@ -476,7 +489,7 @@ async fn admit_file(
 /// One term of a file: chunks `start..end` of a xorb, `bytes` long when decompressed, with the
 /// client's proof that it knows those chunks.
 struct Term {
-    key: String,
+    xorb: MerkleHash,
     start: u32,
     end: u32,
     bytes: u32,
@@ -485,25 +498,27 @@ struct Term {
 
 /// Streams a file's bytes from its terms into `tx`, checking each term against the stored
 /// xorb (range, length, verification hash) and each chunk against its stored hash. Holds one
-/// xorb footer and up to a MiB of chunks. Returns every chunk's hash and size, in order.
+/// xorb footer, a group of stored chunks and a MiB of rebuilt bytes. Returns the file hash of
+/// the chunks it sent.
 fn rebuild(
     runtime: &tokio::runtime::Handle,
     objects: &Objects,
     terms: &[Term],
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, String>>,
     name: &str,
-) -> RepoResult<Vec<(MerkleHash, u64)>> {
+) -> RepoResult<MerkleHash> {
     use crate::format::BlobSource;
     let bad = |m: String| RepoError::BadInput(format!("shard file {name}: {m}"));
-    let mut chunks = Vec::new();
+    let mut chunks = FileHasher::default();
     let mut current: Option<(String, Arc<(ObjectSource, XorbObject)>)> = None;
     let mut piece = Vec::with_capacity(REBUILD_PIECE);
     for (i, term) in terms.iter().enumerate() {
+        let key = Objects::xorb_key(&term.xorb.hex());
         let xorb = match &current {
-            Some((key, x)) if *key == term.key => x.clone(),
+            Some((open, x)) if *open == key => x.clone(),
             _ => {
-                let x = Arc::new(open_xorb(runtime, objects, &term.key)?);
-                current = Some((term.key.clone(), x.clone()));
+                let x = Arc::new(open_xorb(runtime, objects, &key)?);
+                current = Some((key.clone(), x.clone()));
                 x
             }
         };
@@ -532,7 +547,7 @@ fn rebuild(
             )));
         }
         let stored_err =
-            |n: u32, e: String| RepoError::Internal(format!("stored {} chunk {n}: {e}", term.key));
+            |n: u32, e: String| RepoError::Internal(format!("stored {} chunk {n}: {e}", key));
         let mut n = term.start;
         while n < term.end {
             // One ranged read per group of chunks up to READ_GROUP bytes (at least one chunk).
@@ -554,7 +569,7 @@ fn rebuild(
                 .map_err(|e| stored_err(n, e.to_string()))?;
             let stored = source
                 .read_at(u64::from(from), (to - from) as usize)
-                .map_err(|e| RepoError::Internal(format!("reading {}: {e}", term.key)))?;
+                .map_err(|e| RepoError::Internal(format!("reading {}: {e}", key)))?;
             let mut cursor = Cursor::new(&stored);
             for k in n..m {
                 let (data, _, raw) =
@@ -563,7 +578,7 @@ fn rebuild(
                 if hash != footer.info.chunk_hashes[k as usize] {
                     return Err(stored_err(k, "does not match its hash".into()));
                 }
-                chunks.push((hash, u64::from(raw)));
+                chunks.push(hash, u64::from(raw))?;
                 piece.extend_from_slice(&data);
                 if piece.len() >= REBUILD_PIECE {
                     send(tx, &mut piece)?;
@@ -573,7 +588,55 @@ fn rebuild(
         }
     }
     send(tx, &mut piece)?;
-    Ok(chunks)
+    chunks.finish()
+}
+
+/// The file hash of a stream of chunks in O(log n) memory (the format's `file_hash` wants them
+/// all at once: 40 bytes per 64 KiB chunk, 160 MB for the largest file accepted).
+#[derive(Default)]
+struct FileHasher {
+    done: Option<MerkleHashSubtree>,
+    pending: Vec<(MerkleHash, u64)>,
+}
+
+/// Chunks gathered before they are folded into the subtree.
+const HASH_BATCH: usize = 4096;
+
+impl FileHasher {
+    fn push(&mut self, hash: MerkleHash, size: u64) -> RepoResult<()> {
+        if self.pending.len() == HASH_BATCH {
+            // Folded while one chunk stays pending: the last batch is the one marked as the end.
+            let last = self.pending.pop().expect("a full batch");
+            self.fold(false)?;
+            self.pending.push(last);
+        }
+        self.pending.push((hash, size));
+        Ok(())
+    }
+
+    fn fold(&mut self, at_end: bool) -> RepoResult<()> {
+        let part = MerkleHashSubtree::from_chunks(self.done.is_none(), &self.pending, at_end);
+        self.pending.clear();
+        match &mut self.done {
+            None => self.done = Some(part),
+            Some(done) => done
+                .merge_into(&part)
+                .map_err(|e| RepoError::Internal(format!("file hash: {e}")))?,
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> RepoResult<MerkleHash> {
+        if self.done.is_none() && self.pending.is_empty() {
+            return Ok(MerkleHash::default()); // The format's hash of an empty file.
+        }
+        self.fold(true)?;
+        let tree = self.done.expect("folded");
+        let aggregated = tree
+            .final_hash()
+            .ok_or_else(|| RepoError::Internal("file hash: open subtree".into()))?;
+        Ok(aggregated.hmac(MerkleHash::default()))
+    }
 }
 
 fn send(
@@ -683,6 +746,30 @@ mod tests {
         match result {
             Err(RepoError::BadInput(m)) => assert!(m.contains(words), "{m}"),
             other => panic!("expected a refusal naming {words:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_streamed_file_hash_is_the_formats() {
+        use xet_core_structures::merklehash::file_hash;
+        for n in [
+            0usize,
+            1,
+            2,
+            9,
+            HASH_BATCH - 1,
+            HASH_BATCH,
+            HASH_BATCH + 1,
+            3 * HASH_BATCH + 17,
+        ] {
+            let chunks: Vec<(MerkleHash, u64)> = (0..n as u64)
+                .map(|i| (compute_data_hash(&i.to_le_bytes()), 1000 + i % 7))
+                .collect();
+            let mut hasher = FileHasher::default();
+            for &(h, size) in &chunks {
+                hasher.push(h, size).unwrap();
+            }
+            assert_eq!(hasher.finish().unwrap(), file_hash(&chunks), "{n} chunks");
         }
     }
 

@@ -168,6 +168,16 @@ async fn server_memory_is_bounded_during_an_upload_and_16_concurrent_downloads()
 
 #[tokio::test]
 async fn server_memory_is_bounded_during_an_upload_folder_by_multipart_lfs() {
+    upload_folder_within_bound("lfs").await;
+}
+
+/// The same upload through the Xet CAS (the client as installed, with hf_xet).
+#[tokio::test]
+async fn server_memory_is_bounded_during_an_upload_folder_through_xet() {
+    upload_folder_within_bound("xet").await;
+}
+
+async fn upload_folder_within_bound(transport: &str) {
     if !slow_tests_enabled() {
         eprintln!("skipped: set QSTORE_SLOW_TESTS=1");
         return;
@@ -197,13 +207,16 @@ async fn server_memory_is_bounded_during_an_upload_folder_by_multipart_lfs() {
         api = HfApi(endpoint=sys.argv[1], token='local')\n\
         api.create_repo(sys.argv[2])\n\
         print(api.upload_folder(folder_path=sys.argv[3], repo_id=sys.argv[2]).oid)\n";
-    let out = std::process::Command::new(python)
+    let mut upload = std::process::Command::new(python);
+    upload
         .args(["-c", script, server.url(), &repo])
         .arg(&folder)
-        .env("HF_HUB_DISABLE_XET", "1")
-        .env("HF_HOME", dir.path().join("hf"))
-        .output()
-        .unwrap();
+        .env_remove("HF_HUB_DISABLE_XET")
+        .env("HF_HOME", dir.path().join("hf"));
+    if transport == "lfs" {
+        upload.env("HF_HUB_DISABLE_XET", "1");
+    }
+    let out = upload.output().unwrap();
     assert!(
         out.status.success(),
         "{}{}",
@@ -221,6 +234,16 @@ async fn server_memory_is_bounded_during_an_upload_folder_by_multipart_lfs() {
         sha2::Digest::update(&mut h, &piece);
     }
     assert_eq!(hex::encode(sha2::Digest::finalize(h)), want);
-    let what = format!("upload_folder of {size_mib} MiB by multipart LFS");
+    let metrics = client
+        .get(server.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let through_xet = !metrics.contains("qstore_xet_files_total 0\n");
+    assert_eq!(through_xet, transport == "xet", "{transport}: {metrics}");
+    let what = format!("upload_folder of {size_mib} MiB through {transport}");
     assert_peak_within_bound(server, dir.path(), &what);
 }
