@@ -91,7 +91,7 @@ impl Metrics {
         self.xet_xorb_bytes.fetch_add(bytes, Relaxed);
     }
 
-    /// Files a shard made available (rebuilt from xorbs and verified).
+    /// Files named by an accepted shard (each rebuilt from xorbs and verified, or held already).
     pub fn add_xet_files(&self, n: u64) {
         self.xet_files.fetch_add(n, Relaxed);
     }
@@ -169,7 +169,7 @@ impl Metrics {
             ),
             (
                 "qstore_xet_files_total",
-                "Files rebuilt from xorbs and verified, ready for a commit.",
+                "Files named by accepted Xet shards (rebuilt from xorbs and verified, or held already).",
                 self.xet_files.load(Relaxed),
             ),
         ];

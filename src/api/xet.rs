@@ -123,7 +123,7 @@ pub(super) async fn cas(
                 body,
             )
             .await?;
-            state.metrics.add_xet_files(outcome.added as u64);
+            state.metrics.add_xet_files(outcome.files as u64);
             tracing::info!(
                 repo,
                 files = outcome.files,
