@@ -54,7 +54,7 @@ async fn write_token(s: &impl Endpoint, repo: &str, token: Option<&str>) -> (Sta
     (status, v)
 }
 
-async fn cas(s: &impl Endpoint, repo: &str) -> Cas {
+async fn open_cas(s: &impl Endpoint, repo: &str) -> Cas {
     let (status, v) = write_token(s, repo, Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     Cas {
@@ -177,7 +177,7 @@ async fn a_file_uploaded_through_xet_is_committed_and_served_byte_exact() {
     assert_eq!(create_repo(&s, &repo, TOKEN, false).await.0, StatusCode::OK);
     let weights = small_model_bytes(7101);
     let x = xorb_of(&weights);
-    let cas = cas(&s, &repo).await;
+    let cas = open_cas(&s, &repo).await;
     assert!(
         cas.url.starts_with(&format!("{}/xet/", s.url)),
         "{}",
@@ -223,6 +223,31 @@ async fn a_file_uploaded_through_xet_is_committed_and_served_byte_exact() {
         "the INT8 view is derived as for LFS uploads"
     );
 
+    // Bytes uploaded through another repo's CAS token are not this repo's to commit.
+    let other = format!("{}/xet-other", unique("org"));
+    assert_eq!(create_repo(&s, &other, TOKEN, true).await.0, StatusCode::OK);
+    let private = format!("{}/xet-private", unique("org"));
+    assert_eq!(
+        create_repo(&s, &private, TOKEN, true).await.0,
+        StatusCode::OK
+    );
+    let secret = small_model_bytes(7104);
+    let y = xorb_of(&secret);
+    let cas_private = open_cas(&s, &private).await;
+    assert_eq!(post_xorb(&cas_private, &y).await.0, StatusCode::OK);
+    let (status, v) = post_shard(&cas_private, Claim::honest(&secret, &y).shard()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) = commit(
+        &s,
+        &other,
+        "main",
+        TOKEN,
+        None,
+        &[lfs_file("model.safetensors", &sha(&secret), secret.len())],
+    )
+    .await;
+    assert!(status.is_client_error(), "{status} {v}");
+
     // The read-side and optional CAS calls answer 404 (the client then uploads directly).
     let chunk = format!("/v1/chunks/default/{}", x.chunks[0].0.hex());
     assert_eq!(
@@ -249,7 +274,7 @@ async fn xet_uploads_that_do_not_check_out_are_refused_and_leave_nothing_after_g
     for r in [&repo, &other] {
         assert_eq!(create_repo(&s, r, TOKEN, false).await.0, StatusCode::OK);
     }
-    let cas_repo = cas(&s, &repo).await;
+    let cas_repo = open_cas(&s, &repo).await;
     let file = small_model_bytes(7102);
     let x = xorb_of(&file);
     let refused = |(status, v): (StatusCode, Value), words: &str| {
@@ -278,7 +303,7 @@ async fn xet_uploads_that_do_not_check_out_are_refused_and_leave_nothing_after_g
         "was not uploaded for",
     );
     // A xorb uploaded for another repo is not this repo's to build from.
-    let cas_other = cas(&s, &other).await;
+    let cas_other = open_cas(&s, &other).await;
     assert_eq!(post_xorb(&cas_other, &x).await.0, StatusCode::OK);
     refused(
         post_shard(&cas_repo, Claim::honest(&file, &x).shard()).await,
@@ -384,7 +409,7 @@ async fn an_expired_xet_token_is_refused() {
     });
     let repo = format!("{}/xet-exp", unique("org"));
     assert_eq!(create_repo(&s, &repo, TOKEN, false).await.0, StatusCode::OK);
-    let cas = cas(&s, &repo).await;
+    let cas = open_cas(&s, &repo).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     // (A request without a body: the answer comes before any body would be read.)
     let (status, v) = send(&cas, reqwest::Method::POST, "/v1/shards", Vec::new()).await;
