@@ -446,11 +446,7 @@ async fn commit(
     let mut changes = Vec::new();
     // A commit body holds one line (up to 8 MiB, and its decoded bytes) in memory: admitted
     // with the LFS transfers.
-    let turn = state
-        .lfs_transfers
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal("commit admission", e))?;
+    let turn = state.transfer_slot("commit").await?;
     let mut lines = LineReader::new(request.into_body());
     while let Some(line) = lines.next().await? {
         if line.iter().all(u8::is_ascii_whitespace) {

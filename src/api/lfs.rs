@@ -212,11 +212,7 @@ pub(super) async fn upload(
     let Some(upload) = state.catalog.lfs_upload(id).await? else {
         return Err(super::upload::refuse(request, unknown()).await);
     };
-    let _turn = state
-        .lfs_transfers
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal("LFS admission", e))?;
+    let _turn = state.transfer_slot("LFS").await?;
     match (request.method(), part) {
         (&Method::PUT, n) => {
             let body = request.into_body().into_data_stream();

@@ -77,6 +77,16 @@ impl AppState {
         Ok(blob)
     }
 
+    /// A slot of `limits.max_concurrent_lfs_transfers`, taken before a body that streams into
+    /// the object store is read (LFS bodies, commits, Xet xorbs and shards); `what` names the
+    /// request in the error if the semaphore were closed.
+    pub async fn transfer_slot(&self, what: &str) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
+        self.lfs_transfers
+            .acquire()
+            .await
+            .map_err(|e| ApiError::internal(&format!("{what} admission"), e))
+    }
+
     /// Everything a commit needs, borrowed from the state.
     pub fn repo_store(&self) -> crate::repo::commit::Store<'_> {
         crate::repo::commit::Store {

@@ -77,11 +77,7 @@ pub(super) async fn cas(
     match (&segments[2..], &method) {
         (["v1", "xorbs", "default", hash], &Method::POST) => {
             let hash = xet::parse_hash(hash)?;
-            let _permit = state
-                .lfs_transfers
-                .acquire()
-                .await
-                .map_err(|e| ApiError::internal("transfer admission", e))?;
+            let _permit = state.transfer_slot("Xet xorb").await?;
             let body = request.into_body().into_data_stream();
             let (inserted, size) = xet::receive_xorb(
                 &state.catalog,
@@ -108,11 +104,7 @@ pub(super) async fn cas(
             }
         }
         (["v1", "shards"], &Method::POST) => {
-            let _permit = state
-                .lfs_transfers
-                .acquire()
-                .await
-                .map_err(|e| ApiError::internal("transfer admission", e))?;
+            let _permit = state.transfer_slot("Xet shard").await?;
             let body = request.into_body().into_data_stream();
             let outcome = xet::receive_shard(
                 &state.catalog,

@@ -147,13 +147,7 @@ where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    std::fs::create_dir_all(spool_root)
-        .map_err(|e| RepoError::Internal(format!("spool directory: {e}")))?;
-    let spool = tempfile::Builder::new()
-        .prefix("upload-xorb-")
-        .tempfile_in(spool_root)
-        .map_err(|e| RepoError::Internal(format!("spool file: {e}")))?;
-    spool_body(spool.path(), body, MAX_XORB_BYTES).await?;
+    let spool = spool_body(spool_root, "upload-xorb-", body, MAX_XORB_BYTES).await?;
     let path = spool.path().to_path_buf();
     let size = tokio::task::spawn_blocking(move || seal_xorb(&path, &hash))
         .await
@@ -177,15 +171,28 @@ where
     Ok((inserted, size))
 }
 
-async fn spool_body<S, E>(path: &Path, mut body: S, limit: u64) -> RepoResult<u64>
+/// A request body in a spool file under `spool_root` (named `prefix*`, so gc knows it), removed
+/// when dropped; more than `limit` bytes is refused.
+async fn spool_body<S, E>(
+    spool_root: &Path,
+    prefix: &str,
+    mut body: S,
+    limit: u64,
+) -> RepoResult<tempfile::NamedTempFile>
 where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     use futures::StreamExt;
+    std::fs::create_dir_all(spool_root)
+        .map_err(|e| RepoError::Internal(format!("spool directory: {e}")))?;
+    let spool = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempfile_in(spool_root)
+        .map_err(|e| RepoError::Internal(format!("spool file: {e}")))?;
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
-        .open(path)
+        .open(spool.path())
         .await
         .map_err(|e| RepoError::Internal(format!("spool file: {e}")))?;
     let mut total = 0u64;
@@ -205,7 +212,7 @@ where
     file.flush()
         .await
         .map_err(|e| RepoError::Internal(format!("spool write: {e}")))?;
-    Ok(total)
+    Ok(spool)
 }
 
 /// Checks a spooled xorb body chunk by chunk (holding one chunk), requires its chunks to hash
@@ -347,13 +354,7 @@ where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    std::fs::create_dir_all(spool_root)
-        .map_err(|e| RepoError::Internal(format!("spool directory: {e}")))?;
-    let spool = tempfile::Builder::new()
-        .prefix("upload-shard-")
-        .tempfile_in(spool_root)
-        .map_err(|e| RepoError::Internal(format!("spool file: {e}")))?;
-    spool_body(spool.path(), body, MAX_SHARD_BYTES).await?;
+    let spool = spool_body(spool_root, "upload-shard-", body, MAX_SHARD_BYTES).await?;
     let path: PathBuf = spool.path().to_path_buf();
     let files = tokio::task::spawn_blocking(move || read_file_section(&path))
         .await

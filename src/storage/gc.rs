@@ -86,7 +86,8 @@ pub async fn collect(
     Ok(report)
 }
 
-/// Removes upload spools (`upload-*` under the spool directory) last written before `cutoff`;
+/// Removes upload spools (`upload-*` directories and files under the spool directory) last
+/// written before `cutoff`;
 /// a live upload writes its spool continuously, and its encode follows right after.
 pub fn remove_old_spools(spool_dir: &Path, cutoff: SystemTime, dry_run: bool) -> usize {
     let Ok(entries) = std::fs::read_dir(spool_dir) else {
@@ -103,7 +104,12 @@ pub fn remove_old_spools(spool_dir: &Path, cutoff: SystemTime, dry_run: bool) ->
             removed += 1;
             continue;
         }
-        match std::fs::remove_dir_all(entry.path()) {
+        let removal = if entry.path().is_dir() {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path()) // A Xet xorb or shard spool.
+        };
+        match removal {
             Ok(()) => {
                 removed += 1;
                 tracing::info!(path = %entry.path().display(), "gc: removed an old upload spool");

@@ -22,28 +22,12 @@ Exits non-zero with a message on the first failure.
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import urllib.request
 from pathlib import Path
 
-from common import sha256
-
-
-def tree_hashes(root):
-    root = Path(root)
-    return {
-        str(p.relative_to(root)): sha256(p)
-        for p in root.rglob("*")
-        if p.is_file() and ".cache" not in p.parts
-    }
-
-
-def check(cond, message):
-    if not cond:
-        print(f"FAILED: {message}", flush=True)
-        sys.exit(1)
+from common import check, hf_cli, sha256, tree_hashes
 
 
 def main():
@@ -61,16 +45,10 @@ def main():
     print("huggingface_hub", huggingface_hub.__version__)
     server, token, ns = expected["server"], expected["token"], expected["namespace"]
     folder = Path(expected["folder"])
-    hf = str(Path(sys.executable).parent / "hf")
-
-    def run_hf(*args):
-        out = subprocess.run([hf, *args], capture_output=True, text=True, env=os.environ)
-        check(out.returncode == 0, f"hf {' '.join(args)}: {out.stdout}\n{out.stderr}")
-        return out.stdout + out.stderr
 
     # Login as a user would; the token is then stored and used by every call below.
-    run_hf("auth", "login", "--token", token)
-    who = run_hf("auth", "whoami")
+    hf_cli("auth", "login", "--token", token)
+    who = hf_cli("auth", "whoami")
     check(expected["token_name"] in who, f"hf auth whoami: {who}")
     api = HfApi(endpoint=server)
     check(api.whoami()["name"] == expected["token_name"], "whoami() name")
@@ -158,15 +136,15 @@ def main():
     # The CLI (0.x names `hf repos` `hf repo` and has no `hf models`).
     modern = int(huggingface_hub.__version__.split(".")[0]) >= 1
     cli_repo = f"{ns}/cli-minilm"
-    run_hf("repos" if modern else "repo", "create", cli_repo)
-    run_hf("upload", cli_repo, str(folder), ".", "--commit-message", "CLI upload")
+    hf_cli("repos" if modern else "repo", "create", cli_repo)
+    hf_cli("upload", cli_repo, str(folder), ".", "--commit-message", "CLI upload")
     out_dir = work / "cli-download"
-    run_hf("download", cli_repo, "--local-dir", str(out_dir))
+    hf_cli("download", cli_repo, "--local-dir", str(out_dir))
     got = tree_hashes(out_dir)
     got.pop(".gitattributes", None)
     check(got == local, "hf download differs from what hf upload sent")
     if modern:
-        listed = run_hf("models", "ls", "--search", "cli-minilm", "--format", "json")
+        listed = hf_cli("models", "ls", "--search", "cli-minilm", "--format", "json")
         check(cli_repo in listed, f"hf models ls: {listed}")
     else:
         print("skipped: `hf models ls` (not in huggingface_hub 0.x)")

@@ -17,27 +17,11 @@ Exits non-zero with a message on the first failure.
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import sha256
-
-
-def check(cond, message):
-    if not cond:
-        print(f"FAILED: {message}", flush=True)
-        sys.exit(1)
-
-
-def tree_hashes(root):
-    root = Path(root)
-    return {
-        str(p.relative_to(root)): sha256(p)
-        for p in root.rglob("*")
-        if p.is_file() and ".cache" not in p.parts
-    }
+from common import check, hf_cli, sha256, tree_hashes
 
 
 def main():
@@ -54,21 +38,15 @@ def main():
 
     print("huggingface_hub", huggingface_hub.__version__)
     token, ns = expected["token"], expected["namespace"]
-    hf = str(Path(sys.executable).parent / "hf")
 
-    def run_hf(*args):
-        out = subprocess.run([hf, *args], capture_output=True, text=True, env=os.environ)
-        check(out.returncode == 0, f"hf {' '.join(args)}: {out.stdout}\n{out.stderr}")
-        return out.stdout + out.stderr
-
-    run_hf("auth", "login", "--token", token)
+    hf_cli("auth", "login", "--token", token)
     api = HfApi()
 
     # MiniLM with the CLI.
     minilm = Path(expected["minilm"]["folder"])
     repo = f"{ns}/minilm"
-    run_hf("repos", "create", repo)
-    run_hf("upload", repo, str(minilm), ".", "--commit-message", "hf upload through Xet")
+    hf_cli("repos", "create", repo)
+    hf_cli("upload", repo, str(minilm), ".", "--commit-message", "hf upload through Xet")
 
     # A sharded model with the API, then a commit that replaces one shard.
     sharded = expected["sharded"]

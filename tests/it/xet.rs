@@ -163,6 +163,12 @@ impl Claim {
     }
 }
 
+/// A commit on `main` naming `weights` as model.safetensors by sha256, as the real client does.
+async fn commit_weights(s: &TestServer, repo: &str, weights: &[u8]) -> (StatusCode, Value) {
+    let file = lfs_file("model.safetensors", &sha(weights), weights.len());
+    commit(s, repo, "main", TOKEN, None, &[file]).await
+}
+
 fn admin(opts: Opts) -> TestServer {
     TestServer::with(Opts {
         tokens: vec![TOKEN.into()],
@@ -203,15 +209,7 @@ async fn a_file_uploaded_through_xet_is_committed_and_served_byte_exact() {
 
     // The commit names the file by sha256 only, as the real client does.
     let oid = sha(&weights);
-    let (status, v) = commit(
-        &s,
-        &repo,
-        "main",
-        TOKEN,
-        None,
-        &[lfs_file("model.safetensors", &oid, weights.len())],
-    )
-    .await;
+    let (status, v) = commit_weights(&s, &repo, &weights).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let (status, got) = get_bytes(&s, &format!("/{repo}/resolve/main/model.safetensors")).await;
     assert_eq!(status, StatusCode::OK);
@@ -237,15 +235,7 @@ async fn a_file_uploaded_through_xet_is_committed_and_served_byte_exact() {
     assert_eq!(post_xorb(&cas_private, &y).await.0, StatusCode::OK);
     let (status, v) = post_shard(&cas_private, Claim::honest(&secret, &y).shard()).await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    let (status, v) = commit(
-        &s,
-        &other,
-        "main",
-        TOKEN,
-        None,
-        &[lfs_file("model.safetensors", &sha(&secret), secret.len())],
-    )
-    .await;
+    let (status, v) = commit_weights(&s, &other, &secret).await;
     assert!(status.is_client_error(), "{status} {v}");
 
     // The read-side and optional CAS calls answer 404 (the client then uploads directly).
@@ -336,15 +326,7 @@ async fn xet_uploads_that_do_not_check_out_are_refused_and_leave_nothing_after_g
     );
 
     // Nothing of it can be committed.
-    let (status, v) = commit(
-        &s,
-        &repo,
-        "main",
-        TOKEN,
-        None,
-        &[lfs_file("model.safetensors", &sha(&file), file.len())],
-    )
-    .await;
+    let (status, v) = commit_weights(&s, &repo, &file).await;
     assert!(status.is_client_error(), "{status} {v}");
     assert_eq!(paths(&s, &repo, "main").await, vec![".gitattributes"]);
 
