@@ -121,3 +121,31 @@ pub fn remove_old_spools(spool_dir: &Path, cutoff: SystemTime, dry_run: bool) ->
     }
     removed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_spools_go_whether_directories_or_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("upload-commit")).unwrap();
+        std::fs::write(dir.path().join("upload-commit/weights"), b"w").unwrap();
+        std::fs::write(dir.path().join("upload-xorb-1"), b"x").unwrap();
+        std::fs::write(dir.path().join("cache-keep"), b"k").unwrap();
+        let past = SystemTime::now() - Duration::from_secs(60);
+        assert_eq!(remove_old_spools(dir.path(), past, false), 0, "young: kept");
+        let future = SystemTime::now() + Duration::from_secs(60);
+        assert_eq!(
+            remove_old_spools(dir.path(), future, true),
+            2,
+            "dry run counts"
+        );
+        assert_eq!(remove_old_spools(dir.path(), future, false), 2);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec!["cache-keep"]);
+    }
+}
