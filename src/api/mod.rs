@@ -12,6 +12,7 @@ pub mod names;
 mod revisions;
 mod serve;
 mod upload;
+mod web;
 mod xet;
 
 use std::collections::VecDeque;
@@ -187,6 +188,10 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         // Xet clients post telemetry at the host root; it is not collected.
         (["v1", "telemetry"], &Method::POST) => Ok(StatusCode::NO_CONTENT.into_response()),
         _ if lfs::is_batch_route(&segments) => lfs::dispatch(state, &segments, request).await,
+        (_, &Method::GET) if web::route(uri.path()).is_some() => {
+            let page = web::route(uri.path()).expect("checked");
+            web::serve(state, page, &uri, request.headers()).await
+        }
         (_, &Method::GET | &Method::HEAD) => match hf::resolve_route(&segments) {
             Some(route) => hf::resolve(state, route, &method, request.headers()).await,
             None => Err(not_found(&uri)),

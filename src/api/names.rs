@@ -7,7 +7,7 @@ use super::error::{ApiError, ApiResult};
 pub const MAX_SEGMENT: usize = 96;
 
 /// Words that route parsing gives a meaning; a repo segment may not be one of them.
-const RESERVED: [&str; 19] = [
+const RESERVED: [&str; 20] = [
     "int8",
     "bf16",
     "fp16",
@@ -27,6 +27,7 @@ const RESERVED: [&str; 19] = [
     "lfs",
     "xet-write-token",
     "xet",
+    "static",
 ];
 
 /// Checks `org/name` or `name`.
