@@ -13,4 +13,5 @@ mod ranges;
 mod real_weights;
 mod roundtrip;
 mod server;
+mod web;
 mod xet;
