@@ -136,6 +136,13 @@ def main():
         driver.get(f"{server}/{up['name']}")
         driver.find_element(By.CSS_SELECTOR, "#manage summary").click()
         driver.find_element(By.ID, "token").send_keys(x["token"])
+        # The newest revision is main's head: deleting it alone is refused, in words.
+        driver.find_element(By.CSS_SELECTOR, "button.delete-rev").click()
+        wait.until(ec.alert_is_present())
+        driver.switch_to.alert.accept()
+        status = driver.find_element(By.ID, "upload-status")
+        wait.until(lambda d: "refused" in status.text)
+        check("main" in status.text and "409" in status.text, f"revision delete: {status.text!r}")
         driver.find_element(By.ID, "delete-model").click()
         wait.until(ec.alert_is_present())
         driver.switch_to.alert.accept()
