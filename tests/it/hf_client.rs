@@ -143,7 +143,12 @@ async fn huggingface_hub_downloads_every_revision() {
     let dir = tempfile::tempdir().unwrap();
     let expected_path = dir.path().join("expected.json");
     std::fs::write(&expected_path, expected.to_string()).unwrap();
-    run_check(python, "check_hub.py", vec![expected_path.into_os_string()]).await;
+    run_check(
+        python,
+        "tests/hf_client/check_hub.py",
+        vec![expected_path.into_os_string()],
+    )
+    .await;
 }
 
 /// The Python that has `huggingface_hub`, or None (test skipped) when not configured.
@@ -218,7 +223,7 @@ async fn upload_check(python: PathBuf) {
     std::fs::write(&expected_path, expected.to_string()).unwrap();
     run_check(
         python,
-        "check_upload.py",
+        "tests/hf_client/check_upload.py",
         vec![expected_path.into_os_string()],
     )
     .await;
@@ -308,7 +313,12 @@ async fn huggingface_hub_uploads_through_xet() {
     });
     let expected_path = dir.path().join("expected.json");
     std::fs::write(&expected_path, expected.to_string()).unwrap();
-    run_check(python, "check_xet.py", vec![expected_path.into_os_string()]).await;
+    run_check(
+        python,
+        "tests/hf_client/check_xet.py",
+        vec![expected_path.into_os_string()],
+    )
+    .await;
     // Every weights file came through the CAS: MiniLM, two shards, the retrained shard.
     let metrics = get(&s, "/metrics").await.text().await.unwrap();
     let files = metric(&metrics, "qstore_xet_files_total");
@@ -335,7 +345,7 @@ async fn transformers_loads_both_precisions() {
     let name = unique("st/minilm");
     upload_minilm(&s, &name, &weights, &files).await;
     let args = vec![s.url.clone().into(), name.into()];
-    run_check(python, "check_transformers.py", args).await;
+    run_check(python, "tests/hf_client/check_transformers.py", args).await;
 }
 
 #[tokio::test]
@@ -371,7 +381,7 @@ async fn push_to_hub_check(transport: &str) {
         folder.into_os_string(),
         transport.into(),
     ];
-    run_check(python, "check_push_to_hub.py", args).await;
+    run_check(python, "tests/hf_client/check_push_to_hub.py", args).await;
     let metrics = get(&s, "/metrics").await.text().await.unwrap();
     let through_xet = metric(&metrics, "qstore_xet_files_total");
     match transport {
@@ -392,11 +402,10 @@ fn transformers_python() -> Option<PathBuf> {
     python.map(PathBuf::from)
 }
 
-/// Runs `tests/hf_client/SCRIPT ARGS...` with `python`; it must exit 0 and print "SCRIPT: OK".
-async fn run_check(python: PathBuf, script: &str, args: Vec<std::ffi::OsString>) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/hf_client")
-        .join(script);
+/// Runs the Python check `script` (a path from the crate's root) with `ARGS...`; it must exit 0
+/// and print "NAME: OK" (its file name without `.py`).
+pub async fn run_check(python: PathBuf, script: &str, args: Vec<std::ffi::OsString>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .arg(path)
@@ -412,7 +421,8 @@ async fn run_check(python: PathBuf, script: &str, args: Vec<std::ffi::OsString>)
     );
     eprintln!("{stdout}");
     assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
-    let marker = format!("{}: OK", script.trim_end_matches(".py"));
+    let name = Path::new(script).file_stem().unwrap().to_string_lossy();
+    let marker = format!("{name}: OK");
     assert!(
         stdout.contains(&marker),
         "{script} did not finish:\n{stdout}"

@@ -10,6 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::sha;
+use crate::hf_client::run_check;
 use crate::hub::{TOKEN, create_repo, inline};
 use crate::server::{
     Endpoint, Opts, TestServer, client, get, post_form, small_model_bytes, unique,
@@ -188,24 +189,10 @@ async fn pages_work_in_a_real_browser() {
     });
     let path = dir.path().join("expected.json");
     std::fs::write(&path, expected.to_string()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web/check_web.py");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .arg(path)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    eprintln!("{stdout}");
-    assert!(
-        out.status.success(),
-        "check_web.py failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("check_web: OK"), "{stdout}");
+    run_check(
+        python,
+        "tests/web/check_web.py",
+        vec![path.into_os_string()],
+    )
+    .await;
 }
