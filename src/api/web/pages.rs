@@ -144,13 +144,7 @@ pub fn model(v: &ModelView) -> Markup {
         .as_ref()
         .map_or("bf16".to_string(), |b| b.high_dtype.clone());
     let int8_view = v.precision == Precision::Int8;
-    let switch = if int8_view {
-        v.rev.strip_prefix("int8-").unwrap_or("main").to_string()
-    } else if v.rev == "main" {
-        "int8".to_string()
-    } else {
-        format!("int8-{}", v.rev)
-    };
+    let switch = other_view(&v.rev, c, int8_view);
     layout(
         &v.name,
         html! {
@@ -240,6 +234,19 @@ pub fn model(v: &ModelView) -> Markup {
     )
 }
 
+/// The revision name of the same commit in the other precision: `main` ↔ `int8`, a branch or
+/// tag `REF` ↔ `int8-REF`, a commit id ↔ its twin id.
+fn other_view(rev: &str, c: &crate::storage::CommitRecord, int8_view: bool) -> String {
+    match (int8_view, rev) {
+        (true, "int8") => "main".into(),
+        (true, r) if r == c.int8_id => c.id.clone(),
+        (true, r) => r.strip_prefix("int8-").unwrap_or("main").into(),
+        (false, "main") => "int8".into(),
+        (false, r) if r == c.id => c.int8_id.clone(),
+        (false, r) => format!("int8-{r}"),
+    }
+}
+
 fn snippets(v: &ModelView) -> Markup {
     let (base, repo) = (&v.base, &v.name);
     let weights = v
@@ -308,4 +315,30 @@ fn date(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_other_view_of_every_kind_of_revision() {
+        let c = crate::storage::CommitRecord {
+            id: "h".repeat(40),
+            int8_id: "i".repeat(40),
+            repo: "r".into(),
+            parent: None,
+            title: String::new(),
+            message: String::new(),
+            author: String::new(),
+            created_at: 0,
+            blob: None,
+        };
+        assert_eq!(other_view("main", &c, false), "int8");
+        assert_eq!(other_view("int8", &c, true), "main");
+        assert_eq!(other_view("v1", &c, false), "int8-v1");
+        assert_eq!(other_view("int8-v1", &c, true), "v1");
+        assert_eq!(other_view(&c.id, &c, false), c.int8_id);
+        assert_eq!(other_view(&c.int8_id, &c, true), c.id);
+    }
 }
