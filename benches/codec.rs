@@ -314,7 +314,7 @@ fn main() {
     let mut results: Vec<ModelResult> = Vec::new();
     let minilm = std::env::var_os("QSTORE_MINILM")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("data/minilm/model-bf16.safetensors"));
+        .unwrap_or_else(|| root.join("testdata/minilm/model-bf16.safetensors"));
     if minilm.exists() {
         eprintln!("benchmarking MiniLM-L6 ({})", minilm.display());
         results.extend(bench_model(

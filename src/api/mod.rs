@@ -1,6 +1,7 @@
 //! HTTP: the native `/models/...` API, the Hugging Face-compatible routes, and operations
 //! endpoints. Handlers read top-down: route → catalog lookup → blob range read → body stream.
 
+mod access_log;
 pub mod auth;
 pub mod error;
 mod hf;
@@ -161,10 +162,12 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             count_requests,
         ))
+        .layer(middleware::from_fn(access_log::log_at_body_end))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                // Headers out; the access log line comes when the body ends (access_log.rs).
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
         )
         .with_state(state)
 }

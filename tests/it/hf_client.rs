@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::helpers::{T, derived_int8, sha, write_st};
 use crate::server::{Opts, TestServer, get, get_bytes, post_form, unique};
 
-const MINILM: &str = "data/minilm";
+const MINILM: &str = "testdata/minilm";
 
 /// Files of a repo: (path in the repo, bytes).
 type RepoFiles = Vec<(String, Vec<u8>)>;

@@ -11,7 +11,7 @@ fn minilm() -> Option<PathBuf> {
     let path = std::env::var_os("QSTORE_MINILM")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/minilm/model-bf16.safetensors")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/minilm/model-bf16.safetensors")
         });
     if path.exists() {
         return Some(path);
