@@ -153,13 +153,19 @@ async fn huggingface_hub_downloads_every_revision() {
 
 /// The Python that has `huggingface_hub`, or None (test skipped) when not configured.
 fn hub_python() -> Option<PathBuf> {
+    test_python("QSTORE_REQUIRE_HF_CLIENT", "huggingface_hub")
+}
+
+/// QSTORE_TEST_PYTHON, a Python with `needs` installed; None (the test says it is skipped)
+/// when unset, a failure instead when the `require` variable is set (as CI does).
+pub fn test_python(require: &str, needs: &str) -> Option<PathBuf> {
     let python = std::env::var_os("QSTORE_TEST_PYTHON").map(PathBuf::from);
     if python.is_none() {
         assert!(
-            std::env::var_os("QSTORE_REQUIRE_HF_CLIENT").is_none(),
-            "QSTORE_TEST_PYTHON must name a Python with huggingface_hub"
+            std::env::var_os(require).is_none(),
+            "QSTORE_TEST_PYTHON must name a Python with {needs}"
         );
-        eprintln!("skipped: set QSTORE_TEST_PYTHON to a Python with huggingface_hub");
+        eprintln!("skipped: set QSTORE_TEST_PYTHON to a Python with {needs}");
     }
     python
 }

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::sha;
-use crate::hf_client::run_check;
+use crate::hf_client::{run_check, test_python};
 use crate::hub::{TOKEN, create_repo, inline};
 use crate::server::{
     Endpoint, Opts, TestServer, client, get, post_form, small_model_bytes, unique,
@@ -133,12 +133,7 @@ fn screenshot_dir() -> PathBuf {
 
 #[tokio::test]
 async fn pages_work_in_a_real_browser() {
-    let Some(python) = std::env::var_os("QSTORE_TEST_PYTHON").map(PathBuf::from) else {
-        assert!(
-            std::env::var_os("QSTORE_REQUIRE_BROWSER").is_none(),
-            "QSTORE_TEST_PYTHON must name a Python with selenium"
-        );
-        eprintln!("skipped: set QSTORE_TEST_PYTHON to a Python with selenium");
+    let Some(python) = test_python("QSTORE_REQUIRE_BROWSER", "selenium") else {
         return;
     };
     let chromedriver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
