@@ -1,6 +1,7 @@
 //! The inputs of an encode and the outputs they imply: which tensors are quantized, what the
 //! derived INT8 files and sharding index look like. The writer moves bytes; this decides layout.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -11,9 +12,10 @@ use serde_json::{Map, Value};
 
 use super::FormatError;
 use super::arrival::{Arrival, ArrivingFile};
+use super::chunk::high_dtype_of;
 use super::index::OutputFile;
 use crate::codec::quantize::HighDtype;
-use crate::safetensors::{self, Dtype, Header, TensorSpec};
+use crate::safetensors::{self, Dtype, Header, TensorInfo, TensorSpec};
 
 /// Name of the sharding index that Hugging Face writes next to shards.
 pub const SHARD_INDEX_NAME: &str = "model.safetensors.index.json";
@@ -291,4 +293,126 @@ pub(super) fn model_dtype(files: &[InputFile]) -> Result<HighDtype, FormatError>
         _ if bf16 >= f16 => Ok(HighDtype::Bf16),
         _ => Ok(HighDtype::F16),
     }
+}
+
+/// A supplied INT8 checkpoint must be what bitsandbytes writes for this model (LLM.int8), or it
+/// would be served as the model's INT8 file while being something else: every tensor of the
+/// model under its own name; a quantized `X.weight` as I8 of the model's shape with `X.SCB` (F32,
+/// one per row) and `X.weight_format` (U8 scalar); every other tensor with the model's dtype and
+/// shape (its bytes are compared while encoding, [`int8_tensor_differs`]); nothing else. The first
+/// mismatch is named.
+pub(super) fn check_int8_layout(
+    high: &[InputFile],
+    int8: &[InputFile],
+    dtype: HighDtype,
+) -> Result<(), FormatError> {
+    let mut supplied: HashMap<&str, (&TensorInfo, &str, bool)> = HashMap::new();
+    for f in int8 {
+        for t in &f.header.tensors {
+            if let Some((_, other, _)) = supplied.insert(&t.name, (t, &f.name, false)) {
+                return Err(int8_mismatch(format!(
+                    "tensor {:?} is in both {other} and {}",
+                    t.name, f.name
+                )));
+            }
+        }
+    }
+    let mut quantized = 0usize;
+    for t in high.iter().flat_map(|f| &f.header.tensors) {
+        let Some(entry) = supplied.get_mut(t.name.as_str()) else {
+            return Err(int8_mismatch(format!(
+                "it lacks the model's tensor {:?}",
+                t.name
+            )));
+        };
+        entry.2 = true;
+        let got = entry.0;
+        if got.dtype != Dtype::I8 {
+            if got.dtype != t.dtype || got.shape != t.shape {
+                return Err(int8_mismatch(format!(
+                    "tensor {:?} is {} but the model's is {}",
+                    t.name,
+                    describe(got.dtype, &got.shape),
+                    describe(t.dtype, &t.shape)
+                )));
+            }
+            continue;
+        }
+        for (name, dtype, shape) in int8_companions(t, got, dtype)? {
+            let ok = supplied.get_mut(name.as_str()).map(|e| {
+                e.2 = true;
+                e.0.dtype == dtype && e.0.shape == shape
+            });
+            if ok != Some(true) {
+                return Err(int8_mismatch(format!(
+                    "the I8 tensor {:?} needs {name:?} as {}",
+                    t.name,
+                    describe(dtype, &shape)
+                )));
+            }
+        }
+        quantized += 1;
+    }
+    if let Some((name, (_, file, _))) = supplied.iter().find(|(_, e)| !e.2) {
+        return Err(int8_mismatch(format!(
+            "tensor {name:?} (in {file}) is not a tensor of the model nor the SCB/weight_format of one"
+        )));
+    }
+    if quantized == 0 {
+        return Err(int8_mismatch(
+            "it has no quantized weight (an I8 `X.weight` with its `X.SCB`)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What an LLM.int8 weight `got` standing for the model's `t` must come with (`X.SCB`,
+/// `X.weight_format`), after checking the weight itself.
+fn int8_companions(
+    t: &TensorInfo,
+    got: &TensorInfo,
+    model: HighDtype,
+) -> Result<[(String, Dtype, Vec<u64>); 2], FormatError> {
+    let prefix = t.name.strip_suffix(".weight").filter(|_| {
+        high_dtype_of(t.dtype) == Some(model) && t.shape.len() == 2 && got.shape == t.shape
+    });
+    let Some(prefix) = prefix else {
+        return Err(int8_mismatch(format!(
+            "tensor {:?} is {} but the model's is {}: only 2-D `.weight` tensors of the model's \
+             dtype ({}) are quantized, to I8 of the same shape",
+            t.name,
+            describe(got.dtype, &got.shape),
+            describe(t.dtype, &t.shape),
+            model.precision_name()
+        )));
+    };
+    if t.shape[1] > super::MAX_QUANTIZED_COLS {
+        return Err(int8_mismatch(format!(
+            "tensor {:?} has {} columns; quantized weights may have at most {}",
+            t.name,
+            t.shape[1],
+            super::MAX_QUANTIZED_COLS
+        )));
+    }
+    Ok([
+        (format!("{prefix}.SCB"), Dtype::F32, vec![t.shape[0]]),
+        (format!("{prefix}.weight_format"), Dtype::U8, vec![]),
+    ])
+}
+
+/// A kept (not quantized) tensor of a supplied INT8 checkpoint whose bytes are not the model's.
+pub(super) fn int8_tensor_differs(name: &str) -> FormatError {
+    int8_mismatch(format!(
+        "tensor {name:?} is not quantized, so it must equal the model's, but its bytes differ"
+    ))
+}
+
+fn int8_mismatch(what: String) -> FormatError {
+    FormatError::Input(format!(
+        "the INT8 checkpoint is not an LLM.int8 checkpoint of this model: {what}"
+    ))
+}
+
+fn describe(dtype: Dtype, shape: &[u64]) -> String {
+    format!("{}{shape:?}", dtype.name())
 }

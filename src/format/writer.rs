@@ -19,8 +19,9 @@ use super::hash::BackgroundHash;
 use super::chunk::{self, Content, EncodedChunk, high_dtype_of};
 use super::index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment, segment_len};
 use super::input::{
-    EncodeInput, InputFile, Role, Selection, check_unique_names, derived_int8_header, header_of,
-    int8_shard_index, model_dtype, read_shard_index,
+    EncodeInput, InputFile, Role, Selection, check_int8_layout, check_unique_names,
+    derived_int8_header, header_of, int8_shard_index, int8_tensor_differs, model_dtype,
+    read_shard_index,
 };
 use super::{
     CHUNK_ELEMS, FOOTER_LEN, FormatError, MAGIC, MAX_QUANTIZED_COLS, PREAMBLE_LEN,
@@ -247,6 +248,9 @@ impl<'a, W: Write> Encoder<'a, W> {
             .map(|p| read_shard_index(p, &high))
             .transpose()?;
         let dtype = model_dtype(&high)?;
+        if !int8.is_empty() {
+            check_int8_layout(&high, &int8, dtype)?;
+        }
         out.write_all(&MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;
         out.write_all(&0u32.to_le_bytes())?;
@@ -621,9 +625,10 @@ impl<'a, W: Write> Encoder<'a, W> {
             if other.dtype != t.dtype || other.shape != t.shape {
                 continue;
             }
-            if self.same_bytes(i, &other, &high_at)? {
-                self.int8_shared.push((i, t.name.clone(), task));
+            if !self.same_bytes(i, &other, &high_at)? {
+                return Err(int8_tensor_differs(&t.name));
             }
+            self.int8_shared.push((i, t.name.clone(), task));
         }
         Ok(())
     }

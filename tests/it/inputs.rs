@@ -92,8 +92,8 @@ fn supplied_int8_checkpoint_is_stored_and_served_byte_exact() {
             T::codes("other.weight", Dtype::BF16, &[2, 2], &[1, 2, 3, 4]),
         ],
     );
-    // Arbitrary int8 values and scales (not what quantizing would give), a differing copy of a
-    // shared tensor and an int8-only tensor: all must come back exactly.
+    // Arbitrary int8 values and scales (not what quantizing would give), kept tensors in another
+    // order, a quantizable weight left unquantized, other metadata: all must come back exactly.
     let mut rng = Rng::new(11);
     let q: Vec<u8> = (0..12 * 40).map(|_| rng.next_u64() as u8).collect();
     let scb: Vec<u8> = (0..12)
@@ -106,9 +106,9 @@ fn supplied_int8_checkpoint_is_stored_and_served_byte_exact() {
             T::new("fc.SCB", Dtype::F32, &[12], scb),
             T::new("fc.weight", Dtype::I8, &[12, 40], q),
             T::new("fc.weight_format", Dtype::U8, &[], vec![0]),
+            T::codes("other.weight", Dtype::BF16, &[2, 2], &[1, 2, 3, 4]),
             T::codes("emb.weight", Dtype::BF16, &[4, 8], &emb),
-            T::codes("fc.bias", Dtype::BF16, &[12], &[7; 12]),
-            T::new("extra", Dtype::I32, &[2], vec![1, 0, 0, 0, 2, 0, 0, 0]),
+            T::codes("fc.bias", Dtype::BF16, &[12], &w[..12]),
         ],
     );
     let blob = encode(
@@ -158,6 +158,116 @@ fn selection_patterns_choose_what_is_quantized() {
         Selection::new(Some("("), None),
         Err(FormatError::Input(_))
     ));
+}
+
+/// Encodes `high` with a supplied INT8 checkpoint made of `int8` tensors; the error message.
+fn supplied_int8_error(high: &[T], int8: &[T]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, i) = (
+        dir.path().join("h.safetensors"),
+        dir.path().join("i.safetensors"),
+    );
+    write_st(&h, &[], high);
+    write_st(&i, &[], int8);
+    let input = EncodeInput {
+        high: vec![h],
+        int8: vec![i],
+        ..EncodeInput::default()
+    };
+    let out = dir.path().join("out.qstore");
+    let err = encode_to_path(&input, &EncodeOptions::default(), &out, &|_| {})
+        .err()
+        .expect("encoding must fail");
+    assert!(!out.exists(), "nothing half-written is left behind");
+    assert!(matches!(err, FormatError::Input(_)), "{err:?}");
+    err.to_string()
+}
+
+#[test]
+fn a_supplied_int8_checkpoint_must_be_the_llm_int8_layout_of_the_model() {
+    let w = llm_like_bf16(6, 16, 3);
+    let high = [
+        T::codes("fc.weight", Dtype::BF16, &[6, 16], &w),
+        T::codes("fc.bias", Dtype::BF16, &[6], &w[..6]),
+    ];
+    let q = || T::new("fc.weight", Dtype::I8, &[6, 16], vec![1; 96]);
+    let scb = || T::new("fc.SCB", Dtype::F32, &[6], vec![0; 24]);
+    let fmt = || T::new("fc.weight_format", Dtype::U8, &[], vec![0]);
+    let bias = || T::codes("fc.bias", Dtype::BF16, &[6], &w[..6]);
+    let cases: Vec<(Vec<T>, &str)> = vec![
+        // What the probe found: a 3-byte I8 tensor accepted as the model's INT8 file.
+        (
+            vec![T::new("x", Dtype::I8, &[3], vec![1, 2, 3])],
+            "lacks the model's tensor \"fc.weight\"",
+        ),
+        (
+            vec![q(), scb(), fmt()],
+            "lacks the model's tensor \"fc.bias\"",
+        ),
+        (
+            vec![
+                q(),
+                scb(),
+                fmt(),
+                bias(),
+                T::new("x", Dtype::U8, &[1], vec![0]),
+            ],
+            "tensor \"x\" (in i.safetensors) is not a tensor of the model",
+        ),
+        (vec![q(), fmt(), bias()], "needs \"fc.SCB\" as F32[6]"),
+        (
+            vec![
+                q(),
+                T::new("fc.SCB", Dtype::F32, &[3], vec![0; 12]),
+                fmt(),
+                bias(),
+            ],
+            "needs \"fc.SCB\" as F32[6]",
+        ),
+        (
+            vec![q(), scb(), bias()],
+            "needs \"fc.weight_format\" as U8[]",
+        ),
+        (
+            vec![
+                T::new("fc.weight", Dtype::I8, &[16, 6], vec![1; 96]),
+                scb(),
+                fmt(),
+                bias(),
+            ],
+            "is I8[16, 6] but the model's is BF16[6, 16]",
+        ),
+        (
+            vec![
+                q(),
+                scb(),
+                fmt(),
+                T::new("fc.bias", Dtype::F32, &[6], vec![0; 24]),
+            ],
+            "tensor \"fc.bias\" is F32[6] but the model's is BF16[6]",
+        ),
+        (
+            vec![
+                q(),
+                scb(),
+                fmt(),
+                T::codes("fc.bias", Dtype::BF16, &[6], &[7; 6]),
+            ],
+            "\"fc.bias\" is not quantized, so it must equal the model's, but its bytes differ",
+        ),
+        (
+            vec![T::codes("fc.weight", Dtype::BF16, &[6, 16], &w), bias()],
+            "no quantized weight",
+        ),
+    ];
+    for (int8, needle) in cases {
+        let msg = supplied_int8_error(&high, &int8);
+        assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+        assert!(
+            msg.contains("not an LLM.int8 checkpoint of this model"),
+            "{msg}"
+        );
+    }
 }
 
 fn encode_error(files: &[(&str, Vec<u8>)]) -> String {
