@@ -4,7 +4,7 @@
 # .ci/run and the serving benchmark; handy by hand too:
 #
 #   eval "$(scripts/services.sh start /tmp/qstore-services)"   # installs what is missing
-#   QSTORE_TEST_CONFIG=... cargo test --release                # the suite against S3 + PostgreSQL
+#   QSTORE_TEST_CONFIG=... cargo test --release -- --include-ignored   # the suite against S3 + PostgreSQL
 #   qstore serve --config /tmp/qstore-services/s3-pg.toml
 #   scripts/services.sh stop /tmp/qstore-services
 #

@@ -231,13 +231,14 @@ async fn a_blob_missing_or_truncated_in_the_store_is_a_logged_5xx() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: QSTORE_TEST_CONFIG from scripts/services.sh"]
 async fn replicas_starting_together_migrate_a_fresh_catalog_once() {
     let dir = tempfile::tempdir().unwrap();
     let url = test_config(dir.path(), &[]).database_url();
-    if !url.starts_with("postgres") {
-        eprintln!("skipped: needs the PostgreSQL catalog (QSTORE_TEST_CONFIG)");
-        return;
-    }
+    assert!(
+        url.starts_with("postgres"),
+        "needs the PostgreSQL catalog: run under scripts/services.sh (QSTORE_TEST_CONFIG)"
+    );
     sqlx::any::install_default_drivers();
     let admin = sqlx::AnyPool::connect(&url).await.unwrap();
     let db = unique("migrate").replace('-', "_");

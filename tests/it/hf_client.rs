@@ -1,10 +1,10 @@
 //! The real MiniLM-L6 through the server: native downloads, and the real `huggingface_hub`
-//! client (tests/hf_client/check_hub.py) for revisions main, bf16 and int8.
+//! client (tests/hf_client/check_hub.py) for revisions main, bf16 and int8; uploads with the
+//! library and the `hf` CLI, through LFS and Xet; transformers `push_to_hub` and `from_pretrained`.
 //!
-//! Needs `scripts/fetch-minilm.sh` (skipped with a message otherwise; QSTORE_REQUIRE_REAL_WEIGHTS=1
-//! makes it fail instead) and, for the client test, QSTORE_TEST_PYTHON naming a Python with
-//! huggingface_hub installed (QSTORE_REQUIRE_HF_CLIENT=1 makes its absence a failure). The
-//! transformers check (QSTORE_TEST_TRANSFORMERS_PYTHON) loads both precisions as models.
+//! Each test is ignored by default with what it needs (tests/it/needs.rs): the weights from
+//! `scripts/fetch-minilm.sh`, a Python with huggingface_hub (QSTORE_TEST_PYTHON, and 0.36 in
+//! QSTORE_TEST_PYTHON_036), a Python with transformers (QSTORE_TEST_TRANSFORMERS_PYTHON).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,28 +15,19 @@ use serde_json::{Value, json};
 use crate::helpers::{T, derived_int8, sha, write_st};
 use crate::server::{Opts, TestServer, get, get_bytes, post_form, unique};
 
-const MINILM: &str = "testdata/minilm";
-
 /// Files of a repo: (path in the repo, bytes).
 type RepoFiles = Vec<(String, Vec<u8>)>;
 
-/// The BF16 weights and the repo's other files, or None (test skipped) when not fetched.
-fn minilm() -> Option<(Vec<u8>, RepoFiles)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(MINILM);
-    let weights = root.join("model-bf16.safetensors");
-    if !weights.is_file() || !root.join("repo/config.json").is_file() {
-        assert!(
-            std::env::var_os("QSTORE_REQUIRE_REAL_WEIGHTS").is_none(),
-            "{} missing: run scripts/fetch-minilm.sh",
-            root.display()
-        );
-        eprintln!("skipped: real MiniLM weights not fetched (scripts/fetch-minilm.sh)");
-        return None;
-    }
+/// The BF16 weights and the repo's other files (the test fails when they were not fetched).
+fn minilm() -> (Vec<u8>, RepoFiles) {
+    let root = crate::needs::minilm_dir();
     let mut files = Vec::new();
     collect(&root.join("repo"), &root.join("repo"), &mut files);
     files.sort();
-    Some((std::fs::read(weights).unwrap(), files))
+    (
+        std::fs::read(root.join("model-bf16.safetensors")).unwrap(),
+        files,
+    )
 }
 
 fn collect(base: &Path, dir: &Path, out: &mut RepoFiles) {
@@ -70,10 +61,9 @@ async fn upload_minilm(
 }
 
 #[tokio::test]
+#[ignore = "needs scripts/fetch-minilm.sh"]
 async fn minilm_upload_serves_both_precisions_byte_exact() {
-    let Some((weights, files)) = minilm() else {
-        return;
-    };
+    let (weights, files) = minilm();
     let s = TestServer::start();
     let name = unique("st/minilm");
     let report = upload_minilm(&s, &name, &weights, &files).await;
@@ -98,18 +88,10 @@ async fn minilm_upload_serves_both_precisions_byte_exact() {
 }
 
 #[tokio::test]
+#[ignore = "needs QSTORE_TEST_PYTHON (huggingface_hub) and scripts/fetch-minilm.sh"]
 async fn huggingface_hub_downloads_every_revision() {
-    let Some(python) = std::env::var_os("QSTORE_TEST_PYTHON").map(PathBuf::from) else {
-        assert!(
-            std::env::var_os("QSTORE_REQUIRE_HF_CLIENT").is_none(),
-            "QSTORE_TEST_PYTHON must name a Python with huggingface_hub"
-        );
-        eprintln!("skipped: set QSTORE_TEST_PYTHON to a Python with huggingface_hub");
-        return;
-    };
-    let Some((weights, files)) = minilm() else {
-        return;
-    };
+    let python = crate::needs::hub_python();
+    let (weights, files) = minilm();
     let s = TestServer::start();
     let name = unique("st/minilm");
     let report = upload_minilm(&s, &name, &weights, &files).await;
@@ -151,25 +133,6 @@ async fn huggingface_hub_downloads_every_revision() {
     .await;
 }
 
-/// The Python that has `huggingface_hub`, or None (test skipped) when not configured.
-fn hub_python() -> Option<PathBuf> {
-    test_python("QSTORE_REQUIRE_HF_CLIENT", "huggingface_hub")
-}
-
-/// QSTORE_TEST_PYTHON, a Python with `needs` installed; None (the test says it is skipped)
-/// when unset, a failure instead when the `require` variable is set (as CI does).
-pub fn test_python(require: &str, needs: &str) -> Option<PathBuf> {
-    let python = std::env::var_os("QSTORE_TEST_PYTHON").map(PathBuf::from);
-    if python.is_none() {
-        assert!(
-            std::env::var_os(require).is_none(),
-            "QSTORE_TEST_PYTHON must name a Python with {needs}"
-        );
-        eprintln!("skipped: set QSTORE_TEST_PYTHON to a Python with {needs}");
-    }
-    python
-}
-
 /// MiniLM as a repo folder: its files plus the BF16 weights as `model.safetensors`.
 fn minilm_folder(dir: &Path, weights: &[u8], files: &RepoFiles) -> PathBuf {
     let folder = dir.join("minilm");
@@ -183,33 +146,23 @@ fn minilm_folder(dir: &Path, weights: &[u8], files: &RepoFiles) -> PathBuf {
 }
 
 #[tokio::test]
+#[ignore = "needs QSTORE_TEST_PYTHON (huggingface_hub) and scripts/fetch-minilm.sh"]
 async fn huggingface_hub_uploads_like_to_the_hub() {
-    let Some(python) = hub_python() else {
-        return;
-    };
+    let python = crate::needs::hub_python();
     upload_check(python).await;
 }
 
 /// The same with huggingface_hub 0.36 (QSTORE_TEST_PYTHON_036), the last 0.x release line.
 #[tokio::test]
+#[ignore = "needs QSTORE_TEST_PYTHON_036 (huggingface_hub 0.36) and scripts/fetch-minilm.sh"]
 async fn huggingface_hub_036_uploads_like_to_the_hub() {
-    let python = std::env::var_os("QSTORE_TEST_PYTHON_036").filter(|p| !p.is_empty());
-    let Some(python) = python.map(PathBuf::from) else {
-        assert!(
-            std::env::var_os("QSTORE_REQUIRE_HF_CLIENT").is_none(),
-            "QSTORE_TEST_PYTHON_036 must name a Python with huggingface_hub 0.36"
-        );
-        eprintln!("skipped: set QSTORE_TEST_PYTHON_036 to a Python with huggingface_hub 0.36");
-        return;
-    };
+    let python = crate::needs::python("QSTORE_TEST_PYTHON_036", "huggingface_hub 0.36");
     upload_check(python).await;
 }
 
 /// check_upload.py against a fresh server, with MiniLM as the folder to upload.
 async fn upload_check(python: PathBuf) {
-    let Some((weights, files)) = minilm() else {
-        return;
-    };
+    let (weights, files) = minilm();
     let token = "qst_test_upload_token";
     let s = TestServer::with(Opts {
         tokens: vec![token.into()],
@@ -285,13 +238,10 @@ fn sharded_folder(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// The newest client as installed (hf_xet, no HF_HUB_DISABLE_XET): uploads go through Xet.
 #[tokio::test]
+#[ignore = "needs QSTORE_TEST_PYTHON (huggingface_hub) and scripts/fetch-minilm.sh"]
 async fn huggingface_hub_uploads_through_xet() {
-    let Some(python) = hub_python() else {
-        return;
-    };
-    let Some((weights, files)) = minilm() else {
-        return;
-    };
+    let python = crate::needs::hub_python();
+    let (weights, files) = minilm();
     let token = "qst_test_xet_token";
     let s = TestServer::with(Opts {
         tokens: vec![token.into()],
@@ -340,13 +290,10 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 #[tokio::test]
+#[ignore = "needs QSTORE_TEST_TRANSFORMERS_PYTHON (torch, transformers) and scripts/fetch-minilm.sh"]
 async fn transformers_loads_both_precisions() {
-    let Some(python) = transformers_python() else {
-        return;
-    };
-    let Some((weights, files)) = minilm() else {
-        return;
-    };
+    let python = crate::needs::transformers_python();
+    let (weights, files) = minilm();
     let s = TestServer::start();
     let name = unique("st/minilm");
     upload_minilm(&s, &name, &weights, &files).await;
@@ -355,23 +302,21 @@ async fn transformers_loads_both_precisions() {
 }
 
 #[tokio::test]
+#[ignore = "needs QSTORE_TEST_TRANSFORMERS_PYTHON (torch, transformers) and scripts/fetch-minilm.sh"]
 async fn transformers_pushes_to_hub_over_lfs_and_loads_both_precisions() {
     push_to_hub_check("lfs").await;
 }
 
 /// The same with the client as installed: the weights go through the Xet CAS.
 #[tokio::test]
+#[ignore = "needs QSTORE_TEST_TRANSFORMERS_PYTHON (torch, transformers) and scripts/fetch-minilm.sh"]
 async fn transformers_pushes_to_hub_over_xet_and_loads_both_precisions() {
     push_to_hub_check("xet").await;
 }
 
 async fn push_to_hub_check(transport: &str) {
-    let Some(python) = transformers_python() else {
-        return;
-    };
-    let Some((weights, files)) = minilm() else {
-        return;
-    };
+    let python = crate::needs::transformers_python();
+    let (weights, files) = minilm();
     let token = "qst_test_push_token";
     let s = TestServer::with(Opts {
         tokens: vec![token.into()],
@@ -394,18 +339,6 @@ async fn push_to_hub_check(transport: &str) {
         "xet" => assert!(through_xet >= 1.0, "the weights did not go through Xet"),
         _ => assert_eq!(through_xet, 0.0, "HF_HUB_DISABLE_XET=1 still used Xet"),
     }
-}
-
-/// The Python with torch, transformers, bitsandbytes and accelerate, or None (test skipped).
-fn transformers_python() -> Option<PathBuf> {
-    let python = std::env::var_os("QSTORE_TEST_TRANSFORMERS_PYTHON").filter(|p| !p.is_empty());
-    if python.is_none() {
-        eprintln!(
-            "skipped: set QSTORE_TEST_TRANSFORMERS_PYTHON to a Python with torch, transformers, \
-             bitsandbytes and accelerate"
-        );
-    }
-    python.map(PathBuf::from)
 }
 
 /// Runs the Python check `script` (a path from the crate's root) with `ARGS...`; it must exit 0

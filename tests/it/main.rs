@@ -8,6 +8,7 @@ mod hf_client;
 mod hub;
 mod inputs;
 mod memory;
+mod needs;
 mod process;
 mod ranges;
 mod real_weights;

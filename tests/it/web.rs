@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::sha;
-use crate::hf_client::{run_check, test_python};
+use crate::hf_client::run_check;
 use crate::hub::{TOKEN, create_repo, inline};
 use crate::server::{
     Endpoint, Opts, TestServer, client, get, post_form, small_model_bytes, unique,
@@ -132,21 +132,10 @@ fn screenshot_dir() -> PathBuf {
 }
 
 #[tokio::test]
+#[ignore = "needs QSTORE_TEST_PYTHON (selenium) and Debian's chromium + chromium-driver"]
 async fn pages_work_in_a_real_browser() {
-    let Some(python) = test_python("QSTORE_REQUIRE_BROWSER", "selenium") else {
-        return;
-    };
-    let chromedriver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let Some(chromedriver) = chromedriver else {
-        assert!(
-            std::env::var_os("QSTORE_REQUIRE_BROWSER").is_none(),
-            "chromium-driver is not installed"
-        );
-        eprintln!("skipped: no chromedriver (apt-get install chromium chromium-driver)");
-        return;
-    };
+    let python = crate::needs::python("QSTORE_TEST_PYTHON", "selenium");
+    let chromedriver = crate::needs::chromedriver();
     let s = TestServer::with(Opts {
         tokens: vec![TOKEN.into()],
         ..Opts::default()
