@@ -113,13 +113,16 @@ impl AppState {
 }
 
 /// Opened blobs by revision id: opening reads the index (a ranged GET or two), which every
-/// request for the same revision would otherwise repeat. Small and bounded; oldest out first.
+/// request for the same revision would otherwise repeat. Bounded by count and by the size of the
+/// indexes held (a model of 2^17 tensors has an index of tens of MB); oldest out first, and an
+/// index larger than the whole budget is used without being kept.
 #[derive(Default)]
 pub struct BlobCache {
     entries: Mutex<VecDeque<(String, Arc<Blob<ObjectSource>>)>>,
 }
 
 const BLOB_CACHE_ENTRIES: usize = 32;
+const BLOB_CACHE_INDEX_BYTES: usize = 32 << 20;
 
 impl BlobCache {
     fn get(&self, revision: &str) -> Option<Arc<Blob<ObjectSource>>> {
@@ -131,12 +134,18 @@ impl BlobCache {
     }
 
     fn put(&self, revision: &str, blob: Arc<Blob<ObjectSource>>) {
+        if blob.index_json_len() > BLOB_CACHE_INDEX_BYTES {
+            return;
+        }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.retain(|(id, _)| id != revision);
-        if entries.len() == BLOB_CACHE_ENTRIES {
+        entries.push_back((revision.to_string(), blob));
+        let held = |e: &VecDeque<(String, Arc<Blob<ObjectSource>>)>| {
+            e.iter().map(|(_, b)| b.index_json_len()).sum::<usize>()
+        };
+        while entries.len() > BLOB_CACHE_ENTRIES || held(&entries) > BLOB_CACHE_INDEX_BYTES {
             entries.pop_front();
         }
-        entries.push_back((revision.to_string(), blob));
     }
 
     /// Forgets a blob (it was deleted).

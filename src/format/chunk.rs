@@ -65,7 +65,10 @@ pub struct EncodedChunk {
 }
 
 impl EncodedChunk {
-    fn new(stored: Vec<u8>, codec: ChunkCodec, decoded: &[u8]) -> Self {
+    fn new(mut stored: Vec<u8>, codec: ChunkCodec, decoded: &[u8]) -> Self {
+        // Coders reserve room for the worst case; a batch of thousands of tiny chunks must not
+        // keep that slack alive until it is written.
+        stored.shrink_to_fit();
         EncodedChunk {
             stored,
             codec,

@@ -275,6 +275,32 @@ pub(super) fn check_unique_names(files: &[InputFile]) -> Result<(), FormatError>
     Ok(())
 }
 
+/// A model's tensors and header bytes, all files together, within what an encode is sized for
+/// (the per-file caps alone would let a model of many files exceed them).
+pub(super) fn check_model_size<'a>(
+    files: impl Iterator<Item = &'a InputFile>,
+) -> Result<(), FormatError> {
+    let (mut tensors, mut header_bytes) = (0usize, 0u64);
+    for f in files {
+        tensors += f.header.tensors.len();
+        header_bytes += f.header.raw.len() as u64;
+    }
+    if tensors > safetensors::MAX_TENSORS {
+        return Err(FormatError::Input(format!(
+            "the model has {tensors} tensors; at most {} are accepted",
+            safetensors::MAX_TENSORS
+        )));
+    }
+    if header_bytes > safetensors::MAX_MODEL_HEADER_BYTES {
+        return Err(FormatError::Input(format!(
+            "the model's safetensors headers take {header_bytes} bytes together; at most {} are \
+             accepted",
+            safetensors::MAX_MODEL_HEADER_BYTES
+        )));
+    }
+    Ok(())
+}
+
 /// The model's high precision: whichever 16-bit float type holds the most elements.
 pub(super) fn model_dtype(files: &[InputFile]) -> Result<HighDtype, FormatError> {
     let (mut bf16, mut f16) = (0u64, 0u64);

@@ -148,6 +148,9 @@ pub enum Precision {
 pub struct Blob<S> {
     src: S,
     index: Index,
+    /// Length of the index JSON: what holding this blob open costs in memory, roughly (the
+    /// parsed index is about as large), for caches to weigh entries by.
+    index_json_len: usize,
 }
 
 /// A piece of decode work: `take` bytes starting `skip` bytes into one decoded chunk.
@@ -205,7 +208,16 @@ impl<S: BlobSource> Blob<S> {
         let index: Index = serde_json::from_slice(&json)
             .map_err(|e| FormatError::Corrupt(format!("index: {e}")))?;
         index.validate(offset)?;
-        Ok(Blob { src, index })
+        Ok(Blob {
+            src,
+            index,
+            index_json_len: json.len(),
+        })
+    }
+
+    /// See the field: how much memory this open blob holds, within a small factor.
+    pub fn index_json_len(&self) -> usize {
+        self.index_json_len
     }
 
     pub fn index(&self) -> &Index {

@@ -1,8 +1,9 @@
 //! Encoding: reads safetensors inputs front to back, a batch of chunks at a time, and writes one blob.
 //!
-//! Memory: the encoder holds one batch of input (at most [`BATCH_BYTES`] of input, or one chunk
-//! if a single chunk is larger) plus its encoded form, and the scales of the quantized tensor in
-//! progress. The residual section is spooled to a temporary file next to the output, so the
+//! Memory: the encoder holds one batch of input (at most [`BATCH_BYTES`] of input and
+//! [`BATCH_CHUNKS`] chunks, or one chunk if a single chunk is larger) plus its encoded form, and
+//! the scales of the quantized tensor in progress; per tensor of the model, its header entry and
+//! its entries in the blob index (bounded by [`crate::safetensors::MAX_TENSORS`]). The residual section is spooled to a temporary file next to the output, so the
 //! base section can be contiguous without holding residuals in memory.
 
 use std::fs::File;
@@ -19,9 +20,9 @@ use super::hash::BackgroundHash;
 use super::chunk::{self, Content, EncodedChunk, high_dtype_of};
 use super::index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment, segment_len};
 use super::input::{
-    EncodeInput, InputFile, Role, Selection, check_int8_layout, check_unique_names,
-    derived_int8_header, header_of, int8_shard_index, int8_tensor_differs, model_dtype,
-    read_shard_index,
+    EncodeInput, InputFile, Role, Selection, check_int8_layout, check_model_size,
+    check_unique_names, derived_int8_header, header_of, int8_shard_index, int8_tensor_differs,
+    model_dtype, read_shard_index,
 };
 use super::{
     CHUNK_ELEMS, FOOTER_LEN, FormatError, MAGIC, MAX_QUANTIZED_COLS, PREAMBLE_LEN,
@@ -33,6 +34,10 @@ use crate::safetensors::{Dtype, Header, TensorInfo};
 
 /// Input bytes gathered before a parallel encode step: enough chunks to keep every core busy.
 pub const BATCH_BYTES: u64 = 16 << 20;
+
+/// Chunks gathered before a parallel encode step, whatever their size: a model of a million tiny
+/// tensors must not hold a million encoded chunks (each with its tables) at once.
+pub const BATCH_CHUNKS: usize = 4096;
 
 /// Tunables; the defaults are what the format documents.
 pub struct EncodeOptions {
@@ -141,6 +146,7 @@ struct Task {
 enum Work {
     Bytes {
         task: usize,
+        content: Content,
         data: Vec<u8>,
     },
     Quant {
@@ -238,6 +244,7 @@ impl<'a, W: Write> Encoder<'a, W> {
             .collect::<Result<Vec<_>, _>>()?;
         check_unique_names(&high)?;
         check_unique_names(&int8)?;
+        check_model_size(high.iter().chain(&int8))?;
         let int8_handles = int8
             .iter()
             .map(|f| File::open(&f.path))
@@ -526,7 +533,15 @@ impl<'a, W: Write> Encoder<'a, W> {
             hasher.update(&data);
             (self.progress)(n);
             left -= n;
-            self.submit(Work::Bytes { task, data }, n)?;
+            let content = self.tasks[task].content;
+            self.submit(
+                Work::Bytes {
+                    task,
+                    content,
+                    data,
+                },
+                n,
+            )?;
         }
         Ok(())
     }
@@ -663,7 +678,7 @@ impl<'a, W: Write> Encoder<'a, W> {
     fn submit(&mut self, work: Work, bytes: u64) -> Result<(), FormatError> {
         self.pending.push(work);
         self.pending_bytes += bytes;
-        if self.pending_bytes >= BATCH_BYTES {
+        if self.pending_bytes >= BATCH_BYTES || self.pending.len() >= BATCH_CHUNKS {
             self.flush()?;
         }
         Ok(())
@@ -674,10 +689,9 @@ impl<'a, W: Write> Encoder<'a, W> {
         let work = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         let dtype = self.dtype;
-        let contents: Vec<Content> = self.tasks.iter().map(|t| t.content).collect();
         let done: Vec<Done> = work
             .into_par_iter()
-            .map(|w| encode_work(w, dtype, &contents))
+            .map(|w| encode_work(w, dtype))
             .collect::<Result<_, _>>()?;
         for d in done {
             self.commit(d)?;
@@ -996,11 +1010,15 @@ fn append_chunk(
 }
 
 /// Runs one unit of work: derive or take int8 values, then code int8 and residual, verified.
-fn encode_work(w: Work, dtype: HighDtype, contents: &[Content]) -> Result<Done, FormatError> {
+fn encode_work(w: Work, dtype: HighDtype) -> Result<Done, FormatError> {
     match w {
-        Work::Bytes { task, data } => Ok(Done::Bytes {
+        Work::Bytes {
             task,
-            chunk: chunk::encode_bytes(&data, contents[task])?,
+            content,
+            data,
+        } => Ok(Done::Bytes {
+            task,
+            chunk: chunk::encode_bytes(&data, content)?,
             data,
         }),
         Work::Quant {

@@ -8,9 +8,20 @@ use std::io::Read;
 
 use serde_json::{Map, Value};
 
-/// Largest header we accept: the reference implementation uses the same 100 MB cap, and a hostile
-/// length field must not make us allocate gigabytes.
-pub const MAX_HEADER_LEN: u64 = 100_000_000;
+/// Largest header we accept. The reference implementation allows 100 MB; real headers are far
+/// smaller (2^17 tensors with 60-byte names take about 16 MB), and the header is held in memory
+/// while a model is encoded, so the cap is the model-wide one.
+pub const MAX_HEADER_LEN: u64 = MAX_MODEL_HEADER_BYTES;
+
+/// Most tensors one file (and one model, across its files) may have. Memory per tensor is small
+/// but not zero (its name, shape and offsets, its derived INT8 entries, its streams in the blob
+/// index), so the count is what bounds it: 2^17 is well above the largest real checkpoints (a
+/// 1T-parameter MoE in BF16 has about 70,000 tensors).
+pub const MAX_TENSORS: usize = 1 << 17;
+
+/// Most header bytes one model may have, all its files together: with [`MAX_TENSORS`], what
+/// bounds the memory names take (a header of 2^17 tensors with 60-byte names is about 16 MB).
+pub const MAX_MODEL_HEADER_BYTES: u64 = 32 << 20;
 
 /// Everything that can be wrong with a safetensors file, each naming the problem for the user.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +39,8 @@ pub enum SafetensorsError {
     BadJson(String),
     #[error("header must be a JSON object")]
     NotAnObject,
+    #[error("more than {MAX_TENSORS} tensors: that many are not accepted")]
+    TooManyTensors,
     #[error("tensor {name:?}: {problem}")]
     BadTensor { name: String, problem: String },
     #[error("__metadata__ must map strings to strings")]
@@ -162,6 +175,9 @@ pub struct Header {
     pub metadata: Option<Map<String, Value>>,
     /// Tensors in data order (ascending offsets), which for a valid file is also file order.
     pub tensors: Vec<TensorInfo>,
+    /// Indexes into `tensors`, sorted by name: lookups in O(log n) without a second copy of the
+    /// names (a header may hold 2^18 of them).
+    by_name: Vec<u32>,
 }
 
 impl Header {
@@ -182,7 +198,11 @@ impl Header {
 
     /// Looks a tensor up by name.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        let at = self
+            .by_name
+            .binary_search_by(|&i| self.tensors[i as usize].name.as_str().cmp(name))
+            .ok()?;
+        Some(&self.tensors[self.by_name[at] as usize])
     }
 
     /// Checks that a file of `actual` bytes is exactly what this header describes.
@@ -226,49 +246,61 @@ pub fn read_header(r: &mut impl Read) -> Result<Header, SafetensorsError> {
             "header declares {n} bytes but the file ends after {got}"
         )));
     }
-    let (metadata, tensors) = parse_header_json(&raw[8..])?;
+    let (metadata, tensors, by_name) = parse_header_json(&raw[8..])?;
     Ok(Header {
         raw,
         metadata,
         tensors,
+        by_name,
     })
 }
 
-/// Header metadata and tensors in data order, as [`parse_header_json`] returns them.
-pub type ParsedHeader = (Option<Map<String, Value>>, Vec<TensorInfo>);
+/// The name index of [`Header`]; a name that appears twice is an error.
+fn index_by_name(tensors: &[TensorInfo]) -> Result<Vec<u32>, SafetensorsError> {
+    let mut by_name: Vec<u32> = (0..tensors.len() as u32).collect();
+    by_name.sort_unstable_by(|&a, &b| tensors[a as usize].name.cmp(&tensors[b as usize].name));
+    for w in by_name.windows(2) {
+        let name = &tensors[w[0] as usize].name;
+        if *name == tensors[w[1] as usize].name {
+            return Err(twice(name.clone()));
+        }
+    }
+    Ok(by_name)
+}
+
+fn twice(name: String) -> SafetensorsError {
+    SafetensorsError::BadTensor {
+        name,
+        problem: "appears twice in the header".into(),
+    }
+}
+
+/// Header metadata and tensors in data order, as [`parse_header_json`] returns them, with the
+/// name index of [`Header`].
+pub type ParsedHeader = (Option<Map<String, Value>>, Vec<TensorInfo>, Vec<u32>);
 
 /// Parses header JSON into metadata and tensors sorted by offset, checking every invariant.
+/// Entries are turned into [`TensorInfo`]s as the JSON is read, one at a time, so memory is the
+/// tensors themselves, never a JSON tree of the whole header.
 pub fn parse_header_json(json: &[u8]) -> Result<ParsedHeader, SafetensorsError> {
     let text = std::str::from_utf8(json).map_err(|e| SafetensorsError::BadJson(e.to_string()))?;
     if !text.trim_start().starts_with('{') {
         return Err(SafetensorsError::NotAnObject);
     }
-    // Entries in file order, duplicates kept: a JSON map would silently keep the last.
-    let Entries(entries) =
+    let Entries(parsed) =
         serde_json::from_str(text).map_err(|e| SafetensorsError::BadJson(e.to_string()))?;
-    let mut seen = std::collections::HashSet::with_capacity(entries.len());
-    let mut metadata = None;
-    let mut tensors = Vec::with_capacity(entries.len());
-    for (name, entry) in entries {
-        if !seen.insert(name.clone()) {
-            return Err(SafetensorsError::BadTensor {
-                name,
-                problem: "appears twice in the header".into(),
-            });
-        }
-        if name == "__metadata__" {
-            metadata = Some(parse_metadata(entry)?);
-            continue;
-        }
-        tensors.push(parse_tensor(name, entry)?);
-    }
+    let (metadata, mut tensors) = parsed?;
     tensors.sort_by_key(|t| (t.begin, t.end));
+    let by_name = index_by_name(&tensors)?;
     check_contiguous(&tensors)?;
-    Ok((metadata, tensors))
+    Ok((metadata, tensors, by_name))
 }
 
-/// A JSON object's entries in order, duplicates included.
-struct Entries(Vec<(String, Value)>);
+type MetadataAndTensors = (Option<Map<String, Value>>, Vec<TensorInfo>);
+
+/// A JSON object's entries parsed as they are read; the first problem found ends parsing (the
+/// rest of the object is skipped, not built).
+struct Entries(Result<MetadataAndTensors, SafetensorsError>);
 
 impl<'de> serde::Deserialize<'de> for Entries {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -284,11 +316,30 @@ impl<'de> serde::Deserialize<'de> for Entries {
                 self,
                 mut map: A,
             ) -> Result<Entries, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(entry) = map.next_entry::<String, Value>()? {
-                    entries.push(entry);
+                let (mut metadata, mut tensors) = (None, Vec::new());
+                let mut problem = None;
+                while let Some(name) = map.next_key::<String>()? {
+                    if problem.is_some() {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    }
+                    let entry = map.next_value::<Value>()?;
+                    let parsed = if name == "__metadata__" {
+                        match metadata {
+                            Some(_) => Err(twice(name)),
+                            None => parse_metadata(entry).map(|m| metadata = Some(m)),
+                        }
+                    } else if tensors.len() == MAX_TENSORS {
+                        Err(SafetensorsError::TooManyTensors)
+                    } else {
+                        parse_tensor(name, entry).map(|t| tensors.push(t))
+                    };
+                    problem = parsed.err();
                 }
-                Ok(Entries(entries))
+                Ok(Entries(match problem {
+                    Some(e) => Err(e),
+                    None => Ok((metadata, tensors)),
+                }))
             }
         }
         d.deserialize_map(Visit)
@@ -372,32 +423,47 @@ pub struct TensorSpec {
 
 /// Serialises a header the way the reference writer does: `__metadata__` first, tensors in data
 /// order, JSON padded with spaces to a multiple of 8 bytes. Deterministic for the same input.
+/// Written entry by entry (what serde_json writes for the same map, with `preserve_order`), so
+/// memory is the output itself, not a JSON tree of every tensor.
 pub fn write_header(metadata: Option<&Map<String, Value>>, tensors: &[TensorSpec]) -> Vec<u8> {
-    let mut map = Map::new();
+    // About what each entry takes (name, dtype, shape, offsets), so a header of many tensors is
+    // not built by doubling a buffer (which peaks at up to twice its size).
+    let entries: usize = tensors.iter().map(|t| t.name.len() + 96).sum();
+    let mut json = Vec::with_capacity(entries + 256);
+    json.push(b'{');
     if let Some(m) = metadata {
-        map.insert("__metadata__".into(), Value::Object(m.clone()));
+        put_json(&mut json, &"__metadata__");
+        json.push(b':');
+        put_json(&mut json, m);
     }
     let mut offset = 0u64;
-    for t in tensors {
+    for (i, t) in tensors.iter().enumerate() {
         let len = t.shape.iter().product::<u64>() * t.dtype.size();
-        let mut entry = Map::new();
-        entry.insert("dtype".into(), Value::from(t.dtype.name()));
-        entry.insert("shape".into(), Value::from(t.shape.clone()));
-        entry.insert(
-            "data_offsets".into(),
-            Value::from(vec![offset, offset + len]),
-        );
-        map.insert(t.name.clone(), Value::Object(entry));
+        if i > 0 || metadata.is_some() {
+            json.push(b',');
+        }
+        put_json(&mut json, &t.name.as_str());
+        json.extend_from_slice(b":{\"dtype\":");
+        put_json(&mut json, &t.dtype.name());
+        json.extend_from_slice(b",\"shape\":");
+        put_json(&mut json, &t.shape.as_slice());
+        json.extend_from_slice(b",\"data_offsets\":");
+        put_json(&mut json, &[offset, offset + len]);
+        json.push(b'}');
         offset += len;
     }
-    let mut json =
-        serde_json::to_vec(&Value::Object(map)).expect("a map of strings and numbers serialises");
+    json.push(b'}');
     while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut raw = (json.len() as u64).to_le_bytes().to_vec();
     raw.extend_from_slice(&json);
     raw
+}
+
+/// Appends `v` as compact JSON.
+fn put_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    serde_json::to_writer(out, v).expect("strings, numbers and string maps serialise");
 }
 
 #[cfg(test)]
@@ -438,6 +504,44 @@ mod tests {
         assert_eq!(h.data_len(), 12 + 8);
         assert!(h.check_file_len(raw.len() as u64 + 20).is_ok());
         assert!(h.check_file_len(raw.len() as u64 + 19).is_err());
+    }
+
+    /// Derived INT8 files already served have these exact bytes: the streamed writer must keep
+    /// writing what serde_json wrote for the whole map (insertion order, compact).
+    #[test]
+    fn written_header_is_what_serde_json_writes_for_the_map() {
+        let mut meta = Map::new();
+        meta.insert("format".into(), "pt".into());
+        meta.insert("z \"quoted\"\n".into(), "\u{e9}\u{1}".into());
+        let mut specs = specs();
+        specs[1].name = "b.\"odd\"\\name\u{7f}".into();
+        for metadata in [Some(&meta), None] {
+            let mut map = Map::new();
+            if let Some(m) = metadata {
+                map.insert("__metadata__".into(), Value::Object(m.clone()));
+            }
+            let mut offset = 0;
+            for t in &specs {
+                let len = t.shape.iter().product::<u64>() * t.dtype.size();
+                let entry = serde_json::json!({
+                    "dtype": t.dtype.name(), "shape": t.shape, "data_offsets": [offset, offset + len],
+                });
+                map.insert(t.name.clone(), entry);
+                offset += len;
+            }
+            let mut json = serde_json::to_vec(&Value::Object(map)).unwrap();
+            while !json.len().is_multiple_of(8) {
+                json.push(b' ');
+            }
+            let raw = write_header(metadata, &specs);
+            assert_eq!(
+                &raw[8..],
+                &json[..],
+                "{}",
+                String::from_utf8_lossy(&raw[8..])
+            );
+        }
+        assert_eq!(&write_header(None, &[])[8..], b"{}      ");
     }
 
     fn parse(json: &str) -> Result<Header, SafetensorsError> {

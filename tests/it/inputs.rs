@@ -270,6 +270,50 @@ fn a_supplied_int8_checkpoint_must_be_the_llm_int8_layout_of_the_model() {
     }
 }
 
+/// A file of `n` one-element BF16 tensors named `{prefix}{i}`.
+fn tiny_tensors(prefix: &str, n: usize) -> Vec<u8> {
+    let specs: Vec<_> = (0..n)
+        .map(|i| qstore::safetensors::TensorSpec {
+            name: format!("{prefix}{i}"),
+            dtype: Dtype::BF16,
+            shape: vec![1],
+        })
+        .collect();
+    let mut bytes = qstore::safetensors::write_header(None, &specs);
+    bytes.resize(bytes.len() + 2 * n, 0x3f);
+    bytes
+}
+
+#[test]
+fn tensor_count_and_header_size_are_capped_per_model() {
+    use qstore::safetensors::{MAX_HEADER_LEN, MAX_TENSORS};
+    let msg = encode_error(&[("bad.safetensors", tiny_tensors("t", MAX_TENSORS + 1))]);
+    assert!(
+        msg.contains(&format!("more than {MAX_TENSORS} tensors")),
+        "{msg}"
+    );
+    // Two files within the per-file cap, too many together.
+    let half = MAX_TENSORS / 2 + 1;
+    let msg = encode_error(&[
+        ("a.safetensors", tiny_tensors("a", half)),
+        ("b.safetensors", tiny_tensors("b", half)),
+    ]);
+    assert!(
+        msg.contains(&format!(
+            "the model has {} tensors; at most {MAX_TENSORS}",
+            2 * half
+        )),
+        "{msg}"
+    );
+    let mut huge = (MAX_HEADER_LEN + 8).to_le_bytes().to_vec();
+    huge.extend_from_slice(&[b' '; 64]);
+    let msg = encode_error(&[("bad.safetensors", huge)]);
+    assert!(
+        msg.contains(&format!("{MAX_HEADER_LEN}-byte limit")),
+        "{msg}"
+    );
+}
+
 fn encode_error(files: &[(&str, Vec<u8>)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let paths: Vec<_> = files

@@ -78,6 +78,64 @@ fn encode_and_decode_memory_is_bounded_on_a_large_model() {
     );
 }
 
+/// Bounds for the worst header the limits allow, documented in docs/FORMAT.md ("Memory").
+const WORST_HEADER_ENCODE_MIB: u64 = 560;
+const WORST_HEADER_DECODE_MIB: u64 = 224;
+
+/// Writes the worst header the limits allow: `MAX_TENSORS` 1x1 weights (each quantized, the
+/// costliest kind per tensor) whose names fill the model-wide header cap.
+fn worst_header_model(path: &std::path::Path) {
+    use qstore::safetensors::{
+        Dtype, MAX_MODEL_HEADER_BYTES, MAX_TENSORS, TensorSpec, write_header,
+    };
+    let name_len = (MAX_MODEL_HEADER_BYTES as usize - (1 << 20)) / MAX_TENSORS - 72;
+    let specs: Vec<TensorSpec> = (0..MAX_TENSORS)
+        .map(|i| TensorSpec {
+            name: format!("{i:0width$}.weight", width = name_len),
+            dtype: Dtype::BF16,
+            shape: vec![1, 1],
+        })
+        .collect();
+    let mut bytes = write_header(None, &specs);
+    let header = bytes.len() as u64;
+    assert!(header <= MAX_MODEL_HEADER_BYTES && header > MAX_MODEL_HEADER_BYTES * 9 / 10);
+    for i in 0..MAX_TENSORS {
+        bytes.extend_from_slice(&half::bf16::from_f32(0.01 * (i % 200) as f32 - 1.0).to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+#[ignore = "slow (about a minute in release)"]
+fn memory_is_bounded_for_the_worst_header_the_limits_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (model, blob, out) = (
+        dir.path().join("worst.safetensors"),
+        dir.path().join("worst.qstore"),
+        dir.path().join("out.safetensors"),
+    );
+    worst_header_model(&model);
+    let encode = peak_rss_mib(&["encode", "-q", &s(&model), "-o", &s(&blob)]);
+    eprintln!("worst header: encode peak RSS {encode} MiB");
+    assert!(
+        encode <= WORST_HEADER_ENCODE_MIB,
+        "encode peaked at {encode} MiB"
+    );
+    for p in ["int8", "bf16"] {
+        let decode = peak_rss_mib(&["decode", "-q", &s(&blob), "--precision", p, "-o", &s(&out)]);
+        eprintln!("worst header: decode {p} peak RSS {decode} MiB");
+        assert!(
+            decode <= WORST_HEADER_DECODE_MIB,
+            "decode {p} peaked at {decode} MiB"
+        );
+    }
+    assert_eq!(
+        crate::helpers::sha(&std::fs::read(&out).unwrap()),
+        crate::helpers::sha(&std::fs::read(&model).unwrap())
+    );
+}
+
 /// Documented in docs/SERVER.md ("Memory"): the local backend's bound, and what a remote
 /// store adds (the read-ahead budget, 32 MiB by default, and the HTTP client's buffers for the
 /// ranged GETs in flight).
