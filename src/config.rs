@@ -67,6 +67,10 @@ pub struct StorageConfig {
     /// each ranged GET costs a round trip: enough keeps many GETs in flight, the cap bounds
     /// memory. Unused by the local backend.
     pub read_ahead_mib: usize,
+    /// Writes (uploads, commits, LFS and Xet bodies) are refused with 507 while the data
+    /// volume (spool, local objects, SQLite catalog) has less free space than this, so a disk
+    /// never fills to the last byte mid-upload; reads go on. 0 turns the check off.
+    pub min_free_mib: u64,
 }
 
 impl Default for StorageConfig {
@@ -76,6 +80,7 @@ impl Default for StorageConfig {
             backend: StorageBackend::Local,
             s3: S3Config::default(),
             read_ahead_mib: 32,
+            min_free_mib: 1024,
         }
     }
 }

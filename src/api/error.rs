@@ -33,6 +33,8 @@ pub enum ErrorKind {
     Internal,
     /// A dependency (catalog, object store) is unreachable.
     Unavailable,
+    /// The data volume is full (or below `storage.min_free_mib`): writes wait for space.
+    InsufficientStorage,
 }
 
 impl ErrorKind {
@@ -50,6 +52,7 @@ impl ErrorKind {
             ErrorKind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -68,6 +71,7 @@ impl ErrorKind {
             ErrorKind::PreconditionFailed => "PreconditionFailed",
             ErrorKind::Internal => "Internal",
             ErrorKind::Unavailable => "Unavailable",
+            ErrorKind::InsufficientStorage => "InsufficientStorage",
         }
     }
 }
@@ -111,6 +115,24 @@ impl ApiError {
         self
     }
 
+    /// The disk filled up during a write: said as such (507), nothing of the write is kept.
+    pub fn store_full(context: &str, detail: impl std::fmt::Display) -> ApiError {
+        tracing::warn!(error = %detail, "{context}: the data volume is full");
+        ApiError::new(
+            ErrorKind::InsufficientStorage,
+            "the store is full: no space left on the server's data volume for this upload; \
+             nothing of it was kept (downloads still work)",
+        )
+    }
+
+    /// An I/O failure of a write: 507 when the disk is full, else a 500.
+    pub fn io(context: &str, e: std::io::Error) -> ApiError {
+        if crate::storage::space::is_full(&e) {
+            return ApiError::store_full(context, e);
+        }
+        ApiError::internal(context, e)
+    }
+
     /// A server-side failure: logged here with its detail, answered as a bare 500.
     pub fn internal(context: &str, detail: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %detail, "{context}");
@@ -123,6 +145,9 @@ impl From<StorageError> for ApiError {
         if e.is_not_found() {
             tracing::error!(error = %e, "an object the catalog refers to is missing");
         }
+        if e.is_full() {
+            return ApiError::store_full("storage", e);
+        }
         ApiError::internal("storage", e)
     }
 }
@@ -134,7 +159,8 @@ impl From<FormatError> for ApiError {
                 ApiError::bad_request(e.to_string())
             }
             FormatError::NotFound(m) => ApiError::new(ErrorKind::EntryNotFound, m),
-            FormatError::Corrupt(_) | FormatError::Io(_) => ApiError::internal("blob", e),
+            FormatError::Io(io) => ApiError::io("blob", io),
+            FormatError::Corrupt(_) => ApiError::internal("blob", e),
         }
     }
 }
@@ -152,6 +178,7 @@ impl From<RepoError> for ApiError {
             RepoError::StaleParent(m) => ApiError::new(ErrorKind::PreconditionFailed, m),
             RepoError::Storage(e) => e.into(),
             RepoError::Format(e) => e.into(),
+            RepoError::StoreFull(m) => ApiError::store_full("repository", m),
             RepoError::Internal(m) => ApiError::internal("repository", m),
         }
     }

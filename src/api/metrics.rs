@@ -183,6 +183,18 @@ impl Metrics {
     }
 }
 
+/// Gauges of the data volume, read at scrape time: free bytes, and 1 while writes are refused
+/// for lack of space (`storage.min_free_mib`).
+pub fn data_space_gauges(free: u64, low: bool) -> String {
+    format!(
+        "# HELP qstore_data_free_bytes Free bytes on the data volume (spool, local objects, SQLite).\n\
+         # TYPE qstore_data_free_bytes gauge\nqstore_data_free_bytes {free}\n\
+         # HELP qstore_data_low_space 1 while writes are refused for lack of space (storage.min_free_mib).\n\
+         # TYPE qstore_data_low_space gauge\nqstore_data_low_space {}\n",
+        u8::from(low)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,6 +89,33 @@ impl AppState {
             .map_err(|e| ApiError::internal(&format!("{what} admission"), e))
     }
 
+    /// Free bytes on the data volume and whether they are below `storage.min_free_mib`; None
+    /// when the volume cannot be asked (then writes are not held back by it).
+    pub fn data_space(&self) -> Option<(u64, bool)> {
+        let free = crate::storage::space::free_bytes(&self.config.storage.data_dir)
+            .inspect_err(|e| tracing::warn!(error = %e, "free space of the data volume"))
+            .ok()?;
+        Some((free, free < self.config.storage.min_free_mib << 20))
+    }
+
+    /// Refuses a write while the data volume is low on space, before any of its body is read:
+    /// better than filling the disk to the last byte mid-upload. Reads go on.
+    pub fn check_room(&self) -> ApiResult<()> {
+        match self.data_space() {
+            Some((free, true)) => Err(ApiError::new(
+                ErrorKind::InsufficientStorage,
+                format!(
+                    "the store is full: {} MiB free on the server's data volume, below its \
+                     storage.min_free_mib ({} MiB); writes are refused until space is freed \
+                     (downloads still work)",
+                    free >> 20,
+                    self.config.storage.min_free_mib
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Everything a commit needs, borrowed from the state.
     pub fn repo_store(&self) -> crate::repo::commit::Store<'_> {
         crate::repo::commit::Store {
@@ -187,6 +214,10 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let method = request.method().clone();
     let uri: Uri = request.uri().clone();
     let segments: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+    let writes = matches!(method, Method::POST | Method::PUT) && segments != ["v1", "telemetry"];
+    if writes && let Err(e) = state.check_room() {
+        return e.into_response();
+    }
     let result = match (segments.as_slice(), &method) {
         (["models", rest @ ..], _) => models::dispatch(state, rest, request).await,
         (["api", "whoami-v2"], &Method::GET) => hub::whoami(state, request.headers()).await,
@@ -220,7 +251,7 @@ fn not_found(uri: &Uri) -> ApiError {
     )
 }
 
-async fn readyz(State(state): State<AppState>) -> ApiResult<&'static str> {
+async fn readyz(State(state): State<AppState>) -> ApiResult<String> {
     let unavailable = |what: &str, e: crate::storage::StorageError| {
         tracing::warn!(error = %e, "readiness: {what} unreachable");
         ApiError::new(ErrorKind::Unavailable, format!("{what} unreachable"))
@@ -235,14 +266,27 @@ async fn readyz(State(state): State<AppState>) -> ApiResult<&'static str> {
         .ping()
         .await
         .map_err(|e| unavailable("object store", e))?;
-    Ok("ready\n")
+    // Still ready (downloads work), but say why uploads are refused.
+    match state.data_space() {
+        Some((free, true)) => Ok(format!(
+            "ready\nlow space: {} MiB free on the data volume, below storage.min_free_mib \
+             ({} MiB): writes are refused\n",
+            free >> 20,
+            state.config.storage.min_free_mib
+        )),
+        _ => Ok("ready\n".into()),
+    }
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    let mut text = state.metrics.render();
+    if let Some((free, low)) = state.data_space() {
+        text.push_str(&metrics::data_space_gauges(free, low));
+    }
     (
         StatusCode::OK,
         [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        text,
     )
 }
 

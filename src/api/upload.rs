@@ -69,10 +69,10 @@ impl Spool {
         let root = state.config.storage.data_dir.join("tmp");
         let dir = std::fs::create_dir_all(&root)
             .and_then(|()| tempfile::Builder::new().prefix("upload-").tempdir_in(&root))
-            .map_err(|e| ApiError::internal("creating the upload spool", e))?;
+            .map_err(|e| ApiError::io("creating the upload spool", e))?;
         for sub in ["high", "int8", "plain"] {
             std::fs::create_dir(dir.path().join(sub))
-                .map_err(|e| ApiError::internal("creating the upload spool", e))?;
+                .map_err(|e| ApiError::io("creating the upload spool", e))?;
         }
         Ok(Spool {
             dir: Arc::new(dir),
@@ -183,7 +183,7 @@ async fn receive_and_encode_raw(
     let dest = spool.dir.path().join("high").join(RAW_BODY_NAME);
     let file = tokio::fs::File::create(&dest)
         .await
-        .map_err(|e| ApiError::internal("creating the upload spool", e))?;
+        .map_err(|e| ApiError::io("creating the upload spool", e))?;
     let _turn = encode_turn(state).await?;
     let arrival = AbortOnDrop(Arrival::new());
     let input = EncodeInput {
@@ -263,7 +263,7 @@ where
     E: Display,
 {
     const STEP: usize = 1 << 20;
-    let spool_err = |e: std::io::Error| ApiError::internal("writing the upload spool", e);
+    let spool_err = |e: std::io::Error| ApiError::io("writing the upload spool", e);
     let mut intake = Intake::new(RAW_BODY_NAME, limit);
     let mut pending = Vec::with_capacity(STEP);
     loop {
@@ -372,7 +372,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: Display,
 {
-    let spool_err = |e: std::io::Error| ApiError::internal("writing the upload spool", e);
+    let spool_err = |e: std::io::Error| ApiError::io("writing the upload spool", e);
     let file = tokio::fs::File::create(dest).await.map_err(spool_err)?;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut intake = Intake::new(what, limit);

@@ -473,7 +473,7 @@ async fn encode_weights(
 ) -> RepoResult<(PathBuf, EncodeSummary, Arc<tempfile::TempDir>)> {
     let spool = Arc::new(new_spool(store.spool_root)?);
     let high_dir = spool.path().join("high");
-    std::fs::create_dir(&high_dir).map_err(|e| RepoError::Internal(format!("spool: {e}")))?;
+    std::fs::create_dir(&high_dir).map_err(|e| RepoError::io("spool", e))?;
     let mut input = EncodeInput::default();
     for f in weights {
         let dest = high_dir.join(&f.entry.path);
@@ -533,7 +533,7 @@ async fn materialise(store: &Store<'_>, f: &TreeFile, dest: &Path) -> RepoResult
         (Some(key), _) => {
             let mut out = tokio::fs::File::create(dest)
                 .await
-                .map_err(|e| RepoError::Internal(format!("spool: {e}")))?;
+                .map_err(|e| RepoError::io("spool", e))?;
             let mut body = store.objects.get_range_stream(key, 0..f.entry.size).await?;
             let mut hasher = Sha256::new();
             while let Some(piece) = body.next().await {
@@ -541,11 +541,9 @@ async fn materialise(store: &Store<'_>, f: &TreeFile, dest: &Path) -> RepoResult
                 hasher.update(&piece);
                 out.write_all(&piece)
                     .await
-                    .map_err(|e| RepoError::Internal(format!("spool: {e}")))?;
+                    .map_err(|e| RepoError::io("spool", e))?;
             }
-            out.flush()
-                .await
-                .map_err(|e| RepoError::Internal(format!("spool: {e}")))?;
+            out.flush().await.map_err(|e| RepoError::io("spool", e))?;
             if hex::encode(hasher.finalize()) != f.entry.sha256 {
                 return Err(RepoError::Internal(format!(
                     "stored object {key} does not hash to {}",
@@ -561,12 +559,10 @@ async fn materialise(store: &Store<'_>, f: &TreeFile, dest: &Path) -> RepoResult
             tokio::task::spawn_blocking(move || -> RepoResult<()> {
                 let blob = Blob::open(source)?;
                 let file = blob.file(Precision::High, Some(&name))?.clone();
-                let out = std::fs::File::create(&dest)
-                    .map_err(|e| RepoError::Internal(format!("spool: {e}")))?;
+                let out = std::fs::File::create(&dest).map_err(|e| RepoError::io("spool", e))?;
                 let mut out = std::io::BufWriter::new(out);
                 blob.write_file(&file, &mut out)?;
-                std::io::Write::flush(&mut out)
-                    .map_err(|e| RepoError::Internal(format!("spool: {e}")))?;
+                std::io::Write::flush(&mut out).map_err(|e| RepoError::io("spool", e))?;
                 Ok(())
             })
             .await

@@ -46,9 +46,23 @@ pub enum RepoError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// The data volume filled up while writing (context for the log).
+    #[error("{0}")]
+    StoreFull(String),
     /// Server-side failure with context (logged, never shown).
     #[error("{0}")]
     Internal(String),
+}
+
+impl RepoError {
+    /// An I/O failure while writing working files (spools): a full disk is said as such.
+    pub fn io(context: &str, e: std::io::Error) -> RepoError {
+        if crate::storage::space::is_full(&e) {
+            RepoError::StoreFull(format!("{context}: {e}"))
+        } else {
+            RepoError::Internal(format!("{context}: {e}"))
+        }
+    }
 }
 
 /// Results of the repository model.

@@ -157,7 +157,7 @@ where
         // Streamed like an LFS body: at most two store parts in flight.
         let file = tokio::fs::File::open(spool.path())
             .await
-            .map_err(|e| RepoError::Internal(format!("xorb spool: {e}")))?;
+            .map_err(|e| RepoError::io("xorb spool", e))?;
         let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
         objects
             .put_stream(&key, body, size)
@@ -184,17 +184,16 @@ where
     E: std::fmt::Display,
 {
     use futures::StreamExt;
-    std::fs::create_dir_all(spool_root)
-        .map_err(|e| RepoError::Internal(format!("spool directory: {e}")))?;
+    std::fs::create_dir_all(spool_root).map_err(|e| RepoError::io("spool directory", e))?;
     let spool = tempfile::Builder::new()
         .prefix(prefix)
         .tempfile_in(spool_root)
-        .map_err(|e| RepoError::Internal(format!("spool file: {e}")))?;
+        .map_err(|e| RepoError::io("spool file", e))?;
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .open(spool.path())
         .await
-        .map_err(|e| RepoError::Internal(format!("spool file: {e}")))?;
+        .map_err(|e| RepoError::io("spool file", e))?;
     let mut total = 0u64;
     while let Some(piece) = body.next().await {
         let piece =
@@ -207,11 +206,11 @@ where
         }
         file.write_all(&piece)
             .await
-            .map_err(|e| RepoError::Internal(format!("spool write: {e}")))?;
+            .map_err(|e| RepoError::io("spool write", e))?;
     }
     file.flush()
         .await
-        .map_err(|e| RepoError::Internal(format!("spool write: {e}")))?;
+        .map_err(|e| RepoError::io("spool write", e))?;
     Ok(spool)
 }
 
@@ -219,7 +218,7 @@ where
 /// to `expected`, appends the footer, and has the whole checked again by the format's own
 /// validator. Returns the stored size.
 fn seal_xorb(path: &Path, expected: &MerkleHash) -> RepoResult<u64> {
-    let io = |e: std::io::Error| RepoError::Internal(format!("xorb spool: {e}"));
+    let io = |e: std::io::Error| RepoError::io("xorb spool", e);
     let bad = |m: String| RepoError::BadInput(format!("xorb {}: {m}", expected.hex()));
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -374,8 +373,7 @@ where
 /// The file entries of a spooled shard, parsed with a size budget.
 fn read_file_section(path: &Path) -> RepoResult<Vec<MDBFileInfoView>> {
     let bad = |m: String| RepoError::BadInput(format!("shard: {m}"));
-    let file =
-        std::fs::File::open(path).map_err(|e| RepoError::Internal(format!("shard spool: {e}")))?;
+    let file = std::fs::File::open(path).map_err(|e| RepoError::io("shard spool", e))?;
     let mut reader = BufReader::new(file);
     let header = MDBShardFileHeader::deserialize(&mut reader).map_err(|e| bad(e.to_string()))?;
     if header.version != 2 {

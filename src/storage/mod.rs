@@ -5,6 +5,7 @@ pub mod cache;
 pub mod catalog;
 pub mod gc;
 pub mod objects;
+pub mod space;
 
 pub use catalog::{
     BlobRecord, Catalog, CommitOutcome, CommitRecord, DeleteCommit, FileEntry, FileSet, LfsUpload,
@@ -29,6 +30,11 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// True when the disk (or quota) under the store or catalog is full.
+    pub fn is_full(&self) -> bool {
+        space::is_full(self)
+    }
+
     /// True when an object the catalog refers to is missing from the store.
     pub fn is_not_found(&self) -> bool {
         matches!(

@@ -3,6 +3,7 @@
 mod cli;
 mod corruption;
 mod deployment;
+mod disk;
 mod helpers;
 mod hf_client;
 mod hub;
