@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::api::{AppState, BlobCache, WritePolicy, app, metrics::Metrics};
 use crate::config::Config;
 use crate::storage::cache::FileCache;
+use crate::storage::spool::{self, ProcessSpool};
 use crate::storage::{Catalog, Objects, gc};
 
 /// Opens the catalog (migrating it if configured to) and the object store.
@@ -25,7 +26,11 @@ pub async fn state(config: Config) -> Result<AppState> {
             .context("running catalog migrations")?;
     }
     let objects = Objects::open(&config).context("opening the object store")?;
+    let tmp = config.storage.data_dir.join("tmp");
+    spool::remove_dead(&tmp);
     remove_abandoned_spools(&config);
+    let spool =
+        ProcessSpool::claim(&tmp).context("claiming a spool directory under data_dir/tmp")?;
     let writes = WritePolicy::new(&config.auth.tokens, config.server.listen.ip().is_loopback());
     let encodes = Arc::new(Semaphore::new(config.limits.max_concurrent_encodes.max(1)));
     let decodes = Arc::new(Semaphore::new(config.limits.max_concurrent_decodes.max(1)));
@@ -37,7 +42,6 @@ pub async fn state(config: Config) -> Result<AppState> {
         config.cache.max_bytes,
     )
     .context("opening the file cache")?;
-    let spool_root = config.storage.data_dir.join("tmp");
     Ok(AppState {
         config: Arc::new(config),
         catalog,
@@ -49,12 +53,14 @@ pub async fn state(config: Config) -> Result<AppState> {
         decodes,
         lfs_transfers,
         cache,
-        spool_root,
+        spool_root: spool.path().to_path_buf(),
+        spool: Arc::new(spool),
     })
 }
 
-/// Spools older than the gc grace period belong to a process that died mid-upload (a spool is
-/// written for as long as its upload runs); this process has none yet.
+/// Spools older than the gc grace period belong to an upload that is stuck or to a process that
+/// died mid-upload (a spool is written for as long as its upload runs); this process has none
+/// yet. Spools of processes known to be gone went already, whatever their age.
 fn remove_abandoned_spools(config: &Config) {
     let grace = Duration::from_secs(config.gc.grace_secs);
     if let Some(cutoff) = SystemTime::now().checked_sub(grace) {

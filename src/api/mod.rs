@@ -54,8 +54,10 @@ pub struct AppState {
     pub lfs_transfers: Arc<Semaphore>,
     /// Decoded files kept on local disk (`cache.max_bytes`), if on.
     pub cache: Option<Arc<FileCache>>,
-    /// Where uploads and commits spool files (`data_dir/tmp`).
+    /// Where uploads and commits spool files: this process's own directory under `data_dir/tmp`.
     pub spool_root: std::path::PathBuf,
+    /// Holds the lock that marks `spool_root` as this live process's (storage::spool).
+    pub spool: Arc<crate::storage::spool::ProcessSpool>,
 }
 
 impl AppState {

@@ -66,9 +66,12 @@ struct Spool {
 
 impl Spool {
     fn new(state: &AppState) -> ApiResult<Spool> {
-        let root = state.config.storage.data_dir.join("tmp");
-        let dir = std::fs::create_dir_all(&root)
-            .and_then(|()| tempfile::Builder::new().prefix("upload-").tempdir_in(&root))
+        let dir = std::fs::create_dir_all(&state.spool_root)
+            .and_then(|()| {
+                tempfile::Builder::new()
+                    .prefix("upload-")
+                    .tempdir_in(&state.spool_root)
+            })
             .map_err(|e| ApiError::io("creating the upload spool", e))?;
         for sub in ["high", "int8", "plain"] {
             std::fs::create_dir(dir.path().join(sub))

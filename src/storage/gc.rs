@@ -82,7 +82,10 @@ pub async fn collect(
             report.removed.push(object.key);
         }
     }
-    report.spools_removed = remove_old_spools(spool_dir, cutoff, dry_run);
+    if !dry_run {
+        report.spools_removed = super::spool::remove_dead(spool_dir).dirs;
+    }
+    report.spools_removed += remove_old_spools(spool_dir, cutoff, dry_run);
     Ok(report)
 }
 
@@ -95,6 +98,11 @@ pub fn remove_old_spools(spool_dir: &Path, cutoff: SystemTime, dry_run: bool) ->
     };
     let mut removed = 0;
     for entry in entries.flatten() {
+        // A live process's own spool directory (storage::spool): look inside.
+        if entry.file_name().to_string_lossy().starts_with("proc-") && entry.path().is_dir() {
+            removed += remove_old_spools(&entry.path(), cutoff, dry_run);
+            continue;
+        }
         let is_spool = entry.file_name().to_string_lossy().starts_with("upload-");
         let old = super::newest_modification(&entry.path()).is_ok_and(|t| t < cutoff);
         if !(is_spool && old) {

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod gc;
 pub mod objects;
 pub mod space;
+pub mod spool;
 
 pub use catalog::{
     BlobRecord, Catalog, CommitOutcome, CommitRecord, DeleteCommit, FileEntry, FileSet, LfsUpload,

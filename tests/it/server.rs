@@ -292,10 +292,22 @@ fn no_revision_objects(s: &TestServer) -> bool {
             .map_or(true, |mut d| d.next().is_none())
 }
 
+/// Upload spools under `data_dir/tmp`, in processes' own directories (`proc-*`) or not.
 pub fn spool_entries(data_dir: &Path) -> usize {
-    std::fs::read_dir(data_dir.join("tmp"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    let entries = |dir: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    entries(&data_dir.join("tmp"))
+        .into_iter()
+        .flat_map(|p| match name(&p).starts_with("proc-") {
+            true => entries(&p),
+            false => vec![p],
+        })
+        .filter(|p| name(p) != "owner.lock")
+        .count()
 }
 
 #[tokio::test]
