@@ -421,12 +421,54 @@ struct CommitLine {
     value: Value,
 }
 
-#[derive(Deserialize, Default)]
+/// The `header` line of a commit body.
+#[derive(Deserialize, Default, Debug)]
 #[serde(rename_all = "camelCase")]
-struct CommitHeader {
-    summary: Option<String>,
-    description: Option<String>,
-    parent_commit: Option<String>,
+pub struct CommitHeader {
+    pub summary: Option<String>,
+    pub description: Option<String>,
+    pub parent_commit: Option<String>,
+}
+
+/// One line of a commit body, parsed and checked (paths, encodings, oids) before anything is
+/// looked up or stored: the part of a commit that is pure parsing of what the client sent.
+#[derive(Debug)]
+pub enum CommitOp {
+    Header(CommitHeader),
+    /// An inline file and its decoded bytes.
+    File {
+        path: String,
+        bytes: Vec<u8>,
+    },
+    /// A file uploaded before (LFS or Xet), named by sha256 and size.
+    LfsFile {
+        path: String,
+        oid: String,
+        size: u64,
+    },
+    Delete(String),
+    DeleteFolder(String),
+}
+
+/// Parses line `n` (1-based, for messages) of a commit body; `Ok(None)` for a blank line.
+pub fn parse_commit_line(line: &[u8], n: usize) -> ApiResult<Option<CommitOp>> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let line: CommitLine = serde_json::from_slice(line)
+        .map_err(|e| ApiError::bad_request(format!("commit line {n}: {e}")))?;
+    Ok(Some(match line.key.as_str() {
+        "header" => CommitOp::Header(from_value(line.value, "header")?),
+        "file" => inline_file(line.value)?,
+        "lfsFile" => lfs_file(line.value)?,
+        "deletedFile" => CommitOp::Delete(path_of(line.value)?),
+        "deletedFolder" => CommitOp::DeleteFolder(path_of(line.value)?),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "commit line {n}: unknown key {other:?}"
+            )));
+        }
+    }))
 }
 
 /// `POST /api/models/{repo}/commit/{branch}`, `application/x-ndjson`: a header line, then
@@ -449,23 +491,17 @@ async fn commit(
     let turn = state.transfer_slot("commit").await?;
     let mut lines = LineReader::new(request.into_body());
     while let Some(line) = lines.next().await? {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let line: CommitLine = serde_json::from_slice(&line)
-            .map_err(|e| ApiError::bad_request(format!("commit line {}: {e}", lines.count)))?;
-        match line.key.as_str() {
-            "header" => header = from_value(line.value, "header")?,
-            "file" => changes.push(Change::Add(inline_file(&state, line.value).await?)),
-            "lfsFile" => changes.push(Change::Add(lfs_file(&state, repo, line.value).await?)),
-            "deletedFile" => changes.push(Change::Delete(path_of(line.value)?)),
-            "deletedFolder" => changes.push(Change::DeleteFolder(path_of(line.value)?)),
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "commit line {}: unknown key {other:?}",
-                    lines.count
-                )));
-            }
+        match parse_commit_line(&line, lines.count)? {
+            None => {}
+            Some(CommitOp::Header(h)) => header = h,
+            Some(CommitOp::File { path, bytes }) => changes.push(Change::Add(
+                stored_inline_file(&state, &path, Bytes::from(bytes)).await?,
+            )),
+            Some(CommitOp::LfsFile { path, oid, size }) => changes.push(Change::Add(
+                uploaded_file(&state, repo, path, oid, size).await?,
+            )),
+            Some(CommitOp::Delete(path)) => changes.push(Change::Delete(path)),
+            Some(CommitOp::DeleteFolder(path)) => changes.push(Change::DeleteFolder(path)),
         }
     }
     drop(turn);
@@ -517,7 +553,7 @@ fn path_of(v: Value) -> ApiResult<String> {
     Ok(path)
 }
 
-async fn inline_file(state: &AppState, v: Value) -> ApiResult<NewFile> {
+fn inline_file(v: Value) -> ApiResult<CommitOp> {
     #[derive(Deserialize)]
     struct F {
         path: String,
@@ -540,10 +576,13 @@ async fn inline_file(state: &AppState, v: Value) -> ApiResult<NewFile> {
             )));
         }
     };
-    stored_inline_file(state, &f.path, Bytes::from(bytes)).await
+    Ok(CommitOp::File {
+        path: f.path,
+        bytes,
+    })
 }
 
-async fn lfs_file(state: &AppState, repo: &str, v: Value) -> ApiResult<NewFile> {
+fn lfs_file(v: Value) -> ApiResult<CommitOp> {
     #[derive(Deserialize)]
     struct F {
         path: String,
@@ -560,17 +599,30 @@ async fn lfs_file(state: &AppState, repo: &str, v: Value) -> ApiResult<NewFile> 
         )));
     }
     lfs::check_oid(&f.oid)?;
-    let Some(source) = lfs::locate(&state.catalog, &state.objects, repo, &f.oid, f.size).await?
-    else {
+    Ok(CommitOp::LfsFile {
+        path: f.path,
+        oid: f.oid,
+        size: f.size,
+    })
+}
+
+/// A commit's `lfsFile`: the object must have been uploaded (and verified) for this repo.
+async fn uploaded_file(
+    state: &AppState,
+    repo: &str,
+    path: String,
+    oid: String,
+    size: u64,
+) -> ApiResult<NewFile> {
+    let Some(source) = lfs::locate(&state.catalog, &state.objects, repo, &oid, size).await? else {
         return Err(ApiError::bad_request(format!(
-            "{}: LFS object {} ({} bytes) was never uploaded (upload it through the LFS batch endpoint first)",
-            f.path, f.oid, f.size
+            "{path}: LFS object {oid} ({size} bytes) was never uploaded (upload it through the LFS batch endpoint first)"
         )));
     };
     Ok(NewFile {
-        path: f.path,
-        size: f.size,
-        sha256: f.oid,
+        path,
+        size,
+        sha256: oid,
         git_oid: None,
         lfs: true,
         source,

@@ -67,30 +67,33 @@ fn lfs_answer(status: StatusCode, body: Value) -> Response {
     r
 }
 
-/// `POST /{repo}.git/info/lfs/objects/batch`: for each object, nothing (stored already) or where
-/// to send it.
-async fn batch(state: AppState, repo: &str, request: Request) -> ApiResult<Response> {
-    #[derive(Deserialize)]
-    struct Object {
-        oid: String,
-        size: u64,
-    }
+/// An LFS object a batch request names.
+#[derive(Deserialize, Debug)]
+pub struct BatchObject {
+    pub oid: String,
+    pub size: u64,
+}
+
+/// What an LFS batch request asks, checked: an upload of sha256 objects over a transfer qstore
+/// offers (`multipart` when the client accepts it, else `basic`).
+#[derive(Debug)]
+pub struct BatchRequest {
+    pub objects: Vec<BatchObject>,
+    pub multipart: bool,
+}
+
+/// Parses the body of `POST …/info/lfs/objects/batch`.
+pub fn parse_batch_request(raw: &[u8]) -> ApiResult<BatchRequest> {
     #[derive(Deserialize)]
     struct Body {
         operation: String,
         #[serde(default)]
         transfers: Vec<String>,
-        objects: Vec<Object>,
+        objects: Vec<BatchObject>,
         hash_algo: Option<String>,
     }
-    let headers = request.headers().clone();
-    let caller = state
-        .writes
-        .writer(&state.catalog, &headers, Some(repo))
-        .await?;
-    super::revisions::visible_repo(&state, Some(&caller), repo).await?;
-    let base = state.base_url(&headers);
-    let body: Body = lfs_json(request).await?;
+    let body: Body = serde_json::from_slice(raw)
+        .map_err(|e| ApiError::bad_request(format!("LFS request: {e}")))?;
     if body.operation != "upload" {
         return Err(ApiError::bad_request(
             "only LFS uploads go through the batch API; download through /resolve",
@@ -101,12 +104,33 @@ async fn batch(state: AppState, repo: &str, request: Request) -> ApiResult<Respo
             "only sha256 LFS objects are supported",
         ));
     }
-    let multipart_ok = body.transfers.iter().any(|t| t == "multipart");
-    if !multipart_ok && !body.transfers.is_empty() && !body.transfers.iter().any(|t| t == "basic") {
+    let multipart = body.transfers.iter().any(|t| t == "multipart");
+    if !multipart && !body.transfers.is_empty() && !body.transfers.iter().any(|t| t == "basic") {
         return Err(ApiError::bad_request(
             "qstore offers the basic and multipart LFS transfers",
         ));
     }
+    Ok(BatchRequest {
+        objects: body.objects,
+        multipart,
+    })
+}
+
+/// `POST /{repo}.git/info/lfs/objects/batch`: for each object, nothing (stored already) or where
+/// to send it.
+async fn batch(state: AppState, repo: &str, request: Request) -> ApiResult<Response> {
+    let headers = request.headers().clone();
+    let caller = state
+        .writes
+        .writer(&state.catalog, &headers, Some(repo))
+        .await?;
+    super::revisions::visible_repo(&state, Some(&caller), repo).await?;
+    let base = state.base_url(&headers);
+    let raw = axum::body::to_bytes(request.into_body(), MAX_LFS_JSON)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
+    let body = parse_batch_request(&raw)?;
+    let multipart_ok = body.multipart;
     let verify = json!({"href": format!("{base}/{repo}.git/info/lfs/objects/verify")});
     let mut any_multipart = false;
     let mut objects = Vec::new();

@@ -173,7 +173,7 @@ fn requested_range(headers: &HeaderMap, etag: &str, size: u64) -> ApiResult<Opti
     if !if_range_allows(headers, etag) {
         return Ok(None);
     }
-    parse_range(spec, size).map_err(|()| ApiError {
+    parse_range(spec, size).map_err(|Unsatisfiable| ApiError {
         total: Some(size),
         ..ApiError::new(
             ErrorKind::RangeNotSatisfiable,
@@ -213,10 +213,14 @@ fn if_range_allows(headers: &HeaderMap, etag: &str) -> bool {
     }
 }
 
+/// A `Range` that lies wholly outside the file (answered 416).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// Parses a `Range` header against a file of `size` bytes. `Ok(None)`: ignore it (not a single
 /// byte range, or syntactically invalid, as RFC 9110 allows); `Err`: unsatisfiable (416). An end
 /// past the file is clamped, as download accelerators expect.
-pub fn parse_range(spec: &str, size: u64) -> Result<Option<Range<u64>>, ()> {
+pub fn parse_range(spec: &str, size: u64) -> Result<Option<Range<u64>>, Unsatisfiable> {
     let Some(set) = spec.trim().strip_prefix("bytes=") else {
         return Ok(None);
     };
@@ -235,21 +239,21 @@ pub fn parse_range(spec: &str, size: u64) -> Result<Option<Range<u64>>, ()> {
     match (first.trim().is_empty(), number(first), number(last)) {
         (true, _, Some(n)) => {
             if n == 0 || size == 0 {
-                Err(())
+                Err(Unsatisfiable)
             } else {
                 Ok(Some(size.saturating_sub(n)..size))
             }
         }
         (false, Some(a), None) if last.trim().is_empty() => {
             if a >= size {
-                Err(())
+                Err(Unsatisfiable)
             } else {
                 Ok(Some(a..size))
             }
         }
         (false, Some(a), Some(b)) if a <= b => {
             if a >= size {
-                Err(())
+                Err(Unsatisfiable)
             } else {
                 Ok(Some(a..b.saturating_add(1).min(size)))
             }
@@ -540,10 +544,10 @@ mod tests {
         assert_eq!(parse_range("bytes=-3", 10), Ok(Some(7..10)));
         assert_eq!(parse_range("bytes=-30", 10), Ok(Some(0..10)));
         assert_eq!(parse_range("bytes=5-99", 10), Ok(Some(5..10)));
-        assert_eq!(parse_range("bytes=10-", 10), Err(()));
-        assert_eq!(parse_range("bytes=10-12", 10), Err(()));
-        assert_eq!(parse_range("bytes=-0", 10), Err(()));
-        assert_eq!(parse_range("bytes=0-0", 0), Err(()));
+        assert_eq!(parse_range("bytes=10-", 10), Err(Unsatisfiable));
+        assert_eq!(parse_range("bytes=10-12", 10), Err(Unsatisfiable));
+        assert_eq!(parse_range("bytes=-0", 10), Err(Unsatisfiable));
+        assert_eq!(parse_range("bytes=0-0", 0), Err(Unsatisfiable));
         assert_eq!(parse_range("bytes=5-2", 10), Ok(None));
         assert_eq!(parse_range("bytes=0-1,4-5", 10), Ok(None));
         assert_eq!(parse_range("items=0-1", 10), Ok(None));

@@ -152,9 +152,15 @@ async fn a_server_killed_mid_upload_leaves_nothing_visible_and_gc_cleans_up() {
     assert!(!list.to_string().contains(&name));
     // Its spool belonged to a process that is provably gone (its lock was free): removed at
     // start, not a day later.
-    assert_eq!(spool_entries(data.path()), 0, "the dead process's spool is gone");
+    assert_eq!(
+        spool_entries(data.path()),
+        0,
+        "the dead process's spool is gone"
+    );
     assert!(
-        server.log().contains("removed the spool of a process that is gone"),
+        server
+            .log()
+            .contains("removed the spool of a process that is gone"),
         "{}",
         server.log()
     );

@@ -154,12 +154,13 @@ async fn measured_server(dir: &std::path::Path) -> crate::process::ServerProcess
     .await
 }
 
-/// Stops the server and checks its peak RSS against the documented bound of its backend.
-fn assert_peak_within_bound(
+/// Stops the server and checks its peak RSS against the documented bound of its backend;
+/// returns the peak in MiB.
+pub fn stop_and_check_peak(
     mut server: crate::process::ServerProcess,
     dir: &std::path::Path,
     what: &str,
-) {
+) -> u64 {
     let status = server.stop();
     let log = server.log();
     assert!(status.success(), "{log}");
@@ -169,6 +170,7 @@ fn assert_peak_within_bound(
     let bound = SERVER_BOUND_MIB + if remote { REMOTE_STORE_EXTRA_MIB } else { 0 };
     eprintln!("server: peak RSS {peak} MiB ({what})");
     assert!(peak <= bound, "server peaked at {peak} MiB (bound {bound})");
+    peak
 }
 
 #[tokio::test]
@@ -212,7 +214,7 @@ async fn server_memory_is_bounded_during_an_upload_and_16_concurrent_downloads()
         assert_eq!(d.await.unwrap(), want);
     }
     let what = format!("upload + 16 concurrent BF16 downloads of {size_mib} MiB");
-    assert_peak_within_bound(server, dir.path(), &what);
+    stop_and_check_peak(server, dir.path(), &what);
 }
 
 #[tokio::test]
@@ -285,5 +287,5 @@ async fn upload_folder_within_bound(transport: &str) {
     let through_xet = !metrics.contains("qstore_xet_files_total 0\n");
     assert_eq!(through_xet, transport == "xet", "{transport}: {metrics}");
     let what = format!("upload_folder of {size_mib} MiB through {transport}");
-    assert_peak_within_bound(server, dir.path(), &what);
+    stop_and_check_peak(server, dir.path(), &what);
 }

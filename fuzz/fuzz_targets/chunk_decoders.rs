@@ -1,0 +1,55 @@
+//! Every chunk decoder on hostile input: frequency tables, rANS streams (int8 and float byte
+//! planes), and residuals against fuzzed int8 values and scales. The first bytes choose the
+//! decoder and the output size; an error is fine, a panic or an out-of-bounds access is not.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use qstore::codec::quantize::HighDtype;
+use qstore::codec::residual::{self, ChunkRows};
+use qstore::codec::{decode_float, decode_int8};
+
+fuzz_target!(|data: &[u8]| {
+    let [which, a, b, rest @ ..] = data else {
+        return;
+    };
+    let n = (usize::from(*a) << 8 | usize::from(*b)) % 8192;
+    match which % 5 {
+        0 => {
+            let _ = decode_int8(rest, &mut vec![0u8; n]);
+        }
+        1 => {
+            let _ = decode_float(rest, 2, &mut vec![0u8; n * 2]);
+        }
+        2 => {
+            let _ = decode_float(rest, 4, &mut vec![0u8; n * 4]);
+        }
+        3 => {
+            let _ = decode_float(rest, 8, &mut vec![0u8; n * 8]);
+        }
+        _ => residual_case(*a, *b, rest),
+    }
+});
+
+/// A residual chunk of `rows` x `cols` whose int8 values and scales come from the input too.
+fn residual_case(a: u8, b: u8, rest: &[u8]) {
+    let (rows, cols) = (usize::from(a % 8) + 1, usize::from(b % 64) + 1);
+    let n = rows * cols;
+    if rest.len() < n + rows * 2 {
+        return;
+    }
+    let (q, rest) = rest.split_at(n);
+    let (scale_bytes, stored) = rest.split_at(rows * 2);
+    let scales: Vec<f32> = scale_bytes
+        .chunks_exact(2)
+        .map(|s| half::f16::from_le_bytes([s[0], s[1]]).to_f32())
+        .collect();
+    for dtype in [HighDtype::Bf16, HighDtype::F16] {
+        let chunk = ChunkRows {
+            dtype,
+            q,
+            scales: &scales,
+            cols,
+        };
+        let _ = residual::decode(&chunk, stored, &mut vec![0u8; n * 2]);
+    }
+}
