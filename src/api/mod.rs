@@ -10,6 +10,7 @@ mod lfs;
 pub mod metrics;
 mod models;
 pub mod names;
+mod openapi;
 mod revisions;
 mod serve;
 mod upload;
@@ -194,6 +195,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi::document))
         .route("/models", get(models::list))
         .fallback(dispatch)
         .layer(DefaultBodyLimit::disable())

@@ -5,7 +5,6 @@ use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorKind};
@@ -157,11 +156,86 @@ async fn download(
     respond(&state, served, request.method(), request.headers()).await
 }
 
+/// `GET /models`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    pub models: Vec<ModelSummary>,
+}
+
+/// A model in `GET /models`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ModelSummary {
+    pub name: String,
+    pub private: bool,
+    /// Commits (high-precision ones; each has an INT8 twin).
+    pub revisions: usize,
+    /// The commit `main` points at.
+    pub latest: Option<String>,
+    /// `BF16` or `F16`, once weights were uploaded.
+    pub high_dtype: Option<String>,
+    pub stored_bytes: u64,
+    /// Bytes served per precision of `main`'s weights, e.g. `{"BF16": …, "int8": …}`.
+    pub served_bytes: std::collections::BTreeMap<String, u64>,
+    /// Fraction saved by one blob against the two precisions as separate files.
+    pub savings: f64,
+}
+
+/// `GET /models/{name}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ModelDetails {
+    pub name: String,
+    pub high_dtype: Option<String>,
+    pub stored_bytes: u64,
+    /// Branch name → commit id.
+    pub branches: std::collections::BTreeMap<String, String>,
+    /// Tag name → commit id.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Newest first.
+    pub revisions: Vec<RevisionDetails>,
+}
+
+/// A commit in `GET /models/{name}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RevisionDetails {
+    pub revision: String,
+    pub parent: Option<String>,
+    pub title: String,
+    pub author: String,
+    /// Precision → commit id: the commit and its INT8 twin.
+    pub commits: std::collections::BTreeMap<String, String>,
+    pub created_at_ms: i64,
+    pub tensors: u64,
+    pub quantized_tensors: u64,
+    pub blob_bytes: u64,
+    pub served_bytes: std::collections::BTreeMap<String, u64>,
+    pub savings: f64,
+    /// Precision → files of that view.
+    pub files: std::collections::BTreeMap<String, Vec<FileInfo>>,
+}
+
+/// A file of a revision.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct FileInfo {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// `DELETE /models/{name}[?revision=ID]`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    /// The model name, or the commit id.
+    pub deleted: String,
+    /// Refs moved to the deleted commit's parent (`force=true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved_refs: Option<Vec<String>>,
+}
+
 /// `GET /models`: every model the caller may see, with its stored and served sizes.
 pub(super) async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ModelList>> {
     let caller = state.writes.caller(&state.catalog, &headers).await?;
     let mut models = Vec::new();
     let repos = state
@@ -178,37 +252,46 @@ pub(super) async fn list(
             .await?;
         let commits = state.catalog.commits(&repo.name).await?;
         let blob = head.as_ref().and_then(|h| h.blob.as_ref());
-        models.push(json!({
-            "name": repo.name,
-            "private": repo.private,
-            "revisions": commits.len(),
-            "latest": head.as_ref().map(|h| h.id.clone()),
-            "high_dtype": blob.map(|b| b.high_dtype.clone()),
-            "stored_bytes": stored_bytes(&state, &repo.name).await?,
-            "served_bytes": served_bytes(blob),
-            "savings": blob.map_or(0.0, savings),
-        }));
+        models.push(ModelSummary {
+            name: repo.name.clone(),
+            private: repo.private,
+            revisions: commits.len(),
+            latest: head.as_ref().map(|h| h.id.clone()),
+            high_dtype: blob.map(|b| b.high_dtype.clone()),
+            stored_bytes: stored_bytes(&state, &repo.name).await?,
+            served_bytes: served_bytes(blob),
+            savings: blob.map_or(0.0, savings),
+        });
     }
-    Ok(Json(json!({ "models": models })))
+    Ok(Json(ModelList { models }))
 }
 
-fn served_bytes(blob: Option<&BlobRecord>) -> Value {
+fn served_bytes(blob: Option<&BlobRecord>) -> std::collections::BTreeMap<String, u64> {
     match blob {
-        Some(b) => json!({b.high_dtype.as_str(): b.high_size, "int8": b.int8_size}),
-        None => json!({}),
+        Some(b) => [
+            (b.high_dtype.clone(), b.high_size),
+            ("int8".into(), b.int8_size),
+        ]
+        .into(),
+        None => Default::default(),
     }
 }
 
 /// `GET /models/{name}`: commits (newest first), branches, tags, files and sizes.
-async fn details(state: AppState, name: &str, headers: &HeaderMap) -> ApiResult<Json<Value>> {
+async fn details(
+    state: AppState,
+    name: &str,
+    headers: &HeaderMap,
+) -> ApiResult<Json<ModelDetails>> {
     let caller = state.writes.caller(&state.catalog, headers).await?;
     visible_repo(&state, caller.as_ref(), name).await?;
-    let (mut branches, mut tags) = (serde_json::Map::new(), serde_json::Map::new());
+    let (mut branches, mut tags) = (Default::default(), Default::default());
     for (kind, ref_name, commit) in state.catalog.refs(name).await? {
-        match kind {
-            RefKind::Branch => branches.insert(ref_name, Value::String(commit)),
-            RefKind::Tag => tags.insert(ref_name, Value::String(commit)),
+        let refs: &mut std::collections::BTreeMap<_, _> = match kind {
+            RefKind::Branch => &mut branches,
+            RefKind::Tag => &mut tags,
         };
+        refs.insert(ref_name, commit);
     }
     let commits = state.catalog.commits(name).await?;
     let mut out = Vec::new();
@@ -219,40 +302,55 @@ async fn details(state: AppState, name: &str, headers: &HeaderMap) -> ApiResult<
         .catalog
         .ref_target(name, RefKind::Branch, "main")
         .await?;
-    Ok(Json(json!({
-        "name": name,
-        "high_dtype": head.as_ref().and_then(|h| h.blob.as_ref()).map(|b| b.high_dtype.clone()),
-        "stored_bytes": stored_bytes(&state, name).await?,
-        "branches": branches,
-        "tags": tags,
-        "revisions": out,
-    })))
+    Ok(Json(ModelDetails {
+        name: name.to_string(),
+        high_dtype: head
+            .as_ref()
+            .and_then(|h| h.blob.as_ref())
+            .map(|b| b.high_dtype.clone()),
+        stored_bytes: stored_bytes(&state, name).await?,
+        branches,
+        tags,
+        revisions: out,
+    }))
 }
 
-async fn commit_details(state: &AppState, c: &CommitRecord) -> ApiResult<Value> {
+async fn commit_details(state: &AppState, c: &CommitRecord) -> ApiResult<RevisionDetails> {
     let high = state.catalog.files(&c.id, FileSet::High).await?;
     let int8 = state.catalog.files(&c.id, FileSet::Int8).await?;
-    let list = |files: &[crate::storage::FileEntry]| -> Vec<Value> {
+    let list = |files: &[crate::storage::FileEntry]| -> Vec<FileInfo> {
         files
             .iter()
-            .map(|f| json!({"path": f.path, "size": f.size, "sha256": f.sha256}))
+            .map(|f| FileInfo {
+                path: f.path.clone(),
+                size: f.size,
+                sha256: f.sha256.clone(),
+            })
             .collect()
     };
     let dtype = c.blob.as_ref().map_or("high", |b| b.high_dtype.as_str());
-    Ok(json!({
-        "revision": c.id,
-        "parent": c.parent,
-        "title": c.title,
-        "author": c.author,
-        "commits": {dtype: c.id, "int8": c.int8_id},
-        "created_at_ms": c.created_at,
-        "tensors": c.blob.as_ref().map_or(0, |b| b.tensors),
-        "quantized_tensors": c.blob.as_ref().map_or(0, |b| b.quantized),
-        "blob_bytes": c.blob.as_ref().map_or(0, |b| b.size),
-        "served_bytes": served_bytes(c.blob.as_ref()),
-        "savings": c.blob.as_ref().map_or(0.0, savings),
-        "files": {dtype: list(&high), "int8": list(&int8)},
-    }))
+    Ok(RevisionDetails {
+        revision: c.id.clone(),
+        parent: c.parent.clone(),
+        title: c.title.clone(),
+        author: c.author.clone(),
+        commits: [
+            (dtype.to_string(), c.id.clone()),
+            ("int8".to_string(), c.int8_id.clone()),
+        ]
+        .into(),
+        created_at_ms: c.created_at,
+        tensors: c.blob.as_ref().map_or(0, |b| b.tensors),
+        quantized_tensors: c.blob.as_ref().map_or(0, |b| b.quantized),
+        blob_bytes: c.blob.as_ref().map_or(0, |b| b.size),
+        served_bytes: served_bytes(c.blob.as_ref()),
+        savings: c.blob.as_ref().map_or(0.0, savings),
+        files: [
+            (dtype.to_string(), list(&high)),
+            ("int8".to_string(), list(&int8)),
+        ]
+        .into(),
+    })
 }
 
 /// Fraction saved by the blob against storing the two precisions' weights separately.
@@ -276,7 +374,11 @@ async fn delete(state: AppState, name: &str, request: Request) -> ApiResult<Resp
     let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
     let Some(rev) = get("revision") else {
         super::hub::remove_repo(&state, name).await?;
-        return Ok((StatusCode::OK, Json(json!({"deleted": name}))).into_response());
+        let deleted = Deleted {
+            deleted: name.to_string(),
+            moved_refs: None,
+        };
+        return Ok((StatusCode::OK, Json(deleted)).into_response());
     };
     let force = matches!(get("force"), Some("true" | "1"));
     let resolved = revisions::resolve(&state, request.headers(), name, rev).await?;
@@ -284,7 +386,11 @@ async fn delete(state: AppState, name: &str, request: Request) -> ApiResult<Resp
     match state.catalog.delete_commit(name, &id, force).await? {
         DeleteCommit::Deleted(moved) => {
             tracing::info!(model = name, commit = %id, ?moved, "commit deleted");
-            Ok(Json(json!({"deleted": id, "moved_refs": moved})).into_response())
+            let deleted = Deleted {
+                deleted: id,
+                moved_refs: Some(moved),
+            };
+            Ok(Json(deleted).into_response())
         }
         DeleteCommit::Referenced(refs) => Err(ApiError::new(
             ErrorKind::Conflict,
