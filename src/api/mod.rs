@@ -224,8 +224,7 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let segments: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
     let writes = matches!(method, Method::POST | Method::PUT) && segments != ["v1", "telemetry"];
     if writes && let Err(e) = state.check_room() {
-        discard_body(request.into_body(), REFUSED_BODY_DRAIN).await;
-        return e.into_response();
+        return upload::refuse(request, e).await.into_response();
     }
     let result = match (segments.as_slice(), &method) {
         (["models", rest @ ..], _) => models::dispatch(state, rest, request).await,
@@ -251,24 +250,6 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         _ => Err(not_found(&uri)),
     };
     result.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// How much of a refused request's body is read (and dropped) before answering: a client still
-/// sending when the connection closes can lose the answer to a reset, so small bodies are
-/// taken in full; a larger one is cut off (the client sees the connection end).
-const REFUSED_BODY_DRAIN: u64 = 16 << 20;
-
-/// Reads and drops up to `limit` bytes of `body`, one piece at a time.
-async fn discard_body(body: axum::body::Body, limit: u64) {
-    use futures::StreamExt;
-    let mut stream = body.into_data_stream();
-    let mut read = 0u64;
-    while read <= limit {
-        match stream.next().await {
-            Some(Ok(piece)) => read += piece.len() as u64,
-            _ => break,
-        }
-    }
 }
 
 fn not_found(uri: &Uri) -> ApiError {
