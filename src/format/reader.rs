@@ -5,7 +5,7 @@
 //! plus their stored bytes, whatever the file size. A server running many decodes at once picks a
 //! smaller window ([`Blob::write_range_windowed`]).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::ops::Range;
 
 use super::chunk;
@@ -203,8 +203,16 @@ impl<S: BlobSource> Blob<S> {
         if crc32fast::hash(&packed) != crc {
             return Err(FormatError::Corrupt("index checksum mismatch".into()));
         }
-        let json = zstd::bulk::decompress(&packed, MAX_INDEX_LEN)
+        // Streamed into a growing buffer: a bulk decompress would reserve the whole cap up front.
+        let mut json = Vec::new();
+        zstd::stream::read::Decoder::new(&packed[..])
+            .and_then(|d| d.take(MAX_INDEX_LEN as u64 + 1).read_to_end(&mut json))
             .map_err(|e| FormatError::Corrupt(format!("index: {e}")))?;
+        if json.len() > MAX_INDEX_LEN {
+            return Err(FormatError::Corrupt(format!(
+                "index: larger than {MAX_INDEX_LEN} bytes"
+            )));
+        }
         let index: Index = serde_json::from_slice(&json)
             .map_err(|e| FormatError::Corrupt(format!("index: {e}")))?;
         index.validate(offset)?;
