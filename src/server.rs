@@ -53,7 +53,6 @@ pub async fn state(config: Config) -> Result<AppState> {
         decodes,
         lfs_transfers,
         cache,
-        spool_root: spool.path().to_path_buf(),
         spool: Arc::new(spool),
     })
 }

@@ -59,9 +59,8 @@ pub struct AppState {
     pub lfs_transfers: Arc<Semaphore>,
     /// Decoded files kept on local disk (`cache.max_bytes`), if on.
     pub cache: Option<Arc<FileCache>>,
-    /// Where uploads and commits spool files: this process's own directory under `data_dir/tmp`.
-    pub spool_root: std::path::PathBuf,
-    /// Holds the lock that marks `spool_root` as this live process's (storage::spool).
+    /// Where uploads and commits spool files: this process's own directory under `data_dir/tmp`,
+    /// locked as this live process's while the value lives (storage::spool).
     pub spool: Arc<crate::storage::spool::ProcessSpool>,
 }
 
@@ -128,7 +127,7 @@ impl AppState {
         crate::repo::commit::Store {
             catalog: &self.catalog,
             objects: &self.objects,
-            spool_root: &self.spool_root,
+            spool_root: self.spool.path(),
             encodes: &self.encodes,
         }
     }

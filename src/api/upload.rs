@@ -66,11 +66,11 @@ struct Spool {
 
 impl Spool {
     fn new(state: &AppState) -> ApiResult<Spool> {
-        let dir = std::fs::create_dir_all(&state.spool_root)
+        let dir = std::fs::create_dir_all(state.spool.path())
             .and_then(|()| {
                 tempfile::Builder::new()
                     .prefix("upload-")
-                    .tempdir_in(&state.spool_root)
+                    .tempdir_in(state.spool.path())
             })
             .map_err(|e| ApiError::io("creating the upload spool", e))?;
         for sub in ["high", "int8", "plain"] {

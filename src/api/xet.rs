@@ -82,7 +82,7 @@ pub(super) async fn cas(
             let (inserted, size) = xet::receive_xorb(
                 &state.catalog,
                 &state.objects,
-                &state.spool_root,
+                state.spool.path(),
                 &repo,
                 hash,
                 body,
@@ -109,7 +109,7 @@ pub(super) async fn cas(
             let outcome = xet::receive_shard(
                 &state.catalog,
                 &state.objects,
-                &state.spool_root,
+                state.spool.path(),
                 &repo,
                 state.config.limits.max_upload_bytes,
                 body,
