@@ -12,9 +12,13 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::AppState;
+use super::bodies::{
+    CommitAuthor, CommitEntry, EntryKind, GitRef, GitRefs, ModelInfo, ModelListing, Sibling,
+    SiblingLfs, TreeEntry, TreeLfs,
+};
 use super::error::{ApiError, ApiResult, ErrorKind};
 use super::names;
 use super::revisions::{self, visible_repo};
@@ -165,7 +169,7 @@ pub(super) fn iso_date(ms: i64) -> String {
 }
 
 /// A JSON answer with a `Link: <next>; rel="next"` header when there is a next page.
-fn paged(body: Value, next: Option<String>) -> Response {
+fn paged<T: serde::Serialize>(body: Vec<T>, next: Option<String>) -> Response {
     let mut response = Json(body).into_response();
     if let Some(next) =
         next.and_then(|n| HeaderValue::from_str(&format!("<{n}>; rel=\"next\"")).ok())
@@ -277,21 +281,7 @@ async fn model_info(
     })?;
     let files = view_files(state, &resolved).await?;
     let with_blobs = flag(&query_pairs(&request.uri), "blobs");
-    let siblings: Vec<Value> = files
-        .iter()
-        .map(|f| {
-            let mut s = json!({"rfilename": f.path});
-            if with_blobs {
-                s["size"] = json!(f.size);
-                s["blobId"] = json!(tree::tree_oid(f));
-                if f.lfs {
-                    let (_, pointer) = tree::lfs_pointer(&f.sha256, f.size);
-                    s["lfs"] = json!({"sha256": f.sha256, "size": f.size, "pointerSize": pointer});
-                }
-            }
-            s
-        })
-        .collect();
+    let siblings = files.iter().map(|f| sibling(f, with_blobs)).collect();
     let c = &resolved.commit;
     let precision = match (resolved.precision, &c.blob) {
         (Precision::Int8, Some(_)) => "int8",
@@ -299,29 +289,53 @@ async fn model_info(
         (_, None) => "no-weights",
     };
     let stored = stored_bytes(state, repo).await?;
-    let mut info = json!({
-        "_id": resolved.commit_id(),
-        "id": repo,
-        "modelId": repo,
-        "author": repo.split_once('/').map(|(ns, _)| ns),
-        "sha": resolved.commit_id(),
-        "lastModified": iso_date(c.created_at),
-        "createdAt": iso_date(record.created_at),
-        "private": record.private,
-        "gated": false,
-        "disabled": false,
-        "downloads": 0,
-        "likes": 0,
-        "library_name": "transformers",
-        "tags": ["safetensors", precision],
-        "siblings": siblings,
-        "usedStorage": stored,
-        "xetEnabled": false,
-    });
-    if let Some(card) = card_data(state, &files).await? {
-        info["cardData"] = card;
+    Ok(Json(ModelInfo {
+        object_id: resolved.commit_id().to_string(),
+        id: repo.to_string(),
+        model_id: repo.to_string(),
+        author: author_of(repo),
+        sha: resolved.commit_id().to_string(),
+        last_modified: iso_date(c.created_at),
+        created_at: iso_date(record.created_at),
+        private: record.private,
+        gated: false,
+        disabled: false,
+        downloads: 0,
+        likes: 0,
+        library_name: "transformers",
+        tags: vec!["safetensors".into(), precision.into()],
+        siblings,
+        used_storage: stored,
+        xet_enabled: false,
+        card_data: card_data(state, &files).await?,
+    })
+    .into_response())
+}
+
+fn sibling(f: &FileEntry, with_blobs: bool) -> Sibling {
+    if !with_blobs {
+        return Sibling {
+            rfilename: f.path.clone(),
+            size: None,
+            blob_id: None,
+            lfs: None,
+        };
     }
-    Ok(Json(info).into_response())
+    Sibling {
+        rfilename: f.path.clone(),
+        size: Some(f.size),
+        blob_id: Some(tree::tree_oid(f)),
+        lfs: f.lfs.then(|| SiblingLfs {
+            sha256: f.sha256.clone(),
+            size: f.size,
+            pointer_size: tree::lfs_pointer(&f.sha256, f.size).1,
+        }),
+    }
+}
+
+/// The namespace of `namespace/name`.
+fn author_of(repo: &str) -> Option<String> {
+    repo.split_once('/').map(|(ns, _)| ns.to_string())
 }
 
 /// Bytes the repo's commits hold: each blob and plain object once.
@@ -383,32 +397,38 @@ async fn tree_listing(
     }
     let limit = number(&pairs, "limit", MAX_PAGE, MAX_PAGE)?.max(1);
     let cursor = number(&pairs, "cursor", 0, usize::MAX)?;
-    let page: Vec<Value> = entries
+    let page: Vec<TreeEntry> = entries
         .iter()
         .skip(cursor)
         .take(limit)
-        .map(|e| listed_json(&files, e))
+        .map(|e| tree_entry(&files, e))
         .collect();
     let next = (cursor + limit < entries.len())
         .then(|| next_url(state, request, "cursor", cursor + limit));
-    Ok(paged(Value::Array(page), next))
+    Ok(paged(page, next))
 }
 
 /// One tree or paths-info entry.
-pub(super) fn listed_json(files: &[FileEntry], e: &Listed) -> Value {
+fn tree_entry(files: &[FileEntry], e: &Listed) -> TreeEntry {
     match e {
-        Listed::File(f) => {
-            let mut v =
-                json!({"type": "file", "oid": tree::tree_oid(f), "size": f.size, "path": f.path});
-            if f.lfs {
-                let (_, pointer) = tree::lfs_pointer(&f.sha256, f.size);
-                v["lfs"] = json!({"oid": f.sha256, "size": f.size, "pointerSize": pointer});
-            }
-            v
-        }
-        Listed::Folder(p) => {
-            json!({"type": "directory", "oid": tree::folder_oid(files, p), "size": 0, "path": p})
-        }
+        Listed::File(f) => TreeEntry {
+            kind: EntryKind::File,
+            oid: tree::tree_oid(f),
+            size: f.size,
+            path: f.path.clone(),
+            lfs: f.lfs.then(|| TreeLfs {
+                oid: f.sha256.clone(),
+                size: f.size,
+                pointer_size: tree::lfs_pointer(&f.sha256, f.size).1,
+            }),
+        },
+        Listed::Folder(p) => TreeEntry {
+            kind: EntryKind::Directory,
+            oid: tree::folder_oid(files, p),
+            size: 0,
+            path: p.clone(),
+            lfs: None,
+        },
     }
 }
 
@@ -429,15 +449,15 @@ pub(super) async fn paths_info(
         }
         let path = path.trim_end_matches('/');
         if let Some(f) = files.iter().find(|f| f.path == path) {
-            out.push(listed_json(&files, &Listed::File(f)));
+            out.push(tree_entry(&files, &Listed::File(f)));
         } else if files
             .iter()
             .any(|f| f.path.starts_with(&format!("{path}/")))
         {
-            out.push(listed_json(&files, &Listed::Folder(path.to_string())));
+            out.push(tree_entry(&files, &Listed::Folder(path.to_string())));
         }
     }
-    Ok(Json(Value::Array(out)).into_response())
+    Ok(Json(out).into_response())
 }
 
 /// `GET /api/models/{repo}/refs`.
@@ -446,19 +466,23 @@ async fn refs(state: &AppState, repo: &str, headers: &HeaderMap) -> ApiResult<Re
     visible_repo(state, caller.as_ref(), repo).await?;
     let (mut branches, mut tags) = (Vec::new(), Vec::new());
     for (kind, name, commit) in state.catalog.refs(repo).await? {
-        match kind {
-            RefKind::Branch => branches.push(
-                json!({"name": name, "ref": format!("refs/heads/{name}"), "targetCommit": commit}),
-            ),
-            RefKind::Tag => tags.push(
-                json!({"name": name, "ref": format!("refs/tags/{name}"), "targetCommit": commit}),
-            ),
-        }
+        let (list, prefix) = match kind {
+            RefKind::Branch => (&mut branches, "refs/heads"),
+            RefKind::Tag => (&mut tags, "refs/tags"),
+        };
+        list.push(GitRef {
+            reference: format!("{prefix}/{name}"),
+            name,
+            target_commit: commit,
+        });
     }
-    Ok(
-        Json(json!({"branches": branches, "tags": tags, "converts": [], "pullRequests": []}))
-            .into_response(),
-    )
+    Ok(Json(GitRefs {
+        branches,
+        tags,
+        converts: Vec::new(),
+        pull_requests: Vec::new(),
+    })
+    .into_response())
 }
 
 /// `GET /api/models/{repo}/commits/{rev}`: the history ending at `rev`, newest first, in
@@ -474,22 +498,24 @@ async fn commits(state: &AppState, repo: &str, rev: &str, request: &Parts) -> Ap
         .await?;
     let more = history.len() > limit;
     history.truncate(limit);
-    let items: Vec<Value> = history
+    let items: Vec<CommitEntry> = history
         .iter()
-        .map(|c| commit_json(c, resolved.precision))
+        .map(|c| commit_entry(c, resolved.precision))
         .collect();
     let next = more.then(|| next_url(state, request, "p", page + 1));
-    Ok(paged(Value::Array(items), next))
+    Ok(paged(items, next))
 }
 
-fn commit_json(c: &CommitRecord, precision: Precision) -> Value {
-    json!({
-        "id": commit_id_of(c, precision),
-        "authors": [{"user": c.author}],
-        "date": iso_date(c.created_at),
-        "title": c.title,
-        "message": c.message,
-    })
+fn commit_entry(c: &CommitRecord, precision: Precision) -> CommitEntry {
+    CommitEntry {
+        id: commit_id_of(c, precision).to_string(),
+        authors: vec![CommitAuthor {
+            user: c.author.clone(),
+        }],
+        date: iso_date(c.created_at),
+        title: c.title.clone(),
+        message: c.message.clone(),
+    }
 }
 
 /// `GET /api/models?search=&author=&sort=&limit=`: repos the caller may see, paginated by
@@ -552,24 +578,24 @@ pub(super) async fn list_models(state: AppState, request: Request) -> ApiResult<
             .catalog
             .ref_target(&r.name, RefKind::Branch, "main")
             .await?;
-        items.push(json!({
-            "_id": r.name,
-            "id": r.name,
-            "modelId": r.name,
-            "author": r.name.split_once('/').map(|(ns, _)| ns),
-            "private": r.private,
-            "sha": head.as_ref().map(|c| c.id.clone()),
-            "lastModified": iso_date(head.as_ref().map_or(r.created_at, |c| c.created_at)),
-            "createdAt": iso_date(r.created_at),
-            "downloads": 0,
-            "likes": 0,
-            "tags": [],
-            "library_name": "transformers",
-        }));
+        items.push(ModelListing {
+            object_id: r.name.clone(),
+            id: r.name.clone(),
+            model_id: r.name.clone(),
+            author: author_of(&r.name),
+            private: r.private,
+            sha: head.as_ref().map(|c| c.id.clone()),
+            last_modified: iso_date(head.as_ref().map_or(r.created_at, |c| c.created_at)),
+            created_at: iso_date(r.created_at),
+            downloads: 0,
+            likes: 0,
+            tags: Vec::new(),
+            library_name: "transformers",
+        });
     }
     let next = (offset + limit < visible.len())
         .then(|| next_url(&state, &request, "offset", offset + limit));
-    Ok(paged(Value::Array(items), next))
+    Ok(paged(items, next))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
@@ -16,6 +16,10 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Caller;
+use super::bodies::{
+    AccessToken, CommitDone, Gone, Org, Preupload, PreuploadFile, RefCreated, RepoCreated,
+    RepoSettings, TokenAuth, WhoAmI, YamlProblem, YamlReport,
+};
 use super::error::{ApiError, ApiResult, ErrorKind};
 use super::hf::{self, api_models_read, iso_date, split_repo};
 use super::{names, revisions};
@@ -74,37 +78,46 @@ pub(super) async fn whoami(state: AppState, headers: &HeaderMap) -> ApiResult<Re
             "this needs an `Authorization: Bearer TOKEN` header",
         ));
     };
-    let orgs: Vec<Value> = caller
+    let role = caller.role();
+    let orgs = caller
         .scopes
         .iter()
-        .map(|s| json!({"type": "org", "name": s, "roleInOrg": caller.role()}))
+        .map(|s| Org {
+            kind: "org",
+            name: s.clone(),
+            role_in_org: role,
+        })
         .collect();
-    Ok(Json(json!({
-        "type": "user",
-        "id": caller.name,
-        "name": caller.name,
-        "fullname": caller.name,
-        "email": null,
-        "emailVerified": false,
-        "isPro": false,
-        "canPay": false,
-        "orgs": orgs,
-        "auth": {
-            "type": "access_token",
-            "accessToken": {
-                "displayName": caller.name,
-                "role": caller.role(),
-                "createdAt": iso_date(0),
-            }
-        }
-    }))
+    Ok(Json(WhoAmI {
+        kind: "user",
+        id: caller.name.clone(),
+        name: caller.name.clone(),
+        fullname: caller.name.clone(),
+        email: None,
+        email_verified: false,
+        is_pro: false,
+        can_pay: false,
+        orgs,
+        auth: TokenAuth {
+            kind: "access_token",
+            access_token: AccessToken {
+                display_name: caller.name,
+                role,
+                created_at: iso_date(0),
+            },
+        },
+    })
     .into_response())
 }
 
-#[derive(Deserialize)]
+/// The body of repo create and delete.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct RepoRef {
+pub(super) struct RepoRef {
+    /// `name`, or `namespace/name` without `organization`.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")]
     name: String,
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")]
     organization: Option<String>,
     #[serde(rename = "type")]
     repo_type: Option<String>,
@@ -175,7 +188,12 @@ pub(super) async fn create_repo(state: AppState, request: Request) -> ApiResult<
     )
     .await?;
     tracing::info!(repo = %name, private, "repo created");
-    Ok(Json(json!({"url": url, "name": name, "id": name})).into_response())
+    Ok(Json(RepoCreated {
+        url,
+        id: name.clone(),
+        name,
+    })
+    .into_response())
 }
 
 /// `DELETE /api/repos/delete`.
@@ -188,7 +206,7 @@ pub(super) async fn delete_repo(state: AppState, request: Request) -> ApiResult<
         .writer(&state.catalog, &headers, Some(&name))
         .await?;
     remove_repo(&state, &name).await?;
-    Ok(Json(json!({"deleted": name})).into_response())
+    Ok(Json(Gone { deleted: name }).into_response())
 }
 
 /// Removes a repo from the catalog; its blobs and objects become garbage unless other repos
@@ -235,21 +253,26 @@ pub fn front_matter(readme: &str) -> Result<Option<Value>, String> {
     }
 }
 
+/// A model card to check.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct YamlRequest {
+    /// README.md, front matter and text.
+    content: String,
+}
+
 /// `POST /api/validate-yaml` `{"content", "repoType"}`: the model card's metadata parses.
 pub(super) async fn validate_yaml(request: Request) -> ApiResult<Response> {
-    #[derive(Deserialize)]
-    struct Body {
-        content: String,
-    }
-    let body: Body = json_body(request).await?;
+    let body: YamlRequest = json_body(request).await?;
     match front_matter(&body.content) {
-        Ok(_) => Ok(Json(json!({"errors": [], "warnings": []})).into_response()),
-        Err(message) => Ok((
-            StatusCode::BAD_REQUEST,
-            [("x-error-code", "BadRequest")],
-            Json(json!({"error": message, "errors": [{"message": message}], "warnings": []})),
-        )
-            .into_response()),
+        Ok(_) => Ok(Json(YamlReport {
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        })
+        .into_response()),
+        // The error body, with the Hub's `errors` list beside it.
+        Err(message) => Err(ApiError::bad_request(message.clone())
+            .with_field("errors", json!([YamlProblem { message }]))
+            .with_field("warnings", json!([]))),
     }
 }
 
@@ -328,6 +351,20 @@ pub(super) async fn repo_writer(
     Ok(caller)
 }
 
+/// The files a client is about to commit.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct PreuploadRequest {
+    files: Vec<PreuploadRequestFile>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct PreuploadRequestFile {
+    path: String,
+    /// The first 512 bytes, base64: how a text file is told from a binary one.
+    sample: Option<String>,
+    size: u64,
+}
+
 /// `POST /api/models/{repo}/preupload/{rev}`: which files go through LFS, and the oid of what
 /// the revision holds at each path (so the client skips files that did not change).
 async fn preupload(
@@ -336,20 +373,10 @@ async fn preupload(
     rev: &str,
     request: Request,
 ) -> ApiResult<Response> {
-    #[derive(Deserialize)]
-    struct File {
-        path: String,
-        sample: Option<String>,
-        size: u64,
-    }
-    #[derive(Deserialize)]
-    struct Body {
-        files: Vec<File>,
-    }
     let headers = request.headers().clone();
     repo_writer(&state, &headers, repo).await?;
     reject_pull_requests(&request)?;
-    let body: Body = json_body(request).await?;
+    let body: PreuploadRequest = json_body(request).await?;
     if body.files.len() > MAX_PREUPLOAD_FILES {
         return Err(ApiError::bad_request(format!(
             "more than {MAX_PREUPLOAD_FILES} files in one preupload request"
@@ -374,14 +401,18 @@ async fn preupload(
                 e.git_oid.clone()
             }
         });
-        out.push(json!({
-            "path": f.path,
-            "uploadMode": if lfs { "lfs" } else { "regular" },
-            "shouldIgnore": false,
-            "oid": oid,
-        }));
+        out.push(PreuploadFile {
+            path: f.path,
+            upload_mode: if lfs { "lfs" } else { "regular" },
+            should_ignore: false,
+            oid,
+        });
     }
-    Ok(Json(json!({"files": out, "commitOid": null})).into_response())
+    Ok(Json(Preupload {
+        files: out,
+        commit_oid: None,
+    })
+    .into_response())
 }
 
 fn reject_pull_requests(request: &Request) -> ApiResult<()> {
@@ -528,13 +559,13 @@ async fn commit(
     .await?;
     let id = &committed.commit.id;
     tracing::info!(repo, branch, commit = %id, new_blob = committed.new_blob, "commit");
-    Ok(Json(json!({
-        "success": true,
-        "commitOid": id,
-        "commitUrl": format!("{base}/{repo}/commit/{id}"),
-        "pullRequestUrl": null,
-        "int8CommitOid": committed.commit.int8_id,
-    }))
+    Ok(Json(CommitDone {
+        success: true,
+        commit_oid: id.clone(),
+        commit_url: format!("{base}/{repo}/commit/{id}"),
+        pull_request_url: None,
+        int8_commit_oid: committed.commit.int8_id.clone(),
+    })
     .into_response())
 }
 
@@ -681,6 +712,13 @@ impl LineReader {
     }
 }
 
+/// Where a new branch starts (default `main`).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct BranchRequest {
+    starting_point: Option<String>,
+}
+
 /// `POST /api/models/{repo}/branch/{name}` `{"startingPoint"?}` (default: `main`).
 async fn create_branch(
     state: AppState,
@@ -688,16 +726,11 @@ async fn create_branch(
     rest: &[&str],
     request: Request,
 ) -> ApiResult<Response> {
-    #[derive(Deserialize, Default)]
-    #[serde(rename_all = "camelCase")]
-    struct Body {
-        starting_point: Option<String>,
-    }
     let name = ref_name(rest);
     let headers = request.headers().clone();
     repo_writer(&state, &headers, repo).await?;
     check_ref_name(&name)?;
-    let body: Body = json_body(request).await?;
+    let body: BranchRequest = json_body(request).await?;
     let from = body.starting_point.unwrap_or_else(|| MAIN.into());
     let start = crate::repo::resolve(&state.catalog, repo, &from).await?;
     if !state
@@ -710,7 +743,20 @@ async fn create_branch(
             format!("branch {name:?} already exists"),
         ));
     }
-    Ok(Json(json!({"name": name, "targetCommit": start.commit.id})).into_response())
+    Ok(Json(RefCreated {
+        name,
+        target_commit: start.commit.id,
+    })
+    .into_response())
+}
+
+/// A tag to put on a revision.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct TagRequest {
+    tag: String,
+    /// Accepted and not kept: qstore's tags are lightweight.
+    #[allow(dead_code)]
+    message: Option<String>,
 }
 
 /// `POST /api/models/{repo}/tag/{revision}` `{"tag", "message"?}`.
@@ -720,14 +766,10 @@ async fn create_tag(
     rest: &[&str],
     request: Request,
 ) -> ApiResult<Response> {
-    #[derive(Deserialize)]
-    struct Body {
-        tag: String,
-    }
     let rev = ref_name(rest);
     let headers = request.headers().clone();
     repo_writer(&state, &headers, repo).await?;
-    let body: Body = json_body(request).await?;
+    let body: TagRequest = json_body(request).await?;
     check_ref_name(&body.tag)?;
     let target = crate::repo::resolve(&state.catalog, repo, &rev).await?;
     if !state
@@ -740,7 +782,11 @@ async fn create_tag(
             format!("tag {:?} already exists", body.tag),
         ));
     }
-    Ok(Json(json!({"name": body.tag, "targetCommit": target.commit.id})).into_response())
+    Ok(Json(RefCreated {
+        name: body.tag,
+        target_commit: target.commit.id,
+    })
+    .into_response())
 }
 
 /// `DELETE /api/models/{repo}/branch/{name}` or `/tag/{name}`; `main` stays.
@@ -762,19 +808,21 @@ async fn delete_ref(
             format!("model {repo:?} has no such ref {name:?}"),
         ));
     }
-    Ok(Json(json!({"deleted": name})).into_response())
+    Ok(Json(Gone { deleted: name }).into_response())
+}
+
+/// A visibility change: `visibility` (`public`/`private`) wins over `private`.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct SettingsRequest {
+    private: Option<bool>,
+    visibility: Option<String>,
 }
 
 /// `PUT /api/models/{repo}/settings` `{"private"?, "visibility"?}`.
 async fn settings(state: AppState, repo: &str, request: Request) -> ApiResult<Response> {
-    #[derive(Deserialize)]
-    struct Body {
-        private: Option<bool>,
-        visibility: Option<String>,
-    }
     let headers = request.headers().clone();
     repo_writer(&state, &headers, repo).await?;
-    let body: Body = json_body(request).await?;
+    let body: SettingsRequest = json_body(request).await?;
     let private = match body.visibility.as_deref() {
         Some("private") => Some(true),
         Some("public") => Some(false),
@@ -789,7 +837,10 @@ async fn settings(state: AppState, repo: &str, request: Request) -> ApiResult<Re
         state.catalog.set_private(repo, p).await?;
     }
     let record = state.catalog.repo(repo).await?;
-    Ok(Json(json!({"private": record.is_some_and(|r| r.private)})).into_response())
+    Ok(Json(RepoSettings {
+        private: record.is_some_and(|r| r.private),
+    })
+    .into_response())
 }
 
 #[cfg(test)]

@@ -8,9 +8,12 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 use super::AppState;
+use super::bodies::{
+    Href, LfsActions, LfsBatch, LfsBatchObject, LfsObject, LfsObjectError, LfsUploadAction,
+};
 use super::error::{ApiError, ApiResult, ErrorKind};
 use super::hf::check_hub_repo;
 use crate::repo::lfs::{self, Offer};
@@ -60,16 +63,18 @@ async fn lfs_json<T: for<'de> Deserialize<'de>>(request: Request) -> ApiResult<T
     serde_json::from_slice(&raw).map_err(|e| ApiError::bad_request(format!("LFS request: {e}")))
 }
 
-fn lfs_answer(status: StatusCode, body: Value) -> Response {
+fn lfs_answer<T: serde::Serialize>(status: StatusCode, body: T) -> Response {
     let mut r = (status, Json(body)).into_response();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(LFS_JSON));
     r
 }
 
-/// An LFS object a batch request names.
-#[derive(Deserialize, Debug)]
+/// An LFS object a batch or verify request names.
+#[derive(Deserialize, Debug, utoipa::ToSchema)]
 pub struct BatchObject {
+    /// The sha256, lowercase hex.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub oid: String,
     pub size: u64,
 }
@@ -82,17 +87,22 @@ pub struct BatchRequest {
     pub multipart: bool,
 }
 
+/// The body of `POST …/info/lfs/objects/batch`, as git-lfs and `huggingface_hub` send it.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct BatchBody {
+    /// `upload` (downloads go through `resolve`).
+    operation: String,
+    /// `basic`, `multipart`: what the client can do.
+    #[serde(default)]
+    transfers: Vec<String>,
+    objects: Vec<BatchObject>,
+    /// `sha256` if given.
+    hash_algo: Option<String>,
+}
+
 /// Parses the body of `POST …/info/lfs/objects/batch`.
 pub fn parse_batch_request(raw: &[u8]) -> ApiResult<BatchRequest> {
-    #[derive(Deserialize)]
-    struct Body {
-        operation: String,
-        #[serde(default)]
-        transfers: Vec<String>,
-        objects: Vec<BatchObject>,
-        hash_algo: Option<String>,
-    }
-    let body: Body = serde_json::from_slice(raw)
+    let body: BatchBody = serde_json::from_slice(raw)
         .map_err(|e| ApiError::bad_request(format!("LFS request: {e}")))?;
     if body.operation != "upload" {
         return Err(ApiError::bad_request(
@@ -131,7 +141,7 @@ async fn batch(state: AppState, repo: &str, request: Request) -> ApiResult<Respo
         .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
     let body = parse_batch_request(&raw)?;
     let multipart_ok = body.multipart;
-    let verify = json!({"href": format!("{base}/{repo}.git/info/lfs/objects/verify")});
+    let verify = format!("{base}/{repo}.git/info/lfs/objects/verify");
     let mut any_multipart = false;
     let mut objects = Vec::new();
     for o in body.objects {
@@ -146,56 +156,77 @@ async fn batch(state: AppState, repo: &str, request: Request) -> ApiResult<Respo
         )
         .await;
         let href = |id: &str| format!("{base}/lfs/uploads/{id}");
-        objects.push(match offer {
-            Ok(Offer::Present) => json!({"oid": o.oid, "size": o.size}),
-            Ok(Offer::Basic(u)) => json!({
-                "oid": o.oid, "size": o.size, "authenticated": true,
-                "actions": {"upload": {"href": href(&u.id)}, "verify": verify},
+        let upload = match offer {
+            Ok(Offer::Present) => None,
+            Ok(Offer::Basic(u)) => Some(LfsUploadAction {
+                href: href(&u.id),
+                header: None,
             }),
             Ok(Offer::Multipart(u)) => {
                 any_multipart = true;
-                let mut header = serde_json::Map::new();
-                header.insert("chunk_size".into(), json!(u.part_size.to_string()));
+                let mut header = BTreeMap::new();
+                header.insert("chunk_size".to_string(), u.part_size.to_string());
                 for n in 1..=u.parts {
-                    header.insert(n.to_string(), json!(format!("{}/{n}", href(&u.id))));
+                    header.insert(n.to_string(), format!("{}/{n}", href(&u.id)));
                 }
-                json!({
-                    "oid": o.oid, "size": o.size, "authenticated": true,
-                    "actions": {"upload": {"href": href(&u.id), "header": header}, "verify": verify},
+                Some(LfsUploadAction {
+                    href: href(&u.id),
+                    header: Some(header),
                 })
             }
-            Err(crate::repo::RepoError::BadInput(m)) => {
-                json!({"oid": o.oid, "size": o.size, "error": {"code": 422, "message": m}})
+            Err(crate::repo::RepoError::BadInput(message)) => {
+                objects.push(LfsBatchObject {
+                    oid: o.oid,
+                    size: o.size,
+                    authenticated: None,
+                    actions: None,
+                    error: Some(LfsObjectError { code: 422, message }),
+                });
+                continue;
             }
             Err(e) => return Err(e.into()),
+        };
+        objects.push(LfsBatchObject {
+            oid: o.oid,
+            size: o.size,
+            authenticated: upload.is_some().then_some(true),
+            actions: upload.map(|upload| LfsActions {
+                upload,
+                verify: Href {
+                    href: verify.clone(),
+                },
+            }),
+            error: None,
         });
     }
     let transfer = if any_multipart { "multipart" } else { "basic" };
     Ok(lfs_answer(
         StatusCode::OK,
-        json!({"transfer": transfer, "objects": objects, "hash_algo": "sha256"}),
+        LfsBatch {
+            transfer,
+            objects,
+            hash_algo: "sha256",
+        },
     ))
 }
 
 /// `POST /{repo}.git/info/lfs/objects/verify` `{"oid", "size"}`: 200 once the object is stored
 /// (its sha256 was checked when it arrived).
 async fn verify(state: AppState, repo: &str, request: Request) -> ApiResult<Response> {
-    #[derive(Deserialize)]
-    struct Body {
-        oid: String,
-        size: u64,
-    }
     let headers = request.headers().clone();
     state
         .writes
         .writer(&state.catalog, &headers, Some(repo))
         .await?;
-    let body: Body = lfs_json(request).await?;
+    let body: BatchObject = lfs_json(request).await?;
     lfs::check_oid(&body.oid)?;
     match lfs::locate(&state.catalog, &state.objects, repo, &body.oid, body.size).await? {
         Some(_) => Ok(lfs_answer(
             StatusCode::OK,
-            json!({"oid": body.oid, "size": body.size}),
+            LfsObject {
+                oid: body.oid,
+                size: body.size,
+            },
         )),
         None => Err(ApiError::new(
             ErrorKind::EntryNotFound,
@@ -205,6 +236,12 @@ async fn verify(state: AppState, repo: &str, request: Request) -> ApiResult<Resp
             ),
         )),
     }
+}
+
+/// The POST that completes a multipart upload names the object it is for.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct CompleteRequest {
+    oid: String,
 }
 
 /// `/lfs/uploads/{id}` (PUT: the whole body; POST: complete a multipart upload) and
@@ -249,11 +286,7 @@ pub(super) async fn upload(
             Ok(r)
         }
         (&Method::POST, 0) => {
-            #[derive(Deserialize)]
-            struct Body {
-                oid: String,
-            }
-            let body: Body = lfs_json(request).await?;
+            let body: CompleteRequest = lfs_json(request).await?;
             if body.oid != upload.oid {
                 return Err(ApiError::bad_request(format!(
                     "this upload is for {}, not {}",
@@ -263,7 +296,10 @@ pub(super) async fn upload(
             lfs::complete(&state.catalog, &state.objects, &upload).await?;
             Ok(lfs_answer(
                 StatusCode::OK,
-                json!({"oid": upload.oid, "size": upload.size}),
+                LfsObject {
+                    oid: upload.oid,
+                    size: upload.size,
+                },
             ))
         }
         _ => Err(ApiError::bad_request(

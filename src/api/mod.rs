@@ -3,6 +3,7 @@
 
 mod access_log;
 pub mod auth;
+mod bodies;
 pub mod error;
 mod hf;
 mod hub;

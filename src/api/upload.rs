@@ -9,6 +9,7 @@
 //! or was aborted. A blob written before a failure is deleted; nothing is visible until the
 //! catalog commit.
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,12 +20,12 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::AppState;
 use super::auth::Caller;
+use super::bodies::{StoredFile, UploadReport};
 use super::error::{ApiError, ApiResult, ErrorKind};
 use super::names;
 use crate::format::{Arrival, EncodeInput, EncodeOptions, EncodeSummary, FormatError};
@@ -633,13 +634,17 @@ async fn read_sample(path: &Path, size: u64) -> ApiResult<Vec<u8>> {
 }
 
 /// The 201 body: what was stored and what it saves.
-fn upload_report(name: &str, c: &Committed) -> Value {
+fn upload_report(name: &str, c: &Committed) -> UploadReport {
     let blob = c.commit.blob.as_ref();
     let dtype = blob.map_or("bf16", |b| b.high_dtype.as_str());
-    let list = |set: FileSet| -> Vec<Value> {
+    let list = |set: FileSet| -> Vec<StoredFile> {
         c.view(set)
             .iter()
-            .map(|f| json!({"path": f.path, "size": f.size, "sha256": f.sha256}))
+            .map(|f| StoredFile {
+                path: f.path.clone(),
+                size: f.size,
+                sha256: f.sha256.clone(),
+            })
             .collect()
     };
     let blob_bytes = blob.map_or(0, |b| b.size);
@@ -650,16 +655,26 @@ fn upload_report(name: &str, c: &Committed) -> Value {
         .filter(|(_, f)| f.object_key.is_some())
         .map(|(_, f)| f.size)
         .sum();
-    json!({
-        "name": name,
-        "revision": c.commit.id,
-        "commits": {dtype: c.commit.id, "int8": c.commit.int8_id},
-        "files": {dtype: list(FileSet::High), "int8": list(FileSet::Int8)},
-        "blob_bytes": blob_bytes,
-        "blob_key": blob.map(|b| b.object_key.clone()),
-        "new_blob": c.new_blob,
-        "stored_bytes": blob_bytes + plain,
-        "separate_bytes": separate,
-        "ratio": if blob_bytes == 0 { 0.0 } else { separate as f64 / blob_bytes as f64 },
-    })
+    UploadReport {
+        name: name.to_string(),
+        revision: c.commit.id.clone(),
+        commits: BTreeMap::from([
+            (dtype.to_string(), c.commit.id.clone()),
+            ("int8".to_string(), c.commit.int8_id.clone()),
+        ]),
+        files: BTreeMap::from([
+            (dtype.to_string(), list(FileSet::High)),
+            ("int8".to_string(), list(FileSet::Int8)),
+        ]),
+        blob_bytes,
+        blob_key: blob.map(|b| b.object_key.clone()),
+        new_blob: c.new_blob,
+        stored_bytes: blob_bytes + plain,
+        separate_bytes: separate,
+        ratio: if blob_bytes == 0 {
+            0.0
+        } else {
+            separate as f64 / blob_bytes as f64
+        },
+    }
 }

@@ -3,16 +3,15 @@
 //! call needs a token from `xet-write-token`, which may write one repo for a short time.
 //! Downloads stay plain HTTP (`/resolve`), so the read-side CAS calls are not served.
 
+use super::AppState;
+use super::auth::{bearer, hash_token};
+use super::bodies::{ShardStored, XetToken, XorbStored};
+use super::error::{ApiError, ApiResult, ErrorKind};
+use crate::repo::xet;
 use axum::Json;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
-
-use super::AppState;
-use super::auth::{bearer, hash_token};
-use super::error::{ApiError, ApiResult, ErrorKind};
-use crate::repo::xet;
 
 /// `GET /api/models/{repo}/xet-write-token/{rev}`: a CAS token for a caller who may write the
 /// repo, in the JSON body and in the `X-Xet-*` headers older clients read.
@@ -36,11 +35,11 @@ pub(super) async fn write_token(
     )
     .await?;
     let cas_url = format!("{}/xet/{}", state.base_url(&headers), grant.scope);
-    let mut response = Json(json!({
-        "accessToken": grant.token,
-        "exp": grant.expires_at,
-        "casUrl": cas_url,
-    }))
+    let mut response = Json(XetToken {
+        access_token: grant.token.clone(),
+        exp: grant.expires_at,
+        cas_url: cas_url.clone(),
+    })
     .into_response();
     for (name, value) in [
         ("x-xet-cas-url", cas_url),
@@ -90,7 +89,10 @@ pub(super) async fn cas(
             .await?;
             state.metrics.add_xet_xorb(size);
             tracing::info!(repo, xorb = %hash.hex(), inserted, size, "xet: xorb stored");
-            Ok(Json(json!({"was_inserted": inserted})).into_response())
+            Ok(Json(XorbStored {
+                was_inserted: inserted,
+            })
+            .into_response())
         }
         (["v1", "xorbs", "default", hash], &Method::HEAD | &Method::GET) => {
             let hash = xet::parse_hash(hash)?;
@@ -123,7 +125,7 @@ pub(super) async fn cas(
                 "xet: shard accepted"
             );
             // 1: the shard was taken in (0 would say it was known already).
-            Ok(Json(json!({"result": 1})).into_response())
+            Ok(Json(ShardStored { result: 1 }).into_response())
         }
         // Global dedup, presigned xorb uploads and the streaming shard API are not offered; a
         // 404 makes the client upload directly and use `/v1/shards`.

@@ -1248,3 +1248,70 @@ async fn garbage_sent_to_every_hub_route_is_a_4xx_never_a_5xx() {
     // Nothing above changed the repo.
     assert_eq!(paths(&s, &repo, "main").await, [".gitattributes"]);
 }
+
+/// `/openapi.json` and the dispatcher cannot drift apart: every documented operation, with its
+/// path filled in for a real repo, reaches a handler (never the "no route" 404) and answers a
+/// status its description lists. (Schemathesis, in CI, checks the bodies against the schemas.)
+#[tokio::test]
+async fn every_operation_the_openapi_document_describes_is_served_as_described() {
+    let s = admin();
+    let repo = unique("org/described");
+    create_repo(&s, &repo, TOKEN, false).await;
+    commit_weights(&s, &repo, &small_model_bytes(41)).await;
+    let (namespace, name) = repo.split_once('/').unwrap();
+    let doc = client()
+        .get(s.at("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let fill = |path: &str| {
+        [
+            ("{namespace}", namespace),
+            ("{repo}", name),
+            ("{name}", repo.as_str()),
+            ("{revision}", "main"),
+            ("{precision}", "int8"),
+            ("{file}", "model.safetensors"),
+            ("{branch}", "some-branch"),
+            ("{tag}", "some-tag"),
+            ("{upload}", "no-such-upload"),
+        ]
+        .iter()
+        .fold(path.to_string(), |p, (k, v)| p.replace(k, v))
+    };
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let url = fill(path);
+            assert!(
+                !url.contains('{'),
+                "{path}: a parameter the test cannot fill"
+            );
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = client()
+                .request(method.clone(), s.at(&url))
+                .bearer_auth(TOKEN)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            assert!(
+                !body.contains("no route for"),
+                "{method} {path}: documented but not routed: {body}"
+            );
+            let documented = &op["responses"][status.as_str()];
+            assert!(
+                documented.is_object(),
+                "{method} {url}: {status} is not among the documented responses {}: {body}",
+                op["responses"]
+            );
+            operations += 1;
+        }
+    }
+    assert!(operations >= 30, "only {operations} operations described");
+}
