@@ -174,6 +174,10 @@ pub struct LimitsConfig {
     /// LFS bodies and parts being received (or joined) at once, each holding up to ~24 MiB of
     /// parts in flight to the object store; further ones wait before their body is read.
     pub max_concurrent_lfs_transfers: usize,
+    /// Memory the blob indexes of downloads in flight may take together, in MiB: a model of
+    /// 2^17 tensors has an index that takes ~200 MiB while served, a MiniLM one 0.1 MiB.
+    /// Downloads past it wait before their first byte; one index alone always fits.
+    pub max_index_memory_mib: u64,
     /// How long a Xet CAS token from `xet-write-token` lives, in seconds (clients ask for a new
     /// one 30 s before it ends).
     pub xet_token_secs: u64,
@@ -188,6 +192,7 @@ impl Default for LimitsConfig {
             max_concurrent_encodes: 2,
             max_concurrent_decodes: 32,
             max_concurrent_lfs_transfers: 8,
+            max_index_memory_mib: 512,
             xet_token_secs: 3600,
         }
     }

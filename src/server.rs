@@ -34,6 +34,7 @@ pub async fn state(config: Config) -> Result<AppState> {
     let writes = WritePolicy::new(&config.auth.tokens, config.server.listen.ip().is_loopback());
     let encodes = Arc::new(Semaphore::new(config.limits.max_concurrent_encodes.max(1)));
     let decodes = Arc::new(Semaphore::new(config.limits.max_concurrent_decodes.max(1)));
+    let index_memory = Arc::new(Semaphore::new(crate::api::index_memory_units(&config)));
     let lfs_transfers = Arc::new(Semaphore::new(
         config.limits.max_concurrent_lfs_transfers.max(1),
     ));
@@ -51,6 +52,8 @@ pub async fn state(config: Config) -> Result<AppState> {
         writes: Arc::new(writes),
         encodes,
         decodes,
+        index_memory,
+        first_opens: Default::default(),
         lfs_transfers,
         cache,
         spool: Arc::new(spool),

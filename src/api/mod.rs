@@ -18,7 +18,7 @@ mod upload;
 mod web;
 mod xet;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -27,7 +27,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -56,6 +56,11 @@ pub struct AppState {
     /// Admission for the memory-heavy work: blob encodes and blob decodes.
     pub encodes: Arc<Semaphore>,
     pub decodes: Arc<Semaphore>,
+    /// Admission for the memory blob indexes take while served (`limits.max_index_memory_mib`),
+    /// in `INDEX_UNIT`s: a download holds its index's weight until its body ends.
+    pub index_memory: Arc<Semaphore>,
+    /// Held while a blob never opened before is opened (`blob`).
+    pub first_opens: Arc<tokio::sync::Mutex<()>>,
     /// Admission for LFS bodies being received or joined (api/lfs.rs).
     pub lfs_transfers: Arc<Semaphore>,
     /// Decoded files kept on local disk (`cache.max_bytes`), if on.
@@ -65,12 +70,61 @@ pub struct AppState {
     pub spool: Arc<crate::storage::spool::ProcessSpool>,
 }
 
+/// Index memory is admitted in KiB: a semaphore takes at most `u32` permits at once.
+const INDEX_UNIT: usize = 1 << 10;
+
+/// Memory a served blob's index takes per byte of its JSON: the parsed index and the output
+/// header a download writes (measured on the worst header the limits allow, docs/SERVER.md).
+const INDEX_MEMORY_PER_JSON_BYTE: usize = 3;
+
+/// The `index_memory` semaphore's size.
+pub fn index_memory_units(config: &crate::config::Config) -> usize {
+    ((config.limits.max_index_memory_mib.max(1) as usize) << 20) / INDEX_UNIT
+}
+
+/// A blob opened for a download, with its index's share of `limits.max_index_memory_mib`:
+/// held until the download ends, so the indexes in use never take more than that together.
+pub struct OpenedBlob {
+    pub blob: Arc<Blob<ObjectSource>>,
+    pub admission: OwnedSemaphorePermit,
+}
+
 impl AppState {
-    /// An opened blob (footer and index read and validated), cached per blob.
-    pub async fn blob(&self, record: &BlobRecord) -> ApiResult<Arc<Blob<ObjectSource>>> {
-        if let Some(blob) = self.blobs.get(&record.id) {
-            return Ok(blob);
+    /// An opened blob (footer and index read and validated), cached per blob, admitted by the
+    /// memory its index takes. The index size of a blob is known once it has been opened here;
+    /// before that, it is opened first (one such open at a time, so at most one index is held
+    /// outside the budget, waiting) and then admitted.
+    pub async fn blob(&self, record: &BlobRecord) -> ApiResult<OpenedBlob> {
+        if let Some(len) = self.blobs.index_len(&record.id) {
+            let admission = self.admit_index(len).await?;
+            let blob = match self.blobs.get(&record.id) {
+                Some(blob) => blob,
+                None => self.open_blob(record).await?,
+            };
+            return Ok(OpenedBlob { blob, admission });
         }
+        let _one_at_a_time = self.first_opens.lock().await;
+        let blob = match self.blobs.get(&record.id) {
+            Some(blob) => blob,
+            None => self.open_blob(record).await?,
+        };
+        let admission = self.admit_index(blob.index_json_len()).await?;
+        Ok(OpenedBlob { blob, admission })
+    }
+
+    /// Waits for an index's weight in `limits.max_index_memory_mib`; one index alone always
+    /// fits.
+    async fn admit_index(&self, json_len: usize) -> ApiResult<OwnedSemaphorePermit> {
+        let budget = index_memory_units(&self.config);
+        let weight = (json_len * INDEX_MEMORY_PER_JSON_BYTE / INDEX_UNIT).clamp(1, budget);
+        self.index_memory
+            .clone()
+            .acquire_many_owned(weight as u32)
+            .await
+            .map_err(|e| ApiError::internal("index memory admission", e))
+    }
+
+    async fn open_blob(&self, record: &BlobRecord) -> ApiResult<Arc<Blob<ObjectSource>>> {
         let source = self.objects.blob_source(&record.object_key).await?;
         if source.len() != record.size {
             return Err(ApiError::internal(
@@ -82,6 +136,7 @@ impl AppState {
             .await
             .map_err(|e| ApiError::internal("blob open task", e))??;
         let blob = Arc::new(blob);
+        tracing::debug!(blob = %record.id, index_json_len = blob.index_json_len(), "blob opened");
         self.blobs.put(&record.id, blob.clone());
         Ok(blob)
     }
@@ -153,6 +208,8 @@ impl AppState {
 #[derive(Default)]
 pub struct BlobCache {
     entries: Mutex<VecDeque<(String, Arc<Blob<ObjectSource>>)>>,
+    /// The index size of every blob opened so far (kept or not): what admits its next download.
+    index_lens: Mutex<HashMap<String, usize>>,
 }
 
 const BLOB_CACHE_ENTRIES: usize = 32;
@@ -167,7 +224,16 @@ impl BlobCache {
             .map(|(_, b)| b.clone())
     }
 
+    fn index_len(&self, revision: &str) -> Option<usize> {
+        let lens = self.index_lens.lock().unwrap_or_else(|p| p.into_inner());
+        lens.get(revision).copied()
+    }
+
     fn put(&self, revision: &str, blob: Arc<Blob<ObjectSource>>) {
+        self.index_lens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(revision.to_string(), blob.index_json_len());
         if blob.index_json_len() > BLOB_CACHE_INDEX_BYTES {
             return;
         }

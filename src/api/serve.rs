@@ -12,11 +12,11 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::AppState;
 use super::error::{ApiError, ApiResult, ErrorKind};
 use super::metrics::Served;
+use super::{AppState, OpenedBlob};
 use crate::format::{Blob, OutputFile, Precision};
 use crate::storage::cache::{FileCache, Fill, Hit};
 use crate::storage::{FileEntry, ObjectSource};
@@ -34,6 +34,8 @@ pub enum Source {
         blob: Arc<Blob<ObjectSource>>,
         file: OutputFile,
         precision: Precision,
+        /// The index's share of the index-memory budget, held until the body ends.
+        admission: OwnedSemaphorePermit,
     },
     /// A plain object (config, tokenizer...).
     Object { key: String },
@@ -55,13 +57,13 @@ impl ServedFile {
     /// A catalog entry served from `blob` (if it has no object) or from its object.
     pub fn from_entry(
         entry: &FileEntry,
-        blob: Option<(Arc<Blob<ObjectSource>>, Precision)>,
+        blob: Option<(OpenedBlob, Precision)>,
         commit: Option<String>,
         cache_control: String,
     ) -> ApiResult<ServedFile> {
         let source = match (&entry.object_key, blob) {
             (Some(key), _) => Source::Object { key: key.clone() },
-            (None, Some((blob, precision))) => {
+            (None, Some((OpenedBlob { blob, admission }, precision))) => {
                 let file = blob.file(precision, Some(&entry.path))?.clone();
                 if file.sha256 != entry.sha256 || file.size != entry.size {
                     return Err(ApiError::internal(
@@ -73,6 +75,7 @@ impl ServedFile {
                     blob,
                     file,
                     precision,
+                    admission,
                 }
             }
             (None, None) => return Err(ApiError::internal("no blob for a blob file", &entry.path)),
@@ -268,6 +271,7 @@ async fn body_of(state: &AppState, file: ServedFile, span: Range<u64>) -> ApiRes
             blob,
             file: output,
             precision,
+            admission,
         } => {
             let whole = span.start == 0 && span.end == file.size;
             let cache = state.cache.as_ref().filter(|_| whole);
@@ -285,14 +289,20 @@ async fn body_of(state: &AppState, file: ServedFile, span: Range<u64>) -> ApiRes
                 ));
             }
             let fill = cache.and_then(|c| c.start_fill(&file.sha256, file.size));
-            let permit = state
+            let decode = state
                 .decodes
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|e| ApiError::internal("decode admission", e))?;
             Ok(decoded_body(
-                state, blob, output, precision, span, permit, fill,
+                state,
+                blob,
+                output,
+                precision,
+                span,
+                [decode, admission],
+                fill,
             ))
         }
         Source::Object { key } => {
@@ -358,14 +368,14 @@ fn decoded_body(
     file: OutputFile,
     precision: Precision,
     span: Range<u64>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permits: [OwnedSemaphorePermit; 2],
     fill: Option<Fill>,
 ) -> Body {
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(BODY_QUEUE);
     let metrics = state.metrics.clone();
     let window = state.config.server.decode_window_chunks;
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+        let _permits = permits;
         let started = Instant::now();
         let kind = Served::from(precision);
         let mut out = ChannelWriter {

@@ -364,7 +364,7 @@ fn plain(v: &serde_json::Value) -> String {
 /// Bits per parameter of each quantized tensor, from the blob's index.
 async fn tensor_bits(state: &AppState, blob: &BlobRecord) -> ApiResult<Vec<(String, f64)>> {
     let opened = state.blob(blob).await?;
-    let report = Report::new(opened.index(), blob.size);
+    let report = Report::new(opened.blob.index(), blob.size);
     Ok(report
         .tensors
         .into_iter()
