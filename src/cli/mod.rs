@@ -3,6 +3,7 @@
 
 mod convert;
 mod output;
+mod remote;
 mod server;
 
 use std::fs::File;
@@ -95,6 +96,25 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Store a server's endpoint and token for the client commands (checked with the server
+    /// first; kept in ~/.config/qstore/login.json, mode 0600). QSTORE_ENDPOINT/QSTORE_TOKEN and
+    /// HF_ENDPOINT/HF_TOKEN override it.
+    Login {
+        /// e.g. https://models.example.com (default: the current one, or http://localhost:8080).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// The API token (default: QSTORE_TOKEN/HF_TOKEN, else one line read from stdin).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// List the server's repos, or one repo's branches, tags and files (`REPO[@REVISION]`).
+    Ls { repo: Option<String> },
+    /// Delete a repo, or one commit of it (`REPO@COMMIT`); asks first unless --yes.
+    Rm {
+        repo: String,
+        #[arg(long, short)]
+        yes: bool,
+    },
     /// Show sections, sizes and bits per parameter.
     Inspect {
         blob: PathBuf,
@@ -166,6 +186,9 @@ pub fn run(cli: Cli) -> Result<()> {
             tensors,
         } => inspect(&blob, json, tensors),
         Command::Verify { blob } => verify(&blob, quiet),
+        Command::Login { endpoint, token } => remote::login(endpoint, token),
+        Command::Ls { repo } => remote::ls(repo),
+        Command::Rm { repo, yes } => remote::rm(&repo, yes),
         Command::Convert { input, to, output } => {
             convert::convert(&input, to, &output, progress_bar(quiet, 0))
         }

@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary, a module per area (see tests/it/helpers.rs for shared tools).
 
 mod cli;
+mod client;
 mod corruption;
 mod deployment;
 mod disk;
