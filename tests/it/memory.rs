@@ -136,6 +136,28 @@ fn memory_is_bounded_for_the_worst_header_the_limits_allow() {
     );
 }
 
+/// `n` concurrent GETs of `url`, each body's sha256 equal to `want`.
+async fn downloads_all_match(client: &reqwest::Client, url: &str, n: usize, want: &str) {
+    let downloads: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.to_string());
+            tokio::spawn(async move {
+                use sha2::Digest;
+                let mut r = client.get(url).send().await.unwrap();
+                assert_eq!(r.status(), reqwest::StatusCode::OK);
+                let mut h = sha2::Sha256::new();
+                while let Some(piece) = r.chunk().await.unwrap() {
+                    h.update(&piece);
+                }
+                hex::encode(h.finalize())
+            })
+        })
+        .collect();
+    for d in downloads {
+        assert_eq!(d.await.unwrap(), want);
+    }
+}
+
 /// Documented in docs/SERVER.md ("Memory"): downloads of a blob whose index is the largest the
 /// limits allow (~100 MB of JSON, ~200 MiB parsed and in use) are admitted by
 /// `limits.max_index_memory_mib` (512), so they take turns instead of each holding an index.
@@ -167,24 +189,7 @@ async fn concurrent_downloads_of_the_worst_header_blob_take_turns_within_the_ind
     assert!(uploader.stop().success());
 
     let server = measured_server(dir.path()).await;
-    let downloads: Vec<_> = (0..6)
-        .map(|_| {
-            let (client, url) = (client.clone(), server.at("/models/worst/int8"));
-            tokio::spawn(async move {
-                use sha2::Digest;
-                let mut r = client.get(url).send().await.unwrap();
-                assert_eq!(r.status(), reqwest::StatusCode::OK);
-                let mut h = sha2::Sha256::new();
-                while let Some(piece) = r.chunk().await.unwrap() {
-                    h.update(&piece);
-                }
-                hex::encode(h.finalize())
-            })
-        })
-        .collect();
-    for d in downloads {
-        assert_eq!(d.await.unwrap(), want);
-    }
+    downloads_all_match(&client, &server.at("/models/worst/int8"), 6, &want).await;
     let mut server = server;
     let status = server.stop();
     let log = server.log();
@@ -257,23 +262,13 @@ async fn server_memory_is_bounded_during_an_upload_and_16_concurrent_downloads()
         .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::CREATED);
 
-    let downloads: Vec<_> = (0..16)
-        .map(|_| {
-            let (client, url) = (client.clone(), server.at(&format!("/models/{name}/bf16")));
-            tokio::spawn(async move {
-                use sha2::Digest;
-                let mut r = client.get(url).send().await.unwrap();
-                let mut h = sha2::Sha256::new();
-                while let Some(piece) = r.chunk().await.unwrap() {
-                    h.update(&piece);
-                }
-                hex::encode(h.finalize())
-            })
-        })
-        .collect();
-    for d in downloads {
-        assert_eq!(d.await.unwrap(), want);
-    }
+    downloads_all_match(
+        &client,
+        &server.at(&format!("/models/{name}/bf16")),
+        16,
+        &want,
+    )
+    .await;
     let what = format!("upload + 16 concurrent BF16 downloads of {size_mib} MiB");
     stop_and_check_peak(server, dir.path(), &what);
 }
