@@ -97,17 +97,11 @@ impl AppState {
     pub async fn blob(&self, record: &BlobRecord) -> ApiResult<OpenedBlob> {
         if let Some(len) = self.blobs.index_len(&record.id) {
             let admission = self.admit_index(len).await?;
-            let blob = match self.blobs.get(&record.id) {
-                Some(blob) => blob,
-                None => self.open_blob(record).await?,
-            };
+            let blob = self.cached_or_open(record).await?;
             return Ok(OpenedBlob { blob, admission });
         }
         let _one_at_a_time = self.first_opens.lock().await;
-        let blob = match self.blobs.get(&record.id) {
-            Some(blob) => blob,
-            None => self.open_blob(record).await?,
-        };
+        let blob = self.cached_or_open(record).await?;
         let admission = self.admit_index(blob.index_json_len()).await?;
         Ok(OpenedBlob { blob, admission })
     }
@@ -122,6 +116,13 @@ impl AppState {
             .acquire_many_owned(weight as u32)
             .await
             .map_err(|e| ApiError::internal("index memory admission", e))
+    }
+
+    async fn cached_or_open(&self, record: &BlobRecord) -> ApiResult<Arc<Blob<ObjectSource>>> {
+        match self.blobs.get(&record.id) {
+            Some(blob) => Ok(blob),
+            None => self.open_blob(record).await,
+        }
     }
 
     async fn open_blob(&self, record: &BlobRecord) -> ApiResult<Arc<Blob<ObjectSource>>> {
