@@ -342,13 +342,17 @@ async fn push_to_hub_check(transport: &str) {
 }
 
 /// Runs the Python check `script` (a path from the crate's root) with `ARGS...`; it must exit 0
-/// and print "NAME: OK" (its file name without `.py`).
+/// and print "NAME: OK" (its file name without `.py`). The script's temporary files (HF caches,
+/// a browser profile of 160 MB) go to a directory removed when it ends, so runs leave no litter.
 pub async fn run_check(python: PathBuf, script: &str, args: Vec<std::ffi::OsString>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let scratch = tempfile::tempdir().unwrap();
+    let tmpdir = scratch.path().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .arg(path)
             .args(args)
+            .env("TMPDIR", tmpdir)
             .output()
             .unwrap()
     })
