@@ -108,8 +108,14 @@ impl FreqTable {
     /// Decodes one symbol from `lane`.
     #[inline(always)]
     pub fn decode(&self, dec: &mut Decoder, lane: usize) -> u8 {
+        self.decode_in::<false>(dec, lane)
+    }
+
+    /// [`FreqTable::decode`]; `WITHIN` as in [`Decoder::advance_in`].
+    #[inline(always)]
+    pub fn decode_in<const WITHIN: bool>(&self, dec: &mut Decoder, lane: usize) -> u8 {
         let sym = self.lookup[dec.slot(lane, TABLE_BITS) as usize & (TOTAL as usize - 1)];
-        dec.advance(lane, self.symbol(sym));
+        dec.advance_in::<WITHIN>(lane, self.symbol(sym));
         sym
     }
 

@@ -37,6 +37,10 @@ pub fn encode_float(data: &[u8], elem_size: usize) -> Vec<u8> {
 
 /// Decodes [`encode_float`] output into `out` (which has the decoded length).
 pub fn decode_float(data: &[u8], elem_size: usize, out: &mut [u8]) -> Result<(), CodecError> {
+    // The encoder only writes whole elements; a partial one would leave output bytes unwritten.
+    if !out.len().is_multiple_of(elem_size) {
+        return Err(CodecError::Corrupt("float chunk of a partial element"));
+    }
     if elem_size == 2 {
         return decode_float16(data, out);
     }
@@ -228,10 +232,19 @@ fn decode_float16(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     };
     match &kinds[..] {
         [Plane::Coded(hi_t), Plane::Raw] => {
-            let mut hi = vec![0u8; n];
-            hi_t.decode_all(&mut dec, &mut hi);
-            for ((o, &h), &l) in out.chunks_exact_mut(2).zip(&hi).zip(raw[0]) {
-                put_unrotated(o, h, l);
+            // The exponent plane decodes into the output's second half, then spreads forward in
+            // place a block at a time: values below i + B end before byte n + i + B, the plane
+            // bytes still to read. No per-chunk scratch to allocate and fault in.
+            const B: usize = 4096;
+            hi_t.decode_all(&mut dec, &mut out[n..2 * n]);
+            let mut block = [0u8; B];
+            for (b, lo) in raw[0].chunks(B).enumerate() {
+                let (i, hi) = (b * B, &mut block[..lo.len()]);
+                hi.copy_from_slice(&out[n + i..n + i + lo.len()]);
+                let dst = &mut out[2 * i..2 * (i + lo.len())];
+                for ((o, &h), &l) in dst.chunks_exact_mut(2).zip(hi.iter()).zip(lo) {
+                    put_unrotated(o, h, l);
+                }
             }
         }
         [Plane::Coded(hi_t), Plane::Coded(lo_t)] => {

@@ -22,6 +22,90 @@ pub struct Symbol {
     pub bits: u32,
 }
 
+/// Uniform coding over `n` positions (1 ≤ n ≤ 2^15) at 16-bit resolution: position `r` is the
+/// slice `[ceil(r 2^16 / n), ceil((r + 1) 2^16 / n))`, as even as integers allow, so a position
+/// costs log2(n) bits to within 2^-16. Both slice ends come from one 64-bit multiply: with
+/// `d = ceil(2^48 / n)` and `c = floor((n - 1) d / 2^16)`, `ceil(r 2^16 / n) = (r d + c) >> 32`
+/// exactly (r d < 2^62; see the test), and the decoder finds `r` from a slot with one more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uniform {
+    n: u32,
+    d: u64,
+    c: u64,
+}
+
+impl Uniform {
+    /// Over no positions: what a zero-width interval holds. It decodes garbage without
+    /// panicking (a valid stream never asks for it; the chunk checksum rejects the result).
+    pub const EMPTY: Uniform = Uniform { n: 0, d: 0, c: 0 };
+
+    /// [`Uniform::new`] from a table for the widths bfloat16 intervals have (up to ~200): a
+    /// row's 128 intervals would otherwise cost 128 hardware divisions.
+    #[inline]
+    pub fn of(n: u32) -> Uniform {
+        match SMALL_UNIFORMS.get(n as usize) {
+            Some(&u) if n > 0 => u,
+            _ => Uniform::new(n),
+        }
+    }
+
+    /// `n` in `1..=2^15`.
+    pub const fn new(n: u32) -> Uniform {
+        let d = (1u64 << 48).div_ceil(n as u64);
+        Uniform {
+            n,
+            d,
+            c: ((n as u64 - 1) * d) >> 16,
+        }
+    }
+
+    /// Number of positions.
+    pub fn len(self) -> u32 {
+        self.n
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.n == 0
+    }
+
+    #[inline(always)]
+    fn slice(self, r: u32) -> (u32, u32) {
+        let at = u64::from(r) * self.d + self.c;
+        ((at >> 32) as u32, ((at + self.d) >> 32) as u32)
+    }
+
+    /// The symbol of position `r < n`.
+    #[inline(always)]
+    pub fn symbol(self, r: u32) -> Symbol {
+        let (start, end) = self.slice(r);
+        Symbol {
+            start,
+            freq: end.wrapping_sub(start),
+            bits: 16,
+        }
+    }
+
+    /// Decodes a position on `lane`: the slice holding the slot is found by one multiply.
+    /// `WITHIN` as in [`Decoder::advance_in`].
+    #[inline(always)]
+    pub fn decode<const WITHIN: bool>(self, dec: &mut Decoder, lane: usize) -> u32 {
+        let slot = dec.slot(lane, 16);
+        let r = (slot * self.n) >> 16;
+        dec.advance_in::<WITHIN>(lane, self.symbol(r));
+        r
+    }
+}
+
+static SMALL_UNIFORMS: [Uniform; 257] = {
+    let mut t = [Uniform::EMPTY; 257];
+    let mut n = 1;
+    while n < 257 {
+        t[n] = Uniform::new(n as u32);
+        n += 1;
+    }
+    t
+};
+
 /// Collects symbols in decoding order and codes them in reverse on [`Encoder::finish`], as rANS
 /// requires.
 #[derive(Default)]
@@ -109,10 +193,26 @@ impl<'a> Decoder<'a> {
         self.states[lane % LANES] & ((1u32 << bits) - 1)
     }
 
+    /// Bytes of the word stream not read yet. A symbol reads at most one 16-bit word, so a
+    /// caller about to decode `k` symbols with at least `2k` bytes left can use
+    /// [`Decoder::advance_in::<true>`], which skips the end-of-stream bookkeeping.
+    #[inline(always)]
+    pub fn bytes_left(&self) -> usize {
+        self.words.len() - self.pos
+    }
+
     /// Consumes, on `lane`, the symbol whose slice contains the lane's slot. The refill is
     /// branchless: whether a lane needs a word is a coin flip the branch predictor cannot learn.
     #[inline(always)]
     pub fn advance(&mut self, lane: usize, s: Symbol) {
+        self.advance_in::<false>(lane, s)
+    }
+
+    /// [`Decoder::advance`]; `WITHIN` promises a word is left to read (see
+    /// [`Decoder::bytes_left`]). A broken promise panics on the slice index, never reads
+    /// out of bounds.
+    #[inline(always)]
+    pub fn advance_in<const WITHIN: bool>(&mut self, lane: usize, s: Symbol) {
         let lane = lane % LANES;
         let x = self.states[lane];
         let slot = x & ((1u32 << s.bits) - 1);
@@ -120,6 +220,14 @@ impl<'a> Decoder<'a> {
             .freq
             .wrapping_mul(x >> s.bits)
             .wrapping_add(slot.wrapping_sub(s.start));
+        if WITHIN {
+            let w = &self.words[self.pos..self.pos + 2];
+            let need = x < RANS_L;
+            let word = u32::from(u16::from_le_bytes([w[0], w[1]]));
+            self.states[lane] = if need { (x << 16) | word } else { x };
+            self.pos += usize::from(need) * 2;
+            return;
+        }
         let (word, available) = match self.words.get(self.pos..self.pos + 2) {
             Some(w) => (u32::from(u16::from_le_bytes([w[0], w[1]])), true),
             None => (0, false),
@@ -230,6 +338,27 @@ mod tests {
             dec.advance(lane(i), *s);
         }
         dec.finish().unwrap();
+    }
+
+    #[test]
+    fn uniform_slices_tile_the_range_exactly() {
+        let widths = (1u32..=300).chain([1000, 4097, 20_000, 32_767, 32_768]);
+        for n in widths {
+            let u = Uniform::of(n);
+            assert_eq!(u, Uniform::new(n));
+            let mut prev_end = 0;
+            for r in 0..n {
+                let s = u.symbol(r);
+                assert_eq!(s.start, prev_end);
+                assert_eq!(s.start, (r << 16).div_ceil(n), "exact ceil division");
+                assert!(s.freq >= 1);
+                prev_end = s.start + s.freq;
+                for slot in [s.start, s.start + s.freq - 1] {
+                    assert_eq!((slot * n) >> 16, r, "the slot maps back to its position");
+                }
+            }
+            assert_eq!(prev_end, 1 << 16);
+        }
     }
 
     #[test]

@@ -13,24 +13,23 @@
 
 use super::CodecError;
 use super::freq::{FreqTable, read_varint, take, write_varint};
-use super::quantize::{HighDtype, RowIntervals, uniform_divisor};
-use super::rans::{Decoder, Encoder, Symbol};
+use super::quantize::{HighDtype, RowIntervals};
+use super::rans::{Decoder, Encoder, Uniform};
 
 /// How one element is coded.
 #[derive(Clone, Copy)]
 enum Item {
     Exception,
-    /// High byte, sign + low 7 bits, and the low values possible under the top high byte.
+    /// High byte, sign + low 7 bits, and the coder of the (low 7 bits, sign) pairs possible
+    /// under this high byte.
     Whole {
         hi: u8,
         lo: u8,
-        top: u8,
-        top_low: u8,
+        low: Uniform,
     },
     Position {
         r: u16,
-        n: u16,
-        recip: u64,
+        u: Uniform,
     },
 }
 
@@ -75,12 +74,7 @@ pub fn encode(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
     let mut enc = Encoder::with_capacity(items.len());
     for (lane, item) in items.iter().enumerate() {
         match *item {
-            Item::Whole {
-                hi,
-                lo,
-                top,
-                top_low,
-            } => {
+            Item::Whole { hi, lo, low } => {
                 enc.push(
                     table
                         .as_ref()
@@ -88,14 +82,10 @@ pub fn encode(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
                         .symbol(hi),
                     lane,
                 );
-                let top_pairs = 2 * (u32::from(top_low) + 1);
-                let (n, d) = low_and_sign_range(hi == top, top_pairs, uniform_divisor(top_pairs));
                 let low_and_sign = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
-                enc.push(uniform_symbol(low_and_sign, n, d), lane);
+                enc.push(low.symbol(low_and_sign), lane);
             }
-            Item::Position { r, n, recip } => {
-                enc.push(uniform_symbol(u32::from(r), u32::from(n), recip), lane)
-            }
+            Item::Position { r, u } => enc.push(u.symbol(u32::from(r)), lane),
             Item::Exception => {}
         }
     }
@@ -150,12 +140,11 @@ impl IntervalCache {
 
 fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
     let mag = code & 0x7FFF;
-    let (top, top_pairs, _) = iv.whole_top();
+    let hi = (mag >> 7) as u8;
     let whole = Item::Whole {
-        hi: (mag >> 7) as u8,
+        hi,
         lo: ((code >> 8) & 0x80) as u8 | (code & 0x7F) as u8,
-        top: top as u8,
-        top_low: (top_pairs / 2 - 1) as u8,
+        low: low_and_sign_coder(iv, u16::from(hi)),
     };
     if iv.is_degenerate() {
         return if q == 0 { whole } else { Item::Exception };
@@ -173,16 +162,12 @@ fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
     if q == i8::MIN || (code >> 15 == 1) != (q < 0) {
         return Item::Exception;
     }
-    let (lo, n, recip) = iv.interval(q.unsigned_abs() as usize);
+    let (lo, u) = iv.interval(q.unsigned_abs() as usize);
     let r = u32::from(mag).wrapping_sub(u32::from(lo));
-    if mag < lo || r >= n {
+    if mag < lo || r >= u.len() {
         Item::Exception
     } else {
-        Item::Position {
-            r: r as u16,
-            n: n as u16,
-            recip,
-        }
+        Item::Position { r: r as u16, u }
     }
 }
 
@@ -222,22 +207,31 @@ pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u8]) -> Result<(), Codec
     let (mut row, mut row_end) = (0, cols);
     let mut exc = 0;
     let mut next_exc = exceptions.first().map_or(usize::MAX, |e| e.0);
+    // The next element that starts a row or is an exception: one compare per element.
+    let mut boundary = row_end.min(next_exc);
     let mut i = 0;
     // Element i is always on lane i % 4; the unrolled loop makes the lane a constant so the
-    // four rANS states stay in registers.
+    // four rANS states stay in registers. `$within`: the group of four has the 16 bytes its
+    // at most eight symbols can read, so no symbol checks for the stream's end.
     macro_rules! step {
-        ($lane:expr) => {{
-            if i == row_end {
-                row += 1;
-                row_end += cols;
-                iv = cache.slot(rows.scales[row]);
+        ($lane:expr, $within:expr) => {{
+            let mut exception = false;
+            if i == boundary {
+                if i == row_end {
+                    row += 1;
+                    row_end += cols;
+                    iv = cache.slot(rows.scales[row]);
+                }
+                if i == next_exc {
+                    put(i, exceptions[exc].1);
+                    exc += 1;
+                    next_exc = exceptions.get(exc).map_or(usize::MAX, |e| e.0);
+                    exception = true;
+                }
+                boundary = row_end.min(next_exc);
             }
-            if i == next_exc {
-                put(i, exceptions[exc].1);
-                exc += 1;
-                next_exc = exceptions.get(exc).map_or(usize::MAX, |e| e.0);
-            } else {
-                let code = decode_one(
+            if !exception {
+                let code = decode_one::<$within>(
                     &cache.intervals[iv],
                     q[i] as i8,
                     table.as_ref(),
@@ -250,19 +244,26 @@ pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u8]) -> Result<(), Codec
         }};
     }
     while i + 4 <= n {
-        step!(0);
-        step!(1);
-        step!(2);
-        step!(3);
+        if dec.bytes_left() >= 16 {
+            step!(0, true);
+            step!(1, true);
+            step!(2, true);
+            step!(3, true);
+        } else {
+            step!(0, false);
+            step!(1, false);
+            step!(2, false);
+            step!(3, false);
+        }
     }
     while i < n {
-        step!(i % 4);
+        step!(i % 4, false);
     }
     dec.finish()
 }
 
 #[inline(always)]
-fn decode_one(
+fn decode_one<const WITHIN: bool>(
     iv: &RowIntervals,
     q: i8,
     table: Option<&FreqTable>,
@@ -271,18 +272,16 @@ fn decode_one(
 ) -> Result<u16, CodecError> {
     if q == 0 || iv.is_degenerate() {
         let hi_t = table.ok_or(CodecError::Corrupt("whole-value element without a table"))?;
-        let hi = u16::from(hi_t.decode(dec, lane));
-        let (top, top_low, top_divisor) = iv.whole_top();
-        if hi > top {
+        let hi = u16::from(hi_t.decode_in::<WITHIN>(dec, lane));
+        if hi > iv.whole_top().0 {
             return Err(CodecError::Corrupt("whole value above its interval"));
         }
-        let (n, d) = low_and_sign_range(hi == top, top_low, top_divisor);
-        let v = uniform_decode(dec, lane, n, d) as u16;
+        let v = low_and_sign_coder(iv, hi).decode::<WITHIN>(dec, lane) as u16;
         return Ok(((v & 1) << 15) | (hi << 7) | (v >> 1));
     }
     // Width 0 cannot occur in a valid chunk; there it decodes garbage that the CRC rejects.
-    let (lo, n, recip) = iv.interval(q.unsigned_abs().min(127) as usize);
-    let r = uniform_decode(dec, lane, n, recip);
+    let (lo, u) = iv.interval(q.unsigned_abs().min(127) as usize);
+    let r = u.decode::<WITHIN>(dec, lane);
     let sign = if q < 0 { 0x8000 } else { 0 };
     Ok(sign | lo.wrapping_add(r as u16))
 }
@@ -310,44 +309,10 @@ fn read_exceptions(buf: &mut &[u8], n: usize) -> Result<Vec<(usize, u16)>, Codec
 /// would cost more than it saves): over all 256 pairs, or fewer under the top high byte. One
 /// symbol instead of two keeps the q = 0 path short; the cost is the same.
 #[inline(always)]
-fn low_and_sign_range(at_top: bool, top_pairs: u32, top_divisor: u64) -> (u32, u64) {
-    const ALL: u32 = 256;
-    const ALL_DIVISOR: u64 = 1 << 40; // uniform_divisor(256)
-    if at_top {
-        (top_pairs, top_divisor)
-    } else {
-        (ALL, ALL_DIVISOR)
-    }
-}
-
-/// Start of position `r` when the 16-bit range is split as evenly as integers allow into `n`
-/// slices: `ceil(r * 2^16 / n) = floor((r * 2^16 + n - 1) / n)`, divided exactly by multiplying
-/// with `d = uniform_divisor(n)` (the numerator stays below 2^32 for r ≤ n ≤ 2^15). No branch:
-/// `uniform_start(n) = 2^16`, and for n = 1 the only symbol spans the whole range and costs
-/// nothing, so width-1 intervals take the same path as every other.
-#[inline(always)]
-fn uniform_start(r: u32, n: u32, d: u64) -> u32 {
-    ((u128::from((r << 16) + n.wrapping_sub(1)) * u128::from(d)) >> 48) as u32
-}
-
-#[inline(always)]
-fn uniform_symbol(r: u32, n: u32, d: u64) -> Symbol {
-    let start = uniform_start(r, n, d);
-    let end = uniform_start(r + 1, n, d);
-    Symbol {
-        start,
-        freq: end.wrapping_sub(start),
-        bits: 16,
-    }
-}
-
-/// Decodes a position: the slice containing the slot is found by one multiply, no search.
-#[inline(always)]
-fn uniform_decode(dec: &mut Decoder, lane: usize, n: u32, d: u64) -> u32 {
-    let slot = dec.slot(lane, 16);
-    let r = (slot * n) >> 16;
-    dec.advance(lane, uniform_symbol(r, n, d));
-    r
+fn low_and_sign_coder(iv: &RowIntervals, hi: u16) -> Uniform {
+    const ALL: Uniform = Uniform::new(256);
+    let (top, under_top) = iv.whole_top();
+    if hi == top { under_top } else { ALL }
 }
 
 #[cfg(test)]
@@ -381,26 +346,6 @@ mod tests {
             .map(|(r, qr)| quantize_row(dtype, r, qr))
             .collect();
         (q, scales)
-    }
-
-    #[test]
-    fn uniform_slices_tile_the_range() {
-        for n in [1u32, 2, 3, 7, 100, 255, 4097, 32767, 32768] {
-            let d = uniform_divisor(n);
-            let mut prev_end = 0;
-            for r in 0..n {
-                let s = uniform_symbol(r, n, d);
-                assert_eq!(s.start, prev_end);
-                assert_eq!(s.start, (r << 16).div_ceil(n), "exact ceil division");
-                assert_eq!(uniform_start(r, n, d), (r << 16).div_ceil(n));
-                assert!(s.freq >= 1);
-                prev_end = s.start + s.freq;
-                for slot in [s.start, s.start + s.freq - 1] {
-                    assert_eq!((slot * n) >> 16, r, "the slot maps back to its position");
-                }
-            }
-            assert_eq!(prev_end, 1 << 16);
-        }
     }
 
     #[test]

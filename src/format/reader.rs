@@ -41,6 +41,12 @@ pub trait BlobSource: Sync {
     }
     /// Reads exactly `len` bytes at `offset`.
     fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>>;
+    /// [`BlobSource::read_at`] into `buf` (resized to `len`), so a decode can reuse one buffer
+    /// across chunks instead of faulting in a fresh one each time.
+    fn read_at_into(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        *buf = self.read_at(offset, len)?;
+        Ok(())
+    }
     /// Starts reading `len` bytes at `offset` now, for a decode that will need them soon. A
     /// remote source (an object store, where each read costs a round trip) starts the request
     /// in the background so a decode keeps many reads in flight; a local one defers the read
@@ -48,6 +54,12 @@ pub trait BlobSource: Sync {
     fn read_ahead(&self, offset: u64, len: usize) -> ReadAhead {
         let _ = (offset, len);
         ReadAhead::deferred()
+    }
+    /// True when [`BlobSource::read_ahead`] starts reads: a decode then keeps its whole window
+    /// in flight to overlap round trips. Without, a few pieces per core keep the cores busy,
+    /// and more would only hold memory (and fault in fresh buffers).
+    fn reads_ahead(&self) -> bool {
+        false
     }
 }
 
@@ -80,17 +92,25 @@ impl ReadAhead {
         ReadAhead(Pending::Started { result, hold })
     }
 
-    /// The bytes: the started read's result (waiting for it), or read now if deferred.
-    fn take(self, src: &impl BlobSource, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    /// The bytes, into `buf`: the started read's result (waiting for it), or read now if
+    /// deferred.
+    fn take(
+        self,
+        src: &impl BlobSource,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
         match self.0 {
             Pending::Started { result, hold } => {
                 let bytes = result.recv().unwrap_or_else(|_| {
                     Err(std::io::Error::other("a read ahead ended without a result"))
                 });
                 drop(hold);
-                bytes
+                *buf = bytes?;
+                Ok(())
             }
-            Pending::Deferred => src.read_at(offset, len),
+            Pending::Deferred => src.read_at_into(offset, len, buf),
         }
     }
 }
@@ -112,10 +132,43 @@ impl BlobSource for std::fs::File {
         self.metadata().map(|m| m.len()).unwrap_or(0)
     }
     fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; len];
-        self.read_exact_at(&mut buf, offset)?;
+        let mut buf = Vec::new();
+        self.read_at_into(offset, len, &mut buf)?;
         Ok(buf)
+    }
+    fn read_at_into(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        buf.resize(len, 0);
+        self.read_exact_at(buf, offset)
+    }
+}
+
+/// Buffers reused across the chunks of one write. A fresh buffer per chunk costs a zero-fill
+/// and page faults every time (about a sixth of a CLI decode); reused, a buffer's old bytes
+/// are overwritten whole (the CRC of every decoded chunk is checked before it is written).
+/// A buffer is only made when none is free, so the pool never holds more than the decode had
+/// in use at its peak: the memory bound of the module comment stands.
+#[derive(Default)]
+struct Buffers(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl Buffers {
+    /// A buffer of `len` bytes whose contents are unspecified.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let fit = (0..free.len())
+            .filter(|&i| free[i].capacity() >= len)
+            .min_by_key(|&i| free[i].capacity());
+        let mut buf = match fit {
+            Some(i) => free.swap_remove(i),
+            None => free.pop().unwrap_or_default(),
+        };
+        drop(free);
+        buf.resize(len, 0);
+        buf
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
     }
 }
 
@@ -295,14 +348,19 @@ impl<S: BlobSource> Blob<S> {
             )));
         }
         let pieces = self.plan(file, range);
+        let bufs = Buffers::default();
+        let in_flight = match self.src.reads_ahead() {
+            true => 2 * window,
+            false => (2 * window).min(2 * rayon::current_num_threads() + 2),
+        };
         if pieces.len() <= 1 {
             for p in &pieces {
-                let bytes = self.decode_piece(p, &mut Fetched::default())?;
+                let bytes = self.decode_piece(p, &mut Fetched::default(), &bufs)?;
                 out.write_all(&bytes[p.skip..p.skip + p.take])?;
             }
             return Ok(());
         }
-        self.write_pipelined(&pieces, out, 2 * window)
+        self.write_pipelined(&pieces, out, in_flight, &bufs)
     }
 
     /// Decodes `pieces` on the rayon pool, at most `in_flight` at a time, and writes each from
@@ -315,6 +373,7 @@ impl<S: BlobSource> Blob<S> {
         pieces: &[Piece],
         out: &mut (dyn Write + Send),
         in_flight: usize,
+        bufs: &Buffers,
     ) -> Result<(), FormatError> {
         let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Vec<u8>, FormatError>)>();
         rayon::in_place_scope(|scope| {
@@ -323,7 +382,7 @@ impl<S: BlobSource> Blob<S> {
                 let mut fetched = self.read_ahead(piece);
                 scope.spawn(move |_| {
                     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.decode_piece(piece, &mut fetched)
+                        self.decode_piece(piece, &mut fetched, bufs)
                     }))
                     .unwrap_or_else(|_| Err(FormatError::Corrupt("the decoder panicked".into())));
                     let _ = tx.send((i, decoded));
@@ -341,6 +400,7 @@ impl<S: BlobSource> Blob<S> {
                     ready.insert(j, decoded?);
                 };
                 out.write_all(&bytes[p.skip..p.skip + p.take])?;
+                bufs.give(bytes);
                 if spawned < pieces.len() {
                     spawn(spawned);
                     spawned += 1;
@@ -443,18 +503,23 @@ impl<S: BlobSource> Blob<S> {
         )
     }
 
-    fn decode_piece(&self, p: &Piece, fetched: &mut Fetched) -> Result<Vec<u8>, FormatError> {
+    fn decode_piece(
+        &self,
+        p: &Piece,
+        fetched: &mut Fetched,
+        bufs: &Buffers,
+    ) -> Result<Vec<u8>, FormatError> {
         match p.seg {
             Segment::Stream(s) => {
                 let s = &self.index.streams[s as usize];
-                self.decode_plain(s.first_chunk as u64 + p.chunk, fetched)
+                self.decode_plain(s.first_chunk as u64 + p.chunk, fetched, bufs)
             }
             Segment::Int8(q) => {
                 let q = &self.index.quantized[q as usize];
-                self.decode_int8(q, p.chunk, fetched)
+                self.decode_int8(q, p.chunk, fetched, bufs)
             }
             Segment::High(q) => {
-                self.decode_high(&self.index.quantized[q as usize], p.chunk, fetched)
+                self.decode_high(&self.index.quantized[q as usize], p.chunk, fetched, bufs)
             }
         }
     }
@@ -463,14 +528,21 @@ impl<S: BlobSource> Blob<S> {
         self.index.chunks[id as usize]
     }
 
-    /// Chunk `id`'s stored bytes, from its read ahead if one was started, checked.
-    fn stored(&self, id: u64, fetched: &mut Fetched) -> Result<Vec<u8>, FormatError> {
+    /// Chunk `id`'s stored bytes, from its read ahead if one was started, checked; in a buffer
+    /// of `bufs`, to give back.
+    fn stored(
+        &self,
+        id: u64,
+        fetched: &mut Fetched,
+        bufs: &Buffers,
+    ) -> Result<Vec<u8>, FormatError> {
         let c = self.chunk(id);
         let (offset, len) = (c.offset(), c.stored_len() as usize);
-        let bytes = match fetched.take(id) {
-            Some(read) => read.take(&self.src, offset, len)?,
-            None => self.src.read_at(offset, len)?,
-        };
+        let mut bytes = bufs.take(len);
+        match fetched.take(id) {
+            Some(read) => read.take(&self.src, offset, len, &mut bytes)?,
+            None => self.src.read_at_into(offset, len, &mut bytes)?,
+        }
         if bytes.len() != c.stored_len() as usize {
             return Err(FormatError::Corrupt(format!(
                 "chunk at offset {} read {} of {} bytes",
@@ -488,10 +560,17 @@ impl<S: BlobSource> Blob<S> {
         Ok(bytes)
     }
 
-    fn decode_plain(&self, id: u64, fetched: &mut Fetched) -> Result<Vec<u8>, FormatError> {
+    fn decode_plain(
+        &self,
+        id: u64,
+        fetched: &mut Fetched,
+        bufs: &Buffers,
+    ) -> Result<Vec<u8>, FormatError> {
         let c = self.chunk(id);
-        let mut out = vec![0u8; c.decoded_len() as usize];
-        chunk::decode_bytes(c.codec(), &self.stored(id, fetched)?, &mut out)?;
+        let mut out = bufs.take(c.decoded_len() as usize);
+        let stored = self.stored(id, fetched, bufs)?;
+        chunk::decode_bytes(c.codec(), &stored, &mut out)?;
+        bufs.give(stored);
         check_crc(id, &c, &out)?;
         Ok(out)
     }
@@ -501,11 +580,14 @@ impl<S: BlobSource> Blob<S> {
         q: &QuantTensor,
         i: u64,
         fetched: &mut Fetched,
+        bufs: &Buffers,
     ) -> Result<Vec<u8>, FormatError> {
         let id = u64::from(q.int8_first) + i;
         let c = self.chunk(id);
-        let mut out = vec![0u8; c.decoded_len() as usize];
-        chunk::decode_int8(c.codec(), &self.stored(id, fetched)?, &mut out)?;
+        let mut out = bufs.take(c.decoded_len() as usize);
+        let stored = self.stored(id, fetched, bufs)?;
+        chunk::decode_int8(c.codec(), &stored, &mut out)?;
+        bufs.give(stored);
         check_crc(id, &c, &out)?;
         Ok(out)
     }
@@ -523,18 +605,20 @@ impl<S: BlobSource> Blob<S> {
         q: &QuantTensor,
         rows: Range<u64>,
         fetched: &mut Fetched,
+        bufs: &Buffers,
     ) -> Result<Vec<f32>, FormatError> {
         let s = &self.index.streams[q.scales as usize];
         let (lo, hi) = (rows.start * 4, rows.end * 4);
         let mut bytes = Vec::with_capacity((hi - lo) as usize);
         for i in lo / s.chunk_bytes..hi.div_ceil(s.chunk_bytes) {
-            let chunk = self.decode_plain(u64::from(s.first_chunk) + i, fetched)?;
+            let chunk = self.decode_plain(u64::from(s.first_chunk) + i, fetched, bufs)?;
             let start = i * s.chunk_bytes;
             let (a, b) = (
                 lo.max(start) - start,
                 hi.min(start + chunk.len() as u64) - start,
             );
             bytes.extend_from_slice(&chunk[a as usize..b as usize]);
+            bufs.give(chunk);
         }
         Ok(bytes
             .chunks_exact(4)
@@ -547,9 +631,10 @@ impl<S: BlobSource> Blob<S> {
         q: &QuantTensor,
         i: u64,
         fetched: &mut Fetched,
+        bufs: &Buffers,
     ) -> Result<Vec<u8>, FormatError> {
-        let values = self.decode_int8(q, i, fetched)?;
-        let scales = self.scales(q, q.chunk_rows(i), fetched)?;
+        let values = self.decode_int8(q, i, fetched, bufs)?;
+        let scales = self.scales(q, q.chunk_rows(i), fetched, bufs)?;
         let id = u64::from(q.residual_first) + i;
         let c = self.chunk(id);
         let rows = ChunkRows {
@@ -558,8 +643,11 @@ impl<S: BlobSource> Blob<S> {
             scales: &scales,
             cols: q.cols as usize,
         };
-        let mut out = vec![0u8; c.decoded_len() as usize];
-        chunk::decode_residual(c.codec(), &rows, &self.stored(id, fetched)?, &mut out)?;
+        let mut out = bufs.take(c.decoded_len() as usize);
+        let stored = self.stored(id, fetched, bufs)?;
+        chunk::decode_residual(c.codec(), &rows, &stored, &mut out)?;
+        bufs.give(stored);
+        bufs.give(values);
         check_crc(id, &c, &out)?;
         Ok(out)
     }

@@ -467,6 +467,10 @@ impl BlobSource for ObjectSource {
         ReadAhead::started(rx, Box::new(permit))
     }
 
+    fn reads_ahead(&self) -> bool {
+        self.read_ahead.is_some()
+    }
+
     fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
         let end = offset
             .checked_add(len as u64)
