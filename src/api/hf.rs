@@ -23,7 +23,7 @@ use super::error::{ApiError, ApiResult, ErrorKind};
 use super::names;
 use super::revisions::{self, visible_repo};
 use super::serve::{ServedFile, cache_control, respond};
-use crate::format::Precision;
+use crate::format::{BlobSource, Precision};
 use crate::repo::Resolved;
 use crate::repo::refs::commit_id_of;
 use crate::repo::tree::{self, Listed};
@@ -102,6 +102,39 @@ pub(super) async fn resolve(
         Some(commit),
         cache_control(resolved.pinned, state.config.server.branch_max_age_secs),
     )?;
+    respond(&state, served, method, headers).await
+}
+
+/// `GET|HEAD /api/models/{repo}/qstore/{rev}`: the blob behind a revision's weights as stored,
+/// with ranges, under the same read rules as the revision's files. A qstore client fetches the
+/// sections one precision needs and decodes itself: fewer bytes than the files it rebuilds.
+pub(super) async fn stored_blob(
+    state: AppState,
+    repo: &str,
+    rev: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    check_hub_repo(repo)?;
+    let resolved = revisions::resolve(&state, headers, repo, rev).await?;
+    let commit = resolved.commit_id().to_string();
+    let Some(record) = &resolved.commit.blob else {
+        return Err(ApiError::new(
+            ErrorKind::EntryNotFound,
+            format!("{repo} has no weights at {rev}, so no blob"),
+        )
+        .with_commit(&commit));
+    };
+    let opened = state.blob(record).await?;
+    if opened.blob.source().len() != record.size {
+        return Err(ApiError::internal(
+            "blob size disagrees with the catalog",
+            &record.id,
+        ));
+    }
+    let name = format!("{}.qstore", repo.replace('/', "--"));
+    let cache = cache_control(resolved.pinned, state.config.server.branch_max_age_secs);
+    let served = super::serve::stored_blob(opened, record.id.clone(), name, commit, cache);
     respond(&state, served, method, headers).await
 }
 
@@ -209,7 +242,8 @@ fn next_url(state: &AppState, request: &Parts, key: &str, value: usize) -> Strin
 pub(super) fn split_repo<'a>(
     segments: &'a [&'a str],
 ) -> ApiResult<(String, Option<&'a str>, &'a [&'a str])> {
-    const VERBS: [&str; 11] = [
+    const VERBS: [&str; 12] = [
+        "qstore",
         "revision",
         "tree",
         "refs",

@@ -293,6 +293,9 @@ pub(super) async fn api_models(
         (None | Some("revision" | "tree" | "refs" | "commits"), &Method::GET, _) => {
             api_models_read(state, &repo, verb, rest, request).await
         }
+        (Some("qstore"), &Method::GET | &Method::HEAD, Some(rev)) => {
+            hf::stored_blob(state, &repo, &rev, &method, request.headers()).await
+        }
         (Some("paths-info"), &Method::POST, Some(rev)) => {
             let headers = request.headers().clone();
             let form = axum::body::to_bytes(request.into_body(), MAX_JSON_BYTES)

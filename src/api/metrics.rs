@@ -15,6 +15,8 @@ pub enum Served {
     Int8 = 0,
     High = 1,
     Plain = 2,
+    /// A blob as stored, to a client that decodes itself.
+    Blob = 3,
 }
 
 impl From<Precision> for Served {
@@ -26,12 +28,12 @@ impl From<Precision> for Served {
     }
 }
 
-const SERVED_LABELS: [&str; 3] = ["int8", "high", "plain"];
+const SERVED_LABELS: [&str; 4] = ["int8", "high", "plain", "blob"];
 
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
-    served_bytes: [AtomicU64; 3],
+    served_bytes: [AtomicU64; 4],
     decoded_bytes: [AtomicU64; 2],
     decode_micros: [AtomicU64; 2],
     failed_downloads: AtomicU64,

@@ -7,8 +7,9 @@ use super::error::{ApiError, ApiResult};
 pub const MAX_SEGMENT: usize = 96;
 
 /// Words that route parsing gives a meaning; a repo segment may not be one of them.
-const RESERVED: [&str; 20] = [
+const RESERVED: [&str; 21] = [
     "int8",
+    "qstore",
     "bf16",
     "fp16",
     "resolve",

@@ -391,6 +391,20 @@ fn lfs_upload() {}
 #[allow(dead_code)] // Described here; served by the dispatcher (api/mod.rs).
 fn resolve() {}
 
+#[utoipa::path(get, path = "/api/models/{namespace}/{repo}/qstore/{revision}", params(
+    ("namespace" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$", example = "me"),
+    ("repo" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$", example = "minilm"),
+    ("revision" = String, Path, description = "branch, tag, commit id, `int8` or `int8-REF` (all views of a commit share its blob)", example = "main"),
+), responses(
+    (status = 200, description = "the blob behind the revision's weights as stored (docs/FORMAT.md), every region checked before it is sent; `x-qstore-base`, `x-qstore-residual` and `x-qstore-index` give the sections as `bytes=A-B` ranges; `ETag` is the blob id", content_type = "application/octet-stream"),
+    (status = 206, description = "the requested byte range", content_type = "application/octet-stream"),
+    (status = 304, description = "If-None-Match matched"),
+    (status = 416, description = "the range is outside the blob", body = ErrorBody),
+    ReadErrors,
+))]
+#[allow(dead_code)] // Described here; served by the dispatcher (api/mod.rs).
+fn stored_blob() {}
+
 #[utoipa::path(post, path = "/models/{name}", params(
     ("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$", description = "model name (`namespace/name` also works)"),
 ), request_body(content = Vec<u8>, content_type = "application/octet-stream",
@@ -446,7 +460,8 @@ fn metrics() {}
         lfs_batch,
         lfs_verify,
         lfs_upload,
-        resolve
+        resolve,
+        stored_blob
     ),
     components(schemas(
         ErrorBody,
@@ -481,6 +496,7 @@ mod tests {
             "/api/models/{namespace}/{repo}/commit/{revision}",
             "/{namespace}/{repo}.git/info/lfs/objects/batch",
             "/{namespace}/{repo}/resolve/{revision}/{file}",
+            "/api/models/{namespace}/{repo}/qstore/{revision}",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use super::error::{ApiError, ApiResult, ErrorKind};
 use super::metrics::Served;
 use super::{AppState, OpenedBlob};
-use crate::format::{Blob, OutputFile, Precision};
+use crate::format::{Blob, BlobSource, FormatError, OutputFile, Precision};
 use crate::storage::cache::{FileCache, Fill, Hit};
 use crate::storage::{FileEntry, ObjectSource};
 
@@ -39,6 +39,13 @@ pub enum Source {
     },
     /// A plain object (config, tokenizer...).
     Object { key: String },
+    /// A revision's blob as stored, for clients that decode themselves; every region checked.
+    Stored {
+        blob: Arc<Blob<ObjectSource>>,
+        /// The blob's id: its ETag (a blob never changes under its id).
+        id: String,
+        admission: OwnedSemaphorePermit,
+    },
 }
 
 /// A file about to be answered, with the headers every answer carries.
@@ -51,6 +58,8 @@ pub struct ServedFile {
     /// `X-Repo-Commit` for Hugging Face clients.
     pub commit: Option<String>,
     pub cache_control: String,
+    /// Further headers of this kind of resource (a stored blob's section ranges).
+    pub extra: Vec<(&'static str, String)>,
 }
 
 impl ServedFile {
@@ -92,7 +101,54 @@ impl ServedFile {
             sha256: entry.sha256.clone(),
             commit,
             cache_control,
+            extra: Vec::new(),
         })
+    }
+}
+
+impl ServedFile {
+    /// The opaque part of the ETag: the file's sha256, or a stored blob's id (its sha256 is not
+    /// kept, and it does not need one: it is immutable under its id).
+    fn tag(&self) -> &str {
+        match &self.source {
+            Source::Stored { id, .. } => id,
+            _ => &self.sha256,
+        }
+    }
+}
+
+/// A revision's blob as stored (see [`Source::Stored`]), with the byte ranges of its sections
+/// as headers a client can pass straight back as `Range`: `x-qstore-base` (what INT8 outputs
+/// read), `x-qstore-residual` (what the high precision adds) and `x-qstore-index` (index and
+/// footer).
+pub fn stored_blob(
+    opened: OpenedBlob,
+    id: String,
+    name: String,
+    commit: String,
+    cache_control: String,
+) -> ServedFile {
+    let OpenedBlob { blob, admission } = opened;
+    let index = blob.index();
+    let size = blob.source().len();
+    let bytes = |[a, b]: [u64; 2]| format!("bytes={a}-{}", b.max(a + 1) - 1);
+    let extra = vec![
+        ("x-qstore-base", bytes(index.base)),
+        ("x-qstore-residual", bytes(index.residual)),
+        ("x-qstore-index", bytes([index.residual[1], size])),
+    ];
+    ServedFile {
+        source: Source::Stored {
+            blob,
+            id,
+            admission,
+        },
+        name,
+        size,
+        sha256: String::new(),
+        commit: Some(commit),
+        cache_control,
+        extra,
     }
 }
 
@@ -123,10 +179,12 @@ pub async fn respond(
     method: &Method,
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
-    let etag = format!("\"{}\"", file.sha256);
-    let mut builder = Response::builder()
-        .header(header::ETAG, &etag)
-        .header("repr-digest", repr_digest(&file.sha256))
+    let etag = format!("\"{}\"", file.tag());
+    let mut builder = Response::builder().header(header::ETAG, &etag);
+    if !matches!(file.source, Source::Stored { .. }) {
+        builder = builder.header("repr-digest", repr_digest(&file.sha256));
+    }
+    builder = builder
         .header(
             header::CONTENT_DISPOSITION,
             format!(
@@ -139,7 +197,10 @@ pub async fn respond(
     if let Some(commit) = &file.commit {
         builder = builder.header("x-repo-commit", commit);
     }
-    if none_match(headers, &file.sha256) {
+    for (name, value) in &file.extra {
+        builder = builder.header(*name, value);
+    }
+    if none_match(headers, file.tag()) {
         return Ok(builder
             .status(StatusCode::NOT_MODIFIED)
             .body(Body::empty())
@@ -189,6 +250,7 @@ fn content_type(file: &ServedFile) -> HeaderValue {
     let name = match &file.source {
         Source::Blob { file, .. } => file.name.as_str(),
         Source::Object { key } => key.as_str(),
+        Source::Stored { .. } => "blob.qstore",
     };
     HeaderValue::from_static(match name.rsplit('.').next() {
         Some("json") => "application/json",
@@ -317,6 +379,19 @@ async fn body_of(state: &AppState, file: ServedFile, span: Range<u64>) -> ApiRes
             });
             Ok(Body::from_stream(verified))
         }
+        Source::Stored {
+            blob, admission, ..
+        } => {
+            let label = file.name.clone();
+            Ok(blocking_body(
+                state,
+                Served::Blob,
+                admission,
+                None,
+                label,
+                move |out| blob.write_stored_range(span, out),
+            ))
+        }
     }
 }
 
@@ -371,37 +446,56 @@ fn decoded_body(
     permits: [OwnedSemaphorePermit; 2],
     fill: Option<Fill>,
 ) -> Body {
+    let window = state.config.server.decode_window_chunks;
+    let label = file.name.clone();
+    blocking_body(
+        state,
+        Served::from(precision),
+        permits,
+        fill,
+        label,
+        move |out| blob.write_range_windowed(&file, span, out, window),
+    )
+}
+
+/// A body written by `write` on a blocking thread, through a bounded channel (backpressure from
+/// the client). `hold` (admission permits) lives until the writing ends; a failure mid-body is
+/// logged, counted and ends the body with an error, so the client sees a truncated transfer.
+fn blocking_body<H: Send + 'static>(
+    state: &AppState,
+    kind: Served,
+    hold: H,
+    fill: Option<Fill>,
+    label: String,
+    write: impl FnOnce(&mut ChannelWriter) -> Result<(), FormatError> + Send + 'static,
+) -> Body {
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(BODY_QUEUE);
     let metrics = state.metrics.clone();
-    let window = state.config.server.decode_window_chunks;
     tokio::task::spawn_blocking(move || {
-        let _permits = permits;
+        let _hold = hold;
         let started = Instant::now();
-        let kind = Served::from(precision);
         let mut out = ChannelWriter {
             tx: tx.clone(),
             buf: Vec::with_capacity(BODY_PIECE),
             metrics: metrics.clone(),
             kind,
             fill,
+            written: 0,
         };
-        let len = span.end - span.start;
-        let result = blob
-            .write_range_windowed(&file, span, &mut out, window)
-            .and_then(|()| out.flush().map_err(Into::into));
+        let result = write(&mut out).and_then(|()| out.flush().map_err(Into::into));
         match result {
             Ok(()) => {
-                metrics.add_decode(kind, len, started.elapsed());
+                metrics.add_decode(kind, out.written, started.elapsed());
                 if out.fill.take().is_some_and(Fill::finish) {
                     metrics.add_cache_fill();
                 }
             }
             Err(e) if out.client_gone() => {
-                tracing::debug!(file = %file.name, error = %e, "client went away")
+                tracing::debug!(file = %label, error = %e, "client went away")
             }
             Err(e) => {
                 metrics.add_failed_download();
-                tracing::error!(file = %file.name, error = %e, "download aborted: blob failed to decode");
+                tracing::error!(file = %label, error = %e, "download aborted: blob failed its checks");
                 let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
             }
         }
@@ -418,6 +512,8 @@ struct ChannelWriter {
     kind: Served,
     /// The file cache entry these bytes also go to, if any.
     fill: Option<Fill>,
+    /// Bytes sent so far.
+    written: u64,
 }
 
 impl ChannelWriter {
@@ -444,6 +540,7 @@ impl ChannelWriter {
             )
         })?;
         self.metrics.add_served(self.kind, n);
+        self.written += n;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ mod index;
 mod input;
 mod reader;
 mod report;
+mod stored;
 mod writer;
 
 pub use arrival::{Arrival, ArrivingFile};
@@ -20,6 +21,7 @@ pub use index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
 pub use input::{EncodeInput, SHARD_INDEX_NAME, Selection};
 pub use reader::{Blob, BlobSource, Precision, ReadAhead, WINDOW};
 pub use report::{Report, TensorReport};
+pub use stored::{Region, RegionCheck};
 pub use writer::{EncodeOptions, EncodeSummary, encode_to_path, output_tempfile, same_file};
 
 /// First 8 bytes of every blob; also the last 8, closing the footer.

@@ -94,7 +94,7 @@ impl ReadAhead {
 
     /// The bytes, into `buf`: the started read's result (waiting for it), or read now if
     /// deferred.
-    fn take(
+    pub(super) fn take(
         self,
         src: &impl BlobSource,
         offset: u64,
@@ -204,6 +204,8 @@ pub struct Blob<S> {
     /// Length of the index JSON: what holding this blob open costs in memory, roughly (the
     /// parsed index is about as large), for caches to weigh entries by.
     index_json_len: usize,
+    /// The footer as validated, which also locates and checksums the index.
+    footer: [u8; FOOTER_LEN as usize],
 }
 
 /// A piece of decode work: `take` bytes starting `skip` bytes into one decoded chunk.
@@ -273,6 +275,7 @@ impl<S: BlobSource> Blob<S> {
             src,
             index,
             index_json_len: json.len(),
+            footer: footer[..].try_into().expect("FOOTER_LEN bytes"),
         })
     }
 
@@ -288,6 +291,23 @@ impl<S: BlobSource> Blob<S> {
     /// The source chunks are read from.
     pub fn source(&self) -> &S {
         &self.src
+    }
+
+    /// Swaps what the blob is read from, as storage rotting under an open blob would.
+    #[cfg(test)]
+    pub(crate) fn source_mut(&mut self) -> &mut S {
+        &mut self.src
+    }
+
+    pub(super) fn footer_bytes(&self) -> &[u8] {
+        &self.footer
+    }
+
+    /// Offset of the index and the CRC-32 of its stored bytes, from the footer.
+    pub(super) fn index_location(&self) -> (u64, u32) {
+        let offset = u64::from_le_bytes(self.footer[0..8].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(self.footer[16..20].try_into().expect("4 bytes"));
+        (offset, crc)
     }
 
     /// The output files of one precision.

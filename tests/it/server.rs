@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use qstore::config::{Config, Overrides};
+use qstore::format::{Blob, Precision};
 use qstore::safetensors::Dtype;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
@@ -748,9 +749,8 @@ async fn an_upload_killed_midway_leaves_nothing() {
 #[tokio::test]
 async fn a_corrupted_blob_fails_the_download_instead_of_sending_wrong_bytes() {
     let s = TestServer::start();
-    if !s.local_objects {
-        return; // Needs the blob on the local disk to damage it.
-    }
+    // Damages the blob on the local disk: CI's S3 pass skips it by name (.ci/run).
+    assert!(s.local_objects, "needs the local object store");
     let model = small_model_bytes(12);
     let name = unique("rot");
     let (st, v) = post_raw(&s, &name, model.clone()).await;
@@ -760,7 +760,7 @@ async fn a_corrupted_blob_fails_the_download_instead_of_sending_wrong_bytes() {
         .join("objects")
         .join(v["blob_key"].as_str().unwrap());
     let mut blob = std::fs::read(&blob_path).unwrap();
-    let opened = qstore::format::Blob::open(blob.clone()).unwrap();
+    let opened = Blob::open(blob.clone()).unwrap();
     let [start, end] = opened.index().residual;
     let mid = ((start + end) / 2) as usize;
     blob[mid] ^= 0x5a;
@@ -783,6 +783,123 @@ async fn a_corrupted_blob_fails_the_download_instead_of_sending_wrong_bytes() {
     );
     let (_, metrics) = get_bytes(&s, "/metrics").await;
     assert!(String::from_utf8_lossy(&metrics).contains("qstore_download_errors_total 1"));
+}
+
+/// Parses an `x-qstore-*` section header (`bytes=A-B`, inclusive) into `A..B+1`.
+fn section(r: &reqwest::Response, name: &str) -> std::ops::Range<usize> {
+    let v = r.headers()[name].to_str().unwrap();
+    let (a, b) = v.strip_prefix("bytes=").unwrap().split_once('-').unwrap();
+    a.parse().unwrap()..b.parse::<usize>().unwrap() + 1
+}
+
+#[tokio::test]
+async fn a_revisions_blob_is_served_as_stored_with_its_sections_and_ranges() {
+    let s = TestServer::start();
+    let model = small_model_bytes(21);
+    let name = unique("stored");
+    let (st, v) = post_raw(&s, &name, model.clone()).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let url = format!("/api/models/{name}/qstore/main");
+    let r = get(&s, &url).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(r.headers().contains_key("x-repo-commit"));
+    let (base, residual, index) = (
+        section(&r, "x-qstore-base"),
+        section(&r, "x-qstore-residual"),
+        section(&r, "x-qstore-index"),
+    );
+    let blob = r.bytes().await.unwrap().to_vec();
+    assert_eq!(blob.len() as u64, v["blob_bytes"].as_u64().unwrap());
+    assert_eq!((base.start, base.end), (16, residual.start));
+    assert_eq!((residual.end, index.end), (index.start, blob.len()));
+
+    // What the client gets decodes, by itself, to the files the server serves.
+    let opened = Blob::open(blob.clone()).unwrap();
+    let high = opened.file(Precision::High, None).unwrap().clone();
+    let mut decoded = Vec::new();
+    opened.write_file(&high, &mut decoded).unwrap();
+    assert_eq!(decoded, model);
+
+    // Sections by their header ranges; HEAD; conditional; the int8 view names the same blob.
+    for range in [base.clone(), index.clone(), 100..101] {
+        let spec = format!("bytes={}-{}", range.start, range.end - 1);
+        let r = get_with(&s.at(&url), &[(reqwest::header::RANGE, &spec)]).await;
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{spec}");
+        assert_eq!(r.bytes().await.unwrap(), blob[range.clone()], "{spec}");
+    }
+    let head = client().head(s.at(&url)).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(
+        head.headers()["content-length"],
+        blob.len().to_string().as_str()
+    );
+    let r = get_with(&s.at(&url), &[(reqwest::header::IF_NONE_MATCH, &etag)]).await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    let (st, int8_view) = get_bytes(&s, &format!("/api/models/{name}/qstore/int8")).await;
+    assert_eq!((st, int8_view.to_vec()), (StatusCode::OK, blob.clone()));
+    let (_, metrics) = get_bytes(&s, "/metrics").await;
+    let sent = String::from_utf8_lossy(&metrics)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("qstore_served_bytes_total{kind=\"blob\"} ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0u64);
+    assert!(sent >= 2 * blob.len() as u64, "{sent} blob bytes counted");
+
+    // Revisions and repos that are not there.
+    let (st, _) = get_bytes(&s, &format!("/api/models/{name}/qstore/nope")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = get_bytes(&s, &format!("/api/models/{name}-x/qstore/main")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let spec = format!("bytes={}-", blob.len());
+    let r = get_with(&s.at(&url), &[(reqwest::header::RANGE, &spec)]).await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+}
+
+#[tokio::test]
+async fn a_damaged_blob_is_not_served_as_stored_past_the_damage() {
+    let s = TestServer::start();
+    // Damages the blob on the local disk: CI's S3 pass skips it by name (.ci/run).
+    assert!(s.local_objects, "needs the local object store");
+    let name = unique("stored-rot");
+    let (st, v) = post_raw(&s, &name, small_model_bytes(22)).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let path = s
+        .data_dir
+        .join("objects")
+        .join(v["blob_key"].as_str().unwrap());
+    let good = std::fs::read(&path).unwrap();
+    let [start, end] = Blob::open(good.clone()).unwrap().index().residual;
+    let mid = ((start + end) / 2) as usize;
+    let mut bad = good.clone();
+    bad[mid] ^= 0x5a;
+    std::fs::write(&path, &bad).unwrap();
+    let url = s.at(&format!("/api/models/{name}/qstore/main"));
+    let r = get_with(&url, &[]).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "headers go out before the bad chunk"
+    );
+    assert!(
+        r.bytes().await.is_err(),
+        "the body must be cut, not completed"
+    );
+    // When the damaged region comes first, the connection may be cut before the headers.
+    let spec = format!("bytes={mid}-{mid}");
+    let r = client().get(&url).header(RANGE, &spec).send().await;
+    let body = match r {
+        Ok(r) => r.bytes().await.ok(),
+        Err(_) => None,
+    };
+    assert_eq!(body, None, "not even the one byte asked for");
+    // Ranges that stay clear of the damaged chunk are still served, exact.
+    let spec = format!("bytes=0-{}", start - 1);
+    let r = get_with(&url, &[(reqwest::header::RANGE, &spec)]).await;
+    assert_eq!(r.bytes().await.unwrap(), good[..start as usize]);
 }
 
 #[tokio::test]
