@@ -109,6 +109,18 @@ enum Command {
     },
     /// List the server's repos, or one repo's branches, tags and files (`REPO[@REVISION]`).
     Ls { repo: Option<String> },
+    /// Download a revision (`REPO[@REVISION]`, default main) in one precision: the weights are
+    /// rebuilt here from the blob's sections, so fewer bytes cross the wire than the files hold.
+    /// Every chunk and file is checked; a file appears only once it matches the server's sha256.
+    Pull {
+        repo: String,
+        /// int8, or the model's own bf16/fp16 (the default).
+        #[arg(long, short)]
+        precision: Option<String>,
+        /// Where to write the repo's files (default: ./NAME), a folder transformers loads.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Delete a repo, or one commit of it (`REPO@COMMIT`); asks first unless --yes.
     Rm {
         repo: String,
@@ -188,6 +200,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify { blob } => verify(&blob, quiet),
         Command::Login { endpoint, token } => remote::login(endpoint, token),
         Command::Ls { repo } => remote::ls(repo),
+        Command::Pull {
+            repo,
+            precision,
+            output,
+        } => remote::pull(&repo, precision.as_deref(), output, progress_bar(quiet, 0)),
         Command::Rm { repo, yes } => remote::rm(&repo, yes),
         Command::Convert { input, to, output } => {
             convert::convert(&input, to, &output, progress_bar(quiet, 0))

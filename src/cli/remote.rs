@@ -2,17 +2,10 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::Value;
 
-use crate::client::Remote;
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
+use crate::client::{Remote, runtime};
 
 /// Checks the token with the server, then stores endpoint and token (mode 0600). The token
 /// comes from `--token`, else from the environment, else from one line of stdin.
@@ -165,6 +158,33 @@ fn tags(info: &Value) -> String {
         .map(text)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `qstore pull`: see [`crate::client::pull`]. Reports what crossed the wire next to what was
+/// written, the saving the command exists for.
+pub fn pull(
+    target: &str,
+    precision: Option<&str>,
+    output: Option<std::path::PathBuf>,
+    bar: indicatif::ProgressBar,
+) -> Result<()> {
+    let (repo, rev) = target.split_once('@').unwrap_or((target, "main"));
+    let dir = output.unwrap_or_else(|| repo.rsplit('/').next().unwrap_or(repo).into());
+    let remote = Remote::resolve()?;
+    bar.set_message(format!("pull {repo}@{rev}"));
+    let pulled = crate::client::pull(&remote, repo, rev, precision, &dir, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    println!(
+        "{repo}@{rev} ({}, commit {}): {} files, {:.2} MB written from {:.2} MB received ({:.2}x), in {}",
+        pulled.precision,
+        pulled.commit,
+        pulled.files.len(),
+        pulled.produced as f64 / 1e6,
+        pulled.received as f64 / 1e6,
+        pulled.received as f64 / pulled.produced.max(1) as f64,
+        dir.display()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -68,6 +68,19 @@ pub async fn resolve(catalog: &Catalog, repo: &str, rev: &str) -> RepoResult<Res
             pinned: true,
         });
     }
+    // `int8-{commit id}`: the INT8 view of a pinned commit, as `int8-{branch}` is of a branch.
+    if let Some(id) = rev.strip_prefix(INT8_PREFIX).filter(|id| is_commit_id(id)) {
+        let commit = catalog
+            .commit_by_id(repo, id)
+            .await?
+            .filter(|c| c.id == id)
+            .ok_or_else(not_found)?;
+        return Ok(Resolved {
+            commit,
+            precision: Precision::Int8,
+            pinned: true,
+        });
+    }
     let (name, precision) = match rev {
         "int8" => (MAIN, Precision::Int8),
         "bf16" | "fp16" => (MAIN, Precision::High),

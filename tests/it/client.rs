@@ -121,3 +121,111 @@ async fn login_ls_and_rm_work_against_a_server_and_fail_in_one_clear_line() {
     let o = qstore(home, &[("QSTORE_ENDPOINT", "http://127.0.0.1:9")], &["ls"]);
     assert!(one_line_error(&o).contains("cannot reach http://127.0.0.1:9"));
 }
+
+/// sha256 of a file the server serves at `rev`.
+async fn served_sha(s: &TestServer, repo: &str, rev: &str, path: &str) -> String {
+    let r = crate::server::client()
+        .get(s.at(&format!("/{repo}/resolve/{rev}/{path}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    crate::helpers::sha(&r.bytes().await.unwrap())
+}
+
+fn file_sha(path: &Path) -> String {
+    crate::helpers::sha(&std::fs::read(path).unwrap())
+}
+
+#[tokio::test]
+async fn pull_rebuilds_each_precision_from_fewer_bytes_than_it_writes() {
+    let s = TestServer::with(Opts {
+        tokens: vec![TOKEN.into()],
+        ..Opts::default()
+    });
+    let repo = unique("org/pulled");
+    let (status, _) = create_repo(&s, &repo, TOKEN, true).await;
+    assert_eq!(status, StatusCode::OK);
+    let model = small_model_bytes(9);
+    let (oid, status) = crate::hub::lfs_upload(&s, &repo, &model, false).await;
+    assert_eq!(status, StatusCode::OK);
+    let config = br#"{"model_type": "llama"}"#;
+    let pooling = br#"{"word_embedding_dimension": 256}"#;
+    let ops = [
+        crate::hub::lfs_file("model.safetensors", &oid, model.len()),
+        crate::hub::inline("config.json", config),
+        crate::hub::inline("1_Pooling/config.json", pooling),
+    ];
+    let (status, answer) = crate::hub::commit(&s, &repo, "main", TOKEN, None, &ops).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let commit = answer["commitOid"].as_str().unwrap().to_string();
+
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let env = [("QSTORE_ENDPOINT", s.url()), ("QSTORE_TOKEN", TOKEN)];
+    let pull = |target: &str, args: &[&str], dir: &str| {
+        let dir = out.path().join(dir);
+        let mut all = vec!["pull", target, "-q", "-o", dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        (qstore(home.path(), &env, &all), dir)
+    };
+
+    // The uploaded precision, by default: byte-exact, with the repo's other files in place.
+    let (o, high) = pull(&repo, &[], "high");
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        std::fs::read(high.join("model.safetensors")).unwrap(),
+        model
+    );
+    assert_eq!(std::fs::read(high.join("config.json")).unwrap(), config);
+    assert_eq!(
+        std::fs::read(high.join("1_Pooling/config.json")).unwrap(),
+        pooling
+    );
+    let line = stdout(&o);
+    let ratio: f64 = line
+        .split(" received (")
+        .nth(1)
+        .and_then(|r| r.split('x').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no ratio in {line:?}"));
+    assert!(ratio < 0.8, "received {ratio}x of what was written: {line}");
+
+    // INT8 at the branch and at the pinned commit: what the server's resolve serves.
+    let want = served_sha(&s, &repo, "int8", "model.safetensors").await;
+    let views: [(String, &[&str]); 3] = [
+        (repo.clone(), &["--precision", "int8"]),
+        (format!("{repo}@{commit}"), &["--precision", "int8"]),
+        (format!("{repo}@int8"), &[]),
+    ];
+    for (target, args) in views {
+        let (o, int8) = pull(&target, args, "int8");
+        assert!(o.status.success(), "{target}: {o:?}");
+        assert_eq!(file_sha(&int8.join("model.safetensors")), want, "{target}");
+        // The INT8 view's config carries `quantization_config`, as the server serves it.
+        let served_config = served_sha(&s, &repo, "int8", "config.json").await;
+        assert_eq!(file_sha(&int8.join("config.json")), served_config);
+    }
+
+    // Errors: one line each, and nothing written for them.
+    let (o, dir) = pull(&repo, &["--precision", "fp16"], "fp16");
+    assert!(one_line_error(&o).contains("stored as bf16"));
+    assert!(!dir.join("model.safetensors").exists());
+    let (o, _) = pull(&format!("{repo}@no-such-branch"), &[], "missing");
+    assert!(one_line_error(&o).contains("404"));
+    let o = qstore(
+        home.path(),
+        &[("QSTORE_ENDPOINT", s.url())],
+        &[
+            "pull",
+            &repo,
+            "-q",
+            "-o",
+            out.path().join("anon").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        one_line_error(&o).contains("not found"),
+        "a private repo without a token"
+    );
+}

@@ -9,6 +9,19 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod blob;
+pub mod pull;
+
+pub use pull::{Pulled, pull};
+
+/// The async runtime the API calls run on (the blob's chunks are fetched by blocking threads).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 /// Where `qstore login` keeps the endpoint and token (mode 0600).
 pub const LOGIN_FILE: &str = "login.json";
 const DEFAULT_ENDPOINT: &str = "http://localhost:8080";
@@ -87,15 +100,20 @@ impl Remote {
             .build()?)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+    /// Sends `request` with the token, if any.
+    async fn answer(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let request = match &self.token {
             Some(t) => request.bearer_auth(t),
             None => request,
         };
-        let response = request
+        request
             .send()
             .await
-            .with_context(|| format!("cannot reach {}", self.endpoint))?;
+            .with_context(|| format!("cannot reach {}", self.endpoint))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+        let response = self.answer(request).await?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -113,6 +131,31 @@ impl Remote {
     async fn get(&self, path: &str) -> Result<Value> {
         let url = format!("{}{path}", self.endpoint);
         self.send(self.client()?.get(url)).await
+    }
+
+    /// A file of a pinned commit as the server serves it (`GET /{repo}/resolve/{commit}/{path}`).
+    pub async fn download(&self, repo: &str, commit: &str, path: &str) -> Result<Vec<u8>> {
+        let path_enc: Vec<String> = path
+            .split('/')
+            .map(|s| {
+                percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            })
+            .collect();
+        let url = format!(
+            "{}/{repo}/resolve/{commit}/{}",
+            self.endpoint,
+            path_enc.join("/")
+        );
+        let response = self.answer(self.client()?.get(&url)).await?;
+        if !response.status().is_success() {
+            bail!("{url} answered {}", response.status());
+        }
+        Ok(response
+            .bytes()
+            .await
+            .with_context(|| url.clone())?
+            .to_vec())
     }
 
     /// The token's user (`GET /api/whoami-v2`).
