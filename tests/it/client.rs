@@ -229,3 +229,89 @@ async fn pull_rebuilds_each_precision_from_fewer_bytes_than_it_writes() {
         "a private repo without a token"
     );
 }
+
+/// A proxy in front of `upstream` that flips one byte in the middle of every ranged answer of
+/// the blob resource (`/qstore/`): a server, or a network, that sends wrong bytes.
+async fn corrupting_proxy(upstream: String) -> String {
+    use axum::body::Body;
+    use axum::extract::Request;
+    use axum::http::{HeaderMap, StatusCode as Code};
+    let handler = move |request: Request| {
+        let upstream = upstream.clone();
+        async move {
+            let uri = request
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            let mut forward = crate::server::client()
+                .request(request.method().clone(), format!("{upstream}{uri}"));
+            for name in ["range", "authorization"] {
+                if let Some(v) = request.headers().get(name) {
+                    forward = forward.header(name, v.as_bytes());
+                }
+            }
+            let answer = forward.send().await.unwrap();
+            let status = Code::from_u16(answer.status().as_u16()).unwrap();
+            let mut headers = HeaderMap::new();
+            for (name, value) in answer.headers() {
+                if let (Ok(n), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(name.as_str().as_bytes()),
+                    axum::http::HeaderValue::from_bytes(value.as_bytes()),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
+            let mut body = answer.bytes().await.unwrap().to_vec();
+            if uri.contains("/qstore/") && status == Code::PARTIAL_CONTENT && !body.is_empty() {
+                let mid = body.len() / 2;
+                body[mid] ^= 0x01;
+            }
+            (status, headers, Body::from(body))
+        }
+    };
+    let app = axum::Router::new().fallback(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+// Multi-threaded: the CLI blocks one worker while the proxy answers it on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_from_a_server_sending_wrong_bytes_fails_and_writes_no_weights() {
+    let s = TestServer::with(Opts {
+        tokens: vec![TOKEN.into()],
+        ..Opts::default()
+    });
+    let repo = unique("org/rotten");
+    let (status, _) = create_repo(&s, &repo, TOKEN, false).await;
+    assert_eq!(status, StatusCode::OK);
+    commit_weights(&s, &repo, &small_model_bytes(11)).await;
+    let proxy = corrupting_proxy(s.url().trim_end_matches('/').to_string()).await;
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for precision in ["int8", "bf16"] {
+        let dir = out.path().join(precision);
+        let env = [("QSTORE_ENDPOINT", proxy.as_str()), ("QSTORE_TOKEN", TOKEN)];
+        let args = [
+            "pull",
+            &repo,
+            "-q",
+            "-p",
+            precision,
+            "-o",
+            dir.to_str().unwrap(),
+        ];
+        let o = qstore(home.path(), &env, &args);
+        let err = one_line_error(&o);
+        assert!(
+            err.contains("checksum") || err.contains("CRC") || err.contains("corrupt"),
+            "{err}"
+        );
+        assert!(
+            !dir.join("model.safetensors").exists(),
+            "{precision}: a wrong file was written"
+        );
+    }
+}
