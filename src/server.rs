@@ -129,11 +129,17 @@ impl Bound {
         }
         tracing::info!(%addr, data_dir = %self.state.config.storage.data_dir.display(), "qstore listening");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(self.listener, app(self.state.clone())).with_graceful_shutdown(
-            async move {
+        // Without TCP_NODELAY a small answer's body waits behind its headers for the client's
+        // delayed ACK (~40 ms on Linux) under Nagle's algorithm.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
+        let server =
+            axum::serve(listener, app(self.state.clone())).with_graceful_shutdown(async move {
                 let _ = stop_rx.await;
-            },
-        );
+            });
         let periodic_gc = (self.state.config.gc.interval_secs > 0)
             .then(|| tokio::spawn(collect_periodically(self.state.clone())));
         let mut serving = tokio::spawn(server.into_future());
