@@ -25,8 +25,8 @@ use super::hf::{self, api_models_read, iso_date, split_repo};
 use super::{names, revisions};
 use crate::repo::commit::Source;
 use crate::repo::refs::{MAIN, check_ref_name};
-use crate::repo::tree::{self, check_path, git_blob_oid, sha256_hex};
-use crate::repo::{Change, CommitRequest, NewFile, lfs, make_commit};
+use crate::repo::tree::{self, check_path, git_blob_oid, is_weight_path, sha256_hex};
+use crate::repo::{Change, CommitRequest, NewFile, lfs, make_commit, pushed};
 use crate::storage::RefKind;
 
 /// Largest JSON body of the small endpoints (repo create, branch, tag, preupload...).
@@ -184,6 +184,7 @@ pub(super) async fn create_repo(state: AppState, request: Request) -> ApiResult<
             replace_all: false,
             create_repo: false,
             prepared: None,
+            pushed: None,
         },
     )
     .await?;
@@ -482,6 +483,12 @@ pub enum CommitOp {
     },
     Delete(String),
     DeleteFolder(String),
+    /// qstore's own line: a blob the client encoded and uploaded through LFS, whose files
+    /// become the commit's weights (`qstore push`).
+    QstoreBlob {
+        oid: String,
+        size: u64,
+    },
 }
 
 /// Parses line `n` (1-based, for messages) of a commit body; `Ok(None)` for a blank line.
@@ -497,6 +504,7 @@ pub fn parse_commit_line(line: &[u8], n: usize) -> ApiResult<Option<CommitOp>> {
         "lfsFile" => lfs_file(line.value)?,
         "deletedFile" => CommitOp::Delete(path_of(line.value)?),
         "deletedFolder" => CommitOp::DeleteFolder(path_of(line.value)?),
+        "qstoreBlob" => qstore_blob(line.value)?,
         other => {
             return Err(ApiError::bad_request(format!(
                 "commit line {n}: unknown key {other:?}"
@@ -506,7 +514,8 @@ pub fn parse_commit_line(line: &[u8], n: usize) -> ApiResult<Option<CommitOp>> {
 }
 
 /// `POST /api/models/{repo}/commit/{branch}`, `application/x-ndjson`: a header line, then
-/// `file` (inline, base64), `lfsFile` (uploaded before), `deletedFile` and `deletedFolder` lines.
+/// `file` (inline, base64), `lfsFile` (uploaded before), `deletedFile` and `deletedFolder` lines,
+/// and at most one `qstoreBlob` (weights as a pushed blob, checked whole before the commit).
 /// Read line by line: memory holds one line at most.
 async fn commit(
     state: AppState,
@@ -520,6 +529,7 @@ async fn commit(
     let base = state.base_url(&headers);
     let mut header = CommitHeader::default();
     let mut changes = Vec::new();
+    let mut pushed_blob = None;
     // A commit body holds one line (up to 8 MiB, and its decoded bytes) in memory: admitted
     // with the LFS transfers.
     let turn = state.transfer_slot("commit").await?;
@@ -536,12 +546,33 @@ async fn commit(
             )),
             Some(CommitOp::Delete(path)) => changes.push(Change::Delete(path)),
             Some(CommitOp::DeleteFolder(path)) => changes.push(Change::DeleteFolder(path)),
+            Some(CommitOp::QstoreBlob { .. }) if pushed_blob.is_some() => {
+                return Err(ApiError::bad_request(
+                    "a commit takes at most one qstoreBlob: a commit's weights are one blob",
+                ));
+            }
+            Some(CommitOp::QstoreBlob { oid, size }) => pushed_blob = Some((oid, size)),
         }
     }
     drop(turn);
+    let store = state.repo_store();
+    let pushed = match pushed_blob {
+        Some((oid, size)) => {
+            if let Some(path) = changes.iter().find_map(|c| match c {
+                Change::Add(f) if is_weight_path(&f.path) => Some(&f.path),
+                _ => None,
+            }) {
+                return Err(ApiError::bad_request(format!(
+                    "{path}: a commit with a qstoreBlob takes its weights from the blob only"
+                )));
+            }
+            Some(pushed::verify(&store, repo, &oid, size).await?)
+        }
+        None => None,
+    };
     let summary = header.summary.unwrap_or_default();
     let committed = make_commit(
-        &state.repo_store(),
+        &store,
         CommitRequest {
             repo: repo.to_string(),
             branch: branch.to_string(),
@@ -557,6 +588,7 @@ async fn commit(
             replace_all: false,
             create_repo: false,
             prepared: None,
+            pushed,
         },
     )
     .await?;
@@ -637,6 +669,21 @@ fn lfs_file(v: Value) -> ApiResult<CommitOp> {
         path: f.path,
         oid: f.oid,
         size: f.size,
+    })
+}
+
+fn qstore_blob(v: Value) -> ApiResult<CommitOp> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct B {
+        oid: String,
+        size: u64,
+    }
+    let b: B = from_value(v, "qstoreBlob")?;
+    lfs::check_oid(&b.oid)?;
+    Ok(CommitOp::QstoreBlob {
+        oid: b.oid,
+        size: b.size,
     })
 }
 

@@ -272,7 +272,7 @@ fn preupload() {}
     ("repo" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$", example = "minilm"),
     ("revision" = String, Path, description = "the branch to commit to", example = "main"),
 ), request_body(content = String, content_type = "application/x-ndjson",
-    description = "a `header` line (summary, description, parentCommit), then `file`, `lfsFile`, `deletedFile` and `deletedFolder` lines"),
+    description = "a `header` line (summary, description, parentCommit), then `file`, `lfsFile`, `deletedFile` and `deletedFolder` lines, and at most one `qstoreBlob` (a blob built by `qstore push`, checked whole before the commit)"),
 responses(
     (status = 200, description = "committed; the weights were encoded into one blob", body = CommitDone),
     (status = 412, description = "`parentCommit` is not the branch head", body = ErrorBody),

@@ -606,6 +606,7 @@ async fn commit_upload(
                 summary,
                 supplied_int8,
             }),
+            pushed: None,
         },
     )
     .await?;

@@ -121,6 +121,20 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Upload a folder as one commit (the repo is created if missing). The weights are encoded
+    /// here and sent as their blob, about two thirds of the BF16 bytes; the server decodes and
+    /// checks it before the commit lands. Run again after an interruption: what the server
+    /// holds is not sent twice.
+    Push {
+        dir: PathBuf,
+        repo: String,
+        /// The branch to commit to.
+        #[arg(long, short, default_value = "main")]
+        branch: String,
+        /// The commit's title.
+        #[arg(long, short)]
+        message: Option<String>,
+    },
     /// Delete a repo, or one commit of it (`REPO@COMMIT`); asks first unless --yes.
     Rm {
         repo: String,
@@ -205,6 +219,18 @@ pub fn run(cli: Cli) -> Result<()> {
             precision,
             output,
         } => remote::pull(&repo, precision.as_deref(), output, progress_bar(quiet, 0)),
+        Command::Push {
+            dir,
+            repo,
+            branch,
+            message,
+        } => remote::push(
+            &dir,
+            &repo,
+            &branch,
+            message.as_deref(),
+            progress_bar(quiet, 0),
+        ),
         Command::Rm { repo, yes } => remote::rm(&repo, yes),
         Command::Convert { input, to, output } => {
             convert::convert(&input, to, &output, progress_bar(quiet, 0))

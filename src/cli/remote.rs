@@ -187,6 +187,48 @@ pub fn pull(
     Ok(())
 }
 
+/// `qstore push`: see [`crate::client::push`]. Reports the bytes sent next to the folder's.
+pub fn push(
+    dir: &std::path::Path,
+    repo: &str,
+    branch: &str,
+    message: Option<&str>,
+    bar: indicatif::ProgressBar,
+) -> Result<()> {
+    let remote = Remote::resolve()?;
+    let request = crate::client::PushRequest {
+        dir,
+        repo,
+        branch,
+        message,
+    };
+    let phase = |what: &str, len: u64| {
+        bar.set_message(format!("{what} {}", dir.display()));
+        bar.set_position(0);
+        bar.set_length(len);
+    };
+    let pushed = crate::client::push(&remote, &request, &phase, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    let weights = match pushed.blob_bytes {
+        0 => String::new(),
+        b => format!(
+            "; weights {:.2} MB sent as a {:.2} MB blob ({:.2}x)",
+            pushed.weights_bytes as f64 / 1e6,
+            b as f64 / 1e6,
+            b as f64 / pushed.weights_bytes.max(1) as f64
+        ),
+    };
+    println!(
+        "{repo}@{branch}: commit {} (INT8 view {}), {} files, {:.2} MB, {:.2} MB sent{weights}",
+        pushed.commit,
+        pushed.int8_commit,
+        pushed.files,
+        pushed.file_bytes as f64 / 1e6,
+        pushed.sent as f64 / 1e6,
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,10 @@ use serde_json::Value;
 
 pub mod blob;
 pub mod pull;
+pub mod push;
 
 pub use pull::{Pulled, pull};
+pub use push::{PushRequest, Pushed, push};
 
 /// The async runtime the API calls run on (the blob's chunks are fetched by blocking threads).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {

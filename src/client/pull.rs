@@ -130,7 +130,7 @@ pub fn pull(
     })
 }
 
-fn encode(s: &str) -> String {
+pub(super) fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 

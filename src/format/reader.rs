@@ -220,6 +220,13 @@ struct Piece {
 impl<S: BlobSource> Blob<S> {
     /// Reads the footer and index and validates them; touches no chunk.
     pub fn open(src: S) -> Result<Self, FormatError> {
+        Self::open_limited(src, MAX_INDEX_LEN)
+    }
+
+    /// [`Blob::open`] with a tighter cap on the index JSON, for blobs from outside (a pushed
+    /// blob is opened before anything about it is trusted: its index is what it costs to look).
+    pub fn open_limited(src: S, max_index_len: usize) -> Result<Self, FormatError> {
+        let max_index_len = max_index_len.min(MAX_INDEX_LEN);
         let len = src.len();
         if len < PREAMBLE_LEN + FOOTER_LEN {
             return Err(FormatError::Corrupt("too short to be a qstore blob".into()));
@@ -248,7 +255,7 @@ impl<S: BlobSource> Blob<S> {
             return Err(FormatError::Corrupt("footer version does not match".into()));
         }
         if offset.checked_add(index_len) != Some(len - FOOTER_LEN)
-            || index_len > MAX_INDEX_LEN as u64
+            || index_len > max_index_len as u64
         {
             return Err(FormatError::Corrupt(
                 "footer points outside the blob".into(),
@@ -261,11 +268,11 @@ impl<S: BlobSource> Blob<S> {
         // Streamed into a growing buffer: a bulk decompress would reserve the whole cap up front.
         let mut json = Vec::new();
         zstd::stream::read::Decoder::new(&packed[..])
-            .and_then(|d| d.take(MAX_INDEX_LEN as u64 + 1).read_to_end(&mut json))
+            .and_then(|d| d.take(max_index_len as u64 + 1).read_to_end(&mut json))
             .map_err(|e| FormatError::Corrupt(format!("index: {e}")))?;
-        if json.len() > MAX_INDEX_LEN {
+        if json.len() > max_index_len {
             return Err(FormatError::Corrupt(format!(
-                "index: larger than {MAX_INDEX_LEN} bytes"
+                "index: larger than {max_index_len} bytes"
             )));
         }
         let index: Index = serde_json::from_slice(&json)

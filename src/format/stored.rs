@@ -238,4 +238,16 @@ mod tests {
         *blob.source_mut() = bad;
         assert!(stored(&blob, index.start..index.end).is_err());
     }
+
+    #[test]
+    fn a_blob_from_outside_can_be_opened_with_a_tighter_index_cap() {
+        let bytes = small_blob();
+        let len = Blob::open(bytes.clone()).unwrap().index_json_len();
+        assert!(Blob::open_limited(bytes.clone(), len).is_ok());
+        let e = Blob::open_limited(bytes, len - 1)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("larger than"), "{e}");
+    }
 }

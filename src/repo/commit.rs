@@ -17,12 +17,13 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
+use super::pushed::PushedWeights;
 use super::refs::{MAIN, int8_twin, new_commit_id};
 use super::tree::{self, Tree, TreeFile, is_weight_path, sha256_hex};
 use super::{RepoError, RepoResult};
 use crate::codec::quantize::HighDtype;
 use crate::format::{
-    Blob, EncodeInput, EncodeOptions, EncodeSummary, OutputFile, Precision, SHARD_INDEX_NAME,
+    Blob, EncodeInput, EncodeOptions, EncodeSummary, Index, OutputFile, Precision, SHARD_INDEX_NAME,
 };
 use crate::safetensors::Dtype;
 use crate::storage::catalog::now_millis;
@@ -98,6 +99,9 @@ pub struct CommitRequest {
     /// Create the repo if it does not exist.
     pub create_repo: bool,
     pub prepared: Option<PreparedBlob>,
+    /// Weights pushed as a blob (already decoded and checked): they replace every weight file
+    /// of the head, and the INT8 the pushed blob claims must be the one derived.
+    pub pushed: Option<PushedWeights>,
 }
 
 /// A commit that landed.
@@ -186,10 +190,16 @@ pub async fn make_commit(store: &Store<'_>, mut req: CommitRequest) -> RepoResul
             _ => Tree::new(),
         };
         apply(&mut tree, &req.changes)?;
+        if let Some(p) = &req.pushed {
+            p.replace_weights(&mut tree);
+        }
         let blob = match &prepared {
             Some(p) => Some(prepared_blob(store, p, &mut made).await?),
             None => weights_blob(store, &tree, head.as_ref(), &mut made).await?,
         };
+        if let Some(p) = &req.pushed {
+            p.check_int8(blob.as_ref().map(|(_, _, int8)| &int8[..]).unwrap_or(&[]))?;
+        }
         let files = commit_files(store, tree, blob.as_ref()).await?;
         let id = new_commit_id()?;
         let commit = CommitRecord {
@@ -586,7 +596,7 @@ async fn store_blob(
     let key = Objects::blob_key(&id);
     let started = std::time::Instant::now();
     let mut made = MadeBlob {
-        record: blob_record(id, weights, key.clone(), summary),
+        record: blob_record(id, weights, key.clone(), &summary.index, summary.blob_len),
         objects: store.objects.clone(),
         used: false,
     };
@@ -596,14 +606,20 @@ async fn store_blob(
     Ok(made)
 }
 
-fn blob_record(id: String, weights: String, key: String, summary: &EncodeSummary) -> BlobRecord {
-    let index = &summary.index;
+/// The catalog record of a blob with this index, stored at `key`.
+pub(super) fn blob_record(
+    id: String,
+    weights: String,
+    key: String,
+    index: &Index,
+    size: u64,
+) -> BlobRecord {
     let total = |fs: &[OutputFile]| fs.iter().map(|f| f.size).sum::<u64>();
     BlobRecord {
         id,
         weights,
         object_key: key,
-        size: summary.blob_len,
+        size,
         high_dtype: match index.high_dtype {
             HighDtype::Bf16 => "bf16",
             HighDtype::F16 => "fp16",

@@ -8,6 +8,7 @@
 
 pub mod commit;
 pub mod lfs;
+pub mod pushed;
 pub mod refs;
 pub mod tree;
 pub mod xet;

@@ -14,6 +14,7 @@ mod load;
 mod memory;
 mod needs;
 mod process;
+mod push;
 mod ranges;
 mod real_weights;
 mod roundtrip;
