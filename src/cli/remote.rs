@@ -172,10 +172,25 @@ pub fn pull(
     let dir = output.unwrap_or_else(|| repo.rsplit('/').next().unwrap_or(repo).into());
     let remote = Remote::resolve()?;
     bar.set_message(format!("pull {repo}@{rev}"));
-    let pulled = crate::client::pull(&remote, repo, rev, precision, &dir, &|n| bar.inc(n))?;
+    let progress = |p: crate::client::pull::Progress| {
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+        bar.set_message(format!(
+            "pull {repo}@{rev}, {:.1} MB received",
+            p.received as f64 / 1e6
+        ));
+    };
+    let pulled = crate::client::pull(&remote, repo, rev, precision, &dir, &progress)?;
     bar.finish_and_clear();
+    let resumed = match (pulled.reused, pulled.kept) {
+        (0, 0) => String::new(),
+        (bytes, files) => format!(
+            "; resumed: {files} files in place and {:.2} MB of chunks from an earlier pull",
+            bytes as f64 / 1e6
+        ),
+    };
     println!(
-        "{repo}@{rev} ({}, commit {}): {} files, {:.2} MB written from {:.2} MB received ({:.2}x), in {}",
+        "{repo}@{rev} ({}, commit {}): {} files, {:.2} MB written from {:.2} MB received ({:.2}x), in {}{resumed}",
         pulled.precision,
         pulled.commit,
         pulled.files.len(),

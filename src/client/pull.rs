@@ -5,9 +5,14 @@
 //! catalog, every other file by its sha256 (LFS) or git blob id. Files appear in the output
 //! directory only once checked (temporary file, then rename), in the layout of the repo, which
 //! `transformers` and `huggingface_hub` load as a local folder.
+//!
+//! Resumable: files already in the folder with the listed size and sha256 are kept, and the
+//! blob's chunks are kept as they arrive in `DIR/.cache/qstore/{blob}.part` (removed once the
+//! pull completes), so a pull run again after an interruption fetches only what it lacks.
 
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -28,19 +33,34 @@ pub struct Pulled {
     pub files: Vec<(String, u64)>,
     /// Bytes received: blob sections plus the other files.
     pub received: u64,
+    /// Blob bytes read from an interrupted pull's part file instead of the wire.
+    pub reused: u64,
+    /// Files found in place and checked (size and sha256), not fetched again.
+    pub kept: usize,
     /// Bytes written.
     pub produced: u64,
 }
 
+/// Where a pull is, for a progress line (bytes, cumulative).
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Of the files, written or found in place.
+    pub done: u64,
+    /// The files' total size.
+    pub total: u64,
+    /// Received over the wire.
+    pub received: u64,
+}
+
 /// Pulls `repo` at `rev` in `precision` (`None`: the precision the weights were uploaded in)
-/// into `dir`. `produced` is told the bytes written as they are, for a progress line.
+/// into `dir`. `progress` is told how far it is as bytes are written.
 pub fn pull(
     remote: &Remote,
     repo: &str,
     rev: &str,
     precision: Option<&str>,
     dir: &Path,
-    produced: &(dyn Fn(u64) + Sync),
+    progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Pulled> {
     super::check_repo(repo)?;
     // `int8` and `int8-REF` already name INT8 views; any other revision gets one by prefix.
@@ -81,12 +101,26 @@ pub fn pull(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let mut done = Vec::new();
-    let mut received = 0;
-    let mut total = 0;
+    let (mut received, mut reused, mut kept, mut total) = (0, 0, 0, 0);
+    let mut part = None;
+    let written = AtomicU64::new(0);
+    let all = siblings.iter().filter_map(|s| s["size"].as_u64()).sum();
+    let report = |n: u64, received: u64| {
+        let done = written.fetch_add(n, Relaxed) + n;
+        progress(Progress {
+            done,
+            total: all,
+            received,
+        })
+    };
     if served != "no-weights" {
         let url = format!("{}/api/models/{repo}/qstore/{commit}", remote.endpoint);
         let source = RemoteBlob::open(url, remote.token.clone())?;
         let blob = Blob::open(source).context("the server's blob")?;
+        part = Some(
+            blob.source()
+                .keep_chunks(&dir.join(PART_DIR), blob.index())?,
+        );
         let p = if int8 {
             Precision::Int8
         } else {
@@ -99,24 +133,42 @@ pub fn pull(
             {
                 bail!("{}: the server's catalog and its blob disagree", file.name);
             }
-            let wrote = write_checked(dir, &file.name, &file.sha256, produced, |out| {
+            done.push(file.name.clone());
+            if in_place(dir, &file.name, file.size, Some(&file.sha256), None)? {
+                kept += 1;
+                report(file.size, blob.source().received());
+                continue;
+            }
+            let tick = |n| report(n, blob.source().received());
+            let wrote = write_checked(dir, &file.name, &file.sha256, &tick, |out| {
                 Ok(blob.write_file(file, out)?)
             })?;
             total += wrote;
-            done.push(file.name.clone());
         }
         received += blob.source().received();
+        reused += blob.source().reused();
     }
     for s in &siblings {
         let path = s["rfilename"].as_str().context("a file without a name")?;
         if done.iter().any(|d| d == path) {
             continue;
         }
+        let size = s["size"].as_u64().unwrap_or(u64::MAX);
+        let (sha, oid) = (s["lfs"]["sha256"].as_str(), s["blobId"].as_str());
+        if in_place(dir, path, size, sha, oid)? {
+            kept += 1;
+            report(size, received);
+            continue;
+        }
         let bytes = super::runtime()?.block_on(remote.download(repo, &commit, path))?;
         received += bytes.len() as u64;
         check_plain(path, s, &bytes)?;
         let sha = hex::encode(Sha256::digest(&bytes));
-        total += write_checked(dir, path, &sha, produced, |out| Ok(out.write_all(&bytes)?))?;
+        let tick = |n| report(n, received);
+        total += write_checked(dir, path, &sha, &tick, |out| Ok(out.write_all(&bytes)?))?;
+    }
+    if let Some(part) = part {
+        forget_chunks(dir, &part);
     }
     Ok(Pulled {
         commit,
@@ -126,7 +178,57 @@ pub fn pull(
             .filter_map(|s| Some((s["rfilename"].as_str()?.to_string(), s["size"].as_u64()?)))
             .collect(),
         received,
+        reused,
+        kept,
         produced: total,
+    })
+}
+
+/// Where the chunks of a pull in progress are kept, inside the output folder (`.cache` is
+/// where huggingface_hub keeps its own download state; loaders skip it).
+const PART_DIR: &str = ".cache/qstore";
+
+/// Removes a finished pull's part file, and its folders if that leaves them empty.
+fn forget_chunks(dir: &Path, part: &Path) {
+    let _ = std::fs::remove_file(part);
+    let _ = std::fs::remove_dir(dir.join(PART_DIR));
+    let _ = std::fs::remove_dir(dir.join(".cache"));
+}
+
+/// True when `dir/path` exists with `size` bytes that hash to `sha256` (else, to the git blob
+/// id `git_oid`): a file an earlier pull completed. Read in 1 MiB steps.
+fn in_place(
+    dir: &Path,
+    path: &str,
+    size: u64,
+    sha256: Option<&str>,
+    git_oid: Option<&str>,
+) -> Result<bool> {
+    use sha1::Digest as _;
+    let target = dir.join(relative(path)?);
+    match std::fs::metadata(&target) {
+        Ok(m) if m.is_file() && m.len() == size => {}
+        _ => return Ok(false),
+    }
+    let mut file =
+        std::fs::File::open(&target).with_context(|| format!("reading {}", target.display()))?;
+    let (mut sha, mut git) = (Sha256::new(), sha1::Sha1::new());
+    git.update(format!("blob {size}\0").as_bytes());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        match sha256 {
+            Some(_) => sha.update(&buf[..n]),
+            None => git.update(&buf[..n]),
+        }
+    }
+    Ok(match (sha256, git_oid) {
+        (Some(want), _) => hex::encode(sha.finalize()) == want,
+        (None, Some(want)) => hex::encode(git.finalize()) == want,
+        (None, None) => false,
     })
 }
 

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use reqwest::StatusCode;
 
@@ -230,20 +232,41 @@ async fn pull_rebuilds_each_precision_from_fewer_bytes_than_it_writes() {
     );
 }
 
-/// A proxy in front of `upstream` that flips one byte in the middle of every ranged answer of
-/// the blob resource (`/qstore/`): a server, or a network, that sends wrong bytes.
-async fn corrupting_proxy(upstream: String) -> String {
+/// What a test proxy does to a ranged answer of the blob resource (`/qstore/`), given how
+/// many such answers came before it.
+type Tamper = dyn Fn(usize) -> Tampered + Send + Sync;
+
+enum Tampered {
+    Pass,
+    /// Flip one byte in the middle: a server, or a network, that sends wrong bytes.
+    FlipByte,
+    /// 503, as a server that went away.
+    Refuse,
+}
+
+/// A proxy in front of `upstream` that forwards everything, and treats each ranged answer of
+/// the blob resource as `tamper` says.
+async fn proxy(upstream: String, tamper: Arc<Tamper>) -> String {
     use axum::body::Body;
     use axum::extract::Request;
     use axum::http::{HeaderMap, StatusCode as Code};
+    let seen = Arc::new(AtomicUsize::new(0));
     let handler = move |request: Request| {
-        let upstream = upstream.clone();
+        let (upstream, tamper, seen) = (upstream.clone(), tamper.clone(), seen.clone());
         async move {
             let uri = request
                 .uri()
                 .path_and_query()
                 .map(|p| p.to_string())
                 .unwrap_or_default();
+            let ranged = uri.contains("/qstore/") && request.headers().contains_key("range");
+            let action = match ranged {
+                true => tamper(seen.fetch_add(1, Relaxed)),
+                false => Tampered::Pass,
+            };
+            if let Tampered::Refuse = action {
+                return (Code::SERVICE_UNAVAILABLE, HeaderMap::new(), Body::empty());
+            }
             let mut forward = crate::server::client()
                 .request(request.method().clone(), format!("{upstream}{uri}"));
             for name in ["range", "authorization"] {
@@ -263,7 +286,10 @@ async fn corrupting_proxy(upstream: String) -> String {
                 }
             }
             let mut body = answer.bytes().await.unwrap().to_vec();
-            if uri.contains("/qstore/") && status == Code::PARTIAL_CONTENT && !body.is_empty() {
+            if let Tampered::FlipByte = action
+                && status == Code::PARTIAL_CONTENT
+                && !body.is_empty()
+            {
                 let mid = body.len() / 2;
                 body[mid] ^= 0x01;
             }
@@ -288,7 +314,8 @@ async fn a_pull_from_a_server_sending_wrong_bytes_fails_and_writes_no_weights() 
     let (status, _) = create_repo(&s, &repo, TOKEN, false).await;
     assert_eq!(status, StatusCode::OK);
     commit_weights(&s, &repo, &small_model_bytes(11)).await;
-    let proxy = corrupting_proxy(s.url().trim_end_matches('/').to_string()).await;
+    let upstream = s.url().trim_end_matches('/').to_string();
+    let proxy = proxy(upstream, Arc::new(|_| Tampered::FlipByte)).await;
     let home = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     for precision in ["int8", "bf16"] {
@@ -314,4 +341,84 @@ async fn a_pull_from_a_server_sending_wrong_bytes_fails_and_writes_no_weights() 
             "{precision}: a wrong file was written"
         );
     }
+}
+
+/// The number before `what` in the CLI's summary line.
+fn number_before(line: &str, what: &str) -> f64 {
+    line.split(what)
+        .next()
+        .and_then(|b| b.split([' ', '(']).rfind(|w| !w.is_empty())?.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {what:?} in {line:?}"))
+}
+
+// Multi-threaded: the CLI blocks one worker while the proxy answers it on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_pull_resumes_with_what_it_kept_and_ends_byte_exact() {
+    let s = TestServer::with(Opts {
+        tokens: vec![TOKEN.into()],
+        ..Opts::default()
+    });
+    let repo = unique("org/resumed");
+    let (status, _) = create_repo(&s, &repo, TOKEN, false).await;
+    assert_eq!(status, StatusCode::OK);
+    let model = small_model_bytes(13);
+    commit_weights(&s, &repo, &model).await;
+    let upstream = s.url().trim_end_matches('/').to_string();
+    // The server goes away after answering a few chunks.
+    let dying = proxy(
+        upstream,
+        Arc::new(|n| match n < 6 {
+            true => Tampered::Pass,
+            false => Tampered::Refuse,
+        }),
+    )
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let pull = |endpoint: &str, dir: &Path| {
+        let env = [("QSTORE_ENDPOINT", endpoint), ("QSTORE_TOKEN", TOKEN)];
+        let args = ["pull", &repo, "-q", "-o", dir.to_str().unwrap()];
+        qstore(home.path(), &env, &args)
+    };
+    let fresh = pull(s.url(), &out.path().join("fresh"));
+    assert!(fresh.status.success(), "{fresh:?}");
+    let full = number_before(&stdout(&fresh), "MB received");
+
+    let dir = out.path().join("resumed");
+    let o = pull(&dying, &dir);
+    assert!(one_line_error(&o).contains("503"), "{o:?}");
+    assert!(!dir.join("model.safetensors").exists());
+    let part = std::fs::read_dir(dir.join(".cache/qstore"))
+        .unwrap()
+        .next()
+        .expect("a part file")
+        .unwrap()
+        .path();
+    // A kept chunk damaged on disk is fetched again, not used.
+    let mut kept = std::fs::read(&part).unwrap();
+    let first_chunk = kept.iter().position(|b| *b != 0).expect("kept chunks");
+    kept[first_chunk] ^= 0xff;
+    std::fs::write(&part, kept).unwrap();
+
+    let o = pull(s.url(), &dir);
+    assert!(o.status.success(), "{o:?}");
+    let line = stdout(&o);
+    let again = number_before(&line, "MB received");
+    let reused = number_before(&line, "MB of chunks");
+    assert!(
+        reused > 0.0 && again < full,
+        "{line} (a fresh pull received {full} MB)"
+    );
+    assert!((again + reused - full).abs() < 0.05, "{line} vs {full} MB");
+    assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), model);
+    assert!(
+        !dir.join(".cache").exists(),
+        "the part file outlived the pull"
+    );
+
+    // Run once more: every file is in place and checked; only the listing and index travel.
+    let o = pull(s.url(), &dir);
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("files in place"), "{}", stdout(&o));
+    assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), model);
 }

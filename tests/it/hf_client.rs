@@ -301,6 +301,37 @@ async fn transformers_loads_both_precisions() {
     run_check(python, "tests/hf_client/check_transformers.py", args).await;
 }
 
+/// `qstore pull` writes folders transformers loads with no server at all (offline), in both
+/// precisions: the INT8 one as LLM.int8 layers, from its `quantization_config`.
+#[tokio::test]
+#[ignore = "needs QSTORE_TEST_TRANSFORMERS_PYTHON (torch, transformers) and scripts/fetch-minilm.sh"]
+async fn transformers_loads_folders_qstore_pulled_offline() {
+    let python = crate::needs::transformers_python();
+    let (weights, files) = minilm();
+    let s = TestServer::start();
+    let name = unique("st/minilm");
+    upload_minilm(&s, &name, &weights, &files).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut dirs = Vec::new();
+    for precision in ["bf16", "int8"] {
+        let dir = out.path().join(precision);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_qstore"))
+            .args(["pull", &name, "-q", "-p", precision, "-o"])
+            .arg(&dir)
+            .env("QSTORE_ENDPOINT", &s.url)
+            .env("XDG_CONFIG_HOME", out.path())
+            .env_remove("QSTORE_TOKEN")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        dirs.push(dir.into_os_string());
+    }
+    drop(s); // Offline means offline.
+    let mut args = vec!["--folders".into()];
+    args.extend(dirs);
+    run_check(python, "tests/hf_client/check_transformers.py", args).await;
+}
+
 #[tokio::test]
 #[ignore = "needs QSTORE_TEST_TRANSFORMERS_PYTHON (torch, transformers) and scripts/fetch-minilm.sh"]
 async fn transformers_pushes_to_hub_over_lfs_and_loads_both_precisions() {
