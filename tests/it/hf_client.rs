@@ -133,6 +133,65 @@ async fn huggingface_hub_downloads_every_revision() {
     .await;
 }
 
+/// `qstore push` of a folder, then the real client downloads `main` and `int8` of it: every
+/// file byte-exact, the weights' INT8 the same derivation a local encode makes.
+#[tokio::test]
+#[ignore = "needs QSTORE_TEST_PYTHON (huggingface_hub) and scripts/fetch-minilm.sh"]
+async fn huggingface_hub_downloads_what_qstore_pushed() {
+    let python = crate::needs::hub_python();
+    let (weights, files) = minilm();
+    let s = TestServer::start();
+    let name = unique("st/pushed");
+    let dir = tempfile::tempdir().unwrap();
+    let folder = minilm_folder(dir.path(), &weights, &files);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_qstore"))
+        .args(["push", "-q"])
+        .arg(&folder)
+        .arg(&name)
+        .env("QSTORE_ENDPOINT", &s.url)
+        .env("XDG_CONFIG_HOME", dir.path())
+        .env_remove("QSTORE_TOKEN")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let line = String::from_utf8_lossy(&o.stdout).into_owned();
+    let id =
+        |after: &str| -> String { line.split(after).nth(1).unwrap().chars().take(40).collect() };
+    let (high_commit, int8_commit) = (id("commit "), id("INT8 view "));
+    // What only the server makes: the Hub's default .gitattributes and the INT8 config.
+    let served = |rev: &'static str, path: &'static str| {
+        let url = format!("/{name}/resolve/{rev}/{path}");
+        let s = &s;
+        async move { sha(&get_bytes(s, &url).await.1) }
+    };
+    let mut high: BTreeMap<String, String> =
+        files.iter().map(|(p, b)| (p.clone(), sha(b))).collect();
+    high.insert("model.safetensors".into(), sha(&weights));
+    high.insert(
+        ".gitattributes".into(),
+        served("main", ".gitattributes").await,
+    );
+    let mut int8 = high.clone();
+    int8.insert("model.safetensors".into(), sha(&derived_int8(&weights)));
+    int8.insert("config.json".into(), served("int8", "config.json").await);
+    let expected = json!({
+        "server": s.url,
+        "repo": name,
+        "revisions": {
+            "main": {"commit": high_commit, "files": high},
+            "int8": {"commit": int8_commit, "files": int8},
+        },
+    });
+    let expected_path = dir.path().join("expected.json");
+    std::fs::write(&expected_path, expected.to_string()).unwrap();
+    run_check(
+        python,
+        "tests/hf_client/check_hub.py",
+        vec![expected_path.into_os_string()],
+    )
+    .await;
+}
+
 /// MiniLM as a repo folder: its files plus the BF16 weights as `model.safetensors`.
 fn minilm_folder(dir: &Path, weights: &[u8], files: &RepoFiles) -> PathBuf {
     let folder = dir.join("minilm");

@@ -19,5 +19,6 @@ mod ranges;
 mod real_weights;
 mod roundtrip;
 mod server;
+mod v1_blobs;
 mod web;
 mod xet;

@@ -1,0 +1,107 @@
+//! Blobs written by the version-1 encoder stay readable, byte-exact, whatever later versions
+//! of the format change: two small blobs (tests/data/v1/, see the README there) decode to the
+//! files they were encoded from (their sha256 recorded when they were made), and their INT8
+//! outputs are still what the reference LLM.int8 formula gives for those files.
+
+use std::path::Path;
+
+use qstore::format::{Blob, Precision};
+
+use crate::helpers::{check_derived_int8, sha};
+
+/// A checked-in blob and the sha256 of each output file: (precision, name, sha256).
+struct Fixture {
+    file: &'static str,
+    outputs: &'static [(Precision, &'static str, &'static str)],
+}
+
+const FIXTURES: &[Fixture] = &[
+    Fixture {
+        file: "bf16.qstore",
+        outputs: &[
+            (
+                Precision::High,
+                "model.safetensors",
+                "32dbf029376e7eb2712a2891198facd4ba59fdae858a0c0cf506f83c2f739433",
+            ),
+            (
+                Precision::Int8,
+                "model.safetensors",
+                "60f6e98e01855fb5787a08c47b3496f98514dfff347b32525ffbf341e2b9c9f3",
+            ),
+        ],
+    },
+    Fixture {
+        file: "fp16-sharded.qstore",
+        outputs: &[
+            (
+                Precision::High,
+                "model-00001-of-00002.safetensors",
+                "3c228d55966f0ad7a857aa1ae163007ea464784d04c16c97860c94f726b99571",
+            ),
+            (
+                Precision::High,
+                "model-00002-of-00002.safetensors",
+                "a68f16a8fdd9a8cb90a40c7f1dffec8613f552bebed76e291bc1e3aa99f447f8",
+            ),
+            (
+                Precision::High,
+                "model.safetensors.index.json",
+                "493ae350de6bfbd7565b97e6a8a2f0753d38aaf500b0baecce484762e0314dfd",
+            ),
+            (
+                Precision::Int8,
+                "model-00001-of-00002.safetensors",
+                "ffc59cd215223f38f5edd9bcbf7359237b253e75c9a1aee3804242246e0c58ab",
+            ),
+            (
+                Precision::Int8,
+                "model-00002-of-00002.safetensors",
+                "091e6e962179c46b948e7240aecd96243d32fb27d6f9ca9928aa390d7bb795ab",
+            ),
+            (
+                Precision::Int8,
+                "model.safetensors.index.json",
+                "da59cc0d787443df0c0ec696cd5ff772bf25843269e3b03c40b4907db6fc8e86",
+            ),
+        ],
+    },
+];
+
+fn decoded(blob: &Blob<std::fs::File>, p: Precision, name: &str) -> Vec<u8> {
+    let file = blob.file(p, Some(name)).unwrap();
+    let mut out = Vec::new();
+    blob.write_file(file, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn version_1_blobs_decode_byte_exact() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1");
+    for f in FIXTURES {
+        let blob = Blob::open(std::fs::File::open(dir.join(f.file)).unwrap()).unwrap();
+        let mut names = Vec::new();
+        for p in [Precision::High, Precision::Int8] {
+            names.extend(blob.files(p).iter().map(|o| (p, o.name.clone())));
+        }
+        let listed: Vec<(Precision, String)> = f
+            .outputs
+            .iter()
+            .map(|(p, n, _)| (*p, n.to_string()))
+            .collect();
+        assert_eq!(names, listed, "{}: its files", f.file);
+        for (p, name, want) in f.outputs {
+            let got = sha(&decoded(&blob, *p, name));
+            assert_eq!(&got, want, "{}: {name} ({p:?})", f.file);
+        }
+        for high in blob.files(Precision::High) {
+            if high.name.ends_with(".safetensors") {
+                let h = decoded(&blob, Precision::High, &high.name);
+                let i = decoded(&blob, Precision::Int8, &high.name);
+                check_derived_int8(&h, &i, &|n| {
+                    n.contains("_proj.weight") && !n.contains("embed")
+                });
+            }
+        }
+    }
+}
