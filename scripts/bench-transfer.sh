@@ -16,7 +16,6 @@
 # hf_xet (target/ci-venv, made if missing). About 15 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root="$(pwd)"
 work="${BENCH_DIR:-/tmp/qstore-bench-transfer}"
 reps="${BENCH_REPS:-3}"
 tensors="${BENCH_TRANSFER_TENSORS:-12}"
@@ -32,27 +31,8 @@ log() { echo "bench-transfer: $*" >&2; }
 [[ "$(id -u)" == 0 ]] || { log "needs root (network namespace and tc)"; exit 1; }
 mkdir -p "$work"
 
-venv="$root/target/ci-venv"
-[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
-"$venv/bin/python" -c "import huggingface_hub, hf_xet" 2>/dev/null ||
-    "$venv/bin/python" -m pip install --quiet --upgrade "huggingface_hub>=1.0"
-hub_version="$("$venv/bin/python" -c "import huggingface_hub; print(huggingface_hub.__version__)")"
-cargo build --release --quiet --bin qstore --example synth
-q="$root/target/release/qstore"
-
-[[ -f testdata/minilm/model-bf16.safetensors ]] || scripts/fetch-minilm.sh
-minilm="$work/minilm"
-if [[ ! -d "$minilm" ]]; then
-    mkdir -p "$minilm"
-    cp -r testdata/minilm/repo/. "$minilm/"
-    cp testdata/minilm/model-bf16.safetensors "$minilm/model.safetensors"
-fi
-synthetic="$work/synthetic"
-if [[ ! -f "$synthetic/model.safetensors" ]]; then
-    mkdir -p "$synthetic"
-    "$root/target/release/examples/synth" "$synthetic/model.safetensors" "$tensors" 4096 4096
-    echo '{"model_type": "llama"}' >"$synthetic/config.json"
-fi
+source scripts/bench-common.sh
+bench_setup "$work" "$tensors"
 
 pid=""
 teardown() {
@@ -123,7 +103,8 @@ hf_env=(HF_ENDPOINT="$endpoint" HF_TOKEN=bench-token HF_HUB_DISABLE_TELEMETRY=1
 q_env=(QSTORE_ENDPOINT="$endpoint" QSTORE_TOKEN=bench-token XDG_CONFIG_HOME="$work/qstore-config")
 
 run_model() {
-    local model="$1" dir="$work/$1" out="$work/out"
+    local model="$1" dir out="$work/out"
+    dir="$(bench_folder "$1")"
     for transport in xet lfs; do
         start_server
         local env=("${hf_env[@]}" HF_HOME="$work/hf-home")

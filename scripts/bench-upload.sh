@@ -13,7 +13,6 @@
 # if missing). About 6 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root="$(pwd)"
 work="${BENCH_DIR:-/tmp/qstore-bench-upload}"
 reps="${BENCH_REPS:-3}"
 tensors="${BENCH_UPLOAD_TENSORS:-18}"
@@ -21,28 +20,8 @@ port=18090
 log() { echo "bench-upload: $*" >&2; }
 mkdir -p "$work"
 
-venv="$root/target/ci-venv"
-[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
-"$venv/bin/python" -c "import huggingface_hub, hf_xet" 2>/dev/null ||
-    "$venv/bin/python" -m pip install --quiet --upgrade "huggingface_hub>=1.0"
-hub_version="$("$venv/bin/python" -c "import huggingface_hub; print(huggingface_hub.__version__)")"
-xet_version="$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('hf_xet'))")"
-cargo build --release --quiet --bin qstore --example synth
-q="$root/target/release/qstore"
-
-[[ -f testdata/minilm/model-bf16.safetensors ]] || scripts/fetch-minilm.sh
-minilm="$work/minilm"
-if [[ ! -d "$minilm" ]]; then
-    mkdir -p "$minilm"
-    cp -r testdata/minilm/repo/. "$minilm/"
-    cp testdata/minilm/model-bf16.safetensors "$minilm/model.safetensors"
-fi
-synthetic="$work/synthetic"
-if [[ ! -f "$synthetic/model.safetensors" ]]; then
-    mkdir -p "$synthetic"
-    "$root/target/release/examples/synth" "$synthetic/model.safetensors" "$tensors" 4096 4096
-    echo '{"model_type": "llama"}' >"$synthetic/config.json"
-fi
+source scripts/bench-common.sh
+bench_setup "$work" "$tensors"
 
 pid=""
 cleanup() { [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true; }
@@ -62,7 +41,7 @@ upload() {
     env "${env[@]}" "$venv/bin/hf" repos create me/bench >/dev/null
     local start end
     start=$(date +%s.%N)
-    env "${env[@]}" "$venv/bin/hf" upload me/bench "$work/$model" . >/dev/null
+    env "${env[@]}" "$venv/bin/hf" upload me/bench "$(bench_folder "$model")" . >/dev/null
     end=$(date +%s.%N)
     local through_xet
     through_xet=$(curl -fsS "http://127.0.0.1:$port/metrics" | awk '/^qstore_xet_files_total/ {print $2}')
@@ -76,7 +55,7 @@ upload() {
     local rss
     rss=$(awk '/peak RSS/ {print int($(NF-1) / 1024)}' "$work/server.log" | tail -1)
     local bytes
-    bytes=$(du -sb "$work/$model" | cut -f1)
+    bytes=$(du -sb "$(bench_folder "$model")" | cut -f1)
     echo "$model $transport $(echo "$end - $start" | bc) $rss $bytes" >>"$work/results.txt"
     log "$model/$transport: $(echo "$end - $start" | bc) s, server peak $rss MiB"
 }

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::Remote;
-use crate::format::{EncodeInput, EncodeOptions, SHARD_INDEX_NAME};
+use crate::format::{EncodeInput, EncodeOptions};
 use crate::repo::tree::{MAX_REGULAR_BYTES, check_path, is_weight_path};
 use crate::safetensors::Dtype;
 
@@ -233,11 +233,7 @@ fn encode(
 ) -> Result<LocalBlob> {
     let mut input = EncodeInput::default();
     for f in weights {
-        if f.path == SHARD_INDEX_NAME {
-            input.shard_index = Some(f.disk.clone());
-        } else {
-            input.high.push(f.disk.clone());
-        }
+        input.add_high(&f.path, f.disk.clone());
     }
     let disk = work.join("weights.qstore");
     let summary = crate::format::encode_to_path(&input, &EncodeOptions::default(), &disk, progress)

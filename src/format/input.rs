@@ -74,6 +74,18 @@ pub struct EncodeInput {
     pub arriving: Option<Arc<Arrival>>,
 }
 
+impl EncodeInput {
+    /// Adds a high-precision weights file named `name` in the repo, at `path`: the sharding
+    /// index by its name, any other file as a safetensors file (shard).
+    pub fn add_high(&mut self, name: &str, path: PathBuf) {
+        if name == SHARD_INDEX_NAME {
+            self.shard_index = Some(path);
+        } else {
+            self.high.push(path);
+        }
+    }
+}
+
 /// A safetensors input: path, name in the blob, parsed header.
 pub(super) struct InputFile {
     pub(super) path: PathBuf,

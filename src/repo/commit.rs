@@ -23,7 +23,7 @@ use super::tree::{self, Tree, TreeFile, is_weight_path, sha256_hex};
 use super::{RepoError, RepoResult};
 use crate::codec::quantize::HighDtype;
 use crate::format::{
-    Blob, EncodeInput, EncodeOptions, EncodeSummary, Index, OutputFile, Precision, SHARD_INDEX_NAME,
+    Blob, EncodeInput, EncodeOptions, EncodeSummary, Index, OutputFile, Precision,
 };
 use crate::safetensors::Dtype;
 use crate::storage::catalog::now_millis;
@@ -488,11 +488,7 @@ async fn encode_weights(
     for f in weights {
         let dest = high_dir.join(&f.entry.path);
         materialise(store, f, &dest).await?;
-        if f.entry.path == SHARD_INDEX_NAME {
-            input.shard_index = Some(dest);
-        } else {
-            input.high.push(dest);
-        }
+        input.add_high(&f.entry.path, dest);
     }
     let _turn = store
         .encodes

@@ -13,7 +13,7 @@ use crate::server::{Endpoint, Opts, TestServer, small_model_bytes, unique};
 
 /// Runs the CLI with its config directory in `home` and no endpoint or token from the caller's
 /// environment.
-fn qstore(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+pub fn qstore(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_qstore"));
     c.args(args)
         .env("XDG_CONFIG_HOME", home)
@@ -27,12 +27,12 @@ fn qstore(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     c.output().unwrap()
 }
 
-fn stdout(o: &Output) -> String {
+pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// A failure: non-zero exit and exactly one line on stderr.
-fn one_line_error(o: &Output) -> String {
+pub fn one_line_error(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success(), "expected a failure: {}", stdout(o));
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -344,7 +344,7 @@ async fn a_pull_from_a_server_sending_wrong_bytes_fails_and_writes_no_weights() 
 }
 
 /// The number before `what` in the CLI's summary line.
-fn number_before(line: &str, what: &str) -> f64 {
+pub fn number_before(line: &str, what: &str) -> f64 {
     line.split(what)
         .next()
         .and_then(|b| b.split([' ', '(']).rfind(|w| !w.is_empty())?.parse().ok())

@@ -123,7 +123,12 @@ async fn huggingface_hub_downloads_every_revision() {
         },
     });
     let dir = tempfile::tempdir().unwrap();
-    let expected_path = dir.path().join("expected.json");
+    check_hub(python, dir.path(), &expected).await;
+}
+
+/// Runs tests/hf_client/check_hub.py on what `expected` says each revision holds.
+async fn check_hub(python: PathBuf, dir: &Path, expected: &Value) {
+    let expected_path = dir.join("expected.json");
     std::fs::write(&expected_path, expected.to_string()).unwrap();
     run_check(
         python,
@@ -182,14 +187,7 @@ async fn huggingface_hub_downloads_what_qstore_pushed() {
             "int8": {"commit": int8_commit, "files": int8},
         },
     });
-    let expected_path = dir.path().join("expected.json");
-    std::fs::write(&expected_path, expected.to_string()).unwrap();
-    run_check(
-        python,
-        "tests/hf_client/check_hub.py",
-        vec![expected_path.into_os_string()],
-    )
-    .await;
+    check_hub(python, dir.path(), &expected).await;
 }
 
 /// MiniLM as a repo folder: its files plus the BF16 weights as `model.safetensors`.

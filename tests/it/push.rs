@@ -5,11 +5,12 @@
 //! with a clear error, leaving the branch where it was.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::client::{number_before, one_line_error, stdout};
 use crate::helpers::{encode, encode_with, sha};
 use crate::hub::{TOKEN, commit, commit_weights, create_repo, head, lfs_upload, paths};
 use crate::server::{Endpoint, Opts, TestServer, client, small_model, small_model_bytes, unique};
@@ -24,39 +25,8 @@ fn admin() -> TestServer {
 
 /// Runs the CLI against `s` with the admin token and a config directory of its own.
 fn qstore(s: &TestServer, home: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qstore"));
-    c.args(args)
-        .env("XDG_CONFIG_HOME", home)
-        .env("QSTORE_ENDPOINT", s.url())
-        .env("QSTORE_TOKEN", TOKEN)
-        .env_remove("HF_ENDPOINT")
-        .env_remove("HF_TOKEN")
-        .stdin(Stdio::null());
-    c.output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn one_line_error(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "expected a failure: {}", stdout(o));
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    err
-}
-
-/// The number before `what` in the CLI's summary line (`... 12.34 MB sent ...`).
-fn number_before(line: &str, what: &str) -> f64 {
-    let before = line
-        .split(what)
-        .next()
-        .unwrap_or_else(|| panic!("no {what:?} in {line:?}"));
-    before
-        .split([' ', '(', ','])
-        .rfind(|w| !w.is_empty())
-        .and_then(|w| w.trim_end_matches(" MB").parse().ok())
-        .unwrap_or_else(|| panic!("no number before {what:?} in {line:?}"))
+    let env = [("QSTORE_ENDPOINT", s.url()), ("QSTORE_TOKEN", TOKEN)];
+    crate::client::qstore(home, &env, args)
 }
 
 async fn served(s: &TestServer, repo: &str, rev: &str, path: &str) -> Vec<u8> {
