@@ -251,3 +251,89 @@ async fn pushed_blobs_that_do_not_check_out_are_refused_and_change_nothing() {
         assert_eq!(head(&s, &repo, "main").await, landed, "{what}");
     }
 }
+
+#[tokio::test]
+async fn sharded_and_f32_weights_are_pushed_and_replace_the_heads_weights() {
+    use crate::helpers::{T, write_st};
+    use qstore::safetensors::Dtype;
+    let s = admin();
+    let home = tempfile::tempdir().unwrap();
+    let repo = unique("org/shards");
+
+    // First a single-file model, then a sharded one: the push's weights replace the head's.
+    let single = tempfile::tempdir().unwrap();
+    small_model(single.path(), 51);
+    let o = qstore(
+        &s,
+        home.path(),
+        &["push", single.path().to_str().unwrap(), &repo, "-q"],
+    );
+    assert!(o.status.success(), "{o:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let shard = |i: u64| {
+        dir.path()
+            .join(format!("model-0000{i}-of-00002.safetensors"))
+    };
+    write_st(
+        &shard(1),
+        &[("format", "pt")],
+        &[T::llm("a.q_proj.weight", 256, 128, 52)],
+    );
+    write_st(
+        &shard(2),
+        &[("format", "pt")],
+        &[T::llm("b.k_proj.weight", 128, 256, 53)],
+    );
+    let index = r#"{"metadata": {"total_size": 131072}, "weight_map": {"a.q_proj.weight": "model-00001-of-00002.safetensors", "b.k_proj.weight": "model-00002-of-00002.safetensors"}}"#;
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index).unwrap();
+    let o = qstore(
+        &s,
+        home.path(),
+        &["push", dir.path().to_str().unwrap(), &repo, "-q"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let listed = paths(&s, &repo, "main").await;
+    assert!(
+        !listed.contains(&"model.safetensors".to_string()),
+        "{listed:?}"
+    );
+    for name in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ] {
+        let local = std::fs::read(dir.path().join(name)).unwrap();
+        assert_eq!(served(&s, &repo, "main", name).await, local, "{name}");
+    }
+    let int8_index = served(&s, &repo, "int8", "model.safetensors.index.json").await;
+    let int8_index: Value = serde_json::from_slice(&int8_index).unwrap();
+    assert!(
+        int8_index["weight_map"]["a.q_proj.SCB"].is_string(),
+        "{int8_index}"
+    );
+
+    // F32-only weights are no blob's: they go up, and are served, as plain files.
+    let f32_dir = tempfile::tempdir().unwrap();
+    let values: Vec<u8> = (0..64 * 64)
+        .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+        .collect();
+    write_st(
+        &f32_dir.path().join("model.safetensors"),
+        &[],
+        &[T::new("w.weight", Dtype::F32, &[64, 64], values)],
+    );
+    let repo32 = unique("org/f32");
+    let o = qstore(
+        &s,
+        home.path(),
+        &["push", f32_dir.path().to_str().unwrap(), &repo32, "-q"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert!(!stdout(&o).contains("blob"), "{}", stdout(&o));
+    let local = std::fs::read(f32_dir.path().join("model.safetensors")).unwrap();
+    assert_eq!(
+        served(&s, &repo32, "main", "model.safetensors").await,
+        local
+    );
+}
