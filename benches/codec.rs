@@ -58,8 +58,18 @@ struct ModelResult {
     decode_high_s: [f64; 2],
     decode_int8_s: [f64; 2],
     zstd: Vec<(String, u64, u64, f64)>,
-    zipnn: Option<(u64, u64, f64)>,
+    zipnn: Option<Zipnn>,
     rss: Option<(u64, u64, u64)>,
+    /// Whole-process `qstore decode` seconds, as a user runs it: [bf16, int8] x [2, 1 threads].
+    cli_s: Option<[[f64; 2]; 2]>,
+}
+
+/// ZipNN on the same files: compressed sizes and median seconds (2 threads).
+struct Zipnn {
+    high_size: u64,
+    int8_size: u64,
+    encode_s: f64,
+    decode_s: f64,
 }
 
 fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Option<ModelResult> {
@@ -123,6 +133,7 @@ fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Optio
     }
     let zipnn = run_zipnn(high, &int8_path);
     let rss = measure_rss.then(|| peak_rss(high, work)).flatten();
+    let cli_s = cli_decode(&blob_path);
     Some(ModelResult {
         name: name.to_string(),
         report,
@@ -134,11 +145,41 @@ fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Optio
         zstd: zstd_rows,
         zipnn,
         rss,
+        cli_s,
     })
 }
 
-/// (bf16 compressed, int8 compressed, median bf16 decode seconds), or None without ZipNN.
-fn run_zipnn(high: &Path, int8: &Path) -> Option<(u64, u64, f64)> {
+/// Median wall time of `qstore decode -q BLOB --precision P -o /dev/null` (process start to
+/// exit), with 2 and 1 rayon threads; None without a release build.
+fn cli_decode(blob: &Path) -> Option<[[f64; 2]; 2]> {
+    let exe = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/qstore");
+    if !exe.exists() {
+        eprintln!("CLI timing skipped: build target/release/qstore first");
+        return None;
+    }
+    let mut out = [[0.0; 2]; 2];
+    for (p, precision) in ["bf16", "int8"].iter().enumerate() {
+        for (slot, threads) in [(0, "2"), (1, "1")] {
+            let mut ok = true;
+            out[p][slot] = time(REPS, || {
+                let status = Command::new(&exe)
+                    .args(["decode", "-q", "--precision", precision, "-o", "/dev/null"])
+                    .arg(blob)
+                    .env("RAYON_NUM_THREADS", threads)
+                    .status();
+                ok &= status.is_ok_and(|s| s.success());
+            });
+            if !ok {
+                eprintln!("CLI timing skipped: qstore decode failed");
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// ZipNN's sizes and BF16 timings, or None without ZipNN.
+fn run_zipnn(high: &Path, int8: &Path) -> Option<Zipnn> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/zipnn_baseline.py");
     let a = format!("{}:bfloat16", high.display());
     let b = format!("{}:int8", int8.display());
@@ -160,12 +201,20 @@ fn run_zipnn(high: &Path, int8: &Path) -> Option<(u64, u64, f64)> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     let get = |p: &Path| v.get(p.to_str()?).cloned();
     let (h, i) = (get(high)?, get(int8)?);
-    let times: Vec<f64> = h["decode_s"]
-        .as_array()?
-        .iter()
-        .filter_map(|t| t.as_f64())
-        .collect();
-    Some((h["size"].as_u64()?, i["size"].as_u64()?, median(times)))
+    let times = |key: &str| -> Option<f64> {
+        let v: Vec<f64> = h[key]
+            .as_array()?
+            .iter()
+            .filter_map(|t| t.as_f64())
+            .collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    Some(Zipnn {
+        high_size: h["size"].as_u64()?,
+        int8_size: i["size"].as_u64()?,
+        encode_s: times("encode_s")?,
+        decode_s: times("decode_s")?,
+    })
 }
 
 /// Peak RSS (bytes) of `qstore encode`, `qstore decode --precision bf16` and `... int8` on
@@ -222,6 +271,68 @@ fn mbps(bytes: u64, s: f64) -> String {
     format!("{:.0}", bytes as f64 / s / 1e6)
 }
 
+/// The speed goals of issue #11, side by side with ZipNN (2 threads each): qstore's MB/s of
+/// output (input for encode), ZipNN's of the BF16 file, and their ratio against the goal.
+fn speed_against_zipnn(r: &ModelResult) -> String {
+    let Some(z) = &r.zipnn else {
+        return String::new();
+    };
+    let zipnn_decode = r.high_bytes as f64 / z.decode_s;
+    let zipnn_encode = r.high_bytes as f64 / z.encode_s;
+    let mut md = String::from(
+        "\nSpeed against ZipNN (MB/s, 2 threads each; ZipNN on the BF16 file):\n\n| measure | qstore | ZipNN | ratio | goal |\n|---|---:|---:|---:|---:|\n",
+    );
+    let mut row = |what: &str, bytes: u64, s: f64, base: f64, goal: &str| {
+        let speed = bytes as f64 / s;
+        md += &format!(
+            "| {what} | {:.0} | {:.0} | {:.2}x | {goal} |\n",
+            speed / 1e6,
+            base / 1e6,
+            speed / base
+        );
+    };
+    row(
+        "decode BF16, in process",
+        r.high_bytes,
+        r.decode_high_s[0],
+        zipnn_decode,
+        ">= 1.0x",
+    );
+    if let Some(cli) = r.cli_s {
+        row(
+            "decode BF16, `qstore decode` whole process",
+            r.high_bytes,
+            cli[0][0],
+            zipnn_decode,
+            ">= 1.0x",
+        );
+    }
+    row(
+        "decode INT8, in process",
+        r.int8_bytes,
+        r.decode_int8_s[0],
+        zipnn_decode,
+        ">= 2.0x",
+    );
+    if let Some(cli) = r.cli_s {
+        row(
+            "decode INT8, `qstore decode` whole process",
+            r.int8_bytes,
+            cli[1][0],
+            zipnn_decode,
+            ">= 2.0x",
+        );
+    }
+    row(
+        "encode (ZipNN: compress)",
+        r.high_bytes,
+        r.encode_s[0],
+        zipnn_encode,
+        ">= 0.5x",
+    );
+    md
+}
+
 fn write_markdown(results: &[ModelResult]) -> String {
     let mut md = String::new();
     md += "# Benchmarks\n\n";
@@ -254,17 +365,19 @@ fn write_markdown(results: &[ModelResult]) -> String {
                 mbps(r.high_bytes, *t)
             );
         }
-        if let Some((a, b, t)) = r.zipnn {
+        if let Some(z) = &r.zipnn {
+            let (a, b) = (z.high_size, z.int8_size);
             md += &format!(
                 "| ZipNN 0.5.4, each file (2 threads) | {} | {:.3}x | {} |\n",
                 a + b,
                 pair as f64 / (a + b) as f64,
-                mbps(r.high_bytes, t)
+                mbps(r.high_bytes, z.decode_s)
             );
             md += &format!("| ZipNN 0.5.4, BF16 file alone | {a} | | |\n");
         } else {
             md += "| ZipNN | not measured (python3 -c 'import zipnn' failed) | | |\n";
         }
+        md += &speed_against_zipnn(r);
         md += "\nqstore detail:\n\n| quantity | value |\n|---|---:|\n";
         md += &format!(
             "| quantized weights, all costs, bits/param | **{:.3}** ({} params) |\n",
@@ -295,6 +408,15 @@ fn write_markdown(results: &[ModelResult]) -> String {
             mbps(r.int8_bytes, r.decode_int8_s[0]),
             mbps(r.int8_bytes, r.decode_int8_s[1])
         );
+        if let Some(cli) = r.cli_s {
+            md += &format!(
+                "| `qstore decode` whole process, BF16 / INT8, MB/s, 2 threads / 1 thread | {} / {}, {} / {} |\n",
+                mbps(r.high_bytes, cli[0][0]),
+                mbps(r.high_bytes, cli[0][1]),
+                mbps(r.int8_bytes, cli[1][0]),
+                mbps(r.int8_bytes, cli[1][1])
+            );
+        }
         if let Some((e, h, i)) = r.rss {
             md += &format!(
                 "| peak RSS: encode / decode BF16 / decode INT8 (CLI, MiB) | {:.0} / {:.0} / {:.0} |\n",

@@ -2,7 +2,8 @@
 """ZipNN baseline for docs/BENCHMARKS.md: compress each file separately, time decompression.
 
 Usage: zipnn_baseline.py FILE:DTYPE [FILE:DTYPE ...]   (DTYPE: bfloat16, float16, int8)
-Prints one JSON object: {"FILE": {"size": compressed_bytes, "decode_s": [seconds, ...]}, ...}
+Prints one JSON object:
+  {"FILE": {"size": compressed_bytes, "encode_s": [seconds, ...], "decode_s": [seconds, ...]}, ...}
 """
 import json
 import sys
@@ -19,7 +20,12 @@ def main() -> None:
         # ZipNN has no int8 mode, so int8 files go through its bfloat16 byte mode like any
         # byte array. It also rewrites its input buffer in place: hand it a copy.
         z = ZipNN(bytearray_dtype="float16" if dtype == "float16" else "bfloat16", threads=2)
-        packed = z.compress(bytes(bytearray(data)))
+        encode_times = []
+        for _ in range(3):
+            copy = bytes(bytearray(data))
+            t = time.perf_counter()
+            packed = z.compress(copy)
+            encode_times.append(time.perf_counter() - t)
         times = []
         for _ in range(3):
             t = time.perf_counter()
@@ -27,7 +33,7 @@ def main() -> None:
             times.append(time.perf_counter() - t)
         if bytes(out) != data:
             raise SystemExit(f"zipnn round trip failed for {path}")
-        result[path] = {"size": len(packed), "decode_s": times}
+        result[path] = {"size": len(packed), "encode_s": encode_times, "decode_s": times}
     print(json.dumps(result))
 
 
