@@ -354,10 +354,13 @@ pub fn number_before(line: &str, what: &str) -> f64 {
 // Multi-threaded: the CLI blocks one worker while the proxy answers it on another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_pull_resumes_with_what_it_kept_and_ends_byte_exact() {
-    let s = TestServer::with(Opts {
+    let data = tempfile::tempdir().unwrap();
+    let opts = || Opts {
         tokens: vec![TOKEN.into()],
+        data_dir: Some(data.path().to_owned()),
         ..Opts::default()
-    });
+    };
+    let mut s = TestServer::with(opts());
     let repo = unique("org/resumed");
     let (status, _) = create_repo(&s, &repo, TOKEN, false).await;
     assert_eq!(status, StatusCode::OK);
@@ -400,6 +403,9 @@ async fn an_interrupted_pull_resumes_with_what_it_kept_and_ends_byte_exact() {
     kept[first_chunk] ^= 0xff;
     std::fs::write(&part, kept).unwrap();
 
+    // The server itself is stopped and started again on the same data directory.
+    s.stop();
+    let s = TestServer::with(opts());
     let o = pull(s.url(), &dir);
     assert!(o.status.success(), "{o:?}");
     let line = stdout(&o);
