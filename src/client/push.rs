@@ -17,7 +17,6 @@ use sha2::{Digest, Sha256};
 use super::Remote;
 use crate::format::{EncodeInput, EncodeOptions};
 use crate::repo::tree::{MAX_REGULAR_BYTES, check_path, is_weight_path};
-use crate::safetensors::Dtype;
 
 /// Parts of a multipart upload sent at once (each held in memory: 16 MiB).
 const PARTS_IN_FLIGHT: usize = 4;
@@ -208,11 +207,7 @@ fn encodable(weights: &[&LocalFile]) -> Result<bool> {
         let mut file = std::fs::File::open(&f.disk)?;
         let header = crate::safetensors::read_header(&mut file)
             .with_context(|| format!("{}: not a safetensors file", f.path))?;
-        if header
-            .tensors
-            .iter()
-            .any(|t| matches!(t.dtype, Dtype::BF16 | Dtype::F16))
-        {
+        if header.has_16bit_floats() {
             return Ok(true);
         }
     }

@@ -25,7 +25,6 @@ use crate::codec::quantize::HighDtype;
 use crate::format::{
     Blob, EncodeInput, EncodeOptions, EncodeSummary, Index, OutputFile, Precision,
 };
-use crate::safetensors::Dtype;
 use crate::storage::catalog::now_millis;
 use crate::storage::{
     BlobRecord, Catalog, CommitOutcome, CommitRecord, FileEntry, FileSet, NewCommit, Objects,
@@ -464,11 +463,7 @@ async fn encodable(store: &Store<'_>, weights: &[&TreeFile]) -> RepoResult<bool>
         header
             .check_file_len(f.entry.size)
             .map_err(|e| RepoError::BadInput(format!("{}: {e}", f.entry.path)))?;
-        if header
-            .tensors
-            .iter()
-            .any(|t| matches!(t.dtype, Dtype::BF16 | Dtype::F16))
-        {
+        if header.has_16bit_floats() {
             return Ok(true);
         }
     }

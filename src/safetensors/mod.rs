@@ -205,6 +205,14 @@ impl Header {
         Some(&self.tensors[self.by_name[at] as usize])
     }
 
+    /// True when a tensor is BF16 or FP16: what a blob stores (F32-only weights stay plain
+    /// files, on the server and in `qstore push` alike).
+    pub fn has_16bit_floats(&self) -> bool {
+        self.tensors
+            .iter()
+            .any(|t| matches!(t.dtype, Dtype::BF16 | Dtype::F16))
+    }
+
     /// Checks that a file of `actual` bytes is exactly what this header describes.
     pub fn check_file_len(&self, actual: u64) -> Result<(), SafetensorsError> {
         if self.file_len() != actual {
