@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use reqwest::StatusCode;
 
@@ -232,9 +231,9 @@ async fn pull_rebuilds_each_precision_from_fewer_bytes_than_it_writes() {
     );
 }
 
-/// What a test proxy does to a ranged answer of the blob resource (`/qstore/`), given how
-/// many such answers came before it.
-type Tamper = dyn Fn(usize) -> Tampered + Send + Sync;
+/// What a test proxy does to a ranged answer of the blob resource (`/qstore/`), given the
+/// offset the range starts at.
+type Tamper = dyn Fn(u64) -> Tampered + Send + Sync;
 
 enum Tampered {
     Pass,
@@ -250,19 +249,26 @@ async fn proxy(upstream: String, tamper: Arc<Tamper>) -> String {
     use axum::body::Body;
     use axum::extract::Request;
     use axum::http::{HeaderMap, StatusCode as Code};
-    let seen = Arc::new(AtomicUsize::new(0));
     let handler = move |request: Request| {
-        let (upstream, tamper, seen) = (upstream.clone(), tamper.clone(), seen.clone());
+        let (upstream, tamper) = (upstream.clone(), tamper.clone());
         async move {
             let uri = request
                 .uri()
                 .path_and_query()
                 .map(|p| p.to_string())
                 .unwrap_or_default();
-            let ranged = uri.contains("/qstore/") && request.headers().contains_key("range");
-            let action = match ranged {
-                true => tamper(seen.fetch_add(1, Relaxed)),
-                false => Tampered::Pass,
+            let start = request.headers().get("range").and_then(|v| {
+                v.to_str()
+                    .ok()?
+                    .strip_prefix("bytes=")?
+                    .split('-')
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+            let action = match start {
+                Some(start) if uri.contains("/qstore/") => tamper(start),
+                _ => Tampered::Pass,
             };
             if let Tampered::Refuse = action {
                 return (Code::SERVICE_UNAVAILABLE, HeaderMap::new(), Body::empty());
@@ -367,12 +373,27 @@ async fn an_interrupted_pull_resumes_with_what_it_kept_and_ends_byte_exact() {
     let model = small_model_bytes(13);
     commit_weights(&s, &repo, &model).await;
     let upstream = s.url().trim_end_matches('/').to_string();
-    // The server goes away after answering a few chunks.
+    // The server goes away once the pull reaches the residual section: every chunk before it
+    // (headers, int8 values, scales) has arrived, none of the residual.
+    let head = crate::server::client()
+        .head(s.at(&format!("/api/models/{repo}/qstore/main")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let residual: Vec<u64> = head.headers()["x-qstore-residual"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches("bytes=")
+        .split('-')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let (from, to) = (residual[0], residual[1]);
     let dying = proxy(
         upstream,
-        Arc::new(|n| match n < 6 {
-            true => Tampered::Pass,
-            false => Tampered::Refuse,
+        Arc::new(move |start| match (from..=to).contains(&start) {
+            true => Tampered::Refuse,
+            false => Tampered::Pass,
         }),
     )
     .await;
