@@ -1,37 +1,43 @@
 //! Every chunk decoder on hostile input: frequency tables, rANS streams (int8 and float byte
 //! planes), and residuals against fuzzed int8 values and scales. The first bytes choose the
-//! decoder and the output size; an error is fine, a panic or an out-of-bounds access is not.
+//! decoder, its lanes (4 or 32: which / 5 odd) and the output size; an error is fine, a panic
+//! or an out-of-bounds access is not.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use qstore::codec::quantize::HighDtype;
 use qstore::codec::residual::{self, ChunkRows};
-use qstore::codec::{decode_float, decode_int8};
+use qstore::codec::{Lanes, decode_float, decode_int8};
 
 fuzz_target!(|data: &[u8]| {
     let [which, a, b, rest @ ..] = data else {
         return;
     };
     let n = (usize::from(*a) << 8 | usize::from(*b)) % 8192;
+    let lanes = if which / 5 % 2 == 1 {
+        Lanes::Wide
+    } else {
+        Lanes::Narrow
+    };
     match which % 5 {
         0 => {
-            let _ = decode_int8(rest, &mut vec![0u8; n]);
+            let _ = decode_int8(rest, lanes, &mut vec![0u8; n]);
         }
         1 => {
-            let _ = decode_float(rest, 2, &mut vec![0u8; n * 2]);
+            let _ = decode_float(rest, 2, lanes, &mut vec![0u8; n * 2]);
         }
         2 => {
-            let _ = decode_float(rest, 4, &mut vec![0u8; n * 4]);
+            let _ = decode_float(rest, 4, lanes, &mut vec![0u8; n * 4]);
         }
         3 => {
-            let _ = decode_float(rest, 8, &mut vec![0u8; n * 8]);
+            let _ = decode_float(rest, 8, lanes, &mut vec![0u8; n * 8]);
         }
-        _ => residual_case(*a, *b, rest),
+        _ => residual_case(*a, *b, lanes, rest),
     }
 });
 
 /// A residual chunk of `rows` x `cols` whose int8 values and scales come from the input too.
-fn residual_case(a: u8, b: u8, rest: &[u8]) {
+fn residual_case(a: u8, b: u8, lanes: Lanes, rest: &[u8]) {
     let (rows, cols) = (usize::from(a % 8) + 1, usize::from(b % 64) + 1);
     let n = rows * cols;
     if rest.len() < n + rows * 2 {
@@ -50,6 +56,6 @@ fn residual_case(a: u8, b: u8, rest: &[u8]) {
             scales: &scales,
             cols,
         };
-        let _ = residual::decode(&chunk, stored, &mut vec![0u8; n * 2]);
+        let _ = residual::decode(&chunk, stored, lanes, &mut vec![0u8; n * 2]);
     }
 }

@@ -4,17 +4,18 @@
 //! 0.01 bits per symbol, while letting the decoder use a direct slot → symbol lookup.
 
 use super::CodecError;
-use super::rans::{Decoder, Symbol};
+pub use super::rans::TABLE_BITS;
+use super::rans::{Decoder, LOOKUP_LEN, Symbol, TableView};
 
-/// Probability resolution of table-coded symbols.
-pub const TABLE_BITS: u32 = 14;
 const TOTAL: u32 = 1 << TABLE_BITS;
 
 /// Normalised frequencies plus the decoder's lookup structures.
 pub struct FreqTable {
     freq: [u32; 256],
     start: [u32; 256],
-    lookup: Box<[u8; TOTAL as usize]>,
+    /// `freq | start << 16` per symbol, for the decoder.
+    packed: [u32; 256],
+    lookup: Box<[u8; LOOKUP_LEN]>,
 }
 
 impl FreqTable {
@@ -81,17 +82,28 @@ impl FreqTable {
 
     fn from_freqs(freq: [u32; 256]) -> FreqTable {
         let mut start = [0u32; 256];
-        let mut lookup = Box::new([0u8; TOTAL as usize]);
+        let mut packed = [0u32; 256];
+        let mut lookup = Box::new([0u8; LOOKUP_LEN]);
         let mut acc = 0u32;
         for s in 0..256 {
             start[s] = acc;
+            packed[s] = freq[s] | acc << 16;
             lookup[acc as usize..(acc + freq[s]) as usize].fill(s as u8);
             acc += freq[s];
         }
         FreqTable {
             freq,
             start,
+            packed,
             lookup,
+        }
+    }
+
+    /// The decode loops' view of the table.
+    pub fn view(&self) -> TableView<'_> {
+        TableView {
+            lookup: &self.lookup,
+            packed: &self.packed,
         }
     }
 
@@ -107,21 +119,25 @@ impl FreqTable {
 
     /// Decodes one symbol from `lane`.
     #[inline(always)]
-    pub fn decode(&self, dec: &mut Decoder, lane: usize) -> u8 {
-        self.decode_in::<false>(dec, lane)
+    pub fn decode<const L: usize>(&self, dec: &mut Decoder<L>, lane: usize) -> u8 {
+        self.decode_in::<false, L>(dec, lane)
     }
 
     /// [`FreqTable::decode`]; `WITHIN` as in [`Decoder::advance_in`].
     #[inline(always)]
-    pub fn decode_in<const WITHIN: bool>(&self, dec: &mut Decoder, lane: usize) -> u8 {
+    pub fn decode_in<const WITHIN: bool, const L: usize>(
+        &self,
+        dec: &mut Decoder<L>,
+        lane: usize,
+    ) -> u8 {
         let sym = self.lookup[dec.slot(lane, TABLE_BITS) as usize & (TOTAL as usize - 1)];
         dec.advance_in::<WITHIN>(lane, self.symbol(sym));
         sym
     }
 
-    /// Decodes one symbol per byte of `out`, element `i` on lane `i % 4`.
-    pub fn decode_all(&self, dec: &mut Decoder, out: &mut [u8]) {
-        dec.decode_table_bytes(&self.lookup, &self.start, &self.freq, out);
+    /// Decodes one symbol per byte of `out`, element `i` on lane `i % L`.
+    pub fn decode_all<const L: usize>(&self, dec: &mut Decoder<L>, out: &mut [u8]) {
+        dec.decode_table_bytes(&self.view(), out);
     }
 
     /// Appends the table: a mode byte (2 = uniform, nothing follows), then per symbol a zigzag

@@ -9,6 +9,27 @@ pub mod residual;
 use freq::FreqTable;
 use rans::{Decoder, Encoder};
 
+pub use rans::simd_enabled;
+
+/// How many rANS lanes a chunk's stream interleaves: 4 in version-1 blobs, 32 in version 2
+/// (which SIMD decodes eight at a time). Both are read; new chunks are written wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lanes {
+    Narrow,
+    Wide,
+}
+
+/// Runs `$f::<L>($args)` with `L` the lane count of `$lanes`.
+macro_rules! with_lanes {
+    ($lanes:expr, $f:ident($($arg:expr),*)) => {
+        match $lanes {
+            $crate::codec::Lanes::Narrow => $f::<{ $crate::codec::rans::NARROW }>($($arg),*),
+            $crate::codec::Lanes::Wide => $f::<{ $crate::codec::rans::WIDE }>($($arg),*),
+        }
+    };
+}
+pub(crate) use with_lanes;
+
 /// A chunk that cannot be decoded: the blob is damaged (or was not written by us).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -18,33 +39,38 @@ pub enum CodecError {
 
 /// Codes int8 values with one static table per chunk: measured on real weights, richer contexts
 /// (row or column spread) gain under 0.02 bits per value.
-pub fn encode_int8(q: &[u8]) -> Vec<u8> {
-    encode_planes_raw(q, 1)
+pub fn encode_int8(q: &[u8], lanes: Lanes) -> Vec<u8> {
+    with_lanes!(lanes, encode_planes_raw(q, 1))
 }
 
 /// Decodes [`encode_int8`] output as the bytes of the int8 values.
-pub fn decode_int8(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
-    decode_planes_raw(data, 1, out)
+pub fn decode_int8(data: &[u8], lanes: Lanes, out: &mut [u8]) -> Result<(), CodecError> {
+    with_lanes!(lanes, decode_planes_raw(data, 1, out))
 }
 
 /// Codes floating-point data as byte planes after rotating each value left by one bit, which
 /// puts the exponent in the top byte and the sign next to the mantissa: the exponent plane then
 /// carries almost all the redundancy and gets its own table.
-pub fn encode_float(data: &[u8], elem_size: usize) -> Vec<u8> {
+pub fn encode_float(data: &[u8], elem_size: usize, lanes: Lanes) -> Vec<u8> {
     let rotated = rotate(data, elem_size, true);
-    encode_planes_raw(&rotated, elem_size)
+    with_lanes!(lanes, encode_planes_raw(&rotated, elem_size))
 }
 
 /// Decodes [`encode_float`] output into `out` (which has the decoded length).
-pub fn decode_float(data: &[u8], elem_size: usize, out: &mut [u8]) -> Result<(), CodecError> {
+pub fn decode_float(
+    data: &[u8],
+    elem_size: usize,
+    lanes: Lanes,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
     // The encoder only writes whole elements; a partial one would leave output bytes unwritten.
     if !out.len().is_multiple_of(elem_size) {
         return Err(CodecError::Corrupt("float chunk of a partial element"));
     }
     if elem_size == 2 {
-        return decode_float16(data, out);
+        return with_lanes!(lanes, decode_float16(data, out));
     }
-    decode_planes_raw(data, elem_size, out)?;
+    with_lanes!(lanes, decode_planes_raw(data, elem_size, out))?;
     let restored = rotate(out, elem_size, false);
     out.copy_from_slice(&restored);
     Ok(())
@@ -118,8 +144,8 @@ impl Plane {
 
 /// Codes `data` as `planes` interleaved byte planes. Layout: one descriptor per plane (a
 /// frequency table, or the byte 4 for a raw plane), then each raw plane's bytes, then one rANS
-/// stream holding every coded plane's byte of element `i` on lane `i % 4`.
-fn encode_planes_raw(data: &[u8], planes: usize) -> Vec<u8> {
+/// stream holding every coded plane's byte of element `i` on lane `i % L`.
+fn encode_planes_raw<const L: usize>(data: &[u8], planes: usize) -> Vec<u8> {
     let mut counts = vec![[0u64; 256]; planes];
     for elem in data.chunks_exact(planes) {
         for (c, &b) in counts.iter_mut().zip(elem) {
@@ -141,7 +167,7 @@ fn encode_planes_raw(data: &[u8], planes: usize) -> Vec<u8> {
             out.extend(data.chunks_exact(planes).map(|e| e[p]));
         }
     }
-    let mut enc = Encoder::with_capacity(data.len());
+    let mut enc = Encoder::<L>::with_capacity(data.len());
     for (i, elem) in data.chunks_exact(planes).enumerate() {
         for (kind, &b) in kinds.iter().zip(elem) {
             if let Plane::Coded(t) = kind {
@@ -154,14 +180,18 @@ fn encode_planes_raw(data: &[u8], planes: usize) -> Vec<u8> {
 }
 
 /// A plane-coded chunk opened for decoding: plane kinds, the raw planes' bytes, the stream.
-struct OpenPlanes<'a> {
+struct OpenPlanes<'a, const L: usize> {
     kinds: Vec<Plane>,
     raw: Vec<&'a [u8]>,
-    dec: Decoder<'a>,
+    dec: Decoder<'a, L>,
 }
 
 /// Reads the descriptors and raw planes of a chunk of `n` elements; `None` for an empty chunk.
-fn open_planes(data: &[u8], planes: usize, n: usize) -> Result<Option<OpenPlanes<'_>>, CodecError> {
+fn open_planes<const L: usize>(
+    data: &[u8],
+    planes: usize,
+    n: usize,
+) -> Result<Option<OpenPlanes<'_, L>>, CodecError> {
     if n == 0 {
         return if data.is_empty() {
             Ok(None)
@@ -192,12 +222,16 @@ fn open_planes(data: &[u8], planes: usize, n: usize) -> Result<Option<OpenPlanes
     }))
 }
 
-fn decode_planes_raw(data: &[u8], planes: usize, out: &mut [u8]) -> Result<(), CodecError> {
+fn decode_planes_raw<const L: usize>(
+    data: &[u8],
+    planes: usize,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
     let Some(OpenPlanes {
         kinds,
         raw,
         mut dec,
-    }) = open_planes(data, planes, out.len() / planes)?
+    }) = open_planes::<L>(data, planes, out.len() / planes)?
     else {
         return Ok(());
     };
@@ -220,13 +254,13 @@ fn decode_planes_raw(data: &[u8], planes: usize, out: &mut [u8]) -> Result<(), C
 
 /// Float16-family decode fused with the inverse rotation. The common case, a coded exponent
 /// plane and a raw mantissa plane, decodes one symbol per value in the fast table loop.
-fn decode_float16(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+fn decode_float16<const L: usize>(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     let n = out.len() / 2;
     let Some(OpenPlanes {
         kinds,
         raw,
         mut dec,
-    }) = open_planes(data, 2, n)?
+    }) = open_planes::<L>(data, 2, n)?
     else {
         return Ok(());
     };
@@ -253,7 +287,7 @@ fn decode_float16(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
             }
         }
         _ => {
-            decode_planes_raw(data, 2, out)?;
+            decode_planes_raw::<L>(data, 2, out)?;
             let restored = rotate(out, 2, false);
             out.copy_from_slice(&restored);
             return Ok(());
@@ -283,13 +317,15 @@ mod tests {
                 .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
                 .collect();
             let data = &data[..data.len() / es * es];
-            let enc = encode_float(data, es);
-            let mut out = vec![0u8; data.len()];
-            decode_float(&enc, es, &mut out).unwrap();
-            assert_eq!(out, data);
+            for lanes in [Lanes::Narrow, Lanes::Wide] {
+                let enc = encode_float(data, es, lanes);
+                let mut out = vec![0u8; data.len()];
+                decode_float(&enc, es, lanes, &mut out).unwrap();
+                assert_eq!(out, data);
+            }
         }
-        assert!(encode_float(&[], 2).is_empty());
-        decode_float(&[], 2, &mut []).unwrap();
+        assert!(encode_float(&[], 2, Lanes::Wide).is_empty());
+        decode_float(&[], 2, Lanes::Wide, &mut []).unwrap();
     }
 
     #[test]
@@ -304,11 +340,13 @@ mod tests {
         let q: Vec<u8> = (0..100_000u32)
             .map(|i| (((i.wrapping_mul(2654435761) >> 24) as i8) / 32) as u8)
             .collect();
-        let enc = encode_int8(&q);
-        assert!(enc.len() < q.len() / 2);
-        let mut out = vec![0u8; q.len()];
-        decode_int8(&enc, &mut out).unwrap();
-        assert_eq!(out, q);
-        assert!(decode_int8(&enc[..enc.len() - 2], &mut out).is_err());
+        for lanes in [Lanes::Narrow, Lanes::Wide] {
+            let enc = encode_int8(&q, lanes);
+            assert!(enc.len() < q.len() / 2);
+            let mut out = vec![0u8; q.len()];
+            decode_int8(&enc, lanes, &mut out).unwrap();
+            assert_eq!(out, q);
+            assert!(decode_int8(&enc[..enc.len() - 2], lanes, &mut out).is_err());
+        }
     }
 }

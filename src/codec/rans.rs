@@ -1,18 +1,52 @@
-//! A 4-lane interleaved rANS coder with 32-bit states and 16-bit renormalisation.
+//! An interleaved rANS coder with `L` lanes of 32-bit states and 16-bit renormalisation.
 //!
 //! Every symbol carries its own probability resolution (`bits`), so one stream can mix symbols
 //! from static tables (14 bits) with exactly-sized uniform symbols (16 bits). Callers put every
-//! symbol of element `i` on lane `i % 4`, so a decoder unrolled by four elements keeps the four
-//! states in registers and overlaps their latency; the lanes share one word stream. The decoder never panics on corrupt input:
-//! it reads zeros past the end and reports the damage from [`Decoder::finish`].
+//! symbol of element `i` on lane `i % L`; the lanes share one word stream, read in symbol order.
+//! Version-1 blobs use 4 lanes (a decoder unrolled by four keeps the states in registers);
+//! version 2 uses 32, so eight-wide SIMD decodes four independent vectors of states and a scalar
+//! decoder has 32 dependency chains to overlap. The decoder never panics on corrupt input: it
+//! reads zeros past the end and reports the damage from [`Decoder::finish`].
 
 use super::CodecError;
 
+mod wide;
+
+pub use wide::simd_enabled;
+
 /// Lower bound of the normalised state interval `[RANS_L, 2^32)`.
 const RANS_L: u32 = 1 << 16;
-const LANES: usize = 4;
-/// Bytes of the stream header: the four final encoder states.
-const STATE_BYTES: usize = 4 * LANES;
+/// Lanes of version-1 streams.
+pub const NARROW: usize = 4;
+/// Lanes of version-2 streams.
+pub const WIDE: usize = 32;
+
+/// Slots of a table-coded symbol: tables have 14-bit resolution.
+pub const TABLE_BITS: u32 = 14;
+/// Bytes of a slot → symbol lookup: one per slot plus padding, so a SIMD decoder can gather
+/// four bytes at any slot.
+pub const LOOKUP_LEN: usize = (1 << TABLE_BITS) + 4;
+
+/// What the table-driven decode loops need of a frequency table.
+#[derive(Clone, Copy)]
+pub struct TableView<'a> {
+    /// The symbol of each slot (then padding).
+    pub lookup: &'a [u8; LOOKUP_LEN],
+    /// `freq | start << 16` of each symbol: one load gives both.
+    pub packed: &'a [u32; 256],
+}
+
+impl TableView<'_> {
+    #[inline(always)]
+    fn symbol(&self, sym: u8) -> Symbol {
+        let e = self.packed[sym as usize];
+        Symbol {
+            start: e >> 16,
+            freq: e & 0xFFFF,
+            bits: TABLE_BITS,
+        }
+    }
+}
 
 /// A symbol's slice `[start, start + freq)` of the range `[0, 2^bits)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +122,11 @@ impl Uniform {
     /// Decodes a position on `lane`: the slice holding the slot is found by one multiply.
     /// `WITHIN` as in [`Decoder::advance_in`].
     #[inline(always)]
-    pub fn decode<const WITHIN: bool>(self, dec: &mut Decoder, lane: usize) -> u32 {
+    pub fn decode<const WITHIN: bool, const L: usize>(
+        self,
+        dec: &mut Decoder<L>,
+        lane: usize,
+    ) -> u32 {
         let slot = dec.slot(lane, 16);
         let r = (slot * self.n) >> 16;
         dec.advance_in::<WITHIN>(lane, self.symbol(r));
@@ -108,23 +146,22 @@ static SMALL_UNIFORMS: [Uniform; 257] = {
 
 /// Collects symbols in decoding order and codes them in reverse on [`Encoder::finish`], as rANS
 /// requires.
-#[derive(Default)]
-pub struct Encoder {
+pub struct Encoder<const L: usize> {
     symbols: Vec<(Symbol, u8)>,
 }
 
-impl Encoder {
+impl<const L: usize> Encoder<L> {
     pub fn with_capacity(n: usize) -> Self {
         Encoder {
             symbols: Vec::with_capacity(n),
         }
     }
 
-    /// Queues a symbol on `lane` (0..4).
+    /// Queues a symbol on `lane % L`.
     #[inline]
     pub fn push(&mut self, s: Symbol, lane: usize) {
         debug_assert!(s.freq >= 1 && s.bits <= 16 && s.start + s.freq <= 1 << s.bits);
-        self.symbols.push((s, (lane % LANES) as u8));
+        self.symbols.push((s, (lane % L) as u8));
     }
 
     /// Number of symbols pushed so far.
@@ -138,7 +175,7 @@ impl Encoder {
 
     /// Codes all symbols and appends the stream to `out`.
     pub fn finish_into(self, out: &mut Vec<u8>) {
-        let mut states = [RANS_L; LANES];
+        let mut states = [RANS_L; L];
         let mut words: Vec<u16> = Vec::with_capacity(self.symbols.len() / 2 + 8);
         for (s, lane) in self.symbols.iter().rev() {
             let x = &mut states[*lane as usize];
@@ -149,7 +186,7 @@ impl Encoder {
             }
             *x = ((*x / s.freq) << s.bits) + (*x % s.freq) + s.start;
         }
-        out.reserve(STATE_BYTES + words.len() * 2);
+        out.reserve(4 * L + words.len() * 2);
         for x in states {
             out.extend_from_slice(&x.to_le_bytes());
         }
@@ -160,19 +197,19 @@ impl Encoder {
 }
 
 /// Reads a stream produced by [`Encoder::finish_into`], symbol by symbol, in the same order.
-pub struct Decoder<'a> {
-    states: [u32; LANES],
+pub struct Decoder<'a, const L: usize> {
+    states: [u32; L],
     words: &'a [u8],
     pos: usize,
     overrun: bool,
 }
 
-impl<'a> Decoder<'a> {
+impl<'a, const L: usize> Decoder<'a, L> {
     pub fn new(stream: &'a [u8]) -> Result<Self, CodecError> {
-        if stream.len() < STATE_BYTES || !(stream.len() - STATE_BYTES).is_multiple_of(2) {
+        if stream.len() < 4 * L || !(stream.len() - 4 * L).is_multiple_of(2) {
             return Err(CodecError::Corrupt("rANS stream has an invalid length"));
         }
-        let mut states = [0u32; LANES];
+        let mut states = [0u32; L];
         for (i, x) in states.iter_mut().enumerate() {
             *x = u32::from_le_bytes(stream[4 * i..4 * i + 4].try_into().unwrap());
             if *x < RANS_L {
@@ -181,7 +218,7 @@ impl<'a> Decoder<'a> {
         }
         Ok(Decoder {
             states,
-            words: &stream[STATE_BYTES..],
+            words: &stream[4 * L..],
             pos: 0,
             overrun: false,
         })
@@ -190,7 +227,7 @@ impl<'a> Decoder<'a> {
     /// The position of `lane`'s state inside `[0, 2^bits)`: identifies its next symbol.
     #[inline(always)]
     pub fn slot(&self, lane: usize, bits: u32) -> u32 {
-        self.states[lane % LANES] & ((1u32 << bits) - 1)
+        self.states[lane % L] & ((1u32 << bits) - 1)
     }
 
     /// Bytes of the word stream not read yet. A symbol reads at most one 16-bit word, so a
@@ -213,7 +250,7 @@ impl<'a> Decoder<'a> {
     /// out of bounds.
     #[inline(always)]
     pub fn advance_in<const WITHIN: bool>(&mut self, lane: usize, s: Symbol) {
-        let lane = lane % LANES;
+        let lane = lane % L;
         let x = self.states[lane];
         let slot = x & ((1u32 << s.bits) - 1);
         let x = s
@@ -238,17 +275,31 @@ impl<'a> Decoder<'a> {
         self.pos += usize::from(need & available) * 2;
     }
 
-    /// Decodes one table-coded byte per output element (element `i` on lane `i % 4`), with the
-    /// four states in locals and one bounds check per four symbols: the int8 hot loop.
-    pub fn decode_table_bytes(
-        &mut self,
-        lookup: &[u8; 1 << 14],
-        start: &[u32; 256],
-        freq: &[u32; 256],
-        out: &mut [u8],
-    ) {
-        const MASK: u32 = (1 << 14) - 1;
-        let [mut x0, mut x1, mut x2, mut x3] = self.states;
+    /// Decodes one table-coded byte per output element (element `i` on lane `i % L`): the int8
+    /// hot loop. Whole groups of `L` symbols go through the lane-count's fast path, the tail
+    /// symbol by symbol.
+    pub fn decode_table_bytes(&mut self, table: &TableView, out: &mut [u8]) {
+        let done = match L {
+            NARROW => self.decode_quads(table, out),
+            _ => wide::decode_table_bytes(self, table, out),
+        };
+        for (i, o) in out[done..].iter_mut().enumerate() {
+            let lane = (done + i) % L;
+            let slot = self.slot(lane, TABLE_BITS);
+            let sym = table.lookup[slot as usize];
+            *o = sym;
+            self.advance(lane, table.symbol(sym));
+        }
+    }
+
+    /// The four-lane loop: states in locals, one bounds check per four symbols. Returns how
+    /// many bytes of `out` it decoded.
+    fn decode_quads(&mut self, table: &TableView, out: &mut [u8]) -> usize {
+        const MASK: u32 = (1 << TABLE_BITS) - 1;
+        let TableView { lookup, packed } = *table;
+        let mut s = [0u32; 4];
+        s.copy_from_slice(&self.states[..4]);
+        let [mut x0, mut x1, mut x2, mut x3] = s;
         let mut pos = self.pos;
         let mut quads = out.chunks_exact_mut(4);
         let mut done = 0;
@@ -265,9 +316,10 @@ impl<'a> Decoder<'a> {
                 let slot = *x & MASK;
                 let sym = lookup[slot as usize];
                 *o = sym;
-                let v = freq[sym as usize]
-                    .wrapping_mul(*x >> 14)
-                    .wrapping_add(slot.wrapping_sub(start[sym as usize]));
+                let e = packed[sym as usize];
+                let v = (e & 0xFFFF)
+                    .wrapping_mul(*x >> TABLE_BITS)
+                    .wrapping_add(slot.wrapping_sub(e >> 16));
                 let word = (window >> (16 * used)) as u32 & 0xFFFF;
                 let need = v < RANS_L;
                 *x = if need { (v << 16) | word } else { v };
@@ -276,28 +328,15 @@ impl<'a> Decoder<'a> {
             pos += 2 * used as usize;
             done += 4;
         }
-        self.states = [x0, x1, x2, x3];
+        self.states[..4].copy_from_slice(&[x0, x1, x2, x3]);
         self.pos = pos;
-        for (i, o) in out[done..].iter_mut().enumerate() {
-            let lane = (done + i) % LANES;
-            let slot = self.slot(lane, 14);
-            let sym = lookup[slot as usize];
-            *o = sym;
-            self.advance(
-                lane,
-                Symbol {
-                    start: start[sym as usize],
-                    freq: freq[sym as usize],
-                    bits: 14,
-                },
-            );
-        }
+        done
     }
 
     /// Checks that the stream was consumed exactly: every state back at its start value and no
     /// byte missing or left over. Catches most corruption before the checksum does.
     pub fn finish(self) -> Result<(), CodecError> {
-        if self.overrun || self.pos != self.words.len() || self.states != [RANS_L; LANES] {
+        if self.overrun || self.pos != self.words.len() || self.states != [RANS_L; L] {
             return Err(CodecError::Corrupt(
                 "rANS stream did not end where it should",
             ));
@@ -323,7 +362,7 @@ mod tests {
                 _ => sym((i * 7) % 65_000, 17, 16),
             })
             .collect();
-        let mut enc = Encoder::default();
+        let mut enc = Encoder::<NARROW>::with_capacity(0);
         let lane = |i: usize| (i * 7 / 3) % 4;
         symbols
             .iter()
@@ -331,7 +370,7 @@ mod tests {
             .for_each(|(i, &s)| enc.push(s, lane(i)));
         let mut out = Vec::new();
         enc.finish_into(&mut out);
-        let mut dec = Decoder::new(&out).unwrap();
+        let mut dec = Decoder::<NARROW>::new(&out).unwrap();
         for (i, s) in symbols.iter().enumerate() {
             let slot = dec.slot(lane(i), s.bits);
             assert!(slot >= s.start && slot < s.start + s.freq);
@@ -364,27 +403,27 @@ mod tests {
     #[test]
     fn empty_stream_is_just_states() {
         let mut out = Vec::new();
-        Encoder::default().finish_into(&mut out);
-        assert_eq!(out.len(), STATE_BYTES);
-        Decoder::new(&out).unwrap().finish().unwrap();
+        Encoder::<WIDE>::with_capacity(0).finish_into(&mut out);
+        assert_eq!(out.len(), 4 * WIDE);
+        Decoder::<WIDE>::new(&out).unwrap().finish().unwrap();
     }
 
     #[test]
     fn truncated_or_garbage_streams_never_panic() {
-        let mut enc = Encoder::default();
+        let mut enc = Encoder::<NARROW>::with_capacity(0);
         for i in 0..1000 {
             enc.push(sym(i % 200, 3, 10), i as usize);
         }
         let mut out = Vec::new();
         enc.finish_into(&mut out);
-        for cut in [STATE_BYTES, out.len() - 2] {
-            let mut dec = Decoder::new(&out[..cut]).unwrap();
+        for cut in [4 * NARROW, out.len() - 2] {
+            let mut dec = Decoder::<NARROW>::new(&out[..cut]).unwrap();
             for i in 0..1000 {
                 let slot = dec.slot(i, 10);
                 dec.advance(i, sym(slot / 3 * 3, 3, 10));
             }
             assert!(dec.finish().is_err());
         }
-        assert!(Decoder::new(&out[..3]).is_err());
+        assert!(Decoder::<NARROW>::new(&out[..3]).is_err());
     }
 }

@@ -11,10 +11,10 @@
 //! Chunk layout: `varint n_exceptions`, then per exception `varint gap, u16 code`; one flag byte
 //! (1 = the whole-value table follows); the table; one rANS stream.
 
-use super::CodecError;
 use super::freq::{FreqTable, read_varint, take, write_varint};
 use super::quantize::{HighDtype, RowIntervals};
-use super::rans::{Decoder, Encoder, Uniform};
+use super::rans::{Decoder, Encoder, NARROW, Uniform};
+use super::{CodecError, Lanes, with_lanes};
 
 /// How one element is coded.
 #[derive(Clone, Copy)]
@@ -55,7 +55,11 @@ impl ChunkRows<'_> {
 }
 
 /// Codes the high-precision codes of a chunk given its int8 values and scales.
-pub fn encode(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
+pub fn encode(rows: &ChunkRows, high: &[u16], lanes: Lanes) -> Result<Vec<u8>, CodecError> {
+    with_lanes!(lanes, encode_on(rows, high))
+}
+
+fn encode_on<const L: usize>(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
     rows.check(high.len())?;
     let items = classify(rows, high);
     let mut out = Vec::new();
@@ -71,7 +75,7 @@ pub fn encode(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
     if let Some(t) = &table {
         t.write(&mut out);
     }
-    let mut enc = Encoder::with_capacity(items.len());
+    let mut enc = Encoder::<L>::with_capacity(items.len());
     for (lane, item) in items.iter().enumerate() {
         match *item {
             Item::Whole { hi, lo, low } => {
@@ -186,7 +190,20 @@ fn write_exceptions(items: &[Item], high: &[u16], out: &mut Vec<u8>) {
 
 /// Decodes a chunk written by [`encode`] into `out`: each code as 2 little-endian bytes, the
 /// way safetensors stores it, so the output needs no second pass.
-pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+pub fn decode(
+    rows: &ChunkRows,
+    data: &[u8],
+    lanes: Lanes,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    with_lanes!(lanes, decode_on(rows, data, out))
+}
+
+fn decode_on<const L: usize>(
+    rows: &ChunkRows,
+    data: &[u8],
+    out: &mut [u8],
+) -> Result<(), CodecError> {
     if !out.len().is_multiple_of(2) {
         return Err(CodecError::Corrupt("odd output length for 16-bit codes"));
     }
@@ -199,7 +216,7 @@ pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u8]) -> Result<(), Codec
         1 => Some(FreqTable::read(&mut buf)?),
         _ => return Err(CodecError::Corrupt("bad residual table flag")),
     };
-    let mut dec = Decoder::new(buf)?;
+    let mut dec = Decoder::<L>::new(buf)?;
     let (cols, q) = (rows.cols, rows.q);
     let mut put = |i: usize, code: u16| out[2 * i..2 * i + 2].copy_from_slice(&code.to_le_bytes());
     let mut cache = IntervalCache::new(rows.dtype);
@@ -210,9 +227,9 @@ pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u8]) -> Result<(), Codec
     // The next element that starts a row or is an exception: one compare per element.
     let mut boundary = row_end.min(next_exc);
     let mut i = 0;
-    // Element i is always on lane i % 4; the unrolled loop makes the lane a constant so the
-    // four rANS states stay in registers. `$within`: the group of four has the 16 bytes its
-    // at most eight symbols can read, so no symbol checks for the stream's end.
+    // Element i is always on lane i % L; with four lanes the unrolled loop makes the lane a
+    // constant so the states stay in registers. `$within`: the group of four has the 16 bytes
+    // its at most eight symbols can read, so no symbol checks for the stream's end.
     macro_rules! step {
         ($lane:expr, $within:expr) => {{
             let mut exception = false;
@@ -231,7 +248,7 @@ pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u8]) -> Result<(), Codec
                 boundary = row_end.min(next_exc);
             }
             if !exception {
-                let code = decode_one::<$within>(
+                let code = decode_one::<$within, L>(
                     &cache.intervals[iv],
                     q[i] as i8,
                     table.as_ref(),
@@ -244,44 +261,57 @@ pub fn decode(rows: &ChunkRows, data: &[u8], out: &mut [u8]) -> Result<(), Codec
         }};
     }
     while i + 4 <= n {
-        if dec.bytes_left() >= 16 {
-            step!(0, true);
-            step!(1, true);
-            step!(2, true);
-            step!(3, true);
-        } else {
-            step!(0, false);
-            step!(1, false);
-            step!(2, false);
-            step!(3, false);
+        match (L == NARROW, dec.bytes_left() >= 16) {
+            (true, true) => {
+                step!(0, true);
+                step!(1, true);
+                step!(2, true);
+                step!(3, true);
+            }
+            (true, false) => {
+                step!(0, false);
+                step!(1, false);
+                step!(2, false);
+                step!(3, false);
+            }
+            (false, true) => {
+                for _ in 0..4 {
+                    step!(i % L, true);
+                }
+            }
+            (false, false) => {
+                for _ in 0..4 {
+                    step!(i % L, false);
+                }
+            }
         }
     }
     while i < n {
-        step!(i % 4, false);
+        step!(i % L, false);
     }
     dec.finish()
 }
 
 #[inline(always)]
-fn decode_one<const WITHIN: bool>(
+fn decode_one<const WITHIN: bool, const L: usize>(
     iv: &RowIntervals,
     q: i8,
     table: Option<&FreqTable>,
-    dec: &mut Decoder,
+    dec: &mut Decoder<L>,
     lane: usize,
 ) -> Result<u16, CodecError> {
     if q == 0 || iv.is_degenerate() {
         let hi_t = table.ok_or(CodecError::Corrupt("whole-value element without a table"))?;
-        let hi = u16::from(hi_t.decode_in::<WITHIN>(dec, lane));
+        let hi = u16::from(hi_t.decode_in::<WITHIN, L>(dec, lane));
         if hi > iv.whole_top().0 {
             return Err(CodecError::Corrupt("whole value above its interval"));
         }
-        let v = low_and_sign_coder(iv, hi).decode::<WITHIN>(dec, lane) as u16;
+        let v = low_and_sign_coder(iv, hi).decode::<WITHIN, L>(dec, lane) as u16;
         return Ok(((v & 1) << 15) | (hi << 7) | (v >> 1));
     }
     // Width 0 cannot occur in a valid chunk; there it decodes garbage that the CRC rejects.
     let (lo, u) = iv.interval(q.unsigned_abs().min(127) as usize);
-    let r = u.decode::<WITHIN>(dec, lane);
+    let r = u.decode::<WITHIN, L>(dec, lane);
     let sign = if q < 0 { 0x8000 } else { 0 };
     Ok(sign | lo.wrapping_add(r as u16))
 }
@@ -327,11 +357,15 @@ mod tests {
             scales,
             cols,
         };
-        let data = encode(&rows, high).unwrap();
-        let mut out = vec![0u8; 2 * high.len()];
-        decode(&rows, &data, &mut out).unwrap();
-        assert_eq!(out, le_bytes(high));
-        data.len()
+        let mut sizes = [Lanes::Narrow, Lanes::Wide].map(|lanes| {
+            let data = encode(&rows, high, lanes).unwrap();
+            let mut out = vec![0u8; 2 * high.len()];
+            decode(&rows, &data, lanes, &mut out).unwrap();
+            assert_eq!(out, le_bytes(high), "{lanes:?}");
+            data.len()
+        });
+        sizes.sort();
+        sizes[1]
     }
 
     fn le_bytes(codes: &[u16]) -> Vec<u8> {
@@ -389,21 +423,23 @@ mod tests {
             scales: &scales,
             cols: 64,
         };
-        let data = encode(&rows, &high).unwrap();
-        let mut out = vec![0u8; 2 * high.len()];
-        let expected = le_bytes(&high);
-        for i in 0..data.len() {
-            for bit in [0x01u8, 0x80] {
-                let mut bad = data.clone();
-                bad[i] ^= bit;
-                if decode(&rows, &bad, &mut out).is_ok() {
-                    assert_ne!(
-                        out, expected,
-                        "a flipped byte cannot decode to the original"
-                    );
+        for lanes in [Lanes::Narrow, Lanes::Wide] {
+            let data = encode(&rows, &high, lanes).unwrap();
+            let mut out = vec![0u8; 2 * high.len()];
+            let expected = le_bytes(&high);
+            for i in 0..data.len() {
+                for bit in [0x01u8, 0x80] {
+                    let mut bad = data.clone();
+                    bad[i] ^= bit;
+                    if decode(&rows, &bad, lanes, &mut out).is_ok() {
+                        assert_ne!(
+                            out, expected,
+                            "a flipped byte cannot decode to the original"
+                        );
+                    }
                 }
             }
+            assert!(decode(&rows, &data[..data.len() - 1], lanes, &mut out).is_err());
         }
-        assert!(decode(&rows, &data[..data.len() - 1], &mut out).is_err());
     }
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::chunk::ChunkCodec;
-use super::{FormatError, MAX_CHUNK_DECODED, VERSION};
+use super::{FormatError, MAX_CHUNK_DECODED, OLDEST_VERSION, VERSION};
 use crate::codec::quantize::HighDtype;
 
 /// `[offset, stored_len, decoded_len, crc32_of_decoded, codec, crc32_of_stored]`: a chunk's place
@@ -128,7 +128,7 @@ impl Index {
     /// Checks every cross-reference and size, so that reading can index without panicking.
     pub fn validate(&self, blob_len: u64) -> Result<(), FormatError> {
         let bad = |m: String| Err(FormatError::Corrupt(m));
-        if self.version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&self.version) {
             return bad(format!("unsupported index version {}", self.version));
         }
         let [b0, b1] = self.base;
@@ -221,6 +221,7 @@ impl Index {
         if decoded > MAX_CHUNK_DECODED
             || u64::from(c.stored_len()) > stored_cap
             || u64::from(c.decoded_len()) != decoded
+            || !c.codec().allowed_in(self.version)
             || c.offset() < section[0]
             || end.is_none_or(|e| e > section[1])
         {

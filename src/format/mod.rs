@@ -26,8 +26,11 @@ pub use writer::{EncodeOptions, EncodeSummary, encode_to_path, output_tempfile, 
 
 /// First 8 bytes of every blob; also the last 8, closing the footer.
 pub const MAGIC: [u8; 8] = *b"\x89QSTORE\n";
-/// Format version written in the preamble and the index.
-pub const VERSION: u32 = 1;
+/// Format version written in the preamble and the index. Version 2 added the 32-lane codecs
+/// (8-13); version-1 blobs stay readable.
+pub const VERSION: u32 = 2;
+/// The oldest format version readers accept.
+pub const OLDEST_VERSION: u32 = 1;
 /// Preamble: magic, version (u32 LE), flags (u32 LE, zero).
 pub const PREAMBLE_LEN: u64 = 16;
 /// Footer: index offset (u64), index length (u64), index CRC-32 (u32), version (u32), magic.

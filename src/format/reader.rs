@@ -10,7 +10,9 @@ use std::ops::Range;
 
 use super::chunk;
 use super::index::{Chunk, Index, OutputFile, QuantTensor, Segment};
-use super::{FOOTER_LEN, FormatError, MAGIC, MAX_INDEX_LEN, PREAMBLE_LEN, VERSION};
+use super::{
+    FOOTER_LEN, FormatError, MAGIC, MAX_INDEX_LEN, OLDEST_VERSION, PREAMBLE_LEN, VERSION,
+};
 use crate::codec::residual::ChunkRows;
 
 /// Half the chunks a decode keeps in flight (see the module comment).
@@ -236,7 +238,7 @@ impl<S: BlobSource> Blob<S> {
             return Err(FormatError::Corrupt("not a qstore blob (bad magic)".into()));
         }
         let version = u32::from_le_bytes(preamble[8..12].try_into().unwrap());
-        if version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(FormatError::Corrupt(format!(
                 "unsupported format version {version}"
             )));
@@ -251,7 +253,7 @@ impl<S: BlobSource> Blob<S> {
         let u64_at = |i: usize| u64::from_le_bytes(footer[i..i + 8].try_into().unwrap());
         let (offset, index_len) = (u64_at(0), u64_at(8));
         let crc = u32::from_le_bytes(footer[16..20].try_into().unwrap());
-        if u32::from_le_bytes(footer[20..24].try_into().unwrap()) != VERSION {
+        if u32::from_le_bytes(footer[20..24].try_into().unwrap()) != version {
             return Err(FormatError::Corrupt("footer version does not match".into()));
         }
         if offset.checked_add(index_len) != Some(len - FOOTER_LEN)
@@ -277,6 +279,11 @@ impl<S: BlobSource> Blob<S> {
         }
         let index: Index = serde_json::from_slice(&json)
             .map_err(|e| FormatError::Corrupt(format!("index: {e}")))?;
+        if index.version != version {
+            return Err(FormatError::Corrupt(
+                "index version does not match the blob's".into(),
+            ));
+        }
         index.validate(offset)?;
         Ok(Blob {
             src,

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::ops::Range;
 
 use super::reader::{Blob, BlobSource, ReadAhead};
-use super::{FOOTER_LEN, FormatError, MAGIC, PREAMBLE_LEN, VERSION};
+use super::{FOOTER_LEN, FormatError, MAGIC, PREAMBLE_LEN};
 
 /// Reads started ahead of the region being written: on an object store their round trips
 /// overlap; locally they are deferred and cost nothing.
@@ -115,7 +115,7 @@ impl<S: BlobSource> Blob<S> {
     fn check_region(&self, region: &Region, bytes: &[u8]) -> Result<(), FormatError> {
         let ok = bytes.len() as u64 == region.end - region.start
             && match region.check {
-                RegionCheck::Preamble => bytes == preamble(),
+                RegionCheck::Preamble => bytes == preamble(self.index().version),
                 RegionCheck::Footer => bytes == self.footer_bytes(),
                 RegionCheck::Index => crc32fast::hash(bytes) == self.index_location().1,
                 RegionCheck::Chunk(id) => {
@@ -143,11 +143,11 @@ fn uncovered(pos: u64) -> FormatError {
     ))
 }
 
-/// The only preamble version-1 readers accept.
-fn preamble() -> [u8; PREAMBLE_LEN as usize] {
+/// The only preamble readers accept for a blob of format `version`.
+fn preamble(version: u32) -> [u8; PREAMBLE_LEN as usize] {
     let mut p = [0u8; PREAMBLE_LEN as usize];
     p[..8].copy_from_slice(&MAGIC);
-    p[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    p[8..12].copy_from_slice(&version.to_le_bytes());
     p
 }
 

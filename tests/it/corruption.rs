@@ -66,6 +66,7 @@ fn truncated_and_foreign_files_are_not_blobs() {
 
 mod hostile_input {
     use proptest::prelude::*;
+    use qstore::codec::Lanes;
     use qstore::codec::freq::FreqTable;
     use qstore::codec::quantize::HighDtype;
     use qstore::codec::residual::{self, ChunkRows};
@@ -93,10 +94,12 @@ mod hostile_input {
             let scales = [0.5f32, 0.0, f32::NAN];
             let chunk = ChunkRows { dtype: HighDtype::Bf16, q: &q, scales: &scales, cols };
             let mut out = vec![0u8; 2 * rows * cols];
-            let _ = residual::decode(&chunk, &bytes, &mut out);
-            let mut plain = vec![0u8; 64];
-            let _ = qstore::codec::decode_float(&bytes, 2, &mut plain);
-            let _ = qstore::codec::decode_int8(&bytes, &mut plain);
+            for lanes in [Lanes::Narrow, Lanes::Wide] {
+                let _ = residual::decode(&chunk, &bytes, lanes, &mut out);
+                let mut plain = vec![0u8; 64];
+                let _ = qstore::codec::decode_float(&bytes, 2, lanes, &mut plain);
+                let _ = qstore::codec::decode_int8(&bytes, lanes, &mut plain);
+            }
         }
 
         /// Several random byte changes to a valid blob give an error or the exact original bytes.

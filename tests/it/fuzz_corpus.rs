@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use qstore::codec::quantize::{HighDtype, quantize_row};
 use qstore::codec::residual::{self, ChunkRows};
-use qstore::codec::{decode_float, decode_int8, encode_float, encode_int8};
+use qstore::codec::{Lanes, decode_float, decode_int8, encode_float, encode_int8};
 use qstore::format::{Blob, EncodeInput, EncodeOptions, Precision, encode_to_path};
 use qstore::safetensors::{Dtype, TensorSpec, read_header, write_header};
 use qstore::synth::llm_like_bf16;
@@ -25,8 +25,10 @@ fn spec(name: &str, dtype: Dtype, shape: &[u64]) -> TensorSpec {
     }
 }
 
-/// `[which, n_hi, n_lo, stream...]`, as fuzz_targets/chunk_decoders.rs reads its input.
-fn framed(which: u8, n: usize, stream: &[u8]) -> Vec<u8> {
+/// `[which, n_hi, n_lo, stream...]`, as fuzz_targets/chunk_decoders.rs reads its input
+/// (`which + 5` selects the 32-lane decoder).
+fn framed(which: u8, lanes: Lanes, n: usize, stream: &[u8]) -> Vec<u8> {
+    let which = which + if lanes == Lanes::Wide { 5 } else { 0 };
     let mut v = vec![which, (n >> 8) as u8, n as u8];
     v.extend_from_slice(stream);
     v
@@ -81,22 +83,19 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         ));
     }
     let n = q.len();
-    put("chunk_decoders", "int8", framed(0, n, &encode_int8(&q)));
     let bf16: Vec<u8> = w.iter().flat_map(|c| c.to_le_bytes()).collect();
-    put(
-        "chunk_decoders",
-        "float16",
-        framed(1, n, &encode_float(&bf16, 2)),
-    );
     let f32s: Vec<u8> = w
         .iter()
         .flat_map(|c| (f32::from(*c) * 0.5).to_le_bytes())
         .collect();
-    put(
-        "chunk_decoders",
-        "float32",
-        framed(2, n, &encode_float(&f32s, 4)),
-    );
+    for (lanes, suffix) in [(Lanes::Narrow, ""), (Lanes::Wide, "-wide")] {
+        let int8 = framed(0, lanes, n, &encode_int8(&q, lanes));
+        put("chunk_decoders", &format!("int8{suffix}"), int8);
+        let float16 = framed(1, lanes, n, &encode_float(&bf16, 2, lanes));
+        put("chunk_decoders", &format!("float16{suffix}"), float16);
+        let float32 = framed(2, lanes, n, &encode_float(&f32s, 4, lanes));
+        put("chunk_decoders", &format!("float32{suffix}"), float32);
+    }
     // Scales as the target reads them: float16, so the residual is coded against those.
     let halves: Vec<f32> = scales
         .iter()
@@ -108,16 +107,19 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         scales: &halves,
         cols,
     };
-    let stored = residual::encode(&chunk, &w).unwrap();
-    let mut v = vec![4u8, (rows - 1) as u8, (cols - 1) as u8];
-    v.extend_from_slice(&q);
-    v.extend(
-        halves
-            .iter()
-            .flat_map(|s| half::f16::from_f32(*s).to_le_bytes()),
-    );
-    v.extend_from_slice(&stored);
-    put("chunk_decoders", "residual", v);
+    for (lanes, name) in [(Lanes::Narrow, "residual"), (Lanes::Wide, "residual-wide")] {
+        let stored = residual::encode(&chunk, &w, lanes).unwrap();
+        let mut v = framed(4, lanes, 0, &[]);
+        v[1..3].copy_from_slice(&[(rows - 1) as u8, (cols - 1) as u8]);
+        v.extend_from_slice(&q);
+        v.extend(
+            halves
+                .iter()
+                .flat_map(|s| half::f16::from_f32(*s).to_le_bytes()),
+        );
+        v.extend_from_slice(&stored);
+        put("chunk_decoders", name, v);
+    }
 
     for (name, range) in [
         ("first", "bytes=0-99"),
@@ -231,11 +233,16 @@ fn every_seed_and_regression_replays_without_a_panic() {
     for (_, data) in corpus("chunk_decoders") {
         if let [which, a, b, rest @ ..] = &data[..] {
             let n = (usize::from(*a) << 8 | usize::from(*b)) % 8192;
+            let lanes = if which / 5 % 2 == 1 {
+                Lanes::Wide
+            } else {
+                Lanes::Narrow
+            };
             match which % 5 {
-                0 => drop(decode_int8(rest, &mut vec![0u8; n])),
+                0 => drop(decode_int8(rest, lanes, &mut vec![0u8; n])),
                 1..=3 => {
                     let size = [2, 4, 8][usize::from(which % 5) - 1];
-                    drop(decode_float(rest, size, &mut vec![0u8; n * size]));
+                    drop(decode_float(rest, size, lanes, &mut vec![0u8; n * size]));
                 }
                 _ => {}
             }

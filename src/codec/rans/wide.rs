@@ -1,0 +1,242 @@
+//! Decode loops for 32-lane streams (blob version 2): a portable one and an AVX2 one. Both
+//! decode whole groups of 32 symbols while the stream has the bytes such a group can read, and
+//! leave the rest to the symbol-by-symbol path; they give identical states, positions and
+//! output on any input, valid or not (tested below), so which one runs is invisible.
+
+use super::{Decoder, RANS_L, TABLE_BITS, TableView, WIDE};
+
+/// Whether the SIMD loops may run: the CPU has them and `QSTORE_SCALAR` is not set (so the
+/// whole test suite can be run on the portable path).
+pub fn simd_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let cpu = std::arch::is_x86_feature_detected!("avx2");
+        #[cfg(not(target_arch = "x86_64"))]
+        let cpu = false;
+        cpu && std::env::var_os("QSTORE_SCALAR").is_none()
+    })
+}
+
+/// Bytes a group of 32 table symbols may need: 64 for its words, 16 for the SIMD loop's last
+/// window read.
+const GROUP_BYTES: usize = 2 * WIDE + 16;
+
+/// Decodes whole groups of `L` table symbols into `out`; returns how many bytes it wrote.
+pub(super) fn decode_table_bytes<const L: usize>(
+    dec: &mut Decoder<L>,
+    table: &TableView,
+    out: &mut [u8],
+) -> usize {
+    if L != WIDE {
+        return 0;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd_enabled() {
+        // SAFETY: the CPU supports AVX2 (checked at run time above).
+        return unsafe { avx2::decode_table_bytes(dec, table, out) };
+    }
+    decode_table_bytes_portable(dec, table, out)
+}
+
+fn decode_table_bytes_portable<const L: usize>(
+    dec: &mut Decoder<L>,
+    table: &TableView,
+    out: &mut [u8],
+) -> usize {
+    const MASK: u32 = (1 << TABLE_BITS) - 1;
+    let (words, mut pos, mut done) = (dec.words, dec.pos, 0);
+    let mut x = dec.states;
+    for group in out.chunks_exact_mut(L) {
+        let Some(window) = words.get(pos..pos + GROUP_BYTES) else {
+            break;
+        };
+        let mut at = 0;
+        for (x, o) in x.iter_mut().zip(group) {
+            let slot = *x & MASK;
+            let sym = table.lookup[slot as usize];
+            *o = sym;
+            let e = table.packed[sym as usize];
+            let v = (e & 0xFFFF)
+                .wrapping_mul(*x >> TABLE_BITS)
+                .wrapping_add(slot.wrapping_sub(e >> 16));
+            let need = v < RANS_L;
+            let word = u32::from(u16::from_le_bytes([window[at], window[at + 1]]));
+            *x = if need { (v << 16) | word } else { v };
+            at += 2 * usize::from(need);
+        }
+        pos += at;
+        done += L;
+    }
+    dec.states = x;
+    dec.pos = pos;
+    done
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Decoder, GROUP_BYTES, TABLE_BITS, TableView};
+
+    /// For each mask of the eight lanes that take a word, the word each lane takes: lanes
+    /// read consecutive words in lane order, so lane `j` takes the word numbered by how many
+    /// lanes before it take one.
+    static REFILL: [[u32; 8]; 256] = {
+        let mut t = [[0u32; 8]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let mut j = 0;
+            let mut k = 0;
+            while j < 8 {
+                t[m][j] = k;
+                if m & (1 << j) != 0 {
+                    k += 1;
+                }
+                j += 1;
+            }
+            m += 1;
+        }
+        t
+    };
+
+    /// Eight lanes at a time, four vectors per group of 32: slot, symbol and its `(freq,
+    /// start)` by two gathers, the new state, then the refill: the lanes below 2^16 take the
+    /// next words in lane order (one 16-byte load, one permute).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn decode_table_bytes<const L: usize>(
+        dec: &mut Decoder<L>,
+        table: &TableView,
+        out: &mut [u8],
+    ) -> usize {
+        debug_assert_eq!(L, 32);
+        let (words, mut pos, mut done) = (dec.words, dec.pos, 0);
+        let states = dec.states.as_mut_ptr();
+        let lookup = table.lookup.as_ptr() as *const i32;
+        let packed = table.packed.as_ptr() as *const i32;
+        let slot_mask = _mm256_set1_epi32((1 << TABLE_BITS) - 1);
+        let byte_mask = _mm256_set1_epi32(0xFF);
+        let low_half = _mm256_set1_epi32(0xFFFF);
+        let zero = _mm256_setzero_si256();
+        let interleave = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        // SAFETY (all blocks below): states has 32 u32s; lookup has LOOKUP_LEN bytes so a
+        // dword at any 14-bit slot is in bounds; symbols index the 256 packed entries; a word
+        // window is read only while GROUP_BYTES remain; a group of out has 32 bytes.
+        let mut x: [__m256i; 4] =
+            std::array::from_fn(|k| unsafe { _mm256_loadu_si256(states.add(8 * k).cast()) });
+        for group in out.chunks_exact_mut(32) {
+            if words.len() - pos < GROUP_BYTES {
+                break;
+            }
+            let mut syms = [zero; 4];
+            for k in 0..4 {
+                let slot = _mm256_and_si256(x[k], slot_mask);
+                let sym = unsafe { _mm256_i32gather_epi32::<1>(lookup, slot) };
+                let sym = _mm256_and_si256(sym, byte_mask);
+                let e = unsafe { _mm256_i32gather_epi32::<4>(packed, sym) };
+                let freq = _mm256_and_si256(e, low_half);
+                let start = _mm256_srli_epi32::<16>(e);
+                let v = _mm256_add_epi32(
+                    _mm256_mullo_epi32(freq, _mm256_srli_epi32::<{ TABLE_BITS as i32 }>(x[k])),
+                    _mm256_sub_epi32(slot, start),
+                );
+                let need = _mm256_cmpeq_epi32(_mm256_srli_epi32::<16>(v), zero);
+                let m = _mm256_movemask_ps(_mm256_castsi256_ps(need)) as usize;
+                let raw = unsafe { _mm_loadu_si128(words.as_ptr().add(pos).cast()) };
+                let order = unsafe { _mm256_loadu_si256(REFILL[m].as_ptr().cast()) };
+                let w = _mm256_permutevar8x32_epi32(_mm256_cvtepu16_epi32(raw), order);
+                let refilled = _mm256_or_si256(_mm256_slli_epi32::<16>(v), w);
+                x[k] = _mm256_blendv_epi8(v, refilled, need);
+                pos += 2 * m.count_ones() as usize;
+                syms[k] = sym;
+            }
+            // 32 symbols in u32 lanes to 32 bytes in lane order: the packs work within
+            // 128-bit halves, the permute puts the dwords back in order.
+            let ab = _mm256_packus_epi32(syms[0], syms[1]);
+            let cd = _mm256_packus_epi32(syms[2], syms[3]);
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), interleave);
+            unsafe { _mm256_storeu_si256(group.as_mut_ptr().cast(), bytes) };
+            done += 32;
+        }
+        for (k, v) in x.iter().enumerate() {
+            unsafe { _mm256_storeu_si256(states.add(8 * k).cast(), *v) };
+        }
+        dec.pos = pos;
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::freq::FreqTable;
+    use crate::codec::rans::Encoder;
+
+    /// A stream of table symbols from a peaked distribution, as int8 weights give.
+    fn stream(n: usize, seed: u32) -> (FreqTable, Vec<u8>, Vec<u8>) {
+        let mut r = seed;
+        let data: Vec<u8> = (0..n)
+            .map(|_| {
+                r = r.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((r >> 16) as i16 as i32 / 700) as i8 as u8
+            })
+            .collect();
+        let mut counts = [0u64; 256];
+        data.iter().for_each(|&b| counts[b as usize] += 1);
+        let table = FreqTable::from_counts(&counts).unwrap();
+        let mut enc = Encoder::<WIDE>::with_capacity(n);
+        for (i, &b) in data.iter().enumerate() {
+            enc.push(table.symbol(b), i);
+        }
+        let mut out = Vec::new();
+        enc.finish_into(&mut out);
+        (table, data, out)
+    }
+
+    fn run(
+        f: fn(&mut Decoder<WIDE>, &TableView, &mut [u8]) -> usize,
+        table: &FreqTable,
+        stream: &[u8],
+        n: usize,
+    ) -> (Vec<u8>, [u32; WIDE], usize, bool) {
+        let mut dec = Decoder::<WIDE>::new(stream).unwrap();
+        let mut out = vec![0u8; n];
+        let done = f(&mut dec, &table.view(), &mut out);
+        dec.decode_table_bytes(&table.view(), &mut out[done..]);
+        let state = (dec.states, dec.pos);
+        let ok = dec.finish().is_ok();
+        (out, state.0, state.1, ok)
+    }
+
+    #[test]
+    fn portable_and_simd_loops_agree_on_valid_and_damaged_streams() {
+        if !simd_enabled() {
+            eprintln!("SKIPPED: this CPU has no AVX2 (or QSTORE_SCALAR is set)");
+            return;
+        }
+        fn simd(dec: &mut Decoder<WIDE>, t: &TableView, out: &mut [u8]) -> usize {
+            // SAFETY: simd_enabled() checked the CPU.
+            unsafe { avx2::decode_table_bytes(dec, t, out) }
+        }
+        for (n, seed) in [(1, 1), (31, 2), (32, 3), (1000, 4), (100_003, 5)] {
+            let (table, data, mut bytes) = stream(n, seed);
+            let portable = run(decode_table_bytes_portable, &table, &bytes, n);
+            assert_eq!(portable.0, data);
+            assert!(portable.3);
+            assert_eq!(run(simd, &table, &bytes, n), portable);
+            for flip in [0, 7, 130, bytes.len() / 2, bytes.len() - 1] {
+                if flip < bytes.len() {
+                    bytes[flip] ^= 0x5A;
+                    if Decoder::<WIDE>::new(&bytes).is_ok() {
+                        let p = run(decode_table_bytes_portable, &table, &bytes, n);
+                        assert_eq!(run(simd, &table, &bytes, n), p, "n={n} flip={flip}");
+                    }
+                    bytes[flip] ^= 0x5A;
+                }
+            }
+        }
+    }
+}
