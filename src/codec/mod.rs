@@ -28,7 +28,6 @@ macro_rules! with_lanes {
         }
     };
 }
-pub(crate) use with_lanes;
 
 /// A chunk that cannot be decoded: the blob is damaged (or was not written by us).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

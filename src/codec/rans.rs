@@ -144,6 +144,83 @@ static SMALL_UNIFORMS: [Uniform; 257] = {
     t
 };
 
+/// Uniform coding over `n` positions (1 ≤ n ≤ 2^15) at 16-bit resolution, for 32-lane
+/// streams: with `f = floor(2^16 / n)` and `e = 2^16 mod n`, positions `r < e` get `f + 1`
+/// slots and the others `f`, so `start(r) = r f + min(r, e)`. The same slice widths as
+/// [`Uniform`] (so the same cost), in an order whose decoder needs one division of numbers
+/// below 2^17, which single-precision SIMD division does exactly (see `position`). `n = 1`
+/// spans the whole range and leaves a state unchanged: the no-op that elements coded
+/// elsewhere get, keeping every lane in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split(u32);
+
+impl Split {
+    /// One position: decoding it changes nothing and reads nothing.
+    pub const NOOP: Split = Split::new(1);
+
+    /// `n` in `1..=2^15`; 0 gives [`Split::NOOP`] (an empty interval has no positions to code;
+    /// its elements are exceptions).
+    pub const fn new(n: u32) -> Split {
+        if n == 0 {
+            return Split::new(1);
+        }
+        let (f, e) = (65_536 / n, 65_536 % n);
+        Split((f - 1) | e << 16)
+    }
+
+    /// [`Split::new`] from a table for the widths bfloat16 intervals have.
+    #[inline]
+    pub fn of(n: u32) -> Split {
+        match SMALL_SPLITS.get(n as usize) {
+            Some(&s) => s,
+            None => Split::new(n),
+        }
+    }
+
+    /// `(f - 1) | e << 16`: what the decode loops take per element.
+    pub fn packed(self) -> u32 {
+        self.0
+    }
+
+    #[inline(always)]
+    fn parts(packed: u32) -> (u32, u32) {
+        ((packed & 0xFFFF) + 1, packed >> 16)
+    }
+
+    /// The symbol of position `r < n`.
+    #[inline(always)]
+    pub fn symbol(self, r: u32) -> Symbol {
+        let (f, e) = Self::parts(self.0);
+        Symbol {
+            start: r * f + r.min(e),
+            freq: f + u32::from(r < e),
+            bits: 16,
+        }
+    }
+
+    /// The position whose slice holds `slot` (< 2^16).
+    #[inline(always)]
+    fn position(packed: u32, slot: u32) -> u32 {
+        let (f, e) = Self::parts(packed);
+        let split = e * (f + 1);
+        if slot < split {
+            slot / (f + 1)
+        } else {
+            e + (slot - split) / f
+        }
+    }
+}
+
+static SMALL_SPLITS: [Split; 257] = {
+    let mut t = [Split::NOOP; 257];
+    let mut n = 1;
+    while n < 257 {
+        t[n] = Split::new(n as u32);
+        n += 1;
+    }
+    t
+};
+
 /// Collects symbols in decoding order and codes them in reverse on [`Encoder::finish`], as rANS
 /// requires.
 pub struct Encoder<const L: usize> {
@@ -289,6 +366,18 @@ impl<'a, const L: usize> Decoder<'a, L> {
             let sym = table.lookup[slot as usize];
             *o = sym;
             self.advance(lane, table.symbol(sym));
+        }
+    }
+
+    /// Decodes one [`Split`] position per element (`entries` holds each one's packed split),
+    /// element `i` on lane `i % L`, into `out`: the residual's hot loop.
+    pub fn decode_positions(&mut self, entries: &[u32], out: &mut [u16]) {
+        let done = wide::decode_positions(self, entries, out);
+        for (i, (&e, o)) in entries.iter().zip(out.iter_mut()).enumerate().skip(done) {
+            let lane = i % L;
+            let r = Split::position(e, self.slot(lane, 16));
+            *o = r as u16;
+            self.advance(lane, Split(e).symbol(r));
         }
     }
 

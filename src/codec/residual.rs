@@ -9,12 +9,15 @@
 //! user-supplied int8 file may contain, or NaN/Inf) is an exception stored raw.
 //!
 //! Chunk layout: `varint n_exceptions`, then per exception `varint gap, u16 code`; one flag byte
-//! (1 = the whole-value table follows); the table; one rANS stream.
+//! (1 = the whole-value table follows); the table; then on 4 lanes (version 1) one rANS stream,
+//! on 32 lanes (version 2, [`wide`]) a stream of whole values and one of positions.
+
+mod wide;
 
 use super::freq::{FreqTable, read_varint, take, write_varint};
 use super::quantize::{HighDtype, RowIntervals};
 use super::rans::{Decoder, Encoder, NARROW, Uniform};
-use super::{CodecError, Lanes, with_lanes};
+use super::{CodecError, Lanes};
 
 /// How one element is coded.
 #[derive(Clone, Copy)]
@@ -56,10 +59,6 @@ impl ChunkRows<'_> {
 
 /// Codes the high-precision codes of a chunk given its int8 values and scales.
 pub fn encode(rows: &ChunkRows, high: &[u16], lanes: Lanes) -> Result<Vec<u8>, CodecError> {
-    with_lanes!(lanes, encode_on(rows, high))
-}
-
-fn encode_on<const L: usize>(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, CodecError> {
     rows.check(high.len())?;
     let items = classify(rows, high);
     let mut out = Vec::new();
@@ -75,26 +74,39 @@ fn encode_on<const L: usize>(rows: &ChunkRows, high: &[u16]) -> Result<Vec<u8>, 
     if let Some(t) = &table {
         t.write(&mut out);
     }
-    let mut enc = Encoder::<L>::with_capacity(items.len());
+    match lanes {
+        Lanes::Narrow => code_interleaved(&items, table.as_ref(), &mut out),
+        Lanes::Wide => wide::code_streams(&items, table.as_ref(), &mut out),
+    }
+    Ok(out)
+}
+
+/// Version 1: every symbol in one 4-lane stream, element `i` on lane `i % 4`.
+fn code_interleaved(items: &[Item], table: Option<&FreqTable>, out: &mut Vec<u8>) {
+    let mut enc = Encoder::<NARROW>::with_capacity(items.len());
     for (lane, item) in items.iter().enumerate() {
         match *item {
-            Item::Whole { hi, lo, low } => {
-                enc.push(
-                    table
-                        .as_ref()
-                        .expect("the table exists when whole values do")
-                        .symbol(hi),
-                    lane,
-                );
-                let low_and_sign = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
-                enc.push(low.symbol(low_and_sign), lane);
-            }
+            Item::Whole { hi, lo, low } => push_whole(&mut enc, table, hi, lo, low, lane),
             Item::Position { r, u } => enc.push(u.symbol(u32::from(r)), lane),
             Item::Exception => {}
         }
     }
-    enc.finish_into(&mut out);
-    Ok(out)
+    enc.finish_into(out);
+}
+
+/// A whole value's two symbols: its high byte with the chunk's table, then low bits and sign.
+fn push_whole<const L: usize>(
+    enc: &mut Encoder<L>,
+    table: Option<&FreqTable>,
+    hi: u8,
+    lo: u8,
+    low: Uniform,
+    lane: usize,
+) {
+    let table = table.expect("the table exists when whole values do");
+    enc.push(table.symbol(hi), lane);
+    let low_and_sign = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
+    enc.push(low.symbol(low_and_sign), lane);
 }
 
 fn classify(rows: &ChunkRows, high: &[u16]) -> Vec<Item> {
@@ -110,33 +122,44 @@ fn classify(rows: &ChunkRows, high: &[u16]) -> Vec<Item> {
     items
 }
 
-/// Rows often share a scale (a few rows per distinct value in real weights), so intervals are
-/// computed once per distinct scale in a chunk.
-struct IntervalCache {
+/// Rows often share a scale (a few rows per distinct value in real weights), so what a row's
+/// coding needs (its intervals, and for version 2 its tables) is computed once per distinct
+/// scale in a chunk.
+struct ScaleCache<T> {
     dtype: HighDtype,
+    make: fn(HighDtype, f32) -> T,
     slots: std::collections::HashMap<u32, usize>,
-    intervals: Vec<RowIntervals>,
+    intervals: Vec<T>,
 }
+
+type IntervalCache = ScaleCache<RowIntervals>;
 
 impl IntervalCache {
     fn new(dtype: HighDtype) -> Self {
-        IntervalCache {
+        ScaleCache::with(dtype, RowIntervals::new)
+    }
+}
+
+impl<T> ScaleCache<T> {
+    fn with(dtype: HighDtype, make: fn(HighDtype, f32) -> T) -> Self {
+        ScaleCache {
             dtype,
+            make,
             slots: std::collections::HashMap::new(),
             intervals: Vec::new(),
         }
     }
 
-    /// Position in `intervals` of the row intervals for `scale`, computed on first use.
+    /// Position in `intervals` of the row coding for `scale`, computed on first use.
     fn slot(&mut self, scale: f32) -> usize {
-        let (dtype, intervals) = (self.dtype, &mut self.intervals);
+        let (dtype, make, intervals) = (self.dtype, self.make, &mut self.intervals);
         *self.slots.entry(scale.to_bits()).or_insert_with(|| {
-            intervals.push(RowIntervals::new(dtype, scale));
+            intervals.push(make(dtype, scale));
             intervals.len() - 1
         })
     }
 
-    fn get(&mut self, scale: f32) -> &RowIntervals {
+    fn get(&mut self, scale: f32) -> &T {
         let i = self.slot(scale);
         &self.intervals[i]
     }
@@ -196,14 +219,6 @@ pub fn decode(
     lanes: Lanes,
     out: &mut [u8],
 ) -> Result<(), CodecError> {
-    with_lanes!(lanes, decode_on(rows, data, out))
-}
-
-fn decode_on<const L: usize>(
-    rows: &ChunkRows,
-    data: &[u8],
-    out: &mut [u8],
-) -> Result<(), CodecError> {
     if !out.len().is_multiple_of(2) {
         return Err(CodecError::Corrupt("odd output length for 16-bit codes"));
     }
@@ -216,7 +231,35 @@ fn decode_on<const L: usize>(
         1 => Some(FreqTable::read(&mut buf)?),
         _ => return Err(CodecError::Corrupt("bad residual table flag")),
     };
-    let mut dec = Decoder::<L>::new(buf)?;
+    let head = Head {
+        exceptions,
+        table,
+        rest: buf,
+    };
+    match lanes {
+        Lanes::Narrow => decode_interleaved(rows, head, out),
+        Lanes::Wide => wide::decode(rows, head, out),
+    }
+}
+
+/// What precedes the streams of a chunk: its exceptions (position, code) and whole-value table.
+struct Head<'a> {
+    exceptions: Vec<(usize, u16)>,
+    table: Option<FreqTable>,
+    /// The bytes after them.
+    rest: &'a [u8],
+}
+
+/// Version 1: one 4-lane stream.
+fn decode_interleaved(rows: &ChunkRows, head: Head, out: &mut [u8]) -> Result<(), CodecError> {
+    const L: usize = NARROW;
+    let n = out.len() / 2;
+    let Head {
+        exceptions,
+        table,
+        rest,
+    } = head;
+    let mut dec = Decoder::<L>::new(rest)?;
     let (cols, q) = (rows.cols, rows.q);
     let mut put = |i: usize, code: u16| out[2 * i..2 * i + 2].copy_from_slice(&code.to_le_bytes());
     let mut cache = IntervalCache::new(rows.dtype);
@@ -227,9 +270,9 @@ fn decode_on<const L: usize>(
     // The next element that starts a row or is an exception: one compare per element.
     let mut boundary = row_end.min(next_exc);
     let mut i = 0;
-    // Element i is always on lane i % L; with four lanes the unrolled loop makes the lane a
-    // constant so the states stay in registers. `$within`: the group of four has the 16 bytes
-    // its at most eight symbols can read, so no symbol checks for the stream's end.
+    // Element i is always on lane i % 4; the unrolled loop makes the lane a constant so the
+    // four rANS states stay in registers. `$within`: the group of four has the 16 bytes its
+    // at most eight symbols can read, so no symbol checks for the stream's end.
     macro_rules! step {
         ($lane:expr, $within:expr) => {{
             let mut exception = false;
@@ -261,29 +304,16 @@ fn decode_on<const L: usize>(
         }};
     }
     while i + 4 <= n {
-        match (L == NARROW, dec.bytes_left() >= 16) {
-            (true, true) => {
-                step!(0, true);
-                step!(1, true);
-                step!(2, true);
-                step!(3, true);
-            }
-            (true, false) => {
-                step!(0, false);
-                step!(1, false);
-                step!(2, false);
-                step!(3, false);
-            }
-            (false, true) => {
-                for _ in 0..4 {
-                    step!(i % L, true);
-                }
-            }
-            (false, false) => {
-                for _ in 0..4 {
-                    step!(i % L, false);
-                }
-            }
+        if dec.bytes_left() >= 16 {
+            step!(0, true);
+            step!(1, true);
+            step!(2, true);
+            step!(3, true);
+        } else {
+            step!(0, false);
+            step!(1, false);
+            step!(2, false);
+            step!(3, false);
         }
     }
     while i < n {
@@ -301,19 +331,30 @@ fn decode_one<const WITHIN: bool, const L: usize>(
     lane: usize,
 ) -> Result<u16, CodecError> {
     if q == 0 || iv.is_degenerate() {
-        let hi_t = table.ok_or(CodecError::Corrupt("whole-value element without a table"))?;
-        let hi = u16::from(hi_t.decode_in::<WITHIN, L>(dec, lane));
-        if hi > iv.whole_top().0 {
-            return Err(CodecError::Corrupt("whole value above its interval"));
-        }
-        let v = low_and_sign_coder(iv, hi).decode::<WITHIN, L>(dec, lane) as u16;
-        return Ok(((v & 1) << 15) | (hi << 7) | (v >> 1));
+        return decode_whole::<WITHIN, L>(iv, table, dec, lane);
     }
     // Width 0 cannot occur in a valid chunk; there it decodes garbage that the CRC rejects.
     let (lo, u) = iv.interval(q.unsigned_abs().min(127) as usize);
     let r = u.decode::<WITHIN, L>(dec, lane);
     let sign = if q < 0 { 0x8000 } else { 0 };
     Ok(sign | lo.wrapping_add(r as u16))
+}
+
+/// A whole value: high byte, then low bits and sign.
+#[inline(always)]
+fn decode_whole<const WITHIN: bool, const L: usize>(
+    iv: &RowIntervals,
+    table: Option<&FreqTable>,
+    dec: &mut Decoder<L>,
+    lane: usize,
+) -> Result<u16, CodecError> {
+    let hi_t = table.ok_or(CodecError::Corrupt("whole-value element without a table"))?;
+    let hi = u16::from(hi_t.decode_in::<WITHIN, L>(dec, lane));
+    if hi > iv.whole_top().0 {
+        return Err(CodecError::Corrupt("whole value above its interval"));
+    }
+    let v = low_and_sign_coder(iv, hi).decode::<WITHIN, L>(dec, lane) as u16;
+    Ok(((v & 1) << 15) | (hi << 7) | (v >> 1))
 }
 
 fn read_exceptions(buf: &mut &[u8], n: usize) -> Result<Vec<(usize, u16)>, CodecError> {

@@ -3,7 +3,7 @@
 //! leave the rest to the symbol-by-symbol path; they give identical states, positions and
 //! output on any input, valid or not (tested below), so which one runs is invisible.
 
-use super::{Decoder, RANS_L, TABLE_BITS, TableView, WIDE};
+use super::{Decoder, RANS_L, Split, TABLE_BITS, TableView, WIDE};
 
 /// Whether the SIMD loops may run: the CPU has them and `QSTORE_SCALAR` is not set (so the
 /// whole test suite can be run on the portable path).
@@ -73,11 +73,149 @@ fn decode_table_bytes_portable<const L: usize>(
     done
 }
 
+/// Decodes whole groups of `L` [`Split`] positions (one packed split per element in
+/// `entries`) into `out`; returns how many it decoded.
+pub(super) fn decode_positions<const L: usize>(
+    dec: &mut Decoder<L>,
+    entries: &[u32],
+    out: &mut [u16],
+) -> usize {
+    if L != WIDE {
+        return 0;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd_enabled() {
+        // SAFETY: the CPU supports AVX2 (checked at run time above).
+        return unsafe { avx2::decode_positions(dec, entries, out) };
+    }
+    decode_positions_portable(dec, entries, out)
+}
+
+fn decode_positions_portable<const L: usize>(
+    dec: &mut Decoder<L>,
+    entries: &[u32],
+    out: &mut [u16],
+) -> usize {
+    let (words, mut pos, mut done) = (dec.words, dec.pos, 0);
+    let mut x = dec.states;
+    for (group, es) in out.chunks_exact_mut(L).zip(entries.chunks_exact(L)) {
+        let Some(window) = words.get(pos..pos + GROUP_BYTES) else {
+            break;
+        };
+        let mut at = 0;
+        for ((x, o), &e) in x.iter_mut().zip(group).zip(es) {
+            let slot = *x & 0xFFFF;
+            let r = Split::position(e, slot);
+            *o = r as u16;
+            let s = Split(e).symbol(r);
+            let v = s
+                .freq
+                .wrapping_mul(*x >> 16)
+                .wrapping_add(slot.wrapping_sub(s.start));
+            let need = v < RANS_L;
+            let word = u32::from(u16::from_le_bytes([window[at], window[at + 1]]));
+            *x = if need { (v << 16) | word } else { v };
+            at += 2 * usize::from(need);
+        }
+        pos += at;
+        done += L;
+    }
+    dec.states = x;
+    dec.pos = pos;
+    done
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{Decoder, GROUP_BYTES, TABLE_BITS, TableView};
+
+    /// The lanes of `v` below 2^16 become `v << 16 | next word`, taken in lane order from the
+    /// stream at `*pos`, which advances past them. The caller guarantees 16 readable bytes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn renormalise(v: __m256i, words: &[u8], pos: &mut usize) -> __m256i {
+        let need = _mm256_cmpeq_epi32(_mm256_srli_epi32::<16>(v), _mm256_setzero_si256());
+        let m = _mm256_movemask_ps(_mm256_castsi256_ps(need)) as usize;
+        // SAFETY: the caller leaves 16 bytes after *pos; REFILL has 256 rows of 8.
+        let raw = unsafe { _mm_loadu_si128(words.as_ptr().add(*pos).cast()) };
+        let order = unsafe { _mm256_loadu_si256(REFILL[m].as_ptr().cast()) };
+        let w = _mm256_permutevar8x32_epi32(_mm256_cvtepu16_epi32(raw), order);
+        *pos += 2 * m.count_ones() as usize;
+        _mm256_blendv_epi8(v, _mm256_or_si256(_mm256_slli_epi32::<16>(v), w), need)
+    }
+
+    /// Eight positions at a time. With `f`, `e` from the packed split and `b = e (f + 1)`:
+    /// a slot below `b` is position `slot / (f + 1)`, else `e + (slot - b) / f`. The division
+    /// is done in single precision: numerator and divisor are integers below 2^17, so both
+    /// convert exactly, and when the true quotient `k + d` is not an integer, `d` and `1 - d`
+    /// are at least `1 / divisor`, more than the rounding error (below `2^17 / divisor *
+    /// 2^-24`): truncating the rounded quotient gives `k` exactly. Same result as integer
+    /// division, which the portable loop uses (and a test compares).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn decode_positions<const L: usize>(
+        dec: &mut Decoder<L>,
+        entries: &[u32],
+        out: &mut [u16],
+    ) -> usize {
+        debug_assert_eq!(L, 32);
+        let (words, mut pos, mut done) = (dec.words, dec.pos, 0);
+        let states = dec.states.as_mut_ptr();
+        let low = _mm256_set1_epi32(0xFFFF);
+        let one = _mm256_set1_epi32(1);
+        // SAFETY (all blocks below): states has 32 u32s; a group of entries has 32 u32s and
+        // one of out 32 u16s; renormalise reads only while GROUP_BYTES remain.
+        let mut x: [__m256i; 4] =
+            std::array::from_fn(|k| unsafe { _mm256_loadu_si256(states.add(8 * k).cast()) });
+        for (group, es) in out.chunks_exact_mut(32).zip(entries.chunks_exact(32)) {
+            if words.len() - pos < GROUP_BYTES {
+                break;
+            }
+            let mut rs = [_mm256_setzero_si256(); 4];
+            for k in 0..4 {
+                let packed = unsafe { _mm256_loadu_si256(es.as_ptr().add(8 * k).cast()) };
+                let f = _mm256_add_epi32(_mm256_and_si256(packed, low), one);
+                let e = _mm256_srli_epi32::<16>(packed);
+                let f1 = _mm256_add_epi32(f, one);
+                let slot = _mm256_and_si256(x[k], low);
+                let split = _mm256_mullo_epi32(e, f1);
+                let below = _mm256_cmpgt_epi32(split, slot);
+                let div = _mm256_blendv_epi8(f, f1, below);
+                let num = _mm256_blendv_epi8(_mm256_sub_epi32(slot, split), slot, below);
+                let q = _mm256_cvttps_epi32(_mm256_div_ps(
+                    _mm256_cvtepi32_ps(num),
+                    _mm256_cvtepi32_ps(div),
+                ));
+                let r = _mm256_add_epi32(q, _mm256_andnot_si256(below, e));
+                let start = _mm256_add_epi32(_mm256_mullo_epi32(r, f), _mm256_min_epu32(r, e));
+                let freq = _mm256_sub_epi32(f, _mm256_cmpgt_epi32(e, r));
+                let v = _mm256_add_epi32(
+                    _mm256_mullo_epi32(freq, _mm256_srli_epi32::<16>(x[k])),
+                    _mm256_sub_epi32(slot, start),
+                );
+                x[k] = unsafe { renormalise(v, words, &mut pos) };
+                rs[k] = r;
+            }
+            // u32 positions (< 2^15) to u16 in lane order: the packs work within 128-bit
+            // halves, the 64-bit permute restores the order.
+            for (k, pair) in rs.chunks_exact(2).enumerate() {
+                let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(
+                    pair[0], pair[1],
+                ));
+                unsafe { _mm256_storeu_si256(group.as_mut_ptr().add(16 * k).cast(), packed) };
+            }
+            done += 32;
+        }
+        for (k, v) in x.iter().enumerate() {
+            unsafe { _mm256_storeu_si256(states.add(8 * k).cast(), *v) };
+        }
+        dec.pos = pos;
+        done
+    }
 
     /// For each mask of the eight lanes that take a word, the word each lane takes: lanes
     /// read consecutive words in lane order, so lane `j` takes the word numbered by how many
@@ -143,14 +281,7 @@ mod avx2 {
                     _mm256_mullo_epi32(freq, _mm256_srli_epi32::<{ TABLE_BITS as i32 }>(x[k])),
                     _mm256_sub_epi32(slot, start),
                 );
-                let need = _mm256_cmpeq_epi32(_mm256_srli_epi32::<16>(v), zero);
-                let m = _mm256_movemask_ps(_mm256_castsi256_ps(need)) as usize;
-                let raw = unsafe { _mm_loadu_si128(words.as_ptr().add(pos).cast()) };
-                let order = unsafe { _mm256_loadu_si256(REFILL[m].as_ptr().cast()) };
-                let w = _mm256_permutevar8x32_epi32(_mm256_cvtepu16_epi32(raw), order);
-                let refilled = _mm256_or_si256(_mm256_slli_epi32::<16>(v), w);
-                x[k] = _mm256_blendv_epi8(v, refilled, need);
-                pos += 2 * m.count_ones() as usize;
+                x[k] = unsafe { renormalise(v, words, &mut pos) };
                 syms[k] = sym;
             }
             // 32 symbols in u32 lanes to 32 bytes in lane order: the packs work within
