@@ -343,13 +343,14 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn portable_and_simd_loops_agree_on_valid_and_damaged_streams() {
-        if !simd_enabled() {
-            eprintln!("SKIPPED: this CPU has no AVX2 (or QSTORE_SCALAR is set)");
-            return;
-        }
+        assert!(
+            std::arch::is_x86_feature_detected!("avx2"),
+            "this test compares the AVX2 loop with the portable one: it needs an AVX2 CPU"
+        );
         fn simd(dec: &mut Decoder<WIDE>, t: &TableView, out: &mut [u8]) -> usize {
-            // SAFETY: simd_enabled() checked the CPU.
+            // SAFETY: the test checked the CPU.
             unsafe { avx2::decode_table_bytes(dec, t, out) }
         }
         for (n, seed) in [(1, 1), (31, 2), (32, 3), (1000, 4), (100_003, 5)] {
@@ -367,6 +368,103 @@ mod tests {
                     }
                     bytes[flip] ^= 0x5A;
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod position_tests {
+    use super::*;
+    use crate::codec::rans::Encoder;
+
+    /// Positions over widths from 1 (the no-op) to 2^15, as residual chunks have them.
+    fn stream(n: usize, seed: u32) -> (Vec<u32>, Vec<u16>, Vec<u8>) {
+        let mut r = seed;
+        let mut next = || {
+            r = r.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            r >> 8
+        };
+        let mut entries = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        let mut enc = Encoder::<WIDE>::with_capacity(n);
+        for i in 0..n {
+            let width = match next() % 8 {
+                0 => 1,
+                1 => 1 + next() % 32_768,
+                _ => 1 + next() % 300,
+            };
+            let split = Split::of(width);
+            let pos = next() % width;
+            enc.push(split.symbol(pos), i);
+            entries.push(split.packed());
+            positions.push(pos as u16);
+        }
+        let mut out = Vec::new();
+        enc.finish_into(&mut out);
+        (entries, positions, out)
+    }
+
+    fn run(
+        f: fn(&mut Decoder<WIDE>, &[u32], &mut [u16]) -> usize,
+        entries: &[u32],
+        stream: &[u8],
+    ) -> (Vec<u16>, [u32; WIDE], usize, bool) {
+        let mut dec = Decoder::<WIDE>::new(stream).unwrap();
+        let mut out = vec![0u16; entries.len()];
+        let done = f(&mut dec, entries, &mut out);
+        let mut tail = vec![0u16; entries.len() - done];
+        dec.decode_positions(&entries[done..], &mut tail);
+        out[done..].copy_from_slice(&tail);
+        let state = (dec.states, dec.pos);
+        (out, state.0, state.1, dec.finish().is_ok())
+    }
+
+    #[test]
+    fn split_positions_are_found_exactly_for_every_slot() {
+        for n in (1..=600).chain([4097, 20_000, 32_767, 32_768]) {
+            let split = Split::of(n);
+            assert_eq!(split, Split::new(n));
+            let mut next_start = 0;
+            for r in 0..n {
+                let s = split.symbol(r);
+                assert_eq!(s.start, next_start);
+                next_start = s.start + s.freq;
+                for slot in s.start..next_start {
+                    assert_eq!(Split::position(split.packed(), slot), r);
+                }
+            }
+            assert_eq!(next_start, 1 << 16, "n = {n}");
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn portable_and_simd_position_loops_agree() {
+        assert!(
+            std::arch::is_x86_feature_detected!("avx2"),
+            "this test compares the AVX2 loop with the portable one: it needs an AVX2 CPU"
+        );
+        fn simd(dec: &mut Decoder<WIDE>, e: &[u32], out: &mut [u16]) -> usize {
+            // SAFETY: the test checked the CPU.
+            unsafe { avx2::decode_positions(dec, e, out) }
+        }
+        for (n, seed) in [(1, 1), (32, 2), (1000, 3), (100_003, 4)] {
+            let (entries, positions, mut bytes) = stream(n, seed);
+            let portable = run(decode_positions_portable, &entries, &bytes);
+            assert_eq!(portable.0, positions);
+            assert!(portable.3);
+            assert_eq!(run(simd, &entries, &bytes), portable);
+            for flip in [0, 9, 200, bytes.len() / 2, bytes.len() - 1] {
+                if flip >= bytes.len() {
+                    continue;
+                }
+                bytes[flip] ^= 0xA5;
+                if Decoder::<WIDE>::new(&bytes).is_ok() {
+                    let p = run(decode_positions_portable, &entries, &bytes);
+                    assert_eq!(run(simd, &entries, &bytes), p, "n={n} flip={flip}");
+                }
+                bytes[flip] ^= 0xA5;
             }
         }
     }
