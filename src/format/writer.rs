@@ -557,7 +557,7 @@ impl<'a, W: Write> Encoder<'a, W> {
         cols: u64,
         supplied: Option<usize>,
     ) -> Result<(), FormatError> {
-        let rows_per_chunk = (self.opts.chunk_elems / cols).max(1);
+        let rows_per_chunk = rows_per_chunk(rows, cols, self.opts.chunk_elems);
         // The paired int8 file, where its weight starts, and its scales, looked up once.
         let paired = match supplied {
             Some(i) => {
@@ -774,7 +774,7 @@ impl<'a, W: Write> Encoder<'a, W> {
                     self.residual_chunks.push(self.chunks.len());
                     self.chunks.push(c);
                 }
-                let rows_per_chunk = (self.opts.chunk_elems / cols).max(1);
+                let rows_per_chunk = rows_per_chunk(rows, cols, self.opts.chunk_elems);
                 self.quantized.push(QuantTensor {
                     name,
                     rows,
@@ -1086,4 +1086,13 @@ fn output_file(name: String, size: u64, sha256: String, segments: Vec<Segment>) 
 /// Lowercase hex sha256.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
+}
+
+/// Rows per chunk of a quantized tensor: as few chunks as hold at most 5/4 of `target`
+/// elements each, the rows shared evenly. A tensor a little over the target (MiniLM's 384 x
+/// 1536) stays one chunk instead of a full chunk and a small tail, each paying for its tables,
+/// stream states and index entry.
+fn rows_per_chunk(rows: u64, cols: u64, target: u64) -> u64 {
+    let max_rows = ((target + target / 4) / cols.max(1)).max(1);
+    rows.div_ceil(rows.div_ceil(max_rows).max(1)).max(1)
 }
