@@ -177,6 +177,16 @@ impl Split {
         }
     }
 
+    /// The packed split of a pair's second symbol (see [`Decoder::decode_pairs`]).
+    #[inline(always)]
+    pub fn second_of_pair(sym: u8, top: u32, under: u32) -> u32 {
+        if u32::from(sym) == top {
+            under
+        } else {
+            Split::new(256).0
+        }
+    }
+
     /// `(f - 1) | e << 16`: what the decode loops take per element.
     pub fn packed(self) -> u32 {
         self.0
@@ -378,6 +388,47 @@ impl<'a, const L: usize> Decoder<'a, L> {
             let r = Split::position(e, self.slot(lane, 16));
             *o = r as u16;
             self.advance(lane, Split(e).symbol(r));
+        }
+    }
+
+    /// Decodes pairs of symbols (the residual's whole values): pair `j` is pair number
+    /// `first + j` of the stream, on lane `(first + j) % L`. Its first symbol `s` is
+    /// table-coded; its second is a [`Split`] position over `unders[j]` if `s == tops[j]`, else
+    /// over 256. Pairs go in runs of eight (numbered from 0): the run's table symbols in order,
+    /// then its positions in order, so eight SIMD lanes decode a run in step. A caller
+    /// decoding in parts must split at run boundaries.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_pairs(
+        &mut self,
+        table: &TableView,
+        first: usize,
+        tops: &[u32],
+        unders: &[u32],
+        syms: &mut [u8],
+        positions: &mut [u16],
+    ) {
+        let done = if first.is_multiple_of(L) {
+            wide::decode_pairs(self, table, tops, unders, syms, positions)
+        } else {
+            0
+        };
+        let mut j = done;
+        while j < tops.len() {
+            let run = j..(j + 8).min(tops.len());
+            for j in run.clone() {
+                let lane = (first + j) % L;
+                let sym = table.lookup[self.slot(lane, TABLE_BITS) as usize];
+                syms[j] = sym;
+                self.advance(lane, table.symbol(sym));
+            }
+            for j in run.clone() {
+                let lane = (first + j) % L;
+                let split = Split::second_of_pair(syms[j], tops[j], unders[j]);
+                let r = Split::position(split, self.slot(lane, 16));
+                positions[j] = r as u16;
+                self.advance(lane, Split(split).symbol(r));
+            }
+            j = run.end;
         }
     }
 

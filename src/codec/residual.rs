@@ -12,6 +12,7 @@
 //! (1 = the whole-value table follows); the table; then on 4 lanes (version 1) one rANS stream,
 //! on 32 lanes (version 2, [`wide`]) a stream of whole values and one of positions.
 
+mod rows;
 mod wide;
 
 use super::freq::{FreqTable, read_varint, take, write_varint};

@@ -10,9 +10,7 @@ use std::ops::Range;
 
 use super::chunk;
 use super::index::{Chunk, Index, OutputFile, QuantTensor, Segment};
-use super::{
-    FOOTER_LEN, FormatError, MAGIC, MAX_INDEX_LEN, OLDEST_VERSION, PREAMBLE_LEN, VERSION,
-};
+use super::{FOOTER_LEN, FormatError, MAGIC, MAX_INDEX_LEN, OLDEST_VERSION, PREAMBLE_LEN, VERSION};
 use crate::codec::residual::ChunkRows;
 
 /// Half the chunks a decode keeps in flight (see the module comment).

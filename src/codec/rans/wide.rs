@@ -125,6 +125,26 @@ fn decode_positions_portable<const L: usize>(
     done
 }
 
+/// Decodes whole groups of 32 pairs (see [`Decoder::decode_pairs`]), the first on lane 0;
+/// returns how many it decoded. Only SIMD has a loop of its own: without it, the run-by-run
+/// path of `decode_pairs` does all.
+pub(super) fn decode_pairs<const L: usize>(
+    dec: &mut Decoder<L>,
+    table: &TableView,
+    tops: &[u32],
+    unders: &[u32],
+    syms: &mut [u8],
+    positions: &mut [u16],
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if L == WIDE && simd_enabled() {
+        // SAFETY: the CPU supports AVX2 (checked at run time above).
+        return unsafe { avx2::decode_pairs(dec, table, tops, unders, syms, positions) };
+    }
+    let _ = (dec, table, tops, unders, syms, positions);
+    0
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -146,6 +166,128 @@ mod avx2 {
         _mm256_blendv_epi8(v, _mm256_or_si256(_mm256_slli_epi32::<16>(v), w), need)
     }
 
+    /// One table symbol on eight lanes: the symbol and the state before renormalisation.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn table_step(x: __m256i, table: &TableView) -> (__m256i, __m256i) {
+        let lookup = table.lookup.as_ptr() as *const i32;
+        let packed = table.packed.as_ptr() as *const i32;
+        let slot = _mm256_and_si256(x, _mm256_set1_epi32((1 << TABLE_BITS) - 1));
+        // SAFETY: lookup has LOOKUP_LEN bytes, so a dword at any 14-bit slot is in bounds;
+        // symbols (masked to a byte) index the 256 packed entries.
+        let sym = unsafe { _mm256_i32gather_epi32::<1>(lookup, slot) };
+        let sym = _mm256_and_si256(sym, _mm256_set1_epi32(0xFF));
+        let e = unsafe { _mm256_i32gather_epi32::<4>(packed, sym) };
+        let freq = _mm256_and_si256(e, _mm256_set1_epi32(0xFFFF));
+        let start = _mm256_srli_epi32::<16>(e);
+        let v = _mm256_add_epi32(
+            _mm256_mullo_epi32(freq, _mm256_srli_epi32::<{ TABLE_BITS as i32 }>(x)),
+            _mm256_sub_epi32(slot, start),
+        );
+        (sym, v)
+    }
+
+    /// One [`super::Split`] position on eight lanes, each with its packed split: the
+    /// position and the state before renormalisation. See `decode_positions` for why the
+    /// division is exact.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn split_step(x: __m256i, split: __m256i) -> (__m256i, __m256i) {
+        let low = _mm256_set1_epi32(0xFFFF);
+        let one = _mm256_set1_epi32(1);
+        let f = _mm256_add_epi32(_mm256_and_si256(split, low), one);
+        let e = _mm256_srli_epi32::<16>(split);
+        let f1 = _mm256_add_epi32(f, one);
+        let slot = _mm256_and_si256(x, low);
+        let b = _mm256_mullo_epi32(e, f1);
+        let below = _mm256_cmpgt_epi32(b, slot);
+        let div = _mm256_blendv_epi8(f, f1, below);
+        let num = _mm256_blendv_epi8(_mm256_sub_epi32(slot, b), slot, below);
+        let q = _mm256_cvttps_epi32(_mm256_div_ps(
+            _mm256_cvtepi32_ps(num),
+            _mm256_cvtepi32_ps(div),
+        ));
+        let r = _mm256_add_epi32(q, _mm256_andnot_si256(below, e));
+        let start = _mm256_add_epi32(_mm256_mullo_epi32(r, f), _mm256_min_epu32(r, e));
+        let freq = _mm256_sub_epi32(f, _mm256_cmpgt_epi32(e, r));
+        let v = _mm256_add_epi32(
+            _mm256_mullo_epi32(freq, _mm256_srli_epi32::<16>(x)),
+            _mm256_sub_epi32(slot, start),
+        );
+        (r, v)
+    }
+
+    /// 32 values below 2^16 in u32 lanes to 32 u16s in lane order: the packs work within
+    /// 128-bit halves, the 64-bit permute restores the order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store_u16x32(v: [__m256i; 4], out: &mut [u16]) {
+        assert!(out.len() >= 32);
+        for (k, pair) in v.chunks_exact(2).enumerate() {
+            let packed =
+                _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(pair[0], pair[1]));
+            // SAFETY: out has at least 32 u16s.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(16 * k).cast(), packed) };
+        }
+    }
+
+    /// Groups of 32 pairs: per vector of eight lanes, the table symbols, then the positions
+    /// over the split each symbol selects.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn decode_pairs<const L: usize>(
+        dec: &mut Decoder<L>,
+        table: &TableView,
+        tops: &[u32],
+        unders: &[u32],
+        syms: &mut [u8],
+        positions: &mut [u16],
+    ) -> usize {
+        debug_assert_eq!(L, 32);
+        let (words, mut pos, mut done) = (dec.words, dec.pos, 0);
+        let states = dec.states.as_mut_ptr();
+        let all = _mm256_set1_epi32(super::Split::new(256).packed() as i32);
+        let interleave = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        // SAFETY (all blocks below): states has 32 u32s; groups of tops and unders have 32
+        // u32s, of syms 32 bytes, of positions 32 u16s; a group reads at most 64 stream bytes
+        // (two symbols per lane, one word each at most, so 128) only while 2 GROUP_BYTES remain.
+        let mut x: [__m256i; 4] =
+            std::array::from_fn(|k| unsafe { _mm256_loadu_si256(states.add(8 * k).cast()) });
+        let groups = tops.chunks_exact(32).zip(unders.chunks_exact(32)).zip(
+            syms.chunks_exact_mut(32)
+                .zip(positions.chunks_exact_mut(32)),
+        );
+        for ((top, under), (sym_out, pos_out)) in groups {
+            if words.len() - pos < 2 * GROUP_BYTES {
+                break;
+            }
+            let (mut ss, mut rs) = ([_mm256_setzero_si256(); 4], [_mm256_setzero_si256(); 4]);
+            for k in 0..4 {
+                let (sym, v) = unsafe { table_step(x[k], table) };
+                let v = unsafe { renormalise(v, words, &mut pos) };
+                let t = unsafe { _mm256_loadu_si256(top.as_ptr().add(8 * k).cast()) };
+                let u = unsafe { _mm256_loadu_si256(under.as_ptr().add(8 * k).cast()) };
+                let split = _mm256_blendv_epi8(all, u, _mm256_cmpeq_epi32(sym, t));
+                let (r, v) = split_step(v, split);
+                x[k] = unsafe { renormalise(v, words, &mut pos) };
+                (ss[k], rs[k]) = (sym, r);
+            }
+            let ab = _mm256_packus_epi32(ss[0], ss[1]);
+            let cd = _mm256_packus_epi32(ss[2], ss[3]);
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), interleave);
+            unsafe { _mm256_storeu_si256(sym_out.as_mut_ptr().cast(), bytes) };
+            unsafe { store_u16x32(rs, pos_out) };
+            done += 32;
+        }
+        for (k, v) in x.iter().enumerate() {
+            unsafe { _mm256_storeu_si256(states.add(8 * k).cast(), *v) };
+        }
+        dec.pos = pos;
+        done
+    }
+
     /// Eight positions at a time. With `f`, `e` from the packed split and `b = e (f + 1)`:
     /// a slot below `b` is position `slot / (f + 1)`, else `e + (slot - b) / f`. The division
     /// is done in single precision: numerator and divisor are integers below 2^17, so both
@@ -165,8 +307,6 @@ mod avx2 {
         debug_assert_eq!(L, 32);
         let (words, mut pos, mut done) = (dec.words, dec.pos, 0);
         let states = dec.states.as_mut_ptr();
-        let low = _mm256_set1_epi32(0xFFFF);
-        let one = _mm256_set1_epi32(1);
         // SAFETY (all blocks below): states has 32 u32s; a group of entries has 32 u32s and
         // one of out 32 u16s; renormalise reads only while GROUP_BYTES remain.
         let mut x: [__m256i; 4] =
@@ -177,37 +317,12 @@ mod avx2 {
             }
             let mut rs = [_mm256_setzero_si256(); 4];
             for k in 0..4 {
-                let packed = unsafe { _mm256_loadu_si256(es.as_ptr().add(8 * k).cast()) };
-                let f = _mm256_add_epi32(_mm256_and_si256(packed, low), one);
-                let e = _mm256_srli_epi32::<16>(packed);
-                let f1 = _mm256_add_epi32(f, one);
-                let slot = _mm256_and_si256(x[k], low);
-                let split = _mm256_mullo_epi32(e, f1);
-                let below = _mm256_cmpgt_epi32(split, slot);
-                let div = _mm256_blendv_epi8(f, f1, below);
-                let num = _mm256_blendv_epi8(_mm256_sub_epi32(slot, split), slot, below);
-                let q = _mm256_cvttps_epi32(_mm256_div_ps(
-                    _mm256_cvtepi32_ps(num),
-                    _mm256_cvtepi32_ps(div),
-                ));
-                let r = _mm256_add_epi32(q, _mm256_andnot_si256(below, e));
-                let start = _mm256_add_epi32(_mm256_mullo_epi32(r, f), _mm256_min_epu32(r, e));
-                let freq = _mm256_sub_epi32(f, _mm256_cmpgt_epi32(e, r));
-                let v = _mm256_add_epi32(
-                    _mm256_mullo_epi32(freq, _mm256_srli_epi32::<16>(x[k])),
-                    _mm256_sub_epi32(slot, start),
-                );
+                let split = unsafe { _mm256_loadu_si256(es.as_ptr().add(8 * k).cast()) };
+                let (r, v) = split_step(x[k], split);
                 x[k] = unsafe { renormalise(v, words, &mut pos) };
                 rs[k] = r;
             }
-            // u32 positions (< 2^15) to u16 in lane order: the packs work within 128-bit
-            // halves, the 64-bit permute restores the order.
-            for (k, pair) in rs.chunks_exact(2).enumerate() {
-                let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(
-                    pair[0], pair[1],
-                ));
-                unsafe { _mm256_storeu_si256(group.as_mut_ptr().add(16 * k).cast(), packed) };
-            }
+            unsafe { store_u16x32(rs, group) };
             done += 32;
         }
         for (k, v) in x.iter().enumerate() {
@@ -253,12 +368,6 @@ mod avx2 {
         debug_assert_eq!(L, 32);
         let (words, mut pos, mut done) = (dec.words, dec.pos, 0);
         let states = dec.states.as_mut_ptr();
-        let lookup = table.lookup.as_ptr() as *const i32;
-        let packed = table.packed.as_ptr() as *const i32;
-        let slot_mask = _mm256_set1_epi32((1 << TABLE_BITS) - 1);
-        let byte_mask = _mm256_set1_epi32(0xFF);
-        let low_half = _mm256_set1_epi32(0xFFFF);
-        let zero = _mm256_setzero_si256();
         let interleave = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         // SAFETY (all blocks below): states has 32 u32s; lookup has LOOKUP_LEN bytes so a
         // dword at any 14-bit slot is in bounds; symbols index the 256 packed entries; a word
@@ -269,18 +378,9 @@ mod avx2 {
             if words.len() - pos < GROUP_BYTES {
                 break;
             }
-            let mut syms = [zero; 4];
+            let mut syms = [_mm256_setzero_si256(); 4];
             for k in 0..4 {
-                let slot = _mm256_and_si256(x[k], slot_mask);
-                let sym = unsafe { _mm256_i32gather_epi32::<1>(lookup, slot) };
-                let sym = _mm256_and_si256(sym, byte_mask);
-                let e = unsafe { _mm256_i32gather_epi32::<4>(packed, sym) };
-                let freq = _mm256_and_si256(e, low_half);
-                let start = _mm256_srli_epi32::<16>(e);
-                let v = _mm256_add_epi32(
-                    _mm256_mullo_epi32(freq, _mm256_srli_epi32::<{ TABLE_BITS as i32 }>(x[k])),
-                    _mm256_sub_epi32(slot, start),
-                );
+                let (sym, v) = unsafe { table_step(x[k], table) };
                 x[k] = unsafe { renormalise(v, words, &mut pos) };
                 syms[k] = sym;
             }

@@ -1,32 +1,44 @@
 //! The version-2 residual (codec 12): positions and whole values in separate streams.
 //!
-//! After the exceptions and the table come `varint whole_len`, a 4-lane stream of `whole_len`
-//! bytes holding the whole values (the `k`-th whole value of the chunk on lane `k % 4`; absent
-//! when the chunk has none), and a 32-lane stream holding one [`Split`] position per element,
-//! element `i` on lane `i % 32`. Elements that are whole values or exceptions take the
-//! one-position no-op there, which reads nothing and leaves the lane's state as it is, so every
-//! element has exactly one symbol and 32 consecutive elements decode in step: the decoder
-//! fills a block with each element's split (a table lookup by row and int8 byte), decodes the
-//! positions eight lanes at a time, and assembles codes as `base + position`.
+//! After the exceptions and the table come `varint 2 * whole_len + wide`, a stream of
+//! `whole_len` bytes holding the whole values (on 32 lanes if `wide`, else 4; absent when the
+//! chunk has none), and a 32-lane stream holding one [`Split`] position per element, element
+//! `i` on lane `i % 32`. Elements that are whole values or exceptions take the one-position
+//! no-op there, which reads nothing and leaves the lane's state as it is, so every element has
+//! exactly one symbol and 32 consecutive elements decode in step. Whole value `k` (numbered in
+//! element order) is pair `k` of its stream ([`Decoder::decode_pairs`]): its high byte, then its
+//! low bits and sign over the values possible under that byte.
+//!
+//! The decoder works in blocks: each element's split (a table lookup by row and int8 byte),
+//! the positions eight lanes at a time, codes as `base + position`; whole values queue up and
+//! are decoded in runs of eight, then written over their elements, as are exceptions.
 
 use super::super::freq::{FreqTable, read_varint, take, write_varint};
 use super::super::quantize::{HighDtype, RowIntervals};
 use super::super::rans::{Decoder, Encoder, NARROW, Split, WIDE};
-use super::{ChunkRows, CodecError, Head, Item, ScaleCache, decode_whole, push_whole};
+use super::rows::{BASE_LEN, add_bases, fill_splits, queue_whole};
+use super::{ChunkRows, CodecError, Head, Item, ScaleCache};
 
-/// Elements per decode block: their splits and positions (24 KiB) stay in L1.
+/// Elements per decode block: their splits, positions and queued whole values stay in L1.
 const BLOCK: usize = 2048;
+/// Whole values are decoded in groups of this many (whole runs, one per SIMD lane group)
+/// until the chunk ends.
+const GROUP: usize = 32;
+/// Room for a block's whole values plus those left from the block before (under a group),
+/// plus the eight a SIMD store may write past the end.
+const QUEUE: usize = BLOCK + GROUP + 8;
+/// Chunks with fewer whole values code them on 4 lanes: 32 cost 112 more bytes of states.
+const WIDE_MIN_WHOLE: usize = 1 << 14;
 
 /// Codes the streams of a chunk whose exceptions and table are already in `out`.
 pub(super) fn code_streams(items: &[Item], table: Option<&FreqTable>, out: &mut Vec<u8>) {
     let mut positions = Encoder::<WIDE>::with_capacity(items.len());
-    let mut whole = Encoder::<NARROW>::with_capacity(0);
-    let mut k = 0;
+    let mut whole = Vec::new();
     for (i, item) in items.iter().enumerate() {
         match *item {
             Item::Whole { hi, lo, low } => {
-                push_whole(&mut whole, table, hi, lo, low, k);
-                k += 1;
+                let v = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
+                whole.push((hi, v, Split::of(low.len())));
             }
             Item::Position { r, u } => {
                 positions.push(Split::of(u.len()).symbol(u32::from(r)), i);
@@ -34,28 +46,51 @@ pub(super) fn code_streams(items: &[Item], table: Option<&FreqTable>, out: &mut 
             Item::Exception => {}
         }
     }
+    let wide = whole.len() >= WIDE_MIN_WHOLE;
     let mut whole_stream = Vec::new();
-    if k > 0 {
-        whole.finish_into(&mut whole_stream);
+    if let Some(table) = table.filter(|_| !whole.is_empty()) {
+        if wide {
+            code_pairs::<WIDE>(&whole, table, &mut whole_stream);
+        } else {
+            code_pairs::<NARROW>(&whole, table, &mut whole_stream);
+        }
     }
-    write_varint(out, whole_stream.len() as u64);
+    write_varint(out, 2 * whole_stream.len() as u64 + u64::from(wide));
     out.extend_from_slice(&whole_stream);
     positions.finish_into(out);
 }
 
-/// What decoding a row needs, per distinct scale: its intervals, and per int8 byte the packed
-/// split of the position and the code position 0 stands for (sign included).
+/// Whole values `(high byte, low bits and sign, split they are coded over)` as the pairs of
+/// one stream, in runs of eight (see [`Decoder::decode_pairs`]).
+fn code_pairs<const L: usize>(whole: &[(u8, u32, Split)], table: &FreqTable, out: &mut Vec<u8>) {
+    let mut enc = Encoder::<L>::with_capacity(2 * whole.len());
+    for (run_no, run) in whole.chunks(8).enumerate() {
+        for (j, &(hi, _, _)) in run.iter().enumerate() {
+            enc.push(table.symbol(hi), 8 * run_no + j);
+        }
+        for (j, &(_, v, split)) in run.iter().enumerate() {
+            enc.push(split.symbol(v), 8 * run_no + j);
+        }
+    }
+    enc.finish_into(out);
+}
+
+/// What decoding a row needs, per distinct scale: per int8 byte the packed split of the
+/// position and the code position 0 stands for (sign included); for whole values, the top
+/// high byte and the split of the values under it.
 struct RowCoding {
-    iv: RowIntervals,
     split: [u32; 256],
-    base: [u16; 256],
+    base: [u16; BASE_LEN],
+    degenerate: bool,
+    top: u32,
+    under_top: u32,
 }
 
 impl RowCoding {
     fn new(dtype: HighDtype, scale: f32) -> RowCoding {
         let iv = RowIntervals::new(dtype, scale);
         let mut split = [Split::NOOP.packed(); 256];
-        let mut base = [0u16; 256];
+        let mut base = [0u16; BASE_LEN];
         if !iv.is_degenerate() {
             for b in 1..256 {
                 let q = b as u8 as i8;
@@ -67,12 +102,89 @@ impl RowCoding {
                 base[b] = lo | if q < 0 { 0x8000 } else { 0 };
             }
         }
-        RowCoding { iv, split, base }
+        let (top, under_top) = iv.whole_top();
+        RowCoding {
+            split,
+            base,
+            degenerate: iv.is_degenerate(),
+            top: u32::from(top),
+            under_top: Split::of(under_top.len()).packed(),
+        }
+    }
+}
+
+/// The whole-value stream, on the lanes its header names.
+enum WholeStream<'a> {
+    None,
+    Narrow(Decoder<'a, NARROW>),
+    Wide(Decoder<'a, WIDE>),
+}
+
+/// Whole values waiting to be decoded: their elements and rows (as slots of the scale cache),
+/// then the rows' top bytes and splits, the decoded high bytes and positions.
+struct WholeQueue {
+    len: usize,
+    element: [u32; QUEUE],
+    row: [u32; QUEUE],
+    top: [u32; QUEUE],
+    under: [u32; QUEUE],
+    hi: [u8; QUEUE],
+    v: [u16; QUEUE],
+}
+
+impl WholeQueue {
+    /// Takes element `i` off the queue if it is there (an exception whose int8 byte made it
+    /// look like a whole value).
+    fn remove(&mut self, i: u32) {
+        if let Ok(j) = self.element[..self.len].binary_search(&i) {
+            self.element.copy_within(j + 1..self.len, j);
+            self.row.copy_within(j + 1..self.len, j);
+            self.len -= 1;
+        }
     }
 
-    #[inline(always)]
-    fn is_whole(&self, q: u8) -> bool {
-        q == 0 || self.iv.is_degenerate()
+    /// Decodes the first `n` queued values (whole groups, unless the chunk ends), writes them
+    /// over their elements and keeps the rest. `first` counts the values decoded before.
+    fn drain(
+        &mut self,
+        n: usize,
+        first: &mut usize,
+        stream: &mut WholeStream,
+        table: Option<&FreqTable>,
+        rows: &[RowCoding],
+        out: &mut [u8],
+    ) -> Result<(), CodecError> {
+        if n == 0 {
+            return Ok(());
+        }
+        for j in 0..n {
+            let c = &rows[self.row[j] as usize];
+            (self.top[j], self.under[j]) = (c.top, c.under_top);
+        }
+        let missing = CodecError::Corrupt("whole values without their stream or table");
+        let view = table.ok_or(missing.clone())?.view();
+        let (tops, unders) = (&self.top[..n], &self.under[..n]);
+        let (his, vs) = (&mut self.hi[..n], &mut self.v[..n]);
+        match stream {
+            WholeStream::None => return Err(missing),
+            WholeStream::Narrow(d) => d.decode_pairs(&view, *first, tops, unders, his, vs),
+            WholeStream::Wide(d) => d.decode_pairs(&view, *first, tops, unders, his, vs),
+        }
+        for j in 0..n {
+            let (hi, v) = (u16::from(self.hi[j]), self.v[j]);
+            if u32::from(hi) > self.top[j] {
+                return Err(CodecError::Corrupt("whole value above its interval"));
+            }
+            let code = ((v & 1) << 15) | (hi << 7) | (v >> 1);
+            let i = self.element[j] as usize;
+            out[2 * i..2 * i + 2].copy_from_slice(&code.to_le_bytes());
+        }
+        *first += n;
+        for a in [&mut self.element, &mut self.row] {
+            a.copy_within(n..self.len, 0);
+        }
+        self.len -= n;
+        Ok(())
     }
 }
 
@@ -84,54 +196,83 @@ pub(super) fn decode(rows: &ChunkRows, head: Head, out: &mut [u8]) -> Result<(),
         table,
         rest: mut buf,
     } = head;
-    let whole_len = usize::try_from(read_varint(&mut buf)?)
+    let whole_head = read_varint(&mut buf)?;
+    let whole_len = usize::try_from(whole_head / 2)
         .map_err(|_| CodecError::Corrupt("whole-value stream longer than memory"))?;
     let whole_bytes = take(&mut buf, whole_len)?;
-    let mut whole = match whole_len {
-        0 => None,
-        _ => Some(Decoder::<NARROW>::new(whole_bytes)?),
+    let mut whole = match (whole_len, whole_head % 2) {
+        (0, _) => WholeStream::None,
+        (_, 0) => WholeStream::Narrow(Decoder::new(whole_bytes)?),
+        _ => WholeStream::Wide(Decoder::new(whole_bytes)?),
     };
     let mut positions = Decoder::<WIDE>::new(buf)?;
     let mut cache = ScaleCache::with(rows.dtype, RowCoding::new);
     let (mut splits, mut r) = ([0u32; BLOCK], [0u16; BLOCK]);
-    let (mut exc, mut k) = (0, 0);
+    let mut queue = Box::new(WholeQueue {
+        len: 0,
+        element: [0; QUEUE],
+        row: [0; QUEUE],
+        top: [0; QUEUE],
+        under: [0; QUEUE],
+        hi: [0; QUEUE],
+        v: [0; QUEUE],
+    });
+    let (mut exc, mut decoded_whole) = (0, 0);
     for start in (0..n).step_by(BLOCK) {
         let end = (start + BLOCK).min(n);
+        let block_exceptions =
+            &exceptions[exc..exc + exceptions[exc..].iter().take_while(|e| e.0 < end).count()];
         for (row, span) in row_spans(start..end, rows.cols) {
-            let c = cache.get(rows.scales[row]);
-            for (s, &q) in splits[span.start - start..span.end - start]
-                .iter_mut()
-                .zip(&rows.q[span])
-            {
-                *s = c.split[q as usize];
-            }
+            let slot = cache.slot(rows.scales[row]);
+            let c = &cache.intervals[slot];
+            let q = &rows.q[span.clone()];
+            fill_splits(
+                &c.split,
+                q,
+                &mut splits[span.start - start..span.end - start],
+            );
+            let from = queue.len;
+            queue_whole(
+                q,
+                span.start as u32,
+                c.degenerate,
+                &mut queue.element,
+                &mut queue.len,
+            );
+            queue.row[from..queue.len].fill(slot as u32);
         }
-        for &(i, _) in exceptions[exc..].iter().take_while(|e| e.0 < end) {
+        for &(i, _) in block_exceptions {
             splits[i - start] = Split::NOOP.packed();
+            queue.remove(i as u32);
         }
         positions.decode_positions(&splits[..end - start], &mut r[..end - start]);
         for (row, span) in row_spans(start..end, rows.cols) {
             let c = cache.get(rows.scales[row]);
-            for i in span {
-                let q = rows.q[i];
-                let code = if exceptions.get(exc).is_some_and(|e| e.0 == i) {
-                    exc += 1;
-                    exceptions[exc - 1].1
-                } else if c.is_whole(q) {
-                    let dec = whole
-                        .as_mut()
-                        .ok_or(CodecError::Corrupt("whole value without its stream"))?;
-                    k += 1;
-                    decode_whole::<false, NARROW>(&c.iv, table.as_ref(), dec, k - 1)?
-                } else {
-                    c.base[q as usize].wrapping_add(r[i - start])
-                };
-                out[2 * i..2 * i + 2].copy_from_slice(&code.to_le_bytes());
-            }
+            let (q, r) = (
+                &rows.q[span.clone()],
+                &r[span.start - start..span.end - start],
+            );
+            add_bases(&c.base, q, r, &mut out[2 * span.start..2 * span.end]);
         }
+        for &(i, code) in block_exceptions {
+            out[2 * i..2 * i + 2].copy_from_slice(&code.to_le_bytes());
+        }
+        exc += block_exceptions.len();
+        let ready = if end == n {
+            queue.len
+        } else {
+            queue.len - queue.len % GROUP
+        };
+        let table = table.as_ref();
+        let coding = &cache.intervals;
+        queue.drain(ready, &mut decoded_whole, &mut whole, table, coding, out)?;
     }
     positions.finish()?;
-    whole.map_or(Ok(()), Decoder::finish)
+    match whole {
+        WholeStream::None => Ok(()),
+        WholeStream::Narrow(d) => d.finish(),
+        WholeStream::Wide(d) => d.finish(),
+    }
 }
 
 /// The rows that elements `span` cover, each with the part of `span` inside it.

@@ -1,0 +1,171 @@
+//! The per-element loops of a version-2 residual block that surround the entropy decoders:
+//! each element's split from its int8 byte, the queue of whole values, codes as base plus
+//! position. Portable loops and AVX2 ones (eight elements at a time) give identical results.
+
+use super::super::rans::simd_enabled;
+
+/// Entries of a base table: one per int8 byte, then padding so SIMD can gather a dword at any.
+pub(super) const BASE_LEN: usize = 258;
+
+/// `out[j] = table[q[j]]`: each element's packed split.
+pub(super) fn fill_splits(table: &[u32; 256], q: &[u8], out: &mut [u32]) {
+    let done = {
+        #[cfg(target_arch = "x86_64")]
+        if simd_enabled() {
+            // SAFETY: the CPU supports AVX2 (checked at run time).
+            unsafe { avx2::fill_splits(table, q, out) }
+        } else {
+            0
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        0
+    };
+    for (o, &q) in out[done..].iter_mut().zip(&q[done..]) {
+        *o = table[q as usize];
+    }
+}
+
+/// Appends to `queue` (from `*len`) the index `first + j` of each element whose int8 byte is
+/// 0, or of every element if `all`: whole values. `queue` has room for `q.len() + 8` more.
+pub(super) fn queue_whole(q: &[u8], first: u32, all: bool, queue: &mut [u32], len: &mut usize) {
+    let done = {
+        #[cfg(target_arch = "x86_64")]
+        if simd_enabled() {
+            // SAFETY: the CPU supports AVX2 (checked at run time).
+            unsafe { avx2::queue_whole(q, first, all, queue, len) }
+        } else {
+            0
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        0
+    };
+    for (j, &q) in q.iter().enumerate().skip(done) {
+        queue[*len] = first + j as u32;
+        *len += usize::from(all || q == 0);
+    }
+}
+
+/// `out` (little-endian codes) `= base[q[j]] + r[j]`, wrapping.
+pub(super) fn add_bases(base: &[u16; BASE_LEN], q: &[u8], r: &[u16], out: &mut [u8]) {
+    let done = {
+        #[cfg(target_arch = "x86_64")]
+        if simd_enabled() {
+            // SAFETY: the CPU supports AVX2 (checked at run time).
+            unsafe { avx2::add_bases(base, q, r, out) }
+        } else {
+            0
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        0
+    };
+    let codes = out[2 * done..].chunks_exact_mut(2);
+    for ((o, &q), &r) in codes.zip(&q[done..]).zip(&r[done..]) {
+        o.copy_from_slice(&base[q as usize].wrapping_add(r).to_le_bytes());
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// For each mask of eight lanes, the lanes that are set, in order (then zeros).
+    static LEFT_PACK: [[u32; 8]; 256] = {
+        let mut t = [[0u32; 8]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let (mut j, mut k) = (0, 0);
+            while j < 8 {
+                if m & (1 << j) != 0 {
+                    t[m][k] = j as u32;
+                    k += 1;
+                }
+                j += 1;
+            }
+            m += 1;
+        }
+        t
+    };
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn fill_splits(table: &[u32; 256], q: &[u8], out: &mut [u32]) -> usize {
+        let n = q.len().min(out.len()) / 8 * 8;
+        for j in (0..n).step_by(8) {
+            // SAFETY: j + 8 <= n, within q and out; bytes index the 256 entries.
+            unsafe {
+                let bytes = _mm_loadl_epi64(q.as_ptr().add(j).cast());
+                let idx = _mm256_cvtepu8_epi32(bytes);
+                let v = _mm256_i32gather_epi32::<4>(table.as_ptr().cast(), idx);
+                _mm256_storeu_si256(out.as_mut_ptr().add(j).cast(), v);
+            }
+        }
+        n
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2; `queue` has room for `q.len() + 8` after `*len`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn queue_whole(
+        q: &[u8],
+        first: u32,
+        all: bool,
+        queue: &mut [u32],
+        len: &mut usize,
+    ) -> usize {
+        let n = q.len() / 8 * 8;
+        assert!(queue.len() >= *len + n + 8);
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for j in (0..n).step_by(8) {
+            // SAFETY: j + 8 <= n within q; the store of eight at *len stays within queue
+            // (asserted above: *len grows by at most eight per step).
+            unsafe {
+                let bytes = _mm_loadl_epi64(q.as_ptr().add(j).cast());
+                let zero = _mm_cmpeq_epi8(bytes, _mm_setzero_si128());
+                let m = if all {
+                    0xFF
+                } else {
+                    (_mm_movemask_epi8(zero) & 0xFF) as usize
+                };
+                let order = _mm256_loadu_si256(LEFT_PACK[m].as_ptr().cast());
+                let idx = _mm256_add_epi32(lanes, _mm256_set1_epi32((first as usize + j) as i32));
+                let packed = _mm256_permutevar8x32_epi32(idx, order);
+                _mm256_storeu_si256(queue.as_mut_ptr().add(*len).cast(), packed);
+                *len += m.count_ones() as usize;
+            }
+        }
+        n
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn add_bases(
+        base: &[u16; super::BASE_LEN],
+        q: &[u8],
+        r: &[u16],
+        out: &mut [u8],
+    ) -> usize {
+        let n = q.len().min(r.len()).min(out.len() / 2) / 8 * 8;
+        let low = _mm256_set1_epi32(0xFFFF);
+        for j in (0..n).step_by(8) {
+            // SAFETY: j + 8 <= n within q, r and out / 2; a dword gathered at base + 2 q
+            // reads base[q] and base[q + 1], within the padded table.
+            unsafe {
+                let bytes = _mm_loadl_epi64(q.as_ptr().add(j).cast());
+                let idx = _mm256_cvtepu8_epi32(bytes);
+                let b = _mm256_i32gather_epi32::<2>(base.as_ptr().cast(), idx);
+                let b = _mm256_and_si256(b, low);
+                let rs = _mm256_cvtepu16_epi32(_mm_loadu_si128(r.as_ptr().add(j).cast()));
+                let codes = _mm256_and_si256(_mm256_add_epi32(b, rs), low);
+                let packed =
+                    _mm256_permute4x64_epi64::<0b00_00_10_00>(_mm256_packus_epi32(codes, codes));
+                _mm_storeu_si128(
+                    out.as_mut_ptr().add(2 * j).cast(),
+                    _mm256_castsi256_si128(packed),
+                );
+            }
+        }
+        n
+    }
+}
