@@ -168,7 +168,7 @@ impl Split {
         Split((f - 1) | e << 16)
     }
 
-    /// [`Split::new`] from a table for the widths bfloat16 intervals have.
+    /// [`Split::new`] from a table for the widths bfloat16 and float16 intervals have.
     #[inline]
     pub fn of(n: u32) -> Split {
         match SMALL_SPLITS.get(n as usize) {
@@ -221,10 +221,10 @@ impl Split {
     }
 }
 
-static SMALL_SPLITS: [Split; 257] = {
-    let mut t = [Split::NOOP; 257];
+static SMALL_SPLITS: [Split; 2049] = {
+    let mut t = [Split::NOOP; 2049];
     let mut n = 1;
-    while n < 257 {
+    while n < 2049 {
         t[n] = Split::new(n as u32);
         n += 1;
     }

@@ -29,11 +29,13 @@ enum Item {
     Whole {
         hi: u8,
         lo: u8,
-        low: Uniform,
+        /// Width of the uniform symbol it is coded over.
+        low: u16,
     },
     Position {
         r: u16,
-        u: Uniform,
+        /// Width of the interval `r` lies in.
+        n: u16,
     },
 }
 
@@ -88,7 +90,7 @@ fn code_interleaved(items: &[Item], table: Option<&FreqTable>, out: &mut Vec<u8>
     for (lane, item) in items.iter().enumerate() {
         match *item {
             Item::Whole { hi, lo, low } => push_whole(&mut enc, table, hi, lo, low, lane),
-            Item::Position { r, u } => enc.push(u.symbol(u32::from(r)), lane),
+            Item::Position { r, n } => enc.push(Uniform::of(n.into()).symbol(r.into()), lane),
             Item::Exception => {}
         }
     }
@@ -101,13 +103,13 @@ fn push_whole<const L: usize>(
     table: Option<&FreqTable>,
     hi: u8,
     lo: u8,
-    low: Uniform,
+    low: u16,
     lane: usize,
 ) {
     let table = table.expect("the table exists when whole values do");
     enc.push(table.symbol(hi), lane);
     let low_and_sign = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
-    enc.push(low.symbol(low_and_sign), lane);
+    enc.push(Uniform::of(low.into()).symbol(low_and_sign), lane);
 }
 
 fn classify(rows: &ChunkRows, high: &[u16]) -> Vec<Item> {
@@ -172,7 +174,7 @@ fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
     let whole = Item::Whole {
         hi,
         lo: ((code >> 8) & 0x80) as u8 | (code & 0x7F) as u8,
-        low: low_and_sign_coder(iv, u16::from(hi)),
+        low: low_and_sign_coder(iv, u16::from(hi)).len() as u16,
     };
     if iv.is_degenerate() {
         return if q == 0 { whole } else { Item::Exception };
@@ -195,7 +197,10 @@ fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
     if mag < lo || r >= u.len() {
         Item::Exception
     } else {
-        Item::Position { r: r as u16, u }
+        Item::Position {
+            r: r as u16,
+            n: u.len() as u16,
+        }
     }
 }
 

@@ -169,3 +169,68 @@ mod avx2 {
         n
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    fn bytes(n: usize, seed: u32) -> Vec<u8> {
+        let mut r = seed;
+        (0..n)
+            .map(|_| {
+                r = r.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                // Many zeros, as whole values make them.
+                if r >> 29 == 0 { 0 } else { (r >> 20) as u8 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simd_and_portable_row_loops_agree() {
+        assert!(
+            std::arch::is_x86_feature_detected!("avx2"),
+            "this test compares the AVX2 loops with the portable ones: it needs an AVX2 CPU"
+        );
+        let table: [u32; 256] = std::array::from_fn(|i| (i as u32).wrapping_mul(2_654_435_761));
+        let base: [u16; BASE_LEN] = std::array::from_fn(|i| (i as u16).wrapping_mul(40_503));
+        for n in [0, 1, 7, 8, 9, 100, 2048] {
+            let q = bytes(n, n as u32 + 1);
+            let r: Vec<u16> = bytes(n, 99).iter().map(|&b| u16::from(b) * 251).collect();
+
+            let mut simd = vec![0u32; n];
+            let done = unsafe { avx2::fill_splits(&table, &q, &mut simd) };
+            for (o, &q) in simd[done..].iter_mut().zip(&q[done..]) {
+                *o = table[q as usize];
+            }
+            let portable: Vec<u32> = q.iter().map(|&q| table[q as usize]).collect();
+            assert_eq!(simd, portable);
+
+            for all in [false, true] {
+                let (mut simd, mut simd_len) = (vec![0u32; n + 8 + 3], 3);
+                let done = unsafe { avx2::queue_whole(&q, 500, all, &mut simd, &mut simd_len) };
+                for (j, &q) in q.iter().enumerate().skip(done) {
+                    simd[simd_len] = 500 + j as u32;
+                    simd_len += usize::from(all || q == 0);
+                }
+                let portable: Vec<u32> = (0..n)
+                    .filter(|&j| all || q[j] == 0)
+                    .map(|j| 500 + j as u32)
+                    .collect();
+                assert_eq!(&simd[3..simd_len], &portable[..]);
+            }
+
+            let mut simd = vec![0u8; 2 * n];
+            let done = unsafe { avx2::add_bases(&base, &q, &r, &mut simd) };
+            let codes = simd[2 * done..].chunks_exact_mut(2);
+            for ((o, &q), &r) in codes.zip(&q[done..]).zip(&r[done..]) {
+                o.copy_from_slice(&base[q as usize].wrapping_add(r).to_le_bytes());
+            }
+            let portable: Vec<u8> = q
+                .iter()
+                .zip(&r)
+                .flat_map(|(&q, &r)| base[q as usize].wrapping_add(r).to_le_bytes())
+                .collect();
+            assert_eq!(simd, portable);
+        }
+    }
+}

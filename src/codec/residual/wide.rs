@@ -38,10 +38,10 @@ pub(super) fn code_streams(items: &[Item], table: Option<&FreqTable>, out: &mut 
         match *item {
             Item::Whole { hi, lo, low } => {
                 let v = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
-                whole.push((hi, v, Split::of(low.len())));
+                whole.push((hi, v, Split::of(low.into())));
             }
-            Item::Position { r, u } => {
-                positions.push(Split::of(u.len()).symbol(u32::from(r)), i);
+            Item::Position { r, n } => {
+                positions.push(Split::of(n.into()).symbol(r.into()), i);
             }
             Item::Exception => {}
         }
