@@ -263,16 +263,21 @@ impl<const L: usize> Encoder<L> {
     /// Codes all symbols and appends the stream to `out`.
     pub fn finish_into(self, out: &mut Vec<u8>) {
         let mut states = [RANS_L; L];
-        let mut words: Vec<u16> = Vec::with_capacity(self.symbols.len() / 2 + 8);
+        // Whether a lane emits a word is a coin flip: written for every symbol, kept when it
+        // does, so no branch is mispredicted.
+        let mut words = vec![0u16; self.symbols.len() + 1];
+        let mut n_words = 0;
         for (s, lane) in self.symbols.iter().rev() {
             let x = &mut states[*lane as usize];
             let x_max = ((u64::from(RANS_L) >> s.bits) << 16) * u64::from(s.freq);
-            if u64::from(*x) >= x_max {
-                words.push(*x as u16);
-                *x >>= 16;
-            }
-            *x = ((*x / s.freq) << s.bits) + (*x % s.freq) + s.start;
+            let emit = u64::from(*x) >= x_max;
+            words[n_words] = *x as u16;
+            n_words += usize::from(emit);
+            let y = if emit { *x >> 16 } else { *x };
+            let q = quotient(y, s.freq);
+            *x = (q << s.bits) + (y - q * s.freq) + s.start;
         }
+        words.truncate(n_words);
         out.reserve(4 * L + words.len() * 2);
         for x in states {
             out.extend_from_slice(&x.to_le_bytes());
@@ -281,6 +286,15 @@ impl<const L: usize> Encoder<L> {
             out.extend_from_slice(&w.to_le_bytes());
         }
     }
+}
+
+/// `x / d` for `d <= 2^16`, by double-precision division: faster than the integer divider here,
+/// and exact: a quotient that is not an integer lies at least `1 / d >= 2^-16` from one, far
+/// more than the rounding error (`2^32 * 2^-53`), so truncation lands where integer division
+/// does.
+#[inline(always)]
+fn quotient(x: u32, d: u32) -> u32 {
+    (f64::from(x) / f64::from(d)) as u32
 }
 
 /// Reads a stream produced by [`Encoder::finish_into`], symbol by symbol, in the same order.
@@ -537,6 +551,19 @@ mod tests {
                 }
             }
             assert_eq!(prev_end, 1 << 16);
+        }
+    }
+
+    #[test]
+    fn float_quotients_equal_integer_division() {
+        for d in [1u32, 2, 3, 7, 255, 256, 257, 4095, 16_383, 16_384, 65_535, 65_536] {
+            let top = u32::MAX / d;
+            for k in [0, 1, 2, top / 2, top - 1, top] {
+                for x in [k * d, (k * d).saturating_sub(1), (k * d).saturating_add(1)] {
+                    assert_eq!(quotient(x, d), x / d, "{x} / {d}");
+                }
+            }
+            assert_eq!(quotient(u32::MAX, d), u32::MAX / d);
         }
     }
 
