@@ -234,7 +234,9 @@ static SMALL_SPLITS: [Split; 2049] = {
 /// Collects symbols in decoding order and codes them in reverse on [`Encoder::finish`], as rANS
 /// requires.
 pub struct Encoder<const L: usize> {
-    symbols: Vec<(Symbol, u8)>,
+    /// Each symbol packed in 8 bytes: `start | freq << 16 | bits << 33 | lane << 38` (a
+    /// million-symbol chunk queues 8 MB, not 16).
+    symbols: Vec<u64>,
 }
 
 impl<const L: usize> Encoder<L> {
@@ -248,7 +250,10 @@ impl<const L: usize> Encoder<L> {
     #[inline]
     pub fn push(&mut self, s: Symbol, lane: usize) {
         debug_assert!(s.freq >= 1 && s.bits <= 16 && s.start + s.freq <= 1 << s.bits);
-        self.symbols.push((s, (lane % L) as u8));
+        let lane = (lane % L) as u64;
+        let packed =
+            u64::from(s.start) | u64::from(s.freq) << 16 | u64::from(s.bits) << 33 | lane << 38;
+        self.symbols.push(packed);
     }
 
     /// Number of symbols pushed so far.
@@ -267,8 +272,13 @@ impl<const L: usize> Encoder<L> {
         // does, so no branch is mispredicted.
         let mut words = vec![0u16; self.symbols.len() + 1];
         let mut n_words = 0;
-        for (s, lane) in self.symbols.iter().rev() {
-            let x = &mut states[*lane as usize];
+        for &packed in self.symbols.iter().rev() {
+            let s = Symbol {
+                start: packed as u32 & 0xFFFF,
+                freq: (packed >> 16) as u32 & 0x1_FFFF,
+                bits: (packed >> 33) as u32 & 0x1F,
+            };
+            let x = &mut states[(packed >> 38) as usize % L];
             let x_max = ((u64::from(RANS_L) >> s.bits) << 16) * u64::from(s.freq);
             let emit = u64::from(*x) >= x_max;
             words[n_words] = *x as u16;
