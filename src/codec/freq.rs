@@ -16,6 +16,8 @@ pub struct FreqTable {
     /// `freq | start << 16` per symbol, for the decoder.
     packed: [u32; 256],
     lookup: Box<[u8; LOOKUP_LEN]>,
+    /// `freq << 16 | (slot - start)` per slot, for the SIMD decoder.
+    slots: Box<[u32; TOTAL as usize]>,
 }
 
 impl FreqTable {
@@ -84,11 +86,16 @@ impl FreqTable {
         let mut start = [0u32; 256];
         let mut packed = [0u32; 256];
         let mut lookup = Box::new([0u8; LOOKUP_LEN]);
+        let mut slots = Box::new([0u32; TOTAL as usize]);
         let mut acc = 0u32;
         for s in 0..256 {
             start[s] = acc;
             packed[s] = freq[s] | acc << 16;
-            lookup[acc as usize..(acc + freq[s]) as usize].fill(s as u8);
+            let range = acc as usize..(acc + freq[s]) as usize;
+            lookup[range.clone()].fill(s as u8);
+            for (bias, e) in slots[range].iter_mut().enumerate() {
+                *e = freq[s] << 16 | bias as u32;
+            }
             acc += freq[s];
         }
         FreqTable {
@@ -96,6 +103,7 @@ impl FreqTable {
             start,
             packed,
             lookup,
+            slots,
         }
     }
 
@@ -104,6 +112,7 @@ impl FreqTable {
         TableView {
             lookup: &self.lookup,
             packed: &self.packed,
+            slots: &self.slots,
         }
     }
 

@@ -34,6 +34,9 @@ pub struct TableView<'a> {
     pub lookup: &'a [u8; LOOKUP_LEN],
     /// `freq | start << 16` of each symbol: one load gives both.
     pub packed: &'a [u32; 256],
+    /// `freq << 16 | (slot - start)` of each slot: the next state in one load, without
+    /// waiting for the symbol.
+    pub slots: &'a [u32; 1 << TABLE_BITS],
 }
 
 impl TableView<'_> {
@@ -460,7 +463,7 @@ impl<'a, const L: usize> Decoder<'a, L> {
     /// many bytes of `out` it decoded.
     fn decode_quads(&mut self, table: &TableView, out: &mut [u8]) -> usize {
         const MASK: u32 = (1 << TABLE_BITS) - 1;
-        let TableView { lookup, packed } = *table;
+        let TableView { lookup, packed, .. } = *table;
         let mut s = [0u32; 4];
         s.copy_from_slice(&self.states[..4]);
         let [mut x0, mut x1, mut x2, mut x3] = s;

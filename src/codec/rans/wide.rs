@@ -171,18 +171,19 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     unsafe fn table_step(x: __m256i, table: &TableView) -> (__m256i, __m256i) {
         let lookup = table.lookup.as_ptr() as *const i32;
-        let packed = table.packed.as_ptr() as *const i32;
+        let slots = table.slots.as_ptr() as *const i32;
         let slot = _mm256_and_si256(x, _mm256_set1_epi32((1 << TABLE_BITS) - 1));
-        // SAFETY: lookup has LOOKUP_LEN bytes, so a dword at any 14-bit slot is in bounds;
-        // symbols (masked to a byte) index the 256 packed entries.
+        // SAFETY: lookup has LOOKUP_LEN bytes, so a dword at any 14-bit slot is in bounds, as
+        // is the slot's entry in slots.
+        let e = unsafe { _mm256_i32gather_epi32::<4>(slots, slot) };
         let sym = unsafe { _mm256_i32gather_epi32::<1>(lookup, slot) };
         let sym = _mm256_and_si256(sym, _mm256_set1_epi32(0xFF));
-        let e = unsafe { _mm256_i32gather_epi32::<4>(packed, sym) };
-        let freq = _mm256_and_si256(e, _mm256_set1_epi32(0xFFFF));
-        let start = _mm256_srli_epi32::<16>(e);
         let v = _mm256_add_epi32(
-            _mm256_mullo_epi32(freq, _mm256_srli_epi32::<{ TABLE_BITS as i32 }>(x)),
-            _mm256_sub_epi32(slot, start),
+            _mm256_mullo_epi32(
+                _mm256_srli_epi32::<16>(e),
+                _mm256_srli_epi32::<{ TABLE_BITS as i32 }>(x),
+            ),
+            _mm256_and_si256(e, _mm256_set1_epi32(0xFFFF)),
         );
         (sym, v)
     }
