@@ -569,7 +569,9 @@ mod tests {
 
     #[test]
     fn float_quotients_equal_integer_division() {
-        for d in [1u32, 2, 3, 7, 255, 256, 257, 4095, 16_383, 16_384, 65_535, 65_536] {
+        for d in [
+            1u32, 2, 3, 7, 255, 256, 257, 4095, 16_383, 16_384, 65_535, 65_536,
+        ] {
             let top = u32::MAX / d;
             for k in [0, 1, 2, top / 2, top - 1, top] {
                 for x in [k * d, (k * d).saturating_sub(1), (k * d).saturating_add(1)] {

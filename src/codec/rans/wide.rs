@@ -45,21 +45,36 @@ fn decode_table_bytes_portable<const L: usize>(
     out: &mut [u8],
 ) -> usize {
     const MASK: u32 = (1 << TABLE_BITS) - 1;
+    portable_groups(dec, out.len() / L, |i, x| {
+        let slot = x & MASK;
+        let sym = table.lookup[slot as usize];
+        out[i] = sym;
+        let e = table.packed[sym as usize];
+        (e & 0xFFFF)
+            .wrapping_mul(x >> TABLE_BITS)
+            .wrapping_add(slot.wrapping_sub(e >> 16))
+    })
+}
+
+/// The portable loops' frame: up to `groups` whole groups of `L` symbols while the stream has
+/// the bytes a group may read, symbol `i` (counted from the first group) on lane `i % L`.
+/// `decode(i, x)` decodes symbol `i` from its lane's state `x` and returns the state before
+/// renormalisation; refills come from one bounds-checked window per group. Returns how many
+/// symbols it decoded.
+fn portable_groups<const L: usize>(
+    dec: &mut Decoder<L>,
+    groups: usize,
+    mut decode: impl FnMut(usize, u32) -> u32,
+) -> usize {
     let (words, mut pos, mut done) = (dec.words, dec.pos, 0);
     let mut x = dec.states;
-    for group in out.chunks_exact_mut(L) {
+    for _ in 0..groups {
         let Some(window) = words.get(pos..pos + GROUP_BYTES) else {
             break;
         };
         let mut at = 0;
-        for (x, o) in x.iter_mut().zip(group) {
-            let slot = *x & MASK;
-            let sym = table.lookup[slot as usize];
-            *o = sym;
-            let e = table.packed[sym as usize];
-            let v = (e & 0xFFFF)
-                .wrapping_mul(*x >> TABLE_BITS)
-                .wrapping_add(slot.wrapping_sub(e >> 16));
+        for (lane, x) in x.iter_mut().enumerate() {
+            let v = decode(done + lane, *x);
             let need = v < RANS_L;
             let word = u32::from(u16::from_le_bytes([window[at], window[at + 1]]));
             *x = if need { (v << 16) | word } else { v };
@@ -96,33 +111,16 @@ fn decode_positions_portable<const L: usize>(
     entries: &[u32],
     out: &mut [u16],
 ) -> usize {
-    let (words, mut pos, mut done) = (dec.words, dec.pos, 0);
-    let mut x = dec.states;
-    for (group, es) in out.chunks_exact_mut(L).zip(entries.chunks_exact(L)) {
-        let Some(window) = words.get(pos..pos + GROUP_BYTES) else {
-            break;
-        };
-        let mut at = 0;
-        for ((x, o), &e) in x.iter_mut().zip(group).zip(es) {
-            let slot = *x & 0xFFFF;
-            let r = Split::position(e, slot);
-            *o = r as u16;
-            let s = Split(e).symbol(r);
-            let v = s
-                .freq
-                .wrapping_mul(*x >> 16)
-                .wrapping_add(slot.wrapping_sub(s.start));
-            let need = v < RANS_L;
-            let word = u32::from(u16::from_le_bytes([window[at], window[at + 1]]));
-            *x = if need { (v << 16) | word } else { v };
-            at += 2 * usize::from(need);
-        }
-        pos += at;
-        done += L;
-    }
-    dec.states = x;
-    dec.pos = pos;
-    done
+    let groups = out.len().min(entries.len()) / L;
+    portable_groups(dec, groups, |i, x| {
+        let slot = x & 0xFFFF;
+        let r = Split::position(entries[i], slot);
+        out[i] = r as u16;
+        let s = Split(entries[i]).symbol(r);
+        s.freq
+            .wrapping_mul(x >> 16)
+            .wrapping_add(slot.wrapping_sub(s.start))
+    })
 }
 
 /// Decodes whole groups of 32 pairs (see [`Decoder::decode_pairs`]), the first on lane 0;
