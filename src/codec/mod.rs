@@ -39,7 +39,7 @@ pub enum CodecError {
 /// Codes int8 values with one static table per chunk: measured on real weights, richer contexts
 /// (row or column spread) gain under 0.02 bits per value.
 pub fn encode_int8(q: &[u8], lanes: Lanes) -> Vec<u8> {
-    with_lanes!(lanes, encode_planes_raw(q, 1))
+    with_lanes!(lanes, encode_planes(&[q]))
 }
 
 /// Decodes [`encode_int8`] output as the bytes of the int8 values.
@@ -51,8 +51,44 @@ pub fn decode_int8(data: &[u8], lanes: Lanes, out: &mut [u8]) -> Result<(), Code
 /// puts the exponent in the top byte and the sign next to the mantissa: the exponent plane then
 /// carries almost all the redundancy and gets its own table.
 pub fn encode_float(data: &[u8], elem_size: usize, lanes: Lanes) -> Vec<u8> {
+    let planes = rotated_planes(data, elem_size);
+    let planes: Vec<&[u8]> = planes.iter().map(Vec::as_slice).collect();
+    with_lanes!(lanes, encode_planes(&planes))
+}
+
+/// The byte planes of [`rotate`]d elements, plane 0 first: 16-bit values (the common case) in
+/// one pass, wider ones through an interleaved copy.
+fn rotated_planes(data: &[u8], elem_size: usize) -> Vec<Vec<u8>> {
+    let n = data.len() / elem_size;
+    if elem_size == 2 {
+        let (mut hi, mut lo) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for v in data.chunks_exact(2) {
+            let r = u16::from_le_bytes([v[0], v[1]]).rotate_left(1);
+            hi.push((r >> 8) as u8);
+            lo.push(r as u8);
+        }
+        return vec![hi, lo];
+    }
     let rotated = rotate(data, elem_size, true);
-    with_lanes!(lanes, encode_planes_raw(&rotated, elem_size))
+    (0..elem_size)
+        .map(|p| rotated.chunks_exact(elem_size).map(|e| e[p]).collect())
+        .collect()
+}
+
+/// Byte frequencies, counted into four tables so that runs of one byte value do not wait on
+/// their own increments.
+fn byte_counts(bytes: &[u8]) -> [u64; 256] {
+    let mut part = [[0u64; 256]; 4];
+    let mut quads = bytes.chunks_exact(4);
+    for q in &mut quads {
+        for (table, &b) in part.iter_mut().zip(q) {
+            table[b as usize] += 1;
+        }
+    }
+    for &b in quads.remainder() {
+        part[0][b as usize] += 1;
+    }
+    std::array::from_fn(|b| part.iter().map(|t| t[b]).sum())
 }
 
 /// Decodes [`encode_float`] output into `out` (which has the decoded length).
@@ -141,18 +177,17 @@ impl Plane {
     }
 }
 
-/// Codes `data` as `planes` interleaved byte planes. Layout: one descriptor per plane (a
-/// frequency table, or the byte 4 for a raw plane), then each raw plane's bytes, then one rANS
-/// stream holding every coded plane's byte of element `i` on lane `i % L`.
-fn encode_planes_raw<const L: usize>(data: &[u8], planes: usize) -> Vec<u8> {
-    let mut counts = vec![[0u64; 256]; planes];
-    for elem in data.chunks_exact(planes) {
-        for (c, &b) in counts.iter_mut().zip(elem) {
-            c[b as usize] += 1;
-        }
-    }
+/// Codes byte planes of equal length (plane `p` holds byte `p` of every element). Layout: one
+/// descriptor per plane (a frequency table, or the byte 4 for a raw plane), then each raw
+/// plane's bytes, then one rANS stream holding every coded plane's byte of element `i` on lane
+/// `i % L`.
+fn encode_planes<const L: usize>(planes: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
-    let Some(kinds) = counts.iter().map(Plane::choose).collect::<Option<Vec<_>>>() else {
+    let Some(kinds) = planes
+        .iter()
+        .map(|p| Plane::choose(&byte_counts(p)))
+        .collect::<Option<Vec<_>>>()
+    else {
         return out;
     };
     for kind in &kinds {
@@ -161,17 +196,22 @@ fn encode_planes_raw<const L: usize>(data: &[u8], planes: usize) -> Vec<u8> {
             Plane::Raw => out.push(RAW_PLANE),
         }
     }
-    for (p, kind) in kinds.iter().enumerate() {
-        if let Plane::Raw = kind {
-            out.extend(data.chunks_exact(planes).map(|e| e[p]));
+    let mut coded = Vec::new();
+    for (kind, &plane) in kinds.iter().zip(planes) {
+        match kind {
+            Plane::Raw => out.extend_from_slice(plane),
+            Plane::Coded(t) => coded.push((t, plane)),
         }
     }
-    let mut enc = Encoder::<L>::with_capacity(data.len());
-    for (i, elem) in data.chunks_exact(planes).enumerate() {
-        for (kind, &b) in kinds.iter().zip(elem) {
-            if let Plane::Coded(t) = kind {
-                enc.push(t.symbol(b), i);
-            }
+    if let [(table, plane)] = coded[..] {
+        table.encode_all::<L>(plane, &mut out);
+        return out;
+    }
+    let n = planes.first().map_or(0, |p| p.len());
+    let mut enc = Encoder::<L>::with_capacity(n * coded.len());
+    for i in 0..n {
+        for (table, plane) in &coded {
+            enc.push(table.symbol(plane[i]), i);
         }
     }
     enc.finish_into(&mut out);

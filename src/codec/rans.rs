@@ -270,44 +270,76 @@ impl<const L: usize> Encoder<L> {
 
     /// Codes all symbols and appends the stream to `out`.
     pub fn finish_into(self, out: &mut Vec<u8>) {
-        let mut states = [RANS_L; L];
-        // Whether a lane emits a word is a coin flip: written for every symbol, kept when it
-        // does, so no branch is mispredicted.
-        let mut words = vec![0u16; self.symbols.len() + 1];
-        let mut n_words = 0;
-        for &packed in self.symbols.iter().rev() {
+        let last_first = self.symbols.iter().rev().map(|&packed| {
             let s = Symbol {
                 start: packed as u32 & 0xFFFF,
                 freq: (packed >> 16) as u32 & 0x1_FFFF,
                 bits: (packed >> 33) as u32 & 0x1F,
             };
-            let x = &mut states[(packed >> 38) as usize % L];
-            let x_max = ((u64::from(RANS_L) >> s.bits) << 16) * u64::from(s.freq);
-            let emit = u64::from(*x) >= x_max;
-            words[n_words] = *x as u16;
-            n_words += usize::from(emit);
-            let y = if emit { *x >> 16 } else { *x };
-            let q = quotient(y, s.freq);
-            *x = (q << s.bits) + (y - q * s.freq) + s.start;
-        }
-        words.truncate(n_words);
-        out.reserve(4 * L + words.len() * 2);
-        for x in states {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-        for w in words.iter().rev() {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
+            (s, reciprocal(s.freq), (packed >> 38) as usize)
+        });
+        code_last_first::<L>(self.symbols.len(), last_first, out);
     }
 }
 
-/// `x / d` for `d <= 2^16`, by double-precision division: faster than the integer divider here,
-/// and exact: a quotient that is not an integer lies at least `1 / d >= 2^-16` from one, far
-/// more than the rounding error (`2^32 * 2^-53`), so truncation lands where integer division
-/// does.
+/// Codes `n` symbols given last first, each with its frequency's [`reciprocal`] and its lane
+/// (taken modulo `L`), and appends the stream: the core of [`Encoder::finish_into`], also fed
+/// straight from a plane's bytes by [`super::freq::FreqTable::encode_all`], which then queues
+/// nothing and looks each reciprocal up instead of dividing.
 #[inline(always)]
-fn quotient(x: u32, d: u32) -> u32 {
-    (f64::from(x) / f64::from(d)) as u32
+pub fn code_last_first<const L: usize>(
+    n: usize,
+    last_first: impl Iterator<Item = (Symbol, f64, usize)>,
+    out: &mut Vec<u8>,
+) {
+    let mut states = [RANS_L; L];
+    // Whether a lane emits a word is a coin flip: written for every symbol, kept when it
+    // does, so no branch is mispredicted.
+    let mut words = vec![0u16; n + 1];
+    let mut n_words = 0;
+    for (s, inv, lane) in last_first {
+        let x = &mut states[lane % L];
+        let x_max = ((u64::from(RANS_L) >> s.bits) << 16) * u64::from(s.freq);
+        let emit = u64::from(*x) >= x_max;
+        words[n_words] = *x as u16;
+        n_words += usize::from(emit);
+        let y = if emit { *x >> 16 } else { *x };
+        let q = quotient(y, inv);
+        *x = (q << s.bits) + (y - q * s.freq) + s.start;
+    }
+    out.reserve(4 * L + n_words * 2);
+    for x in states {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    let start = out.len();
+    out.resize(start + 2 * n_words, 0);
+    for (dst, w) in out[start..]
+        .chunks_exact_mut(2)
+        .zip(words[..n_words].iter().rev())
+    {
+        dst.copy_from_slice(&w.to_le_bytes());
+    }
+}
+
+/// `1 / d` for [`quotient`].
+#[inline(always)]
+pub fn reciprocal(d: u32) -> f64 {
+    1.0 / f64::from(d)
+}
+
+/// Offset that makes [`quotient`] exact: larger than its rounding errors, smaller than the gap
+/// between a non-integer quotient and the next integer.
+const QUOTIENT_BIAS: f64 = 1.0 / (1 << 18) as f64;
+
+/// `x / d` for `d <= 2^16` given `inv = reciprocal(d)`: a multiplication, pipelined where a
+/// divider is not. Exact: `x * inv`, rounded twice, lies within `2^32 * 2^-52 = 2^-20` of
+/// `x / d`, and adding the bias rounds within `2^-21` (the spacing of doubles below 2^32 is
+/// `2^-20`). So the sum lies above the true quotient by between `2^-19` and `3 * 2^-19`: above
+/// an exact integer quotient, and below the next integer for a non-integer one, which lies at
+/// least `1 / d >= 2^-16` under it. Truncation gives what integer division does.
+#[inline(always)]
+fn quotient(x: u32, inv: f64) -> u32 {
+    (f64::from(x) * inv + QUOTIENT_BIAS) as u32
 }
 
 /// Reads a stream produced by [`Encoder::finish_into`], symbol by symbol, in the same order.
@@ -569,16 +601,15 @@ mod tests {
 
     #[test]
     fn float_quotients_equal_integer_division() {
-        for d in [
-            1u32, 2, 3, 7, 255, 256, 257, 4095, 16_383, 16_384, 65_535, 65_536,
-        ] {
+        // Every divisor a symbol can have; the dividends where truncation is closest to wrong.
+        for d in 1u32..=65_536 {
             let top = u32::MAX / d;
             for k in [0, 1, 2, top / 2, top - 1, top] {
                 for x in [k * d, (k * d).saturating_sub(1), (k * d).saturating_add(1)] {
-                    assert_eq!(quotient(x, d), x / d, "{x} / {d}");
+                    assert_eq!(quotient(x, reciprocal(d)), x / d, "{x} / {d}");
                 }
             }
-            assert_eq!(quotient(u32::MAX, d), u32::MAX / d);
+            assert_eq!(quotient(u32::MAX, reciprocal(d)), u32::MAX / d);
         }
     }
 
