@@ -5,7 +5,7 @@
 
 use super::CodecError;
 pub use super::rans::TABLE_BITS;
-use super::rans::{Decoder, LOOKUP_LEN, Symbol, TableView, reciprocal};
+use super::rans::{Decoder, LOOKUP_LEN, Symbol, TableView};
 
 const TOTAL: u32 = 1 << TABLE_BITS;
 
@@ -147,12 +147,11 @@ impl FreqTable {
     /// Codes one symbol per byte of `bytes`, element `i` on lane `i % L`, and appends the
     /// stream: what queuing each byte in an [`super::rans::Encoder`] gives, without the queue.
     pub fn encode_all<const L: usize>(&self, bytes: &[u8], out: &mut Vec<u8>) {
-        let inv: [f64; 256] = std::array::from_fn(|b| reciprocal(self.freq[b].max(1)));
         let last_first = bytes
             .iter()
             .enumerate()
             .rev()
-            .map(|(i, &b)| (self.symbol(b), inv[b as usize], i));
+            .map(|(i, &b)| (self.symbol(b), i));
         super::rans::code_last_first::<L>(bytes.len(), last_first, out);
     }
 

@@ -276,35 +276,35 @@ impl<const L: usize> Encoder<L> {
                 freq: (packed >> 16) as u32 & 0x1_FFFF,
                 bits: (packed >> 33) as u32 & 0x1F,
             };
-            (s, reciprocal(s.freq), (packed >> 38) as usize)
+            (s, (packed >> 38) as usize)
         });
         code_last_first::<L>(self.symbols.len(), last_first, out);
     }
 }
 
-/// Codes `n` symbols given last first, each with its frequency's [`reciprocal`] and its lane
-/// (taken modulo `L`), and appends the stream: the core of [`Encoder::finish_into`], also fed
-/// straight from a plane's bytes by [`super::freq::FreqTable::encode_all`], which then queues
-/// nothing and looks each reciprocal up instead of dividing.
+/// Codes `n` symbols given last first, each with its lane (taken modulo `L`), and appends the
+/// stream: the core of [`Encoder::finish_into`], also fed straight from what the symbols code
+/// (a plane's bytes, a residual's elements), which then queues nothing.
 #[inline(always)]
 pub fn code_last_first<const L: usize>(
     n: usize,
-    last_first: impl Iterator<Item = (Symbol, f64, usize)>,
+    last_first: impl Iterator<Item = (Symbol, usize)>,
     out: &mut Vec<u8>,
 ) {
+    let inv = reciprocals();
     let mut states = [RANS_L; L];
     // Whether a lane emits a word is a coin flip: written for every symbol, kept when it
     // does, so no branch is mispredicted.
     let mut words = vec![0u16; n + 1];
     let mut n_words = 0;
-    for (s, inv, lane) in last_first {
+    for (s, lane) in last_first {
         let x = &mut states[lane % L];
         let x_max = ((u64::from(RANS_L) >> s.bits) << 16) * u64::from(s.freq);
         let emit = u64::from(*x) >= x_max;
         words[n_words] = *x as u16;
         n_words += usize::from(emit);
         let y = if emit { *x >> 16 } else { *x };
-        let q = quotient(y, inv);
+        let q = quotient(y, inv[s.freq as usize]);
         *x = (q << s.bits) + (y - q * s.freq) + s.start;
     }
     out.reserve(4 * L + n_words * 2);
@@ -321,17 +321,23 @@ pub fn code_last_first<const L: usize>(
     }
 }
 
-/// `1 / d` for [`quotient`].
-#[inline(always)]
-pub fn reciprocal(d: u32) -> f64 {
-    1.0 / f64::from(d)
+/// `1 / d` for [`quotient`], for every frequency a symbol can have (`1..=2^16`; index 0
+/// holds 1): a lookup where the encoder would divide. 512 KiB, built on first use; a chunk
+/// touches the few entries of its own frequencies.
+fn reciprocals() -> &'static [f64] {
+    static TABLE: std::sync::OnceLock<Box<[f64]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=1u32 << 16)
+            .map(|d| 1.0 / f64::from(d.max(1)))
+            .collect()
+    })
 }
 
 /// Offset that makes [`quotient`] exact: larger than its rounding errors, smaller than the gap
 /// between a non-integer quotient and the next integer.
 const QUOTIENT_BIAS: f64 = 1.0 / (1 << 18) as f64;
 
-/// `x / d` for `d <= 2^16` given `inv = reciprocal(d)`: a multiplication, pipelined where a
+/// `x / d` for `d <= 2^16` given `inv = 1 / d` ([`reciprocals`]): a multiplication, pipelined where a
 /// divider is not. Exact: `x * inv`, rounded twice, lies within `2^32 * 2^-52 = 2^-20` of
 /// `x / d`, and adding the bias rounds within `2^-21` (the spacing of doubles below 2^32 is
 /// `2^-20`). So the sum lies above the true quotient by between `2^-19` and `3 * 2^-19`: above
@@ -606,10 +612,10 @@ mod tests {
             let top = u32::MAX / d;
             for k in [0, 1, 2, top / 2, top - 1, top] {
                 for x in [k * d, (k * d).saturating_sub(1), (k * d).saturating_add(1)] {
-                    assert_eq!(quotient(x, reciprocal(d)), x / d, "{x} / {d}");
+                    assert_eq!(quotient(x, reciprocals()[d as usize]), x / d, "{x} / {d}");
                 }
             }
-            assert_eq!(quotient(u32::MAX, reciprocal(d)), u32::MAX / d);
+            assert_eq!(quotient(u32::MAX, reciprocals()[d as usize]), u32::MAX / d);
         }
     }
 

@@ -15,7 +15,7 @@
 
 use super::super::freq::{FreqTable, read_varint, take, write_varint};
 use super::super::quantize::{HighDtype, RowIntervals};
-use super::super::rans::{Decoder, Encoder, NARROW, Split, WIDE};
+use super::super::rans::{Decoder, NARROW, Split, WIDE, code_last_first};
 use super::rows::{BASE_LEN, add_bases, fill_splits, queue_whole};
 use super::{ChunkRows, CodecError, Head, Item, ScaleCache};
 
@@ -32,17 +32,15 @@ const WIDE_MIN_WHOLE: usize = 1 << 14;
 
 /// Codes the streams of a chunk whose exceptions and table are already in `out`.
 pub(super) fn code_streams(items: &[Item], table: Option<&FreqTable>, out: &mut Vec<u8>) {
-    let mut positions = Encoder::<WIDE>::with_capacity(items.len());
     let mut whole = Vec::new();
-    for (i, item) in items.iter().enumerate() {
+    let mut n_positions = 0;
+    for item in items {
         match *item {
             Item::Whole { hi, lo, low } => {
                 let v = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
                 whole.push((hi, v, Split::of(low.into())));
             }
-            Item::Position { r, n } => {
-                positions.push(Split::of(n.into()).symbol(r.into()), i);
-            }
+            Item::Position { .. } => n_positions += 1,
             Item::Exception => {}
         }
     }
@@ -57,22 +55,29 @@ pub(super) fn code_streams(items: &[Item], table: Option<&FreqTable>, out: &mut 
     }
     write_varint(out, 2 * whole_stream.len() as u64 + u64::from(wide));
     out.extend_from_slice(&whole_stream);
-    positions.finish_into(out);
+    let positions = items
+        .iter()
+        .enumerate()
+        .rev()
+        .filter_map(|(i, item)| match *item {
+            Item::Position { r, n } => Some((Split::of(n.into()).symbol(r.into()), i)),
+            _ => None,
+        });
+    code_last_first::<WIDE>(n_positions, positions, out);
 }
 
 /// Whole values `(high byte, low bits and sign, split they are coded over)` as the pairs of
-/// one stream, in runs of eight (see [`Decoder::decode_pairs`]).
+/// one stream, in runs of eight (see [`Decoder::decode_pairs`]): a run's high bytes, then
+/// their low bits and signs, element `j` of run `k` on lane `8k + j`.
 fn code_pairs<const L: usize>(whole: &[(u8, u32, Split)], table: &FreqTable, out: &mut Vec<u8>) {
-    let mut enc = Encoder::<L>::with_capacity(2 * whole.len());
-    for (run_no, run) in whole.chunks(8).enumerate() {
-        for (j, &(hi, _, _)) in run.iter().enumerate() {
-            enc.push(table.symbol(hi), 8 * run_no + j);
-        }
-        for (j, &(_, v, split)) in run.iter().enumerate() {
-            enc.push(split.symbol(v), 8 * run_no + j);
-        }
-    }
-    enc.finish_into(out);
+    let last_first = whole.chunks(8).enumerate().rev().flat_map(|(run_no, run)| {
+        let lane = move |j: usize| 8 * run_no + j;
+        let lows = run.iter().enumerate().rev();
+        let highs = lows.clone();
+        lows.map(move |(j, &(_, v, split))| (split.symbol(v), lane(j)))
+            .chain(highs.map(move |(j, &(hi, _, _))| (table.symbol(hi), lane(j))))
+    });
+    code_last_first::<L>(2 * whole.len(), last_first, out);
 }
 
 /// What decoding a row needs, per distinct scale: per int8 byte the packed split of the
