@@ -61,11 +61,10 @@ pub fn encode_float(data: &[u8], elem_size: usize, lanes: Lanes) -> Vec<u8> {
 fn rotated_planes(data: &[u8], elem_size: usize) -> Vec<Vec<u8>> {
     let n = data.len() / elem_size;
     if elem_size == 2 {
-        let (mut hi, mut lo) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for v in data.chunks_exact(2) {
+        let (mut hi, mut lo) = (vec![0u8; n], vec![0u8; n]);
+        for ((v, h), l) in data.chunks_exact(2).zip(&mut hi).zip(&mut lo) {
             let r = u16::from_le_bytes([v[0], v[1]]).rotate_left(1);
-            hi.push((r >> 8) as u8);
-            lo.push(r as u8);
+            (*h, *l) = ((r >> 8) as u8, r as u8);
         }
         return vec![hi, lo];
     }

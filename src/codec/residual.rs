@@ -63,25 +63,39 @@ impl ChunkRows<'_> {
 /// Codes the high-precision codes of a chunk given its int8 values and scales.
 pub fn encode(rows: &ChunkRows, high: &[u16], lanes: Lanes) -> Result<Vec<u8>, CodecError> {
     rows.check(high.len())?;
-    let items = classify(rows, high);
     let mut out = Vec::new();
-    write_exceptions(&items, high, &mut out);
-    let mut hi_counts = [0u64; 256];
-    for item in &items {
-        if let Item::Whole { hi, .. } = *item {
-            hi_counts[hi as usize] += 1;
+    match lanes {
+        Lanes::Narrow => {
+            let items = classify(rows, high);
+            let exceptions = (0..items.len()).filter(|&i| matches!(items[i], Item::Exception));
+            write_exceptions(exceptions, high, &mut out);
+            let mut hi_counts = [0u64; 256];
+            for item in &items {
+                if let Item::Whole { hi, .. } = *item {
+                    hi_counts[hi as usize] += 1;
+                }
+            }
+            let table = write_table(&hi_counts, &mut out);
+            code_interleaved(&items, table.as_ref(), &mut out);
+        }
+        Lanes::Wide => {
+            let sorted = wide::Sorted::classify(rows, high);
+            write_exceptions(sorted.exceptions.iter().copied(), high, &mut out);
+            let table = write_table(&sorted.hi_counts, &mut out);
+            sorted.code(table.as_ref(), &mut out);
         }
     }
-    let table = FreqTable::from_counts(&hi_counts);
+    Ok(out)
+}
+
+/// The whole values' table (after a byte saying whether there is one).
+fn write_table(hi_counts: &[u64; 256], out: &mut Vec<u8>) -> Option<FreqTable> {
+    let table = FreqTable::from_counts(hi_counts);
     out.push(u8::from(table.is_some()));
     if let Some(t) = &table {
-        t.write(&mut out);
+        t.write(out);
     }
-    match lanes {
-        Lanes::Narrow => code_interleaved(&items, table.as_ref(), &mut out),
-        Lanes::Wide => wide::code_streams(&items, table.as_ref(), &mut out),
-    }
-    Ok(out)
+    table
 }
 
 /// Version 1: every symbol in one 4-lane stream, element `i` on lane `i % 4`.
@@ -204,10 +218,10 @@ fn classify_one(iv: &RowIntervals, dtype: HighDtype, code: u16, q: i8) -> Item {
     }
 }
 
-fn write_exceptions(items: &[Item], high: &[u16], out: &mut Vec<u8>) {
-    let positions: Vec<usize> = (0..items.len())
-        .filter(|&i| matches!(items[i], Item::Exception))
-        .collect();
+/// The exceptions, given their element numbers in increasing order: a count, then per
+/// exception the gap from the one before and its code.
+fn write_exceptions(positions: impl Iterator<Item = usize>, high: &[u16], out: &mut Vec<u8>) {
+    let positions: Vec<usize> = positions.collect();
     write_varint(out, positions.len() as u64);
     let mut next = 0;
     for i in positions {

@@ -15,9 +15,9 @@
 
 use super::super::freq::{FreqTable, read_varint, take, write_varint};
 use super::super::quantize::{HighDtype, RowIntervals};
-use super::super::rans::{Decoder, NARROW, Split, WIDE, code_last_first};
+use super::super::rans::{Decoder, NARROW, Split, Symbol, WIDE, code_last_first};
 use super::rows::{BASE_LEN, add_bases, fill_splits, queue_whole};
-use super::{ChunkRows, CodecError, Head, Item, ScaleCache};
+use super::{ChunkRows, CodecError, Head, Item, ScaleCache, classify_one};
 
 /// Elements per decode block: their splits, positions and queued whole values stay in L1.
 const BLOCK: usize = 2048;
@@ -30,40 +30,86 @@ const QUEUE: usize = BLOCK + GROUP + 8;
 /// Chunks with fewer whole values code them on 4 lanes: 32 cost 112 more bytes of states.
 const WIDE_MIN_WHOLE: usize = 1 << 14;
 
-/// Codes the streams of a chunk whose exceptions and table are already in `out`.
-pub(super) fn code_streams(items: &[Item], table: Option<&FreqTable>, out: &mut Vec<u8>) {
-    let mut whole = Vec::new();
-    let mut n_positions = 0;
-    for item in items {
-        match *item {
-            Item::Whole { hi, lo, low } => {
-                let v = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
-                whole.push((hi, v, Split::of(low.into())));
+/// A chunk's elements sorted by how they are coded, in one pass over them.
+pub(super) struct Sorted {
+    /// Element numbers of the exceptions, increasing.
+    pub exceptions: Vec<usize>,
+    /// How often each high byte occurs among the whole values.
+    pub hi_counts: [u64; 256],
+    /// Whole values in element order: high byte, low bits and sign, their split.
+    whole: Vec<(u8, u32, Split)>,
+    /// Per element, its position symbol packed as `start | (freq - 1) << 16`, or [`NO_POSITION`].
+    positions: Vec<u32>,
+    n_positions: usize,
+}
+
+/// What `positions` holds for a whole value or exception: no symbol has a slice ending past
+/// 2^16, which this would.
+const NO_POSITION: u32 = u32::MAX;
+
+impl Sorted {
+    pub fn classify(rows: &ChunkRows, high: &[u16]) -> Sorted {
+        let mut s = Sorted {
+            exceptions: Vec::new(),
+            hi_counts: [0; 256],
+            whole: Vec::new(),
+            positions: Vec::with_capacity(high.len()),
+            n_positions: 0,
+        };
+        let mut cache = ScaleCache::with(rows.dtype, RowIntervals::new);
+        for (r, &scale) in rows.scales.iter().enumerate() {
+            let iv = cache.get(scale);
+            let span = r * rows.cols..(r + 1) * rows.cols;
+            for (&code, &q) in high[span.clone()].iter().zip(&rows.q[span]) {
+                let position = match classify_one(iv, rows.dtype, code, q as i8) {
+                    Item::Position { r, n } => {
+                        let sym = Split::of(n.into()).symbol(r.into());
+                        s.n_positions += 1;
+                        sym.start | (sym.freq - 1) << 16
+                    }
+                    Item::Whole { hi, lo, low } => {
+                        s.hi_counts[hi as usize] += 1;
+                        let v = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
+                        s.whole.push((hi, v, Split::of(low.into())));
+                        NO_POSITION
+                    }
+                    Item::Exception => {
+                        s.exceptions.push(s.positions.len());
+                        NO_POSITION
+                    }
+                };
+                s.positions.push(position);
             }
-            Item::Position { .. } => n_positions += 1,
-            Item::Exception => {}
         }
+        s
     }
-    let wide = whole.len() >= WIDE_MIN_WHOLE;
-    let mut whole_stream = Vec::new();
-    if let Some(table) = table.filter(|_| !whole.is_empty()) {
-        if wide {
-            code_pairs::<WIDE>(&whole, table, &mut whole_stream);
-        } else {
-            code_pairs::<NARROW>(&whole, table, &mut whole_stream);
+
+    /// Appends the streams to `out`, which holds the exceptions and the table already.
+    pub fn code(self, table: Option<&FreqTable>, out: &mut Vec<u8>) {
+        let wide = self.whole.len() >= WIDE_MIN_WHOLE;
+        let mut whole_stream = Vec::new();
+        if let Some(table) = table.filter(|_| !self.whole.is_empty()) {
+            if wide {
+                code_pairs::<WIDE>(&self.whole, table, &mut whole_stream);
+            } else {
+                code_pairs::<NARROW>(&self.whole, table, &mut whole_stream);
+            }
         }
+        write_varint(out, 2 * whole_stream.len() as u64 + u64::from(wide));
+        out.extend_from_slice(&whole_stream);
+        let positions = self.positions.iter().enumerate().rev();
+        let positions = positions
+            .filter(|&(_, &p)| p != NO_POSITION)
+            .map(|(i, &p)| {
+                let s = Symbol {
+                    start: p & 0xFFFF,
+                    freq: (p >> 16) + 1,
+                    bits: 16,
+                };
+                (s, i)
+            });
+        code_last_first::<WIDE>(self.n_positions, positions, out);
     }
-    write_varint(out, 2 * whole_stream.len() as u64 + u64::from(wide));
-    out.extend_from_slice(&whole_stream);
-    let positions = items
-        .iter()
-        .enumerate()
-        .rev()
-        .filter_map(|(i, item)| match *item {
-            Item::Position { r, n } => Some((Split::of(n.into()).symbol(r.into()), i)),
-            _ => None,
-        });
-    code_last_first::<WIDE>(n_positions, positions, out);
 }
 
 /// Whole values `(high byte, low bits and sign, split they are coded over)` as the pairs of
