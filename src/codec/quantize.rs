@@ -39,8 +39,7 @@ impl HighDtype {
             HighDtype::Bf16 => {
                 let x = f32::from_bits(u32::from(code) << 16);
                 // bfloat16 values in the float16 normal range are exact in float16.
-                let mag = code & 0x7FFF;
-                if (0x3880..=0x477F).contains(&mag) {
+                if BF16_EXACT_IN_F16.contains(&(code & 0x7FFF)) {
                     x
                 } else {
                     f16::from_f32(x).to_f32()
@@ -87,26 +86,59 @@ fn quantize_value(x: f32, s: f32) -> i32 {
 /// Degenerate rows are defined as bitsandbytes leaves them on x86: an all-zero row has SCB 0 and
 /// q 0; a row holding NaN or a value beyond the float16 range has SCB NaN or inf and q 0.
 pub fn quantize_row(dtype: HighDtype, row: &[u16], q: &mut [u8]) -> f32 {
-    let mut absmax = 0.0f32;
-    let mut nan = false;
-    for &c in row {
-        let a = dtype.quant_input(c).abs();
-        nan |= a.is_nan();
-        absmax = absmax.max(a);
-    }
-    if nan {
-        absmax = f32::NAN;
-    }
+    let absmax = row_absmax(dtype, row);
     if !(absmax.is_finite() && absmax > 0.0) {
         q.fill(0);
         return absmax;
     }
     let s = row_multiplier(absmax);
-    for (qi, &c) in q.iter_mut().zip(row) {
-        *qi = quantize_value(dtype.quant_input(c), s) as i8 as u8;
+    match dtype {
+        HighDtype::Bf16 => quantize_bf16_row(row, s, q),
+        HighDtype::F16 => {
+            for (qi, &c) in q.iter_mut().zip(row) {
+                *qi = quantize_value(dtype.quant_input(c), s) as i8 as u8;
+            }
+        }
     }
     absmax
 }
+
+/// The largest `|quant_input|` of a row, NaN if it holds one. The float16 cast is monotonic
+/// and odd, and no magnitude code above 0x7F80 (bfloat16) or 0x7C00 (float16) is a number, so
+/// this is the cast of the largest magnitude code: an integer maximum, which vectorizes.
+fn row_absmax(dtype: HighDtype, row: &[u16]) -> f32 {
+    let largest = row.iter().fold(0u16, |m, &c| m.max(c & 0x7FFF));
+    let inf = match dtype {
+        HighDtype::Bf16 => 0x7F80,
+        HighDtype::F16 => 0x7C00,
+    };
+    if largest > inf {
+        f32::NAN
+    } else {
+        dtype.quant_input(largest)
+    }
+}
+
+/// [`quantize_row`]'s values for a bfloat16 row: every value quantized as if it were exact in
+/// float16 (a vectorizable loop), then the few that are not (below 2^-14 or above 65,504 in
+/// magnitude) redone through the cast.
+fn quantize_bf16_row(row: &[u16], s: f32, q: &mut [u8]) {
+    let mut cast_needed = false;
+    for (qi, &c) in q.iter_mut().zip(row) {
+        *qi = quantize_value(f32::from_bits(u32::from(c) << 16), s) as i8 as u8;
+        cast_needed |= !BF16_EXACT_IN_F16.contains(&(c & 0x7FFF));
+    }
+    if cast_needed {
+        for (qi, &c) in q.iter_mut().zip(row) {
+            if !BF16_EXACT_IN_F16.contains(&(c & 0x7FFF)) {
+                *qi = quantize_value(HighDtype::Bf16.quant_input(c), s) as i8 as u8;
+            }
+        }
+    }
+}
+
+/// Bfloat16 magnitude codes in the float16 normal range, which the float16 cast keeps exact.
+const BF16_EXACT_IN_F16: std::ops::RangeInclusive<u16> = 0x3880..=0x477F;
 
 /// For one row: where each int8 value's range of magnitude codes begins, and how wide it is.
 ///
@@ -275,6 +307,65 @@ mod tests {
                         assert!(c >= iv.bounds[128]);
                     }
                 }
+            }
+        }
+    }
+
+    /// The definition, element by element: every value through `quant_input`.
+    fn quantize_row_by_definition(dtype: HighDtype, row: &[u16], q: &mut [u8]) -> f32 {
+        let inputs: Vec<f32> = row.iter().map(|&c| dtype.quant_input(c)).collect();
+        let absmax = if inputs.iter().any(|x| x.is_nan()) {
+            f32::NAN
+        } else {
+            inputs.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+        };
+        let s = row_multiplier(absmax);
+        for (qi, &x) in q.iter_mut().zip(&inputs) {
+            let ok = absmax.is_finite() && absmax > 0.0;
+            *qi = if ok {
+                quantize_value(x, s) as i8 as u8
+            } else {
+                0
+            };
+        }
+        absmax
+    }
+
+    #[test]
+    fn fast_rows_quantize_as_defined() {
+        // Rows mixing ordinary weights with subnormal-in-float16, huge, infinite and NaN codes.
+        let specials = [
+            0u16, 0x0001, 0x3800, 0x387F, 0x3880, 0x477F, 0x4780, 0x7F7F, 0x7F80, 0x7FC0,
+        ];
+        let mut x = 0x2545F491u32;
+        for dtype in [HighDtype::Bf16, HighDtype::F16] {
+            for trial in 0..2000 {
+                let len = 1 + trial % 97;
+                let row: Vec<u16> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        // Every third row is all tiny, where the float16 cast matters.
+                        let ordinary = match (dtype, trial % 3) {
+                            (HighDtype::Bf16, 0) => 0x3200 + (x >> 20) as u16 % 0x600,
+                            (HighDtype::Bf16, _) => 0x3A00 + (x >> 20) as u16 % 0x700,
+                            (HighDtype::F16, _) => 0x0001 + (x >> 20) as u16 % 0x5000,
+                        };
+                        let sign = ((x >> 3) as u16 & 1) << 15;
+                        let special = specials[(x >> 8) as usize % specials.len()];
+                        sign | if x.is_multiple_of(3 + trial as u32 % 50) {
+                            special
+                        } else {
+                            ordinary
+                        }
+                    })
+                    .collect();
+                let (mut fast, mut slow) = (vec![7u8; len], vec![9u8; len]);
+                let a = quantize_row(dtype, &row, &mut fast);
+                let b = quantize_row_by_definition(dtype, &row, &mut slow);
+                assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} {row:04x?}");
+                assert_eq!(fast, slow, "{dtype:?} {row:04x?}");
             }
         }
     }
