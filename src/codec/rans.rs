@@ -337,12 +337,13 @@ fn reciprocals() -> &'static [f64] {
 /// between a non-integer quotient and the next integer.
 const QUOTIENT_BIAS: f64 = 1.0 / (1 << 18) as f64;
 
-/// `x / d` for `d <= 2^16` given `inv = 1 / d` ([`reciprocals`]): a multiplication, pipelined where a
-/// divider is not. Exact: `x * inv`, rounded twice, lies within `2^32 * 2^-52 = 2^-20` of
-/// `x / d`, and adding the bias rounds within `2^-21` (the spacing of doubles below 2^32 is
-/// `2^-20`). So the sum lies above the true quotient by between `2^-19` and `3 * 2^-19`: above
-/// an exact integer quotient, and below the next integer for a non-integer one, which lies at
-/// least `1 / d >= 2^-16` under it. Truncation gives what integer division does.
+/// `x / d` for `d <= 2^16` given `inv = 1 / d` ([`reciprocals`]): a multiplication,
+/// pipelined where a divider is not. Exact: `x * inv`, rounded twice, lies within
+/// `2^32 * 2^-52 = 2^-20` of `x / d`, and adding the bias rounds within `2^-21` (the spacing
+/// of doubles below 2^32 is `2^-20`). So the sum lies above the true quotient by between
+/// `2^-19` and `3 * 2^-19`: above an exact integer quotient, and below the next integer for a
+/// non-integer one, which lies at least `1 / d >= 2^-16` under it. Truncation gives what
+/// integer division does.
 #[inline(always)]
 fn quotient(x: u32, inv: f64) -> u32 {
     (f64::from(x) * inv + QUOTIENT_BIAS) as u32
