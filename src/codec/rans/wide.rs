@@ -149,6 +149,30 @@ mod avx2 {
 
     use super::{Decoder, GROUP_BYTES, TABLE_BITS, TableView};
 
+    /// The AVX2 loops' frame: the 32 states in four vectors (lanes `8k..8k + 8` in vector
+    /// `k`), then `group(g, states, words, pos)` for groups `g = 0..groups` while `need`
+    /// stream bytes remain after `pos`. Returns how many groups ran.
+    #[inline(always)]
+    fn groups<const L: usize>(
+        dec: &mut Decoder<L>,
+        groups: usize,
+        need: usize,
+        mut group: impl FnMut(usize, &mut [__m256i; 4], &[u8], &mut usize),
+    ) -> usize {
+        assert_eq!(L, 32, "the AVX2 loops decode 32 lanes");
+        let (words, mut pos) = (dec.words, dec.pos);
+        // SAFETY: the 32 u32 states are the bytes of four vectors (unaligned access).
+        let mut x: [__m256i; 4] = unsafe { std::ptr::read_unaligned(dec.states.as_ptr().cast()) };
+        let mut g = 0;
+        while g < groups && words.len() - pos >= need {
+            group(g, &mut x, words, &mut pos);
+            g += 1;
+        }
+        unsafe { std::ptr::write_unaligned(dec.states.as_mut_ptr().cast(), x) };
+        dec.pos = pos;
+        g
+    }
+
     /// The lanes of `v` below 2^16 become `v << 16 | next word`, taken in lane order from the
     /// stream at `*pos`, which advances past them. The caller guarantees 16 readable bytes.
     #[inline]
@@ -164,18 +188,31 @@ mod avx2 {
         _mm256_blendv_epi8(v, _mm256_or_si256(_mm256_slli_epi32::<16>(v), w), need)
     }
 
-    /// One table symbol on eight lanes: the symbol and the state before renormalisation.
+    /// One table symbol on eight lanes: the lanes' slots (the symbols are
+    /// `table.lookup[slot]`) and the states before renormalisation. The slots' `(freq, slot -
+    /// start)` entries come from eight scalar loads rather than a gather: on Zen 3 a gather
+    /// costs more than the eight loads and inserts (int8 decode 1.35x faster without), and
+    /// Intel cores with the Downfall microcode fix gather slower still.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn table_step(x: __m256i, table: &TableView) -> (__m256i, __m256i) {
-        let lookup = table.lookup.as_ptr() as *const i32;
-        let slots = table.slots.as_ptr() as *const i32;
-        let slot = _mm256_and_si256(x, _mm256_set1_epi32((1 << TABLE_BITS) - 1));
-        // SAFETY: lookup has LOOKUP_LEN bytes, so a dword at any 14-bit slot is in bounds, as
-        // is the slot's entry in slots.
-        let e = unsafe { _mm256_i32gather_epi32::<4>(slots, slot) };
-        let sym = unsafe { _mm256_i32gather_epi32::<1>(lookup, slot) };
-        let sym = _mm256_and_si256(sym, _mm256_set1_epi32(0xFF));
+    fn table_step(x: __m256i, table: &TableView) -> ([usize; 8], __m256i) {
+        const MASK: usize = (1 << TABLE_BITS) - 1;
+        let slot = _mm256_and_si256(x, _mm256_set1_epi32(MASK as i32));
+        let mut lanes = [0u32; 8];
+        // SAFETY: lanes has room for eight u32s.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), slot) };
+        let slots = lanes.map(|s| s as usize & MASK);
+        let e = table.slots;
+        let e = _mm256_setr_epi32(
+            e[slots[0]] as i32,
+            e[slots[1]] as i32,
+            e[slots[2]] as i32,
+            e[slots[3]] as i32,
+            e[slots[4]] as i32,
+            e[slots[5]] as i32,
+            e[slots[6]] as i32,
+            e[slots[7]] as i32,
+        );
         let v = _mm256_add_epi32(
             _mm256_mullo_epi32(
                 _mm256_srli_epi32::<16>(e),
@@ -183,7 +220,24 @@ mod avx2 {
             ),
             _mm256_and_si256(e, _mm256_set1_epi32(0xFFFF)),
         );
-        (sym, v)
+        (slots, v)
+    }
+
+    /// The symbols of eight slots, in u32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn symbols(slots: [usize; 8], table: &TableView) -> __m256i {
+        let l = table.lookup;
+        _mm256_setr_epi32(
+            l[slots[0]].into(),
+            l[slots[1]].into(),
+            l[slots[2]].into(),
+            l[slots[3]].into(),
+            l[slots[4]].into(),
+            l[slots[5]].into(),
+            l[slots[6]].into(),
+            l[slots[7]].into(),
+        )
     }
 
     /// One [`super::Split`] position on eight lanes, each with its packed split: the
@@ -220,7 +274,7 @@ mod avx2 {
     /// 128-bit halves, the 64-bit permute restores the order.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn store_u16x32(v: [__m256i; 4], out: &mut [u16]) {
+    fn store_u16x32(v: [__m256i; 4], out: &mut [u16]) {
         assert!(out.len() >= 32);
         for (k, pair) in v.chunks_exact(2).enumerate() {
             let packed =
@@ -244,47 +298,38 @@ mod avx2 {
         syms: &mut [u8],
         positions: &mut [u16],
     ) -> usize {
-        debug_assert_eq!(L, 32);
-        let (words, mut pos, mut done) = (dec.words, dec.pos, 0);
-        let states = dec.states.as_mut_ptr();
         let all = _mm256_set1_epi32(super::Split::new(256).packed() as i32);
         let interleave = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-        // SAFETY (all blocks below): states has 32 u32s; groups of tops and unders have 32
-        // u32s, of syms 32 bytes, of positions 32 u16s; a group reads at most 64 stream bytes
-        // (two symbols per lane, one word each at most, so 128) only while 2 GROUP_BYTES remain.
-        let mut x: [__m256i; 4] =
-            std::array::from_fn(|k| unsafe { _mm256_loadu_si256(states.add(8 * k).cast()) });
-        let groups = tops.chunks_exact(32).zip(unders.chunks_exact(32)).zip(
-            syms.chunks_exact_mut(32)
-                .zip(positions.chunks_exact_mut(32)),
-        );
-        for ((top, under), (sym_out, pos_out)) in groups {
-            if words.len() - pos < 2 * GROUP_BYTES {
-                break;
-            }
+        let n = tops
+            .len()
+            .min(unders.len())
+            .min(syms.len())
+            .min(positions.len())
+            / 32;
+        let groups = groups(dec, n, 2 * GROUP_BYTES, |g, x, words, pos| {
+            let (top, under) = (&tops[32 * g..32 * g + 32], &unders[32 * g..32 * g + 32]);
             let (mut ss, mut rs) = ([_mm256_setzero_si256(); 4], [_mm256_setzero_si256(); 4]);
             for k in 0..4 {
-                let (sym, v) = unsafe { table_step(x[k], table) };
-                let v = unsafe { renormalise(v, words, &mut pos) };
+                let (slots, v) = table_step(x[k], table);
+                let sym = symbols(slots, table);
+                // SAFETY (all blocks here): a group reads two words per lane at most, 128
+                // bytes, within the 2 GROUP_BYTES that remain; top and under have 32 u32s.
+                let v = unsafe { renormalise(v, words, pos) };
                 let t = unsafe { _mm256_loadu_si256(top.as_ptr().add(8 * k).cast()) };
                 let u = unsafe { _mm256_loadu_si256(under.as_ptr().add(8 * k).cast()) };
                 let split = _mm256_blendv_epi8(all, u, _mm256_cmpeq_epi32(sym, t));
                 let (r, v) = split_step(v, split);
-                x[k] = unsafe { renormalise(v, words, &mut pos) };
+                x[k] = unsafe { renormalise(v, words, pos) };
                 (ss[k], rs[k]) = (sym, r);
             }
             let ab = _mm256_packus_epi32(ss[0], ss[1]);
             let cd = _mm256_packus_epi32(ss[2], ss[3]);
             let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), interleave);
-            unsafe { _mm256_storeu_si256(sym_out.as_mut_ptr().cast(), bytes) };
-            unsafe { store_u16x32(rs, pos_out) };
-            done += 32;
-        }
-        for (k, v) in x.iter().enumerate() {
-            unsafe { _mm256_storeu_si256(states.add(8 * k).cast(), *v) };
-        }
-        dec.pos = pos;
-        done
+            // SAFETY: the group's 32 bytes of syms.
+            unsafe { _mm256_storeu_si256(syms[32 * g..32 * g + 32].as_mut_ptr().cast(), bytes) };
+            store_u16x32(rs, &mut positions[32 * g..32 * g + 32]);
+        });
+        32 * groups
     }
 
     /// Eight positions at a time. With `f`, `e` from the packed split and `b = e (f + 1)`:
@@ -303,32 +348,20 @@ mod avx2 {
         entries: &[u32],
         out: &mut [u16],
     ) -> usize {
-        debug_assert_eq!(L, 32);
-        let (words, mut pos, mut done) = (dec.words, dec.pos, 0);
-        let states = dec.states.as_mut_ptr();
-        // SAFETY (all blocks below): states has 32 u32s; a group of entries has 32 u32s and
-        // one of out 32 u16s; renormalise reads only while GROUP_BYTES remain.
-        let mut x: [__m256i; 4] =
-            std::array::from_fn(|k| unsafe { _mm256_loadu_si256(states.add(8 * k).cast()) });
-        for (group, es) in out.chunks_exact_mut(32).zip(entries.chunks_exact(32)) {
-            if words.len() - pos < GROUP_BYTES {
-                break;
-            }
+        let n = out.len().min(entries.len()) / 32;
+        let groups = groups(dec, n, GROUP_BYTES, |g, x, words, pos| {
+            let es = &entries[32 * g..32 * g + 32];
             let mut rs = [_mm256_setzero_si256(); 4];
             for k in 0..4 {
+                // SAFETY: es has 32 u32s; GROUP_BYTES remain for the refills.
                 let split = unsafe { _mm256_loadu_si256(es.as_ptr().add(8 * k).cast()) };
                 let (r, v) = split_step(x[k], split);
-                x[k] = unsafe { renormalise(v, words, &mut pos) };
+                x[k] = unsafe { renormalise(v, words, pos) };
                 rs[k] = r;
             }
-            unsafe { store_u16x32(rs, group) };
-            done += 32;
-        }
-        for (k, v) in x.iter().enumerate() {
-            unsafe { _mm256_storeu_si256(states.add(8 * k).cast(), *v) };
-        }
-        dec.pos = pos;
-        done
+            store_u16x32(rs, &mut out[32 * g..32 * g + 32]);
+        });
+        32 * groups
     }
 
     /// For each mask of the eight lanes that take a word, the word each lane takes: lanes
@@ -352,9 +385,10 @@ mod avx2 {
         t
     };
 
-    /// Eight lanes at a time, four vectors per group of 32: slot, symbol and its `(freq,
-    /// start)` by two gathers, the new state, then the refill: the lanes below 2^16 take the
-    /// next words in lane order (one 16-byte load, one permute).
+    /// Eight lanes at a time, four vectors per group of 32: slots, their `(freq, slot -
+    /// start)` entries, the new states, then the refill: the lanes below 2^16 take the next
+    /// words in lane order (one 16-byte load, one permute). The symbols go straight from the
+    /// lookup to the output, off the states' dependency chain.
     ///
     /// # Safety
     /// The CPU must support AVX2.
@@ -364,38 +398,19 @@ mod avx2 {
         table: &TableView,
         out: &mut [u8],
     ) -> usize {
-        debug_assert_eq!(L, 32);
-        let (words, mut pos, mut done) = (dec.words, dec.pos, 0);
-        let states = dec.states.as_mut_ptr();
-        let interleave = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-        // SAFETY (all blocks below): states has 32 u32s; lookup has LOOKUP_LEN bytes so a
-        // dword at any 14-bit slot is in bounds; symbols index the 256 packed entries; a word
-        // window is read only while GROUP_BYTES remain; a group of out has 32 bytes.
-        let mut x: [__m256i; 4] =
-            std::array::from_fn(|k| unsafe { _mm256_loadu_si256(states.add(8 * k).cast()) });
-        for group in out.chunks_exact_mut(32) {
-            if words.len() - pos < GROUP_BYTES {
-                break;
-            }
-            let mut syms = [_mm256_setzero_si256(); 4];
+        let n = out.len() / 32;
+        let groups = groups(dec, n, GROUP_BYTES, |g, x, words, pos| {
+            let group = &mut out[32 * g..32 * g + 32];
             for k in 0..4 {
-                let (sym, v) = unsafe { table_step(x[k], table) };
-                x[k] = unsafe { renormalise(v, words, &mut pos) };
-                syms[k] = sym;
+                let (slots, v) = table_step(x[k], table);
+                // SAFETY: GROUP_BYTES remain for the refills.
+                x[k] = unsafe { renormalise(v, words, pos) };
+                for (o, slot) in group[8 * k..8 * k + 8].iter_mut().zip(slots) {
+                    *o = table.lookup[slot];
+                }
             }
-            // 32 symbols in u32 lanes to 32 bytes in lane order: the packs work within
-            // 128-bit halves, the permute puts the dwords back in order.
-            let ab = _mm256_packus_epi32(syms[0], syms[1]);
-            let cd = _mm256_packus_epi32(syms[2], syms[3]);
-            let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), interleave);
-            unsafe { _mm256_storeu_si256(group.as_mut_ptr().cast(), bytes) };
-            done += 32;
-        }
-        for (k, v) in x.iter().enumerate() {
-            unsafe { _mm256_storeu_si256(states.add(8 * k).cast(), *v) };
-        }
-        dec.pos = pos;
-        done
+        });
+        32 * groups
     }
 }
 

@@ -16,7 +16,7 @@
 use super::super::freq::{FreqTable, read_varint, take, write_varint};
 use super::super::quantize::{HighDtype, RowIntervals};
 use super::super::rans::{Decoder, NARROW, Split, Symbol, WIDE, code_last_first};
-use super::rows::{BASE_LEN, add_bases, fill_splits, queue_whole};
+use super::rows::{add_bases, fill_splits, queue_whole};
 use super::{ChunkRows, CodecError, Head, Item, ScaleCache, classify_one};
 
 /// Elements per decode block: their splits, positions and queued whole values stay in L1.
@@ -131,7 +131,7 @@ fn code_pairs<const L: usize>(whole: &[(u8, u32, Split)], table: &FreqTable, out
 /// high byte and the split of the values under it.
 struct RowCoding {
     split: [u32; 256],
-    base: [u16; BASE_LEN],
+    base: [u16; 256],
     degenerate: bool,
     top: u32,
     under_top: u32,
@@ -141,7 +141,7 @@ impl RowCoding {
     fn new(dtype: HighDtype, scale: f32) -> RowCoding {
         let iv = RowIntervals::new(dtype, scale);
         let mut split = [Split::NOOP.packed(); 256];
-        let mut base = [0u16; BASE_LEN];
+        let mut base = [0u16; 256];
         if !iv.is_degenerate() {
             for b in 1..256 {
                 let q = b as u8 as i8;
