@@ -56,32 +56,48 @@ impl Sorted {
             positions: Vec::with_capacity(high.len()),
             n_positions: 0,
         };
-        let mut cache = ScaleCache::with(rows.dtype, RowIntervals::new);
+        let mut cache = ScaleCache::with(rows.dtype, RowClasses::new);
         for (r, &scale) in rows.scales.iter().enumerate() {
-            let iv = cache.get(scale);
+            let c = cache.get(scale);
             let span = r * rows.cols..(r + 1) * rows.cols;
             for (&code, &q) in high[span.clone()].iter().zip(&rows.q[span]) {
-                let position = match classify_one(iv, rows.dtype, code, q as i8) {
-                    Item::Position { r, n } => {
-                        let sym = Split::of(n.into()).symbol(r.into());
-                        s.n_positions += 1;
-                        sym.start | (sym.freq - 1) << 16
-                    }
-                    Item::Whole { hi, lo, low } => {
-                        s.hi_counts[hi as usize] += 1;
-                        let v = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
-                        s.whole.push((hi, v, Split::of(low.into())));
-                        NO_POSITION
-                    }
-                    Item::Exception => {
-                        s.exceptions.push(s.positions.len());
-                        NO_POSITION
-                    }
+                let b = usize::from(q);
+                let r = code.wrapping_sub(c.base[b]);
+                let position = if r < c.width[b] {
+                    let sym = c.split[b].symbol(r.into());
+                    s.n_positions += 1;
+                    sym.start | (sym.freq - 1) << 16
+                } else {
+                    s.classify_slow(&c.iv, rows.dtype, code, q)
                 };
                 s.positions.push(position);
             }
         }
         s
+    }
+
+    /// What [`Sorted::classify`] does with an element outside its byte's interval: a whole
+    /// value or an exception (returns [`NO_POSITION`] for both, having noted them).
+    #[cold]
+    fn classify_slow(&mut self, iv: &RowIntervals, dtype: HighDtype, code: u16, q: u8) -> u32 {
+        match classify_one(iv, dtype, code, q as i8) {
+            Item::Position { r, n } => {
+                // Unreachable (RowClasses takes every position), and right anyway.
+                let sym = Split::of(n.into()).symbol(r.into());
+                self.n_positions += 1;
+                sym.start | (sym.freq - 1) << 16
+            }
+            Item::Whole { hi, lo, low } => {
+                self.hi_counts[hi as usize] += 1;
+                let v = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
+                self.whole.push((hi, v, Split::of(low.into())));
+                NO_POSITION
+            }
+            Item::Exception => {
+                self.exceptions.push(self.positions.len());
+                NO_POSITION
+            }
+        }
     }
 
     /// Appends the streams to `out`, which holds the exceptions and the table already.
@@ -124,6 +140,49 @@ fn code_pairs<const L: usize>(whole: &[(u8, u32, Split)], table: &FreqTable, out
             .chain(highs.map(move |(j, &(hi, _, _))| (table.symbol(hi), lane(j))))
     });
     code_last_first::<L>(2 * whole.len(), last_first, out);
+}
+
+/// What classifying a row's elements needs, per distinct scale: its intervals, and per int8
+/// byte the code that position 0 stands for (sign included), how many codes from there are
+/// positions, and their split. So an element is found to be a position with one subtraction
+/// and one comparison; whole values and exceptions (an eighth or less of the elements) take
+/// the general [`classify_one`].
+struct RowClasses {
+    iv: RowIntervals,
+    base: [u16; 256],
+    width: [u16; 256],
+    split: [Split; 256],
+}
+
+impl RowClasses {
+    /// A code `base + r` with `r < width` (wrapping) is exactly what `classify_one` calls
+    /// position `r` of the byte's interval: the width stops at the largest finite code, above
+    /// which it sees exceptions; and a code of the other sign is `r >= 2^15 - lo >= width`
+    /// away, since the interval lies below 2^15.
+    fn new(dtype: HighDtype, scale: f32) -> RowClasses {
+        let iv = RowIntervals::new(dtype, scale);
+        let mut c = RowClasses {
+            iv,
+            base: [0; 256],
+            width: [0; 256],
+            split: [Split::NOOP; 256],
+        };
+        if c.iv.is_degenerate() {
+            return c;
+        }
+        let finite_end = u32::from(dtype.max_finite()) + 1;
+        for b in 1..256 {
+            let q = b as u8 as i8;
+            if q == i8::MIN {
+                continue;
+            }
+            let (lo, u) = c.iv.interval(q.unsigned_abs() as usize);
+            c.base[b] = lo | if q < 0 { 0x8000 } else { 0 };
+            c.width[b] = u.len().min(finite_end.saturating_sub(lo.into())) as u16;
+            c.split[b] = Split::of(u.len());
+        }
+        c
+    }
 }
 
 /// What decoding a row needs, per distinct scale: per int8 byte the packed split of the
@@ -338,4 +397,54 @@ fn row_spans(
             (row, a..((row + 1) * cols).min(span.end))
         })
         .take_while(|(_, s)| s.start < s.end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast path of `Sorted::classify` takes exactly the elements that `classify_one`
+    /// calls positions, at the same position and width: every byte, every code of its
+    /// interval and a few past each end, of either sign.
+    #[test]
+    fn row_classes_take_exactly_the_positions() {
+        for dtype in [HighDtype::Bf16, HighDtype::F16] {
+            for scale in [
+                1.0f32,
+                0.037,
+                3.1e-5,
+                250.0,
+                60000.0,
+                65504.0,
+                3.389_531_4e38,
+                1e-30,
+                0.0,
+                f32::NAN,
+            ] {
+                let c = RowClasses::new(dtype, scale);
+                for b in 0..256usize {
+                    let (lo, n) = if c.iv.is_degenerate() || b == 0 || b == 128 {
+                        (0, 0)
+                    } else {
+                        let (lo, u) = c.iv.interval((b as u8 as i8).unsigned_abs() as usize);
+                        (u32::from(lo), u.len())
+                    };
+                    for m in lo.saturating_sub(3)..(lo + n + 3).min(0x8000) {
+                        for sign in [0, 0x8000] {
+                            let code = m as u16 | sign;
+                            let fast = code.wrapping_sub(c.base[b]) < c.width[b];
+                            match classify_one(&c.iv, dtype, code, b as u8 as i8) {
+                                Item::Position { r, n } => {
+                                    assert!(fast, "{dtype:?} {scale} b={b} code={code:#x}");
+                                    assert_eq!(r, code.wrapping_sub(c.base[b]));
+                                    assert_eq!(c.split[b], Split::of(n.into()));
+                                }
+                                _ => assert!(!fast, "{dtype:?} {scale} b={b} code={code:#x}"),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
