@@ -53,38 +53,47 @@ impl Sorted {
             exceptions: Vec::new(),
             hi_counts: [0; 256],
             whole: Vec::new(),
-            positions: Vec::with_capacity(high.len()),
+            positions: Vec::new(),
             n_positions: 0,
         };
+        // Built apart from `s` so that the hot loop keeps no count in memory.
+        let mut positions = Vec::with_capacity(high.len());
         let mut cache = ScaleCache::with(rows.dtype, RowClasses::new);
         for (r, &scale) in rows.scales.iter().enumerate() {
             let c = cache.get(scale);
             let span = r * rows.cols..(r + 1) * rows.cols;
-            for (&code, &q) in high[span.clone()].iter().zip(&rows.q[span]) {
+            let first = span.start;
+            let elements = high[span.clone()].iter().zip(&rows.q[span]).enumerate();
+            positions.extend(elements.map(|(j, (&code, &q))| {
                 let b = usize::from(q);
                 let r = code.wrapping_sub(c.base[b]);
-                let position = if r < c.width[b] {
+                if r < c.width[b] {
                     let sym = c.split[b].symbol(r.into());
-                    s.n_positions += 1;
                     sym.start | (sym.freq - 1) << 16
                 } else {
-                    s.classify_slow(&c.iv, rows.dtype, code, q)
-                };
-                s.positions.push(position);
-            }
+                    s.classify_slow(&c.iv, rows.dtype, code, q, first + j)
+                }
+            }));
         }
+        s.n_positions = positions.len() - s.whole.len() - s.exceptions.len();
+        s.positions = positions;
         s
     }
 
-    /// What [`Sorted::classify`] does with an element outside its byte's interval: a whole
-    /// value or an exception (returns [`NO_POSITION`] for both, having noted them).
-    #[cold]
-    fn classify_slow(&mut self, iv: &RowIntervals, dtype: HighDtype, code: u16, q: u8) -> u32 {
+    /// What [`Sorted::classify`] does with element `i` when it lies outside its byte's
+    /// interval: a whole value or an exception (noted; [`NO_POSITION`] returned for both).
+    fn classify_slow(
+        &mut self,
+        iv: &RowIntervals,
+        dtype: HighDtype,
+        code: u16,
+        q: u8,
+        i: usize,
+    ) -> u32 {
         match classify_one(iv, dtype, code, q as i8) {
             Item::Position { r, n } => {
                 // Unreachable (RowClasses takes every position), and right anyway.
                 let sym = Split::of(n.into()).symbol(r.into());
-                self.n_positions += 1;
                 sym.start | (sym.freq - 1) << 16
             }
             Item::Whole { hi, lo, low } => {
@@ -94,7 +103,7 @@ impl Sorted {
                 NO_POSITION
             }
             Item::Exception => {
-                self.exceptions.push(self.positions.len());
+                self.exceptions.push(i);
                 NO_POSITION
             }
         }
