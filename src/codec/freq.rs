@@ -147,12 +147,7 @@ impl FreqTable {
     /// Codes one symbol per byte of `bytes`, element `i` on lane `i % L`, and appends the
     /// stream: what queuing each byte in an [`super::rans::Encoder`] gives, without the queue.
     pub fn encode_all<const L: usize>(&self, bytes: &[u8], out: &mut Vec<u8>) {
-        let last_first = bytes
-            .iter()
-            .enumerate()
-            .rev()
-            .map(|(i, &b)| (self.symbol(b), i));
-        super::rans::code_last_first::<L>(bytes.len(), last_first, out);
+        super::rans::code_table_bytes::<L>(self.view().packed, bytes, out);
     }
 
     /// Decodes one symbol per byte of `out`, element `i` on lane `i % L`.

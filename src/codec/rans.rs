@@ -11,6 +11,7 @@
 use super::CodecError;
 
 mod wide;
+mod wide_encode;
 
 pub use wide::simd_enabled;
 
@@ -293,31 +294,116 @@ pub fn code_last_first<const L: usize>(
 ) {
     let inv = reciprocals();
     let mut states = [RANS_L; L];
-    // Whether a lane emits a word is a coin flip: written for every symbol, kept when it
-    // does, so no branch is mispredicted.
-    let mut words = vec![0u16; n + 1];
-    let mut n_words = 0;
+    let mut words = BackWords::with_room(n);
     for (s, lane) in last_first {
-        let x = &mut states[lane % L];
+        words.code(&mut states[lane % L], s, inv[s.freq as usize]);
+    }
+    words.finish(&states, out);
+}
+
+/// Codes one table symbol per byte (`packed` holds `freq | start << 16` of each byte, as
+/// [`TableView::packed`]), byte `i` on lane `i % L`, and appends the stream: the same bytes as
+/// [`code_last_first`] over those symbols. On 32 lanes with AVX2, whole groups of 32 are coded
+/// eight lanes at a time.
+pub fn code_table_bytes<const L: usize>(packed: &[u32; 256], bytes: &[u8], out: &mut Vec<u8>) {
+    let inv = reciprocals();
+    let symbol = |b: u8| {
+        let e = packed[b as usize];
+        Symbol {
+            start: e >> 16,
+            freq: e & 0xFFFF,
+            bits: TABLE_BITS,
+        }
+    };
+    let mut states = [RANS_L; L];
+    let mut words = BackWords::with_room(bytes.len());
+    let grouped = wide_encode::grouped::<L>(bytes.len());
+    for (i, &b) in bytes.iter().enumerate().skip(grouped).rev() {
+        let s = symbol(b);
+        words.code(&mut states[i % L], s, inv[s.freq as usize]);
+    }
+    if grouped > 0 {
+        let inv_of: [f64; 256] = std::array::from_fn(|b| inv[(packed[b] & 0xFFFF) as usize]);
+        wide_encode::code_groups(&mut states, packed, &inv_of, &bytes[..grouped], &mut words);
+    }
+    words.finish(&states, out);
+}
+
+/// What [`code_positions`] takes for an element without a symbol: no symbol's slice ends past
+/// 2^16, which this would.
+pub const NO_SYMBOL: u32 = u32::MAX;
+
+/// Codes one 16-bit symbol per element, given packed as `start | (freq - 1) << 16`, or
+/// [`NO_SYMBOL`] for none (which codes nothing: the decoder gives such an element the no-op
+/// [`Split::NOOP`]), element `i` on lane `i % 32`, and appends the stream: the same bytes as
+/// [`code_last_first`] over those symbols. With AVX2, whole groups of 32 go eight at a time.
+pub fn code_positions(positions: &[u32], out: &mut Vec<u8>) {
+    let inv = reciprocals();
+    let mut states = [RANS_L; WIDE];
+    let mut words = BackWords::with_room(positions.len());
+    let grouped = wide_encode::grouped::<WIDE>(positions.len());
+    for (i, &p) in positions.iter().enumerate().skip(grouped).rev() {
+        if p != NO_SYMBOL {
+            let (start, freq) = (p & 0xFFFF, (p >> 16) + 1);
+            let s = Symbol {
+                start,
+                freq,
+                bits: 16,
+            };
+            words.code(&mut states[i % WIDE], s, inv[freq as usize]);
+        }
+    }
+    if grouped > 0 {
+        wide_encode::code_position_groups(&mut states, &positions[..grouped], &mut words);
+    }
+    words.finish(&states, out);
+}
+
+/// The words an encoder emits, coding last first, kept back to front from the end of a
+/// buffer: the stream reads them in decoding order without a reversal. The front has room for
+/// a SIMD store of eight words below the last one written.
+struct BackWords {
+    words: Vec<u16>,
+    at: usize,
+}
+
+impl BackWords {
+    const SLACK: usize = 8;
+
+    /// Room for `n` symbols' words (a symbol emits at most one).
+    fn with_room(n: usize) -> Self {
+        BackWords {
+            words: vec![0; n + Self::SLACK + 1],
+            at: n + Self::SLACK + 1,
+        }
+    }
+
+    /// Codes `s` into the state `x`, emitting its low word first if `x` is too large; `inv` is
+    /// `1 / s.freq`. Whether a lane emits is a coin flip: the word is written for every
+    /// symbol and kept when it is emitted, so no branch is mispredicted.
+    #[inline(always)]
+    fn code(&mut self, x: &mut u32, s: Symbol, inv: f64) {
         let x_max = ((u64::from(RANS_L) >> s.bits) << 16) * u64::from(s.freq);
         let emit = u64::from(*x) >= x_max;
-        words[n_words] = *x as u16;
-        n_words += usize::from(emit);
+        self.words[self.at - 1] = *x as u16;
+        self.at -= usize::from(emit);
         let y = if emit { *x >> 16 } else { *x };
-        let q = quotient(y, inv[s.freq as usize]);
+        let q = quotient(y, inv);
         *x = (q << s.bits) + (y - q * s.freq) + s.start;
     }
-    out.reserve(4 * L + n_words * 2);
-    for x in states {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    let start = out.len();
-    out.resize(start + 2 * n_words, 0);
-    for (dst, w) in out[start..]
-        .chunks_exact_mut(2)
-        .zip(words[..n_words].iter().rev())
-    {
-        dst.copy_from_slice(&w.to_le_bytes());
+
+    /// Appends the stream: the final states, then the words.
+    fn finish(self, states: &[u32], out: &mut Vec<u8>) {
+        let words = &self.words[self.at..];
+        out.reserve(4 * states.len() + 2 * words.len());
+        for x in states {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        let start = out.len();
+        out.resize(start + 2 * words.len(), 0);
+        for (dst, w) in out[start..].chunks_exact_mut(2).zip(words) {
+            dst.copy_from_slice(&w.to_le_bytes());
+        }
     }
 }
 

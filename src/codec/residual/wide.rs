@@ -15,7 +15,9 @@
 
 use super::super::freq::{FreqTable, read_varint, take, write_varint};
 use super::super::quantize::{HighDtype, RowIntervals};
-use super::super::rans::{Decoder, NARROW, Split, Symbol, WIDE, code_last_first};
+use super::super::rans::{
+    Decoder, NARROW, NO_SYMBOL, Split, WIDE, code_last_first, code_positions,
+};
 use super::rows::{add_bases, fill_splits, queue_whole};
 use super::{ChunkRows, CodecError, Head, Item, ScaleCache, classify_one};
 
@@ -38,14 +40,9 @@ pub(super) struct Sorted {
     pub hi_counts: [u64; 256],
     /// Whole values in element order: high byte, low bits and sign, their split.
     whole: Vec<(u8, u32, Split)>,
-    /// Per element, its position symbol packed as `start | (freq - 1) << 16`, or [`NO_POSITION`].
+    /// Per element, its position symbol packed as `start | (freq - 1) << 16`, or [`NO_SYMBOL`].
     positions: Vec<u32>,
-    n_positions: usize,
 }
-
-/// What `positions` holds for a whole value or exception: no symbol has a slice ending past
-/// 2^16, which this would.
-const NO_POSITION: u32 = u32::MAX;
 
 impl Sorted {
     pub fn classify(rows: &ChunkRows, high: &[u16]) -> Sorted {
@@ -54,7 +51,6 @@ impl Sorted {
             hi_counts: [0; 256],
             whole: Vec::new(),
             positions: Vec::new(),
-            n_positions: 0,
         };
         // Built apart from `s` so that the hot loop keeps no count in memory.
         let mut positions = Vec::with_capacity(high.len());
@@ -75,13 +71,12 @@ impl Sorted {
                 }
             }));
         }
-        s.n_positions = positions.len() - s.whole.len() - s.exceptions.len();
         s.positions = positions;
         s
     }
 
     /// What [`Sorted::classify`] does with element `i` when it lies outside its byte's
-    /// interval: a whole value or an exception (noted; [`NO_POSITION`] returned for both).
+    /// interval: a whole value or an exception (noted; [`NO_SYMBOL`] returned for both).
     fn classify_slow(
         &mut self,
         iv: &RowIntervals,
@@ -100,11 +95,11 @@ impl Sorted {
                 self.hi_counts[hi as usize] += 1;
                 let v = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
                 self.whole.push((hi, v, Split::of(low.into())));
-                NO_POSITION
+                NO_SYMBOL
             }
             Item::Exception => {
                 self.exceptions.push(i);
-                NO_POSITION
+                NO_SYMBOL
             }
         }
     }
@@ -122,18 +117,7 @@ impl Sorted {
         }
         write_varint(out, 2 * whole_stream.len() as u64 + u64::from(wide));
         out.extend_from_slice(&whole_stream);
-        let positions = self.positions.iter().enumerate().rev();
-        let positions = positions
-            .filter(|&(_, &p)| p != NO_POSITION)
-            .map(|(i, &p)| {
-                let s = Symbol {
-                    start: p & 0xFFFF,
-                    freq: (p >> 16) + 1,
-                    bits: 16,
-                };
-                (s, i)
-            });
-        code_last_first::<WIDE>(self.n_positions, positions, out);
+        code_positions(&self.positions, out);
     }
 }
 

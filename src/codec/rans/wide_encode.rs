@@ -1,0 +1,336 @@
+//! The 32-lane encoder of table symbols, eight lanes a step with AVX2: the int8 plane and the
+//! float exponent planes, where the scalar coder spent a sixth of an encode. It writes the
+//! same states and words as the scalar coder (tested below): it codes the groups of 32 last
+//! first, each group's vectors last first, and keeps a vector's emitted words in lane order,
+//! which is where the scalar coder, going lane by lane backwards, puts them in [`BackWords`].
+
+use super::{BackWords, QUOTIENT_BIAS, TABLE_BITS, WIDE, simd_enabled};
+
+/// How many of `n` symbols (a prefix) [`code_groups`] takes: whole groups of 32 on 32-lane
+/// streams when AVX2 runs, else none.
+pub(super) fn grouped<const L: usize>(n: usize) -> usize {
+    if L == WIDE && simd_enabled() {
+        n / WIDE * WIDE
+    } else {
+        0
+    }
+}
+
+/// Codes `bytes` (whole groups of 32, byte `i` on lane `i`) into `states` and `words`, after
+/// the symbols that follow them were coded. `inv_of[b]` is `1 / freq` of byte `b`. Call only
+/// with what [`grouped`] allows.
+pub(super) fn code_groups(
+    states: &mut [u32],
+    packed: &[u32; 256],
+    inv_of: &[f64; 256],
+    bytes: &[u8],
+    words: &mut BackWords,
+) {
+    assert!(
+        simd_enabled(),
+        "code_groups runs only where grouped allows it"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU supports AVX2 (simd_enabled checked it).
+    unsafe {
+        avx2::code_groups(states, packed, inv_of, bytes, words)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (states, packed, inv_of, bytes, words);
+}
+
+/// Codes `positions` (whole groups of 32; see [`super::code_positions`]) into `states` and
+/// `words`, after the elements that follow them. Call only with what [`grouped`] allows.
+pub(super) fn code_position_groups(states: &mut [u32], positions: &[u32], words: &mut BackWords) {
+    assert!(
+        simd_enabled(),
+        "code_position_groups runs only where grouped allows it"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU supports AVX2 (simd_enabled checked it).
+    unsafe {
+        avx2::code_position_groups(states, positions, words)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (states, positions, words);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{BackWords, QUOTIENT_BIAS, TABLE_BITS, WIDE};
+
+    /// For each mask of the eight lanes that emit a word, where each lane's word goes: the
+    /// emitting lanes in order, at the top of the eight (then zeros below).
+    static RIGHT_PACK: [[u32; 8]; 256] = {
+        let mut t = [[0u32; 8]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let mut at = 8 - (m as u32).count_ones() as usize;
+            let mut j = 0;
+            while j < 8 {
+                if m & (1 << j) != 0 {
+                    t[m][at] = j as u32;
+                    at += 1;
+                }
+                j += 1;
+            }
+            m += 1;
+        }
+        t
+    };
+
+    /// Keeps the low words of the lanes of `v` not in `keep` (the lanes that emit), in lane
+    /// order, below `*at`, which moves down past them.
+    ///
+    /// # Safety
+    /// `buf` is valid for eight u16s below `*at`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn emit_words(v: __m256i, keep: __m256i, buf: *mut u16, at: &mut usize) {
+        let low_words = _mm256_setr_epi8(
+            0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, //
+            0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+        );
+        let m = !_mm256_movemask_ps(_mm256_castsi256_ps(keep)) as usize & 0xFF;
+        // SAFETY: RIGHT_PACK has 256 rows of eight; the caller vouches for the store.
+        unsafe {
+            let order = _mm256_loadu_si256(RIGHT_PACK[m].as_ptr().cast());
+            let w = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(v, order), low_words);
+            let w = _mm256_permute4x64_epi64::<0b00_00_10_00>(w);
+            _mm_storeu_si128(buf.add(*at - 8).cast(), _mm256_castsi256_si128(w));
+        }
+        *at -= m.count_ones() as usize;
+    }
+
+    /// Eight u32s as two vectors of four doubles (exact): flipped to signed, converted,
+    /// shifted back.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn as_f64(v: __m256i) -> [__m256d; 2] {
+        let s = _mm256_xor_si256(v, _mm256_set1_epi32(i32::MIN));
+        let two31 = _mm256_set1_pd(2_147_483_648.0);
+        [
+            _mm256_add_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(s)), two31),
+            _mm256_add_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(s)), two31),
+        ]
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn code_groups(
+        states: &mut [u32],
+        packed: &[u32; 256],
+        inv_of: &[f64; 256],
+        bytes: &[u8],
+        words: &mut BackWords,
+    ) {
+        assert!(states.len() == WIDE && bytes.len().is_multiple_of(WIDE));
+        // Each symbol emits at most one word, and BackWords leaves SLACK below the last one:
+        // every eight-word store below `at` stays in the buffer.
+        assert!(words.at >= bytes.len() + BackWords::SLACK);
+        let buf = words.words.as_mut_ptr();
+        let mut at = words.at;
+        // SAFETY: the 32 u32 states are the bytes of four vectors (unaligned access).
+        let mut x: [__m256i; 4] = unsafe { std::ptr::read_unaligned(states.as_ptr().cast()) };
+        let low = _mm256_set1_epi32(0xFFFF);
+        let bias = _mm256_set1_pd(QUOTIENT_BIAS);
+        for group in bytes.chunks_exact(WIDE).rev() {
+            for k in (0..4).rev() {
+                let b: [u8; 8] = group[8 * k..8 * k + 8].try_into().expect("eight bytes");
+                let [b0, b1, b2, b3, b4, b5, b6, b7] = b.map(usize::from);
+                let e = _mm256_setr_epi32(
+                    packed[b0] as i32,
+                    packed[b1] as i32,
+                    packed[b2] as i32,
+                    packed[b3] as i32,
+                    packed[b4] as i32,
+                    packed[b5] as i32,
+                    packed[b6] as i32,
+                    packed[b7] as i32,
+                );
+                let inv_lo = _mm256_setr_pd(inv_of[b0], inv_of[b1], inv_of[b2], inv_of[b3]);
+                let inv_hi = _mm256_setr_pd(inv_of[b4], inv_of[b5], inv_of[b6], inv_of[b7]);
+                let (freq, start) = (_mm256_and_si256(e, low), _mm256_srli_epi32::<16>(e));
+                let v = x[k];
+                // A lane emits when x >= freq << (32 - TABLE_BITS); both sides of the
+                // comparison below are under 2^15, so a signed one does.
+                let top = _mm256_srli_epi32::<{ 32 - TABLE_BITS as i32 }>(v);
+                let keep = _mm256_cmpgt_epi32(freq, top);
+                // SAFETY: `at` stays at least SLACK above the buffer's start (asserted above).
+                unsafe { emit_words(v, keep, buf, &mut at) };
+                let y = _mm256_blendv_epi8(_mm256_srli_epi32::<16>(v), v, keep);
+                let [y_lo, y_hi] = as_f64(y);
+                // The quotient exactly as the scalar coder takes it: multiply, add the bias.
+                let q_lo = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(y_lo, inv_lo), bias));
+                let q_hi = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(y_hi, inv_hi), bias));
+                let q = _mm256_set_m128i(q_hi, q_lo);
+                let rem = _mm256_sub_epi32(y, _mm256_mullo_epi32(q, freq));
+                x[k] = _mm256_add_epi32(
+                    _mm256_add_epi32(_mm256_slli_epi32::<{ TABLE_BITS as i32 }>(q), rem),
+                    start,
+                );
+            }
+        }
+        // SAFETY: as the read above.
+        unsafe { std::ptr::write_unaligned(states.as_mut_ptr().cast(), x) };
+        words.at = at;
+    }
+    /// Groups of 32 positions (see `code_position_groups`): per lane, the no-op of an element
+    /// without a symbol leaves the state as it is; the others code as table symbols do, but
+    /// at 16 bits and with a quotient by division (exact: the double nearest `y / freq` lies
+    /// within `2^-21` of it, while a non-integer quotient is `1 / freq >= 2^-16` from the next
+    /// integer), which here costs less than looking up each element's reciprocal.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn code_position_groups(
+        states: &mut [u32],
+        positions: &[u32],
+        words: &mut BackWords,
+    ) {
+        assert!(states.len() == WIDE && positions.len().is_multiple_of(WIDE));
+        assert!(words.at >= positions.len() + BackWords::SLACK);
+        let buf = words.words.as_mut_ptr();
+        let mut at = words.at;
+        // SAFETY: the 32 u32 states are the bytes of four vectors (unaligned access).
+        let mut x: [__m256i; 4] = unsafe { std::ptr::read_unaligned(states.as_ptr().cast()) };
+        let (low, one) = (_mm256_set1_epi32(0xFFFF), _mm256_set1_epi32(1));
+        for group in positions.chunks_exact(WIDE).rev() {
+            for k in (0..4).rev() {
+                // SAFETY: a group has 32 u32s.
+                let p = unsafe { _mm256_loadu_si256(group.as_ptr().add(8 * k).cast()) };
+                let none = _mm256_cmpeq_epi32(p, _mm256_set1_epi32(-1));
+                let start = _mm256_and_si256(p, low);
+                let freq = _mm256_add_epi32(_mm256_srli_epi32::<16>(p), one);
+                let v = x[k];
+                // Emits when x >= freq << 16; both sides below are at most 2^16.
+                let keep = _mm256_cmpgt_epi32(freq, _mm256_srli_epi32::<16>(v));
+                let keep = _mm256_or_si256(keep, none);
+                // SAFETY: `at` stays at least SLACK above the buffer's start (asserted above).
+                unsafe { emit_words(v, keep, buf, &mut at) };
+                let y = _mm256_blendv_epi8(_mm256_srli_epi32::<16>(v), v, keep);
+                let [y_lo, y_hi] = as_f64(y);
+                let f_lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(freq));
+                let f_hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(freq));
+                let q_lo = _mm256_cvttpd_epi32(_mm256_div_pd(y_lo, f_lo));
+                let q_hi = _mm256_cvttpd_epi32(_mm256_div_pd(y_hi, f_hi));
+                let q = _mm256_set_m128i(q_hi, q_lo);
+                let rem = _mm256_sub_epi32(y, _mm256_mullo_epi32(q, freq));
+                let coded =
+                    _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32::<16>(q), rem), start);
+                x[k] = _mm256_blendv_epi8(coded, v, none);
+            }
+        }
+        // SAFETY: as the read above.
+        unsafe { std::ptr::write_unaligned(states.as_mut_ptr().cast(), x) };
+        words.at = at;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::codec::freq::FreqTable;
+    use crate::codec::rans::{
+        Encoder, NARROW, NO_SYMBOL, Split, TableView, WIDE, code_positions, code_table_bytes,
+    };
+
+    /// Bytes from a peaked distribution (as int8 weights), or a single repeated byte.
+    fn bytes(n: usize, seed: u32, single: bool) -> Vec<u8> {
+        let mut r = seed;
+        (0..n)
+            .map(|_| {
+                r = r.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                if single {
+                    7
+                } else {
+                    ((r >> 16) as i16 as i32 / 300) as i8 as u8
+                }
+            })
+            .collect()
+    }
+
+    fn queued<const L: usize>(table: &TableView, data: &[u8]) -> Vec<u8> {
+        let mut enc = Encoder::<L>::with_capacity(data.len());
+        for (i, &b) in data.iter().enumerate() {
+            enc.push(table.symbol(b), i);
+        }
+        let mut out = Vec::new();
+        enc.finish_into(&mut out);
+        out
+    }
+
+    /// Whatever path runs here (AVX2 groups, or with `QSTORE_SCALAR` the scalar coder),
+    /// coding bytes directly gives the stream that queuing the symbols one by one gives.
+    #[test]
+    fn table_bytes_code_as_queued_symbols() {
+        for (n, seed) in [
+            (0, 1),
+            (1, 2),
+            (31, 3),
+            (32, 4),
+            (33, 5),
+            (1000, 6),
+            (100_003, 7),
+        ] {
+            for single in [false, true] {
+                let data = bytes(n, seed, single);
+                let mut counts = [0u64; 256];
+                data.iter().for_each(|&b| counts[b as usize] += 1);
+                let Some(table) = FreqTable::from_counts(&counts) else {
+                    continue;
+                };
+                let view = table.view();
+                let mut direct = Vec::new();
+                code_table_bytes::<WIDE>(view.packed, &data, &mut direct);
+                assert_eq!(
+                    direct,
+                    queued::<WIDE>(&view, &data),
+                    "n={n} single={single}"
+                );
+                let mut narrow = Vec::new();
+                code_table_bytes::<NARROW>(view.packed, &data, &mut narrow);
+                assert_eq!(
+                    narrow,
+                    queued::<NARROW>(&view, &data),
+                    "n={n} single={single}"
+                );
+            }
+        }
+    }
+
+    /// Positions over widths from 1 to 2^15 with a share of elements that have none: coded
+    /// directly, the stream that queuing the symbols one by one gives.
+    #[test]
+    fn positions_code_as_queued_symbols() {
+        for (n, seed) in [(0, 1), (1, 2), (32, 3), (33, 4), (1000, 5), (100_003, 6)] {
+            let mut r: u32 = seed;
+            let mut next = || {
+                r = r.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                r >> 8
+            };
+            let mut enc = Encoder::<WIDE>::with_capacity(n);
+            let positions: Vec<u32> = (0..n)
+                .map(|i| {
+                    let width = match next() % 8 {
+                        0 => return NO_SYMBOL,
+                        1 => 1 + next() % 32_768,
+                        2 => 1,
+                        _ => 1 + next() % 300,
+                    };
+                    let s = Split::of(width).symbol(next() % width);
+                    enc.push(s, i);
+                    s.start | (s.freq - 1) << 16
+                })
+                .collect();
+            let mut queued = Vec::new();
+            enc.finish_into(&mut queued);
+            let mut direct = Vec::new();
+            code_positions(&positions, &mut direct);
+            assert_eq!(direct, queued, "n={n}");
+        }
+    }
+}
