@@ -13,6 +13,7 @@ use super::CodecError;
 mod wide;
 mod wide_encode;
 
+pub(crate) use wide::packed_lanes;
 pub use wide::simd_enabled;
 
 /// Lower bound of the normalised state interval `[RANS_L, 2^32)`.

@@ -18,6 +18,31 @@ pub fn simd_enabled() -> bool {
     })
 }
 
+/// For each mask of eight lanes, the lanes that are set, in order: at the bottom of the eight
+/// (zeros above), or with `top` at the top (zeros below). The permutation with which SIMD loops
+/// pack the lanes a mask selects.
+pub(crate) const fn packed_lanes(top: bool) -> [[u32; 8]; 256] {
+    let mut t = [[0u32; 8]; 256];
+    let mut m = 0;
+    while m < 256 {
+        let mut at = if top {
+            8 - (m as u32).count_ones() as usize
+        } else {
+            0
+        };
+        let mut j = 0;
+        while j < 8 {
+            if m & (1 << j) != 0 {
+                t[m][at] = j as u32;
+                at += 1;
+            }
+            j += 1;
+        }
+        m += 1;
+    }
+    t
+}
+
 /// Bytes a group of 32 table symbols may need: 64 for its words, 16 for the SIMD loop's last
 /// window read.
 const GROUP_BYTES: usize = 2 * WIDE + 16;

@@ -61,47 +61,69 @@ mod avx2 {
 
     use super::{BackWords, QUOTIENT_BIAS, TABLE_BITS, WIDE};
 
-    /// For each mask of the eight lanes that emit a word, where each lane's word goes: the
-    /// emitting lanes in order, at the top of the eight (then zeros below).
-    static RIGHT_PACK: [[u32; 8]; 256] = {
-        let mut t = [[0u32; 8]; 256];
-        let mut m = 0;
-        while m < 256 {
-            let mut at = 8 - (m as u32).count_ones() as usize;
-            let mut j = 0;
-            while j < 8 {
-                if m & (1 << j) != 0 {
-                    t[m][at] = j as u32;
-                    at += 1;
-                }
-                j += 1;
-            }
-            m += 1;
-        }
-        t
-    };
+    /// For each mask of the eight lanes that emit a word, the emitting lanes in order, at the
+    /// top of the eight: where `emit` moves each lane's word.
+    static RIGHT_PACK: [[u32; 8]; 256] = super::super::wide::packed_lanes(true);
 
-    /// Keeps the low words of the lanes of `v` not in `keep` (the lanes that emit), in lane
-    /// order, below `*at`, which moves down past them.
-    ///
-    /// # Safety
-    /// `buf` is valid for eight u16s below `*at`.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn emit_words(v: __m256i, keep: __m256i, buf: *mut u16, at: &mut usize) {
-        let low_words = _mm256_setr_epi8(
-            0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, //
-            0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
-        );
-        let m = !_mm256_movemask_ps(_mm256_castsi256_ps(keep)) as usize & 0xFF;
-        // SAFETY: RIGHT_PACK has 256 rows of eight; the caller vouches for the store.
-        unsafe {
-            let order = _mm256_loadu_si256(RIGHT_PACK[m].as_ptr().cast());
-            let w = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(v, order), low_words);
-            let w = _mm256_permute4x64_epi64::<0b00_00_10_00>(w);
-            _mm_storeu_si128(buf.add(*at - 8).cast(), _mm256_castsi256_si128(w));
+    /// Where the coders put words: below `at` in `buf`, back to front.
+    struct Emit {
+        buf: *mut u16,
+        at: usize,
+    }
+
+    impl Emit {
+        /// Keeps the low words of the lanes of `v` not in `keep` (the lanes that emit), in
+        /// lane order, below `at`, which moves down past them.
+        ///
+        /// # Safety
+        /// `buf` is valid for eight u16s below `at`.
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn words(&mut self, v: __m256i, keep: __m256i) {
+            let low_words = _mm256_setr_epi8(
+                0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, //
+                0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+            );
+            let m = !_mm256_movemask_ps(_mm256_castsi256_ps(keep)) as usize & 0xFF;
+            // SAFETY: RIGHT_PACK has 256 rows of eight; the caller vouches for the store.
+            unsafe {
+                let order = _mm256_loadu_si256(RIGHT_PACK[m].as_ptr().cast());
+                let w = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(v, order), low_words);
+                let w = _mm256_permute4x64_epi64::<0b00_00_10_00>(w);
+                _mm_storeu_si128(self.buf.add(self.at - 8).cast(), _mm256_castsi256_si128(w));
+            }
+            self.at -= m.count_ones() as usize;
         }
-        *at -= m.count_ones() as usize;
+    }
+
+    /// The coders' frame: the 32 states in four vectors (lanes `8k..8k + 8` in vector `k`),
+    /// then for each of `groups` groups of 32 symbols, last first, and each of its vectors,
+    /// last first, `step(g, k, states, emit)` gives the vector's states after its symbols.
+    #[inline(always)]
+    fn last_first(
+        states: &mut [u32],
+        groups: usize,
+        words: &mut BackWords,
+        mut step: impl FnMut(usize, usize, __m256i, &mut Emit) -> __m256i,
+    ) {
+        assert_eq!(states.len(), WIDE, "the AVX2 coders code 32 lanes");
+        // Each symbol emits at most one word, and BackWords leaves SLACK below the last one:
+        // every eight-word store below `at` stays in the buffer.
+        assert!(words.at >= WIDE * groups + BackWords::SLACK);
+        let mut emit = Emit {
+            buf: words.words.as_mut_ptr(),
+            at: words.at,
+        };
+        // SAFETY: the 32 u32 states are the bytes of four vectors (unaligned access).
+        let mut x: [__m256i; 4] = unsafe { std::ptr::read_unaligned(states.as_ptr().cast()) };
+        for g in (0..groups).rev() {
+            for k in (0..4).rev() {
+                x[k] = step(g, k, x[k], &mut emit);
+            }
+        }
+        // SAFETY: as the read above.
+        unsafe { std::ptr::write_unaligned(states.as_mut_ptr().cast(), x) };
+        words.at = emit.at;
     }
 
     /// Eight u32s as two vectors of four doubles (exact): flipped to signed, converted,
@@ -127,57 +149,46 @@ mod avx2 {
         bytes: &[u8],
         words: &mut BackWords,
     ) {
-        assert!(states.len() == WIDE && bytes.len().is_multiple_of(WIDE));
-        // Each symbol emits at most one word, and BackWords leaves SLACK below the last one:
-        // every eight-word store below `at` stays in the buffer.
-        assert!(words.at >= bytes.len() + BackWords::SLACK);
-        let buf = words.words.as_mut_ptr();
-        let mut at = words.at;
-        // SAFETY: the 32 u32 states are the bytes of four vectors (unaligned access).
-        let mut x: [__m256i; 4] = unsafe { std::ptr::read_unaligned(states.as_ptr().cast()) };
+        assert!(bytes.len().is_multiple_of(WIDE));
         let low = _mm256_set1_epi32(0xFFFF);
         let bias = _mm256_set1_pd(QUOTIENT_BIAS);
-        for group in bytes.chunks_exact(WIDE).rev() {
-            for k in (0..4).rev() {
-                let b: [u8; 8] = group[8 * k..8 * k + 8].try_into().expect("eight bytes");
-                let [b0, b1, b2, b3, b4, b5, b6, b7] = b.map(usize::from);
-                let e = _mm256_setr_epi32(
-                    packed[b0] as i32,
-                    packed[b1] as i32,
-                    packed[b2] as i32,
-                    packed[b3] as i32,
-                    packed[b4] as i32,
-                    packed[b5] as i32,
-                    packed[b6] as i32,
-                    packed[b7] as i32,
-                );
-                let inv_lo = _mm256_setr_pd(inv_of[b0], inv_of[b1], inv_of[b2], inv_of[b3]);
-                let inv_hi = _mm256_setr_pd(inv_of[b4], inv_of[b5], inv_of[b6], inv_of[b7]);
-                let (freq, start) = (_mm256_and_si256(e, low), _mm256_srli_epi32::<16>(e));
-                let v = x[k];
-                // A lane emits when x >= freq << (32 - TABLE_BITS); both sides of the
-                // comparison below are under 2^15, so a signed one does.
-                let top = _mm256_srli_epi32::<{ 32 - TABLE_BITS as i32 }>(v);
-                let keep = _mm256_cmpgt_epi32(freq, top);
-                // SAFETY: `at` stays at least SLACK above the buffer's start (asserted above).
-                unsafe { emit_words(v, keep, buf, &mut at) };
-                let y = _mm256_blendv_epi8(_mm256_srli_epi32::<16>(v), v, keep);
-                let [y_lo, y_hi] = as_f64(y);
-                // The quotient exactly as the scalar coder takes it: multiply, add the bias.
-                let q_lo = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(y_lo, inv_lo), bias));
-                let q_hi = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(y_hi, inv_hi), bias));
-                let q = _mm256_set_m128i(q_hi, q_lo);
-                let rem = _mm256_sub_epi32(y, _mm256_mullo_epi32(q, freq));
-                x[k] = _mm256_add_epi32(
-                    _mm256_add_epi32(_mm256_slli_epi32::<{ TABLE_BITS as i32 }>(q), rem),
-                    start,
-                );
-            }
-        }
-        // SAFETY: as the read above.
-        unsafe { std::ptr::write_unaligned(states.as_mut_ptr().cast(), x) };
-        words.at = at;
+        last_first(states, bytes.len() / WIDE, words, |g, k, v, emit| {
+            let at = WIDE * g + 8 * k;
+            let b: [u8; 8] = bytes[at..at + 8].try_into().expect("eight bytes");
+            let [b0, b1, b2, b3, b4, b5, b6, b7] = b.map(usize::from);
+            let e = _mm256_setr_epi32(
+                packed[b0] as i32,
+                packed[b1] as i32,
+                packed[b2] as i32,
+                packed[b3] as i32,
+                packed[b4] as i32,
+                packed[b5] as i32,
+                packed[b6] as i32,
+                packed[b7] as i32,
+            );
+            let inv_lo = _mm256_setr_pd(inv_of[b0], inv_of[b1], inv_of[b2], inv_of[b3]);
+            let inv_hi = _mm256_setr_pd(inv_of[b4], inv_of[b5], inv_of[b6], inv_of[b7]);
+            let (freq, start) = (_mm256_and_si256(e, low), _mm256_srli_epi32::<16>(e));
+            // A lane emits when x >= freq << (32 - TABLE_BITS); both sides of the comparison
+            // below are under 2^15, so a signed one does.
+            let top = _mm256_srli_epi32::<{ 32 - TABLE_BITS as i32 }>(v);
+            let keep = _mm256_cmpgt_epi32(freq, top);
+            // SAFETY: the frame keeps SLACK words below `at`.
+            unsafe { emit.words(v, keep) };
+            let y = _mm256_blendv_epi8(_mm256_srli_epi32::<16>(v), v, keep);
+            let [y_lo, y_hi] = as_f64(y);
+            // The quotient exactly as the scalar coder takes it: multiply, add the bias.
+            let q_lo = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(y_lo, inv_lo), bias));
+            let q_hi = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(y_hi, inv_hi), bias));
+            let q = _mm256_set_m128i(q_hi, q_lo);
+            let rem = _mm256_sub_epi32(y, _mm256_mullo_epi32(q, freq));
+            _mm256_add_epi32(
+                _mm256_add_epi32(_mm256_slli_epi32::<{ TABLE_BITS as i32 }>(q), rem),
+                start,
+            )
+        });
     }
+
     /// Groups of 32 positions (see `code_position_groups`): per lane, the no-op of an element
     /// without a symbol leaves the state as it is; the others code as table symbols do, but
     /// at 16 bits and with a quotient by division (exact: the double nearest `y / freq` lies
@@ -192,42 +203,31 @@ mod avx2 {
         positions: &[u32],
         words: &mut BackWords,
     ) {
-        assert!(states.len() == WIDE && positions.len().is_multiple_of(WIDE));
-        assert!(words.at >= positions.len() + BackWords::SLACK);
-        let buf = words.words.as_mut_ptr();
-        let mut at = words.at;
-        // SAFETY: the 32 u32 states are the bytes of four vectors (unaligned access).
-        let mut x: [__m256i; 4] = unsafe { std::ptr::read_unaligned(states.as_ptr().cast()) };
+        assert!(positions.len().is_multiple_of(WIDE));
         let (low, one) = (_mm256_set1_epi32(0xFFFF), _mm256_set1_epi32(1));
-        for group in positions.chunks_exact(WIDE).rev() {
-            for k in (0..4).rev() {
-                // SAFETY: a group has 32 u32s.
-                let p = unsafe { _mm256_loadu_si256(group.as_ptr().add(8 * k).cast()) };
-                let none = _mm256_cmpeq_epi32(p, _mm256_set1_epi32(-1));
-                let start = _mm256_and_si256(p, low);
-                let freq = _mm256_add_epi32(_mm256_srli_epi32::<16>(p), one);
-                let v = x[k];
-                // Emits when x >= freq << 16; both sides below are at most 2^16.
-                let keep = _mm256_cmpgt_epi32(freq, _mm256_srli_epi32::<16>(v));
-                let keep = _mm256_or_si256(keep, none);
-                // SAFETY: `at` stays at least SLACK above the buffer's start (asserted above).
-                unsafe { emit_words(v, keep, buf, &mut at) };
-                let y = _mm256_blendv_epi8(_mm256_srli_epi32::<16>(v), v, keep);
-                let [y_lo, y_hi] = as_f64(y);
-                let f_lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(freq));
-                let f_hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(freq));
-                let q_lo = _mm256_cvttpd_epi32(_mm256_div_pd(y_lo, f_lo));
-                let q_hi = _mm256_cvttpd_epi32(_mm256_div_pd(y_hi, f_hi));
-                let q = _mm256_set_m128i(q_hi, q_lo);
-                let rem = _mm256_sub_epi32(y, _mm256_mullo_epi32(q, freq));
-                let coded =
-                    _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32::<16>(q), rem), start);
-                x[k] = _mm256_blendv_epi8(coded, v, none);
-            }
-        }
-        // SAFETY: as the read above.
-        unsafe { std::ptr::write_unaligned(states.as_mut_ptr().cast(), x) };
-        words.at = at;
+        last_first(states, positions.len() / WIDE, words, |g, k, v, emit| {
+            let eight = &positions[WIDE * g + 8 * k..WIDE * g + 8 * k + 8];
+            // SAFETY: eight u32s.
+            let p = unsafe { _mm256_loadu_si256(eight.as_ptr().cast()) };
+            let none = _mm256_cmpeq_epi32(p, _mm256_set1_epi32(-1));
+            let start = _mm256_and_si256(p, low);
+            let freq = _mm256_add_epi32(_mm256_srli_epi32::<16>(p), one);
+            // Emits when x >= freq << 16; both sides below are at most 2^16.
+            let keep = _mm256_cmpgt_epi32(freq, _mm256_srli_epi32::<16>(v));
+            let keep = _mm256_or_si256(keep, none);
+            // SAFETY: the frame keeps SLACK words below `at`.
+            unsafe { emit.words(v, keep) };
+            let y = _mm256_blendv_epi8(_mm256_srli_epi32::<16>(v), v, keep);
+            let [y_lo, y_hi] = as_f64(y);
+            let f_lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(freq));
+            let f_hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(freq));
+            let q_lo = _mm256_cvttpd_epi32(_mm256_div_pd(y_lo, f_lo));
+            let q_hi = _mm256_cvttpd_epi32(_mm256_div_pd(y_hi, f_hi));
+            let q = _mm256_set_m128i(q_hi, q_lo);
+            let rem = _mm256_sub_epi32(y, _mm256_mullo_epi32(q, freq));
+            let coded = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32::<16>(q), rem), start);
+            _mm256_blendv_epi8(coded, v, none)
+        });
     }
 }
 

@@ -45,22 +45,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     /// For each mask of eight lanes, the lanes that are set, in order (then zeros).
-    static LEFT_PACK: [[u32; 8]; 256] = {
-        let mut t = [[0u32; 8]; 256];
-        let mut m = 0;
-        while m < 256 {
-            let (mut j, mut k) = (0, 0);
-            while j < 8 {
-                if m & (1 << j) != 0 {
-                    t[m][k] = j as u32;
-                    k += 1;
-                }
-                j += 1;
-            }
-            m += 1;
-        }
-        t
-    };
+    static LEFT_PACK: [[u32; 8]; 256] = crate::codec::rans::packed_lanes(false);
 
     /// # Safety
     /// The CPU must support AVX2; `queue` has room for `q.len() + 8` after `*len`.
