@@ -7,7 +7,7 @@ use half::f16;
 use super::rans::Uniform;
 
 /// The precision the model was uploaded in; both are 16-bit, sign-magnitude codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum HighDtype {
     #[serde(rename = "BF16")]
     Bf16,
@@ -145,6 +145,7 @@ const BF16_EXACT_IN_F16: std::ops::RangeInclusive<u16> = 0x3880..=0x477F;
 /// `bounds[k]` is the smallest magnitude code that quantizes to at least `k` (for k = 1..=128),
 /// so magnitudes quantizing to `k` are exactly `bounds[k]..bounds[k + 1]`, and those quantizing
 /// to 0 are `0..bounds[1]`. A degenerate row (scale not finite and positive) has no intervals.
+#[derive(Clone)]
 pub struct RowIntervals {
     bounds: [u16; 129],
     /// The uniform coder over each k's width (empty where the width is 0).

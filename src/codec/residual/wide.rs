@@ -19,7 +19,9 @@ use super::super::rans::{
     Decoder, NARROW, NO_SYMBOL, Split, WIDE, code_last_first, code_positions,
 };
 use super::rows::{add_bases, fill_splits, queue_whole};
-use super::{ChunkRows, CodecError, Head, Item, ScaleCache, classify_one};
+use super::{ChunkRows, CodecError, Head, Item, ScaleCache, ScaleMemo, ScaleTables, classify_one};
+use std::cell::RefCell;
+use std::thread::LocalKey;
 
 /// Elements per decode block: their splits, positions and queued whole values stay in L1.
 const BLOCK: usize = 2048;
@@ -54,7 +56,7 @@ impl Sorted {
         };
         // Built apart from `s` so that the hot loop keeps no count in memory.
         let mut positions = Vec::with_capacity(high.len());
-        let mut cache = ScaleCache::with(rows.dtype, RowClasses::new);
+        let mut cache = ScaleCache::<RowClasses>::new(rows.dtype);
         for (r, &scale) in rows.scales.iter().enumerate() {
             let c = cache.get(scale);
             let span = r * rows.cols..(r + 1) * rows.cols;
@@ -140,6 +142,7 @@ fn code_pairs<const L: usize>(whole: &[(u8, u32, Split)], table: &FreqTable, out
 /// positions, and their split. So an element is found to be a position with one subtraction
 /// and one comparison; whole values and exceptions (an eighth or less of the elements) take
 /// the general [`classify_one`].
+#[derive(Clone)]
 struct RowClasses {
     iv: RowIntervals,
     base: [u16; 256],
@@ -181,6 +184,7 @@ impl RowClasses {
 /// What decoding a row needs, per distinct scale: per int8 byte the packed split of the
 /// position and the code position 0 stands for (sign included); for whole values, the top
 /// high byte and the split of the values under it.
+#[derive(Clone)]
 struct RowCoding {
     split: [u32; 256],
     base: [u16; 256],
@@ -191,28 +195,40 @@ struct RowCoding {
 
 impl RowCoding {
     fn new(dtype: HighDtype, scale: f32) -> RowCoding {
-        let iv = RowIntervals::new(dtype, scale);
-        let mut split = [Split::NOOP.packed(); 256];
-        let mut base = [0u16; 256];
-        if !iv.is_degenerate() {
-            for b in 1..256 {
-                let q = b as u8 as i8;
-                if q == i8::MIN {
-                    continue;
-                }
-                let (lo, u) = iv.interval(q.unsigned_abs() as usize);
-                split[b] = Split::of(u.len()).packed();
-                base[b] = lo | if q < 0 { 0x8000 } else { 0 };
-            }
-        }
-        let (top, under_top) = iv.whole_top();
+        let c = RowClasses::new(dtype, scale);
+        let (top, under_top) = c.iv.whole_top();
         RowCoding {
-            split,
-            base,
-            degenerate: iv.is_degenerate(),
+            split: c.split.map(Split::packed),
+            base: c.base,
+            degenerate: c.iv.is_degenerate(),
             top: u32::from(top),
             under_top: Split::of(under_top.len()).packed(),
         }
+    }
+}
+
+thread_local! {
+    static CLASSES: RefCell<ScaleMemo<RowClasses>> = ScaleMemo::new();
+    static CODINGS: RefCell<ScaleMemo<RowCoding>> = ScaleMemo::new();
+}
+
+impl ScaleTables for RowClasses {
+    fn make(dtype: HighDtype, scale: f32) -> Self {
+        RowClasses::new(dtype, scale)
+    }
+
+    fn memo() -> &'static LocalKey<RefCell<ScaleMemo<Self>>> {
+        &CLASSES
+    }
+}
+
+impl ScaleTables for RowCoding {
+    fn make(dtype: HighDtype, scale: f32) -> Self {
+        RowCoding::new(dtype, scale)
+    }
+
+    fn memo() -> &'static LocalKey<RefCell<ScaleMemo<Self>>> {
+        &CODINGS
     }
 }
 
@@ -309,7 +325,7 @@ pub(super) fn decode(rows: &ChunkRows, head: Head, out: &mut [u8]) -> Result<(),
         _ => WholeStream::Wide(Decoder::new(whole_bytes)?),
     };
     let mut positions = Decoder::<WIDE>::new(buf)?;
-    let mut cache = ScaleCache::with(rows.dtype, RowCoding::new);
+    let mut cache = ScaleCache::<RowCoding>::new(rows.dtype);
     let (mut splits, mut r) = ([0u32; BLOCK], [0u16; BLOCK]);
     let mut queue = Box::new(WholeQueue {
         len: 0,
