@@ -55,23 +55,30 @@ impl Sorted {
             positions: Vec::new(),
         };
         // Built apart from `s` so that the hot loop keeps no count in memory.
-        let mut positions = Vec::with_capacity(high.len());
+        let mut positions = vec![NO_SYMBOL; high.len()];
+        let mut slow = vec![0u32; rows.cols];
         let mut cache = ScaleCache::<RowClasses>::new(rows.dtype);
         for (r, &scale) in rows.scales.iter().enumerate() {
             let c = cache.get(scale);
             let span = r * rows.cols..(r + 1) * rows.cols;
             let first = span.start;
-            let elements = high[span.clone()].iter().zip(&rows.q[span]).enumerate();
-            positions.extend(elements.map(|(j, (&code, &q))| {
-                let b = usize::from(q);
-                let r = code.wrapping_sub(c.base[b]);
-                if r < c.width[b] {
-                    let sym = c.split[b].symbol(r.into());
-                    sym.start | (sym.freq - 1) << 16
-                } else {
-                    s.classify_slow(&c.iv, rows.dtype, code, q, first + j)
-                }
-            }));
+            let n_slow = classify_row(
+                c,
+                &high[span.clone()],
+                &rows.q[span.clone()],
+                &mut positions[span],
+                &mut slow,
+            );
+            for &j in &slow[..n_slow] {
+                let j = j as usize;
+                positions[first + j] = s.classify_slow(
+                    &c.iv,
+                    rows.dtype,
+                    high[first + j],
+                    rows.q[first + j],
+                    first + j,
+                );
+            }
         }
         s.positions = positions;
         s
@@ -121,6 +128,34 @@ impl Sorted {
         out.extend_from_slice(&whole_stream);
         code_positions(&self.positions, out);
     }
+}
+
+/// A row's positions, without a branch per element: each element's packed position symbol,
+/// or [`NO_SYMBOL`] when it lies outside its byte's interval; those (whole values, a fifth of
+/// the elements on heavy-tailed weights, and exceptions) are listed in `slow`, in order, for
+/// [`Sorted::classify_slow`]. Returns how many.
+fn classify_row(
+    c: &RowClasses,
+    high: &[u16],
+    q: &[u8],
+    positions: &mut [u32],
+    slow: &mut [u32],
+) -> usize {
+    let mut n_slow = 0;
+    for (j, ((&code, &q), p)) in high.iter().zip(q).zip(positions).enumerate() {
+        let b = usize::from(q);
+        let r = code.wrapping_sub(c.base[b]);
+        let inside = r < c.width[b];
+        let (f, e) = c.split[b].parts();
+        let r = u32::from(r);
+        let start = r.wrapping_mul(f).wrapping_add(r.min(e));
+        let freq = f + u32::from(r < e);
+        let keep = u32::from(inside).wrapping_neg();
+        *p = (start | (freq - 1) << 16) & keep | NO_SYMBOL & !keep;
+        slow[n_slow] = j as u32;
+        n_slow += usize::from(!inside);
+    }
+    n_slow
 }
 
 /// Whole values `(high byte, low bits and sign, split they are coded over)` as the pairs of
