@@ -186,13 +186,14 @@ trait ScaleTables: Clone + 'static {
 /// Per thread, the tables of the scales it has met, kept across chunks: a model has few
 /// distinct scales (545 on MiniLM-L6's 52,156 rows: the absmax of a BF16 row is a BF16 value),
 /// far fewer than chunks times the scales each chunk meets. At most [`ScaleMemo::CAP`] entries
-/// (a few KiB each): when full it starts over.
+/// (1.5 MiB, so 1,024 of the decoder's tables): when full it starts over. Threads keep it for
+/// their lifetime, so it counts in a long-running server's memory.
 struct ScaleMemo<T> {
     tables: HashMap<(HighDtype, u32), T>,
 }
 
 impl<T: ScaleTables> ScaleMemo<T> {
-    const CAP: usize = 1024;
+    const CAP: usize = (3 << 19) / std::mem::size_of::<T>();
 
     fn new() -> RefCell<Self> {
         RefCell::new(ScaleMemo {
