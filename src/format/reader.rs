@@ -384,10 +384,7 @@ impl<S: BlobSource> Blob<S> {
     /// this thread as soon as it and all before it are ready: the cores stay busy across uneven
     /// chunks (no barrier between groups), and memory holds at most `in_flight` decoded chunks.
     /// A piece's reads start when it is scheduled (see [`BlobSource::read_ahead`]), so on a
-    /// remote source the round trips of all pieces in flight overlap. Pieces run oldest first
-    /// on every thread (a FIFO scope): run newest first, this thread raced ahead on the pieces
-    /// it could not yet write and then waited, idle, for the oldest (MiniLM BF16 on 2 threads:
-    /// about 52 -> 42 ms in process).
+    /// remote source the round trips of all pieces in flight overlap.
     fn write_pipelined(
         &self,
         pieces: &[Piece],
@@ -396,11 +393,11 @@ impl<S: BlobSource> Blob<S> {
         bufs: &Buffers,
     ) -> Result<(), FormatError> {
         let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Vec<u8>, FormatError>)>();
-        rayon::in_place_scope_fifo(|scope| {
+        rayon::in_place_scope(|scope| {
             let spawn = |i: usize| {
                 let (tx, piece) = (tx.clone(), &pieces[i]);
                 let mut fetched = self.read_ahead(piece);
-                scope.spawn_fifo(move |_| {
+                scope.spawn(move |_| {
                     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         self.decode_piece(piece, &mut fetched, bufs)
                     }))
