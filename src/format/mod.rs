@@ -24,21 +24,6 @@ pub use report::{Report, TensorReport};
 pub use stored::{Region, RegionCheck};
 pub use writer::{EncodeOptions, EncodeSummary, encode_to_path, output_tempfile, same_file};
 
-/// Waits for a message from jobs spawned on the rayon pool. Called from inside a pool (a
-/// caller's `install`), this thread is one of the pool's workers: it runs pending jobs itself
-/// while it waits, or a pool of one would wait forever for the jobs it alone could run.
-fn recv_helping<T>(rx: &std::sync::mpsc::Receiver<T>) -> T {
-    loop {
-        if let Ok(message) = rx.try_recv() {
-            return message;
-        }
-        if rayon::yield_now() != Some(rayon::Yield::Executed) {
-            // Nothing left to run here: the remaining jobs are on other threads.
-            return rx.recv().expect("every spawned job sends its result");
-        }
-    }
-}
-
 /// First 8 bytes of every blob; also the last 8, closing the footer.
 pub const MAGIC: [u8; 8] = *b"\x89QSTORE\n";
 /// Format version written in the preamble and the index. Version 2 added the 32-lane codecs

@@ -16,6 +16,21 @@ use crate::codec::residual::ChunkRows;
 /// Half the chunks a decode keeps in flight (see the module comment).
 pub const WINDOW: usize = 16;
 
+/// Waits for a decoded chunk. Called from inside a rayon pool (a caller's `install`), this thread
+/// is one of the pool's workers: it runs pending decodes itself while it waits, or a pool of one
+/// would wait forever for the jobs it alone could run.
+fn recv_helping<T>(rx: &std::sync::mpsc::Receiver<T>) -> T {
+    loop {
+        if let Ok(message) = rx.try_recv() {
+            return message;
+        }
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            // Nothing left to run here: the remaining decodes are on other threads.
+            return rx.recv().expect("every spawned decode sends its result");
+        }
+    }
+}
+
 /// Where blob bytes come from: a local file, memory, or (in the server) an object store.
 pub trait BlobSource: Sync {
     /// Total length of the blob.
@@ -413,7 +428,7 @@ impl<S: BlobSource> Blob<S> {
                     if let Some(bytes) = ready.remove(&i) {
                         break bytes;
                     }
-                    let (j, decoded) = super::recv_helping(&rx);
+                    let (j, decoded) = recv_helping(&rx);
                     ready.insert(j, decoded?);
                 };
                 out.write_all(&bytes[p.skip..p.skip + p.take])?;

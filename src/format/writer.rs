@@ -1,8 +1,7 @@
 //! Encoding: reads safetensors inputs front to back, a batch of chunks at a time, and writes one blob.
 //!
-//! Memory: the encoder holds two batches of input (each at most [`BATCH_BYTES`] of input and
-//! [`BATCH_CHUNKS`] chunks, or one chunk if a single chunk is larger): the one being read and
-//! the one encoding on the thread pool meanwhile, plus its encoded form, and
+//! Memory: the encoder holds one batch of input (at most [`BATCH_BYTES`] of input and
+//! [`BATCH_CHUNKS`] chunks, or one chunk if a single chunk is larger) plus its encoded form, and
 //! the scales of the quantized tensor in progress; per tensor of the model, its header entry and
 //! its entries in the blob index (bounded by [`crate::safetensors::MAX_TENSORS`]). The residual section is spooled to a temporary file next to the output, so the
 //! base section can be contiguous without holding residuals in memory.
@@ -174,9 +173,6 @@ enum Done {
     },
 }
 
-/// What a batch sends back: its chunks, or the error or panic that stopped it.
-type BatchResult = std::thread::Result<Result<Vec<Done>, FormatError>>;
-
 struct Encoder<'a, W: Write> {
     opts: &'a EncodeOptions,
     high: Vec<InputFile>,
@@ -196,8 +192,6 @@ struct Encoder<'a, W: Write> {
     tasks: Vec<Task>,
     pending: Vec<Work>,
     pending_bytes: u64,
-    /// The batch encoding on the pool while the next one is read, in input order.
-    encoding: Option<std::sync::mpsc::Receiver<BatchResult>>,
     int8_hashers: Vec<BackgroundHash>,
     /// Per high file, when the int8 checkpoint is derived: its int8 header and tensor roles,
     /// computed once and used for hashing, the file layout and the sharding index.
@@ -286,7 +280,6 @@ impl<'a, W: Write> Encoder<'a, W> {
             tasks: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
-            encoding: None,
             int8_hashers: Vec::new(),
             derived_layouts: Vec::new(),
             high_files: Vec::new(),
@@ -686,45 +679,24 @@ impl<'a, W: Write> Encoder<'a, W> {
         self.pending.push(work);
         self.pending_bytes += bytes;
         if self.pending_bytes >= BATCH_BYTES || self.pending.len() >= BATCH_CHUNKS {
-            self.start_batch()?;
+            self.flush()?;
         }
         Ok(())
     }
 
-    /// Starts encoding the pending batch on all cores and writes the batch before it, in input
-    /// order: reading the next batch then overlaps encoding this one, where a barrier per
-    /// batch left a core idle while input was read and output written. At most two batches
-    /// are held: the one encoding and the one being read (docs/FORMAT.md, Memory).
-    fn start_batch(&mut self) -> Result<(), FormatError> {
-        // A panic in the batch surfaces here, as it did when batches ran on this thread.
-        let previous = self.encoding.take().map(|rx| {
-            super::recv_helping(&rx).unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        });
+    /// Encodes the pending batch on all cores, then writes the results in input order.
+    fn flush(&mut self) -> Result<(), FormatError> {
         let work = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        if !work.is_empty() {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let dtype = self.dtype;
-            rayon::spawn(move || {
-                let done = std::panic::catch_unwind(|| {
-                    work.into_par_iter()
-                        .map(|w| encode_work(w, dtype))
-                        .collect::<Result<Vec<_>, _>>()
-                });
-                let _ = tx.send(done);
-            });
-            self.encoding = Some(rx);
-        }
-        for d in previous.transpose()?.into_iter().flatten() {
+        let dtype = self.dtype;
+        let done: Vec<Done> = work
+            .into_par_iter()
+            .map(|w| encode_work(w, dtype))
+            .collect::<Result<_, _>>()?;
+        for d in done {
             self.commit(d)?;
         }
         Ok(())
-    }
-
-    /// Encodes and writes everything read so far: every task read is finished after it.
-    fn flush(&mut self) -> Result<(), FormatError> {
-        self.start_batch()?;
-        self.start_batch()
     }
 
     fn commit(&mut self, done: Done) -> Result<(), FormatError> {
