@@ -197,21 +197,15 @@ impl Split {
         self.0
     }
 
-    /// `(f, e)`: `f` slots for each position from `e` on, one more below.
     #[inline(always)]
-    pub fn parts(self) -> (u32, u32) {
-        Self::unpack(self.0)
-    }
-
-    #[inline(always)]
-    fn unpack(packed: u32) -> (u32, u32) {
+    fn parts(packed: u32) -> (u32, u32) {
         ((packed & 0xFFFF) + 1, packed >> 16)
     }
 
     /// The symbol of position `r < n`.
     #[inline(always)]
     pub fn symbol(self, r: u32) -> Symbol {
-        let (f, e) = Self::unpack(self.0);
+        let (f, e) = Self::parts(self.0);
         Symbol {
             start: r * f + r.min(e),
             freq: f + u32::from(r < e),
@@ -222,7 +216,7 @@ impl Split {
     /// The position whose slice holds `slot` (< 2^16).
     #[inline(always)]
     fn position(packed: u32, slot: u32) -> u32 {
-        let (f, e) = Self::unpack(packed);
+        let (f, e) = Self::parts(packed);
         let split = e * (f + 1);
         if slot < split {
             slot / (f + 1)

@@ -146,12 +146,10 @@ fn classify_row(
         let b = usize::from(q);
         let r = code.wrapping_sub(c.base[b]);
         let inside = r < c.width[b];
-        let (f, e) = c.split[b].parts();
-        let r = u32::from(r);
-        let start = r.wrapping_mul(f).wrapping_add(r.min(e));
-        let freq = f + u32::from(r < e);
+        // Computed for every element (r < 2^16 cannot overflow it), kept for those inside.
+        let sym = c.split[b].symbol(u32::from(r));
         let keep = u32::from(inside).wrapping_neg();
-        *p = (start | (freq - 1) << 16) & keep | NO_SYMBOL & !keep;
+        *p = (sym.start | (sym.freq - 1) << 16) & keep | NO_SYMBOL & !keep;
         slow[n_slow] = j as u32;
         n_slow += usize::from(!inside);
     }
