@@ -33,8 +33,10 @@ pub struct ServerConfig {
     pub run_migrations: bool,
     /// `Cache-Control: max-age` for branch URLs, whose content moves when a new upload lands.
     pub branch_max_age_secs: u64,
-    /// Half the chunks each download keeps in flight; memory per download is about twice this
-    /// many MiB. Small keeps many concurrent downloads cheap; larger helps a lone client.
+    /// Half the chunks one download may keep in flight (each ~1 MiB). Beyond its first, a
+    /// download's chunks come from a pool all downloads share, 2 x max(this, cores + 1), so a
+    /// larger window helps a lone client (more reads overlapped on S3) and costs many
+    /// concurrent downloads only that pool.
     pub decode_window_chunks: usize,
     /// The URL clients reach this server at (behind a proxy or CDN), for the links it hands out
     /// (LFS upload URLs, commit URLs); empty: taken from each request's `Host` header.
@@ -168,8 +170,8 @@ pub struct LimitsConfig {
     /// Uploads encoding at once (each holds ~90 MiB; more would only share the same cores).
     /// Further uploads are received to the spool and wait for their turn to encode.
     pub max_concurrent_encodes: usize,
-    /// Downloads decoding at once (each holds ~2 x `decode_window_chunks` MiB); further
-    /// requests wait before their first byte.
+    /// Downloads decoding at once (each holds ~2-3 MiB, plus its share of the in-flight pool
+    /// of `decode_window_chunks`); further requests wait before their first byte.
     pub max_concurrent_decodes: usize,
     /// LFS bodies and parts being received (or joined) at once, each holding up to ~24 MiB of
     /// parts in flight to the object store; further ones wait before their body is read.

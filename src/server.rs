@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::api::{AppState, BlobCache, WritePolicy, app, metrics::Metrics};
 use crate::config::Config;
+use crate::format::DecodeBudget;
 use crate::storage::cache::FileCache;
 use crate::storage::spool::{self, ProcessSpool};
 use crate::storage::{Catalog, Objects, gc};
@@ -34,6 +35,7 @@ pub async fn state(config: Config) -> Result<AppState> {
     let writes = WritePolicy::new(&config.auth.tokens, config.server.listen.ip().is_loopback());
     let encodes = Arc::new(Semaphore::new(config.limits.max_concurrent_encodes.max(1)));
     let decodes = Arc::new(Semaphore::new(config.limits.max_concurrent_decodes.max(1)));
+    let decode_budget = Arc::new(decode_budget(&config));
     let index_memory = Arc::new(Semaphore::new(crate::api::index_memory_units(&config)));
     let lfs_transfers = Arc::new(Semaphore::new(
         config.limits.max_concurrent_lfs_transfers.max(1),
@@ -52,12 +54,22 @@ pub async fn state(config: Config) -> Result<AppState> {
         writes: Arc::new(writes),
         encodes,
         decodes,
+        decode_budget,
         index_memory,
         first_opens: Default::default(),
         lfs_transfers,
         cache,
         spool: Arc::new(spool),
     })
+}
+
+/// The chunks downloads keep in flight beyond one each: a window's worth, or enough to keep
+/// every core busy, whichever is more. Past that many downloads, each added one costs about
+/// one decoded chunk (~1 MiB) rather than a window.
+fn decode_budget(config: &Config) -> DecodeBudget {
+    let window = config.server.decode_window_chunks.max(1);
+    let shares = 2 * window.max(rayon::current_num_threads() + 1);
+    DecodeBudget::shared(window, shares)
 }
 
 /// Spools older than the gc grace period belong to an upload that is stuck or to a process that

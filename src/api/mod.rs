@@ -56,6 +56,8 @@ pub struct AppState {
     /// Admission for the memory-heavy work: blob encodes and blob decodes.
     pub encodes: Arc<Semaphore>,
     pub decodes: Arc<Semaphore>,
+    /// The decoded chunks in flight that downloads share (see [`DecodeBudget`]).
+    pub decode_budget: Arc<crate::format::DecodeBudget>,
     /// Admission for the memory blob indexes take while served (`limits.max_index_memory_mib`),
     /// in `INDEX_UNIT`s: a download holds its index's weight until its body ends.
     pub index_memory: Arc<Semaphore>,

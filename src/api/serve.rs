@@ -446,7 +446,7 @@ fn decoded_body(
     permits: [OwnedSemaphorePermit; 2],
     fill: Option<Fill>,
 ) -> Body {
-    let window = state.config.server.decode_window_chunks;
+    let budget = state.decode_budget.clone();
     let label = file.name.clone();
     blocking_body(
         state,
@@ -454,7 +454,7 @@ fn decoded_body(
         permits,
         fill,
         label,
-        move |out| blob.write_range_windowed(&file, span, out, window),
+        move |out| blob.write_range_budgeted(&file, span, out, &budget),
     )
 }
 

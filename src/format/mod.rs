@@ -6,6 +6,7 @@
 //! any byte range of any output can be produced by reading a few chunks and checking them.
 
 mod arrival;
+mod budget;
 mod chunk;
 mod hash;
 mod index;
@@ -16,6 +17,7 @@ mod stored;
 mod writer;
 
 pub use arrival::{Arrival, ArrivingFile};
+pub use budget::DecodeBudget;
 pub use chunk::ChunkCodec;
 pub use index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
 pub use input::{EncodeInput, SHARD_INDEX_NAME, Selection};

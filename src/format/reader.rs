@@ -1,13 +1,15 @@
 //! Decoding: any byte range of any output file, from the chunks that cover it.
 //!
 //! Memory: chunks are decoded in parallel, at most `2 * WINDOW` at a time, and written in order as
-//! they complete, so a decode holds at most `2 * WINDOW` decoded chunks of ≤ ~1 MiB of output each
-//! plus their stored bytes, whatever the file size. A server running many decodes at once picks a
-//! smaller window ([`Blob::write_range_windowed`]).
+//! they complete, so a decode holds at most `2 * WINDOW` decoded chunks of ≤ ~1 MiB of output each,
+//! whatever the file size; what a chunk's decode needs on the way (stored bytes, a BF16 chunk's
+//! INT8 values) is scratch of the thread decoding it. A server running many decodes at once
+//! shares one [`DecodeBudget`] between them ([`Blob::write_range_budgeted`]).
 
 use std::io::{Read, Write};
 use std::ops::Range;
 
+use super::budget::{DecodeBudget, InFlight, Outputs, scratch, scratch_done};
 use super::chunk;
 use super::index::{Chunk, Index, OutputFile, QuantTensor, Segment};
 use super::{FOOTER_LEN, FormatError, MAGIC, MAX_INDEX_LEN, OLDEST_VERSION, PREAMBLE_LEN, VERSION};
@@ -140,35 +142,6 @@ impl BlobSource for std::fs::File {
         use std::os::unix::fs::FileExt;
         buf.resize(len, 0);
         self.read_exact_at(buf, offset)
-    }
-}
-
-/// Buffers reused across the chunks of one write. A fresh buffer per chunk costs a zero-fill
-/// and page faults every time (about a sixth of a CLI decode); reused, a buffer's old bytes
-/// are overwritten whole (the CRC of every decoded chunk is checked before it is written).
-/// A buffer is only made when none is free, so the pool never holds more than the decode had
-/// in use at its peak: the memory bound of the module comment stands.
-#[derive(Default)]
-struct Buffers(std::sync::Mutex<Vec<Vec<u8>>>);
-
-impl Buffers {
-    /// A buffer of `len` bytes whose contents are unspecified.
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let fit = (0..free.len())
-            .filter(|&i| free[i].capacity() >= len)
-            .min_by_key(|&i| free[i].capacity());
-        let mut buf = match fit {
-            Some(i) => free.swap_remove(i),
-            None => free.pop().unwrap_or_default(),
-        };
-        drop(free);
-        buf.resize(len, 0);
-        buf
-    }
-
-    fn give(&self, buf: Vec<u8>) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
     }
 }
 
@@ -360,19 +333,18 @@ impl<S: BlobSource> Blob<S> {
         range: Range<u64>,
         out: &mut (dyn Write + Send),
     ) -> Result<(), FormatError> {
-        self.write_range_windowed(file, range, out, WINDOW)
+        self.write_range_budgeted(file, range, out, &DecodeBudget::alone(WINDOW))
     }
 
-    /// [`Blob::write_range`] with at most `2 * window` chunks decoding or decoded at a time (the
-    /// memory it holds).
-    pub fn write_range_windowed(
+    /// [`Blob::write_range`] with the chunks in flight (the memory it holds) limited by
+    /// `budget`, which a server shares between its downloads.
+    pub fn write_range_budgeted(
         &self,
         file: &OutputFile,
         range: Range<u64>,
         out: &mut (dyn Write + Send),
-        window: usize,
+        budget: &DecodeBudget,
     ) -> Result<(), FormatError> {
-        let window = window.max(1);
         if range.start > range.end || range.end > file.size {
             return Err(FormatError::NotFound(format!(
                 "range {range:?} is outside the {}-byte file",
@@ -380,32 +352,34 @@ impl<S: BlobSource> Blob<S> {
             )));
         }
         let pieces = self.plan(file, range);
-        let bufs = Buffers::default();
-        let in_flight = match self.src.reads_ahead() {
-            true => 2 * window,
-            false => (2 * window).min(2 * rayon::current_num_threads() + 2),
-        };
+        let outputs = Outputs::default();
         if pieces.len() <= 1 {
             for p in &pieces {
-                let bytes = self.decode_piece(p, &mut Fetched::default(), &bufs)?;
+                let bytes = self.decode_piece(p, &mut Fetched::default(), &outputs)?;
                 out.write_all(&bytes[p.skip..p.skip + p.take])?;
             }
             return Ok(());
         }
-        self.write_pipelined(&pieces, out, in_flight, &bufs)
+        let window = budget.window();
+        let cap = match self.src.reads_ahead() {
+            true => 2 * window,
+            false => (2 * window).min(2 * rayon::current_num_threads() + 2),
+        };
+        self.write_pipelined(&pieces, out, InFlight::new(budget, cap), &outputs)
     }
 
-    /// Decodes `pieces` on the rayon pool, at most `in_flight` at a time, and writes each from
-    /// this thread as soon as it and all before it are ready: the cores stay busy across uneven
-    /// chunks (no barrier between groups), and memory holds at most `in_flight` decoded chunks.
-    /// A piece's reads start when it is scheduled (see [`BlobSource::read_ahead`]), so on a
-    /// remote source the round trips of all pieces in flight overlap.
+    /// Decodes `pieces` on the rayon pool, as many at a time as `in_flight` allows, and writes
+    /// each from this thread as soon as it and all before it are ready: the cores stay busy
+    /// across uneven chunks (no barrier between groups), and memory holds at most the decoded
+    /// chunks in flight. A piece's reads start when it is scheduled (see
+    /// [`BlobSource::read_ahead`]), so on a remote source the round trips of all pieces in
+    /// flight overlap.
     fn write_pipelined(
         &self,
         pieces: &[Piece],
         out: &mut (dyn Write + Send),
-        in_flight: usize,
-        bufs: &Buffers,
+        mut in_flight: InFlight<'_>,
+        outputs: &Outputs,
     ) -> Result<(), FormatError> {
         let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Vec<u8>, FormatError>)>();
         rayon::in_place_scope(|scope| {
@@ -414,14 +388,20 @@ impl<S: BlobSource> Blob<S> {
                 let mut fetched = self.read_ahead(piece);
                 scope.spawn(move |_| {
                     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.decode_piece(piece, &mut fetched, bufs)
+                        self.decode_piece(piece, &mut fetched, outputs)
                     }))
                     .unwrap_or_else(|_| Err(FormatError::Corrupt("the decoder panicked".into())));
                     let _ = tx.send((i, decoded));
                 });
             };
-            let mut spawned = pieces.len().min(in_flight.max(1));
-            (0..spawned).for_each(spawn);
+            let mut spawned = 0;
+            let top_up = |spawned: &mut usize, in_flight: &mut InFlight<'_>| {
+                while *spawned < pieces.len() && in_flight.start_one() {
+                    spawn(*spawned);
+                    *spawned += 1;
+                }
+            };
+            top_up(&mut spawned, &mut in_flight);
             let mut ready = std::collections::HashMap::new();
             for (i, p) in pieces.iter().enumerate() {
                 let bytes = loop {
@@ -432,11 +412,9 @@ impl<S: BlobSource> Blob<S> {
                     ready.insert(j, decoded?);
                 };
                 out.write_all(&bytes[p.skip..p.skip + p.take])?;
-                bufs.give(bytes);
-                if spawned < pieces.len() {
-                    spawn(spawned);
-                    spawned += 1;
-                }
+                in_flight.finish_one();
+                outputs.give(bytes, in_flight.buffers_to_keep());
+                top_up(&mut spawned, &mut in_flight);
             }
             Ok(())
         })
@@ -535,23 +513,31 @@ impl<S: BlobSource> Blob<S> {
         )
     }
 
+    /// Decodes one piece's chunk into a buffer from `outputs`; everything else it reads or
+    /// decodes on the way lives in this thread's scratch.
     fn decode_piece(
         &self,
         p: &Piece,
         fetched: &mut Fetched,
-        bufs: &Buffers,
+        outputs: &Outputs,
     ) -> Result<Vec<u8>, FormatError> {
         match p.seg {
             Segment::Stream(s) => {
-                let s = &self.index.streams[s as usize];
-                self.decode_plain(s.first_chunk as u64 + p.chunk, fetched, bufs)
+                let id = u64::from(self.index.streams[s as usize].first_chunk) + p.chunk;
+                let out = outputs.take(self.chunk(id).decoded_len() as usize);
+                self.decode_plain(id, fetched, out)
             }
             Segment::Int8(q) => {
                 let q = &self.index.quantized[q as usize];
-                self.decode_int8(q, p.chunk, fetched, bufs)
+                let id = u64::from(q.int8_first) + p.chunk;
+                let out = outputs.take(self.chunk(id).decoded_len() as usize);
+                self.decode_int8(q, p.chunk, fetched, out)
             }
             Segment::High(q) => {
-                self.decode_high(&self.index.quantized[q as usize], p.chunk, fetched, bufs)
+                let q = &self.index.quantized[q as usize];
+                let id = u64::from(q.residual_first) + p.chunk;
+                let out = outputs.take(self.chunk(id).decoded_len() as usize);
+                self.decode_high(q, p.chunk, fetched, out)
             }
         }
     }
@@ -560,17 +546,12 @@ impl<S: BlobSource> Blob<S> {
         self.index.chunks[id as usize]
     }
 
-    /// Chunk `id`'s stored bytes, from its read ahead if one was started, checked; in a buffer
-    /// of `bufs`, to give back.
-    fn stored(
-        &self,
-        id: u64,
-        fetched: &mut Fetched,
-        bufs: &Buffers,
-    ) -> Result<Vec<u8>, FormatError> {
+    /// Chunk `id`'s stored bytes, from its read ahead if one was started, checked; in a
+    /// [`scratch`] buffer, to give back.
+    fn stored(&self, id: u64, fetched: &mut Fetched) -> Result<Vec<u8>, FormatError> {
         let c = self.chunk(id);
         let (offset, len) = (c.offset(), c.stored_len() as usize);
-        let mut bytes = bufs.take(len);
+        let mut bytes = scratch(len);
         match fetched.take(id) {
             Some(read) => read.take(&self.src, offset, len, &mut bytes)?,
             None => self.src.read_at_into(offset, len, &mut bytes)?,
@@ -592,34 +573,36 @@ impl<S: BlobSource> Blob<S> {
         Ok(bytes)
     }
 
+    /// Decodes plain chunk `id` into `out` (resized to fit; its old bytes are overwritten).
     fn decode_plain(
         &self,
         id: u64,
         fetched: &mut Fetched,
-        bufs: &Buffers,
+        mut out: Vec<u8>,
     ) -> Result<Vec<u8>, FormatError> {
         let c = self.chunk(id);
-        let mut out = bufs.take(c.decoded_len() as usize);
-        let stored = self.stored(id, fetched, bufs)?;
+        out.resize(c.decoded_len() as usize, 0);
+        let stored = self.stored(id, fetched)?;
         chunk::decode_bytes(c.codec(), &stored, &mut out)?;
-        bufs.give(stored);
+        scratch_done(stored);
         check_crc(id, &c, &out)?;
         Ok(out)
     }
 
+    /// Decodes INT8 chunk `i` of `q` into `out`.
     fn decode_int8(
         &self,
         q: &QuantTensor,
         i: u64,
         fetched: &mut Fetched,
-        bufs: &Buffers,
+        mut out: Vec<u8>,
     ) -> Result<Vec<u8>, FormatError> {
         let id = u64::from(q.int8_first) + i;
         let c = self.chunk(id);
-        let mut out = bufs.take(c.decoded_len() as usize);
-        let stored = self.stored(id, fetched, bufs)?;
+        out.resize(c.decoded_len() as usize, 0);
+        let stored = self.stored(id, fetched)?;
         chunk::decode_int8(c.codec(), &stored, &mut out)?;
-        bufs.give(stored);
+        scratch_done(stored);
         check_crc(id, &c, &out)?;
         Ok(out)
     }
@@ -637,20 +620,19 @@ impl<S: BlobSource> Blob<S> {
         q: &QuantTensor,
         rows: Range<u64>,
         fetched: &mut Fetched,
-        bufs: &Buffers,
     ) -> Result<Vec<f32>, FormatError> {
         let s = &self.index.streams[q.scales as usize];
         let (lo, hi) = (rows.start * 4, rows.end * 4);
         let mut bytes = Vec::with_capacity((hi - lo) as usize);
         for i in lo / s.chunk_bytes..hi.div_ceil(s.chunk_bytes) {
-            let chunk = self.decode_plain(u64::from(s.first_chunk) + i, fetched, bufs)?;
+            let chunk = self.decode_plain(u64::from(s.first_chunk) + i, fetched, scratch(0))?;
             let start = i * s.chunk_bytes;
             let (a, b) = (
                 lo.max(start) - start,
                 hi.min(start + chunk.len() as u64) - start,
             );
             bytes.extend_from_slice(&chunk[a as usize..b as usize]);
-            bufs.give(chunk);
+            scratch_done(chunk);
         }
         Ok(bytes
             .chunks_exact(4)
@@ -658,15 +640,17 @@ impl<S: BlobSource> Blob<S> {
             .collect())
     }
 
+    /// Decodes high-precision chunk `i` of `q` into `out`: its INT8 values and scales, then
+    /// the residual on top.
     fn decode_high(
         &self,
         q: &QuantTensor,
         i: u64,
         fetched: &mut Fetched,
-        bufs: &Buffers,
+        mut out: Vec<u8>,
     ) -> Result<Vec<u8>, FormatError> {
-        let values = self.decode_int8(q, i, fetched, bufs)?;
-        let scales = self.scales(q, q.chunk_rows(i), fetched, bufs)?;
+        let values = self.decode_int8(q, i, fetched, scratch(0))?;
+        let scales = self.scales(q, q.chunk_rows(i), fetched)?;
         let id = u64::from(q.residual_first) + i;
         let c = self.chunk(id);
         let rows = ChunkRows {
@@ -675,11 +659,11 @@ impl<S: BlobSource> Blob<S> {
             scales: &scales,
             cols: q.cols as usize,
         };
-        let mut out = bufs.take(c.decoded_len() as usize);
-        let stored = self.stored(id, fetched, bufs)?;
+        out.resize(c.decoded_len() as usize, 0);
+        let stored = self.stored(id, fetched)?;
         chunk::decode_residual(c.codec(), &rows, &stored, &mut out)?;
-        bufs.give(stored);
-        bufs.give(values);
+        scratch_done(stored);
+        scratch_done(values);
         check_crc(id, &c, &out)?;
         Ok(out)
     }

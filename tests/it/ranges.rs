@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use qstore::format::{Blob, BlobSource, EncodeOptions, Precision};
+use qstore::format::{Blob, BlobSource, DecodeBudget, EncodeOptions, Precision};
 use qstore::safetensors::Dtype;
 use qstore::synth::Rng;
 
@@ -126,7 +126,8 @@ fn decoding_inside_a_callers_thread_pool_completes() {
                 .build()
                 .unwrap();
             let mut out = Vec::new();
-            pool.install(|| blob.write_range_windowed(&file, 0..file.size, &mut out, 1))
+            let alone = DecodeBudget::alone(1);
+            pool.install(|| blob.write_range_budgeted(&file, 0..file.size, &mut out, &alone))
                 .unwrap();
             done_tx.send(out).unwrap();
         });
@@ -134,5 +135,34 @@ fn decoding_inside_a_callers_thread_pool_completes() {
             .recv_timeout(std::time::Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("decode inside a {threads}-thread pool never finished"));
         assert!(out == direct, "{threads} threads");
+    }
+}
+
+/// A server's downloads share one budget of chunks in flight: with no shares each still gets
+/// its one chunk, with a few they pass them around; all finish exact and give every share back.
+#[test]
+fn decodes_sharing_a_budget_finish_exact_and_give_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = std::sync::Arc::new(Blob::open(multi_chunk_blob(dir.path())).unwrap());
+    let file = blob.files(Precision::High)[0].clone();
+    let mut direct = Vec::new();
+    blob.write_file(&file, &mut direct).unwrap();
+    for shares in [0, 3] {
+        let budget = std::sync::Arc::new(DecodeBudget::shared(4, shares));
+        let decodes: Vec<_> = (0..6)
+            .map(|_| {
+                let (blob, file, budget) = (blob.clone(), file.clone(), budget.clone());
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    blob.write_range_budgeted(&file, 0..file.size, &mut out, &budget)
+                        .unwrap();
+                    out
+                })
+            })
+            .collect();
+        for d in decodes {
+            assert!(d.join().unwrap() == direct, "{shares} shares");
+        }
+        assert_eq!(budget.free_shares(), shares);
     }
 }

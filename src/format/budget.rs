@@ -1,0 +1,280 @@
+//! How many chunks decodes keep in flight, and the buffers they decode into.
+//!
+//! A decode keeps several chunks in flight so the cores stay busy across uneven chunks and, on a
+//! remote source, round trips overlap. In a server that multiplies with the downloads running:
+//! 16 downloads on 2 cores each held their own window of decoded chunks and scratch buffers,
+//! ~90 MiB, though two threads can only decode two chunks at a time. Here every decode may keep
+//! one chunk in flight and takes further ones from shares all decodes draw on, so a lone decode
+//! still gets its window and many decodes together hold about one chunk each plus the shares.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The in-flight chunks decodes may keep: `window` per decode at most (see
+/// [`super::Blob::write_range_budgeted`]), each beyond a decode's first taken from `shares`.
+#[derive(Debug)]
+pub struct DecodeBudget {
+    window: usize,
+    shares: AtomicUsize,
+}
+
+impl DecodeBudget {
+    /// A budget for decodes that share `shares` extra chunks in flight.
+    pub fn shared(window: usize, shares: usize) -> DecodeBudget {
+        DecodeBudget {
+            window: window.max(1),
+            shares: AtomicUsize::new(shares),
+        }
+    }
+
+    /// A budget for one decode alone (the CLI, a library caller): only `window` limits it.
+    pub fn alone(window: usize) -> DecodeBudget {
+        DecodeBudget::shared(window, usize::MAX / 2)
+    }
+
+    /// Half the chunks one decode may keep in flight.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// Shares free right now (for tests and metrics).
+    pub fn free_shares(&self) -> usize {
+        self.shares.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self) -> bool {
+        self.shares
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        self.shares.fetch_add(n, Ordering::AcqRel);
+    }
+}
+
+/// One decode's hold on a [`DecodeBudget`]: the chunks it has in flight, of which all but the
+/// first hold a share. Shares go back as chunks are written, and all of them when it drops
+/// (a decode that fails midway included).
+pub(super) struct InFlight<'a> {
+    budget: &'a DecodeBudget,
+    /// At most this many in flight, shares or not.
+    cap: usize,
+    in_flight: usize,
+    held: usize,
+}
+
+impl<'a> InFlight<'a> {
+    pub(super) fn new(budget: &'a DecodeBudget, cap: usize) -> InFlight<'a> {
+        InFlight {
+            budget,
+            cap: cap.max(1),
+            in_flight: 0,
+            held: 0,
+        }
+    }
+
+    /// Whether one more chunk may start now; if so it is counted as in flight.
+    pub(super) fn start_one(&mut self) -> bool {
+        if self.in_flight >= self.cap {
+            return false;
+        }
+        if self.in_flight > self.held && !self.take_share() {
+            return false;
+        }
+        self.in_flight += 1;
+        true
+    }
+
+    fn take_share(&mut self) -> bool {
+        let taken = self.budget.try_take();
+        self.held += usize::from(taken);
+        taken
+    }
+
+    /// A chunk was written: its share, if it needed one, goes back.
+    pub(super) fn finish_one(&mut self) {
+        self.in_flight -= 1;
+        if self.held > self.in_flight.saturating_sub(1) {
+            self.held -= 1;
+            self.budget.give_back(1);
+        }
+    }
+
+    /// Free output buffers worth keeping: one per chunk this decode may start now without
+    /// asking for a share. A decode that had many chunks in flight and lost its shares to
+    /// others frees the buffers it no longer uses.
+    pub(super) fn buffers_to_keep(&self) -> usize {
+        self.held + 1
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.budget.give_back(self.held);
+    }
+}
+
+/// Buffers a decode hands out to be written (decoded chunks), reused across its chunks. A fresh
+/// buffer per chunk costs a zero-fill and page faults every time (about a sixth of a CLI
+/// decode); reused, a buffer's old bytes are overwritten whole (the CRC of every decoded chunk
+/// is checked before it is written). A buffer is only made when none is free, so the pool never
+/// holds more than the decode had in flight at its peak.
+#[derive(Default)]
+pub(super) struct Outputs(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl Outputs {
+    /// A buffer of `len` bytes whose contents are unspecified.
+    pub(super) fn take(&self, len: usize) -> Vec<u8> {
+        let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let buf = take_fitting(&mut free, len);
+        drop(free);
+        sized(buf, len)
+    }
+
+    /// Returns `buf` to the pool, or frees it when `keep` buffers are free already.
+    pub(super) fn give(&self, buf: Vec<u8>, keep: usize) {
+        let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < keep {
+            free.push(buf);
+        }
+    }
+}
+
+// Scratch buffers free on this thread, at most `SCRATCH_KEPT`.
+thread_local! {
+    static SCRATCH: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A BF16 chunk's decode holds at most three at once: its INT8 values, a scale chunk or the
+/// residual's stored bytes, and a scale chunk's stored bytes.
+const SCRATCH_KEPT: usize = 4;
+
+/// A buffer of `len` bytes, unspecified contents, needed only while this thread decodes one
+/// chunk: stored bytes, a BF16 chunk's INT8 values and scales. A thread decodes one chunk at a
+/// time, so pool threads keep these per thread rather than per decode, where they would
+/// multiply with the decodes in flight. Other threads (a caller decoding one chunk itself,
+/// such as a server's blocking thread) get a fresh buffer and keep none.
+pub(super) fn scratch(len: usize) -> Vec<u8> {
+    let buf = match rayon::current_thread_index() {
+        Some(_) => SCRATCH.with(|free| take_fitting(&mut free.borrow_mut(), len)),
+        None => Vec::new(),
+    };
+    sized(buf, len)
+}
+
+/// Returns a [`scratch`] buffer.
+pub(super) fn scratch_done(buf: Vec<u8>) {
+    if rayon::current_thread_index().is_some() {
+        SCRATCH.with(|free| {
+            let mut free = free.borrow_mut();
+            if free.len() < SCRATCH_KEPT {
+                free.push(buf);
+            }
+        });
+    }
+}
+
+/// The smallest free buffer that holds `len` bytes, else any (to grow), else a new one.
+fn take_fitting(free: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
+    let fit = (0..free.len())
+        .filter(|&i| free[i].capacity() >= len)
+        .min_by_key(|&i| free[i].capacity());
+    match fit {
+        Some(i) => free.swap_remove(i),
+        None => free.pop().unwrap_or_default(),
+    }
+}
+
+fn sized(mut buf: Vec<u8>, len: usize) -> Vec<u8> {
+    buf.resize(len, 0);
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decode_keeps_one_chunk_without_shares_and_more_with_them() {
+        let budget = DecodeBudget::shared(4, 2);
+        let mut a = InFlight::new(&budget, 8);
+        let mut b = InFlight::new(&budget, 8);
+        assert!(a.start_one());
+        assert!(a.start_one() && a.start_one(), "two shares");
+        assert!(!a.start_one(), "shares gone");
+        assert!(b.start_one(), "every decode gets its first chunk");
+        assert!(!b.start_one());
+        assert_eq!(budget.free_shares(), 0);
+        // a writes a chunk: with two in flight it needs one share, so one goes back.
+        a.finish_one();
+        assert_eq!((a.held, a.buffers_to_keep()), (1, 2));
+        assert!(b.start_one(), "b takes the share a gave back");
+        a.finish_one();
+        a.finish_one();
+        assert_eq!((a.held, a.buffers_to_keep()), (0, 1));
+        assert_eq!(budget.free_shares(), 1);
+        drop(b);
+        assert_eq!(
+            budget.free_shares(),
+            2,
+            "dropping a decode gives its shares back"
+        );
+        drop(a);
+        assert_eq!(budget.free_shares(), 2);
+    }
+
+    #[test]
+    fn the_cap_limits_a_decode_whatever_the_shares() {
+        let budget = DecodeBudget::alone(4);
+        let mut a = InFlight::new(&budget, 3);
+        assert!(a.start_one() && a.start_one() && a.start_one());
+        assert!(!a.start_one());
+        a.finish_one();
+        assert!(a.start_one());
+        assert!(!a.start_one());
+    }
+
+    #[test]
+    fn outputs_keep_only_what_they_are_told() {
+        let outputs = Outputs::default();
+        let bufs: Vec<_> = (0..4).map(|_| outputs.take(100)).collect();
+        for b in bufs {
+            outputs.give(b, 2);
+        }
+        assert_eq!(outputs.0.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_failed_decode_gives_its_shares_back() {
+        let budget = DecodeBudget::shared(4, 3);
+        {
+            let mut a = InFlight::new(&budget, 8);
+            while a.start_one() {}
+            assert_eq!(budget.free_shares(), 0);
+        }
+        assert_eq!(budget.free_shares(), 3);
+    }
+
+    #[test]
+    fn scratch_is_kept_on_pool_threads_only() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let a = scratch(1000);
+            let ptr = a.as_ptr();
+            scratch_done(a);
+            let b = scratch(500);
+            assert_eq!(b.as_ptr(), ptr, "reused on the pool thread");
+            assert_eq!(b.len(), 500);
+            for _ in 0..SCRATCH_KEPT + 2 {
+                scratch_done(vec![0; 10]);
+            }
+            SCRATCH.with(|free| assert_eq!(free.borrow().len(), SCRATCH_KEPT));
+        });
+        scratch_done(vec![0; 10]);
+        SCRATCH.with(|free| assert!(free.borrow().is_empty(), "kept off the pool"));
+    }
+}
