@@ -373,7 +373,9 @@ impl<S: BlobSource> Blob<S> {
     /// across uneven chunks (no barrier between groups), and memory holds at most the decoded
     /// chunks in flight. A piece's reads start when it is scheduled (see
     /// [`BlobSource::read_ahead`]), so on a remote source the round trips of all pieces in
-    /// flight overlap.
+    /// flight overlap. Pieces run oldest first (a FIFO scope): when this thread is a pool
+    /// worker, newest first had it race ahead on pieces it could not write yet, then wait idle
+    /// for the oldest.
     fn write_pipelined(
         &self,
         pieces: &[Piece],
@@ -382,11 +384,11 @@ impl<S: BlobSource> Blob<S> {
         outputs: &Outputs,
     ) -> Result<(), FormatError> {
         let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Vec<u8>, FormatError>)>();
-        rayon::in_place_scope(|scope| {
+        rayon::in_place_scope_fifo(|scope| {
             let spawn = |i: usize| {
                 let (tx, piece) = (tx.clone(), &pieces[i]);
                 let mut fetched = self.read_ahead(piece);
-                scope.spawn(move |_| {
+                scope.spawn_fifo(move |_| {
                     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         self.decode_piece(piece, &mut fetched, outputs)
                     }))
