@@ -1,7 +1,8 @@
 //! Size and speed of qstore next to zstd and ZipNN, measured in one run; writes docs/BENCHMARKS.md.
 //!
 //! `cargo bench --bench codec` (needs `scripts/fetch-minilm.sh` first for the real model;
-//! ZipNN is measured when `python3 -c "import zipnn"` works). Medians of several runs.
+//! ZipNN is measured when `python3 -c "import zipnn"` works). Medians of several runs, qstore's
+//! and ZipNN's interleaved (see [`ROUNDS`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,35 @@ struct Zipnn {
     decode_s: f64,
 }
 
+/// Rounds the timed measurements are split into, qstore's and ZipNN's taking turns within
+/// each: this machine's speed drifts by up to a third within minutes, and two runs of the
+/// bench ten minutes apart put ZipNN's encode at 231 and 460 MB/s. Measured one after the other,
+/// qstore and ZipNN would each see a different machine; interleaved, drift hits both alike.
+const ROUNDS: usize = 3;
+
+/// Timed samples of one model, gathered over the rounds; medians are reported.
+#[derive(Default)]
+struct Samples {
+    /// [2 threads, 1 thread] each.
+    encode: [Vec<f64>; 2],
+    decode_high: [Vec<f64>; 2],
+    decode_int8: [Vec<f64>; 2],
+    /// `qstore decode` whole process: [bf16, int8] x [2, 1 threads].
+    cli: [[Vec<f64>; 2]; 2],
+    zipnn_encode: Vec<f64>,
+    zipnn_decode: Vec<f64>,
+}
+
+fn once<T>(samples: &mut Vec<f64>, f: impl FnOnce() -> T) {
+    let t = Instant::now();
+    std::hint::black_box(f());
+    samples.push(t.elapsed().as_secs_f64());
+}
+
+fn medians(v: &[Vec<f64>; 2]) -> [f64; 2] {
+    [median(v[0].clone()), median(v[1].clone())]
+}
+
 fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Option<ModelResult> {
     let blob_path = work.join(format!("{name}.qstore"));
     let input = EncodeInput {
@@ -81,26 +111,53 @@ fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Optio
         arriving: None,
     };
     let opts = EncodeOptions::default();
-    let mut encode_s = [0.0; 2];
-    for (slot, threads) in [(0, 2), (1, 1)] {
-        encode_s[slot] = pool(threads).install(|| {
-            time(3, || {
-                encode_to_path(&input, &opts, &blob_path, &|_| {}).unwrap()
-            })
-        });
-    }
+    let encode = || encode_to_path(&input, &opts, &blob_path, &|_| {}).unwrap();
+    encode();
     let blob = Blob::open(std::fs::File::open(&blob_path).unwrap()).unwrap();
     let report = Report::new(blob.index(), std::fs::metadata(&blob_path).unwrap().len());
     let high_file = blob.file(Precision::High, None).unwrap().clone();
     let int8_file = blob.file(Precision::Int8, None).unwrap().clone();
-    let (mut decode_high_s, mut decode_int8_s) = ([0.0; 2], [0.0; 2]);
-    for (slot, threads) in [(0, 2), (1, 1)] {
-        pool(threads).install(|| {
-            decode_high_s[slot] = time(REPS, || blob.write_file(&high_file, &mut Sink).unwrap());
-            decode_int8_s[slot] = time(REPS, || blob.write_file(&int8_file, &mut Sink).unwrap());
-        });
+    let int8_path = work.join(format!("{name}.int8.safetensors"));
+    blob.write_file(&int8_file, &mut std::fs::File::create(&int8_path).unwrap())
+        .unwrap();
+    let fast = std::env::var_os("QSTORE_BENCH_FAST").is_some();
+    let exe = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/qstore");
+    let (mut cli_ok, mut zipnn_ok) = (!fast && exe.exists(), !fast);
+    if !fast && !cli_ok {
+        eprintln!("CLI timing skipped: build target/release/qstore first");
     }
-    if std::env::var_os("QSTORE_BENCH_FAST").is_some() {
+    let mut s = Samples::default();
+    let mut zipnn_sizes = None;
+    for round in 0..if fast { 1 } else { ROUNDS } {
+        for (slot, threads) in [(0, 2), (1, 1)] {
+            pool(threads).install(|| {
+                once(&mut s.encode[slot], encode);
+                for _ in 0..2 {
+                    once(&mut s.decode_high[slot], || {
+                        blob.write_file(&high_file, &mut Sink).unwrap()
+                    });
+                    once(&mut s.decode_int8[slot], || {
+                        blob.write_file(&int8_file, &mut Sink).unwrap()
+                    });
+                }
+            });
+        }
+        cli_ok = cli_ok && cli_decode_round(&exe, &blob_path, &mut s.cli);
+        if zipnn_ok {
+            // The INT8 file only for its size, in the first round.
+            let int8 = (round == 0).then_some(int8_path.as_path());
+            match run_zipnn(high, int8, &mut s) {
+                Some(sizes) => zipnn_sizes = zipnn_sizes.or(sizes),
+                None => zipnn_ok = false,
+            }
+        }
+    }
+    let (encode_s, decode_high_s, decode_int8_s) = (
+        medians(&s.encode),
+        medians(&s.decode_high),
+        medians(&s.decode_int8),
+    );
+    if fast {
         let r = |b: u64, t: [f64; 2]| format!("{} / {}", mbps(b, t[0]), mbps(b, t[1]));
         eprintln!(
             "{name}: {} bytes, {:.3} bits/param; encode {}; decode bf16 {}; int8 {} MB/s (2 threads / 1)",
@@ -112,9 +169,6 @@ fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Optio
         );
         return None;
     }
-    let int8_path = work.join(format!("{name}.int8.safetensors"));
-    blob.write_file(&int8_file, &mut std::fs::File::create(&int8_path).unwrap())
-        .unwrap();
     let high_data = std::fs::read(high).unwrap();
     let int8_data = std::fs::read(&int8_path).unwrap();
     let mut zstd_rows = Vec::new();
@@ -131,9 +185,16 @@ fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Optio
             t,
         ));
     }
-    let zipnn = run_zipnn(high, &int8_path);
+    let zipnn = zipnn_sizes
+        .filter(|_| zipnn_ok)
+        .map(|(high_size, int8_size)| Zipnn {
+            high_size,
+            int8_size,
+            encode_s: median(s.zipnn_encode.clone()),
+            decode_s: median(s.zipnn_decode.clone()),
+        });
     let rss = measure_rss.then(|| peak_rss(high, work)).flatten();
-    let cli_s = cli_decode(&blob_path);
+    let cli_s = cli_ok.then(|| [medians(&s.cli[0]), medians(&s.cli[1])]);
     Some(ModelResult {
         name: name.to_string(),
         report,
@@ -149,45 +210,41 @@ fn bench_model(name: &str, high: &Path, work: &Path, measure_rss: bool) -> Optio
     })
 }
 
-/// Median wall time of `qstore decode -q BLOB --precision P -o /dev/null` (process start to
-/// exit), with 2 and 1 rayon threads; None without a release build.
-fn cli_decode(blob: &Path) -> Option<[[f64; 2]; 2]> {
-    let exe = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/qstore");
-    if !exe.exists() {
-        eprintln!("CLI timing skipped: build target/release/qstore first");
-        return None;
-    }
-    let mut out = [[0.0; 2]; 2];
+/// One round of `qstore decode -q BLOB --precision P -o /dev/null` wall times (process start
+/// to exit), two of each precision with 2 and 1 rayon threads; false if a decode failed.
+fn cli_decode_round(exe: &Path, blob: &Path, out: &mut [[Vec<f64>; 2]; 2]) -> bool {
     for (p, precision) in ["bf16", "int8"].iter().enumerate() {
         for (slot, threads) in [(0, "2"), (1, "1")] {
-            let mut ok = true;
-            out[p][slot] = time(REPS, || {
-                let status = Command::new(&exe)
+            for _ in 0..2 {
+                let t = Instant::now();
+                let status = Command::new(exe)
                     .args(["decode", "-q", "--precision", precision, "-o", "/dev/null"])
                     .arg(blob)
                     .env("RAYON_NUM_THREADS", threads)
                     .status();
-                ok &= status.is_ok_and(|s| s.success());
-            });
-            if !ok {
-                eprintln!("CLI timing skipped: qstore decode failed");
-                return None;
+                out[p][slot].push(t.elapsed().as_secs_f64());
+                if !status.is_ok_and(|s| s.success()) {
+                    eprintln!("CLI timing skipped: qstore decode failed");
+                    return false;
+                }
             }
         }
     }
-    Some(out)
+    true
 }
 
-/// ZipNN's sizes and BF16 timings, or None without ZipNN.
-fn run_zipnn(high: &Path, int8: &Path) -> Option<Zipnn> {
+/// One round of ZipNN on the BF16 file (two compressions, two decompressions, timed into
+/// `s`), and on `int8` for its size. None without ZipNN; Some(None) when `int8` was not given.
+fn run_zipnn(high: &Path, int8: Option<&Path>, s: &mut Samples) -> Option<Option<(u64, u64)>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/zipnn_baseline.py");
-    let a = format!("{}:bfloat16", high.display());
-    let b = format!("{}:int8", int8.display());
-    let out = Command::new("python3")
-        .arg(script)
-        .args([&a, &b])
-        .output()
-        .ok()?;
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .args(["--reps", "2"])
+        .arg(format!("{}:bfloat16", high.display()));
+    if let Some(int8) = int8 {
+        cmd.arg(format!("{}:int8", int8.display()));
+    }
+    let out = cmd.output().ok()?;
     if !out.status.success() {
         eprintln!(
             "zipnn baseline skipped: {}",
@@ -199,22 +256,25 @@ fn run_zipnn(high: &Path, int8: &Path) -> Option<Zipnn> {
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let get = |p: &Path| v.get(p.to_str()?).cloned();
-    let (h, i) = (get(high)?, get(int8)?);
-    let times = |key: &str| -> Option<f64> {
-        let v: Vec<f64> = h[key]
-            .as_array()?
-            .iter()
-            .filter_map(|t| t.as_f64())
-            .collect();
-        (!v.is_empty()).then(|| median(v))
+    let h = v.get(high.to_str()?)?;
+    let times = |key: &str| -> Option<Vec<f64>> {
+        Some(
+            h[key]
+                .as_array()?
+                .iter()
+                .filter_map(|t| t.as_f64())
+                .collect(),
+        )
     };
-    Some(Zipnn {
-        high_size: h["size"].as_u64()?,
-        int8_size: i["size"].as_u64()?,
-        encode_s: times("encode_s")?,
-        decode_s: times("decode_s")?,
-    })
+    s.zipnn_encode.extend(times("encode_s")?);
+    s.zipnn_decode.extend(times("decode_s")?);
+    match int8 {
+        Some(int8) => {
+            let i = v.get(int8.to_str()?)?;
+            Some(Some((h["size"].as_u64()?, i["size"].as_u64()?)))
+        }
+        None => Some(None),
+    }
 }
 
 /// Peak RSS (bytes) of `qstore encode`, `qstore decode --precision bf16` and `... int8` on
