@@ -37,7 +37,7 @@ impl DecodeBudget {
         self.window
     }
 
-    /// Shares free right now (for tests and metrics).
+    /// Shares free right now: all of them once every decode has ended (tests check this).
     pub fn free_shares(&self) -> usize {
         self.shares.load(Ordering::Relaxed)
     }
