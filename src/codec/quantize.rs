@@ -97,7 +97,7 @@ pub fn quantize_row(dtype: HighDtype, row: &[u16], q: &mut [u8]) -> f32 {
 /// The same code compiled for AVX2: its loops vectorize eight lanes wide instead of four
 /// (same arithmetic, same results; the CI's scalar run takes the other copy).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,popcnt")]
 fn quantize_row_avx2(dtype: HighDtype, row: &[u16], q: &mut [u8]) -> f32 {
     quantize_row_portable(dtype, row, q)
 }

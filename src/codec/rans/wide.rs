@@ -5,13 +5,15 @@
 
 use super::{Decoder, RANS_L, Split, TABLE_BITS, TableView, WIDE};
 
-/// Whether the SIMD loops may run: the CPU has them and `QSTORE_SCALAR` is not set (so the
-/// whole test suite can be run on the portable path).
+/// Whether the SIMD loops may run: the CPU has AVX2 and POPCNT (every AVX2 CPU does; without
+/// it, counting a refill's words is a chain of five instructions on the loops' critical path)
+/// and `QSTORE_SCALAR` is not set (so the whole test suite can be run on the portable path).
 pub fn simd_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        let cpu = std::arch::is_x86_feature_detected!("avx2");
+        let cpu = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("popcnt");
         #[cfg(not(target_arch = "x86_64"))]
         let cpu = false;
         cpu && std::env::var_os("QSTORE_SCALAR").is_none()
@@ -201,7 +203,7 @@ mod avx2 {
     /// The lanes of `v` below 2^16 become `v << 16 | next word`, taken in lane order from the
     /// stream at `*pos`, which advances past them. The caller guarantees 16 readable bytes.
     #[inline]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     unsafe fn renormalise(v: __m256i, words: &[u8], pos: &mut usize) -> __m256i {
         let need = _mm256_cmpeq_epi32(_mm256_srli_epi32::<16>(v), _mm256_setzero_si256());
         let m = _mm256_movemask_ps(_mm256_castsi256_ps(need)) as usize;
@@ -219,7 +221,7 @@ mod avx2 {
     /// costs more than the eight loads and inserts (int8 decode 1.35x faster without), and
     /// Intel cores with the Downfall microcode fix gather slower still.
     #[inline]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     fn table_step(x: __m256i, table: &TableView) -> ([usize; 8], __m256i) {
         const MASK: usize = (1 << TABLE_BITS) - 1;
         let slot = _mm256_and_si256(x, _mm256_set1_epi32(MASK as i32));
@@ -250,7 +252,7 @@ mod avx2 {
 
     /// The symbols of eight slots, in u32 lanes.
     #[inline]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     fn symbols(slots: [usize; 8], table: &TableView) -> __m256i {
         let l = table.lookup;
         _mm256_setr_epi32(
@@ -269,7 +271,7 @@ mod avx2 {
     /// position and the state before renormalisation. See `decode_positions` for why the
     /// division is exact.
     #[inline]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     fn split_step(x: __m256i, split: __m256i) -> (__m256i, __m256i) {
         let low = _mm256_set1_epi32(0xFFFF);
         let one = _mm256_set1_epi32(1);
@@ -298,7 +300,7 @@ mod avx2 {
     /// 32 values below 2^16 in u32 lanes to 32 u16s in lane order: the packs work within
     /// 128-bit halves, the 64-bit permute restores the order.
     #[inline]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     fn store_u16x32(v: [__m256i; 4], out: &mut [u16]) {
         assert!(out.len() >= 32);
         for (k, pair) in v.chunks_exact(2).enumerate() {
@@ -314,7 +316,7 @@ mod avx2 {
     ///
     /// # Safety
     /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     pub(super) unsafe fn decode_pairs<const L: usize>(
         dec: &mut Decoder<L>,
         table: &TableView,
@@ -333,8 +335,7 @@ mod avx2 {
             / 32;
         let groups = groups(dec, n, 2 * GROUP_BYTES, |g, x, words, pos| {
             let (top, under) = (&tops[32 * g..32 * g + 32], &unders[32 * g..32 * g + 32]);
-            let (mut ss, mut rs) = ([_mm256_setzero_si256(); 4], [_mm256_setzero_si256(); 4]);
-            for k in 0..4 {
+            let mut step = |k: usize| {
                 let (slots, v) = table_step(x[k], table);
                 let sym = symbols(slots, table);
                 // SAFETY (all blocks here): a group reads two words per lane at most, 128
@@ -345,8 +346,11 @@ mod avx2 {
                 let split = _mm256_blendv_epi8(all, u, _mm256_cmpeq_epi32(sym, t));
                 let (r, v) = split_step(v, split);
                 x[k] = unsafe { renormalise(v, words, pos) };
-                (ss[k], rs[k]) = (sym, r);
-            }
+                (sym, r)
+            };
+            // Written out so that the four state vectors stay in registers.
+            let steps = [step(0), step(1), step(2), step(3)];
+            let (ss, rs) = (steps.map(|s| s.0), steps.map(|s| s.1));
             let ab = _mm256_packus_epi32(ss[0], ss[1]);
             let cd = _mm256_packus_epi32(ss[2], ss[3]);
             let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), interleave);
@@ -367,7 +371,7 @@ mod avx2 {
     ///
     /// # Safety
     /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     pub(super) unsafe fn decode_positions<const L: usize>(
         dec: &mut Decoder<L>,
         entries: &[u32],
@@ -376,14 +380,15 @@ mod avx2 {
         let n = out.len().min(entries.len()) / 32;
         let groups = groups(dec, n, GROUP_BYTES, |g, x, words, pos| {
             let es = &entries[32 * g..32 * g + 32];
-            let mut rs = [_mm256_setzero_si256(); 4];
-            for k in 0..4 {
+            let mut step = |k: usize| {
                 // SAFETY: es has 32 u32s; GROUP_BYTES remain for the refills.
                 let split = unsafe { _mm256_loadu_si256(es.as_ptr().add(8 * k).cast()) };
                 let (r, v) = split_step(x[k], split);
                 x[k] = unsafe { renormalise(v, words, pos) };
-                rs[k] = r;
-            }
+                r
+            };
+            // Written out so that the four state vectors stay in registers.
+            let rs = [step(0), step(1), step(2), step(3)];
             store_u16x32(rs, &mut out[32 * g..32 * g + 32]);
         });
         32 * groups
@@ -417,7 +422,7 @@ mod avx2 {
     ///
     /// # Safety
     /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     pub(super) unsafe fn decode_table_bytes<const L: usize>(
         dec: &mut Decoder<L>,
         table: &TableView,
@@ -426,14 +431,19 @@ mod avx2 {
         let n = out.len() / 32;
         let groups = groups(dec, n, GROUP_BYTES, |g, x, words, pos| {
             let group = &mut out[32 * g..32 * g + 32];
-            for k in 0..4 {
+            let mut step = |k: usize| {
                 let (slots, v) = table_step(x[k], table);
                 // SAFETY: GROUP_BYTES remain for the refills.
                 x[k] = unsafe { renormalise(v, words, pos) };
                 for (o, slot) in group[8 * k..8 * k + 8].iter_mut().zip(slots) {
                     *o = table.lookup[slot];
                 }
-            }
+            };
+            // Written out so that the four state vectors stay in registers.
+            step(0);
+            step(1);
+            step(2);
+            step(3);
         });
         32 * groups
     }

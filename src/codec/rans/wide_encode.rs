@@ -78,7 +78,7 @@ mod avx2 {
         /// # Safety
         /// `buf` is valid for eight u16s below `at`.
         #[inline]
-        #[target_feature(enable = "avx2")]
+        #[target_feature(enable = "avx2,popcnt")]
         unsafe fn words(&mut self, v: __m256i, keep: __m256i) {
             let low_words = _mm256_setr_epi8(
                 0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, //
@@ -129,7 +129,7 @@ mod avx2 {
     /// Eight u32s as two vectors of four doubles (exact): flipped to signed, converted,
     /// shifted back.
     #[inline]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     fn as_f64(v: __m256i) -> [__m256d; 2] {
         let s = _mm256_xor_si256(v, _mm256_set1_epi32(i32::MIN));
         let two31 = _mm256_set1_pd(2_147_483_648.0);
@@ -141,7 +141,7 @@ mod avx2 {
 
     /// # Safety
     /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     pub(super) unsafe fn code_groups(
         states: &mut [u32],
         packed: &[u32; 256],
@@ -197,7 +197,7 @@ mod avx2 {
     ///
     /// # Safety
     /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     pub(super) unsafe fn code_position_groups(
         states: &mut [u32],
         positions: &[u32],

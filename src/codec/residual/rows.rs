@@ -49,7 +49,7 @@ mod avx2 {
 
     /// # Safety
     /// The CPU must support AVX2; `queue` has room for `q.len() + 8` after `*len`.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     pub(super) unsafe fn queue_whole(
         q: &[u8],
         first: u32,
