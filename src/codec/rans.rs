@@ -544,6 +544,22 @@ impl<'a, const L: usize> Decoder<'a, L> {
         }
     }
 
+    /// Decodes whole groups of `L` positions from lane 0, element `i` over the split
+    /// `splits[keys[i]]`, and writes `offsets[keys[i]] + position` (wrapping) to `out` as
+    /// little-endian u16s. The residual's positions with their splits and bases looked up by
+    /// int8 byte inside the decode loop, so neither goes through memory. Returns how many
+    /// elements it decoded (whole groups, while the stream has the bytes a group may read);
+    /// the caller decodes the rest with [`Decoder::decode_positions`].
+    pub fn decode_keyed_positions(
+        &mut self,
+        keys: &[u8],
+        splits: &[u32; 256],
+        offsets: &[u16; 256],
+        out: &mut [u8],
+    ) -> usize {
+        wide::decode_keyed_positions(self, keys, splits, offsets, out)
+    }
+
     /// Decodes pairs of symbols (the residual's whole values): pair `j` is pair number
     /// `first + j` of the stream, on lane `(first + j) % L`. Its first symbol `s` is
     /// table-coded; its second is a [`Split`] position over `unders[j]` if `s == tops[j]`, else

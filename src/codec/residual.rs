@@ -536,6 +536,40 @@ mod tests {
         );
     }
 
+    /// Rows that end inside a group of 32 elements, exceptions anywhere, chunks over several
+    /// decode blocks: every way the decoder shares a block between its keyed position loop and
+    /// the general one.
+    #[test]
+    fn rows_and_exceptions_anywhere_round_trip() {
+        let mut seed = 99u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 11
+        };
+        for cols in [1, 31, 32, 37, 384, 4100] {
+            let n = cols * (5000 / cols + 1);
+            let high: Vec<u16> = (0..n)
+                .map(|_| {
+                    let u = next() as f64 / (1u64 << 53) as f64;
+                    half::bf16::from_f64(((u - 0.5) * 0.2).powi(3) * 50.0).to_bits()
+                })
+                .collect();
+            let (mut q, scales) = derived(HighDtype::Bf16, &high, cols);
+            let mut foreign: Vec<usize> = (0..n).filter(|_| next() % 97 == 0).collect();
+            foreign.extend(
+                [0, 31, 32, 33, 2047, 2048, n - 1]
+                    .into_iter()
+                    .filter(|&i| i < n),
+            );
+            for i in foreign {
+                q[i] = q[i].wrapping_add(50);
+            }
+            round_trip(HighDtype::Bf16, &high, &q, &scales, cols);
+        }
+    }
+
     #[test]
     fn foreign_int8_values_become_exceptions() {
         let high: Vec<u16> = vec![0x3F80, 0xBF80, 0x7FC1, 0xFF80, 0x0001, 0x8000];

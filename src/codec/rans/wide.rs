@@ -150,6 +150,48 @@ fn decode_positions_portable<const L: usize>(
     })
 }
 
+/// Decodes whole groups of `L` positions over the splits their keys select, writing
+/// `offsets[key] + position` as little-endian u16s (see [`Decoder::decode_keyed_positions`]);
+/// returns how many it decoded.
+pub(super) fn decode_keyed_positions<const L: usize>(
+    dec: &mut Decoder<L>,
+    keys: &[u8],
+    splits: &[u32; 256],
+    offsets: &[u16; 256],
+    out: &mut [u8],
+) -> usize {
+    if L != WIDE {
+        return 0;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd_enabled() {
+        // SAFETY: the CPU supports AVX2 (checked at run time above).
+        return unsafe { avx2::decode_keyed_positions(dec, keys, splits, offsets, out) };
+    }
+    decode_keyed_positions_portable(dec, keys, splits, offsets, out)
+}
+
+fn decode_keyed_positions_portable<const L: usize>(
+    dec: &mut Decoder<L>,
+    keys: &[u8],
+    splits: &[u32; 256],
+    offsets: &[u16; 256],
+    out: &mut [u8],
+) -> usize {
+    let groups = keys.len().min(out.len() / 2) / L;
+    portable_groups(dec, groups, |i, x| {
+        let key = usize::from(keys[i]);
+        let slot = x & 0xFFFF;
+        let r = Split::position(splits[key], slot);
+        let code = offsets[key].wrapping_add(r as u16);
+        out[2 * i..2 * i + 2].copy_from_slice(&code.to_le_bytes());
+        let s = Split(splits[key]).symbol(r);
+        s.freq
+            .wrapping_mul(x >> 16)
+            .wrapping_add(slot.wrapping_sub(s.start))
+    })
+}
+
 /// Decodes whole groups of 32 pairs (see [`Decoder::decode_pairs`]), the first on lane 0;
 /// returns how many it decoded. Only SIMD has a loop of its own: without it, the run-by-run
 /// path of `decode_pairs` does all.
@@ -309,6 +351,67 @@ mod avx2 {
             // SAFETY: out has at least 32 u16s.
             unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(16 * k).cast(), packed) };
         }
+    }
+
+    /// Eight positions at a time as in `decode_positions`, each element's split loaded by its
+    /// key (eight scalar loads: cheaper than a gather on Zen 3), then 16 offsets at a time
+    /// added to the positions packed to u16.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2,popcnt")]
+    pub(super) unsafe fn decode_keyed_positions<const L: usize>(
+        dec: &mut Decoder<L>,
+        keys: &[u8],
+        splits: &[u32; 256],
+        offsets: &[u16; 256],
+        out: &mut [u8],
+    ) -> usize {
+        let n = keys.len().min(out.len() / 2) / 32;
+        let groups = groups(dec, n, GROUP_BYTES, |g, x, words, pos| {
+            let ks: &[u8; 32] = keys[32 * g..32 * g + 32].try_into().unwrap();
+            let key = |j: usize| usize::from(ks[j]);
+            let mut step = |k: usize| {
+                let e = |j: usize| splits[key(8 * k + j)] as i32;
+                let split = _mm256_setr_epi32(e(0), e(1), e(2), e(3), e(4), e(5), e(6), e(7));
+                let (r, v) = split_step(x[k], split);
+                // SAFETY: GROUP_BYTES remain for the refills.
+                x[k] = unsafe { renormalise(v, words, pos) };
+                r
+            };
+            // Written out so that the four state vectors stay in registers.
+            let rs = [step(0), step(1), step(2), step(3)];
+            let codes: &mut [u8; 64] = (&mut out[64 * g..64 * g + 64]).try_into().unwrap();
+            for h in 0..2 {
+                let o = |j: usize| offsets[key(16 * h + j)] as i16;
+                let base = _mm256_setr_epi16(
+                    o(0),
+                    o(1),
+                    o(2),
+                    o(3),
+                    o(4),
+                    o(5),
+                    o(6),
+                    o(7),
+                    o(8),
+                    o(9),
+                    o(10),
+                    o(11),
+                    o(12),
+                    o(13),
+                    o(14),
+                    o(15),
+                );
+                let r = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(
+                    rs[2 * h],
+                    rs[2 * h + 1],
+                ));
+                let code = _mm256_add_epi16(r, base);
+                // SAFETY: 32 bytes at 32 h within the group's 64.
+                unsafe { _mm256_storeu_si256(codes.as_mut_ptr().add(32 * h).cast(), code) };
+            }
+        });
+        32 * groups
     }
 
     /// Groups of 32 pairs: per vector of eight lanes, the table symbols, then the positions
@@ -585,6 +688,103 @@ mod position_tests {
             }
             assert_eq!(next_start, 1 << 16, "n = {n}");
         }
+    }
+
+    /// The keyed loop against the general one plus offsets: the same codes, states and stream
+    /// position, portable and SIMD alike, also on damaged streams.
+    #[test]
+    fn keyed_positions_are_positions_plus_offsets() {
+        let mut r = 7u32;
+        let mut next = || {
+            r = r.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            r >> 8
+        };
+        let widths: [u32; 256] =
+            std::array::from_fn(|k| [1, 2, 3, 200, 32_760][k % 5] + k as u32 % 7);
+        let splits = widths.map(|w| Split::of(w).packed());
+        let offsets: [u16; 256] = std::array::from_fn(|_| next() as u16);
+        for n in [1, 32, 1000, 100_003] {
+            let keys: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            let mut enc = Encoder::<WIDE>::with_capacity(n);
+            let mut want = Vec::with_capacity(2 * n);
+            for (i, &k) in keys.iter().enumerate() {
+                let split = Split(splits[usize::from(k)]);
+                let pos = next() % widths[usize::from(k)];
+                enc.push(split.symbol(pos), i);
+                want.extend_from_slice(
+                    &offsets[usize::from(k)]
+                        .wrapping_add(pos as u16)
+                        .to_le_bytes(),
+                );
+            }
+            let mut bytes = Vec::new();
+            enc.finish_into(&mut bytes);
+            let mut keyed: Vec<KeyedLoop> = vec![decode_keyed_positions_portable];
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                keyed.push(|d, k, s, o, out| unsafe {
+                    avx2::decode_keyed_positions(d, k, s, o, out)
+                });
+            }
+            for f in keyed {
+                let general = run_general(&keys, &splits, &offsets, &bytes);
+                assert_eq!(general.0, want);
+                assert_eq!(run_keyed(f, &keys, &splits, &offsets, &bytes), general);
+                let mut bad = bytes.clone();
+                for flip in [0, 9, 200, bad.len() / 2, bad.len() - 1] {
+                    if flip >= bad.len() {
+                        continue;
+                    }
+                    bad[flip] ^= 0xA5;
+                    if Decoder::<WIDE>::new(&bad).is_ok() {
+                        let general = run_general(&keys, &splits, &offsets, &bad);
+                        assert_eq!(
+                            run_keyed(f, &keys, &splits, &offsets, &bad),
+                            general,
+                            "n={n} flip={flip}"
+                        );
+                    }
+                    bad[flip] ^= 0xA5;
+                }
+            }
+        }
+    }
+
+    type KeyedLoop = fn(&mut Decoder<WIDE>, &[u8], &[u32; 256], &[u16; 256], &mut [u8]) -> usize;
+    type Decoded = (Vec<u8>, [u32; WIDE], usize, bool);
+
+    fn run_keyed(
+        f: KeyedLoop,
+        keys: &[u8],
+        splits: &[u32; 256],
+        offsets: &[u16; 256],
+        stream: &[u8],
+    ) -> Decoded {
+        let mut dec = Decoder::<WIDE>::new(stream).unwrap();
+        let mut out = vec![0u8; 2 * keys.len()];
+        let done = f(&mut dec, keys, splits, offsets, &mut out);
+        assert_eq!(done % WIDE, 0);
+        let entries: Vec<u32> = keys[done..]
+            .iter()
+            .map(|&k| splits[usize::from(k)])
+            .collect();
+        let mut tail = vec![0u16; entries.len()];
+        dec.decode_positions(&entries, &mut tail);
+        for (j, r) in tail.into_iter().enumerate() {
+            let code = offsets[usize::from(keys[done + j])].wrapping_add(r);
+            out[2 * (done + j)..2 * (done + j) + 2].copy_from_slice(&code.to_le_bytes());
+        }
+        let state = (dec.states, dec.pos);
+        (out, state.0, state.1, dec.finish().is_ok())
+    }
+
+    fn run_general(
+        keys: &[u8],
+        splits: &[u32; 256],
+        offsets: &[u16; 256],
+        stream: &[u8],
+    ) -> Decoded {
+        run_keyed(|_, _, _, _, _| 0, keys, splits, offsets, stream)
     }
 
     #[test]

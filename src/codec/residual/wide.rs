@@ -377,15 +377,9 @@ pub(super) fn decode(rows: &ChunkRows, head: Head, out: &mut [u8]) -> Result<(),
         for (row, span) in row_spans(start..end, rows.cols) {
             let slot = cache.slot(rows.scales[row]);
             let c = &cache.intervals[slot];
-            let q = &rows.q[span.clone()];
-            fill_splits(
-                &c.split,
-                q,
-                &mut splits[span.start - start..span.end - start],
-            );
             let from = queue.len;
             queue_whole(
-                q,
+                &rows.q[span.clone()],
                 span.start as u32,
                 c.degenerate,
                 &mut queue.element,
@@ -394,17 +388,50 @@ pub(super) fn decode(rows: &ChunkRows, head: Head, out: &mut [u8]) -> Result<(),
             queue.row[from..queue.len].fill(slot as u32);
         }
         for &(i, _) in block_exceptions {
-            splits[i - start] = Split::NOOP.packed();
             queue.remove(i as u32);
         }
-        positions.decode_positions(&splits[..end - start], &mut r[..end - start]);
-        for (row, span) in row_spans(start..end, rows.cols) {
-            let c = cache.get(rows.scales[row]);
-            let (q, r) = (
-                &rows.q[span.clone()],
-                &r[span.start - start..span.end - start],
-            );
-            add_bases(&c.base, q, r, &mut out[2 * span.start..2 * span.end]);
+        let mut at = start;
+        while at < end {
+            // The longest run of whole groups from `at` within one row and free of exceptions
+            // goes through the keyed loop; a group that is not (a row or the chunk ends in it,
+            // or it holds an exception) and what the keyed loop leaves, the general way.
+            let row = at / rows.cols;
+            let row_end = ((row + 1) * rows.cols).min(end);
+            let next = block_exceptions.partition_point(|e| e.0 < at);
+            let stop = block_exceptions
+                .get(next)
+                .map_or(row_end, |e| e.0.min(row_end));
+            let run_end = at + (stop - at) / WIDE * WIDE;
+            let mut done = at;
+            if run_end > at {
+                let c = cache.get(rows.scales[row]);
+                done += positions.decode_keyed_positions(
+                    &rows.q[at..run_end],
+                    &c.split,
+                    &c.base,
+                    &mut out[2 * at..2 * run_end],
+                );
+            }
+            let slow_end = if run_end > at {
+                run_end
+            } else {
+                (at + WIDE).min(end)
+            };
+            if done < slow_end {
+                let span = done..slow_end;
+                let (splits, r) = (&mut splits[..span.len()], &mut r[..span.len()]);
+                decode_span(
+                    rows,
+                    span,
+                    block_exceptions,
+                    &mut cache,
+                    &mut positions,
+                    splits,
+                    r,
+                    out,
+                );
+            }
+            at = slow_end;
         }
         for &(i, code) in block_exceptions {
             out[2 * i..2 * i + 2].copy_from_slice(&code.to_le_bytes());
@@ -424,6 +451,43 @@ pub(super) fn decode(rows: &ChunkRows, head: Head, out: &mut [u8]) -> Result<(),
         WholeStream::None => Ok(()),
         WholeStream::Narrow(d) => d.finish(),
         WholeStream::Wide(d) => d.finish(),
+    }
+}
+
+/// The positions of elements `span` (its first on lane 0) the general way: each element's
+/// split from its own row's table (exceptions take the no-op), then codes as base + position.
+/// `splits` and `r` are scratch of the span's length.
+#[allow(clippy::too_many_arguments)]
+fn decode_span(
+    rows: &ChunkRows,
+    span: std::ops::Range<usize>,
+    exceptions: &[(usize, u16)],
+    cache: &mut ScaleCache<RowCoding>,
+    positions: &mut Decoder<WIDE>,
+    splits: &mut [u32],
+    r: &mut [u16],
+    out: &mut [u8],
+) {
+    let first = span.start;
+    for (row, part) in row_spans(span.clone(), rows.cols) {
+        let c = cache.get(rows.scales[row]);
+        let at = part.start - first..part.end - first;
+        fill_splits(&c.split, &rows.q[part], &mut splits[at]);
+    }
+    let from = exceptions.partition_point(|e| e.0 < span.start);
+    for &(i, _) in exceptions[from..].iter().take_while(|e| e.0 < span.end) {
+        splits[i - first] = Split::NOOP.packed();
+    }
+    positions.decode_positions(splits, r);
+    for (row, part) in row_spans(span, rows.cols) {
+        let c = cache.get(rows.scales[row]);
+        let at = part.start - first..part.end - first;
+        add_bases(
+            &c.base,
+            &rows.q[part.clone()],
+            &r[at],
+            &mut out[2 * part.start..2 * part.end],
+        );
     }
 }
 
