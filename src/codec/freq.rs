@@ -16,8 +16,8 @@ pub struct FreqTable {
     /// `freq | start << 16` per symbol, for the decoder.
     packed: [u32; 256],
     lookup: Box<[u8; LOOKUP_LEN]>,
-    /// `freq << 16 | (slot - start)` per slot, for the SIMD decoder.
-    slots: Box<[u32; TOTAL as usize]>,
+    /// `sym << 32 | freq << 16 | (slot - start)` per slot, for the SIMD decoder.
+    slots: Box<[u64; TOTAL as usize]>,
 }
 
 impl FreqTable {
@@ -86,7 +86,7 @@ impl FreqTable {
         let mut start = [0u32; 256];
         let mut packed = [0u32; 256];
         let mut lookup = Box::new([0u8; LOOKUP_LEN]);
-        let mut slots = Box::new([0u32; TOTAL as usize]);
+        let mut slots = Box::new([0u64; TOTAL as usize]);
         let mut acc = 0u32;
         for s in 0..256 {
             start[s] = acc;
@@ -94,7 +94,7 @@ impl FreqTable {
             let range = acc as usize..(acc + freq[s]) as usize;
             lookup[range.clone()].fill(s as u8);
             for (bias, e) in slots[range].iter_mut().enumerate() {
-                *e = freq[s] << 16 | bias as u32;
+                *e = (s as u64) << 32 | u64::from(freq[s] << 16 | bias as u32);
             }
             acc += freq[s];
         }

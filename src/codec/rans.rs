@@ -36,9 +36,9 @@ pub struct TableView<'a> {
     pub lookup: &'a [u8; LOOKUP_LEN],
     /// `freq | start << 16` of each symbol: one load gives both.
     pub packed: &'a [u32; 256],
-    /// `freq << 16 | (slot - start)` of each slot: the next state in one load, without
-    /// waiting for the symbol.
-    pub slots: &'a [u32; 1 << TABLE_BITS],
+    /// `sym << 32 | freq << 16 | (slot - start)` of each slot: the next state and the symbol
+    /// in one load.
+    pub slots: &'a [u64; 1 << TABLE_BITS],
 }
 
 impl TableView<'_> {

@@ -257,31 +257,25 @@ mod avx2 {
         _mm256_blendv_epi8(v, _mm256_or_si256(_mm256_slli_epi32::<16>(v), w), need)
     }
 
-    /// One table symbol on eight lanes: the lanes' slots (the symbols are
-    /// `table.lookup[slot]`) and the states before renormalisation. The slots' `(freq, slot -
-    /// start)` entries come from eight scalar loads rather than a gather: on Zen 3 a gather
-    /// costs more than the eight loads and inserts (int8 decode 1.35x faster without), and
-    /// Intel cores with the Downfall microcode fix gather slower still.
+    /// One table symbol on eight lanes: the symbols (in u32 lanes) and the states before
+    /// renormalisation. Each slot's `(sym, freq, slot - start)` entry comes from one scalar
+    /// 64-bit load rather than a gather: on Zen 3 a gather costs more than the loads and
+    /// inserts (int8 decode 1.35x faster without), and Intel cores with the Downfall microcode
+    /// fix gather slower still. Loading lanes 0, 1, 4, 5 into one vector and 2, 3, 6, 7 into
+    /// the other lets one shuffle each put the entries' halves back in lane order.
     #[inline]
     #[target_feature(enable = "avx2,popcnt")]
-    fn table_step(x: __m256i, table: &TableView) -> ([usize; 8], __m256i) {
+    fn table_step(x: __m256i, table: &TableView) -> (__m256i, __m256i) {
         const MASK: usize = (1 << TABLE_BITS) - 1;
         let slot = _mm256_and_si256(x, _mm256_set1_epi32(MASK as i32));
         let mut lanes = [0u32; 8];
         // SAFETY: lanes has room for eight u32s.
         unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), slot) };
-        let slots = lanes.map(|s| s as usize & MASK);
-        let e = table.slots;
-        let e = _mm256_setr_epi32(
-            e[slots[0]] as i32,
-            e[slots[1]] as i32,
-            e[slots[2]] as i32,
-            e[slots[3]] as i32,
-            e[slots[4]] as i32,
-            e[slots[5]] as i32,
-            e[slots[6]] as i32,
-            e[slots[7]] as i32,
-        );
+        let e = |j: usize| table.slots[lanes[j] as usize & MASK] as i64;
+        let a = _mm256_castsi256_ps(_mm256_setr_epi64x(e(0), e(1), e(4), e(5)));
+        let b = _mm256_castsi256_ps(_mm256_setr_epi64x(e(2), e(3), e(6), e(7)));
+        let e = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
+        let sym = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
         let v = _mm256_add_epi32(
             _mm256_mullo_epi32(
                 _mm256_srli_epi32::<16>(e),
@@ -289,24 +283,20 @@ mod avx2 {
             ),
             _mm256_and_si256(e, _mm256_set1_epi32(0xFFFF)),
         );
-        (slots, v)
+        (sym, v)
     }
 
-    /// The symbols of eight slots, in u32 lanes.
+    /// 32 symbols in the u32 lanes of four vectors to 32 bytes in lane order.
     #[inline]
     #[target_feature(enable = "avx2,popcnt")]
-    fn symbols(slots: [usize; 8], table: &TableView) -> __m256i {
-        let l = table.lookup;
-        _mm256_setr_epi32(
-            l[slots[0]].into(),
-            l[slots[1]].into(),
-            l[slots[2]].into(),
-            l[slots[3]].into(),
-            l[slots[4]].into(),
-            l[slots[5]].into(),
-            l[slots[6]].into(),
-            l[slots[7]].into(),
-        )
+    fn store_u8x32(v: [__m256i; 4], out: &mut [u8]) {
+        assert!(out.len() >= 32);
+        let ab = _mm256_packus_epi32(v[0], v[1]);
+        let cd = _mm256_packus_epi32(v[2], v[3]);
+        let interleave = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), interleave);
+        // SAFETY: out has at least 32 bytes.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), bytes) };
     }
 
     /// One [`super::Split`] position on eight lanes, each with its packed split: the
@@ -429,7 +419,6 @@ mod avx2 {
         positions: &mut [u16],
     ) -> usize {
         let all = _mm256_set1_epi32(super::Split::new(256).packed() as i32);
-        let interleave = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let n = tops
             .len()
             .min(unders.len())
@@ -439,8 +428,7 @@ mod avx2 {
         let groups = groups(dec, n, 2 * GROUP_BYTES, |g, x, words, pos| {
             let (top, under) = (&tops[32 * g..32 * g + 32], &unders[32 * g..32 * g + 32]);
             let mut step = |k: usize| {
-                let (slots, v) = table_step(x[k], table);
-                let sym = symbols(slots, table);
+                let (sym, v) = table_step(x[k], table);
                 // SAFETY (all blocks here): a group reads two words per lane at most, 128
                 // bytes, within the 2 GROUP_BYTES that remain; top and under have 32 u32s.
                 let v = unsafe { renormalise(v, words, pos) };
@@ -454,11 +442,7 @@ mod avx2 {
             // Written out so that the four state vectors stay in registers.
             let steps = [step(0), step(1), step(2), step(3)];
             let (ss, rs) = (steps.map(|s| s.0), steps.map(|s| s.1));
-            let ab = _mm256_packus_epi32(ss[0], ss[1]);
-            let cd = _mm256_packus_epi32(ss[2], ss[3]);
-            let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), interleave);
-            // SAFETY: the group's 32 bytes of syms.
-            unsafe { _mm256_storeu_si256(syms[32 * g..32 * g + 32].as_mut_ptr().cast(), bytes) };
+            store_u8x32(ss, &mut syms[32 * g..32 * g + 32]);
             store_u16x32(rs, &mut positions[32 * g..32 * g + 32]);
         });
         32 * groups
@@ -518,10 +502,10 @@ mod avx2 {
         t
     };
 
-    /// Eight lanes at a time, four vectors per group of 32: slots, their `(freq, slot -
+    /// Eight lanes at a time, four vectors per group of 32: slots, their `(sym, freq, slot -
     /// start)` entries, the new states, then the refill: the lanes below 2^16 take the next
-    /// words in lane order (one 16-byte load, one permute). The symbols go straight from the
-    /// lookup to the output, off the states' dependency chain.
+    /// words in lane order (one 16-byte load, one permute). The group's 32 symbols are packed
+    /// to bytes and stored at once.
     ///
     /// # Safety
     /// The CPU must support AVX2.
@@ -533,20 +517,15 @@ mod avx2 {
     ) -> usize {
         let n = out.len() / 32;
         let groups = groups(dec, n, GROUP_BYTES, |g, x, words, pos| {
-            let group = &mut out[32 * g..32 * g + 32];
             let mut step = |k: usize| {
-                let (slots, v) = table_step(x[k], table);
+                let (sym, v) = table_step(x[k], table);
                 // SAFETY: GROUP_BYTES remain for the refills.
                 x[k] = unsafe { renormalise(v, words, pos) };
-                for (o, slot) in group[8 * k..8 * k + 8].iter_mut().zip(slots) {
-                    *o = table.lookup[slot];
-                }
+                sym
             };
             // Written out so that the four state vectors stay in registers.
-            step(0);
-            step(1);
-            step(2);
-            step(3);
+            let syms = [step(0), step(1), step(2), step(3)];
+            store_u8x32(syms, &mut out[32 * g..32 * g + 32]);
         });
         32 * groups
     }
