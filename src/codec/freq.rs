@@ -82,28 +82,35 @@ impl FreqTable {
         self.freq.iter().all(|&f| f == TOTAL / 256)
     }
 
+    /// `freq` sums to 2^14: normalised counts, or a read table that was checked.
     fn from_freqs(freq: [u32; 256]) -> FreqTable {
         let mut start = [0u32; 256];
         let mut packed = [0u32; 256];
-        let mut lookup = Box::new([0u8; LOOKUP_LEN]);
-        let mut slots = Box::new([0u64; TOTAL as usize]);
+        // Filled by pushing rather than zeroed first: a table is built per chunk and plane.
+        let mut lookup = Vec::with_capacity(LOOKUP_LEN);
+        let mut slots = Vec::with_capacity(TOTAL as usize);
         let mut acc = 0u32;
         for s in 0..256 {
             start[s] = acc;
             packed[s] = freq[s] | acc << 16;
-            let range = acc as usize..(acc + freq[s]) as usize;
-            lookup[range.clone()].fill(s as u8);
-            for (bias, e) in slots[range].iter_mut().enumerate() {
-                *e = (s as u64) << 32 | u64::from(freq[s] << 16 | bias as u32);
-            }
+            lookup.extend(std::iter::repeat_n(s as u8, freq[s] as usize));
+            let entry = (s as u64) << 32 | u64::from(freq[s] << 16);
+            slots.extend((0..u64::from(freq[s])).map(|bias| entry | bias));
             acc += freq[s];
         }
+        lookup.resize(LOOKUP_LEN, 0);
         FreqTable {
             freq,
             start,
             packed,
-            lookup,
-            slots,
+            lookup: lookup
+                .into_boxed_slice()
+                .try_into()
+                .expect("frequencies sum to TOTAL"),
+            slots: slots
+                .into_boxed_slice()
+                .try_into()
+                .expect("frequencies sum to TOTAL"),
         }
     }
 
