@@ -344,8 +344,8 @@ mod avx2 {
     }
 
     /// Eight positions at a time as in `decode_positions`, each element's split loaded by its
-    /// key (eight scalar loads: cheaper than a gather on Zen 3), then 16 offsets at a time
-    /// added to the positions packed to u16.
+    /// key (eight scalar loads: cheaper than a gather on Zen 3), then its offset added to the
+    /// position packed to u16.
     ///
     /// # Safety
     /// The CPU must support AVX2.
@@ -360,46 +360,29 @@ mod avx2 {
         let n = keys.len().min(out.len() / 2) / 32;
         let groups = groups(dec, n, GROUP_BYTES, |g, x, words, pos| {
             let ks: &[u8; 32] = keys[32 * g..32 * g + 32].try_into().unwrap();
-            let key = |j: usize| usize::from(ks[j]);
+            let codes: &mut [u8; 64] = (&mut out[64 * g..64 * g + 64]).try_into().unwrap();
+            // Each step uses its eight keys at once (splits, then offsets), so they need not
+            // stay in registers across the group.
             let mut step = |k: usize| {
-                let e = |j: usize| splits[key(8 * k + j)] as i32;
+                let key = |j: usize| usize::from(ks[8 * k + j]);
+                let e = |j: usize| splits[key(j)] as i32;
                 let split = _mm256_setr_epi32(e(0), e(1), e(2), e(3), e(4), e(5), e(6), e(7));
                 let (r, v) = split_step(x[k], split);
                 // SAFETY: GROUP_BYTES remain for the refills.
                 x[k] = unsafe { renormalise(v, words, pos) };
-                r
+                let o = |j: usize| offsets[key(j)] as i16;
+                let base = _mm_setr_epi16(o(0), o(1), o(2), o(3), o(4), o(5), o(6), o(7));
+                let r =
+                    _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
+                let code = _mm_add_epi16(r, base);
+                // SAFETY: 16 bytes at 16 k within the group's 64.
+                unsafe { _mm_storeu_si128(codes.as_mut_ptr().add(16 * k).cast(), code) };
             };
             // Written out so that the four state vectors stay in registers.
-            let rs = [step(0), step(1), step(2), step(3)];
-            let codes: &mut [u8; 64] = (&mut out[64 * g..64 * g + 64]).try_into().unwrap();
-            for h in 0..2 {
-                let o = |j: usize| offsets[key(16 * h + j)] as i16;
-                let base = _mm256_setr_epi16(
-                    o(0),
-                    o(1),
-                    o(2),
-                    o(3),
-                    o(4),
-                    o(5),
-                    o(6),
-                    o(7),
-                    o(8),
-                    o(9),
-                    o(10),
-                    o(11),
-                    o(12),
-                    o(13),
-                    o(14),
-                    o(15),
-                );
-                let r = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(
-                    rs[2 * h],
-                    rs[2 * h + 1],
-                ));
-                let code = _mm256_add_epi16(r, base);
-                // SAFETY: 32 bytes at 32 h within the group's 64.
-                unsafe { _mm256_storeu_si256(codes.as_mut_ptr().add(32 * h).cast(), code) };
-            }
+            step(0);
+            step(1);
+            step(2);
+            step(3);
         });
         32 * groups
     }
