@@ -18,7 +18,7 @@ use super::super::quantize::{HighDtype, RowIntervals};
 use super::super::rans::{
     Decoder, NARROW, NO_SYMBOL, Split, WIDE, code_last_first, code_positions,
 };
-use super::rows::{add_bases, fill_splits, queue_whole};
+use super::rows::{add_bases, classify_eights, fill_splits, queue_whole};
 use super::{ChunkRows, CodecError, Head, Item, ScaleCache, ScaleMemo, ScaleTables, classify_one};
 use std::cell::RefCell;
 use std::thread::LocalKey;
@@ -141,8 +141,9 @@ fn classify_row(
     positions: &mut [u32],
     slow: &mut [u32],
 ) -> usize {
-    let mut n_slow = 0;
-    for (j, ((&code, &q), p)) in high.iter().zip(q).zip(positions).enumerate() {
+    let (done, mut n_slow) = classify_eights(&c.bw, &c.split, high, q, positions, slow);
+    let rest = high.iter().zip(q).zip(positions).enumerate().skip(done);
+    for (j, ((&code, &q), p)) in rest {
         let b = usize::from(q);
         let r = code.wrapping_sub(c.base[b]);
         let inside = r < c.width[b];
@@ -181,6 +182,8 @@ struct RowClasses {
     base: [u16; 256],
     width: [u16; 256],
     split: [Split; 256],
+    /// `base | width << 16`: both in one load for the SIMD loop.
+    bw: [u32; 256],
 }
 
 impl RowClasses {
@@ -195,6 +198,7 @@ impl RowClasses {
             base: [0; 256],
             width: [0; 256],
             split: [Split::NOOP; 256],
+            bw: [0; 256],
         };
         if c.iv.is_degenerate() {
             return c;
@@ -209,6 +213,7 @@ impl RowClasses {
             c.base[b] = lo | if q < 0 { 0x8000 } else { 0 };
             c.width[b] = u.len().min(finite_end.saturating_sub(lo.into())) as u16;
             c.split[b] = Split::of(u.len());
+            c.bw[b] = u32::from(c.base[b]) | u32::from(c.width[b]) << 16;
         }
         c
     }
@@ -508,6 +513,55 @@ fn row_spans(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A whole row's classification (eight at a time with AVX2, then the rest) gives each
+    /// element the symbol `classify_one` implies, and lists exactly the others, in order.
+    #[test]
+    fn rows_classify_as_classify_one_does() {
+        let mut seed = 5u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            seed >> 8
+        };
+        for dtype in [HighDtype::Bf16, HighDtype::F16] {
+            for scale in [1.0f32, 0.037, 3.1e-5, 60000.0, 0.0, f32::NAN] {
+                let c = RowClasses::new(dtype, scale);
+                for cols in [1, 7, 8, 9, 100, 1027] {
+                    let q: Vec<u8> = (0..cols).map(|_| next() as u8).collect();
+                    let high: Vec<u16> = q
+                        .iter()
+                        .map(|&b| match next() % 4 {
+                            // Near the byte's interval, or anywhere.
+                            0 => next() as u16,
+                            _ => c.base[usize::from(b)]
+                                .wrapping_add((next() % 300) as u16)
+                                .wrapping_sub(20),
+                        })
+                        .collect();
+                    let (mut positions, mut slow) = (vec![0u32; cols], vec![0u32; cols]);
+                    let n_slow = classify_row(&c, &high, &q, &mut positions, &mut slow);
+                    let mut want_slow = Vec::new();
+                    for j in 0..cols {
+                        match classify_one(&c.iv, dtype, high[j], q[j] as i8) {
+                            Item::Position { r, n } => {
+                                let s = Split::of(n.into()).symbol(r.into());
+                                assert_eq!(
+                                    positions[j],
+                                    s.start | (s.freq - 1) << 16,
+                                    "{scale} {j}"
+                                );
+                            }
+                            _ => {
+                                assert_eq!(positions[j], NO_SYMBOL, "{scale} {j}");
+                                want_slow.push(j as u32);
+                            }
+                        }
+                    }
+                    assert_eq!(&slow[..n_slow], &want_slow[..], "{dtype:?} {scale} {cols}");
+                }
+            }
+        }
+    }
 
     /// The fast path of `Sorted::classify` takes exactly the elements that `classify_one`
     /// calls positions, at the same position and width: every byte, every code of its
