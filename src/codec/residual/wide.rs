@@ -9,9 +9,11 @@
 //! element order) is pair `k` of its stream ([`Decoder::decode_pairs`]): its high byte, then its
 //! low bits and sign over the values possible under that byte.
 //!
-//! The decoder works in blocks: each element's split (a table lookup by row and int8 byte),
-//! the positions eight lanes at a time, codes as `base + position`; whole values queue up and
-//! are decoded in runs of eight, then written over their elements, as are exceptions.
+//! The decoder works in blocks: each element's split and base (table lookups by row and int8
+//! byte), the positions eight lanes at a time, codes as `base + position`; a row's whole
+//! groups of 32 without exceptions do all three in one loop ([`Decoder::decode_keyed_positions`]),
+//! other groups in three passes. Whole values queue up and are decoded in runs of eight, then
+//! written over their elements, as are exceptions.
 
 use super::super::freq::{FreqTable, read_varint, take, write_varint};
 use super::super::quantize::{HighDtype, RowIntervals};
