@@ -147,8 +147,8 @@ fn classify_row(
     let rest = high.iter().zip(q).zip(positions).enumerate().skip(done);
     for (j, ((&code, &q), p)) in rest {
         let b = usize::from(q);
-        let r = code.wrapping_sub(c.base[b]);
-        let inside = r < c.width[b];
+        let r = code.wrapping_sub(c.base(b));
+        let inside = r < c.width(b);
         // Computed for every element (r < 2^16 cannot overflow it), kept for those inside.
         let sym = c.split[b].symbol(u32::from(r));
         let keep = u32::from(inside).wrapping_neg();
@@ -181,11 +181,9 @@ fn code_pairs<const L: usize>(whole: &[(u8, u32, Split)], table: &FreqTable, out
 #[derive(Clone)]
 struct RowClasses {
     iv: RowIntervals,
-    base: [u16; 256],
-    width: [u16; 256],
-    split: [Split; 256],
-    /// `base | width << 16`: both in one load for the SIMD loop.
+    /// Per byte `base | width << 16`: both in one load (the SIMD loop's eight at a time).
     bw: [u32; 256],
+    split: [Split; 256],
 }
 
 impl RowClasses {
@@ -197,10 +195,8 @@ impl RowClasses {
         let iv = RowIntervals::new(dtype, scale);
         let mut c = RowClasses {
             iv,
-            base: [0; 256],
-            width: [0; 256],
-            split: [Split::NOOP; 256],
             bw: [0; 256],
+            split: [Split::NOOP; 256],
         };
         if c.iv.is_degenerate() {
             return c;
@@ -212,12 +208,26 @@ impl RowClasses {
                 continue;
             }
             let (lo, u) = c.iv.interval(q.unsigned_abs() as usize);
-            c.base[b] = lo | if q < 0 { 0x8000 } else { 0 };
-            c.width[b] = u.len().min(finite_end.saturating_sub(lo.into())) as u16;
+            let base = lo | if q < 0 { 0x8000 } else { 0 };
+            let width = u.len().min(finite_end.saturating_sub(lo.into()));
+            c.bw[b] = u32::from(base) | width << 16;
             c.split[b] = Split::of(u.len());
-            c.bw[b] = u32::from(c.base[b]) | u32::from(c.width[b]) << 16;
         }
         c
+    }
+}
+
+impl RowClasses {
+    /// The code that position 0 of byte `b`'s interval stands for (sign included).
+    #[inline(always)]
+    fn base(&self, b: usize) -> u16 {
+        self.bw[b] as u16
+    }
+
+    /// How many codes from [`RowClasses::base`] are positions of byte `b`.
+    #[inline(always)]
+    fn width(&self, b: usize) -> u16 {
+        (self.bw[b] >> 16) as u16
     }
 }
 
@@ -239,7 +249,7 @@ impl RowCoding {
         let (top, under_top) = c.iv.whole_top();
         RowCoding {
             split: c.split.map(Split::packed),
-            base: c.base,
+            base: std::array::from_fn(|b| c.base(b)),
             degenerate: c.iv.is_degenerate(),
             top: u32::from(top),
             under_top: Split::of(under_top.len()).packed(),
@@ -535,7 +545,8 @@ mod tests {
                         .map(|&b| match next() % 4 {
                             // Near the byte's interval, or anywhere.
                             0 => next() as u16,
-                            _ => c.base[usize::from(b)]
+                            _ => c
+                                .base(usize::from(b))
                                 .wrapping_add((next() % 300) as u16)
                                 .wrapping_sub(20),
                         })
@@ -594,11 +605,11 @@ mod tests {
                     for m in lo.saturating_sub(3)..(lo + n + 3).min(0x8000) {
                         for sign in [0, 0x8000] {
                             let code = m as u16 | sign;
-                            let fast = code.wrapping_sub(c.base[b]) < c.width[b];
+                            let fast = code.wrapping_sub(c.base(b)) < c.width(b);
                             match classify_one(&c.iv, dtype, code, b as u8 as i8) {
                                 Item::Position { r, n } => {
                                     assert!(fast, "{dtype:?} {scale} b={b} code={code:#x}");
-                                    assert_eq!(r, code.wrapping_sub(c.base[b]));
+                                    assert_eq!(r, code.wrapping_sub(c.base(b)));
                                     assert_eq!(c.split[b], Split::of(n.into()));
                                 }
                                 _ => assert!(!fast, "{dtype:?} {scale} b={b} code={code:#x}"),
