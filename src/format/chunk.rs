@@ -291,12 +291,17 @@ pub fn encode_residual(
 ) -> Result<EncodedChunk, FormatError> {
     let lanes = write_lanes(high.len());
     let stored = residual::encode(rows, high, lanes)?;
-    let decoded = codes_to_le_bytes(high);
+    // The codes' memory is their file bytes on little-endian targets: no copy needed there.
+    let decoded: std::borrow::Cow<[u8]> = if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(high))
+    } else {
+        std::borrow::Cow::Owned(codes_to_le_bytes(high))
+    };
     let codec = ChunkCodec::on(ChunkCodec::Residual, lanes);
     let chunk = EncodedChunk::new(stored, codec, &decoded);
     let mut check = vec![0u8; decoded.len()];
     decode_residual(codec, rows, &chunk.stored, &mut check)?;
-    if check != decoded {
+    if check != *decoded {
         return Err(FormatError::Corrupt(
             "residual chunk failed to round-trip while encoding".into(),
         ));
@@ -323,14 +328,6 @@ pub fn decode_residual(
 /// Little-endian bytes of 16-bit codes, as safetensors stores them.
 pub fn codes_to_le_bytes(codes: &[u16]) -> Vec<u8> {
     codes.iter().flat_map(|c| c.to_le_bytes()).collect()
-}
-
-/// 16-bit codes from little-endian bytes.
-pub fn le_bytes_to_codes(bytes: &[u8]) -> Vec<u16> {
-    bytes
-        .chunks_exact(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .collect()
 }
 
 /// Which 16-bit float type a safetensors dtype is, if any.
