@@ -21,6 +21,7 @@ use super::rans::{Decoder, Encoder, NARROW, Uniform};
 use super::{CodecError, Lanes};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::thread::LocalKey;
 
 /// How one element is coded.
@@ -148,7 +149,8 @@ fn classify(rows: &ChunkRows, high: &[u16]) -> Vec<Item> {
 struct ScaleCache<T: ScaleTables> {
     dtype: HighDtype,
     slots: HashMap<u32, usize>,
-    intervals: Vec<T>,
+    /// Shared with the memo: copying a row's tables per chunk cost more than building them.
+    intervals: Vec<Rc<T>>,
 }
 
 impl<T: ScaleTables> ScaleCache<T> {
@@ -176,7 +178,7 @@ impl<T: ScaleTables> ScaleCache<T> {
 }
 
 /// What coding a row needs that follows from its dtype and scale alone.
-trait ScaleTables: Clone + 'static {
+trait ScaleTables: Sized + 'static {
     fn make(dtype: HighDtype, scale: f32) -> Self;
 
     /// This thread's memo of them.
@@ -189,7 +191,7 @@ trait ScaleTables: Clone + 'static {
 /// (1.5 MiB, so 1,024 of the decoder's tables): when full it starts over. Threads keep it for
 /// their lifetime, so it counts in a long-running server's memory.
 struct ScaleMemo<T> {
-    tables: HashMap<(HighDtype, u32), T>,
+    tables: HashMap<(HighDtype, u32), Rc<T>>,
 }
 
 impl<T: ScaleTables> ScaleMemo<T> {
@@ -201,7 +203,7 @@ impl<T: ScaleTables> ScaleMemo<T> {
         })
     }
 
-    fn get(&mut self, dtype: HighDtype, scale: f32) -> T {
+    fn get(&mut self, dtype: HighDtype, scale: f32) -> Rc<T> {
         let key = (dtype, scale.to_bits());
         if let Some(t) = self.tables.get(&key) {
             return t.clone();
@@ -211,7 +213,7 @@ impl<T: ScaleTables> ScaleMemo<T> {
         }
         self.tables
             .entry(key)
-            .or_insert(T::make(dtype, scale))
+            .or_insert_with(|| Rc::new(T::make(dtype, scale)))
             .clone()
     }
 }

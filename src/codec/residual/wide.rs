@@ -23,6 +23,7 @@ use super::super::rans::{
 use super::rows::{add_bases, classify_eights, fill_splits, queue_whole};
 use super::{ChunkRows, CodecError, Head, Item, ScaleCache, ScaleMemo, ScaleTables, classify_one};
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::thread::LocalKey;
 
 /// Elements per decode block: their splits, positions and queued whole values stay in L1.
@@ -320,7 +321,7 @@ impl WholeQueue {
         first: &mut usize,
         stream: &mut WholeStream,
         table: Option<&FreqTable>,
-        rows: &[RowCoding],
+        rows: &[Rc<RowCoding>],
         out: &mut [u8],
     ) -> Result<(), CodecError> {
         if n == 0 {
