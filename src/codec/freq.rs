@@ -23,18 +23,7 @@ pub struct FreqTable {
 impl FreqTable {
     /// Builds a table from symbol counts; `None` when no symbol occurs.
     pub fn from_counts(counts: &[u64; 256]) -> Option<FreqTable> {
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let mut freq = [0u32; 256];
-        for (f, &c) in freq.iter_mut().zip(counts) {
-            if c > 0 {
-                *f = ((c as u128 * TOTAL as u128 / total as u128) as u32).max(1);
-            }
-        }
-        rebalance(&mut freq, counts);
-        Some(Self::from_freqs(freq))
+        normalised(counts).map(Self::from_freqs)
     }
 
     /// Every byte equally likely (exactly 8 bits each): what a table-coded plane falls back to
@@ -45,15 +34,16 @@ impl FreqTable {
 
     /// The cheapest of a fitted table, its mirror-symmetric version (int8 weights are close to
     /// symmetric around 0, and a symmetric table is stored in half the bytes) and the uniform
-    /// table, counting each table's own bytes.
+    /// table, counting each table's own bytes. Candidates are compared by their frequencies;
+    /// only the winner gets its decode structures (144 KiB per table, built per chunk).
     pub fn best_for(counts: &[u64; 256]) -> Option<FreqTable> {
-        let fitted = Self::from_counts(counts)?;
-        let cost = |t: &FreqTable| t.coded_bits(counts) + 8.0 * t.written_len() as f64;
-        let mut best = fitted.freq;
+        let fitted = normalised(counts)?;
+        let cost = |f: &[u32; 256]| coded_bits(f, counts) + 8.0 * written_len(f) as f64;
+        let mut best = fitted;
         let mut best_cost = cost(&fitted);
-        let candidates = [symmetric(&fitted.freq, counts), Some([TOTAL / 256; 256])];
+        let candidates = [symmetric(&fitted, counts), Some([TOTAL / 256; 256])];
         for freq in candidates.into_iter().flatten() {
-            let c = cost(&Self::from_freqs(freq));
+            let c = cost(&freq);
             if c < best_cost {
                 (best, best_cost) = (freq, c);
             }
@@ -63,23 +53,17 @@ impl FreqTable {
 
     /// Bits needed to code `counts` with this table.
     pub fn coded_bits(&self, counts: &[u64; 256]) -> f64 {
-        counts
-            .iter()
-            .zip(&self.freq)
-            .filter(|(c, _)| **c > 0)
-            .map(|(&c, &f)| c as f64 * (f64::from(TABLE_BITS) - f64::from(f).log2()))
-            .sum()
+        coded_bits(&self.freq, counts)
     }
 
     /// Bytes [`FreqTable::write`] produces.
     pub fn written_len(&self) -> usize {
-        let mut buf = Vec::new();
-        self.write(&mut buf);
-        buf.len()
+        written_len(&self.freq)
     }
 
+    #[cfg(test)]
     fn is_uniform(&self) -> bool {
-        self.freq.iter().all(|&f| f == TOTAL / 256)
+        is_uniform(&self.freq)
     }
 
     /// `freq` sums to 2^14: normalised counts, or a read table that was checked.
@@ -168,26 +152,7 @@ impl FreqTable {
     /// distributions are smooth, so most differences fit one byte), whichever is shorter. A zero
     /// frequency is followed by a byte counting further zeros (up to 255).
     pub fn write(&self, out: &mut Vec<u8>) {
-        if self.is_uniform() {
-            out.push(2);
-            return;
-        }
-        if is_symmetric(&self.freq) {
-            out.push(3);
-            out.extend_from_slice(&encode_entries(&self.freq[1..=128], true));
-            return;
-        }
-        let (plain, delta) = (
-            encode_entries(&self.freq, false),
-            encode_entries(&self.freq, true),
-        );
-        let (mode, best) = if delta.len() < plain.len() {
-            (1, delta)
-        } else {
-            (0, plain)
-        };
-        out.push(mode);
-        out.extend_from_slice(&best);
+        write_freqs(&self.freq, out);
     }
 
     /// Reads a table written by [`FreqTable::write`], rejecting any that does not sum to 2^14.
@@ -271,6 +236,63 @@ fn unzigzag(v: u64) -> i64 {
 }
 
 /// True when byte `b` and byte `256 - b` (the int8 values q and -q) have equal frequencies.
+/// Normalised frequencies summing to 2^14, each symbol that occurs at least 1; `None` when no
+/// symbol occurs.
+fn normalised(counts: &[u64; 256]) -> Option<[u32; 256]> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let mut freq = [0u32; 256];
+    for (f, &c) in freq.iter_mut().zip(counts) {
+        if c > 0 {
+            *f = ((c as u128 * TOTAL as u128 / total as u128) as u32).max(1);
+        }
+    }
+    rebalance(&mut freq, counts);
+    Some(freq)
+}
+
+fn coded_bits(freq: &[u32; 256], counts: &[u64; 256]) -> f64 {
+    counts
+        .iter()
+        .zip(freq)
+        .filter(|(c, _)| **c > 0)
+        .map(|(&c, &f)| c as f64 * (f64::from(TABLE_BITS) - f64::from(f).log2()))
+        .sum()
+}
+
+fn written_len(freq: &[u32; 256]) -> usize {
+    let mut buf = Vec::new();
+    write_freqs(freq, &mut buf);
+    buf.len()
+}
+
+fn is_uniform(freq: &[u32; 256]) -> bool {
+    freq.iter().all(|&f| f == TOTAL / 256)
+}
+
+/// [`FreqTable::write`].
+fn write_freqs(freq: &[u32; 256], out: &mut Vec<u8>) {
+    if is_uniform(freq) {
+        out.push(2);
+        return;
+    }
+    if is_symmetric(freq) {
+        out.push(3);
+        out.extend_from_slice(&encode_entries(&freq[1..=128], true));
+        return;
+    }
+    let (plain, delta) = (encode_entries(freq, false), encode_entries(freq, true));
+    let (mode, best) = if delta.len() < plain.len() {
+        (1, delta)
+    } else {
+        (0, plain)
+    };
+    out.push(mode);
+    out.extend_from_slice(&best);
+}
+
 fn is_symmetric(freq: &[u32; 256]) -> bool {
     (1..128).all(|b| freq[b] == freq[256 - b])
 }

@@ -1192,3 +1192,41 @@ fn rows_per_chunk(rows: u64, cols: u64, target: u64) -> u64 {
     let max_rows = ((target + target / 4) / cols.max(1)).max(1);
     rows.div_ceil(rows.div_ceil(max_rows).max(1)).max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Blob, Precision};
+
+    fn encode(input: &EncodeInput, out: &Path) -> Vec<u8> {
+        encode_to_path(input, &EncodeOptions::default(), out, &|_| {}).unwrap();
+        std::fs::read(out).unwrap()
+    }
+
+    /// Three 4 MiB tensors make two batches, the second encoding while the first is written.
+    /// The blob is the one a pool thread writes one batch at a time, and decodes to the input.
+    #[test]
+    fn pipelined_batches_write_the_same_blob_as_serial_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.safetensors");
+        crate::synth::write_llm_like(&model, 3, 1024, 2048, 11).unwrap();
+        let input = EncodeInput {
+            high: vec![model.clone()],
+            ..EncodeInput::default()
+        };
+        let pipelined = encode(&input, &dir.path().join("a.qstore"));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let serial = pool.install(|| encode(&input, &dir.path().join("b.qstore")));
+        assert!(pipelined == serial, "the two blobs differ");
+
+        let blob = Blob::open(pipelined).unwrap();
+        let file = blob.file(Precision::High, None).unwrap().clone();
+        let mut decoded = Vec::new();
+        blob.write_file(&file, &mut decoded).unwrap();
+        assert!(decoded == std::fs::read(&model).unwrap(), "decode differs");
+        assert_eq!(file.sha256, sha256_hex(&decoded));
+    }
+}
