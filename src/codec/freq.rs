@@ -235,7 +235,6 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-/// True when byte `b` and byte `256 - b` (the int8 values q and -q) have equal frequencies.
 /// Normalised frequencies summing to 2^14, each symbol that occurs at least 1; `None` when no
 /// symbol occurs.
 fn normalised(counts: &[u64; 256]) -> Option<[u32; 256]> {
@@ -293,6 +292,7 @@ fn write_freqs(freq: &[u32; 256], out: &mut Vec<u8>) {
     out.extend_from_slice(&best);
 }
 
+/// True when byte `b` and byte `256 - b` (the int8 values q and -q) have equal frequencies.
 fn is_symmetric(freq: &[u32; 256]) -> bool {
     (1..128).all(|b| freq[b] == freq[256 - b])
 }

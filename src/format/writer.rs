@@ -1050,7 +1050,6 @@ fn append_chunk(
     Ok(entry)
 }
 
-/// Runs one unit of work: derive or take int8 values, then code int8 and residual, verified.
 /// A batch encoding on the thread pool.
 struct EncodingBatch(Receiver<std::thread::Result<Result<Vec<Done>, FormatError>>>);
 
@@ -1083,6 +1082,7 @@ fn encode_batch(work: Vec<Work>, dtype: HighDtype) -> Result<Vec<Done>, FormatEr
         .collect()
 }
 
+/// Runs one unit of work: derive or take int8 values, then code int8 and residual, verified.
 fn encode_work(w: Work, dtype: HighDtype) -> Result<Done, FormatError> {
     match w {
         Work::Bytes {
