@@ -700,15 +700,12 @@ impl<'a, W: Write> Encoder<'a, W> {
     fn dispatch(&mut self) -> Result<(), FormatError> {
         let work = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        let previous = self.encoding.take();
         if rayon::current_thread_index().is_some() {
             // A pool thread waiting for its own pool could wait forever (a pool of one):
-            // encode here, one batch at a time, as the pool would.
-            if let Some(batch) = previous {
-                self.commit_all(batch.wait()?)?;
-            }
+            // encode here, one batch at a time, so no batch is ever in flight.
             return self.commit_all(encode_batch(work, self.dtype)?);
         }
+        let previous = self.encoding.take();
         if !work.is_empty() {
             self.encoding = Some(EncodingBatch::start(work, self.dtype));
         }
@@ -866,12 +863,15 @@ impl<'a, W: Write> Encoder<'a, W> {
             Content::Text => self.opts.stream_chunk_bytes,
         };
         // One chunk (scales, most headers) is encoded here: while a batch keeps the pool busy,
-        // a job sent to it would wait for the batch.
+        // a job sent to it would wait for the batch. Empty data has no chunks either way.
+        let encode = |c: &[u8]| chunk::encode_bytes(c, content);
         let encoded: Vec<EncodedChunk> = if data.len() as u64 <= cb {
-            vec![chunk::encode_bytes(data, content)?]
+            data.chunks(cb as usize)
+                .map(encode)
+                .collect::<Result<_, _>>()?
         } else {
             data.par_chunks(cb as usize)
-                .map(|c| chunk::encode_bytes(c, content))
+                .map(encode)
                 .collect::<Result<_, _>>()?
         };
         let entries = encoded
