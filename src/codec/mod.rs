@@ -44,7 +44,12 @@ pub fn encode_int8(q: &[u8], lanes: Lanes) -> Vec<u8> {
 
 /// Decodes [`encode_int8`] output as the bytes of the int8 values.
 pub fn decode_int8(data: &[u8], lanes: Lanes, out: &mut [u8]) -> Result<(), CodecError> {
-    with_lanes!(lanes, decode_planes_raw(data, 1, out))
+    decode(PlaneChunk {
+        planes: Planes::Int8,
+        lanes,
+        data,
+        out,
+    })
 }
 
 /// Codes floating-point data as byte planes after rotating each value left by one bit, which
@@ -97,17 +102,12 @@ pub fn decode_float(
     lanes: Lanes,
     out: &mut [u8],
 ) -> Result<(), CodecError> {
-    // The encoder only writes whole elements; a partial one would leave output bytes unwritten.
-    if !out.len().is_multiple_of(elem_size) {
-        return Err(CodecError::Corrupt("float chunk of a partial element"));
-    }
-    if elem_size == 2 {
-        return with_lanes!(lanes, decode_float16(data, out));
-    }
-    with_lanes!(lanes, decode_planes_raw(data, elem_size, out))?;
-    let restored = rotate(out, elem_size, false);
-    out.copy_from_slice(&restored);
-    Ok(())
+    decode(PlaneChunk {
+        planes: Planes::Float(elem_size),
+        lanes,
+        data,
+        out,
+    })
 }
 
 /// Rotates every little-endian element by one bit (left when `forward`) and lays its bytes out
@@ -217,11 +217,204 @@ fn encode_planes<const L: usize>(planes: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// What a plane-coded chunk holds: int8 values ([`encode_int8`]) or floats of `elem_size`
+/// bytes ([`encode_float`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planes {
+    Int8,
+    Float(usize),
+}
+
+/// A plane-coded chunk to decode into `out`, which has the decoded length.
+pub struct PlaneChunk<'a> {
+    pub planes: Planes,
+    pub lanes: Lanes,
+    pub data: &'a [u8],
+    pub out: &'a mut [u8],
+}
+
+/// Decodes one plane-coded chunk.
+pub fn decode(c: PlaneChunk) -> Result<(), CodecError> {
+    with_lanes!(c.lanes, decode_alone(c.planes, c.data, c.out))
+}
+
+fn decode_alone<const L: usize>(
+    planes: Planes,
+    data: &[u8],
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    open::<L>(planes, data, out.len())?.decode(planes, out)
+}
+
+/// Decodes two plane-coded chunks. When both come to one table loop on 32 lanes (int8 chunks,
+/// and 16-bit floats with raw mantissas: nearly every large chunk), the two loops run as one:
+/// a single stream keeps the core waiting on its lookups' latency, two keep it busy (see
+/// [`rans::decode_table_bytes_together`]). The results are each chunk's own.
+pub fn decode_two(a: PlaneChunk, b: PlaneChunk) -> [Result<(), CodecError>; 2] {
+    use rans::WIDE;
+    if (a.lanes, b.lanes) != (Lanes::Wide, Lanes::Wide) {
+        return [decode(a), decode(b)];
+    }
+    let opened = [
+        open::<WIDE>(a.planes, a.data, a.out.len()),
+        open::<WIDE>(b.planes, b.data, b.out.len()),
+    ];
+    let [Ok(Opened::Table(mut ta)), Ok(Opened::Table(mut tb))] = opened else {
+        let [oa, ob] = opened;
+        return [
+            oa.and_then(|o| o.decode(a.planes, a.out)),
+            ob.and_then(|o| o.decode(b.planes, b.out)),
+        ];
+    };
+    let (va, vb) = (ta.table.view(), tb.table.view());
+    rans::decode_table_bytes_together([
+        rans::TableBytes {
+            dec: &mut ta.dec,
+            table: va,
+            out: &mut a.out[ta.region.clone()],
+        },
+        rans::TableBytes {
+            dec: &mut tb.dec,
+            table: vb,
+            out: &mut b.out[tb.region.clone()],
+        },
+    ]);
+    [ta.finish(a.out), tb.finish(b.out)]
+}
+
+/// A plane-coded chunk opened for decoding, by what its planes need.
+enum Opened<'a, const L: usize> {
+    /// No elements.
+    Empty,
+    /// One table loop, then a finishing step.
+    Table(TableChunk<'a, L>),
+    /// Any other mix of planes, element by element.
+    General(OpenPlanes<'a, L>),
+}
+
+impl<const L: usize> Opened<'_, L> {
+    /// Decodes the chunk alone.
+    fn decode(self, planes: Planes, out: &mut [u8]) -> Result<(), CodecError> {
+        match self {
+            Opened::Empty => Ok(()),
+            Opened::Table(mut t) => {
+                t.dec
+                    .decode_table_bytes(&t.table.view(), &mut out[t.region.clone()]);
+                t.finish(out)
+            }
+            Opened::General(p) => p.decode(planes, out),
+        }
+    }
+}
+
+/// A chunk whose decode is one table loop into `out[region]`: an int8 chunk (the whole
+/// output), or 16-bit floats with a coded exponent plane and raw mantissas (the exponent
+/// bytes into the output's upper half, spread over the whole by [`TableChunk::finish`]).
+struct TableChunk<'a, const L: usize> {
+    table: Box<FreqTable>,
+    dec: Decoder<'a, L>,
+    region: std::ops::Range<usize>,
+    /// The mantissa plane of 16-bit floats.
+    mantissas: Option<&'a [u8]>,
+}
+
+impl<const L: usize> TableChunk<'_, L> {
+    /// After the table loop: spreads float exponents, checks the stream ended where it should.
+    fn finish(self, out: &mut [u8]) -> Result<(), CodecError> {
+        if let Some(lo) = self.mantissas {
+            spread_exponents(lo, out);
+        }
+        self.dec.finish()
+    }
+}
+
+/// Opens a chunk of `out_len` decoded bytes.
+fn open<const L: usize>(
+    planes: Planes,
+    data: &[u8],
+    out_len: usize,
+) -> Result<Opened<'_, L>, CodecError> {
+    let (count, elem_size) = match planes {
+        Planes::Int8 => (1, 1),
+        Planes::Float(e) => (e, e),
+    };
+    // The encoder only writes whole elements; a partial one would leave output bytes unwritten.
+    if elem_size == 0 || !out_len.is_multiple_of(elem_size) {
+        return Err(CodecError::Corrupt("chunk of a partial element"));
+    }
+    let n = out_len / elem_size;
+    let Some(mut open) = open_planes::<L>(data, count, n)? else {
+        return Ok(Opened::Empty);
+    };
+    let region = match (planes, &open.kinds[..]) {
+        (Planes::Int8, [Plane::Coded(_)]) => 0..n,
+        (Planes::Float(2), [Plane::Coded(_), Plane::Raw]) => n..2 * n,
+        _ => return Ok(Opened::General(open)),
+    };
+    let Some(Plane::Coded(table)) = open.kinds.drain(..).next() else {
+        unreachable!("the first plane is coded (matched above)");
+    };
+    Ok(Opened::Table(TableChunk {
+        table,
+        dec: open.dec,
+        region,
+        mantissas: open.raw.first().copied(),
+    }))
+}
+
+/// The exponent plane, decoded into the output's second half, spread forward in place with the
+/// mantissas a block at a time: values below i + B end before byte n + i + B, the plane bytes
+/// still to read. No per-chunk scratch to allocate and fault in.
+fn spread_exponents(lo_plane: &[u8], out: &mut [u8]) {
+    const B: usize = 4096;
+    let n = lo_plane.len();
+    let mut block = [0u8; B];
+    for (b, lo) in lo_plane.chunks(B).enumerate() {
+        let (i, hi) = (b * B, &mut block[..lo.len()]);
+        hi.copy_from_slice(&out[n + i..n + i + lo.len()]);
+        let dst = &mut out[2 * i..2 * (i + lo.len())];
+        for ((o, &h), &l) in dst.chunks_exact_mut(2).zip(hi.iter()).zip(lo) {
+            put_unrotated(o, h, l);
+        }
+    }
+}
+
 /// A plane-coded chunk opened for decoding: plane kinds, the raw planes' bytes, the stream.
 struct OpenPlanes<'a, const L: usize> {
     kinds: Vec<Plane>,
     raw: Vec<&'a [u8]>,
     dec: Decoder<'a, L>,
+}
+
+impl<const L: usize> OpenPlanes<'_, L> {
+    /// Decodes element by element, plane by plane; floats are rotated back.
+    fn decode(self, planes: Planes, out: &mut [u8]) -> Result<(), CodecError> {
+        let OpenPlanes {
+            kinds,
+            raw,
+            mut dec,
+        } = self;
+        if let (Planes::Float(2), [Plane::Coded(hi_t), Plane::Coded(lo_t)]) = (planes, &kinds[..]) {
+            for (i, o) in out.chunks_exact_mut(2).enumerate() {
+                put_unrotated(o, hi_t.decode(&mut dec, i), lo_t.decode(&mut dec, i));
+            }
+            return dec.finish();
+        }
+        for (i, elem) in out.chunks_exact_mut(kinds.len()).enumerate() {
+            let mut raw_planes = raw.iter();
+            for (o, kind) in elem.iter_mut().zip(&kinds) {
+                *o = match kind {
+                    Plane::Coded(t) => t.decode(&mut dec, i),
+                    Plane::Raw => raw_planes.next().expect("one slice per raw plane")[i],
+                };
+            }
+        }
+        if let Planes::Float(elem_size) = planes {
+            let restored = rotate(out, elem_size, false);
+            out.copy_from_slice(&restored);
+        }
+        dec.finish()
+    }
 }
 
 /// Reads the descriptors and raw planes of a chunk of `n` elements; `None` for an empty chunk.
@@ -260,80 +453,6 @@ fn open_planes<const L: usize>(
     }))
 }
 
-fn decode_planes_raw<const L: usize>(
-    data: &[u8],
-    planes: usize,
-    out: &mut [u8],
-) -> Result<(), CodecError> {
-    let Some(OpenPlanes {
-        kinds,
-        raw,
-        mut dec,
-    }) = open_planes::<L>(data, planes, out.len() / planes)?
-    else {
-        return Ok(());
-    };
-    match (planes, &kinds[..]) {
-        (1, [Plane::Coded(t)]) => t.decode_all(&mut dec, out),
-        _ => {
-            for (i, elem) in out.chunks_exact_mut(planes).enumerate() {
-                let mut raw_planes = raw.iter();
-                for (o, kind) in elem.iter_mut().zip(&kinds) {
-                    *o = match kind {
-                        Plane::Coded(t) => t.decode(&mut dec, i),
-                        Plane::Raw => raw_planes.next().expect("one slice per raw plane")[i],
-                    };
-                }
-            }
-        }
-    }
-    dec.finish()
-}
-
-/// Float16-family decode fused with the inverse rotation. The common case, a coded exponent
-/// plane and a raw mantissa plane, decodes one symbol per value in the fast table loop.
-fn decode_float16<const L: usize>(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
-    let n = out.len() / 2;
-    let Some(OpenPlanes {
-        kinds,
-        raw,
-        mut dec,
-    }) = open_planes::<L>(data, 2, n)?
-    else {
-        return Ok(());
-    };
-    match &kinds[..] {
-        [Plane::Coded(hi_t), Plane::Raw] => {
-            // The exponent plane decodes into the output's second half, then spreads forward in
-            // place a block at a time: values below i + B end before byte n + i + B, the plane
-            // bytes still to read. No per-chunk scratch to allocate and fault in.
-            const B: usize = 4096;
-            hi_t.decode_all(&mut dec, &mut out[n..2 * n]);
-            let mut block = [0u8; B];
-            for (b, lo) in raw[0].chunks(B).enumerate() {
-                let (i, hi) = (b * B, &mut block[..lo.len()]);
-                hi.copy_from_slice(&out[n + i..n + i + lo.len()]);
-                let dst = &mut out[2 * i..2 * (i + lo.len())];
-                for ((o, &h), &l) in dst.chunks_exact_mut(2).zip(hi.iter()).zip(lo) {
-                    put_unrotated(o, h, l);
-                }
-            }
-        }
-        [Plane::Coded(hi_t), Plane::Coded(lo_t)] => {
-            for (i, o) in out.chunks_exact_mut(2).enumerate() {
-                put_unrotated(o, hi_t.decode(&mut dec, i), lo_t.decode(&mut dec, i));
-            }
-        }
-        _ => {
-            decode_planes_raw::<L>(data, 2, out)?;
-            let restored = rotate(out, 2, false);
-            out.copy_from_slice(&restored);
-            return Ok(());
-        }
-    }
-    dec.finish()
-}
-
 /// Writes a 16-bit value from its rotated planes.
 #[inline(always)]
 fn put_unrotated(out: &mut [u8], hi: u8, lo: u8) {
@@ -364,6 +483,105 @@ mod tests {
         }
         assert!(encode_float(&[], 2, Lanes::Wide).is_empty());
         decode_float(&[], 2, Lanes::Wide, &mut []).unwrap();
+    }
+
+    /// Every pair of chunk shapes (int8, 16-bit floats with raw mantissas, 32-bit floats,
+    /// narrow, empty; valid or damaged) decodes two at a time exactly as each does alone.
+    #[test]
+    fn chunks_decode_two_at_a_time_as_alone() {
+        let q: Vec<u8> = (0..70_001u32)
+            .map(|i| (((i.wrapping_mul(2654435761) >> 24) as i8) / 16) as u8)
+            .collect();
+        let floats: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| {
+                let x = ((i.wrapping_mul(2654435761) >> 8) as f32 / 16_777_216.0 - 0.5) * 0.1;
+                half::bf16::from_f32(x).to_le_bytes()
+            })
+            .collect();
+        let f32s: Vec<u8> = (0..9_000u32)
+            .flat_map(|i| (i as f32 * 0.37).sin().to_le_bytes())
+            .collect();
+        let chunks = [
+            (
+                Planes::Int8,
+                Lanes::Wide,
+                encode_int8(&q, Lanes::Wide),
+                q.len(),
+            ),
+            (
+                Planes::Float(2),
+                Lanes::Wide,
+                encode_float(&floats, 2, Lanes::Wide),
+                floats.len(),
+            ),
+            (
+                Planes::Float(4),
+                Lanes::Wide,
+                encode_float(&f32s, 4, Lanes::Wide),
+                f32s.len(),
+            ),
+            (
+                Planes::Int8,
+                Lanes::Narrow,
+                encode_int8(&q[..5000], Lanes::Narrow),
+                5000,
+            ),
+            (Planes::Int8, Lanes::Wide, Vec::new(), 0),
+        ];
+        let damaged = |data: &[u8]| {
+            let mut d = data.to_vec();
+            if let Some(b) = d.get_mut(data.len() * 2 / 3) {
+                *b ^= 0x21;
+            }
+            d
+        };
+        let alone = |(planes, lanes, data, n): (Planes, Lanes, &[u8], usize)| {
+            let mut out = vec![0u8; n];
+            let r = decode(PlaneChunk {
+                planes,
+                lanes,
+                data,
+                out: &mut out,
+            });
+            (r, out)
+        };
+        for (pa, la, da, na) in &chunks {
+            for (pb, lb, db, nb) in &chunks {
+                let (a_bad, b_bad) = (damaged(da), damaged(db));
+                for (da, db) in [(da, db), (&a_bad, db), (da, &b_bad)] {
+                    let (want_a, want_b) = (alone((*pa, *la, da, *na)), alone((*pb, *lb, db, *nb)));
+                    let (mut oa, mut ob) = (vec![0u8; *na], vec![0u8; *nb]);
+                    let [ra, rb] = decode_two(
+                        PlaneChunk {
+                            planes: *pa,
+                            lanes: *la,
+                            data: da,
+                            out: &mut oa,
+                        },
+                        PlaneChunk {
+                            planes: *pb,
+                            lanes: *lb,
+                            data: db,
+                            out: &mut ob,
+                        },
+                    );
+                    assert_eq!((ra, oa), want_a, "{pa:?} {la:?} with {pb:?} {lb:?}");
+                    assert_eq!((rb, ob), want_b, "{pb:?} {lb:?} after {pa:?} {la:?}");
+                }
+            }
+        }
+        assert_eq!(
+            alone((Planes::Int8, Lanes::Wide, &chunks[0].2, q.len())).1,
+            q
+        );
+        assert_eq!(
+            alone((Planes::Float(2), Lanes::Wide, &chunks[1].2, floats.len())).1,
+            floats
+        );
+        assert_eq!(
+            alone((Planes::Float(4), Lanes::Wide, &chunks[2].2, f32s.len())).1,
+            f32s
+        );
     }
 
     #[test]

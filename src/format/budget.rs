@@ -86,6 +86,12 @@ impl<'a> InFlight<'a> {
         true
     }
 
+    /// Chunks that may start before the cap is reached (shares permitting), and whether none
+    /// is in flight.
+    pub(super) fn room(&self) -> (usize, bool) {
+        (self.cap - self.in_flight, self.in_flight == 0)
+    }
+
     fn take_share(&mut self) -> bool {
         let taken = self.budget.try_take();
         self.held += usize::from(taken);
@@ -146,14 +152,15 @@ thread_local! {
     static SCRATCH: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A BF16 chunk's decode holds at most three at once: its INT8 values, a scale chunk or the
-/// residual's stored bytes, and a scale chunk's stored bytes.
-const SCRATCH_KEPT: usize = 4;
+/// A thread decodes two chunks at a time (see `Blob::decode_task`); two BF16 chunks hold at
+/// most five at once: both INT8 values, then for one of them a scale chunk or the residual's
+/// stored bytes, and a scale chunk's stored bytes.
+const SCRATCH_KEPT: usize = 6;
 
 /// A buffer of `len` bytes, unspecified contents, needed only while this thread decodes one
-/// chunk: stored bytes, a BF16 chunk's INT8 values and scales. A thread decodes one chunk at a
-/// time, so pool threads keep these per thread rather than per decode, where they would
-/// multiply with the decodes in flight. Other threads (a caller decoding one chunk itself,
+/// chunk: stored bytes, a BF16 chunk's INT8 values and scales. A thread decodes one task (two
+/// chunks) at a time, so pool threads keep these per thread rather than per decode, where they
+/// would multiply with the decodes in flight. Other threads (a caller decoding one chunk itself,
 /// such as a server's blocking thread) get a fresh buffer and keep none.
 pub(super) fn scratch(len: usize) -> Vec<u8> {
     let buf = match rayon::current_thread_index() {

@@ -251,6 +251,66 @@ pub fn decode_bytes(codec: ChunkCodec, stored: &[u8], out: &mut [u8]) -> Result<
     Ok(())
 }
 
+/// What a chunk must decode to: plain bytes (a stream's chunk, scales) or int8 values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Bytes,
+    Int8,
+}
+
+/// A chunk to decode into `out`, which has exactly the decoded length.
+pub struct ChunkJob<'a> {
+    pub expect: Expect,
+    pub codec: ChunkCodec,
+    pub stored: &'a [u8],
+    pub out: &'a mut [u8],
+}
+
+/// Decodes one chunk as [`decode_bytes`] or [`decode_int8`] does.
+pub fn decode(job: ChunkJob) -> Result<(), FormatError> {
+    match job.expect {
+        Expect::Bytes => decode_bytes(job.codec, job.stored, job.out),
+        Expect::Int8 => decode_int8(job.codec, job.stored, job.out),
+    }
+}
+
+/// Decodes two chunks, the same as one after the other, but plane-coded ones (int8 values,
+/// floats) decode together, which is up to twice as fast (see [`codec::decode_two`]).
+pub fn decode_two(a: ChunkJob, b: ChunkJob) -> [Result<(), FormatError>; 2] {
+    let (Some(pa), Some(pb)) = (planes_of(&a), planes_of(&b)) else {
+        return [decode(a), decode(b)];
+    };
+    codec::decode_two(plane_chunk(a, pa), plane_chunk(b, pb)).map(|r| r.map_err(FormatError::from))
+}
+
+fn plane_chunk(job: ChunkJob<'_>, planes: codec::Planes) -> codec::PlaneChunk<'_> {
+    codec::PlaneChunk {
+        planes,
+        lanes: job.codec.coder().1,
+        data: job.stored,
+        out: job.out,
+    }
+}
+
+/// Whether chunks of this codec decode faster two at a time ([`decode_two`]): plane-coded
+/// ones on 32 lanes.
+pub fn decodes_together(codec: ChunkCodec) -> bool {
+    use ChunkCodec::*;
+    matches!(codec, Int8Wide | Float16Wide | Float32Wide | Float64Wide)
+}
+
+/// The plane layout of a chunk's codec, when it is plane-coded and what the job expects.
+fn planes_of(job: &ChunkJob) -> Option<codec::Planes> {
+    use codec::Planes;
+    match (job.expect, job.codec.coder().0) {
+        (Expect::Int8, ChunkCodec::Int8) => Some(Planes::Int8),
+        (Expect::Bytes, ChunkCodec::Float16) => Some(Planes::Float(2)),
+        (Expect::Bytes, ChunkCodec::Float32) => Some(Planes::Float(4)),
+        (Expect::Bytes, ChunkCodec::Float64) => Some(Planes::Float(8)),
+        _ => None,
+    }
+}
+
 /// Compresses int8 values (as their bytes), verified like [`encode_bytes`].
 pub fn encode_int8(q: &[u8]) -> Result<EncodedChunk, FormatError> {
     let lanes = write_lanes(q.len());

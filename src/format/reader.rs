@@ -2,8 +2,9 @@
 //!
 //! Memory: chunks are decoded in parallel, at most `2 * WINDOW` at a time, and written in order as
 //! they complete, so a decode holds at most `2 * WINDOW` decoded chunks of ≤ ~1 MiB of output each,
-//! whatever the file size; what a chunk's decode needs on the way (stored bytes, a BF16 chunk's
-//! INT8 values) is scratch of the thread decoding it. A server running many decodes at once
+//! whatever the file size, plus the small pieces that ride along with them (≤ 7 x 16 KiB per
+//! chunk); what a chunk's decode needs on the way (stored bytes, a BF16 chunk's INT8 values) is
+//! scratch of the thread decoding it, which decodes two chunks at a time. A server running many decodes at once
 //! shares one [`DecodeBudget`] between them ([`Blob::write_range_budgeted`]).
 
 use std::io::{Read, Write};
@@ -17,6 +18,15 @@ use crate::codec::residual::ChunkRows;
 
 /// Half the chunks a decode keeps in flight (see the module comment).
 pub const WINDOW: usize = 16;
+
+/// Most pieces one decode task takes: enough to reach a second large chunk past the small
+/// ones between two quantized weights (scales, biases, norms: up to six in MiniLM).
+const TASK_PIECES: usize = 8;
+
+/// A piece whose decoded chunk is at most this large rides along in a decode task without a
+/// slot of its own in the chunks in flight: what it holds is a bias, a norm or the scales of a
+/// weight, a few KiB. A task holds at most `TASK_PIECES - 1` of them.
+const SMALL_PIECE: usize = 16 << 10;
 
 /// Waits for a decoded chunk. Called from inside a rayon pool (a caller's `install`), this thread
 /// is one of the pool's workers: it runs pending decodes itself while it waits, or a pool of one
@@ -389,25 +399,63 @@ impl<S: BlobSource> Blob<S> {
     ) -> Result<(), FormatError> {
         let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Vec<u8>, FormatError>)>();
         rayon::in_place_scope_fifo(|scope| {
-            let spawn = |i: usize| {
-                let (tx, piece) = (tx.clone(), &pieces[i]);
-                let mut fetched = self.read_ahead(piece);
+            // One task decodes `pieces[task]`: its two pieces that pair (if it has them)
+            // together, the others alone.
+            let spawn = |task: Range<usize>| {
+                let tx = tx.clone();
+                let mut fetched: Vec<Fetched> = pieces[task.clone()]
+                    .iter()
+                    .map(|p| self.read_ahead(p))
+                    .collect();
                 scope.spawn_fifo(move |_| {
                     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.decode_piece(piece, &mut fetched, outputs)
+                        self.decode_task(&pieces[task.clone()], &mut fetched, outputs)
                     }))
-                    .unwrap_or_else(|_| Err(FormatError::Corrupt("the decoder panicked".into())));
-                    let _ = tx.send((i, decoded));
+                    .unwrap_or_else(|_| {
+                        task.clone()
+                            .map(|_| Err(FormatError::Corrupt("the decoder panicked".into())))
+                            .collect()
+                    });
+                    for (i, d) in task.zip(decoded) {
+                        let _ = tx.send((i, d));
+                    }
                 });
             };
+            // Which pieces hold a slot of `in_flight`, as their tasks start.
+            let mut counted = vec![false; pieces.len()];
             let mut spawned = 0;
-            let top_up = |spawned: &mut usize, in_flight: &mut InFlight<'_>| {
-                while *spawned < pieces.len() && in_flight.start_one() {
-                    spawn(*spawned);
-                    *spawned += 1;
-                }
-            };
-            top_up(&mut spawned, &mut in_flight);
+            let top_up =
+                |spawned: &mut usize, in_flight: &mut InFlight<'_>, counted: &mut [bool]| {
+                    while *spawned < pieces.len() {
+                        // A task waits until it can start whole (unless nothing is in flight).
+                        let task = self.task(pieces, *spawned);
+                        let slots: Vec<usize> =
+                            match task.clone().filter(|&i| !self.small(&pieces[i])) {
+                                big if big.clone().next().is_some() => big.collect(),
+                                _ => vec![task.start],
+                            };
+                        let (room, idle) = in_flight.room();
+                        if room < slots.len() && !idle {
+                            break;
+                        }
+                        let mut end = task.start;
+                        for i in task {
+                            if slots.contains(&i) {
+                                if !in_flight.start_one() {
+                                    break;
+                                }
+                                counted[i] = true;
+                            }
+                            end = i + 1;
+                        }
+                        if end == *spawned {
+                            break;
+                        }
+                        spawn(*spawned..end);
+                        *spawned = end;
+                    }
+                };
+            top_up(&mut spawned, &mut in_flight, &mut counted);
             let mut ready = std::collections::HashMap::new();
             for (i, p) in pieces.iter().enumerate() {
                 let bytes = loop {
@@ -418,9 +466,11 @@ impl<S: BlobSource> Blob<S> {
                     ready.insert(j, decoded?);
                 };
                 out.write_all(&bytes[p.skip..p.skip + p.take])?;
-                in_flight.finish_one();
+                if counted[i] {
+                    in_flight.finish_one();
+                }
                 outputs.give(bytes, in_flight.buffers_to_keep());
-                top_up(&mut spawned, &mut in_flight);
+                top_up(&mut spawned, &mut in_flight, &mut counted);
             }
             Ok(())
         })
@@ -527,23 +577,142 @@ impl<S: BlobSource> Blob<S> {
         fetched: &mut Fetched,
         outputs: &Outputs,
     ) -> Result<Vec<u8>, FormatError> {
-        match p.seg {
+        let first = self.first_chunk(p, outputs);
+        let first = self.decode_chunk(first, fetched)?;
+        self.finish_piece(p, first, fetched, outputs)
+    }
+
+    /// Decodes two pieces, their first chunks together (see [`chunk::decode_two`]): what one
+    /// thread gains by having two chunks' streams in flight at once.
+    fn decode_two_pieces(
+        &self,
+        p: [&Piece; 2],
+        fetched: [&mut Fetched; 2],
+        outputs: &Outputs,
+    ) -> [Result<Vec<u8>, FormatError>; 2] {
+        let [fa, fb] = fetched;
+        let first = [
+            self.first_chunk(p[0], outputs),
+            self.first_chunk(p[1], outputs),
+        ];
+        let [a, b] = self.decode_chunks_two(first, [&mut *fa, &mut *fb]);
+        [
+            a.and_then(|a| self.finish_piece(p[0], a, fa, outputs)),
+            b.and_then(|b| self.finish_piece(p[1], b, fb, outputs)),
+        ]
+    }
+
+    /// The pieces of the decode task that starts at piece `start`: up to the second whose
+    /// first chunk can decode with another's (see [`chunk::decode_two`]), past whatever small
+    /// pieces (biases, norms, scales) lie between, so that every task has a pair if the pieces
+    /// do; never more than two pieces that are not small, nor more than [`TASK_PIECES`].
+    fn task(&self, pieces: &[Piece], start: usize) -> Range<usize> {
+        let (mut large, mut pairing, mut end) = (0, 0, start);
+        while end < pieces.len() && end - start < TASK_PIECES && pairing < 2 {
+            let p = &pieces[end];
+            if !self.small(p) {
+                if large == 2 {
+                    break;
+                }
+                large += 1;
+            }
+            pairing += usize::from(self.pairs(p));
+            end += 1;
+        }
+        start..end
+    }
+
+    /// Whether a piece's output is a [`SMALL_PIECE`].
+    fn small(&self, p: &Piece) -> bool {
+        let id = match p.seg {
+            Segment::Stream(s) => u64::from(self.index.streams[s as usize].first_chunk),
+            Segment::Int8(q) => u64::from(self.index.quantized[q as usize].int8_first),
+            Segment::High(q) => u64::from(self.index.quantized[q as usize].residual_first),
+        };
+        self.chunk(id + p.chunk).decoded_len() as usize <= SMALL_PIECE
+    }
+
+    /// Whether a piece's first chunk is one that [`chunk::decode_two`] decodes with another.
+    fn pairs(&self, p: &Piece) -> bool {
+        let id = match p.seg {
+            Segment::Stream(s) => u64::from(self.index.streams[s as usize].first_chunk),
+            Segment::Int8(q) | Segment::High(q) => {
+                u64::from(self.index.quantized[q as usize].int8_first)
+            }
+        };
+        chunk::decodes_together(self.chunk(id + p.chunk).codec())
+    }
+
+    /// Decodes a task's pieces: the first two that pair, together; the others alone.
+    fn decode_task(
+        &self,
+        pieces: &[Piece],
+        fetched: &mut [Fetched],
+        outputs: &Outputs,
+    ) -> Vec<Result<Vec<u8>, FormatError>> {
+        let pairing: Vec<usize> = (0..pieces.len())
+            .filter(|&i| self.pairs(&pieces[i]))
+            .take(2)
+            .collect();
+        let mut decoded: Vec<Option<Result<Vec<u8>, FormatError>>> =
+            (0..pieces.len()).map(|_| None).collect();
+        if let [a, b] = pairing[..] {
+            let (head, tail) = fetched.split_at_mut(b);
+            let pair = [&pieces[a], &pieces[b]];
+            let [ra, rb] = self.decode_two_pieces(pair, [&mut head[a], &mut tail[0]], outputs);
+            (decoded[a], decoded[b]) = (Some(ra), Some(rb));
+        }
+        pieces
+            .iter()
+            .zip(fetched)
+            .zip(decoded)
+            .map(|((p, f), d)| d.unwrap_or_else(|| self.decode_piece(p, f, outputs)))
+            .collect()
+    }
+
+    /// The chunk a piece decodes first, and the buffer it goes to: a stream or INT8 piece's
+    /// own chunk into an output buffer, a BF16 piece's INT8 values into scratch.
+    fn first_chunk(&self, p: &Piece, outputs: &Outputs) -> FirstChunk {
+        let (id, expect, output) = match p.seg {
             Segment::Stream(s) => {
                 let id = u64::from(self.index.streams[s as usize].first_chunk) + p.chunk;
-                let out = outputs.take(self.chunk(id).decoded_len() as usize);
-                self.decode_plain(id, fetched, out)
+                (id, chunk::Expect::Bytes, true)
             }
             Segment::Int8(q) => {
-                let q = &self.index.quantized[q as usize];
-                let id = u64::from(q.int8_first) + p.chunk;
-                let out = outputs.take(self.chunk(id).decoded_len() as usize);
-                self.decode_int8(q, p.chunk, fetched, out)
+                let id = u64::from(self.index.quantized[q as usize].int8_first) + p.chunk;
+                (id, chunk::Expect::Int8, true)
             }
+            Segment::High(q) => {
+                let id = u64::from(self.index.quantized[q as usize].int8_first) + p.chunk;
+                (id, chunk::Expect::Int8, false)
+            }
+        };
+        let len = self.chunk(id).decoded_len() as usize;
+        let out = if output {
+            outputs.take(len)
+        } else {
+            scratch(len)
+        };
+        FirstChunk { id, expect, out }
+    }
+
+    /// What is left of a piece once its first chunk is decoded: a BF16 piece's residual.
+    fn finish_piece(
+        &self,
+        p: &Piece,
+        first: Vec<u8>,
+        fetched: &mut Fetched,
+        outputs: &Outputs,
+    ) -> Result<Vec<u8>, FormatError> {
+        match p.seg {
+            Segment::Stream(_) | Segment::Int8(_) => Ok(first),
             Segment::High(q) => {
                 let q = &self.index.quantized[q as usize];
                 let id = u64::from(q.residual_first) + p.chunk;
                 let out = outputs.take(self.chunk(id).decoded_len() as usize);
-                self.decode_high(q, p.chunk, fetched, out)
+                let high = self.decode_residual(q, p.chunk, &first, fetched, out);
+                scratch_done(first);
+                high
             }
         }
     }
@@ -579,38 +748,70 @@ impl<S: BlobSource> Blob<S> {
         Ok(bytes)
     }
 
-    /// Decodes plain chunk `id` into `out` (resized to fit; its old bytes are overwritten).
-    fn decode_plain(
-        &self,
-        id: u64,
-        fetched: &mut Fetched,
-        mut out: Vec<u8>,
-    ) -> Result<Vec<u8>, FormatError> {
-        let c = self.chunk(id);
-        out.resize(c.decoded_len() as usize, 0);
+    /// Decodes a chunk into its buffer (resized to fit; its old bytes are overwritten) and
+    /// checks it.
+    fn decode_chunk(&self, c: FirstChunk, fetched: &mut Fetched) -> Result<Vec<u8>, FormatError> {
+        let FirstChunk {
+            id,
+            expect,
+            mut out,
+        } = c;
+        let chunk = self.chunk(id);
+        out.resize(chunk.decoded_len() as usize, 0);
         let stored = self.stored(id, fetched)?;
-        chunk::decode_bytes(c.codec(), &stored, &mut out)?;
+        chunk::decode(chunk::ChunkJob {
+            expect,
+            codec: chunk.codec(),
+            stored: &stored,
+            out: &mut out,
+        })?;
         scratch_done(stored);
-        check_crc(id, &c, &out)?;
+        check_crc(id, &chunk, &out)?;
         Ok(out)
     }
 
-    /// Decodes INT8 chunk `i` of `q` into `out`.
-    fn decode_int8(
+    /// [`Blob::decode_chunk`] on two chunks, decoded together.
+    fn decode_chunks_two(
         &self,
-        q: &QuantTensor,
-        i: u64,
-        fetched: &mut Fetched,
-        mut out: Vec<u8>,
-    ) -> Result<Vec<u8>, FormatError> {
-        let id = u64::from(q.int8_first) + i;
-        let c = self.chunk(id);
-        out.resize(c.decoded_len() as usize, 0);
-        let stored = self.stored(id, fetched)?;
-        chunk::decode_int8(c.codec(), &stored, &mut out)?;
-        scratch_done(stored);
-        check_crc(id, &c, &out)?;
-        Ok(out)
+        c: [FirstChunk; 2],
+        fetched: [&mut Fetched; 2],
+    ) -> [Result<Vec<u8>, FormatError>; 2] {
+        let [fa, fb] = fetched;
+        let [a, b] = c;
+        let (ca, cb) = (self.chunk(a.id), self.chunk(b.id));
+        let (sa, sb) = match (self.stored(a.id, fa), self.stored(b.id, fb)) {
+            (Ok(sa), Ok(sb)) => (sa, sb),
+            (sa, sb) => {
+                // A chunk that cannot be read fails alone; the other decodes by itself.
+                let one = |stored: Result<Vec<u8>, FormatError>, c: FirstChunk, f: &mut Fetched| {
+                    stored.and_then(|s| {
+                        scratch_done(s);
+                        self.decode_chunk(c, f)
+                    })
+                };
+                return [one(sa, a, fa), one(sb, b, fb)];
+            }
+        };
+        let (ida, idb) = (a.id, b.id);
+        let (mut oa, mut ob) = (a.out, b.out);
+        oa.resize(ca.decoded_len() as usize, 0);
+        ob.resize(cb.decoded_len() as usize, 0);
+        let job = |c: &Chunk, expect, stored, out| chunk::ChunkJob {
+            expect,
+            codec: c.codec(),
+            stored,
+            out,
+        };
+        let [ra, rb] = chunk::decode_two(
+            job(&ca, a.expect, &sa, &mut oa),
+            job(&cb, b.expect, &sb, &mut ob),
+        );
+        scratch_done(sa);
+        scratch_done(sb);
+        [
+            ra.and_then(|()| check_crc(ida, &ca, &oa)).map(|()| oa),
+            rb.and_then(|()| check_crc(idb, &cb, &ob)).map(|()| ob),
+        ]
     }
 
     /// The chunk ids of the scale stream that hold the scales of `rows`.
@@ -631,7 +832,13 @@ impl<S: BlobSource> Blob<S> {
         let (lo, hi) = (rows.start * 4, rows.end * 4);
         let mut bytes = Vec::with_capacity((hi - lo) as usize);
         for i in lo / s.chunk_bytes..hi.div_ceil(s.chunk_bytes) {
-            let chunk = self.decode_plain(u64::from(s.first_chunk) + i, fetched, scratch(0))?;
+            let id = u64::from(s.first_chunk) + i;
+            let c = FirstChunk {
+                id,
+                expect: chunk::Expect::Bytes,
+                out: scratch(0),
+            };
+            let chunk = self.decode_chunk(c, fetched)?;
             let start = i * s.chunk_bytes;
             let (a, b) = (
                 lo.max(start) - start,
@@ -646,22 +853,22 @@ impl<S: BlobSource> Blob<S> {
             .collect())
     }
 
-    /// Decodes high-precision chunk `i` of `q` into `out`: its INT8 values and scales, then
-    /// the residual on top.
-    fn decode_high(
+    /// Decodes high-precision chunk `i` of `q` into `out`, given its INT8 values: its
+    /// scales, then the residual on top.
+    fn decode_residual(
         &self,
         q: &QuantTensor,
         i: u64,
+        values: &[u8],
         fetched: &mut Fetched,
         mut out: Vec<u8>,
     ) -> Result<Vec<u8>, FormatError> {
-        let values = self.decode_int8(q, i, fetched, scratch(0))?;
         let scales = self.scales(q, q.chunk_rows(i), fetched)?;
         let id = u64::from(q.residual_first) + i;
         let c = self.chunk(id);
         let rows = ChunkRows {
             dtype: self.index.high_dtype,
-            q: &values,
+            q: values,
             scales: &scales,
             cols: q.cols as usize,
         };
@@ -669,10 +876,16 @@ impl<S: BlobSource> Blob<S> {
         let stored = self.stored(id, fetched)?;
         chunk::decode_residual(c.codec(), &rows, &stored, &mut out)?;
         scratch_done(stored);
-        scratch_done(values);
         check_crc(id, &c, &out)?;
         Ok(out)
     }
+}
+
+/// The first chunk of a piece to decode: its id, what it decodes to, the buffer it goes to.
+struct FirstChunk {
+    id: u64,
+    expect: chunk::Expect,
+    out: Vec<u8>,
 }
 
 fn check_crc(id: u64, c: &Chunk, decoded: &[u8]) -> Result<(), FormatError> {

@@ -168,6 +168,39 @@ fn row_and_column_vectors_and_llm_like_weights_round_trip() {
     );
 }
 
+/// The decoder takes large chunks two at a time (one task, their streams in one loop), past
+/// the small tensors between them: quantized weights alternating with biases, after a large
+/// float tensor, decoded on pools of one and two threads, give the input back exactly and the
+/// INT8 file the reference quantizer gives.
+#[test]
+fn large_chunks_decoded_two_at_a_time_round_trip() {
+    let mut tensors = vec![T::llm("embed.weight", 300, 256, 1)];
+    for k in 0..5u64 {
+        tensors.push(T::llm(&format!("layer.{k}.dense.bias"), 1, 256, 20 + k));
+        tensors.push(T::llm(
+            &format!("layer.{k}.dense.weight"),
+            96 + 32 * k,
+            256,
+            2 + k,
+        ));
+        tensors.push(T::llm(&format!("layer.{k}.norm.weight"), 1, 256, 30 + k));
+    }
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            round_trip(
+                &tensors,
+                &[("format", "pt")],
+                &EncodeOptions::default(),
+                &is_quantized,
+            )
+        });
+    }
+}
+
 #[test]
 fn derived_int8_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,124 @@
+//! AVX-512 decode loops for 32-lane streams: the 32 states in two vectors of sixteen. Each
+//! loop gives the same states, positions and output as the portable and AVX2 loops of
+//! `wide.rs` on any input, valid or not (tested below). What AVX-512 saves over AVX2: a
+//! refill is one expand (`vpexpandd` puts the next words into the lanes a mask selects, in
+//! lane order) instead of a movemask, a table lookup and a permute, and a lane mask is a
+//! register, not a vector to blend with.
+
+use std::arch::x86_64::*;
+
+use super::{TABLE_BITS, TableBytes, TableView, WIDE};
+
+/// Whether the AVX-512 loops may run: the CPU has AVX-512 F and BW (and POPCNT), SIMD is not
+/// turned off (`QSTORE_SCALAR`), and `QSTORE_NO_AVX512` is not set (so the AVX2 loops can be
+/// tested and measured on a CPU that has both).
+pub fn avx512_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        super::simd_enabled() && cpu_has_avx512() && std::env::var_os("QSTORE_NO_AVX512").is_none()
+    })
+}
+
+/// What the loops here need of the CPU, whatever the environment says.
+pub(super) fn cpu_has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("popcnt")
+}
+
+/// Bytes a group of 32 symbols may read: each half's 32-byte window starts after the words
+/// the halves before it took, at most 32 bytes in.
+const GROUP_BYTES: usize = 2 * WIDE;
+
+/// The lanes of `v` below 2^16 become `v << 16 | next word`, the words taken in lane order
+/// from the stream at `*pos`, which advances past them. The caller guarantees 32 readable
+/// bytes at `*pos`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,popcnt")]
+unsafe fn renormalise(v: __m512i, words: &[u8], pos: &mut usize) -> __m512i {
+    let need = _mm512_cmplt_epu32_mask(v, _mm512_set1_epi32(1 << 16));
+    // SAFETY: the caller leaves 32 bytes after *pos.
+    let raw = unsafe { _mm256_loadu_si256(words.as_ptr().add(*pos).cast()) };
+    let w = _mm512_maskz_expand_epi32(need, _mm512_cvtepu16_epi32(raw));
+    *pos += 2 * need.count_ones() as usize;
+    _mm512_mask_or_epi32(v, need, _mm512_slli_epi32::<16>(v), w)
+}
+
+/// One table symbol on sixteen lanes: the symbols (in u32 lanes) and the states before
+/// renormalisation. Two gathers load the slots' 64-bit `(sym, freq, slot - start)` entries;
+/// one permute each takes their low and high halves back to lane order.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,popcnt")]
+fn table_step(x: __m512i, table: &TableView) -> (__m512i, __m512i) {
+    const MASK: i32 = (1 << TABLE_BITS) - 1;
+    let slot = _mm512_and_si512(x, _mm512_set1_epi32(MASK));
+    let base = table.slots.as_ptr().cast::<i64>();
+    // SAFETY: every slot is below 2^TABLE_BITS, the length of `slots`.
+    let (a, b) = unsafe {
+        (
+            _mm512_i32gather_epi64::<8>(_mm512_castsi512_si256(slot), base),
+            _mm512_i32gather_epi64::<8>(_mm512_extracti64x4_epi64::<1>(slot), base),
+        )
+    };
+    let low = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let high = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let e = _mm512_permutex2var_epi32(a, low, b);
+    let sym = _mm512_permutex2var_epi32(a, high, b);
+    let v = _mm512_add_epi32(
+        _mm512_mullo_epi32(
+            _mm512_srli_epi32::<16>(e),
+            _mm512_srli_epi32::<{ TABLE_BITS }>(x),
+        ),
+        _mm512_and_si512(e, _mm512_set1_epi32(0xFFFF)),
+    );
+    (sym, v)
+}
+
+/// Sixteen table symbols at a time, two vectors per group of 32, each vector's symbols
+/// narrowed to bytes and stored as soon as they are known. With several runs, each step does
+/// each run's vector in turn, and groups go on while every run has one.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW ([`cpu_has_avx512`]).
+// `k` numbers each run's state vectors, `s` the runs: both index arrays of arrays.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512bw,popcnt")]
+pub(super) unsafe fn decode_table_bytes<const L: usize, const S: usize>(
+    runs: &mut [TableBytes<'_, '_, L>; S],
+) -> [usize; S] {
+    assert_eq!(L, WIDE, "the AVX-512 loops decode 32 lanes");
+    let n = runs.iter().map(|r| r.out.len() / 32).min().unwrap_or(0);
+    let mut pos = runs.each_ref().map(|r| r.dec.pos);
+    // SAFETY: the 32 u32 states are the bytes of two vectors (unaligned access).
+    let mut x: [[__m512i; 2]; S] = runs
+        .each_ref()
+        .map(|r| unsafe { std::ptr::read_unaligned(r.dec.states.as_ptr().cast()) });
+    let mut g = 0;
+    while g < n
+        && runs
+            .iter()
+            .zip(&pos)
+            .all(|(r, &p)| r.dec.words.len() - p >= GROUP_BYTES)
+    {
+        for k in 0..2 {
+            let steps: [_; S] = std::array::from_fn(|s| table_step(x[s][k], &runs[s].table));
+            for s in 0..S {
+                // SAFETY: GROUP_BYTES remain for the refills.
+                x[s][k] = unsafe { renormalise(steps[s].1, runs[s].dec.words, &mut pos[s]) };
+                let out = &mut runs[s].out[32 * g + 16 * k..32 * g + 16 * k + 16];
+                // SAFETY: out has 16 bytes.
+                unsafe {
+                    _mm_storeu_si128(out.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(steps[s].0))
+                };
+            }
+        }
+        g += 1;
+    }
+    for s in 0..S {
+        let dec = &mut *runs[s].dec;
+        // SAFETY: as above.
+        unsafe { std::ptr::write_unaligned(dec.states.as_mut_ptr().cast(), x[s]) };
+        dec.pos = pos[s];
+    }
+    [32 * g; S]
+}
