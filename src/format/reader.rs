@@ -4,8 +4,8 @@
 //! they complete, so a decode holds at most `2 * WINDOW` decoded chunks of ≤ ~1 MiB of output each,
 //! whatever the file size, plus the small pieces that ride along with them (≤ 7 x 16 KiB per
 //! chunk); what a chunk's decode needs on the way (stored bytes, a BF16 chunk's INT8 values) is
-//! scratch of the thread decoding it, which decodes two chunks at a time. A server running many decodes at once
-//! shares one [`DecodeBudget`] between them ([`Blob::write_range_budgeted`]).
+//! scratch of the thread decoding it, which decodes two chunks at a time. A server running many
+//! decodes at once shares one [`DecodeBudget`] between them ([`Blob::write_range_budgeted`]).
 
 use std::io::{Read, Write};
 use std::ops::Range;
@@ -429,11 +429,7 @@ impl<S: BlobSource> Blob<S> {
                     while *spawned < pieces.len() {
                         // A task waits until it can start whole (unless nothing is in flight).
                         let task = self.task(pieces, *spawned);
-                        let slots: Vec<usize> =
-                            match task.clone().filter(|&i| !self.small(&pieces[i])) {
-                                big if big.clone().next().is_some() => big.collect(),
-                                _ => vec![task.start],
-                            };
+                        let slots = self.slots(pieces, task.clone());
                         let (room, idle) = in_flight.room();
                         if room < slots.len() && !idle {
                             break;
@@ -622,25 +618,39 @@ impl<S: BlobSource> Blob<S> {
         start..end
     }
 
+    /// The pieces of `task` that take a slot of the chunks in flight: its large ones, or its
+    /// first if all are small.
+    fn slots(&self, pieces: &[Piece], task: Range<usize>) -> Vec<usize> {
+        let large: Vec<usize> = task.clone().filter(|&i| !self.small(&pieces[i])).collect();
+        match large.is_empty() {
+            true => vec![task.start],
+            false => large,
+        }
+    }
+
     /// Whether a piece's output is a [`SMALL_PIECE`].
     fn small(&self, p: &Piece) -> bool {
         let id = match p.seg {
-            Segment::Stream(s) => u64::from(self.index.streams[s as usize].first_chunk),
-            Segment::Int8(q) => u64::from(self.index.quantized[q as usize].int8_first),
-            Segment::High(q) => u64::from(self.index.quantized[q as usize].residual_first),
+            Segment::High(q) => {
+                u64::from(self.index.quantized[q as usize].residual_first) + p.chunk
+            }
+            _ => self.first_chunk_id(p),
         };
-        self.chunk(id + p.chunk).decoded_len() as usize <= SMALL_PIECE
+        self.chunk(id).decoded_len() as usize <= SMALL_PIECE
     }
 
     /// Whether a piece's first chunk is one that [`chunk::decode_two`] decodes with another.
     fn pairs(&self, p: &Piece) -> bool {
-        let id = match p.seg {
-            Segment::Stream(s) => u64::from(self.index.streams[s as usize].first_chunk),
-            Segment::Int8(q) | Segment::High(q) => {
-                u64::from(self.index.quantized[q as usize].int8_first)
-            }
+        chunk::decodes_together(self.chunk(self.first_chunk_id(p)).codec())
+    }
+
+    /// The chunk a piece decodes first: its own, or a BF16 piece's INT8 values.
+    fn first_chunk_id(&self, p: &Piece) -> u64 {
+        let first = match p.seg {
+            Segment::Stream(s) => self.index.streams[s as usize].first_chunk,
+            Segment::Int8(q) | Segment::High(q) => self.index.quantized[q as usize].int8_first,
         };
-        chunk::decodes_together(self.chunk(id + p.chunk).codec())
+        u64::from(first) + p.chunk
     }
 
     /// Decodes a task's pieces: the first two that pair, together; the others alone.
@@ -673,25 +683,12 @@ impl<S: BlobSource> Blob<S> {
     /// The chunk a piece decodes first, and the buffer it goes to: a stream or INT8 piece's
     /// own chunk into an output buffer, a BF16 piece's INT8 values into scratch.
     fn first_chunk(&self, p: &Piece, outputs: &Outputs) -> FirstChunk {
-        let (id, expect, output) = match p.seg {
-            Segment::Stream(s) => {
-                let id = u64::from(self.index.streams[s as usize].first_chunk) + p.chunk;
-                (id, chunk::Expect::Bytes, true)
-            }
-            Segment::Int8(q) => {
-                let id = u64::from(self.index.quantized[q as usize].int8_first) + p.chunk;
-                (id, chunk::Expect::Int8, true)
-            }
-            Segment::High(q) => {
-                let id = u64::from(self.index.quantized[q as usize].int8_first) + p.chunk;
-                (id, chunk::Expect::Int8, false)
-            }
-        };
+        let id = self.first_chunk_id(p);
         let len = self.chunk(id).decoded_len() as usize;
-        let out = if output {
-            outputs.take(len)
-        } else {
-            scratch(len)
+        let (expect, out) = match p.seg {
+            Segment::Stream(_) => (chunk::Expect::Bytes, outputs.take(len)),
+            Segment::Int8(_) => (chunk::Expect::Int8, outputs.take(len)),
+            Segment::High(_) => (chunk::Expect::Int8, scratch(len)),
         };
         FirstChunk { id, expect, out }
     }
