@@ -169,6 +169,13 @@ pub(super) fn decode_keyed_positions<const L: usize>(
         return 0;
     }
     #[cfg(target_arch = "x86_64")]
+    if super::wide_avx512::avx512_enabled() {
+        // SAFETY: the CPU supports AVX-512 (checked at run time above).
+        return unsafe {
+            super::wide_avx512::decode_keyed_positions(dec, keys, splits, offsets, out)
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
     if simd_enabled() {
         // SAFETY: the CPU supports AVX2 (checked at run time above).
         return unsafe { avx2::decode_keyed_positions(dec, keys, splits, offsets, out) };
@@ -686,7 +693,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     #[ignore = "needs an AVX-512 CPU (avx512f, avx512bw); CI skips it, saying so, on others"]
-    fn portable_and_avx512_loops_agree_on_valid_and_damaged_streams() {
+    fn portable_and_avx512_table_loops_agree_on_valid_and_damaged_streams() {
         assert!(
             super::super::wide_avx512::cpu_has_avx512(),
             "this test compares the AVX-512 loop with the portable one: it needs an AVX-512 CPU"
@@ -761,9 +768,33 @@ mod position_tests {
     }
 
     /// The keyed loop against the general one plus offsets: the same codes, states and stream
-    /// position, portable and SIMD alike, also on damaged streams.
+    /// position, portable and AVX2 alike, also on damaged streams.
     #[test]
     fn keyed_positions_are_positions_plus_offsets() {
+        let mut keyed: Vec<KeyedLoop> = vec![decode_keyed_positions_portable];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            keyed.push(|d, k, s, o, out| unsafe { avx2::decode_keyed_positions(d, k, s, o, out) });
+        }
+        keyed_loops_agree(&keyed);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    #[ignore = "needs an AVX-512 CPU (avx512f, avx512bw); CI skips it, saying so, on others"]
+    fn portable_and_avx512_keyed_loops_agree() {
+        assert!(
+            super::super::wide_avx512::cpu_has_avx512(),
+            "this test compares the AVX-512 keyed loop with the portable one: it needs an AVX-512 CPU"
+        );
+        // SAFETY: the CPU was checked above.
+        keyed_loops_agree(&[|d, k, s, o, out| unsafe {
+            super::super::wide_avx512::decode_keyed_positions(d, k, s, o, out)
+        }]);
+    }
+
+    /// Each of `keyed` gives what the general loop plus offsets gives: codes, states, position.
+    fn keyed_loops_agree(keyed: &[KeyedLoop]) {
         let mut r = 7u32;
         let mut next = || {
             r = r.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -789,14 +820,7 @@ mod position_tests {
             }
             let mut bytes = Vec::new();
             enc.finish_into(&mut bytes);
-            let mut keyed: Vec<KeyedLoop> = vec![decode_keyed_positions_portable];
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                keyed.push(|d, k, s, o, out| unsafe {
-                    avx2::decode_keyed_positions(d, k, s, o, out)
-                });
-            }
-            for f in keyed {
+            for &f in keyed {
                 let general = run_general(&keys, &splits, &offsets, &bytes);
                 assert_eq!(general.0, want);
                 assert_eq!(run_keyed(f, &keys, &splits, &offsets, &bytes), general);

@@ -122,3 +122,88 @@ pub(super) unsafe fn decode_table_bytes<const L: usize, const S: usize>(
     }
     [32 * g; S]
 }
+
+/// One [`super::Split`] position on sixteen lanes, each with its packed split: the position
+/// and the state before renormalisation. The AVX2 `split_step` of `wide.rs` on sixteen lanes,
+/// its blends done with masks (see there for why the single-precision division is exact).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,popcnt")]
+fn split_step(x: __m512i, split: __m512i) -> (__m512i, __m512i) {
+    let low = _mm512_set1_epi32(0xFFFF);
+    let one = _mm512_set1_epi32(1);
+    let f = _mm512_add_epi32(_mm512_and_si512(split, low), one);
+    let e = _mm512_srli_epi32::<16>(split);
+    let f1 = _mm512_add_epi32(f, one);
+    let slot = _mm512_and_si512(x, low);
+    let b = _mm512_mullo_epi32(e, f1);
+    let below = _mm512_cmpgt_epi32_mask(b, slot);
+    let div = _mm512_mask_blend_epi32(below, f, f1);
+    let num = _mm512_mask_blend_epi32(below, _mm512_sub_epi32(slot, b), slot);
+    let q = _mm512_cvttps_epi32(_mm512_div_ps(
+        _mm512_cvtepi32_ps(num),
+        _mm512_cvtepi32_ps(div),
+    ));
+    let r = _mm512_mask_add_epi32(q, !below, q, e);
+    let start = _mm512_add_epi32(_mm512_mullo_epi32(r, f), _mm512_min_epu32(r, e));
+    let freq = _mm512_mask_add_epi32(f, _mm512_cmpgt_epi32_mask(e, r), f, one);
+    let v = _mm512_add_epi32(
+        _mm512_mullo_epi32(freq, _mm512_srli_epi32::<16>(x)),
+        _mm512_sub_epi32(slot, start),
+    );
+    (r, v)
+}
+
+/// Sixteen keyed positions at a time (see `Decoder::decode_keyed_positions`): each element's
+/// split and offset gathered by its key, the position found, the offset added and the codes
+/// narrowed to u16. The offsets are u16s, so their gather reads four bytes from each key's
+/// entry; key 255 (whose read would pass the table's end) takes its offset by a mask instead.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW ([`cpu_has_avx512`]).
+#[target_feature(enable = "avx512f,avx512bw,popcnt")]
+pub(super) unsafe fn decode_keyed_positions<const L: usize>(
+    dec: &mut super::Decoder<L>,
+    keys: &[u8],
+    splits: &[u32; 256],
+    offsets: &[u16; 256],
+    out: &mut [u8],
+) -> usize {
+    assert_eq!(L, WIDE, "the AVX-512 loops decode 32 lanes");
+    let n = keys.len().min(out.len() / 2) / 32;
+    let (words, mut pos) = (dec.words, dec.pos);
+    // SAFETY: the 32 u32 states are the bytes of two vectors (unaligned access).
+    let mut x: [__m512i; 2] = unsafe { std::ptr::read_unaligned(dec.states.as_ptr().cast()) };
+    let last = _mm512_set1_epi32(255);
+    let last_offset = _mm512_set1_epi32(i32::from(offsets[255]));
+    let mut g = 0;
+    while g < n && words.len() - pos >= GROUP_BYTES {
+        for (k, x) in x.iter_mut().enumerate() {
+            let at = 32 * g + 16 * k;
+            let ks: &[u8; 16] = keys[at..at + 16].try_into().unwrap();
+            // SAFETY (the block): ks has 16 bytes; every key indexes `splits` (256 u32s);
+            // keys below 255 read bytes 2 key..2 key + 4 of `offsets` (512 bytes); GROUP_BYTES
+            // remain for the refill; `out` has 32 bytes at 2 at.
+            unsafe {
+                let key = _mm512_cvtepu8_epi32(_mm_loadu_si128(ks.as_ptr().cast()));
+                let split = _mm512_i32gather_epi32::<4>(key, splits.as_ptr().cast());
+                let inside = _mm512_cmpneq_epi32_mask(key, last);
+                let base = _mm512_mask_i32gather_epi32::<2>(
+                    last_offset,
+                    inside,
+                    key,
+                    offsets.as_ptr().cast(),
+                );
+                let (r, v) = split_step(*x, split);
+                *x = renormalise(v, words, &mut pos);
+                let codes = _mm512_cvtepi32_epi16(_mm512_add_epi32(r, base));
+                let dst = &mut out[2 * at..2 * at + 32];
+                _mm256_storeu_si256(dst.as_mut_ptr().cast(), codes);
+            }
+        }
+        g += 1;
+    }
+    // SAFETY: as above.
+    unsafe { std::ptr::write_unaligned(dec.states.as_mut_ptr().cast(), x) };
+    dec.pos = pos;
+    32 * g
+}
