@@ -2,7 +2,7 @@
 //!
 //! Memory: chunks are decoded in parallel, at most `2 * WINDOW` at a time, and written in order as
 //! they complete, so a decode holds at most `2 * WINDOW` decoded chunks of ≤ ~1 MiB of output each,
-//! whatever the file size, plus the small pieces that ride along with them (≤ 7 x 16 KiB per
+//! whatever the file size, plus the small pieces that ride along with them (≤ 10 x 16 KiB per
 //! chunk); what a chunk's decode needs on the way (stored bytes, a BF16 chunk's INT8 values) is
 //! scratch of the thread decoding it, which decodes two chunks at a time. A server running many
 //! decodes at once shares one [`DecodeBudget`] between them ([`Blob::write_range_budgeted`]).
@@ -19,9 +19,10 @@ use crate::codec::residual::ChunkRows;
 /// Half the chunks a decode keeps in flight (see the module comment).
 pub const WINDOW: usize = 16;
 
-/// Most pieces one decode task takes: enough to reach a second large chunk past the small
-/// ones between two quantized weights (scales, biases, norms: up to six in MiniLM).
-const TASK_PIECES: usize = 8;
+/// Most pieces one decode task takes: enough for two large chunks and the small pieces
+/// around them (MiniLM's INT8 file has up to five small ones between two quantized weights and
+/// three more before the next, which a task that starts after one pair meets first).
+const TASK_PIECES: usize = 12;
 
 /// A piece whose decoded chunk is at most this large rides along in a decode task without a
 /// slot of its own in the chunks in flight: what it holds is a bias, a norm or the scales of a
