@@ -88,6 +88,43 @@ fn decode_table_bytes_portable<const L: usize>(
     })
 }
 
+/// The SIMD table loops' frame: each run's 32 states as `VECS` vectors of type `V`, then
+/// `group(g, runs, states, positions)` for groups `g = 0..` while every run has a whole group
+/// of output left and `need` stream bytes after its position; the states and positions go
+/// back to the decoders at the end. Returns how many symbols each run got.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn table_groups<V: Copy, const VECS: usize, const L: usize, const S: usize>(
+    runs: &mut [TableBytes<'_, '_, L>; S],
+    need: usize,
+    mut group: impl FnMut(usize, &mut [TableBytes<'_, '_, L>; S], &mut [[V; VECS]; S], &mut [usize; S]),
+) -> [usize; S] {
+    assert_eq!(L, WIDE, "the SIMD loops decode 32 lanes");
+    assert_eq!(size_of::<[V; VECS]>(), size_of::<[u32; WIDE]>());
+    let n = runs.iter().map(|r| r.out.len() / 32).min().unwrap_or(0);
+    let mut pos = runs.each_ref().map(|r| r.dec.pos);
+    // SAFETY: the 32 u32 states are the bytes of the vectors (asserted above; unaligned).
+    let mut x: [[V; VECS]; S] = runs
+        .each_ref()
+        .map(|r| unsafe { std::ptr::read_unaligned(r.dec.states.as_ptr().cast()) });
+    let mut g = 0;
+    while g < n
+        && runs
+            .iter()
+            .zip(&pos)
+            .all(|(r, &p)| r.dec.words.len() - p >= need)
+    {
+        group(g, runs, &mut x, &mut pos);
+        g += 1;
+    }
+    for ((r, x), pos) in runs.iter_mut().zip(x).zip(pos) {
+        // SAFETY: as above.
+        unsafe { std::ptr::write_unaligned(r.dec.states.as_mut_ptr().cast(), x) };
+        r.dec.pos = pos;
+    }
+    [32 * g; S]
+}
+
 /// The portable loops' frame: up to `groups` whole groups of `L` symbols while the stream has
 /// the bytes a group may read, symbol `i` (counted from the first group) on lane `i % L`.
 /// `decode(i, x)` decodes symbol `i` from its lane's state `x` and returns the state before
@@ -511,41 +548,27 @@ mod avx2 {
     pub(super) unsafe fn decode_table_bytes<const L: usize, const S: usize>(
         runs: &mut [TableBytes<'_, '_, L>; S],
     ) -> [usize; S] {
-        assert_eq!(L, 32, "the AVX2 loops decode 32 lanes");
-        let n = runs.iter().map(|r| r.out.len() / 32).min().unwrap_or(0);
-        let mut pos = runs.each_ref().map(|r| r.dec.pos);
-        // SAFETY: the 32 u32 states are the bytes of four vectors (unaligned access).
-        let mut x: [[__m256i; 4]; S] = runs
-            .each_ref()
-            .map(|r| unsafe { std::ptr::read_unaligned(r.dec.states.as_ptr().cast()) });
-        let mut g = 0;
-        while g < n
-            && runs
-                .iter()
-                .zip(&pos)
-                .all(|(r, &p)| r.dec.words.len() - p >= GROUP_BYTES)
-        {
-            let mut syms = [[_mm256_setzero_si256(); 4]; S];
-            // Written out so that the state vectors stay in registers.
-            for k in 0..4 {
-                let steps: [_; S] = std::array::from_fn(|s| table_step(x[s][k], &runs[s].table));
-                for s in 0..S {
-                    syms[s][k] = steps[s].0;
-                    // SAFETY: GROUP_BYTES remain for the refills.
-                    x[s][k] = unsafe { renormalise(steps[s].1, runs[s].dec.words, &mut pos[s]) };
+        super::table_groups(
+            runs,
+            GROUP_BYTES,
+            |g, runs, x: &mut [[__m256i; 4]; S], pos| {
+                let mut syms = [[_mm256_setzero_si256(); 4]; S];
+                // Written out so that the state vectors stay in registers.
+                for k in 0..4 {
+                    let steps: [_; S] =
+                        std::array::from_fn(|s| table_step(x[s][k], &runs[s].table));
+                    for s in 0..S {
+                        syms[s][k] = steps[s].0;
+                        // SAFETY: GROUP_BYTES remain for the refills.
+                        x[s][k] =
+                            unsafe { renormalise(steps[s].1, runs[s].dec.words, &mut pos[s]) };
+                    }
                 }
-            }
-            for s in 0..S {
-                store_u8x32(syms[s], &mut runs[s].out[32 * g..32 * g + 32]);
-            }
-            g += 1;
-        }
-        for s in 0..S {
-            let dec = &mut *runs[s].dec;
-            unsafe { std::ptr::write_unaligned(dec.states.as_mut_ptr().cast(), x[s]) };
-            dec.pos = pos[s];
-        }
-        [32 * g; S]
+                for s in 0..S {
+                    store_u8x32(syms[s], &mut runs[s].out[32 * g..32 * g + 32]);
+                }
+            },
+        )
     }
 }
 

@@ -86,41 +86,24 @@ fn table_step(x: __m512i, table: &TableView) -> (__m512i, __m512i) {
 pub(super) unsafe fn decode_table_bytes<const L: usize, const S: usize>(
     runs: &mut [TableBytes<'_, '_, L>; S],
 ) -> [usize; S] {
-    assert_eq!(L, WIDE, "the AVX-512 loops decode 32 lanes");
-    let n = runs.iter().map(|r| r.out.len() / 32).min().unwrap_or(0);
-    let mut pos = runs.each_ref().map(|r| r.dec.pos);
-    // SAFETY: the 32 u32 states are the bytes of two vectors (unaligned access).
-    let mut x: [[__m512i; 2]; S] = runs
-        .each_ref()
-        .map(|r| unsafe { std::ptr::read_unaligned(r.dec.states.as_ptr().cast()) });
-    let mut g = 0;
-    while g < n
-        && runs
-            .iter()
-            .zip(&pos)
-            .all(|(r, &p)| r.dec.words.len() - p >= GROUP_BYTES)
-    {
-        for k in 0..2 {
-            let steps: [_; S] = std::array::from_fn(|s| table_step(x[s][k], &runs[s].table));
-            for s in 0..S {
-                // SAFETY: GROUP_BYTES remain for the refills.
-                x[s][k] = unsafe { renormalise(steps[s].1, runs[s].dec.words, &mut pos[s]) };
-                let out = &mut runs[s].out[32 * g + 16 * k..32 * g + 16 * k + 16];
-                // SAFETY: out has 16 bytes.
-                unsafe {
-                    _mm_storeu_si128(out.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(steps[s].0))
-                };
+    super::wide::table_groups(
+        runs,
+        GROUP_BYTES,
+        |g, runs, x: &mut [[__m512i; 2]; S], pos| {
+            for k in 0..2 {
+                let steps: [_; S] = std::array::from_fn(|s| table_step(x[s][k], &runs[s].table));
+                for s in 0..S {
+                    // SAFETY: GROUP_BYTES remain for the refills.
+                    x[s][k] = unsafe { renormalise(steps[s].1, runs[s].dec.words, &mut pos[s]) };
+                    let out = &mut runs[s].out[32 * g + 16 * k..32 * g + 16 * k + 16];
+                    // SAFETY: out has 16 bytes.
+                    unsafe {
+                        _mm_storeu_si128(out.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(steps[s].0))
+                    };
+                }
             }
-        }
-        g += 1;
-    }
-    for s in 0..S {
-        let dec = &mut *runs[s].dec;
-        // SAFETY: as above.
-        unsafe { std::ptr::write_unaligned(dec.states.as_mut_ptr().cast(), x[s]) };
-        dec.pos = pos[s];
-    }
-    [32 * g; S]
+        },
+    )
 }
 
 /// One [`super::Split`] position on sixteen lanes, each with its packed split: the position
