@@ -76,7 +76,12 @@ fn delete_model() {}
     ("revision" = Option<String>, Query, description = "branch, tag or commit id (default main)"),
     ("file" = Option<String>, Query, description = "which file of a sharded model"),
 ), responses(
-    (status = 200, description = "the file, byte-exact, with ETag and Repr-Digest", content_type = "application/octet-stream"),
+    // The path is shared with GET /models/{namespace}/{name}: a last segment that is not a
+    // precision makes the two segments a repo id, answered with the repo's details (JSON).
+    (status = 200, description = "the file, byte-exact, with ETag and Repr-Digest; or, when `{precision}` is not a precision, the details of the repo `{name}/{precision}`", content(
+        ("application/octet-stream"),
+        (ModelDetails = "application/json"),
+    )),
     (status = 206, description = "the requested byte range", content_type = "application/octet-stream"),
     (status = 304, description = "If-None-Match matched"),
     (status = 400, description = "bad name, query or several files and none named", body = ErrorBody),
