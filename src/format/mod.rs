@@ -11,9 +11,11 @@ mod chunk;
 mod hash;
 mod index;
 mod input;
+mod ordered;
 mod reader;
 mod report;
 mod stored;
+mod writeback;
 mod writer;
 
 pub use arrival::{Arrival, ArrivingFile};

@@ -1,29 +1,29 @@
 //! Encoding: reads safetensors inputs front to back, a batch of chunks at a time, and writes one blob.
 //!
-//! Batches are pipelined: while the thread pool encodes one batch, the encoder writes the batch
-//! before it and reads the next. Reading (and feeding the file hashes) and writing used to sit
-//! between the parallel steps with the pool idle.
+//! Encoding is pipelined: chunks are sent to the thread pool in small jobs as soon as they are
+//! read (see [`super::ordered`]), and written in input order as their jobs end, so reading (and
+//! feeding the file hashes) and writing overlap the encoding instead of sitting between parallel
+//! steps with the pool idle.
 //!
-//! Memory: the encoder holds two batches of input (each at most [`BATCH_BYTES`] of input and
-//! [`BATCH_CHUNKS`] chunks, or one chunk if a single chunk is larger): one being encoded, with
-//! its encoded form, and one being read or written; plus the scales of the quantized tensor in
-//! progress; per tensor of the model, its header entry and its entries in the blob index
-//! (bounded by [`crate::safetensors::MAX_TENSORS`]). The residual section is spooled to a
-//! temporary file next to the output, so the base section can be contiguous without holding
-//! residuals in memory.
+//! Memory: the encoder holds the input of the jobs in flight (at most twice [`BATCH_BYTES`],
+//! a chunk counting at least [`BATCH_BYTES`] / [`BATCH_CHUNKS`], plus the job being gathered),
+//! with their encoded forms until written; plus the scales of the quantized tensor in progress;
+//! per tensor of the model, its header entry and its entries in the blob index (bounded by
+//! [`crate::safetensors::MAX_TENSORS`]). The residual section is spooled to a temporary file next
+//! to the output, so the base section can be contiguous without holding residuals in memory.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::arrival::{Arrival, ArrivingFile};
 use super::hash::{BackgroundHash, Block};
+use super::ordered::OrderedJobs;
+use super::writeback::Writeback;
 
 use super::chunk::{self, Content, EncodedChunk, high_dtype_of};
 use super::index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment, segment_len};
@@ -40,14 +40,21 @@ use crate::codec::quantize::{HighDtype, quantize_row};
 use crate::codec::residual::ChunkRows;
 use crate::safetensors::{Dtype, Header, TensorInfo};
 
-/// Input bytes gathered before a parallel encode step: enough chunks to keep every core busy.
-/// Two batches are in flight, so together they hold what one batch of 16 MiB did before
-/// batches were pipelined (peak RSS unchanged: 68-69 MiB on the 128 MiB synthetic set).
+/// Input an encode keeps in flight is at most twice this: the jobs sent to the pool and not
+/// yet written (peak RSS as when two batches of 8 MiB were in flight: 68-69 MiB on the 128 MiB
+/// synthetic set). An encoder running on a pool thread encodes batches of this size itself.
 pub const BATCH_BYTES: u64 = 8 << 20;
 
-/// Chunks gathered before a parallel encode step, whatever their size: a model of a million tiny
-/// tensors must not hold a million encoded chunks (each with its tables) at once.
+/// Chunks in one batch at most, whatever their size: a model of a million tiny tensors must not
+/// hold a million encoded chunks (each with its tables) at once.
 pub const BATCH_CHUNKS: usize = 4096;
+
+/// Input gathered into one pool job: one chunk of a large tensor, or many small tensors' chunks
+/// (a job per one-element tensor would cost more to send than to encode).
+const JOB_BYTES: u64 = 1 << 20;
+
+/// Chunks in one job at most; with [`BATCH_BYTES`] this bounds the chunks in flight.
+const JOB_CHUNKS: usize = 64;
 
 /// Tunables; the defaults are what the format documents.
 pub struct EncodeOptions {
@@ -108,6 +115,7 @@ pub fn encode_to_path(
         input,
         opts,
         BufWriter::new(tmp.as_file().try_clone()?),
+        Writeback::new(tmp.as_file().try_clone()?),
         residual,
         progress,
     )?;
@@ -192,6 +200,8 @@ struct Encoder<'a, W: Write> {
     dtype: HighDtype,
     out: W,
     pos: u64,
+    /// Sends `out`'s bytes to disk as they are written, for the final fsync.
+    writeback: Writeback,
     residual: BufWriter<File>,
     residual_pos: u64,
     progress: &'a (dyn Fn(u64) + Sync),
@@ -202,8 +212,8 @@ struct Encoder<'a, W: Write> {
     tasks: Vec<Task>,
     pending: Vec<Work>,
     pending_bytes: u64,
-    /// The batch before `pending`, encoding on the pool; written before `pending` is.
-    encoding: Option<EncodingBatch>,
+    /// Jobs sent before `pending`, encoding on the pool; written in order before `pending` is.
+    encoding: OrderedJobs<Result<Vec<Done>, FormatError>>,
     int8_hashers: Vec<BackgroundHash>,
     /// Per high file, when the int8 checkpoint is derived: its int8 header and tensor roles,
     /// computed once and used for hashing, the file layout and the sharding index.
@@ -226,6 +236,7 @@ impl<'a, W: Write> Encoder<'a, W> {
         input: &EncodeInput,
         opts: &'a EncodeOptions,
         mut out: W,
+        writeback: Writeback,
         residual: File,
         progress: &'a (dyn Fn(u64) + Sync),
     ) -> Result<Self, FormatError> {
@@ -282,6 +293,7 @@ impl<'a, W: Write> Encoder<'a, W> {
             dtype,
             out,
             pos: PREAMBLE_LEN,
+            writeback,
             residual: BufWriter::new(residual),
             residual_pos: 0,
             progress,
@@ -292,7 +304,7 @@ impl<'a, W: Write> Encoder<'a, W> {
             tasks: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
-            encoding: None,
+            encoding: OrderedJobs::new(),
             int8_hashers: Vec::new(),
             derived_layouts: Vec::new(),
             high_files: Vec::new(),
@@ -689,39 +701,55 @@ impl<'a, W: Write> Encoder<'a, W> {
     fn submit(&mut self, work: Work, bytes: u64) -> Result<(), FormatError> {
         self.pending.push(work);
         self.pending_bytes += bytes;
-        if self.pending_bytes >= BATCH_BYTES || self.pending.len() >= BATCH_CHUNKS {
+        // A pool thread encodes its batches itself (see `dispatch`): they stay large enough
+        // to keep every core busy.
+        let (job_bytes, job_chunks) = match rayon::current_thread_index() {
+            Some(_) => (BATCH_BYTES, BATCH_CHUNKS),
+            None => (JOB_BYTES, JOB_CHUNKS),
+        };
+        if self.pending_bytes >= job_bytes || self.pending.len() >= job_chunks {
             self.dispatch()?;
         }
         Ok(())
     }
 
-    /// Starts encoding the pending batch on the pool, then writes the batch before it, so
-    /// that writing it and reading the next batch overlap the encoding.
+    /// Sends the pending chunks to the pool as one job and writes every job that is done, in
+    /// order, so that reading and writing overlap the encoding. Waits while the jobs in flight
+    /// hold more than two batches of input.
     fn dispatch(&mut self) -> Result<(), FormatError> {
         let work = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
+        let bytes = std::mem::take(&mut self.pending_bytes);
         if rayon::current_thread_index().is_some() {
             // A pool thread waiting for its own pool could wait forever (a pool of one):
-            // encode here, one batch at a time, so no batch is ever in flight.
+            // encode here, one batch at a time, so no job is ever in flight.
             return self.commit_all(encode_batch(work, self.dtype)?);
         }
-        let previous = self.encoding.take();
         if !work.is_empty() {
-            self.encoding = Some(EncodingBatch::start(work, self.dtype));
+            // A chunk's fixed costs (tables, stream states) count as a share of a batch, so
+            // that tiny chunks are bounded by number as well as bytes.
+            let weight = bytes + work.len() as u64 * (BATCH_BYTES / BATCH_CHUNKS as u64);
+            let dtype = self.dtype;
+            self.encoding.send(weight, move || {
+                work.into_iter().map(|w| encode_work(w, dtype)).collect()
+            });
         }
-        match previous {
-            Some(batch) => self.commit_all(batch.wait()?),
-            None => Ok(()),
+        while let Some(done) = self.encoding.try_next() {
+            self.commit_all(done?)?;
         }
+        while self.encoding.in_flight() > 2 * BATCH_BYTES {
+            let done = self.encoding.next().expect("bytes in flight");
+            self.commit_all(done?)?;
+        }
+        Ok(())
     }
 
     /// Encodes and writes everything submitted so far.
     fn flush(&mut self) -> Result<(), FormatError> {
         self.dispatch()?;
-        match self.encoding.take() {
-            Some(batch) => self.commit_all(batch.wait()?),
-            None => Ok(()),
+        while let Some(done) = self.encoding.next() {
+            self.commit_all(done?)?;
         }
+        Ok(())
     }
 
     /// Writes a batch's results in input order.
@@ -882,7 +910,9 @@ impl<'a, W: Write> Encoder<'a, W> {
     }
 
     fn write_base(&mut self, c: EncodedChunk) -> Result<Chunk, FormatError> {
-        append_chunk(&mut self.out, &mut self.pos, c)
+        let entry = append_chunk(&mut self.out, &mut self.pos, c)?;
+        self.writeback.advance(self.pos);
+        Ok(entry)
     }
 
     /// Residual chunks go to the spool file; their offsets are made absolute in `finish`.
@@ -1002,6 +1032,7 @@ impl<'a, W: Write> Encoder<'a, W> {
             self.chunks[i].0 += self.pos;
         }
         self.pos += copied;
+        self.writeback.advance(self.pos);
         let index = Index {
             version: VERSION,
             high_dtype: self.dtype,
@@ -1048,31 +1079,6 @@ fn append_chunk(
     );
     *pos += c.stored.len() as u64;
     Ok(entry)
-}
-
-/// A batch encoding on the thread pool.
-struct EncodingBatch(Receiver<std::thread::Result<Result<Vec<Done>, FormatError>>>);
-
-impl EncodingBatch {
-    fn start(work: Vec<Work>, dtype: HighDtype) -> EncodingBatch {
-        let (tx, rx) = sync_channel(1);
-        rayon::spawn(move || {
-            // A panic goes back to the encoder's thread, as it did when batches ran there.
-            let done = std::panic::catch_unwind(AssertUnwindSafe(|| encode_batch(work, dtype)));
-            let _ = tx.send(done);
-        });
-        EncodingBatch(rx)
-    }
-
-    fn wait(self) -> Result<Vec<Done>, FormatError> {
-        match self.0.recv() {
-            Ok(Ok(done)) => done,
-            Ok(Err(panic)) => std::panic::resume_unwind(panic),
-            Err(_) => Err(FormatError::Io(std::io::Error::other(
-                "an encoding batch ended without a result",
-            ))),
-        }
-    }
 }
 
 /// Encodes a batch on all cores; results in input order.
