@@ -305,6 +305,11 @@ fn precision(blob: &Blob<File>, p: PrecisionArg) -> Result<Precision> {
     }
 }
 
+/// Gathers a decode's small pieces (biases, norms, headers) into fewer writes. Chunks (about
+/// 1 MiB each) are larger, so they bypass it: copying them into a 1 MiB buffer took 3.5% of a
+/// MiniLM INT8 decode.
+const DECODE_BUFFER: usize = 64 << 10;
+
 fn decode(
     path: &Path,
     p: PrecisionArg,
@@ -315,7 +320,7 @@ fn decode(
     let blob = open_blob(path)?;
     let file = blob.file(precision(&blob, p)?, name)?;
     if output == Path::new("-") {
-        let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout());
+        let mut out = BufWriter::with_capacity(DECODE_BUFFER, std::io::stdout());
         blob.write_file(file, &mut out)?;
         out.flush()?;
         return Ok(());
@@ -324,7 +329,7 @@ fn decode(
     bar.set_message("decode");
     let target = output::Output::create(output, &[path])?;
     {
-        let mut out = bar.wrap_write(BufWriter::with_capacity(1 << 20, target.file()));
+        let mut out = bar.wrap_write(BufWriter::with_capacity(DECODE_BUFFER, target.file()));
         blob.write_file(file, &mut out)?;
         out.flush()?;
     }
