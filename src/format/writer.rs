@@ -1217,7 +1217,7 @@ mod tests {
         std::fs::read(out).unwrap()
     }
 
-    /// Three 4 MiB tensors make two batches, the second encoding while the first is written.
+    /// Three 4 MiB tensors make a dozen jobs, several encoding while earlier ones are written.
     /// The blob is the one a pool thread writes one batch at a time, and decodes to the input.
     #[test]
     fn pipelined_batches_write_the_same_blob_as_serial_ones() {
