@@ -16,7 +16,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use crate::format::{
-    Blob, EncodeInput, EncodeOptions, FormatError, Precision, Report, Selection, encode_to_path,
+    Blob, EncodeInput, EncodeOptions, FormatError, MappedFile, Precision, Report, Selection,
+    encode_to_path,
 };
 
 #[derive(Parser)]
@@ -253,9 +254,9 @@ fn progress_bar(quiet: bool, len: u64) -> ProgressBar {
     bar
 }
 
-fn open_blob(path: &Path) -> Result<Blob<File>> {
+fn open_blob(path: &Path) -> Result<Blob<MappedFile>> {
     let f = File::open(path).with_context(|| format!("{}", path.display()))?;
-    Blob::open(f).with_context(|| format!("{}", path.display()))
+    Blob::open(MappedFile::new(f)).with_context(|| format!("{}", path.display()))
 }
 
 fn encode(
@@ -295,7 +296,7 @@ fn encode(
     Ok(())
 }
 
-fn precision(blob: &Blob<File>, p: PrecisionArg) -> Result<Precision> {
+fn precision(blob: &Blob<MappedFile>, p: PrecisionArg) -> Result<Precision> {
     let high = blob.index().high_dtype.precision_name();
     match p {
         PrecisionArg::Int8 => Ok(Precision::Int8),
