@@ -733,15 +733,16 @@ impl<S: BlobSource> Blob<S> {
                     Some(read) => read.take(&self.src, offset, len, &mut bytes)?,
                     None => self.src.read_at_into(offset, len, &mut bytes)?,
                 }
+                // A source may answer short (a read ahead's result is whatever came back).
+                if bytes.len() != len {
+                    return Err(FormatError::Corrupt(format!(
+                        "chunk at offset {offset} read {} of {len} bytes",
+                        bytes.len(),
+                    )));
+                }
                 Stored::Read(bytes)
             }
         };
-        if bytes.len() != len {
-            return Err(FormatError::Corrupt(format!(
-                "chunk at offset {offset} read {} of {len} bytes",
-                bytes.len(),
-            )));
-        }
         if crc32fast::hash(&bytes) != c.stored_crc32() {
             return Err(FormatError::Corrupt(format!(
                 "chunk at offset {offset} fails its stored checksum"
