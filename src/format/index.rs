@@ -9,7 +9,7 @@ use crate::codec::quantize::HighDtype;
 
 /// `[offset, stored_len, decoded_len, crc32_of_decoded, codec, crc32_of_stored]`: a chunk's place
 /// in the blob and the checksums every read and decode is held to (the stored one catches damage
-/// before decoding; the decoded one proves the bytes served are the bytes encoded).
+/// anywhere in the blob; the decoded one proves the bytes served are the bytes encoded).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Chunk(pub u64, pub u32, pub u32, pub u32, pub ChunkCodec, pub u32);
 

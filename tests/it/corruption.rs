@@ -50,6 +50,39 @@ fn flipped_bytes_anywhere_are_caught() {
     assert!(caught > 100);
 }
 
+/// A damaged chunk is named for what failed: its stored bytes (damage in the blob, caught even
+/// where the decode would not notice), or the decode itself (intact bytes that decode to other
+/// bytes than were encoded).
+#[test]
+fn a_damaged_chunk_is_named_for_what_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = one_weight_model(dir.path(), 24, 32, 3);
+    let good = std::fs::read(encode(dir.path(), &[path], None, &[])).unwrap();
+    let blob = Blob::open(good.clone()).unwrap();
+    let last = blob.index().chunks.len() - 1;
+    let c = blob.index().chunks[last];
+    let error = |bytes: Vec<u8>| {
+        outputs(&Blob::open(bytes).unwrap())
+            .unwrap_err()
+            .to_string()
+    };
+
+    let mut flipped = good.clone();
+    flipped[(c.offset() + u64::from(c.stored_len()) / 2) as usize] ^= 0x10;
+    let e = error(flipped);
+    assert!(e.contains("fails its stored checksum"), "{e}");
+
+    let wrong = with_index(&good, |i| {
+        let crc = &mut i["chunks"][last][3];
+        *crc = serde_json::json!(crc.as_u64().unwrap() ^ 1);
+    });
+    let e = error(wrong);
+    assert!(
+        e.contains(&format!("chunk {last} fails its checksum")),
+        "{e}"
+    );
+}
+
 #[test]
 fn truncated_and_foreign_files_are_not_blobs() {
     let dir = tempfile::tempdir().unwrap();

@@ -242,3 +242,20 @@ pub fn derived_int8(weights: &[u8]) -> Vec<u8> {
         .remove(0)
         .1
 }
+
+/// `blob` with its index JSON replaced by `edit(index)` (recompressed, footer rewritten).
+pub fn with_index(blob: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let footer = &blob[blob.len() - 32..];
+    let offset = u64::from_le_bytes(footer[0..8].try_into().unwrap()) as usize;
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&zstd::decode_all(&blob[offset..blob.len() - 32]).unwrap()).unwrap();
+    edit(&mut index);
+    let packed = zstd::encode_all(index.to_string().as_bytes(), 3).unwrap();
+    let mut out = blob[..offset].to_vec();
+    out.extend_from_slice(&packed);
+    out.extend_from_slice(&(offset as u64).to_le_bytes());
+    out.extend_from_slice(&(packed.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&packed).to_le_bytes());
+    out.extend_from_slice(&footer[20..32]);
+    out
+}

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::client::{number_before, one_line_error, stdout};
-use crate::helpers::{encode, encode_with, sha};
+use crate::helpers::{encode, encode_with, sha, with_index};
 use crate::hub::{TOKEN, commit, commit_weights, create_repo, head, lfs_upload, paths};
 use crate::server::{Endpoint, Opts, TestServer, client, small_model, small_model_bytes, unique};
 use qstore::format::{EncodeOptions, Selection};
@@ -133,23 +133,6 @@ async fn push_blob(s: &TestServer, repo: &str, blob: &[u8]) -> (StatusCode, Valu
     assert_eq!(status, StatusCode::OK);
     let op = json!({"key": "qstoreBlob", "value": {"oid": oid, "size": blob.len()}});
     commit(s, repo, "main", TOKEN, None, &[op]).await
-}
-
-/// `blob` with its index JSON replaced by `edit(index)` (recompressed, footer rewritten).
-fn with_index(blob: &[u8], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
-    let footer = &blob[blob.len() - 32..];
-    let offset = u64::from_le_bytes(footer[0..8].try_into().unwrap()) as usize;
-    let mut index: Value =
-        serde_json::from_slice(&zstd::decode_all(&blob[offset..blob.len() - 32]).unwrap()).unwrap();
-    edit(&mut index);
-    let packed = zstd::encode_all(index.to_string().as_bytes(), 3).unwrap();
-    let mut out = blob[..offset].to_vec();
-    out.extend_from_slice(&packed);
-    out.extend_from_slice(&(offset as u64).to_le_bytes());
-    out.extend_from_slice(&(packed.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&packed).to_le_bytes());
-    out.extend_from_slice(&footer[20..32]);
-    out
 }
 
 #[tokio::test]
