@@ -18,7 +18,7 @@ mod wide;
 use super::freq::{FreqTable, read_varint, take, write_varint};
 use super::quantize::{HighDtype, RowIntervals};
 use super::rans::{Decoder, Encoder, NARROW, Uniform};
-use super::{CodecError, Lanes};
+use super::{CodecError, Finished, Lanes};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -289,6 +289,18 @@ pub fn decode(
     lanes: Lanes,
     out: &mut [u8],
 ) -> Result<(), CodecError> {
+    decode_reporting(rows, data, lanes, out, &mut |_| {})
+}
+
+/// [`decode`], telling `finished` of the output as it becomes final (see [`Finished`]): a
+/// wide chunk every few blocks, a version-1 chunk at the end.
+pub fn decode_reporting(
+    rows: &ChunkRows,
+    data: &[u8],
+    lanes: Lanes,
+    out: &mut [u8],
+    finished: Finished,
+) -> Result<(), CodecError> {
     if !out.len().is_multiple_of(2) {
         return Err(CodecError::Corrupt("odd output length for 16-bit codes"));
     }
@@ -307,8 +319,12 @@ pub fn decode(
         rest: buf,
     };
     match lanes {
-        Lanes::Narrow => decode_interleaved(rows, head, out),
-        Lanes::Wide => wide::decode(rows, head, out),
+        Lanes::Narrow => {
+            decode_interleaved(rows, head, out)?;
+            finished(out);
+            Ok(())
+        }
+        Lanes::Wide => wide::decode(rows, head, out, finished),
     }
 }
 
@@ -458,6 +474,7 @@ fn low_and_sign_coder(iv: &RowIntervals, hi: u16) -> Uniform {
 
 #[cfg(test)]
 mod tests {
+    use super::super::STEP;
     use super::super::quantize::quantize_row;
     use super::*;
 
@@ -470,9 +487,11 @@ mod tests {
         };
         let mut sizes = [Lanes::Narrow, Lanes::Wide].map(|lanes| {
             let data = encode(&rows, high, lanes).unwrap();
-            let mut out = vec![0u8; 2 * high.len()];
-            decode(&rows, &data, lanes, &mut out).unwrap();
+            let (mut out, mut reports) = (vec![0u8; 2 * high.len()], Vec::new());
+            let finished: Finished = &mut |b| reports.extend_from_slice(b);
+            decode_reporting(&rows, &data, lanes, &mut out, finished).unwrap();
             assert_eq!(out, le_bytes(high), "{lanes:?}");
+            assert!(reports == out, "{lanes:?}: reports are not the output");
             data.len()
         });
         sizes.sort();
@@ -540,7 +559,7 @@ mod tests {
 
     /// Rows that end inside a group of 32 elements, exceptions anywhere, chunks over several
     /// decode blocks: every way the decoder shares a block between its keyed position loop and
-    /// the general one.
+    /// the general one. The longest chunk reports its output in several steps.
     #[test]
     fn rows_and_exceptions_anywhere_round_trip() {
         let mut seed = 99u64;
@@ -550,8 +569,15 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             seed >> 11
         };
-        for cols in [1, 31, 32, 37, 384, 4100] {
-            let n = cols * (5000 / cols + 1);
+        for (cols, min) in [
+            (1, 5000),
+            (31, 5000),
+            (32, 5000),
+            (37, 5000),
+            (384, 5000),
+            (4100, 3 * STEP),
+        ] {
+            let n = cols * (min / cols + 1);
             let high: Vec<u16> = (0..n)
                 .map(|_| {
                     let u = next() as f64 / (1u64 << 53) as f64;

@@ -264,14 +264,21 @@ pub struct ChunkJob<'a> {
     pub codec: ChunkCodec,
     pub stored: &'a [u8],
     pub out: &'a mut [u8],
+    /// Told of the output as it becomes final ([`codec::Finished`]).
+    pub finished: codec::Finished<'a>,
 }
 
 /// Decodes one chunk as [`decode_bytes`] or [`decode_int8`] does.
 pub fn decode(job: ChunkJob) -> Result<(), FormatError> {
-    match job.expect {
-        Expect::Bytes => decode_bytes(job.codec, job.stored, job.out),
-        Expect::Int8 => decode_int8(job.codec, job.stored, job.out),
+    if let Some(planes) = planes_of(&job) {
+        return Ok(codec::decode(plane_chunk(job, planes))?);
     }
+    match job.expect {
+        Expect::Bytes => decode_bytes(job.codec, job.stored, job.out)?,
+        Expect::Int8 => decode_int8(job.codec, job.stored, job.out)?,
+    }
+    (job.finished)(job.out);
+    Ok(())
 }
 
 /// Decodes two chunks, the same as one after the other, but plane-coded ones (int8 values,
@@ -289,6 +296,7 @@ fn plane_chunk(job: ChunkJob<'_>, planes: codec::Planes) -> codec::PlaneChunk<'_
         lanes: job.codec.coder().1,
         data: job.stored,
         out: job.out,
+        finished: job.finished,
     }
 }
 
@@ -376,13 +384,26 @@ pub fn decode_residual(
     stored: &[u8],
     out: &mut [u8],
 ) -> Result<(), FormatError> {
+    decode_residual_reporting(codec, rows, stored, out, &mut |_| {})
+}
+
+/// [`decode_residual`], telling `finished` of the output as it becomes final.
+pub fn decode_residual_reporting(
+    codec: ChunkCodec,
+    rows: &residual::ChunkRows,
+    stored: &[u8],
+    out: &mut [u8],
+    finished: codec::Finished,
+) -> Result<(), FormatError> {
     let (coder, lanes) = codec.coder();
     if coder != ChunkCodec::Residual || out.len() != rows.q.len() * 2 {
         return Err(FormatError::Corrupt(format!(
             "{codec:?} chunk where a residual was expected"
         )));
     }
-    Ok(residual::decode(rows, stored, lanes, out)?)
+    Ok(residual::decode_reporting(
+        rows, stored, lanes, out, finished,
+    )?)
 }
 
 /// Little-endian bytes of 16-bit codes, as safetensors stores them.

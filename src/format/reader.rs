@@ -757,13 +757,15 @@ impl<S: BlobSource> Blob<S> {
         let chunk = self.chunk(id);
         out.resize(chunk.decoded_len() as usize, 0);
         let stored = self.stored(id, fetched)?;
+        let mut checks = Checks::new(&stored, &out);
         let decoded = chunk::decode(chunk::ChunkJob {
             expect,
             codec: chunk.codec(),
             stored: &stored,
             out: &mut out,
+            finished: &mut |bytes| checks.finished(bytes),
         });
-        let checked = checked(id, &chunk, &stored, decoded, &out);
+        let checked = checks.verify(id, &chunk, decoded, &out);
         stored.done();
         checked.map(|()| out)
     }
@@ -794,18 +796,25 @@ impl<S: BlobSource> Blob<S> {
         let (mut oa, mut ob) = (a.out, b.out);
         oa.resize(ca.decoded_len() as usize, 0);
         ob.resize(cb.decoded_len() as usize, 0);
-        let job = |c: &Chunk, expect, stored, out| chunk::ChunkJob {
-            expect,
-            codec: c.codec(),
-            stored,
-            out,
-        };
+        let (mut checks_a, mut checks_b) = (Checks::new(&sa, &oa), Checks::new(&sb, &ob));
         let [ra, rb] = chunk::decode_two(
-            job(&ca, a.expect, &sa, &mut oa),
-            job(&cb, b.expect, &sb, &mut ob),
+            chunk::ChunkJob {
+                expect: a.expect,
+                codec: ca.codec(),
+                stored: &sa,
+                out: &mut oa,
+                finished: &mut |bytes| checks_a.finished(bytes),
+            },
+            chunk::ChunkJob {
+                expect: b.expect,
+                codec: cb.codec(),
+                stored: &sb,
+                out: &mut ob,
+                finished: &mut |bytes| checks_b.finished(bytes),
+            },
         );
-        let ra = checked(ida, &ca, &sa, ra, &oa);
-        let rb = checked(idb, &cb, &sb, rb, &ob);
+        let ra = checks_a.verify(ida, &ca, ra, &oa);
+        let rb = checks_b.verify(idb, &cb, rb, &ob);
         sa.done();
         sb.done();
         [ra.map(|()| oa), rb.map(|()| ob)]
@@ -871,8 +880,12 @@ impl<S: BlobSource> Blob<S> {
         };
         out.resize(c.decoded_len() as usize, 0);
         let stored = self.stored(id, fetched)?;
-        let decoded = chunk::decode_residual(c.codec(), &rows, &stored, &mut out);
-        let checked = checked(id, &c, &stored, decoded, &out);
+        let mut checks = Checks::new(&stored, &out);
+        let decoded =
+            chunk::decode_residual_reporting(c.codec(), &rows, &stored, &mut out, &mut |bytes| {
+                checks.finished(bytes)
+            });
+        let checked = checks.verify(id, &c, decoded, &out);
         stored.done();
         checked.map(|()| out)
     }
@@ -923,29 +936,86 @@ struct FirstChunk {
     out: Vec<u8>,
 }
 
-/// Chunk `id`'s decode, held to both checksums: its stored bytes must match theirs (damage
-/// anywhere in a blob is caught, even where it would not change the output), then the decoded
-/// bytes theirs. The stored bytes are checked after the decode rather than before: the decode
-/// has just brought them into cache (checked first, from memory, they cost 4-5% of a decode),
-/// and the decoders take any input without harm (fuzzed).
-fn checked(
-    id: u64,
-    c: &Chunk,
-    stored: &[u8],
-    decoded: Result<(), FormatError>,
-    out: &[u8],
-) -> Result<(), FormatError> {
-    if crc32fast::hash(stored) != c.stored_crc32() {
-        return Err(FormatError::Corrupt(format!(
-            "chunk at offset {} fails its stored checksum",
-            c.offset()
-        )));
+/// A chunk's two checksums, computed as it decodes: each stretch of output as the decoder
+/// reports it final (so while it is still in cache; see [`crate::codec::Finished`]), and the
+/// stored bytes alongside, in step with the output (the decode has just read them). Damage
+/// anywhere in the stored bytes is caught, even where the decode would not notice; the
+/// decoded checksum proves the bytes served are the bytes encoded. The stored bytes are not
+/// checked before decoding: the decoders take any input without harm (fuzzed).
+struct Checks<'s> {
+    stored: &'s [u8],
+    stored_crc: crc32fast::Hasher,
+    stored_done: usize,
+    /// Where the output starts (an address only, to see that reports are its own bytes), and
+    /// its length.
+    out_at: usize,
+    out_len: usize,
+    out_crc: crc32fast::Hasher,
+    out_done: usize,
+    /// A report that was not the output's next bytes.
+    out_of_order: bool,
+}
+
+impl<'s> Checks<'s> {
+    fn new(stored: &'s [u8], out: &[u8]) -> Self {
+        Checks {
+            stored,
+            stored_crc: crc32fast::Hasher::new(),
+            stored_done: 0,
+            out_at: out.as_ptr() as usize,
+            out_len: out.len(),
+            out_crc: crc32fast::Hasher::new(),
+            out_done: 0,
+            out_of_order: false,
+        }
     }
-    decoded?;
-    if out.len() != c.decoded_len() as usize || crc32fast::hash(out) != c.crc32() {
-        return Err(FormatError::Corrupt(format!(
-            "chunk {id} fails its checksum"
-        )));
+
+    /// The decoder's next final stretch of output.
+    fn finished(&mut self, bytes: &[u8]) {
+        if bytes.as_ptr() as usize != self.out_at + self.out_done
+            || bytes.len() > self.out_len - self.out_done
+        {
+            self.out_of_order = true;
+            return;
+        }
+        self.out_crc.update(bytes);
+        self.out_done += bytes.len();
+        let upto = match self.out_len {
+            0 => 0,
+            len => (self.stored.len() as u128 * self.out_done as u128 / len as u128) as usize,
+        };
+        self.stored_crc.update(&self.stored[self.stored_done..upto]);
+        self.stored_done = upto;
     }
-    Ok(())
+
+    /// Chunk `id`'s decode held to both checksums, once it ended (`out` is its output): what
+    /// the decoder did not report is hashed now.
+    fn verify(
+        mut self,
+        id: u64,
+        c: &Chunk,
+        decoded: Result<(), FormatError>,
+        out: &[u8],
+    ) -> Result<(), FormatError> {
+        self.stored_crc.update(&self.stored[self.stored_done..]);
+        if self.stored_crc.finalize() != c.stored_crc32() {
+            return Err(FormatError::Corrupt(format!(
+                "chunk at offset {} fails its stored checksum",
+                c.offset()
+            )));
+        }
+        decoded?;
+        if self.out_of_order || out.as_ptr() as usize != self.out_at || out.len() != self.out_len {
+            return Err(FormatError::Corrupt(format!(
+                "chunk {id}: the decoder reported its output out of order"
+            )));
+        }
+        self.out_crc.update(&out[self.out_done..]);
+        if out.len() != c.decoded_len() as usize || self.out_crc.finalize() != c.crc32() {
+            return Err(FormatError::Corrupt(format!(
+                "chunk {id} fails its checksum"
+            )));
+        }
+        Ok(())
+    }
 }

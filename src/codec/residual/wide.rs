@@ -20,6 +20,7 @@ use super::super::quantize::{HighDtype, RowIntervals};
 use super::super::rans::{
     Decoder, NARROW, NO_SYMBOL, Split, WIDE, code_last_first, code_positions,
 };
+use super::super::{Finished, STEP};
 use super::rows::{add_bases, classify_eights, fill_splits, queue_whole};
 use super::{ChunkRows, CodecError, Head, Item, ScaleCache, ScaleMemo, ScaleTables, classify_one};
 use std::cell::RefCell;
@@ -358,8 +359,15 @@ impl WholeQueue {
     }
 }
 
-/// Decodes the streams after `head` into `out` (little-endian codes).
-pub(super) fn decode(rows: &ChunkRows, head: Head, out: &mut [u8]) -> Result<(), CodecError> {
+/// Decodes the streams after `head` into `out` (little-endian codes), reporting to `finished`
+/// every [`STEP`] elements or so the codes that are final: those before the first whole value
+/// still queued.
+pub(super) fn decode(
+    rows: &ChunkRows,
+    head: Head,
+    out: &mut [u8],
+    finished: Finished,
+) -> Result<(), CodecError> {
     let n = out.len() / 2;
     let Head {
         exceptions,
@@ -387,7 +395,7 @@ pub(super) fn decode(rows: &ChunkRows, head: Head, out: &mut [u8]) -> Result<(),
         hi: [0; QUEUE],
         v: [0; QUEUE],
     });
-    let (mut exc, mut decoded_whole) = (0, 0);
+    let (mut exc, mut decoded_whole, mut reported) = (0, 0, 0);
     for start in (0..n).step_by(BLOCK) {
         let end = (start + BLOCK).min(n);
         let block_exceptions =
@@ -463,6 +471,14 @@ pub(super) fn decode(rows: &ChunkRows, head: Head, out: &mut [u8]) -> Result<(),
         let table = table.as_ref();
         let coding = &cache.intervals;
         queue.drain(ready, &mut decoded_whole, &mut whole, table, coding, out)?;
+        let last = match queue.len {
+            0 => end,
+            _ => queue.element[0] as usize,
+        };
+        if last - reported >= STEP || last == n {
+            finished(&out[2 * reported..2 * last]);
+            reported = last;
+        }
     }
     positions.finish()?;
     match whole {
