@@ -1,7 +1,8 @@
-//! Blobs written by the version-1 encoder stay readable, byte-exact, whatever later versions
-//! of the format change: two small blobs (tests/data/v1/, see the README there) decode to the
-//! files they were encoded from (their sha256 recorded when they were made), and their INT8
-//! outputs are still what the reference LLM.int8 formula gives for those files.
+//! Blobs written by older encoders stay readable, byte-exact, whatever later versions of the
+//! format change: small blobs of versions 1 and 2 (tests/data/v1/ and v2/, see the READMEs
+//! there) decode to the files they were encoded from (their sha256 recorded when they were
+//! made), and their INT8 outputs are still what the reference LLM.int8 formula gives for those
+//! files.
 
 use std::path::Path;
 
@@ -9,15 +10,18 @@ use qstore::format::{Blob, Precision};
 
 use crate::helpers::{check_derived_int8, sha};
 
-/// A checked-in blob and the sha256 of each output file: (precision, name, sha256).
+/// A checked-in blob (its format version, its path under tests/data) and the sha256 of each
+/// output file: (precision, name, sha256).
 struct Fixture {
+    version: u32,
     file: &'static str,
     outputs: &'static [(Precision, &'static str, &'static str)],
 }
 
 const FIXTURES: &[Fixture] = &[
     Fixture {
-        file: "bf16.qstore",
+        version: 1,
+        file: "v1/bf16.qstore",
         outputs: &[
             (
                 Precision::High,
@@ -32,7 +36,8 @@ const FIXTURES: &[Fixture] = &[
         ],
     },
     Fixture {
-        file: "fp16-sharded.qstore",
+        version: 1,
+        file: "v1/fp16-sharded.qstore",
         outputs: &[
             (
                 Precision::High,
@@ -66,6 +71,22 @@ const FIXTURES: &[Fixture] = &[
             ),
         ],
     },
+    Fixture {
+        version: 2,
+        file: "v2/bf16-whole-values.qstore",
+        outputs: &[
+            (
+                Precision::High,
+                "model.safetensors",
+                "160dcd6a1ca2ad9372441813665d8153ac6864498846ba83b549ceb8f22157b2",
+            ),
+            (
+                Precision::Int8,
+                "model.safetensors",
+                "9a6c1e88ccb328996ccb2853b3d22febfe0930e2344968f6fce161822ed39a13",
+            ),
+        ],
+    },
 ];
 
 fn decoded(blob: &Blob<std::fs::File>, p: Precision, name: &str) -> Vec<u8> {
@@ -76,10 +97,11 @@ fn decoded(blob: &Blob<std::fs::File>, p: Precision, name: &str) -> Vec<u8> {
 }
 
 #[test]
-fn version_1_blobs_decode_byte_exact() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1");
+fn older_blobs_decode_byte_exact() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     for f in FIXTURES {
         let blob = Blob::open(std::fs::File::open(dir.join(f.file)).unwrap()).unwrap();
+        assert_eq!(blob.index().version, f.version, "{}", f.file);
         let mut names = Vec::new();
         for p in [Precision::High, Precision::Int8] {
             names.extend(blob.files(p).iter().map(|o| (p, o.name.clone())));
