@@ -1,12 +1,13 @@
 //! Every chunk decoder on hostile input: frequency tables, rANS streams (int8 and float byte
 //! planes), and residuals against fuzzed int8 values and scales. The first bytes choose the
-//! decoder, its lanes (4 or 32: which / 5 odd) and the output size; an error is fine, a panic
-//! or an out-of-bounds access is not.
+//! decoder, its lanes (4 or 32: which / 5 odd; a 32-lane residual is decoded in both the
+//! version-2 and version-3 layouts) and the output size; an error is fine, a panic or an
+//! out-of-bounds access is not.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use qstore::codec::quantize::HighDtype;
-use qstore::codec::residual::{self, ChunkRows};
+use qstore::codec::residual::{self, ChunkRows, Layout};
 use qstore::codec::{Lanes, decode_float, decode_int8};
 
 fuzz_target!(|data: &[u8]| {
@@ -56,6 +57,12 @@ fn residual_case(a: u8, b: u8, lanes: Lanes, rest: &[u8]) {
             scales: &scales,
             cols,
         };
-        let _ = residual::decode(&chunk, stored, lanes, &mut vec![0u8; n * 2]);
+        let layouts: &[Layout] = match lanes {
+            Lanes::Narrow => &[Layout::Narrow],
+            Lanes::Wide => &[Layout::WideRunsOfEight, Layout::Wide],
+        };
+        for &layout in layouts {
+            let _ = residual::decode(&chunk, stored, layout, &mut vec![0u8; n * 2]);
+        }
     }
 }

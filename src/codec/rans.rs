@@ -24,6 +24,10 @@ const RANS_L: u32 = 1 << 16;
 pub const NARROW: usize = 4;
 /// Lanes of version-2 streams.
 pub const WIDE: usize = 32;
+/// Pairs per run of a version-3 pair stream ([`Decoder::decode_pairs`]): one SIMD group.
+pub const PAIR_RUN: usize = WIDE;
+/// Pairs per run of a version-1 or version-2 pair stream.
+pub const PAIR_RUN_V2: usize = 8;
 
 /// Slots of a table-coded symbol: tables have 14-bit resolution.
 pub const TABLE_BITS: u32 = 14;
@@ -601,27 +605,46 @@ impl<'a, const L: usize> Decoder<'a, L> {
     /// Decodes pairs of symbols (the residual's whole values): pair `j` is pair number
     /// `first + j` of the stream, on lane `(first + j) % L`. Its first symbol `s` is
     /// table-coded; its second is a [`Split`] position over `unders[j]` if `s == tops[j]`, else
-    /// over 256. Pairs go in runs of eight (numbered from 0): the run's table symbols in order,
-    /// then its positions in order, so eight SIMD lanes decode a run in step. A caller
-    /// decoding in parts must split at run boundaries.
+    /// over 256. Pairs go in runs of `run` (numbered from 0): the run's table symbols in order,
+    /// then its positions in order. Runs of [`PAIR_RUN`] (32, version 3) let SIMD decode a
+    /// group's 32 table symbols at once, then its 32 positions; runs of [`PAIR_RUN_V2`] (8)
+    /// chain each eight's positions to the next eight's symbols, a dependency SIMD waits on. A
+    /// caller decoding in parts must split at run boundaries.
     #[allow(clippy::too_many_arguments)]
     pub fn decode_pairs(
         &mut self,
         table: &TableView,
         first: usize,
+        run: usize,
         tops: &[u32],
         unders: &[u32],
         syms: &mut [u8],
         positions: &mut [u16],
     ) {
         let done = if first.is_multiple_of(L) {
-            wide::decode_pairs(self, table, tops, unders, syms, positions)
+            wide::decode_pairs(self, table, run, tops, unders, syms, positions)
         } else {
             0
         };
+        self.decode_pairs_from(done, table, first, run, tops, unders, syms, positions);
+    }
+
+    /// [`Decoder::decode_pairs`] symbol by symbol, from pair `done` (a run boundary) on.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_pairs_from(
+        &mut self,
+        done: usize,
+        table: &TableView,
+        first: usize,
+        run: usize,
+        tops: &[u32],
+        unders: &[u32],
+        syms: &mut [u8],
+        positions: &mut [u16],
+    ) {
         let mut j = done;
         while j < tops.len() {
-            let run = j..(j + 8).min(tops.len());
+            let run = j..(j + run.max(1)).min(tops.len());
             for j in run.clone() {
                 let lane = (first + j) % L;
                 let sym = table.lookup[self.slot(lane, TABLE_BITS) as usize];

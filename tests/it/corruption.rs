@@ -127,8 +127,10 @@ mod hostile_input {
             let scales = [0.5f32, 0.0, f32::NAN];
             let chunk = ChunkRows { dtype: HighDtype::Bf16, q: &q, scales: &scales, cols };
             let mut out = vec![0u8; 2 * rows * cols];
+            for layout in residual::Layout::ALL {
+                let _ = residual::decode(&chunk, &bytes, layout, &mut out);
+            }
             for lanes in [Lanes::Narrow, Lanes::Wide] {
-                let _ = residual::decode(&chunk, &bytes, lanes, &mut out);
                 let mut plain = vec![0u8; 64];
                 let _ = qstore::codec::decode_float(&bytes, 2, lanes, &mut plain);
                 let _ = qstore::codec::decode_int8(&bytes, lanes, &mut plain);

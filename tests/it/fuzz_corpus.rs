@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use qstore::codec::quantize::{HighDtype, quantize_row};
-use qstore::codec::residual::{self, ChunkRows};
+use qstore::codec::residual::{self, ChunkRows, Layout};
 use qstore::codec::{Lanes, decode_float, decode_int8, encode_float, encode_int8};
 use qstore::format::{Blob, EncodeInput, EncodeOptions, Precision, encode_to_path};
 use qstore::safetensors::{Dtype, TensorSpec, read_header, write_header};
@@ -107,8 +107,16 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         scales: &halves,
         cols,
     };
-    for (lanes, name) in [(Lanes::Narrow, "residual"), (Lanes::Wide, "residual-wide")] {
-        let stored = residual::encode(&chunk, &w, lanes).unwrap();
+    for (layout, name) in [
+        (Layout::Narrow, "residual"),
+        (Layout::WideRunsOfEight, "residual-wide-v2"),
+        (Layout::Wide, "residual-wide"),
+    ] {
+        let lanes = match layout {
+            Layout::Narrow => Lanes::Narrow,
+            Layout::WideRunsOfEight | Layout::Wide => Lanes::Wide,
+        };
+        let stored = residual::encode(&chunk, &w, layout).unwrap();
         let mut v = framed(4, lanes, 0, &[]);
         v[1..3].copy_from_slice(&[(rows - 1) as u8, (cols - 1) as u8]);
         v.extend_from_slice(&q);

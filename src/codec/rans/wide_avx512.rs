@@ -190,3 +190,65 @@ pub(super) unsafe fn decode_keyed_positions<const L: usize>(
     dec.pos = pos;
     32 * g
 }
+
+/// Groups of 32 pairs in runs of 32 (see `Decoder::decode_pairs`): both halves' table
+/// symbols, their refills in lane order, then their positions over the split each symbol
+/// selects (`unders` where the symbol is the row's top byte, else all 256), and those refills.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW ([`cpu_has_avx512`]).
+#[target_feature(enable = "avx512f,avx512bw,popcnt")]
+pub(super) unsafe fn decode_pairs<const L: usize>(
+    dec: &mut super::Decoder<L>,
+    table: &TableView,
+    tops: &[u32],
+    unders: &[u32],
+    syms: &mut [u8],
+    positions: &mut [u16],
+) -> usize {
+    assert_eq!(L, WIDE, "the AVX-512 loops decode 32 lanes");
+    let n = tops
+        .len()
+        .min(unders.len())
+        .min(syms.len())
+        .min(positions.len())
+        / 32;
+    let all = _mm512_set1_epi32(super::Split::new(256).packed() as i32);
+    let (words, mut pos) = (dec.words, dec.pos);
+    // SAFETY: the 32 u32 states are the bytes of two vectors (unaligned access).
+    let mut x: [__m512i; 2] = unsafe { std::ptr::read_unaligned(dec.states.as_ptr().cast()) };
+    let mut g = 0;
+    // A group reads two words per lane at most: 128 bytes, the last window 32 bytes in.
+    while g < n && words.len() - pos >= 2 * GROUP_BYTES {
+        let steps = [table_step(x[0], table), table_step(x[1], table)];
+        for k in 0..2 {
+            // SAFETY: 2 GROUP_BYTES remain for the group's refills.
+            x[k] = unsafe { renormalise(steps[k].1, words, &mut pos) };
+        }
+        for k in 0..2 {
+            let at = 32 * g + 16 * k;
+            // SAFETY (the block): tops and unders have 16 u32s at `at`, syms 16 bytes and
+            // positions 16 u16s; 2 GROUP_BYTES remain for the refills.
+            unsafe {
+                let t = _mm512_loadu_si512(tops.as_ptr().add(at).cast());
+                let u = _mm512_loadu_si512(unders.as_ptr().add(at).cast());
+                let split = _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(steps[k].0, t), all, u);
+                let (r, v) = split_step(x[k], split);
+                x[k] = renormalise(v, words, &mut pos);
+                _mm_storeu_si128(
+                    syms.as_mut_ptr().add(at).cast(),
+                    _mm512_cvtepi32_epi8(steps[k].0),
+                );
+                _mm256_storeu_si256(
+                    positions.as_mut_ptr().add(at).cast(),
+                    _mm512_cvtepi32_epi16(r),
+                );
+            }
+        }
+        g += 1;
+    }
+    // SAFETY: as above.
+    unsafe { std::ptr::write_unaligned(dec.states.as_mut_ptr().cast(), x) };
+    dec.pos = pos;
+    32 * g
+}

@@ -1,4 +1,5 @@
-//! The version-2 residual (codec 12): positions and whole values in separate streams.
+//! The wide residuals (codec 12 of version 2, codec 14 of version 3): positions and whole
+//! values in separate streams.
 //!
 //! After the exceptions and the table come `varint 2 * whole_len + wide`, a stream of
 //! `whole_len` bytes holding the whole values (on 32 lanes if `wide`, else 4; absent when the
@@ -7,12 +8,13 @@
 //! no-op there, which reads nothing and leaves the lane's state as it is, so every element has
 //! exactly one symbol and 32 consecutive elements decode in step. Whole value `k` (numbered in
 //! element order) is pair `k` of its stream ([`Decoder::decode_pairs`]): its high byte, then its
-//! low bits and sign over the values possible under that byte.
+//! low bits and sign over the values possible under that byte, in runs of 8 pairs (codec 12) or
+//! 32 (codec 14: a run is a SIMD group, whose symbols then decode on all lanes at once).
 //!
 //! The decoder works in blocks: each element's split and base (table lookups by row and int8
 //! byte), the positions eight lanes at a time, codes as `base + position`; a row's whole
 //! groups of 32 without exceptions do all three in one loop ([`Decoder::decode_keyed_positions`]),
-//! other groups in three passes. Whole values queue up and are decoded in runs of eight, then
+//! other groups in three passes. Whole values queue up and are decoded in groups of 32, then
 //! written over their elements, as are exceptions.
 
 use super::super::freq::{FreqTable, read_varint, take, write_varint};
@@ -117,15 +119,16 @@ impl Sorted {
         }
     }
 
-    /// Appends the streams to `out`, which holds the exceptions and the table already.
-    pub fn code(self, table: Option<&FreqTable>, out: &mut Vec<u8>) {
+    /// Appends the streams to `out`, which holds the exceptions and the table already; whole
+    /// values in runs of `run` pairs.
+    pub fn code(self, table: Option<&FreqTable>, run: usize, out: &mut Vec<u8>) {
         let wide = self.whole.len() >= WIDE_MIN_WHOLE;
         let mut whole_stream = Vec::new();
         if let Some(table) = table.filter(|_| !self.whole.is_empty()) {
             if wide {
-                code_pairs::<WIDE>(&self.whole, table, &mut whole_stream);
+                code_pairs::<WIDE>(&self.whole, table, run, &mut whole_stream);
             } else {
-                code_pairs::<NARROW>(&self.whole, table, &mut whole_stream);
+                code_pairs::<NARROW>(&self.whole, table, run, &mut whole_stream);
             }
         }
         write_varint(out, 2 * whole_stream.len() as u64 + u64::from(wide));
@@ -162,16 +165,25 @@ fn classify_row(
 }
 
 /// Whole values `(high byte, low bits and sign, split they are coded over)` as the pairs of
-/// one stream, in runs of eight (see [`Decoder::decode_pairs`]): a run's high bytes, then
-/// their low bits and signs, element `j` of run `k` on lane `8k + j`.
-fn code_pairs<const L: usize>(whole: &[(u8, u32, Split)], table: &FreqTable, out: &mut Vec<u8>) {
-    let last_first = whole.chunks(8).enumerate().rev().flat_map(|(run_no, run)| {
-        let lane = move |j: usize| 8 * run_no + j;
-        let lows = run.iter().enumerate().rev();
-        let highs = lows.clone();
-        lows.map(move |(j, &(_, v, split))| (split.symbol(v), lane(j)))
-            .chain(highs.map(move |(j, &(hi, _, _))| (table.symbol(hi), lane(j))))
-    });
+/// one stream, in runs of `run` (see [`Decoder::decode_pairs`]): a run's high bytes, then
+/// their low bits and signs, element `j` of run `k` on lane `run * k + j`.
+fn code_pairs<const L: usize>(
+    whole: &[(u8, u32, Split)],
+    table: &FreqTable,
+    run: usize,
+    out: &mut Vec<u8>,
+) {
+    let last_first = whole
+        .chunks(run)
+        .enumerate()
+        .rev()
+        .flat_map(|(run_no, pairs)| {
+            let lane = move |j: usize| run * run_no + j;
+            let lows = pairs.iter().enumerate().rev();
+            let highs = lows.clone();
+            lows.map(move |(j, &(_, v, split))| (split.symbol(v), lane(j)))
+                .chain(highs.map(move |(j, &(hi, _, _))| (table.symbol(hi), lane(j))))
+        });
     code_last_first::<L>(2 * whole.len(), last_first, out);
 }
 
@@ -316,10 +328,12 @@ impl WholeQueue {
 
     /// Decodes the first `n` queued values (whole groups, unless the chunk ends), writes them
     /// over their elements and keeps the rest. `first` counts the values decoded before.
+    #[allow(clippy::too_many_arguments)]
     fn drain(
         &mut self,
         n: usize,
         first: &mut usize,
+        run: usize,
         stream: &mut WholeStream,
         table: Option<&FreqTable>,
         rows: &[Rc<RowCoding>],
@@ -338,8 +352,8 @@ impl WholeQueue {
         let (his, vs) = (&mut self.hi[..n], &mut self.v[..n]);
         match stream {
             WholeStream::None => return Err(missing),
-            WholeStream::Narrow(d) => d.decode_pairs(&view, *first, tops, unders, his, vs),
-            WholeStream::Wide(d) => d.decode_pairs(&view, *first, tops, unders, his, vs),
+            WholeStream::Narrow(d) => d.decode_pairs(&view, *first, run, tops, unders, his, vs),
+            WholeStream::Wide(d) => d.decode_pairs(&view, *first, run, tops, unders, his, vs),
         }
         for j in 0..n {
             let (hi, v) = (u16::from(self.hi[j]), self.v[j]);
@@ -359,12 +373,13 @@ impl WholeQueue {
     }
 }
 
-/// Decodes the streams after `head` into `out` (little-endian codes), reporting to `finished`
-/// every [`STEP`] elements or so the codes that are final: those before the first whole value
-/// still queued.
+/// Decodes the streams after `head` into `out` (little-endian codes), whole values in runs of
+/// `run` pairs, reporting to `finished` every [`STEP`] elements or so the codes that are final:
+/// those before the first whole value still queued.
 pub(super) fn decode(
     rows: &ChunkRows,
     head: Head,
+    run: usize,
     out: &mut [u8],
     finished: Finished,
 ) -> Result<(), CodecError> {
@@ -470,7 +485,15 @@ pub(super) fn decode(
         };
         let table = table.as_ref();
         let coding = &cache.intervals;
-        queue.drain(ready, &mut decoded_whole, &mut whole, table, coding, out)?;
+        queue.drain(
+            ready,
+            &mut decoded_whole,
+            run,
+            &mut whole,
+            table,
+            coding,
+            out,
+        )?;
         let last = match queue.len {
             0 => end,
             _ => queue.element[0] as usize,
