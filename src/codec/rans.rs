@@ -17,6 +17,8 @@ mod wide_encode;
 
 pub(crate) use wide::packed_lanes;
 pub use wide::simd_enabled;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use wide_avx512::avx512_enabled;
 
 /// Lower bound of the normalised state interval `[RANS_L, 2^32)`.
 const RANS_L: u32 = 1 << 16;

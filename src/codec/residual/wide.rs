@@ -26,7 +26,6 @@ use super::super::{Finished, STEP};
 use super::rows::{add_bases, classify_eights, fill_splits, queue_whole};
 use super::{ChunkRows, CodecError, Head, Item, ScaleCache, ScaleMemo, ScaleTables, classify_one};
 use std::cell::RefCell;
-use std::rc::Rc;
 use std::thread::LocalKey;
 
 /// Elements per decode block: their splits, positions and queued whole values stay in L1.
@@ -303,12 +302,11 @@ enum WholeStream<'a> {
     Wide(Decoder<'a, WIDE>),
 }
 
-/// Whole values waiting to be decoded: their elements and rows (as slots of the scale cache),
-/// then the rows' top bytes and splits, the decoded high bytes and positions.
+/// Whole values waiting to be decoded: their elements, their rows' top bytes and splits under
+/// them (set as they are queued, a row at a time), then the decoded high bytes and positions.
 struct WholeQueue {
     len: usize,
     element: [u32; QUEUE],
-    row: [u32; QUEUE],
     top: [u32; QUEUE],
     under: [u32; QUEUE],
     hi: [u8; QUEUE],
@@ -320,15 +318,15 @@ impl WholeQueue {
     /// look like a whole value).
     fn remove(&mut self, i: u32) {
         if let Ok(j) = self.element[..self.len].binary_search(&i) {
-            self.element.copy_within(j + 1..self.len, j);
-            self.row.copy_within(j + 1..self.len, j);
+            for a in [&mut self.element, &mut self.top, &mut self.under] {
+                a.copy_within(j + 1..self.len, j);
+            }
             self.len -= 1;
         }
     }
 
     /// Decodes the first `n` queued values (whole groups, unless the chunk ends), writes them
     /// over their elements and keeps the rest. `first` counts the values decoded before.
-    #[allow(clippy::too_many_arguments)]
     fn drain(
         &mut self,
         n: usize,
@@ -336,15 +334,10 @@ impl WholeQueue {
         run: usize,
         stream: &mut WholeStream,
         table: Option<&FreqTable>,
-        rows: &[Rc<RowCoding>],
         out: &mut [u8],
     ) -> Result<(), CodecError> {
         if n == 0 {
             return Ok(());
-        }
-        for j in 0..n {
-            let c = &rows[self.row[j] as usize];
-            (self.top[j], self.under[j]) = (c.top, c.under_top);
         }
         let missing = CodecError::Corrupt("whole values without their stream or table");
         let view = table.ok_or(missing.clone())?.view();
@@ -355,17 +348,20 @@ impl WholeQueue {
             WholeStream::Narrow(d) => d.decode_pairs(&view, *first, run, tops, unders, his, vs),
             WholeStream::Wide(d) => d.decode_pairs(&view, *first, run, tops, unders, his, vs),
         }
-        for j in 0..n {
-            let (hi, v) = (u16::from(self.hi[j]), self.v[j]);
-            if u32::from(hi) > self.top[j] {
-                return Err(CodecError::Corrupt("whole value above its interval"));
-            }
-            let code = ((v & 1) << 15) | (hi << 7) | (v >> 1);
-            let i = self.element[j] as usize;
+        // Checked all at once (a loop that vectorises), then written.
+        let above = (self.hi[..n].iter().zip(&self.top[..n]))
+            .fold(false, |above, (&hi, &top)| above | (u32::from(hi) > top));
+        if above {
+            return Err(CodecError::Corrupt("whole value above its interval"));
+        }
+        let values = self.hi[..n].iter().zip(&self.v[..n]);
+        for (&i, (&hi, &v)) in self.element[..n].iter().zip(values) {
+            let code = ((v & 1) << 15) | (u16::from(hi) << 7) | (v >> 1);
+            let i = i as usize;
             out[2 * i..2 * i + 2].copy_from_slice(&code.to_le_bytes());
         }
         *first += n;
-        for a in [&mut self.element, &mut self.row] {
+        for a in [&mut self.element, &mut self.top, &mut self.under] {
             a.copy_within(n..self.len, 0);
         }
         self.len -= n;
@@ -404,7 +400,6 @@ pub(super) fn decode(
     let mut queue = Box::new(WholeQueue {
         len: 0,
         element: [0; QUEUE],
-        row: [0; QUEUE],
         top: [0; QUEUE],
         under: [0; QUEUE],
         hi: [0; QUEUE],
@@ -426,7 +421,8 @@ pub(super) fn decode(
                 &mut queue.element,
                 &mut queue.len,
             );
-            queue.row[from..queue.len].fill(slot as u32);
+            queue.top[from..queue.len].fill(c.top);
+            queue.under[from..queue.len].fill(c.under_top);
         }
         for &(i, _) in block_exceptions {
             queue.remove(i as u32);
@@ -484,16 +480,7 @@ pub(super) fn decode(
             queue.len - queue.len % GROUP
         };
         let table = table.as_ref();
-        let coding = &cache.intervals;
-        queue.drain(
-            ready,
-            &mut decoded_whole,
-            run,
-            &mut whole,
-            table,
-            coding,
-            out,
-        )?;
+        queue.drain(ready, &mut decoded_whole, run, &mut whole, table, out)?;
         let last = match queue.len {
             0 => end,
             _ => queue.element[0] as usize,
