@@ -278,6 +278,17 @@ pub(super) fn decode_pairs<const L: usize>(
     0
 }
 
+/// Whole groups of 32 pairs that every slice of a pair loop holds.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn pair_groups(tops: &[u32], unders: &[u32], syms: &[u8], positions: &[u16]) -> usize {
+    let pairs = tops
+        .len()
+        .min(unders.len())
+        .min(syms.len())
+        .min(positions.len());
+    pairs / 32
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -468,12 +479,7 @@ mod avx2 {
         positions: &mut [u16],
     ) -> usize {
         let all = _mm256_set1_epi32(super::Split::new(256).packed() as i32);
-        let n = tops
-            .len()
-            .min(unders.len())
-            .min(syms.len())
-            .min(positions.len())
-            / 32;
+        let n = super::pair_groups(tops, unders, syms, positions);
         let groups = groups(dec, n, 2 * GROUP_BYTES, |g, x, words, pos| {
             let (top, under) = (&tops[32 * g..32 * g + 32], &unders[32 * g..32 * g + 32]);
             let mut step = |k: usize| {
@@ -514,12 +520,7 @@ mod avx2 {
         positions: &mut [u16],
     ) -> usize {
         let all = _mm256_set1_epi32(super::Split::new(256).packed() as i32);
-        let n = tops
-            .len()
-            .min(unders.len())
-            .min(syms.len())
-            .min(positions.len())
-            / 32;
+        let n = super::pair_groups(tops, unders, syms, positions);
         let groups = groups(dec, n, 2 * GROUP_BYTES, |g, x, words, pos| {
             let (top, under) = (&tops[32 * g..32 * g + 32], &unders[32 * g..32 * g + 32]);
             let [s0, s1, s2, s3] = [0, 1, 2, 3].map(|k| table_step(x[k], table));

@@ -207,12 +207,7 @@ pub(super) unsafe fn decode_pairs<const L: usize>(
     positions: &mut [u16],
 ) -> usize {
     assert_eq!(L, WIDE, "the AVX-512 loops decode 32 lanes");
-    let n = tops
-        .len()
-        .min(unders.len())
-        .min(syms.len())
-        .min(positions.len())
-        / 32;
+    let n = super::wide::pair_groups(tops, unders, syms, positions);
     let all = _mm512_set1_epi32(super::Split::new(256).packed() as i32);
     let (words, mut pos) = (dec.words, dec.pos);
     // SAFETY: the 32 u32 states are the bytes of two vectors (unaligned access).
