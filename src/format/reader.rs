@@ -721,8 +721,8 @@ impl<S: BlobSource> Blob<S> {
     }
 
     /// Chunk `id`'s stored bytes: where they lie if the source is in memory, else from its
-    /// read ahead if one was started, or read now, into a [`scratch`] buffer; checked once
-    /// decoded ([`checked`]).
+    /// read ahead if one was started, or read now, into a [`scratch`] buffer; checked as the
+    /// chunk decodes ([`Checks`]).
     fn stored(&self, id: u64, fetched: &mut Fetched) -> Result<Stored<'_>, FormatError> {
         let c = self.chunk(id);
         let (offset, len) = (c.offset(), c.stored_len() as usize);
@@ -1017,5 +1017,76 @@ impl<'s> Checks<'s> {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::chunk::ChunkCodec;
+
+    /// A chunk entry for `stored` decoding to `out`.
+    fn chunk_of(stored: &[u8], out: &[u8]) -> Chunk {
+        Chunk(
+            64,
+            stored.len() as u32,
+            out.len() as u32,
+            crc32fast::hash(out),
+            ChunkCodec::Raw,
+            crc32fast::hash(stored),
+        )
+    }
+
+    /// What the checks make of a decode that reported `reports` (ranges of `out`) and ended
+    /// with `decoded`.
+    fn verdict(
+        stored: &[u8],
+        c: &Chunk,
+        out: &[u8],
+        reports: &[std::ops::Range<usize>],
+        decoded: Result<(), FormatError>,
+    ) -> Result<(), FormatError> {
+        let mut checks = Checks::new(stored, out);
+        for r in reports {
+            checks.finished(&out[r.clone()]);
+        }
+        checks.verify(7, c, decoded, out)
+    }
+
+    /// Reports in order, in part or not at all, pass on intact bytes; damage to either side
+    /// fails, stored bytes first; a report that is not the output's next bytes fails.
+    #[test]
+    fn checks_hold_a_decode_to_both_checksums() {
+        let stored: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let out: Vec<u8> = (0..9000u32).map(|i| (i * 13 % 253) as u8).collect();
+        let c = chunk_of(&stored, &out);
+        for reports in [
+            vec![],
+            vec![0..9000],
+            vec![0..4096, 4096..8192],
+            vec![0..10, 10..11],
+        ] {
+            assert!(
+                verdict(&stored, &c, &out, &reports, Ok(())).is_ok(),
+                "{reports:?}"
+            );
+        }
+        let mut bad_out = out.clone();
+        bad_out[8500] ^= 1;
+        let e = verdict(&stored, &c, &bad_out, &[0..4096], Ok(())).unwrap_err();
+        assert!(e.to_string().contains("chunk 7 fails its checksum"), "{e}");
+        let mut bad_stored = stored.clone();
+        bad_stored[4999] ^= 1;
+        let failed = || Err(FormatError::Corrupt("the decoder says no".into()));
+        for decoded in [Ok(()), failed()] {
+            let e = verdict(&bad_stored, &c, &out, &[0..9000], decoded).unwrap_err();
+            assert!(e.to_string().contains("fails its stored checksum"), "{e}");
+        }
+        let e = verdict(&stored, &c, &out, &[0..9000], failed()).unwrap_err();
+        assert!(e.to_string().contains("the decoder says no"), "{e}");
+        for skipped in [vec![10..20], vec![0..10, 11..20], vec![0..10, 0..10]] {
+            let e = verdict(&stored, &c, &out, &skipped, Ok(())).unwrap_err();
+            assert!(e.to_string().contains("out of order"), "{skipped:?}: {e}");
+        }
     }
 }
