@@ -358,12 +358,14 @@ impl Objects {
     /// A synchronous, ranged view of one blob for the decoder (which runs off the runtime).
     pub async fn blob_source(&self, key: &str) -> Result<ObjectSource, StorageError> {
         let len = self.size(key).await?;
+        let local = self.local_root.as_ref().map(|root| root.join(key));
         Ok(ObjectSource {
             store: self.store.clone(),
             read_ahead: self.read_ahead.clone(),
             path: Path::from(key),
             len,
             runtime: tokio::runtime::Handle::current(),
+            local,
         })
     }
 }
@@ -427,6 +429,12 @@ pub struct ObjectSource {
     path: Path,
     len: u64,
     runtime: tokio::runtime::Handle,
+    /// The local backend's file: a chunk is an `open` and a `pread` into the decoder's reused
+    /// buffer, on the decoding thread. Through `object_store`, each chunk cost a blocking task
+    /// on the runtime and the thread handoffs, a fresh buffer and a copy of it: BF16 downloads
+    /// ran 25% slower. The file is not kept open: a cached blob that garbage collection
+    /// removes must free its disk space.
+    local: Option<PathBuf>,
 }
 
 impl BlobSource for ObjectSource {
@@ -472,10 +480,19 @@ impl BlobSource for ObjectSource {
     }
 
     fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_at_into(offset, len, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn read_at_into(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> std::io::Result<()> {
         let end = offset
             .checked_add(len as u64)
             .filter(|&e| e <= self.len)
             .ok_or_else(|| std::io::Error::other("read past the end of the blob"))?;
+        if let Some(path) = &self.local {
+            return std::fs::File::open(path)?.read_at_into(offset, len, buf);
+        }
         let bytes = self
             .runtime
             .block_on(self.store.get_range(&self.path, offset..end))
@@ -489,6 +506,47 @@ impl BlobSource for ObjectSource {
                 ),
             ));
         }
-        Ok(bytes.to_vec())
+        buf.clear();
+        buf.extend_from_slice(&bytes);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A local blob is read chunk by chunk straight from its file, bounds checked, and not
+    /// held open: once removed (as garbage collection does), reads fail instead of keeping
+    /// its disk space.
+    #[tokio::test]
+    async fn a_local_blob_is_read_from_its_file_and_not_held_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.storage.data_dir = dir.path().to_owned();
+        let objects = Objects::open(&config).unwrap();
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let key = Objects::blob_key("0123");
+        objects
+            .put_bytes(&key, Bytes::from(bytes.clone()))
+            .await
+            .unwrap();
+        let source = objects.blob_source(&key).await.unwrap();
+        assert_eq!(source.len(), 100_000);
+        let objects2 = objects.clone();
+        tokio::task::spawn_blocking(move || {
+            assert!(source.read_at(99_000, 1000).unwrap() == bytes[99_000..]);
+            let mut buf = vec![7; 5];
+            source.read_at_into(10, 20_000, &mut buf).unwrap();
+            assert!(buf == bytes[10..20_010]);
+            let e = source.read_at(99_001, 1000).unwrap_err();
+            assert!(e.to_string().contains("past the end"), "{e}");
+            let runtime = tokio::runtime::Handle::current();
+            runtime.block_on(objects2.delete(&key)).unwrap();
+            let e = source.read_at(0, 10).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+        })
+        .await
+        .unwrap();
     }
 }
