@@ -21,6 +21,14 @@ big_tensors="${BENCH_BIG_TENSORS:-64}" # x 32 MiB of BF16 weights: 2 GiB by defa
 phases=" ${BENCH_PHASES:-serving memory} "
 port_nginx=18080 port_local=18081 port_s3=18082 port_mem=18083 port_cache=18084
 mkdir -p "$work"
+# A phase left out keeps its results from an earlier run: there must be one, or the table
+# could not be written at the end (found out only after minutes of measuring).
+for phase in serving memory; do
+    if [[ "$phases" != *" $phase "* && ! -s "$work/$phase.txt" ]]; then
+        echo "bench: no $phase results in $work from an earlier run; run that phase too" >&2
+        exit 1
+    fi
+done
 q="$root/target/release/qstore"
 pids=()
 cleanup() {
