@@ -1078,7 +1078,7 @@ mod tests {
     /// A whole file of four chunks pairs its first two on two threads, not its last two; a
     /// range of two chunks does not pair, and then no task holds more than one chunk.
     #[test]
-    fn short_ranges_decode_one_chunk_per_task() {
+    fn chunks_pair_only_while_more_remain_than_threads() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("m.safetensors");
         crate::synth::write_llm_like(&model, 1, 1024, 2048, 3).unwrap();
