@@ -1,5 +1,5 @@
 //! Blobs written by older encoders stay readable, byte-exact, whatever later versions of the
-//! format change: small blobs of versions 1 and 2 (tests/data/v1/ and v2/, see the READMEs
+//! format change: small blobs of versions 1, 2 and 3 (tests/data/v1/, v2/ and v3/, see the READMEs
 //! there) decode to the files they were encoded from (their sha256 recorded when they were
 //! made), and their INT8 outputs are still what the reference LLM.int8 formula gives for those
 //! files.
@@ -74,6 +74,22 @@ const FIXTURES: &[Fixture] = &[
     Fixture {
         version: 2,
         file: "v2/bf16-whole-values.qstore",
+        outputs: &[
+            (
+                Precision::High,
+                "model.safetensors",
+                "160dcd6a1ca2ad9372441813665d8153ac6864498846ba83b549ceb8f22157b2",
+            ),
+            (
+                Precision::Int8,
+                "model.safetensors",
+                "9a6c1e88ccb328996ccb2853b3d22febfe0930e2344968f6fce161822ed39a13",
+            ),
+        ],
+    },
+    Fixture {
+        version: 3,
+        file: "v3/bf16-whole-values.qstore",
         outputs: &[
             (
                 Precision::High,
