@@ -15,9 +15,58 @@ pub struct FreqTable {
     start: [u32; 256],
     /// `freq | start << 16` per symbol, for the decoder.
     packed: [u32; 256],
+    /// Taken from this thread's spares when built, given back when dropped.
+    lookups: Option<Lookups>,
+}
+
+/// A table's slot lookups: 144 KiB, built for every chunk decoded. Allocated fresh each time,
+/// they often came from the kernel as new pages, faulted in and zeroed (4% of the CPU time of
+/// an INT8 decode with three tables per chunk, measured); dropped tables leave them to the
+/// next table built on the thread instead.
+struct Lookups {
+    /// The symbol of each slot, then padding.
     lookup: Box<[u8; LOOKUP_LEN]>,
     /// `sym << 32 | freq << 16 | (slot - start)` per slot, for the SIMD decoder.
     slots: Box<[u64; TOTAL as usize]>,
+}
+
+/// Spare lookups kept per thread: enough for two chunks of up to four tables decoding
+/// together, and at most 1.2 MiB.
+const SPARE_LOOKUPS: usize = 8;
+
+thread_local! {
+    static SPARES: std::cell::RefCell<Vec<Lookups>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Lookups {
+    /// A spare, or new (zeroed) buffers; every byte is overwritten by the table built in them.
+    fn take() -> (Box<[u8; LOOKUP_LEN]>, Box<[u64; TOTAL as usize]>) {
+        let spare = SPARES.with(|s| s.borrow_mut().pop());
+        match spare {
+            Some(Lookups { lookup, slots }) => (lookup, slots),
+            None => (
+                vec![0u8; LOOKUP_LEN].into_boxed_slice().try_into().unwrap(),
+                vec![0u64; TOTAL as usize]
+                    .into_boxed_slice()
+                    .try_into()
+                    .unwrap(),
+            ),
+        }
+    }
+}
+
+impl Drop for FreqTable {
+    fn drop(&mut self) {
+        if let Some(l) = self.lookups.take() {
+            // During thread teardown the spares may be gone: the buffers are then just freed.
+            let _ = SPARES.try_with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < SPARE_LOOKUPS {
+                    s.push(l);
+                }
+            });
+        }
+    }
 }
 
 impl FreqTable {
@@ -37,18 +86,13 @@ impl FreqTable {
     /// table, counting each table's own bytes. Candidates are compared by their frequencies;
     /// only the winner gets its decode structures (144 KiB per table, built per chunk).
     pub fn best_for(counts: &[u64; 256]) -> Option<FreqTable> {
-        let fitted = normalised(counts)?;
-        let cost = |f: &[u32; 256]| coded_bits(f, counts) + 8.0 * written_len(f) as f64;
-        let mut best = fitted;
-        let mut best_cost = cost(&fitted);
-        let candidates = [symmetric(&fitted, counts), Some([TOTAL / 256; 256])];
-        for freq in candidates.into_iter().flatten() {
-            let c = cost(&freq);
-            if c < best_cost {
-                (best, best_cost) = (freq, c);
-            }
-        }
-        Some(Self::from_freqs(best))
+        best_freqs(counts).map(|(freq, _)| Self::from_freqs(freq))
+    }
+
+    /// What [`FreqTable::best_for`]'s table costs: its coded bits plus its own bytes, without
+    /// building it (an encoder weighing ways to split symbols between tables).
+    pub fn best_cost(counts: &[u64; 256]) -> Option<f64> {
+        best_freqs(counts).map(|(_, cost)| cost)
     }
 
     /// Bits needed to code `counts` with this table.
@@ -68,42 +112,41 @@ impl FreqTable {
 
     /// `freq` sums to 2^14: normalised counts, or a read table that was checked.
     fn from_freqs(freq: [u32; 256]) -> FreqTable {
+        let (mut lookup, mut slots) = Lookups::take();
         let mut start = [0u32; 256];
         let mut packed = [0u32; 256];
-        // Filled by pushing rather than zeroed first: a table is built per chunk and plane.
-        let mut lookup = Vec::with_capacity(LOOKUP_LEN);
-        let mut slots = Vec::with_capacity(TOTAL as usize);
         let mut acc = 0u32;
         for s in 0..256 {
+            let (from, f) = (acc as usize, freq[s] as usize);
             start[s] = acc;
             packed[s] = freq[s] | acc << 16;
-            lookup.extend(std::iter::repeat_n(s as u8, freq[s] as usize));
+            lookup[from..from + f].fill(s as u8);
             let entry = (s as u64) << 32 | u64::from(freq[s] << 16);
-            slots.extend((0..u64::from(freq[s])).map(|bias| entry | bias));
+            for (bias, slot) in slots[from..from + f].iter_mut().enumerate() {
+                *slot = entry | bias as u64;
+            }
             acc += freq[s];
         }
-        lookup.resize(LOOKUP_LEN, 0);
+        assert_eq!(acc, TOTAL, "frequencies sum to TOTAL");
+        lookup[TOTAL as usize..].fill(0);
         FreqTable {
             freq,
             start,
             packed,
-            lookup: lookup
-                .into_boxed_slice()
-                .try_into()
-                .expect("frequencies sum to TOTAL"),
-            slots: slots
-                .into_boxed_slice()
-                .try_into()
-                .expect("frequencies sum to TOTAL"),
+            lookups: Some(Lookups { lookup, slots }),
         }
     }
 
     /// The decode loops' view of the table.
     pub fn view(&self) -> TableView<'_> {
+        let lookups = self
+            .lookups
+            .as_ref()
+            .expect("only a dropped table lacks them");
         TableView {
-            lookup: &self.lookup,
+            lookup: &lookups.lookup,
             packed: &self.packed,
-            slots: &self.slots,
+            slots: &lookups.slots,
         }
     }
 
@@ -130,7 +173,7 @@ impl FreqTable {
         dec: &mut Decoder<L>,
         lane: usize,
     ) -> u8 {
-        let sym = self.lookup[dec.slot(lane, TABLE_BITS) as usize & (TOTAL as usize - 1)];
+        let sym = self.view().lookup[dec.slot(lane, TABLE_BITS) as usize & (TOTAL as usize - 1)];
         dec.advance_in::<WITHIN>(lane, self.symbol(sym));
         sym
     }
@@ -233,6 +276,21 @@ fn zigzag(v: i64) -> u64 {
 
 fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// The frequencies of [`FreqTable::best_for`] and their cost in bits, table included.
+fn best_freqs(counts: &[u64; 256]) -> Option<([u32; 256], f64)> {
+    let fitted = normalised(counts)?;
+    let cost = |f: &[u32; 256]| coded_bits(f, counts) + 8.0 * written_len(f) as f64;
+    let mut best = (fitted, cost(&fitted));
+    let candidates = [symmetric(&fitted, counts), Some([TOTAL / 256; 256])];
+    for freq in candidates.into_iter().flatten() {
+        let c = cost(&freq);
+        if c < best.1 {
+            best = (freq, c);
+        }
+    }
+    Some(best)
 }
 
 /// Normalised frequencies summing to 2^14, each symbol that occurs at least 1; `None` when no

@@ -5,9 +5,11 @@ pub mod freq;
 pub mod quantize;
 pub mod rans;
 pub mod residual;
+mod row_tables;
 
 use freq::FreqTable;
 use rans::{Decoder, Encoder};
+use row_tables::RowTables;
 
 pub use rans::simd_enabled;
 
@@ -47,6 +49,25 @@ pub fn decode_int8(data: &[u8], lanes: Lanes, out: &mut [u8]) -> Result<(), Code
     decode(PlaneChunk {
         planes: Planes::Int8,
         lanes,
+        data,
+        out,
+        finished: &mut |_| {},
+    })
+}
+
+/// Codes int8 values, rows of `row_len` (whole rows of a tensor), with a table per group of
+/// rows whose values spread alike (format version 4, see [`row_tables`]); `None` when one
+/// table codes them as well, counting the extra tables' price, or the rows are too short to
+/// group: [`encode_int8`] then.
+pub fn encode_int8_rows(q: &[u8], row_len: usize) -> Option<Vec<u8>> {
+    row_tables::encode(q, row_len)
+}
+
+/// Decodes [`encode_int8_rows`] output as the bytes of the int8 values.
+pub fn decode_int8_rows(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode(PlaneChunk {
+        planes: Planes::Int8Rows,
+        lanes: Lanes::Wide,
         data,
         out,
         finished: &mut |_| {},
@@ -224,6 +245,8 @@ fn encode_planes<const L: usize>(planes: &[&[u8]]) -> Vec<u8> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Planes {
     Int8,
+    /// Int8 values with a table per group of rows ([`encode_int8_rows`]; 32 lanes only).
+    Int8Rows,
     Float(usize),
 }
 
@@ -292,19 +315,9 @@ pub fn decode_two(a: PlaneChunk, b: PlaneChunk) -> [Result<(), CodecError>; 2] {
         );
         match (ra.is_empty(), rb.is_empty()) {
             (false, false) => {
-                let (va, vb) = (ta.table.view(), tb.table.view());
-                let (oa, ob) = (ta.region.start + ra.start, tb.region.start + rb.start);
-                rans::decode_table_bytes_together([
-                    rans::TableBytes {
-                        dec: &mut ta.dec,
-                        table: va,
-                        out: &mut a.out[oa..oa + ra.len()],
-                    },
-                    rans::TableBytes {
-                        dec: &mut tb.dec,
-                        table: vb,
-                        out: &mut b.out[ob..ob + rb.len()],
-                    },
+                step_together([
+                    (&mut ta, &mut *a.out, ra.clone()),
+                    (&mut tb, &mut *b.out, rb.clone()),
                 ]);
                 ta.finish_step(a.out, ra, a.finished);
                 tb.finish_step(b.out, rb, b.finished);
@@ -348,11 +361,39 @@ impl<const L: usize> Opened<'_, L> {
     }
 }
 
+/// Decodes a step of two chunks, elements `elems` of each, with their table loops together.
+fn step_together<const L: usize>(
+    chunks: [(&mut TableChunk<'_, L>, &mut [u8], std::ops::Range<usize>); 2],
+) {
+    let [(ta, oa, ra), (tb, ob, rb)] = chunks;
+    let sa = ta.rows.schedule(&ta.tables, ra.clone());
+    let sb = tb.rows.schedule(&tb.tables, rb.clone());
+    let (at_a, at_b) = (ta.region.start + ra.start, tb.region.start + rb.start);
+    rans::decode_table_bytes_together([
+        rans::TableBytes {
+            dec: &mut ta.dec,
+            table: sa.0,
+            out: &mut oa[at_a..at_a + ra.len()],
+            switches: &sa.1,
+            at: ra.start,
+        },
+        rans::TableBytes {
+            dec: &mut tb.dec,
+            table: sb.0,
+            out: &mut ob[at_b..at_b + rb.len()],
+            switches: &sb.1,
+            at: rb.start,
+        },
+    ]);
+}
+
 /// A chunk whose decode is one table loop into `out[region]`: an int8 chunk (the whole
 /// output), or 16-bit floats with a coded exponent plane and raw mantissas (the exponent
 /// bytes into the output's upper half, spread over the whole by [`TableChunk::finish_step`]).
 struct TableChunk<'a, const L: usize> {
-    table: Box<FreqTable>,
+    /// One, or one per group of rows (version-4 int8 chunks).
+    tables: Vec<FreqTable>,
+    rows: RowTables,
     dec: Decoder<'a, L>,
     region: std::ops::Range<usize>,
     /// The mantissa plane of 16-bit floats.
@@ -362,9 +403,15 @@ struct TableChunk<'a, const L: usize> {
 impl<const L: usize> TableChunk<'_, L> {
     /// Decodes elements `elems` (a step) by themselves, then finishes them.
     fn step_alone(&mut self, out: &mut [u8], elems: std::ops::Range<usize>, finished: Finished) {
+        let (table, switches) = self.rows.schedule(&self.tables, elems.clone());
         let at = self.region.start + elems.start;
-        self.dec
-            .decode_table_bytes(&self.table.view(), &mut out[at..at + elems.len()]);
+        rans::decode_table_bytes_together([rans::TableBytes {
+            dec: &mut self.dec,
+            table,
+            out: &mut out[at..at + elems.len()],
+            switches: &switches,
+            at: elems.start,
+        }]);
         self.finish_step(out, elems, finished);
     }
 
@@ -388,7 +435,7 @@ fn open<const L: usize>(
     out_len: usize,
 ) -> Result<Opened<'_, L>, CodecError> {
     let (count, elem_size) = match planes {
-        Planes::Int8 => (1, 1),
+        Planes::Int8 | Planes::Int8Rows => (1, 1),
         Planes::Float(e) => (e, e),
     };
     // The encoder only writes whole elements; a partial one would leave output bytes unwritten.
@@ -396,6 +443,9 @@ fn open<const L: usize>(
         return Err(CodecError::Corrupt("chunk of a partial element"));
     }
     let n = out_len / elem_size;
+    if planes == Planes::Int8Rows {
+        return open_int8_rows(data, n);
+    }
     let Some(mut open) = open_planes::<L>(data, count, n)? else {
         return Ok(Opened::Empty);
     };
@@ -408,10 +458,34 @@ fn open<const L: usize>(
         unreachable!("the first plane is coded (matched above)");
     };
     Ok(Opened::Table(TableChunk {
-        table,
+        tables: vec![*table],
+        rows: RowTables::one(n),
         dec: open.dec,
         region,
         mantissas: open.raw.first().copied(),
+    }))
+}
+
+/// Opens a chunk of `n` int8 values with a table per group of rows.
+fn open_int8_rows<const L: usize>(data: &[u8], n: usize) -> Result<Opened<'_, L>, CodecError> {
+    if L != rans::WIDE {
+        return Err(CodecError::Corrupt("int8 row tables on narrow lanes"));
+    }
+    if n == 0 {
+        return if data.is_empty() {
+            Ok(Opened::Empty)
+        } else {
+            Err(CodecError::Corrupt("data for an empty chunk"))
+        };
+    }
+    let mut buf = data;
+    let (tables, rows) = row_tables::read(&mut buf, n)?;
+    Ok(Opened::Table(TableChunk {
+        tables,
+        rows,
+        dec: Decoder::new(buf)?,
+        region: 0..n,
+        mantissas: None,
     }))
 }
 
@@ -541,9 +615,9 @@ mod tests {
     }
 
     /// Every pair of chunk shapes (int8, 16-bit floats with raw mantissas, 32-bit floats,
-    /// narrow, empty; valid or damaged) decodes two at a time exactly as each does alone, in
-    /// steps or not; and what a decode that succeeds reports as finished is its whole output,
-    /// in order.
+    /// narrow, empty, int8 with a table per group of rows; valid or damaged) decodes two at a
+    /// time exactly as each does alone, in steps or not; and what a decode that succeeds
+    /// reports as finished is its whole output, in order.
     #[test]
     fn chunks_decode_two_at_a_time_as_alone() {
         let q: Vec<u8> = (0..70_001u32)
@@ -558,6 +632,16 @@ mod tests {
         let f32s: Vec<u8> = (0..9_000u32)
             .flat_map(|i| (i as f32 * 0.37).sin().to_le_bytes())
             .collect();
+        // Rows of 288 values of four spreads in an irregular order: tables change every few
+        // rows, at other places than a partner's.
+        let rows: Vec<u8> = (0..160 * 288u32)
+            .map(|i| {
+                let spread = [3, 9, 40, 120][((i / 288) * (i / 288) % 5 % 4) as usize];
+                ((i.wrapping_mul(2654435761) >> 16) % spread) as i32 - spread as i32 / 2
+            })
+            .map(|v| v as i8 as u8)
+            .collect();
+        let grouped = encode_int8_rows(&rows, 288).expect("rows of four spreads are grouped");
         let chunks = [
             (
                 Planes::Int8,
@@ -584,6 +668,7 @@ mod tests {
                 5000,
             ),
             (Planes::Int8, Lanes::Wide, Vec::new(), 0),
+            (Planes::Int8Rows, Lanes::Wide, grouped, rows.len()),
         ];
         let damaged = |data: &[u8]| {
             let mut d = data.to_vec();
@@ -650,6 +735,10 @@ mod tests {
         assert_eq!(
             alone((Planes::Float(4), Lanes::Wide, &chunks[2].2, f32s.len())).1,
             f32s
+        );
+        assert_eq!(
+            alone((Planes::Int8Rows, Lanes::Wide, &chunks[5].2, rows.len())).1,
+            rows
         );
     }
 

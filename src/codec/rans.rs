@@ -315,25 +315,41 @@ pub fn code_last_first<const L: usize>(
 /// [`code_last_first`] over those symbols. On 32 lanes with AVX2, whole groups of 32 are coded
 /// eight lanes at a time.
 pub fn code_table_bytes<const L: usize>(packed: &[u32; 256], bytes: &[u8], out: &mut Vec<u8>) {
+    code_table_runs::<L>(&[packed], &[(0, 0..bytes.len())], bytes, out);
+}
+
+/// [`code_table_bytes`] with a table per run of bytes: `runs` are `(table, range)` in order,
+/// covering `bytes`, each range starting on lane 0 (a multiple of `L`), coded with
+/// `packed[table]`.
+pub fn code_table_runs<const L: usize>(
+    packed: &[&[u32; 256]],
+    runs: &[(usize, std::ops::Range<usize>)],
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+) {
     let inv = reciprocals();
-    let symbol = |b: u8| {
-        let e = packed[b as usize];
-        Symbol {
-            start: e >> 16,
-            freq: e & 0xFFFF,
-            bits: TABLE_BITS,
-        }
-    };
     let mut states = [RANS_L; L];
     let mut words = BackWords::with_room(bytes.len());
     let grouped = wide_encode::grouped::<L>(bytes.len());
-    for (i, &b) in bytes.iter().enumerate().skip(grouped).rev() {
-        let s = symbol(b);
-        words.code(&mut states[i % L], s, inv[s.freq as usize]);
-    }
-    if grouped > 0 {
-        let inv_of: [f64; 256] = std::array::from_fn(|b| inv[(packed[b] & 0xFFFF) as usize]);
-        wide_encode::code_groups(&mut states, packed, &inv_of, &bytes[..grouped], &mut words);
+    let inv_of: Vec<[f64; 256]> = packed
+        .iter()
+        .map(|p| std::array::from_fn(|b| inv[(p[b] & 0xFFFF) as usize]))
+        .collect();
+    for (t, run) in runs.iter().rev() {
+        let p = packed[*t];
+        for i in (run.start.max(grouped)..run.end).rev() {
+            let e = p[bytes[i] as usize];
+            let s = Symbol {
+                start: e >> 16,
+                freq: e & 0xFFFF,
+                bits: TABLE_BITS,
+            };
+            words.code(&mut states[i % L], s, inv[s.freq as usize]);
+        }
+        if run.start < grouped {
+            let groups = &bytes[run.start..run.end.min(grouped)];
+            wide_encode::code_groups(&mut states, p, &inv_of[*t], groups, &mut words);
+        }
     }
     words.finish(&states, out);
 }
@@ -444,11 +460,51 @@ fn quotient(x: u32, inv: f64) -> u32 {
     (f64::from(x) * inv + QUOTIENT_BIAS) as u32
 }
 
-/// One stream's share of a table loop: decode `out.len()` table bytes from `dec`.
+/// One stream's share of a table loop: decode `out.len()` table bytes from `dec`, with
+/// `table`, then each of `switches` from its element on.
 pub struct TableBytes<'r, 'a, const L: usize> {
     pub dec: &'r mut Decoder<'a, L>,
     pub table: TableView<'r>,
     pub out: &'r mut [u8],
+    /// Where the table changes (int8 rows with tables of their own): `(element, table)` in
+    /// increasing order, each element a multiple of `L`, counted as `at` is. The loops switch
+    /// between groups, so two streams whose tables change at different elements still run
+    /// one loop over a whole step instead of stopping at every change of either.
+    pub switches: &'r [(usize, TableView<'r>)],
+    /// The element `out[0]` is.
+    pub at: usize,
+}
+
+impl<'r, 'a, const L: usize> TableBytes<'r, 'a, L> {
+    /// One table for the whole output.
+    pub fn one(dec: &'r mut Decoder<'a, L>, table: TableView<'r>, out: &'r mut [u8]) -> Self {
+        TableBytes {
+            dec,
+            table,
+            out,
+            switches: &[],
+            at: 0,
+        }
+    }
+
+    /// Takes up the switches due by output element `i`.
+    #[inline(always)]
+    pub(crate) fn switch_at(&mut self, i: usize) {
+        while let Some(&(from, table)) = self.switches.first()
+            && from <= self.at + i
+        {
+            self.table = table;
+            self.switches = &self.switches[1..];
+        }
+    }
+
+    /// Elements from `i` that the current table decodes, up to `end`.
+    fn current_until(&self, i: usize, end: usize) -> usize {
+        self.switches
+            .first()
+            .map_or(end, |&(from, _)| (from - self.at).min(end))
+            .max(i)
+    }
 }
 
 /// Decodes the table bytes of `S` independent streams, their fast loops run together: one
@@ -459,19 +515,37 @@ pub fn decode_table_bytes_together<const L: usize, const S: usize>(
     mut runs: [TableBytes<'_, '_, L>; S],
 ) {
     let done = match L {
-        NARROW => runs.each_mut().map(|r| r.dec.decode_quads(&r.table, r.out)),
+        NARROW => runs.each_mut().map(|r| {
+            debug_assert!(r.switches.is_empty(), "row tables are on 32 lanes only");
+            r.dec.decode_quads(&r.table, r.out)
+        }),
         _ => wide::decode_table_bytes(&mut runs),
     };
     for (r, mut done) in runs.iter_mut().zip(done) {
         if S > 1 {
             // What one stream has left when the other ran out: its own fast loop first.
+            r.switch_at(done);
             done += wide::decode_table_bytes(&mut [TableBytes {
                 dec: &mut *r.dec,
                 table: r.table,
                 out: &mut r.out[done..],
+                switches: r.switches,
+                at: r.at + done,
             }])[0];
         }
-        r.dec.decode_table_bytes_tail(&r.table, r.out, done);
+        decode_table_bytes_tail(r, done);
+    }
+}
+
+/// The symbol-by-symbol path of [`decode_table_bytes_together`], from element `done`.
+fn decode_table_bytes_tail<const L: usize>(r: &mut TableBytes<'_, '_, L>, done: usize) {
+    for i in done..r.out.len() {
+        r.switch_at(i);
+        let lane = i % L;
+        let slot = r.dec.slot(lane, TABLE_BITS);
+        let sym = r.table.lookup[slot as usize];
+        r.out[i] = sym;
+        r.dec.advance(lane, r.table.symbol(sym));
     }
 }
 
@@ -558,22 +632,7 @@ impl<'a, const L: usize> Decoder<'a, L> {
     /// hot loop. Whole groups of `L` symbols go through the lane-count's fast path, the tail
     /// symbol by symbol.
     pub fn decode_table_bytes(&mut self, table: &TableView, out: &mut [u8]) {
-        decode_table_bytes_together([TableBytes {
-            dec: self,
-            table: *table,
-            out,
-        }]);
-    }
-
-    /// The symbol-by-symbol path of [`Decoder::decode_table_bytes`], from element `done`.
-    fn decode_table_bytes_tail(&mut self, table: &TableView, out: &mut [u8], done: usize) {
-        for (i, o) in out.iter_mut().enumerate().skip(done) {
-            let lane = i % L;
-            let slot = self.slot(lane, TABLE_BITS);
-            let sym = table.lookup[slot as usize];
-            *o = sym;
-            self.advance(lane, table.symbol(sym));
-        }
+        decode_table_bytes_together([TableBytes::one(self, *table, out)]);
     }
 
     /// Decodes one [`Split`] position per element (`entries` holds each one's packed split),

@@ -40,6 +40,10 @@ pub enum ChunkCodec {
     /// (`residual::Layout::Wide`), which SIMD decodes a group at a time. Written for every
     /// wide residual chunk since.
     ResidualRuns32 = 14,
+    /// Version 4: int8 values with a table per group of rows (`codec::encode_int8_rows`), on
+    /// 32 lanes. Written where the rows' values spread differently enough to pay for the
+    /// extra tables; other int8 chunks stay `Int8Wide`.
+    Int8Rows = 15,
 }
 
 /// Chunks of fewer elements are written on 4 lanes: 32 lanes cost 112 more bytes of stream
@@ -65,6 +69,7 @@ impl ChunkCodec {
             Float64Wide => (Float64, Lanes::Wide),
             Int8Wide => (Int8, Lanes::Wide),
             ResidualWide | ResidualRuns32 => (Residual, Lanes::Wide),
+            Int8Rows => (Int8Rows, Lanes::Wide),
             Float32AsF16Wide => (Float32AsF16, Lanes::Wide),
             narrow => (narrow, Lanes::Narrow),
         }
@@ -86,10 +91,11 @@ impl ChunkCodec {
     }
 
     /// Whether a blob of format `version` may hold this codec: version 1 has codecs 0-7 only,
-    /// version 2 codecs 0-13.
+    /// version 2 codecs 0-13, version 3 codecs 0-14.
     pub fn allowed_in(self, version: u32) -> bool {
         match self {
             ChunkCodec::ResidualRuns32 => version >= 3,
+            ChunkCodec::Int8Rows => version >= 4,
             _ => version >= 2 || self.coder().1 == Lanes::Narrow,
         }
     }
@@ -131,6 +137,7 @@ impl TryFrom<u8> for ChunkCodec {
             ResidualWide,
             Float32AsF16Wide,
             ResidualRuns32,
+            Int8Rows,
         ]
         .into_iter()
         .find(|c| *c as u8 == v)
@@ -323,7 +330,10 @@ fn plane_chunk(job: ChunkJob<'_>, planes: codec::Planes) -> codec::PlaneChunk<'_
 /// 16-bit float chunks on 32 lanes, whose decode is one table loop (wider floats decode
 /// element by element, which gains nothing from a partner).
 pub fn decodes_together(codec: ChunkCodec) -> bool {
-    matches!(codec, ChunkCodec::Int8Wide | ChunkCodec::Float16Wide)
+    matches!(
+        codec,
+        ChunkCodec::Int8Wide | ChunkCodec::Int8Rows | ChunkCodec::Float16Wide
+    )
 }
 
 /// The plane layout of a chunk's codec, when it is plane-coded and what the job expects.
@@ -331,6 +341,7 @@ fn planes_of(job: &ChunkJob) -> Option<codec::Planes> {
     use codec::Planes;
     match (job.expect, job.codec.coder().0) {
         (Expect::Int8, ChunkCodec::Int8) => Some(Planes::Int8),
+        (Expect::Int8, ChunkCodec::Int8Rows) => Some(Planes::Int8Rows),
         (Expect::Bytes, ChunkCodec::Float16) => Some(Planes::Float(2)),
         (Expect::Bytes, ChunkCodec::Float32) => Some(Planes::Float(4)),
         (Expect::Bytes, ChunkCodec::Float64) => Some(Planes::Float(8)),
@@ -338,12 +349,23 @@ fn planes_of(job: &ChunkJob) -> Option<codec::Planes> {
     }
 }
 
-/// Compresses int8 values (as their bytes), verified like [`encode_bytes`].
-pub fn encode_int8(q: &[u8]) -> Result<EncodedChunk, FormatError> {
+/// Compresses int8 values (as their bytes, whole rows of `cols`), verified like
+/// [`encode_bytes`]: with a table per group of rows where that pays, else one table.
+pub fn encode_int8(q: &[u8], cols: usize) -> Result<EncodedChunk, FormatError> {
     let lanes = write_lanes(q.len());
-    let stored = codec::encode_int8(q, lanes);
+    let grouped = match lanes {
+        Lanes::Wide => codec::encode_int8_rows(q, cols),
+        Lanes::Narrow => None,
+    };
+    let (codec, stored) = match grouped {
+        Some(stored) => (ChunkCodec::Int8Rows, stored),
+        None => (
+            ChunkCodec::on(ChunkCodec::Int8, lanes),
+            codec::encode_int8(q, lanes),
+        ),
+    };
     let chunk = if stored.len() < q.len() {
-        EncodedChunk::new(stored, ChunkCodec::on(ChunkCodec::Int8, lanes), q)
+        EncodedChunk::new(stored, codec, q)
     } else {
         EncodedChunk::new(q.to_vec(), ChunkCodec::Raw, q)
     };
@@ -365,6 +387,7 @@ pub fn decode_int8(codec: ChunkCodec, stored: &[u8], out: &mut [u8]) -> Result<(
             Ok(())
         }
         (ChunkCodec::Int8, lanes) => Ok(codec::decode_int8(stored, lanes, out)?),
+        (ChunkCodec::Int8Rows, _) => Ok(codec::decode_int8_rows(stored, out)?),
         _ => Err(FormatError::Corrupt(format!(
             "{codec:?} chunk where int8 values were expected"
         ))),
@@ -449,16 +472,17 @@ mod tests {
     fn codecs_belong_to_the_versions_that_added_them() {
         for v in 0..=255u8 {
             let Ok(c) = ChunkCodec::try_from(v) else {
-                assert!(v > 14, "codec {v} is missing");
+                assert!(v > 15, "codec {v} is missing");
                 continue;
             };
             assert_eq!(u8::from(c), v);
             let since = match v {
                 0..=7 => 1,
                 8..=13 => 2,
-                _ => 3,
+                14 => 3,
+                _ => 4,
             };
-            for version in 1..=3 {
+            for version in 1..=4 {
                 assert_eq!(
                     c.allowed_in(version),
                     version >= since,

@@ -1136,7 +1136,7 @@ fn encode_work(w: Work, dtype: HighDtype) -> Result<Done, FormatError> {
                 cols,
             };
             let residual = chunk::encode_residual(&rows, &high)?;
-            let int8 = chunk::encode_int8(&q)?;
+            let int8 = chunk::encode_int8(&q, cols)?;
             Ok(Done::Quant {
                 task,
                 int8,

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use qstore::codec::quantize::{HighDtype, quantize_row};
 use qstore::codec::residual::{self, ChunkRows, Layout};
-use qstore::codec::{Lanes, decode_float, decode_int8, encode_float, encode_int8};
+use qstore::codec::{
+    Lanes, decode_float, decode_int8, decode_int8_rows, encode_float, encode_int8, encode_int8_rows,
+};
 use qstore::format::{Blob, EncodeInput, EncodeOptions, Precision, encode_to_path};
 use qstore::safetensors::{Dtype, TensorSpec, read_header, write_header};
 use qstore::synth::llm_like_bf16;
@@ -96,6 +98,19 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         let float32 = framed(2, lanes, n, &encode_float(&f32s, 4, lanes));
         put("chunk_decoders", &format!("float32{suffix}"), float32);
     }
+    // Int8 rows of two spreads, alternating: a table per group of rows.
+    let spread_rows: Vec<u8> = (0..24 * 256u32)
+        .map(|i| {
+            let spread = if (i / 256) % 2 == 0 { 3 } else { 61 };
+            (((i.wrapping_mul(2654435761) >> 16) % spread) as i32 - spread as i32 / 2) as i8 as u8
+        })
+        .collect();
+    let grouped = encode_int8_rows(&spread_rows, 256).expect("two spreads pay for two tables");
+    put(
+        "chunk_decoders",
+        "int8-rows",
+        framed(0, Lanes::Wide, spread_rows.len(), &grouped),
+    );
     // Scales as the target reads them: float16, so the residual is coded against those.
     let halves: Vec<f32> = scales
         .iter()
@@ -247,7 +262,12 @@ fn every_seed_and_regression_replays_without_a_panic() {
                 Lanes::Narrow
             };
             match which % 5 {
-                0 => drop(decode_int8(rest, lanes, &mut vec![0u8; n])),
+                0 => {
+                    drop(decode_int8(rest, lanes, &mut vec![0u8; n]));
+                    if lanes == Lanes::Wide {
+                        drop(decode_int8_rows(rest, &mut vec![0u8; n]));
+                    }
+                }
                 1..=3 => {
                     let size = [2, 4, 8][usize::from(which % 5) - 1];
                     drop(decode_float(rest, size, lanes, &mut vec![0u8; n * size]));

@@ -67,25 +67,33 @@ pub(super) fn decode_table_bytes<const L: usize, const S: usize>(
         // SAFETY: the CPU supports AVX2 (checked at run time above).
         return unsafe { avx2::decode_table_bytes(runs) };
     }
-    runs.each_mut()
-        .map(|r| decode_table_bytes_portable(r.dec, &r.table, r.out))
+    runs.each_mut().map(decode_table_bytes_portable)
 }
 
-fn decode_table_bytes_portable<const L: usize>(
-    dec: &mut Decoder<L>,
-    table: &TableView,
-    out: &mut [u8],
-) -> usize {
+/// Whole groups, a table's stretch at a time, while the stream has the bytes for them.
+fn decode_table_bytes_portable<const L: usize>(r: &mut TableBytes<'_, '_, L>) -> usize {
     const MASK: u32 = (1 << TABLE_BITS) - 1;
-    portable_groups(dec, out.len() / L, |i, x| {
-        let slot = x & MASK;
-        let sym = table.lookup[slot as usize];
-        out[i] = sym;
-        let e = table.packed[sym as usize];
-        (e & 0xFFFF)
-            .wrapping_mul(x >> TABLE_BITS)
-            .wrapping_add(slot.wrapping_sub(e >> 16))
-    })
+    let whole = r.out.len() / L * L;
+    let mut done = 0;
+    while done < whole {
+        r.switch_at(done);
+        let end = r.current_until(done, whole);
+        let (table, out) = (r.table, &mut r.out[done..end]);
+        let got = portable_groups(r.dec, out.len() / L, |i, x| {
+            let slot = x & MASK;
+            let sym = table.lookup[slot as usize];
+            out[i] = sym;
+            let e = table.packed[sym as usize];
+            (e & 0xFFFF)
+                .wrapping_mul(x >> TABLE_BITS)
+                .wrapping_add(slot.wrapping_sub(e >> 16))
+        });
+        done += got;
+        if done < end {
+            break;
+        }
+    }
+    done
 }
 
 /// The SIMD table loops' frame: each run's 32 states as `VECS` vectors of type `V`, then
@@ -114,6 +122,9 @@ pub(super) fn table_groups<V: Copy, const VECS: usize, const L: usize, const S: 
             .zip(&pos)
             .all(|(r, &p)| r.dec.words.len() - p >= need)
     {
+        for r in runs.iter_mut() {
+            r.switch_at(32 * g);
+        }
         group(g, runs, &mut x, &mut pos);
         g += 1;
     }
@@ -677,9 +688,7 @@ mod tests {
         runs: &mut [TableBytes<'_, '_, WIDE>; S],
     ) -> [usize; S] {
         match path {
-            Path::Portable => runs
-                .each_mut()
-                .map(|r| decode_table_bytes_portable(r.dec, &r.table, r.out)),
+            Path::Portable => runs.each_mut().map(decode_table_bytes_portable),
             // SAFETY (both): the tests check the CPU before they take these paths.
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 => unsafe { avx2::decode_table_bytes(runs) },
@@ -701,15 +710,13 @@ mod tests {
         let mut runs = {
             let mut d = decs.iter_mut();
             let mut o = outs.iter_mut();
-            streams.map(|(table, _, _)| TableBytes {
-                dec: d.next().unwrap(),
-                table: table.view(),
-                out: o.next().unwrap(),
+            streams.map(|(table, _, _)| {
+                TableBytes::one(d.next().unwrap(), table.view(), o.next().unwrap())
             })
         };
         let done = fast_loop(path, &mut runs);
         for (r, done) in runs.iter_mut().zip(done) {
-            r.dec.decode_table_bytes_tail(&r.table, r.out, done);
+            super::super::decode_table_bytes_tail(r, done);
         }
         let mut outs = outs.into_iter();
         decs.map(|d| {
@@ -759,6 +766,103 @@ mod tests {
                 if let Some(f) = flip.filter(|&f| f < bytes.len()) {
                     bytes[f] ^= 0x5A;
                 }
+            }
+        }
+    }
+
+    /// Values coded with two tables taking turns every `every` elements, and the stream.
+    fn two_table_stream(n: usize, every: usize) -> ([FreqTable; 2], Vec<u8>, Vec<u8>) {
+        let (narrow, data_a, _) = stream(n, 11);
+        let wide_data: Vec<u8> = (0..n as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let mut counts = [0u64; 256];
+        wide_data.iter().for_each(|&b| counts[b as usize] += 1);
+        let wide = FreqTable::from_counts(&counts).unwrap();
+        let data: Vec<u8> = (0..n)
+            .map(|i| {
+                if (i / every).is_multiple_of(2) {
+                    data_a[i]
+                } else {
+                    wide_data[i]
+                }
+            })
+            .collect();
+        let mut enc = Encoder::<WIDE>::with_capacity(n);
+        for (i, &b) in data.iter().enumerate() {
+            let t = if (i / every).is_multiple_of(2) {
+                &narrow
+            } else {
+                &wide
+            };
+            enc.push(t.symbol(b), i);
+        }
+        let mut out = Vec::new();
+        enc.finish_into(&mut out);
+        ([narrow, wide], data, out)
+    }
+
+    /// Every loop takes a stream whose table changes where `switches` say, alone and with a
+    /// partner, from the start or from a later element, and decodes what was coded.
+    #[test]
+    fn loops_switch_tables_where_told() {
+        let mut paths = vec![Path::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                paths.push(Path::Avx2);
+            }
+            if super::super::wide_avx512::cpu_has_avx512() {
+                paths.push(Path::Avx512);
+            }
+        }
+        let (n, every) = (10_000 + 17, 96);
+        let (tables, data, bytes) = two_table_stream(n, every);
+        let (partner_table, partner_data, partner) = stream(3_000, 7);
+        let switches: Vec<(usize, TableView)> = (every..n)
+            .step_by(every)
+            .map(|at| (at, tables[at / every % 2].view()))
+            .collect();
+        for &path in &paths {
+            for together in [false, true] {
+                let mut dec = Decoder::<WIDE>::new(&bytes).unwrap();
+                let mut pdec = Decoder::<WIDE>::new(&partner).unwrap();
+                let (mut out, mut pout) = (vec![0u8; n], vec![0u8; 3_000]);
+                // The first 960 elements by themselves, the rest from element 960 on.
+                let (head, tail) = out.split_at_mut(960);
+                let mut head_run = [TableBytes {
+                    dec: &mut dec,
+                    table: tables[0].view(),
+                    out: head,
+                    switches: &switches,
+                    at: 0,
+                }];
+                let done = fast_loop(path, &mut head_run);
+                super::super::decode_table_bytes_tail(&mut head_run[0], done[0]);
+                let rest = TableBytes {
+                    dec: &mut dec,
+                    table: tables[960 / every % 2].view(),
+                    out: tail,
+                    switches: &switches[960 / every..],
+                    at: 960,
+                };
+                if together {
+                    let mut runs = [
+                        rest,
+                        TableBytes::one(&mut pdec, partner_table.view(), &mut pout),
+                    ];
+                    let done = fast_loop(path, &mut runs);
+                    for (r, done) in runs.iter_mut().zip(done) {
+                        super::super::decode_table_bytes_tail(r, done);
+                    }
+                    assert_eq!(pout, partner_data, "{path:?}: the partner");
+                } else {
+                    let mut runs = [rest];
+                    let done = fast_loop(path, &mut runs);
+                    super::super::decode_table_bytes_tail(&mut runs[0], done[0]);
+                }
+                assert_eq!(out, data, "{path:?} together={together}");
+                assert!(dec.finish().is_ok());
             }
         }
     }
