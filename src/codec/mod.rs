@@ -632,16 +632,16 @@ mod tests {
         let f32s: Vec<u8> = (0..9_000u32)
             .flat_map(|i| (i as f32 * 0.37).sin().to_le_bytes())
             .collect();
-        // Rows of 288 values of four spreads in an irregular order: tables change every few
+        // Rows of 1,056 values of four spreads in an irregular order: tables change every few
         // rows, at other places than a partner's.
-        let rows: Vec<u8> = (0..160 * 288u32)
+        let rows: Vec<u8> = (0..60 * 1056u32)
             .map(|i| {
-                let spread = [3, 9, 40, 120][((i / 288) * (i / 288) % 5 % 4) as usize];
+                let spread = [3, 9, 40, 120][((i / 1056) * (i / 1056) % 5 % 4) as usize];
                 ((i.wrapping_mul(2654435761) >> 16) % spread) as i32 - spread as i32 / 2
             })
             .map(|v| v as i8 as u8)
             .collect();
-        let grouped = encode_int8_rows(&rows, 288).expect("rows of four spreads are grouped");
+        let grouped = encode_int8_rows(&rows, 1056).expect("rows of four spreads are grouped");
         let chunks = [
             (
                 Planes::Int8,

@@ -99,13 +99,13 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         put("chunk_decoders", &format!("float32{suffix}"), float32);
     }
     // Int8 rows of two spreads, alternating: a table per group of rows.
-    let spread_rows: Vec<u8> = (0..24 * 256u32)
+    let spread_rows: Vec<u8> = (0..7 * 1024u32)
         .map(|i| {
-            let spread = if (i / 256) % 2 == 0 { 3 } else { 61 };
+            let spread = if (i / 1024) % 2 == 0 { 3 } else { 61 };
             (((i.wrapping_mul(2654435761) >> 16) % spread) as i32 - spread as i32 / 2) as i8 as u8
         })
         .collect();
-    let grouped = encode_int8_rows(&spread_rows, 256).expect("two spreads pay for two tables");
+    let grouped = encode_int8_rows(&spread_rows, 1024).expect("two spreads pay for two tables");
     put(
         "chunk_decoders",
         "int8-rows",
