@@ -1,7 +1,7 @@
 //! Every chunk decoder on hostile input: frequency tables, rANS streams (int8 and float byte
 //! planes), and residuals against fuzzed int8 values and scales. The first bytes choose the
-//! decoder, its lanes (4 or 32: which / 5 odd; a 32-lane residual is decoded in both the
-//! version-2 and version-3 layouts, 32-lane int8 values both with one table and with a table
+//! decoder, its lanes (4 or 32: which / 5 odd; a 32-lane residual is decoded in the
+//! version-2, version-3 and version-4 layouts, 32-lane int8 values both with one table and with a table
 //! per group of rows) and the output size; an error is fine, a panic or an
 //! out-of-bounds access is not.
 #![no_main]
@@ -63,7 +63,7 @@ fn residual_case(a: u8, b: u8, lanes: Lanes, rest: &[u8]) {
         };
         let layouts: &[Layout] = match lanes {
             Lanes::Narrow => &[Layout::Narrow],
-            Lanes::Wide => &[Layout::WideRunsOfEight, Layout::Wide],
+            Lanes::Wide => &[Layout::WideRunsOfEight, Layout::Wide, Layout::WideBelowTop],
         };
         for &layout in layouts {
             let _ = residual::decode(&chunk, stored, layout, &mut vec![0u8; n * 2]);

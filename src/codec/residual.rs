@@ -75,25 +75,40 @@ pub enum Layout {
     /// Version 3 (codec 14): the same with whole values in runs of 32, one SIMD group, which
     /// decode several times faster.
     Wide,
+    /// Version 4 (codec 16): the same with each whole value's high byte coded as its distance
+    /// below the row's top byte (the largest q = 0 allows). Rows' scales differ, so their
+    /// whole values' high bytes sit at different heights; below the top they line up, and the
+    /// chunk's table codes them in 0.27 fewer bits each on the synthetic LLM-like set.
+    WideBelowTop,
 }
 
 impl Layout {
     /// Pairs per run of the whole-value stream (see `Decoder::decode_pairs`).
     fn pair_run(self) -> usize {
         match self {
-            Layout::Wide => PAIR_RUN,
+            Layout::Wide | Layout::WideBelowTop => PAIR_RUN,
             Layout::Narrow | Layout::WideRunsOfEight => PAIR_RUN_V2,
         }
     }
 
+    /// Whether whole values' high bytes are coded below their row's top byte.
+    fn below_top(self) -> bool {
+        self == Layout::WideBelowTop
+    }
+
     /// Every layout, oldest first.
-    pub const ALL: [Layout; 3] = [Layout::Narrow, Layout::WideRunsOfEight, Layout::Wide];
+    pub const ALL: [Layout; 4] = [
+        Layout::Narrow,
+        Layout::WideRunsOfEight,
+        Layout::Wide,
+        Layout::WideBelowTop,
+    ];
 
     /// The layout new chunks of these lanes are written in.
     pub fn written_on(lanes: Lanes) -> Layout {
         match lanes {
             Lanes::Narrow => Layout::Narrow,
-            Lanes::Wide => Layout::Wide,
+            Lanes::Wide => Layout::WideBelowTop,
         }
     }
 }
@@ -116,8 +131,8 @@ pub fn encode(rows: &ChunkRows, high: &[u16], layout: Layout) -> Result<Vec<u8>,
             let table = write_table(&hi_counts, &mut out);
             code_interleaved(&items, table.as_ref(), &mut out);
         }
-        Layout::WideRunsOfEight | Layout::Wide => {
-            let sorted = wide::Sorted::classify(rows, high);
+        Layout::WideRunsOfEight | Layout::Wide | Layout::WideBelowTop => {
+            let sorted = wide::Sorted::classify(rows, high, layout.below_top());
             write_exceptions(sorted.exceptions.iter().copied(), high, &mut out);
             let table = write_table(&sorted.hi_counts, &mut out);
             sorted.code(table.as_ref(), layout.pair_run(), &mut out);
@@ -358,8 +373,12 @@ pub fn decode_reporting(
             finished(out);
             Ok(())
         }
-        Layout::WideRunsOfEight | Layout::Wide => {
-            wide::decode(rows, head, layout.pair_run(), out, finished)
+        Layout::WideRunsOfEight | Layout::Wide | Layout::WideBelowTop => {
+            let pairs = wide::Pairs {
+                run: layout.pair_run(),
+                below_top: layout.below_top(),
+            };
+            wide::decode(rows, head, pairs, out, finished)
         }
     }
 }
@@ -531,6 +550,36 @@ mod tests {
             data.len()
         });
         sizes.into_iter().max().unwrap()
+    }
+
+    /// Rows scaled by outliers of different sizes put their whole values' high bytes at
+    /// different heights; coded below each row's top byte, they line up and take fewer bytes.
+    #[test]
+    fn whole_values_below_their_rows_top_code_smaller() {
+        let (n_rows, cols) = (96, 2048);
+        let high = crate::synth::llm_like_bf16(n_rows, cols, 5);
+        let mut q = vec![0u8; high.len()];
+        let scales: Vec<f32> = (0..n_rows)
+            .map(|r| {
+                let span = r * cols..(r + 1) * cols;
+                quantize_row(HighDtype::Bf16, &high[span.clone()], &mut q[span])
+            })
+            .collect();
+        let rows = ChunkRows {
+            dtype: HighDtype::Bf16,
+            q: &q,
+            scales: &scales,
+            cols,
+        };
+        let whole = q.iter().filter(|&&b| b == 0).count();
+        assert!(whole > high.len() / 10, "{whole} whole values");
+        let [at_height, below_top] =
+            [Layout::Wide, Layout::WideBelowTop].map(|l| encode(&rows, &high, l).unwrap().len());
+        assert!(
+            (below_top as f64) < 0.997 * at_height as f64,
+            "{below_top} vs {at_height}"
+        );
+        round_trip(HighDtype::Bf16, &high, &q, &scales, cols);
     }
 
     /// The memo gives what computing afresh gives, for either dtype at the same scale bits,

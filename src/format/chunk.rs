@@ -37,13 +37,15 @@ pub enum ChunkCodec {
     ResidualWide = 12,
     Float32AsF16Wide = 13,
     /// Version 3: the wide residual with its whole values in runs of 32 pairs instead of 8
-    /// (`residual::Layout::Wide`), which SIMD decodes a group at a time. Written for every
-    /// wide residual chunk since.
+    /// (`residual::Layout::Wide`), which SIMD decodes a group at a time.
     ResidualRuns32 = 14,
     /// Version 4: int8 values with a table per group of rows (`codec::encode_int8_rows`), on
     /// 32 lanes. Written where the rows' values spread differently enough to pay for the
     /// extra tables; other int8 chunks stay `Int8Wide`.
     Int8Rows = 15,
+    /// Version 4: codec 14 with whole values' high bytes coded below their row's top byte
+    /// (`residual::Layout::WideBelowTop`). Written for every wide residual chunk since.
+    ResidualBelowTop = 16,
 }
 
 /// Chunks of fewer elements are written on 4 lanes: 32 lanes cost 112 more bytes of stream
@@ -68,7 +70,7 @@ impl ChunkCodec {
             Float32Wide => (Float32, Lanes::Wide),
             Float64Wide => (Float64, Lanes::Wide),
             Int8Wide => (Int8, Lanes::Wide),
-            ResidualWide | ResidualRuns32 => (Residual, Lanes::Wide),
+            ResidualWide | ResidualRuns32 | ResidualBelowTop => (Residual, Lanes::Wide),
             Int8Rows => (Int8Rows, Lanes::Wide),
             Float32AsF16Wide => (Float32AsF16, Lanes::Wide),
             narrow => (narrow, Lanes::Narrow),
@@ -84,7 +86,7 @@ impl ChunkCodec {
             (Float32, Lanes::Wide) => Float32Wide,
             (Float64, Lanes::Wide) => Float64Wide,
             (Int8, Lanes::Wide) => Int8Wide,
-            (Residual, Lanes::Wide) => ResidualRuns32,
+            (Residual, Lanes::Wide) => ResidualBelowTop,
             (Float32AsF16, Lanes::Wide) => Float32AsF16Wide,
             (c, _) => c,
         }
@@ -95,7 +97,7 @@ impl ChunkCodec {
     pub fn allowed_in(self, version: u32) -> bool {
         match self {
             ChunkCodec::ResidualRuns32 => version >= 3,
-            ChunkCodec::Int8Rows => version >= 4,
+            ChunkCodec::Int8Rows | ChunkCodec::ResidualBelowTop => version >= 4,
             _ => version >= 2 || self.coder().1 == Lanes::Narrow,
         }
     }
@@ -106,6 +108,7 @@ impl ChunkCodec {
             ChunkCodec::Residual => Some(residual::Layout::Narrow),
             ChunkCodec::ResidualWide => Some(residual::Layout::WideRunsOfEight),
             ChunkCodec::ResidualRuns32 => Some(residual::Layout::Wide),
+            ChunkCodec::ResidualBelowTop => Some(residual::Layout::WideBelowTop),
             _ => None,
         }
     }
@@ -138,6 +141,7 @@ impl TryFrom<u8> for ChunkCodec {
             Float32AsF16Wide,
             ResidualRuns32,
             Int8Rows,
+            ResidualBelowTop,
         ]
         .into_iter()
         .find(|c| *c as u8 == v)
@@ -472,7 +476,7 @@ mod tests {
     fn codecs_belong_to_the_versions_that_added_them() {
         for v in 0..=255u8 {
             let Ok(c) = ChunkCodec::try_from(v) else {
-                assert!(v > 15, "codec {v} is missing");
+                assert!(v > 16, "codec {v} is missing");
                 continue;
             };
             assert_eq!(u8::from(c), v);
@@ -492,7 +496,11 @@ mod tests {
         }
         assert_eq!(
             ChunkCodec::on(ChunkCodec::Residual, Lanes::Wide),
-            ChunkCodec::ResidualRuns32
+            ChunkCodec::ResidualBelowTop
+        );
+        assert_eq!(
+            ChunkCodec::ResidualBelowTop.residual_layout(),
+            Some(residual::Layout::WideBelowTop)
         );
         assert_eq!(
             ChunkCodec::ResidualRuns32.residual_layout(),

@@ -125,11 +125,12 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     for (layout, name) in [
         (Layout::Narrow, "residual"),
         (Layout::WideRunsOfEight, "residual-wide-v2"),
-        (Layout::Wide, "residual-wide"),
+        (Layout::Wide, "residual-wide-v3"),
+        (Layout::WideBelowTop, "residual-wide"),
     ] {
         let lanes = match layout {
             Layout::Narrow => Lanes::Narrow,
-            Layout::WideRunsOfEight | Layout::Wide => Lanes::Wide,
+            Layout::WideRunsOfEight | Layout::Wide | Layout::WideBelowTop => Lanes::Wide,
         };
         let stored = residual::encode(&chunk, &w, layout).unwrap();
         let mut v = framed(4, lanes, 0, &[]);

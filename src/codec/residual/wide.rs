@@ -1,5 +1,5 @@
-//! The wide residuals (codec 12 of version 2, codec 14 of version 3): positions and whole
-//! values in separate streams.
+//! The wide residuals (codec 12 of version 2, codec 14 of version 3, codec 16 of version 4):
+//! positions and whole values in separate streams.
 //!
 //! After the exceptions and the table come `varint 2 * whole_len + wide`, a stream of
 //! `whole_len` bytes holding the whole values (on 32 lanes if `wide`, else 4; absent when the
@@ -9,7 +9,8 @@
 //! exactly one symbol and 32 consecutive elements decode in step. Whole value `k` (numbered in
 //! element order) is pair `k` of its stream ([`Decoder::decode_pairs`]): its high byte, then its
 //! low bits and sign over the values possible under that byte, in runs of 8 pairs (codec 12) or
-//! 32 (codec 14: a run is a SIMD group, whose symbols then decode on all lanes at once).
+//! 32 (codecs 14 and 16: a run is a SIMD group, whose symbols then decode on all lanes at
+//! once). Codec 16 codes the high byte as its distance below the row's top byte.
 //!
 //! The decoder works in blocks: each element's split and base (table lookups by row and int8
 //! byte), the positions eight lanes at a time, codes as `base + position`; a row's whole
@@ -41,19 +42,22 @@ const WIDE_MIN_WHOLE: usize = 1 << 14;
 
 /// A chunk's elements sorted by how they are coded, in one pass over them.
 pub(super) struct Sorted {
+    /// Whether whole values' high bytes are coded below their row's top byte.
+    below_top: bool,
     /// Element numbers of the exceptions, increasing.
     pub exceptions: Vec<usize>,
-    /// How often each high byte occurs among the whole values.
+    /// How often each high byte symbol occurs among the whole values.
     pub hi_counts: [u64; 256],
-    /// Whole values in element order: high byte, low bits and sign, their split.
+    /// Whole values in element order: high byte symbol, low bits and sign, their split.
     whole: Vec<(u8, u32, Split)>,
     /// Per element, its position symbol packed as `start | (freq - 1) << 16`, or [`NO_SYMBOL`].
     positions: Vec<u32>,
 }
 
 impl Sorted {
-    pub fn classify(rows: &ChunkRows, high: &[u16]) -> Sorted {
+    pub fn classify(rows: &ChunkRows, high: &[u16], below_top: bool) -> Sorted {
         let mut s = Sorted {
+            below_top,
             exceptions: Vec::new(),
             hi_counts: [0; 256],
             whole: Vec::new(),
@@ -106,9 +110,15 @@ impl Sorted {
                 sym.start | (sym.freq - 1) << 16
             }
             Item::Whole { hi, lo, low } => {
-                self.hi_counts[hi as usize] += 1;
+                // A whole value's high byte is at most its row's top (classify_one).
+                let sym = if self.below_top {
+                    (iv.whole_top().0 - u16::from(hi)) as u8
+                } else {
+                    hi
+                };
+                self.hi_counts[sym as usize] += 1;
                 let v = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
-                self.whole.push((hi, v, Split::of(low.into())));
+                self.whole.push((sym, v, Split::of(low.into())));
                 NO_SYMBOL
             }
             Item::Exception => {
@@ -302,6 +312,18 @@ enum WholeStream<'a> {
     Wide(Decoder<'a, WIDE>),
 }
 
+/// How a chunk's whole values are coded: in runs of `run` pairs, their high bytes as they are
+/// or below their row's top byte.
+#[derive(Clone, Copy)]
+pub(super) struct Pairs {
+    pub run: usize,
+    pub below_top: bool,
+}
+
+/// What [`Decoder::decode_pairs`] is given as tops when high bytes are coded below the top:
+/// symbol 0 is the top byte, under which fewer low values are possible.
+static ZERO_TOPS: [u32; QUEUE] = [0; QUEUE];
+
 /// Whole values waiting to be decoded: their elements, their rows' top bytes and splits under
 /// them (set as they are queued, a row at a time), then the decoded high bytes and positions.
 struct WholeQueue {
@@ -331,7 +353,7 @@ impl WholeQueue {
         &mut self,
         n: usize,
         first: &mut usize,
-        run: usize,
+        pairs: Pairs,
         stream: &mut WholeStream,
         table: Option<&FreqTable>,
         out: &mut [u8],
@@ -341,18 +363,29 @@ impl WholeQueue {
         }
         let missing = CodecError::Corrupt("whole values without their stream or table");
         let view = table.ok_or(missing.clone())?.view();
-        let (tops, unders) = (&self.top[..n], &self.under[..n]);
+        let tops = if pairs.below_top {
+            &ZERO_TOPS[..n]
+        } else {
+            &self.top[..n]
+        };
+        let (run, unders) = (pairs.run, &self.under[..n]);
         let (his, vs) = (&mut self.hi[..n], &mut self.v[..n]);
         match stream {
             WholeStream::None => return Err(missing),
             WholeStream::Narrow(d) => d.decode_pairs(&view, *first, run, tops, unders, his, vs),
             WholeStream::Wide(d) => d.decode_pairs(&view, *first, run, tops, unders, his, vs),
         }
-        // Checked all at once (a loop that vectorises), then written.
+        // Checked all at once (a loop that vectorises), then written. Below the top, a
+        // symbol larger than the top would put the high byte under 0.
         let above = (self.hi[..n].iter().zip(&self.top[..n]))
             .fold(false, |above, (&hi, &top)| above | (u32::from(hi) > top));
         if above {
-            return Err(CodecError::Corrupt("whole value above its interval"));
+            return Err(CodecError::Corrupt("whole value outside its interval"));
+        }
+        if pairs.below_top {
+            for (hi, &top) in self.hi[..n].iter_mut().zip(&self.top[..n]) {
+                *hi = (top - u32::from(*hi)) as u8;
+            }
         }
         let values = self.hi[..n].iter().zip(&self.v[..n]);
         for (&i, (&hi, &v)) in self.element[..n].iter().zip(values) {
@@ -369,13 +402,13 @@ impl WholeQueue {
     }
 }
 
-/// Decodes the streams after `head` into `out` (little-endian codes), whole values in runs of
-/// `run` pairs, reporting to `finished` every [`STEP`] elements or so the codes that are final:
-/// those before the first whole value still queued.
+/// Decodes the streams after `head` into `out` (little-endian codes), whole values coded as
+/// `pairs` says, reporting to `finished` every [`STEP`] elements or so the codes that are
+/// final: those before the first whole value still queued.
 pub(super) fn decode(
     rows: &ChunkRows,
     head: Head,
-    run: usize,
+    pairs: Pairs,
     out: &mut [u8],
     finished: Finished,
 ) -> Result<(), CodecError> {
@@ -480,7 +513,7 @@ pub(super) fn decode(
             queue.len - queue.len % GROUP
         };
         let table = table.as_ref();
-        queue.drain(ready, &mut decoded_whole, run, &mut whole, table, out)?;
+        queue.drain(ready, &mut decoded_whole, pairs, &mut whole, table, out)?;
         let last = match queue.len {
             0 => end,
             _ => queue.element[0] as usize,
