@@ -366,25 +366,8 @@ fn step_together<const L: usize>(
     chunks: [(&mut TableChunk<'_, L>, &mut [u8], std::ops::Range<usize>); 2],
 ) {
     let [(ta, oa, ra), (tb, ob, rb)] = chunks;
-    let sa = ta.rows.schedule(&ta.tables, ra.clone());
-    let sb = tb.rows.schedule(&tb.tables, rb.clone());
-    let (at_a, at_b) = (ta.region.start + ra.start, tb.region.start + rb.start);
-    rans::decode_table_bytes_together([
-        rans::TableBytes {
-            dec: &mut ta.dec,
-            table: sa.0,
-            out: &mut oa[at_a..at_a + ra.len()],
-            switches: &sa.1,
-            at: ra.start,
-        },
-        rans::TableBytes {
-            dec: &mut tb.dec,
-            table: sb.0,
-            out: &mut ob[at_b..at_b + rb.len()],
-            switches: &sb.1,
-            at: rb.start,
-        },
-    ]);
+    let (mut sa, mut sb) = (Vec::new(), Vec::new());
+    rans::decode_table_bytes_together([ta.share(oa, ra, &mut sa), tb.share(ob, rb, &mut sb)]);
 }
 
 /// A chunk whose decode is one table loop into `out[region]`: an int8 chunk (the whole
@@ -400,19 +383,39 @@ struct TableChunk<'a, const L: usize> {
     mantissas: Option<&'a [u8]>,
 }
 
-impl<const L: usize> TableChunk<'_, L> {
+impl<'a, const L: usize> TableChunk<'a, L> {
     /// Decodes elements `elems` (a step) by themselves, then finishes them.
     fn step_alone(&mut self, out: &mut [u8], elems: std::ops::Range<usize>, finished: Finished) {
-        let (table, switches) = self.rows.schedule(&self.tables, elems.clone());
-        let at = self.region.start + elems.start;
-        rans::decode_table_bytes_together([rans::TableBytes {
-            dec: &mut self.dec,
+        let mut switches = Vec::new();
+        rans::decode_table_bytes_together([self.share(out, elems.clone(), &mut switches)]);
+        self.finish_step(out, elems, finished);
+    }
+
+    /// The table loop's share of elements `elems`: the stream, their output, the table they
+    /// start with and, in `switches`, where it changes.
+    fn share<'r>(
+        &'r mut self,
+        out: &'r mut [u8],
+        elems: std::ops::Range<usize>,
+        switches: &'r mut row_tables::Switches<'r>,
+    ) -> rans::TableBytes<'r, 'a, L> {
+        let TableChunk {
+            tables,
+            rows,
+            dec,
+            region,
+            ..
+        } = self;
+        let (table, changes) = rows.schedule(tables, elems.clone());
+        *switches = changes;
+        let at = region.start + elems.start;
+        rans::TableBytes {
+            dec,
             table,
             out: &mut out[at..at + elems.len()],
-            switches: &switches,
+            switches,
             at: elems.start,
-        }]);
-        self.finish_step(out, elems, finished);
+        }
     }
 
     /// After the table loop has decoded elements `elems`: spreads their float exponents, and

@@ -166,21 +166,11 @@ struct Row(Vec<(u8, u32)>);
 
 impl Row {
     fn of(values: &[u8]) -> Row {
-        // Four counters per byte, so runs of one value (rows of zeros) do not wait on their
-        // own increments.
-        let mut part = [[0u32; 256]; 4];
-        let mut quads = values.chunks_exact(4);
-        for q in &mut quads {
-            for (counts, &b) in part.iter_mut().zip(q) {
-                counts[b as usize] += 1;
-            }
-        }
-        for &b in quads.remainder() {
-            part[0][b as usize] += 1;
-        }
+        let counts = super::byte_counts(values);
         Row((0..=255u8)
-            .map(|b| (b, part.iter().map(|p| p[b as usize]).sum::<u32>()))
+            .zip(counts)
             .filter(|&(_, c)| c > 0)
+            .map(|(b, c)| (b, c as u32))
             .collect())
     }
 
