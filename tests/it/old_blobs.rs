@@ -18,6 +18,20 @@ struct Fixture {
     outputs: &'static [(Precision, &'static str, &'static str)],
 }
 
+/// What the input of tests/data/v2/make.py decodes to, in every version it was encoded with.
+const WHOLE_VALUES_OUTPUTS: &[(Precision, &str, &str)] = &[
+    (
+        Precision::High,
+        "model.safetensors",
+        "160dcd6a1ca2ad9372441813665d8153ac6864498846ba83b549ceb8f22157b2",
+    ),
+    (
+        Precision::Int8,
+        "model.safetensors",
+        "9a6c1e88ccb328996ccb2853b3d22febfe0930e2344968f6fce161822ed39a13",
+    ),
+];
+
 const FIXTURES: &[Fixture] = &[
     Fixture {
         version: 1,
@@ -74,34 +88,12 @@ const FIXTURES: &[Fixture] = &[
     Fixture {
         version: 2,
         file: "v2/bf16-whole-values.qstore",
-        outputs: &[
-            (
-                Precision::High,
-                "model.safetensors",
-                "160dcd6a1ca2ad9372441813665d8153ac6864498846ba83b549ceb8f22157b2",
-            ),
-            (
-                Precision::Int8,
-                "model.safetensors",
-                "9a6c1e88ccb328996ccb2853b3d22febfe0930e2344968f6fce161822ed39a13",
-            ),
-        ],
+        outputs: WHOLE_VALUES_OUTPUTS,
     },
     Fixture {
         version: 3,
         file: "v3/bf16-whole-values.qstore",
-        outputs: &[
-            (
-                Precision::High,
-                "model.safetensors",
-                "160dcd6a1ca2ad9372441813665d8153ac6864498846ba83b549ceb8f22157b2",
-            ),
-            (
-                Precision::Int8,
-                "model.safetensors",
-                "9a6c1e88ccb328996ccb2853b3d22febfe0930e2344968f6fce161822ed39a13",
-            ),
-        ],
+        outputs: WHOLE_VALUES_OUTPUTS,
     },
 ];
 
