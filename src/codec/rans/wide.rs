@@ -959,6 +959,54 @@ mod position_tests {
         }
     }
 
+    /// The AVX-512 position step divides by a reciprocal (see `wide_avx512::split_step`):
+    /// every slot of every tested width gives the position and next state that integer
+    /// division gives, quotient boundaries included, with high state bits of all sizes.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    #[ignore = "needs an AVX-512 CPU (avx512f, avx512bw); CI skips it, saying so, on others"]
+    fn avx512_split_step_finds_every_slot_exactly() {
+        use std::arch::x86_64::*;
+        assert!(
+            super::super::wide_avx512::cpu_has_avx512(),
+            "this test runs the AVX-512 position step: it needs an AVX-512 CPU"
+        );
+        let widths = (1..=600)
+            .chain((601..=32_768).step_by(97))
+            .chain([4097, 20_000, 32_767, 32_768]);
+        for n in widths {
+            let split = Split::of(n);
+            for first in (0..1u32 << 16).step_by(16) {
+                let x: [u32; 16] = std::array::from_fn(|j| {
+                    let slot = first + j as u32;
+                    let high = 1 + slot.wrapping_mul(2_654_435_761) % 0xFFFF;
+                    high << 16 | slot
+                });
+                let (mut r, mut v) = ([0u32; 16], [0u32; 16]);
+                // SAFETY: the CPU was checked above; the arrays are 64 bytes each.
+                unsafe {
+                    let (rv, vv) = super::super::wide_avx512::split_step(
+                        _mm512_loadu_si512(x.as_ptr().cast()),
+                        _mm512_set1_epi32(split.packed() as i32),
+                    );
+                    _mm512_storeu_si512(r.as_mut_ptr().cast(), rv);
+                    _mm512_storeu_si512(v.as_mut_ptr().cast(), vv);
+                }
+                for j in 0..16 {
+                    let slot = x[j] & 0xFFFF;
+                    let want = Split::position(split.packed(), slot);
+                    let s = split.symbol(want);
+                    assert_eq!(r[j], want, "n = {n}, slot {slot}");
+                    assert_eq!(
+                        v[j],
+                        s.freq * (x[j] >> 16) + slot - s.start,
+                        "n = {n}, slot {slot}"
+                    );
+                }
+            }
+        }
+    }
+
     /// The keyed loop against the general one plus offsets: the same codes, states and stream
     /// position, portable and AVX2 alike, also on damaged streams.
     #[test]

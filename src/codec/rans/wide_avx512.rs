@@ -108,32 +108,49 @@ pub(super) unsafe fn decode_table_bytes<const L: usize, const S: usize>(
 
 /// One [`super::Split`] position on sixteen lanes, each with its packed split: the position
 /// and the state before renormalisation. The AVX2 `split_step` of `wide.rs` on sixteen lanes,
-/// its blends done with masks (see there for why the single-precision division is exact).
+/// with two changes that shorten the chain from one state to the next (BF16 decode 2% faster,
+/// one thread, synthetic set):
+/// - The quotient is `(num + 1/2) * (1/div)`, truncated, with both reciprocals computed from
+///   the split alone, before the state is known: `rcp14` and one Newton step leave a relative
+///   error below 2^-21, and `(num + 1/2) / div` lies at least `1 / (2 div)` from an integer,
+///   more than the error (`num < 2^16`, so below `2^16 / div * 2^-21`).
+/// - The next state is `div * (x >> 16 - q) + num`: the slot's offset in its symbol is
+///   `num - q div` and its frequency `div`, on either side of `b`, so one multiply remains.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,popcnt")]
-fn split_step(x: __m512i, split: __m512i) -> (__m512i, __m512i) {
+pub(super) fn split_step(x: __m512i, split: __m512i) -> (__m512i, __m512i) {
     let low = _mm512_set1_epi32(0xFFFF);
     let one = _mm512_set1_epi32(1);
     let f = _mm512_add_epi32(_mm512_and_si512(split, low), one);
     let e = _mm512_srli_epi32::<16>(split);
     let f1 = _mm512_add_epi32(f, one);
-    let slot = _mm512_and_si512(x, low);
     let b = _mm512_mullo_epi32(e, f1);
+    let (rf, rf1) = (reciprocal(f), reciprocal(f1));
+    let slot = _mm512_and_si512(x, low);
     let below = _mm512_cmpgt_epi32_mask(b, slot);
     let div = _mm512_mask_blend_epi32(below, f, f1);
+    let rd = _mm512_mask_blend_ps(below, rf, rf1);
     let num = _mm512_mask_blend_epi32(below, _mm512_sub_epi32(slot, b), slot);
-    let q = _mm512_cvttps_epi32(_mm512_div_ps(
+    let q = _mm512_cvttps_epi32(_mm512_fmadd_ps(
         _mm512_cvtepi32_ps(num),
-        _mm512_cvtepi32_ps(div),
+        rd,
+        _mm512_mul_ps(rd, _mm512_set1_ps(0.5)),
     ));
     let r = _mm512_mask_add_epi32(q, !below, q, e);
-    let start = _mm512_add_epi32(_mm512_mullo_epi32(r, f), _mm512_min_epu32(r, e));
-    let freq = _mm512_mask_add_epi32(f, _mm512_cmpgt_epi32_mask(e, r), f, one);
     let v = _mm512_add_epi32(
-        _mm512_mullo_epi32(freq, _mm512_srli_epi32::<16>(x)),
-        _mm512_sub_epi32(slot, start),
+        _mm512_mullo_epi32(div, _mm512_sub_epi32(_mm512_srli_epi32::<16>(x), q)),
+        num,
     );
     (r, v)
+}
+
+/// `1 / d` within a relative 2^-21 (see `split_step`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,popcnt")]
+fn reciprocal(d: __m512i) -> __m512 {
+    let d = _mm512_cvtepi32_ps(d);
+    let r = _mm512_rcp14_ps(d);
+    _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)))
 }
 
 /// Sixteen keyed positions at a time (see `Decoder::decode_keyed_positions`): each element's
