@@ -45,8 +45,8 @@ pub struct TableView<'a> {
     /// `freq | start << 16` of each symbol: one load gives both.
     pub packed: &'a [u32; 256],
     /// `sym << 32 | freq << 16 | (slot - start)` of each slot: the next state and the symbol
-    /// in one load.
-    pub slots: &'a [u64; 1 << TABLE_BITS],
+    /// in one load. Only tables built for the AVX2 loops have them (see `freq::Lookups`).
+    pub slots: Option<&'a [u64; 1 << TABLE_BITS]>,
 }
 
 impl TableView<'_> {
@@ -496,6 +496,11 @@ impl<'r, 'a, const L: usize> TableBytes<'r, 'a, L> {
             self.table = table;
             self.switches = &self.switches[1..];
         }
+    }
+
+    /// Whether every table this share uses has slot entries (what the AVX2 loops read).
+    pub(crate) fn has_slots(&self) -> bool {
+        self.table.slots.is_some() && self.switches.iter().all(|(_, t)| t.slots.is_some())
     }
 
     /// Elements from `i` that the current table decodes, up to `end`.

@@ -63,7 +63,7 @@ pub(super) fn decode_table_bytes<const L: usize, const S: usize>(
         return unsafe { super::wide_avx512::decode_table_bytes(runs) };
     }
     #[cfg(target_arch = "x86_64")]
-    if simd_enabled() {
+    if simd_enabled() && runs.iter().all(TableBytes::has_slots) {
         // SAFETY: the CPU supports AVX2 (checked at run time above).
         return unsafe { avx2::decode_table_bytes(runs) };
     }
@@ -274,12 +274,12 @@ pub(super) fn decode_pairs<const L: usize>(
                     wide_avx512::decode_pairs(dec, table, tops, unders, syms, positions)
                 };
             }
-            super::PAIR_RUN => {
+            super::PAIR_RUN if table.slots.is_some() => {
                 return unsafe {
                     avx2::decode_pairs_grouped(dec, table, tops, unders, syms, positions)
                 };
             }
-            super::PAIR_RUN_V2 => {
+            super::PAIR_RUN_V2 if table.slots.is_some() => {
                 return unsafe { avx2::decode_pairs(dec, table, tops, unders, syms, positions) };
             }
             _ => {}
@@ -359,7 +359,10 @@ mod avx2 {
         let mut lanes = [0u32; 8];
         // SAFETY: lanes has room for eight u32s.
         unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), slot) };
-        let e = |j: usize| table.slots[lanes[j] as usize & MASK] as i64;
+        let slots = table
+            .slots
+            .expect("the AVX2 loops are chosen only for tables with slot entries");
+        let e = |j: usize| slots[lanes[j] as usize & MASK] as i64;
         let a = _mm256_castsi256_ps(_mm256_setr_epi64x(e(0), e(1), e(4), e(5)));
         let b = _mm256_castsi256_ps(_mm256_setr_epi64x(e(2), e(3), e(6), e(7)));
         let e = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
@@ -665,7 +668,8 @@ mod tests {
             .collect();
         let mut counts = [0u64; 256];
         data.iter().for_each(|&b| counts[b as usize] += 1);
-        let table = FreqTable::from_counts(&counts).unwrap();
+        // With slot entries: the AVX2 loops run here even where AVX-512 ones are chosen.
+        let table = FreqTable::from_counts(&counts).unwrap().with_slots();
         let mut enc = Encoder::<WIDE>::with_capacity(n);
         for (i, &b) in data.iter().enumerate() {
             enc.push(table.symbol(b), i);
@@ -778,7 +782,7 @@ mod tests {
             .collect();
         let mut counts = [0u64; 256];
         wide_data.iter().for_each(|&b| counts[b as usize] += 1);
-        let wide = FreqTable::from_counts(&counts).unwrap();
+        let wide = FreqTable::from_counts(&counts).unwrap().with_slots();
         let data: Vec<u8> = (0..n)
             .map(|i| {
                 if (i / every).is_multiple_of(2) {
@@ -1188,7 +1192,7 @@ mod pair_tests {
         }
         let mut counts = [0u64; 256];
         syms.iter().for_each(|&b| counts[b as usize] += 1);
-        let table = FreqTable::from_counts(&counts).unwrap();
+        let table = FreqTable::from_counts(&counts).unwrap().with_slots();
         let symbols: Vec<_> = (0..n)
             .map(|j| {
                 let width = if u32::from(syms[j]) == tops[j] {

@@ -45,31 +45,27 @@ unsafe fn renormalise(v: __m512i, words: &[u8], pos: &mut usize) -> __m512i {
 }
 
 /// One table symbol on sixteen lanes: the symbols (in u32 lanes) and the states before
-/// renormalisation. Two gathers load the slots' 64-bit `(sym, freq, slot - start)` entries;
-/// one permute each takes their low and high halves back to lane order.
+/// renormalisation. One gather takes each slot's symbol from the 16 KiB lookup, a second its
+/// `freq | start << 16` from 1 KiB: both stay in L1, where the AVX2 loops' 128 KiB of 64-bit
+/// slot entries (one gather, no second) did not, and cost more to build than they saved.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,popcnt")]
 fn table_step(x: __m512i, table: &TableView) -> (__m512i, __m512i) {
     const MASK: i32 = (1 << TABLE_BITS) - 1;
     let slot = _mm512_and_si512(x, _mm512_set1_epi32(MASK));
-    let base = table.slots.as_ptr().cast::<i64>();
-    // SAFETY: every slot is below 2^TABLE_BITS, the length of `slots`.
-    let (a, b) = unsafe {
-        (
-            _mm512_i32gather_epi64::<8>(_mm512_castsi512_si256(slot), base),
-            _mm512_i32gather_epi64::<8>(_mm512_extracti64x4_epi64::<1>(slot), base),
-        )
-    };
-    let low = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let high = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    let e = _mm512_permutex2var_epi32(a, low, b);
-    let sym = _mm512_permutex2var_epi32(a, high, b);
+    // SAFETY: every slot is below 2^TABLE_BITS; the lookup has 4 bytes of padding.
+    let sym = _mm512_and_si512(
+        unsafe { _mm512_i32gather_epi32::<1>(slot, table.lookup.as_ptr().cast()) },
+        _mm512_set1_epi32(0xFF),
+    );
+    // SAFETY: every symbol is below 256.
+    let e = unsafe { _mm512_i32gather_epi32::<4>(sym, table.packed.as_ptr().cast()) };
     let v = _mm512_add_epi32(
         _mm512_mullo_epi32(
-            _mm512_srli_epi32::<16>(e),
+            _mm512_and_si512(e, _mm512_set1_epi32(0xFFFF)),
             _mm512_srli_epi32::<{ TABLE_BITS }>(x),
         ),
-        _mm512_and_si512(e, _mm512_set1_epi32(0xFFFF)),
+        _mm512_sub_epi32(slot, _mm512_srli_epi32::<16>(e)),
     );
     (sym, v)
 }
