@@ -651,6 +651,16 @@ mod avx2 {
     }
 }
 
+/// Fails a test of the AVX-512 loops, saying why, on a CPU without them (CI skips these tests
+/// there and says so: they are named `*avx512*`).
+#[cfg(all(test, target_arch = "x86_64"))]
+fn needs_avx512(what: &str) {
+    assert!(
+        super::wide_avx512::cpu_has_avx512(),
+        "this test {what}: it needs an AVX-512 CPU"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -890,10 +900,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[ignore = "needs an AVX-512 CPU (avx512f, avx512bw); CI skips it, saying so, on others"]
     fn portable_and_avx512_table_loops_agree_on_valid_and_damaged_streams() {
-        assert!(
-            super::super::wide_avx512::cpu_has_avx512(),
-            "this test compares the AVX-512 loop with the portable one: it needs an AVX-512 CPU"
-        );
+        needs_avx512("compares the AVX-512 loop with the portable one");
         loops_agree(&[Path::Avx512]);
     }
 }
@@ -971,10 +978,7 @@ mod position_tests {
     #[ignore = "needs an AVX-512 CPU (avx512f, avx512bw); CI skips it, saying so, on others"]
     fn avx512_split_step_finds_every_slot_exactly() {
         use std::arch::x86_64::*;
-        assert!(
-            super::super::wide_avx512::cpu_has_avx512(),
-            "this test runs the AVX-512 position step: it needs an AVX-512 CPU"
-        );
+        needs_avx512("runs the AVX-512 position step");
         let widths = (1..=600)
             .chain((601..=32_768).step_by(97))
             .chain([4097, 20_000, 32_767, 32_768]);
@@ -1027,10 +1031,7 @@ mod position_tests {
     #[cfg(target_arch = "x86_64")]
     #[ignore = "needs an AVX-512 CPU (avx512f, avx512bw); CI skips it, saying so, on others"]
     fn portable_and_avx512_keyed_loops_agree() {
-        assert!(
-            super::super::wide_avx512::cpu_has_avx512(),
-            "this test compares the AVX-512 keyed loop with the portable one: it needs an AVX-512 CPU"
-        );
+        needs_avx512("compares the AVX-512 keyed loop with the portable one");
         // SAFETY: the CPU was checked above.
         keyed_loops_agree(&[|d, k, s, o, out| unsafe {
             super::super::wide_avx512::decode_keyed_positions(d, k, s, o, out)
