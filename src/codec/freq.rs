@@ -33,8 +33,9 @@ struct Lookups {
 
 /// Whether tables get their slot entries: only the AVX2 loops read them (one scalar load per
 /// symbol instead of two dependent ones, 8-11% faster on Zen 3). The AVX-512 loops gather
-/// the symbol, then its `freq | start`, from 17 KiB that stay in L1; building the 128 KiB of
-/// entries cost more than that saves (synthetic INT8, 2 threads: 4% slower with them).
+/// the symbol, then its `freq | start`, from 17 KiB that stay in L1: gathering the 64-bit
+/// entries instead, built per table, was slower (synthetic INT8, 2 threads: 22.9 against 21.9
+/// ms).
 fn slots_wanted() -> bool {
     #[cfg(target_arch = "x86_64")]
     let avx512 = super::rans::avx512_enabled();
