@@ -387,11 +387,13 @@ impl WholeQueue {
                 *hi = (top - u32::from(*hi)) as u8;
             }
         }
-        let values = self.hi[..n].iter().zip(&self.v[..n]);
-        for (&i, (&hi, &v)) in self.element[..n].iter().zip(values) {
-            let code = ((v & 1) << 15) | (u16::from(hi) << 7) | (v >> 1);
-            let i = i as usize;
-            out[2 * i..2 * i + 2].copy_from_slice(&code.to_le_bytes());
+        // The codes first (a loop that vectorises), then each to its element.
+        for (v, &hi) in self.v[..n].iter_mut().zip(&self.hi[..n]) {
+            *v = ((*v & 1) << 15) | (u16::from(hi) << 7) | (*v >> 1);
+        }
+        let (codes, _) = out.as_chunks_mut::<2>();
+        for (&i, &code) in self.element[..n].iter().zip(&self.v[..n]) {
+            codes[i as usize] = code.to_le_bytes();
         }
         *first += n;
         for a in [&mut self.element, &mut self.top, &mut self.under] {
