@@ -495,7 +495,14 @@ fn decode_whole<const WITHIN: bool, const L: usize>(
         return Err(CodecError::Corrupt("whole value above its interval"));
     }
     let v = low_and_sign_coder(iv, hi).decode::<WITHIN, L>(dec, lane) as u16;
-    Ok(((v & 1) << 15) | (hi << 7) | (v >> 1))
+    Ok(whole_code(hi, v))
+}
+
+/// A whole value's code from its high byte and its low-bits-and-sign symbol (the sign in the
+/// symbol's lowest bit).
+#[inline(always)]
+fn whole_code(hi: u16, v: u16) -> u16 {
+    ((v & 1) << 15) | (hi << 7) | (v >> 1)
 }
 
 fn read_exceptions(buf: &mut &[u8], n: usize) -> Result<Vec<(usize, u16)>, CodecError> {

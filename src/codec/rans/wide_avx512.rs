@@ -46,8 +46,8 @@ unsafe fn renormalise(v: __m512i, words: &[u8], pos: &mut usize) -> __m512i {
 
 /// One table symbol on sixteen lanes: the symbols (in u32 lanes) and the states before
 /// renormalisation. One gather takes each slot's symbol from the 16 KiB lookup, a second its
-/// `freq | start << 16` from 1 KiB: both stay in L1, where the AVX2 loops' 128 KiB of 64-bit
-/// slot entries (one gather, no second) did not, and cost more to build than they saved.
+/// `freq | start << 16` from 1 KiB: both stay in L1. Gathering the 64-bit slot entries the
+/// AVX2 loops read (one gather instead of two, from 128 KiB built per table) was slower.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,popcnt")]
 fn table_step(x: __m512i, table: &TableView) -> (__m512i, __m512i) {

@@ -387,9 +387,9 @@ impl WholeQueue {
                 *hi = (top - u32::from(*hi)) as u8;
             }
         }
-        // The codes first (a loop that vectorises), then each to its element.
+        // The codes first, over the positions (a loop that vectorises), then each to its element.
         for (v, &hi) in self.v[..n].iter_mut().zip(&self.hi[..n]) {
-            *v = ((*v & 1) << 15) | (u16::from(hi) << 7) | (*v >> 1);
+            *v = super::whole_code(u16::from(hi), *v);
         }
         let (codes, _) = out.as_chunks_mut::<2>();
         for (&i, &code) in self.element[..n].iter().zip(&self.v[..n]) {
