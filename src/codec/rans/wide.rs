@@ -3,7 +3,7 @@
 //! leave the rest to the symbol-by-symbol path; they give identical states, positions and
 //! output on any input, valid or not (tested below), so which one runs is invisible.
 
-use super::{Decoder, RANS_L, Split, TABLE_BITS, TableBytes, TableView, WIDE};
+use super::{Decoder, KeyedTable, RANS_L, Split, TABLE_BITS, TableBytes, TableView, WIDE};
 
 /// Whether the SIMD loops may run: the CPU has AVX2 and POPCNT (every AVX2 CPU does; without
 /// it, counting a refill's words is a chain of five instructions on the loops' critical path)
@@ -209,15 +209,21 @@ fn decode_positions_portable<const L: usize>(
 pub(super) fn decode_keyed_positions<const L: usize>(
     dec: &mut Decoder<L>,
     keys: &[u8],
-    splits: &[u32; 256],
-    offsets: &[u16; 256],
+    table: &KeyedTable,
     out: &mut [u8],
 ) -> usize {
     if L != WIDE {
         return 0;
     }
+    let (splits, offsets) = (&table.splits, &table.offsets);
     #[cfg(target_arch = "x86_64")]
     if super::wide_avx512::avx512_enabled() {
+        if super::wide_avx512::cpu_has_vbmi() {
+            // SAFETY: the CPU supports AVX-512 with VBMI (checked at run time above).
+            return unsafe {
+                super::wide_avx512::decode_keyed_positions_vbmi(dec, keys, &table.planes, out)
+            };
+        }
         // SAFETY: the CPU supports AVX-512 (checked at run time above).
         return unsafe {
             super::wide_avx512::decode_keyed_positions(dec, keys, splits, offsets, out)
@@ -1019,10 +1025,14 @@ mod position_tests {
     /// position, portable and AVX2 alike, also on damaged streams.
     #[test]
     fn keyed_positions_are_positions_plus_offsets() {
-        let mut keyed: Vec<KeyedLoop> = vec![decode_keyed_positions_portable];
+        let mut keyed: Vec<KeyedLoop> =
+            vec![|d, k, t, out| decode_keyed_positions_portable(d, k, &t.splits, &t.offsets, out)];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
-            keyed.push(|d, k, s, o, out| unsafe { avx2::decode_keyed_positions(d, k, s, o, out) });
+            // SAFETY: the CPU was checked above.
+            keyed.push(|d, k, t, out| unsafe {
+                avx2::decode_keyed_positions(d, k, &t.splits, &t.offsets, out)
+            });
         }
         keyed_loops_agree(&keyed);
     }
@@ -1033,8 +1043,23 @@ mod position_tests {
     fn portable_and_avx512_keyed_loops_agree() {
         needs_avx512("compares the AVX-512 keyed loop with the portable one");
         // SAFETY: the CPU was checked above.
-        keyed_loops_agree(&[|d, k, s, o, out| unsafe {
-            super::super::wide_avx512::decode_keyed_positions(d, k, s, o, out)
+        keyed_loops_agree(&[|d, k, t, out| unsafe {
+            super::super::wide_avx512::decode_keyed_positions(d, k, &t.splits, &t.offsets, out)
+        }]);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    #[ignore = "needs an AVX-512 CPU with VBMI (avx512vbmi); CI skips it, saying so, on others"]
+    fn portable_and_avx512_vbmi_keyed_loops_agree() {
+        needs_avx512("compares the AVX-512 VBMI keyed loop with the portable one");
+        assert!(
+            super::super::wide_avx512::cpu_has_vbmi(),
+            "this test compares the AVX-512 VBMI keyed loop with the portable one: it needs VBMI"
+        );
+        // SAFETY: the CPU was checked above.
+        keyed_loops_agree(&[|d, k, t, out| unsafe {
+            super::super::wide_avx512::decode_keyed_positions_vbmi(d, k, &t.planes, out)
         }]);
     }
 
@@ -1049,7 +1074,8 @@ mod position_tests {
             std::array::from_fn(|k| [1, 2, 3, 200, 32_760][k % 5] + k as u32 % 7);
         let splits = widths.map(|w| Split::of(w).packed());
         let offsets: [u16; 256] = std::array::from_fn(|_| next() as u16);
-        for n in [1, 32, 1000, 100_003] {
+        let table = KeyedTable::new(splits, offsets);
+        for n in [1, 32, 64, 96, 1000, 100_003] {
             let keys: Vec<u8> = (0..n).map(|_| next() as u8).collect();
             let mut enc = Encoder::<WIDE>::with_capacity(n);
             let mut want = Vec::with_capacity(2 * n);
@@ -1066,9 +1092,9 @@ mod position_tests {
             let mut bytes = Vec::new();
             enc.finish_into(&mut bytes);
             for &f in keyed {
-                let general = run_general(&keys, &splits, &offsets, &bytes);
+                let general = run_general(&keys, &table, &bytes);
                 assert_eq!(general.0, want);
-                assert_eq!(run_keyed(f, &keys, &splits, &offsets, &bytes), general);
+                assert_eq!(run_keyed(f, &keys, &table, &bytes), general);
                 let mut bad = bytes.clone();
                 for flip in [0, 9, 200, bad.len() / 2, bad.len() - 1] {
                     if flip >= bad.len() {
@@ -1076,9 +1102,9 @@ mod position_tests {
                     }
                     bad[flip] ^= 0xA5;
                     if Decoder::<WIDE>::new(&bad).is_ok() {
-                        let general = run_general(&keys, &splits, &offsets, &bad);
+                        let general = run_general(&keys, &table, &bad);
                         assert_eq!(
-                            run_keyed(f, &keys, &splits, &offsets, &bad),
+                            run_keyed(f, &keys, &table, &bad),
                             general,
                             "n={n} flip={flip}"
                         );
@@ -1089,19 +1115,14 @@ mod position_tests {
         }
     }
 
-    type KeyedLoop = fn(&mut Decoder<WIDE>, &[u8], &[u32; 256], &[u16; 256], &mut [u8]) -> usize;
+    type KeyedLoop = fn(&mut Decoder<WIDE>, &[u8], &KeyedTable, &mut [u8]) -> usize;
     type Decoded = (Vec<u8>, [u32; WIDE], usize, bool);
 
-    fn run_keyed(
-        f: KeyedLoop,
-        keys: &[u8],
-        splits: &[u32; 256],
-        offsets: &[u16; 256],
-        stream: &[u8],
-    ) -> Decoded {
+    fn run_keyed(f: KeyedLoop, keys: &[u8], table: &KeyedTable, stream: &[u8]) -> Decoded {
+        let (splits, offsets) = (&table.splits, &table.offsets);
         let mut dec = Decoder::<WIDE>::new(stream).unwrap();
         let mut out = vec![0u8; 2 * keys.len()];
-        let done = f(&mut dec, keys, splits, offsets, &mut out);
+        let done = f(&mut dec, keys, table, &mut out);
         assert_eq!(done % WIDE, 0);
         let entries: Vec<u32> = keys[done..]
             .iter()
@@ -1117,13 +1138,8 @@ mod position_tests {
         (out, state.0, state.1, dec.finish().is_ok())
     }
 
-    fn run_general(
-        keys: &[u8],
-        splits: &[u32; 256],
-        offsets: &[u16; 256],
-        stream: &[u8],
-    ) -> Decoded {
-        run_keyed(|_, _, _, _, _| 0, keys, splits, offsets, stream)
+    fn run_general(keys: &[u8], table: &KeyedTable, stream: &[u8]) -> Decoded {
+        run_keyed(|_, _, _, _| 0, keys, table, stream)
     }
 
     #[test]

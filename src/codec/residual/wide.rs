@@ -21,7 +21,7 @@
 use super::super::freq::{FreqTable, read_varint, take, write_varint};
 use super::super::quantize::{HighDtype, RowIntervals};
 use super::super::rans::{
-    Decoder, NARROW, NO_SYMBOL, Split, WIDE, code_last_first, code_positions,
+    Decoder, KeyedTable, NARROW, NO_SYMBOL, Split, WIDE, code_last_first, code_positions,
 };
 use super::super::{Finished, STEP};
 use super::rows::{add_bases, classify_eights, fill_splits, queue_whole};
@@ -259,8 +259,7 @@ impl RowClasses {
 /// high byte and the split of the values under it.
 #[derive(Clone)]
 struct RowCoding {
-    split: [u32; 256],
-    base: [u16; 256],
+    keyed: KeyedTable,
     degenerate: bool,
     top: u32,
     under_top: u32,
@@ -271,8 +270,10 @@ impl RowCoding {
         let c = RowClasses::new(dtype, scale);
         let (top, under_top) = c.iv.whole_top();
         RowCoding {
-            split: c.split.map(Split::packed),
-            base: std::array::from_fn(|b| c.base(b)),
+            keyed: KeyedTable::new(
+                c.split.map(Split::packed),
+                std::array::from_fn(|b| c.base(b)),
+            ),
             degenerate: c.iv.is_degenerate(),
             top: u32::from(top),
             under_top: Split::of(under_top.len()).packed(),
@@ -479,8 +480,7 @@ pub(super) fn decode(
                 let c = cache.get(rows.scales[row]);
                 done += positions.decode_keyed_positions(
                     &rows.q[at..run_end],
-                    &c.split,
-                    &c.base,
+                    &c.keyed,
                     &mut out[2 * at..2 * run_end],
                 );
             }
@@ -551,7 +551,7 @@ fn decode_span(
     for (row, part) in row_spans(span.clone(), rows.cols) {
         let c = cache.get(rows.scales[row]);
         let at = part.start - first..part.end - first;
-        fill_splits(&c.split, &rows.q[part], &mut splits[at]);
+        fill_splits(&c.keyed.splits, &rows.q[part], &mut splits[at]);
     }
     let from = exceptions.partition_point(|e| e.0 < span.start);
     for &(i, _) in exceptions[from..].iter().take_while(|e| e.0 < span.end) {
@@ -562,7 +562,7 @@ fn decode_span(
         let c = cache.get(rows.scales[row]);
         let at = part.start - first..part.end - first;
         add_bases(
-            &c.base,
+            &c.keyed.offsets,
             &rows.q[part.clone()],
             &r[at],
             &mut out[2 * part.start..2 * part.end],
