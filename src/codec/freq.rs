@@ -5,7 +5,7 @@
 
 use super::CodecError;
 pub use super::rans::TABLE_BITS;
-use super::rans::{Decoder, LOOKUP_LEN, Symbol, TableView};
+use super::rans::{BytePlanes, Decoder, LOOKUP_LEN, Symbol, TableView};
 
 const TOTAL: u32 = 1 << TABLE_BITS;
 
@@ -15,6 +15,8 @@ pub struct FreqTable {
     start: [u32; 256],
     /// `freq | start << 16` per symbol, for the decoder.
     packed: [u32; 256],
+    /// `packed` as byte planes, for the AVX-512 VBMI decode loop.
+    planes: BytePlanes<4>,
     /// Taken from this thread's spares when built, given back when dropped.
     lookups: Option<Lookups>,
 }
@@ -160,6 +162,7 @@ impl FreqTable {
         FreqTable {
             freq,
             start,
+            planes: BytePlanes::of_u32(&packed),
             packed,
             lookups: Some(l),
         }
@@ -182,6 +185,7 @@ impl FreqTable {
             lookup: &lookups.lookup,
             packed: &self.packed,
             slots: lookups.slots.as_deref(),
+            planes: &self.planes,
         }
     }
 

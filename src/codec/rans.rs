@@ -47,6 +47,8 @@ pub struct TableView<'a> {
     /// `sym << 32 | freq << 16 | (slot - start)` of each slot: the next state and the symbol
     /// in one load. Only tables built for the AVX2 loops have them (see `freq::Lookups`).
     pub slots: Option<&'a [u64; 1 << TABLE_BITS]>,
+    /// `packed` as byte planes, for the AVX-512 VBMI loop (a permute lookup, not a gather).
+    pub planes: &'a BytePlanes<4>,
 }
 
 impl TableView<'_> {
@@ -562,20 +564,15 @@ pub struct KeyedTable {
     pub splits: [u32; 256],
     /// Each byte's first code.
     pub offsets: [u16; 256],
-    /// The same entries as byte planes, for the AVX-512 VBMI loop: it looks up 64 keys with
-    /// byte permutes instead of gathers, which cost ~21 cycles per sixteen on AMD Zen 4.
-    planes: KeyPlanes,
+    /// The same entries as byte planes (the split's four bytes, then the offset's two), for
+    /// the AVX-512 VBMI loop: it looks up 64 keys with byte permutes instead of gathers, which
+    /// cost ~21 cycles per sixteen lanes on AMD Zen 4.
+    planes: BytePlanes<6>,
 }
-
-/// Plane `p` holds byte `p` of every key's entry: the split's four bytes (planes 0-3), then
-/// the offset's two (4-5). Aligned so that each quarter of a plane is one vector load.
-#[derive(Clone)]
-#[repr(C, align(64))]
-struct KeyPlanes([[u8; 256]; 6]);
 
 impl KeyedTable {
     pub fn new(splits: [u32; 256], offsets: [u16; 256]) -> KeyedTable {
-        let planes = KeyPlanes(std::array::from_fn(|p| {
+        let planes = BytePlanes(std::array::from_fn(|p| {
             std::array::from_fn(|k| match p {
                 0..4 => splits[k].to_le_bytes()[p],
                 _ => offsets[k].to_le_bytes()[p - 4],
@@ -586,6 +583,22 @@ impl KeyedTable {
             offsets,
             planes,
         }
+    }
+}
+
+/// A table of 256 entries of `P` bytes split into planes: plane `p` holds byte `p` (little
+/// endian) of every entry, so that byte permutes look up 64 keys at once. Aligned so that each
+/// quarter of a plane is one vector load.
+#[derive(Clone)]
+#[repr(C, align(64))]
+pub struct BytePlanes<const P: usize>(pub [[u8; 256]; P]);
+
+impl BytePlanes<4> {
+    /// The planes of 256 u32 entries.
+    pub fn of_u32(entries: &[u32; 256]) -> Self {
+        BytePlanes(std::array::from_fn(|p| {
+            std::array::from_fn(|k| entries[k].to_le_bytes()[p])
+        }))
     }
 }
 

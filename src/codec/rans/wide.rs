@@ -59,6 +59,10 @@ pub(super) fn decode_table_bytes<const L: usize, const S: usize>(
     }
     #[cfg(target_arch = "x86_64")]
     if super::wide_avx512::avx512_enabled() {
+        if super::wide_avx512::cpu_has_vbmi() {
+            // SAFETY: the CPU supports AVX-512 with VBMI (checked at run time above).
+            return unsafe { super::wide_avx512::decode_table_bytes_vbmi(runs) };
+        }
         // SAFETY: the CPU supports AVX-512 (checked at run time above).
         return unsafe { super::wide_avx512::decode_table_bytes(runs) };
     }
@@ -667,6 +671,16 @@ fn needs_avx512(what: &str) {
     );
 }
 
+/// Fails the test, naming it, where the CPU lacks AVX-512 VBMI.
+#[cfg(all(test, target_arch = "x86_64"))]
+fn needs_vbmi(what: &str) {
+    needs_avx512(what);
+    assert!(
+        super::wide_avx512::cpu_has_vbmi(),
+        "this test {what}: it needs an AVX-512 VBMI CPU"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,6 +715,7 @@ mod tests {
         Portable,
         Avx2,
         Avx512,
+        Avx512Vbmi,
     }
 
     fn fast_loop<const S: usize>(
@@ -714,6 +729,8 @@ mod tests {
             Path::Avx2 => unsafe { avx2::decode_table_bytes(runs) },
             #[cfg(target_arch = "x86_64")]
             Path::Avx512 => unsafe { super::super::wide_avx512::decode_table_bytes(runs) },
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Vbmi => unsafe { super::super::wide_avx512::decode_table_bytes_vbmi(runs) },
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("x86 paths off x86"),
         }
@@ -834,6 +851,9 @@ mod tests {
             }
             if super::super::wide_avx512::cpu_has_avx512() {
                 paths.push(Path::Avx512);
+                if super::super::wide_avx512::cpu_has_vbmi() {
+                    paths.push(Path::Avx512Vbmi);
+                }
             }
         }
         let (n, every) = (10_000 + 17, 96);
@@ -908,6 +928,14 @@ mod tests {
     fn portable_and_avx512_table_loops_agree_on_valid_and_damaged_streams() {
         needs_avx512("compares the AVX-512 loop with the portable one");
         loops_agree(&[Path::Avx512]);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    #[ignore = "needs an AVX-512 CPU with VBMI (avx512vbmi); CI skips it, saying so, on others"]
+    fn portable_and_avx512_vbmi_table_loops_agree_on_valid_and_damaged_streams() {
+        needs_vbmi("compares the AVX-512 VBMI table loop with the portable one");
+        loops_agree(&[Path::Avx512Vbmi]);
     }
 }
 
@@ -1052,11 +1080,7 @@ mod position_tests {
     #[cfg(target_arch = "x86_64")]
     #[ignore = "needs an AVX-512 CPU with VBMI (avx512vbmi); CI skips it, saying so, on others"]
     fn portable_and_avx512_vbmi_keyed_loops_agree() {
-        needs_avx512("compares the AVX-512 VBMI keyed loop with the portable one");
-        assert!(
-            super::super::wide_avx512::cpu_has_vbmi(),
-            "this test compares the AVX-512 VBMI keyed loop with the portable one: it needs VBMI"
-        );
+        needs_vbmi("compares the AVX-512 VBMI keyed loop with the portable one");
         // SAFETY: the CPU was checked above.
         keyed_loops_agree(&[|d, k, t, out| unsafe {
             super::super::wide_avx512::decode_keyed_positions_vbmi(d, k, &t.planes, out)

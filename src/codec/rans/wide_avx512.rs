@@ -256,6 +256,99 @@ fn interleave(b: [__m512i; 4]) -> [__m512i; 4] {
     ]
 }
 
+/// Where [`table_steps_vbmi`] puts the low byte of each u32 lane of two symbol vectors:
+/// symbol `k < 32` (vector `k / 16`, lane `k % 16`) at the place [`KEY_ORDER`] gives key `k`
+/// (indices into the 128 bytes of both vectors; places for keys 32-63 take byte 0).
+const SYMBOL_BYTES: [u8; 64] = {
+    let mut idx = [0u8; 64];
+    let mut j = 0;
+    while j < 64 {
+        let key = KEY_ORDER[j] as usize;
+        if key < 32 {
+            idx[j] = (64 * (key / 16) + 4 * (key % 16)) as u8;
+        }
+        j += 1;
+    }
+    idx
+};
+
+/// [`table_step`] on both vectors of 32 lanes, each symbol's `freq | start << 16` looked up
+/// in the table's byte planes by permutes instead of gathered: one gather per sixteen lanes
+/// instead of two.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+fn table_steps_vbmi(x: [__m512i; 2], table: &TableView) -> ([__m512i; 2], [__m512i; 2]) {
+    const MASK: i32 = (1 << TABLE_BITS) - 1;
+    let slot = x.map(|x| _mm512_and_si512(x, _mm512_set1_epi32(MASK)));
+    // SAFETY: every slot is below 2^TABLE_BITS; the lookup has 4 bytes of padding.
+    let sym = slot.map(|slot| {
+        _mm512_and_si512(
+            unsafe { _mm512_i32gather_epi32::<1>(slot, table.lookup.as_ptr().cast()) },
+            _mm512_set1_epi32(0xFF),
+        )
+    });
+    // SAFETY: SYMBOL_BYTES is 64 bytes; each plane is 256 aligned bytes, four vectors.
+    let (order, planes): (_, [[__m512i; 4]; 4]) = unsafe {
+        (
+            _mm512_loadu_si512(SYMBOL_BYTES.as_ptr().cast()),
+            std::array::from_fn(|p| {
+                std::array::from_fn(|q| {
+                    _mm512_load_si512(table.planes.0[p][64 * q..].as_ptr().cast())
+                })
+            }),
+        )
+    };
+    let keys = _mm512_permutex2var_epi8(sym[0], order, sym[1]);
+    let top = _mm512_movepi8_mask(keys);
+    let b: [__m512i; 4] = std::array::from_fn(|p| plane_bytes(keys, top, &planes[p]));
+    // Keys 32-63 are not symbols: their entries are left unused (and so not computed).
+    let [e0, e1, _, _] = interleave(b);
+    let e = [e0, e1];
+    let v = std::array::from_fn(|k| {
+        _mm512_add_epi32(
+            _mm512_mullo_epi32(
+                _mm512_and_si512(e[k], _mm512_set1_epi32(0xFFFF)),
+                _mm512_srli_epi32::<{ TABLE_BITS }>(x[k]),
+            ),
+            _mm512_sub_epi32(slot[k], _mm512_srli_epi32::<16>(e[k])),
+        )
+    });
+    (sym, v)
+}
+
+/// [`decode_table_bytes`] with [`table_steps_vbmi`].
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VBMI ([`cpu_has_avx512`], [`cpu_has_vbmi`]).
+// `k` numbers each run's state vectors, `s` the runs: both index arrays of arrays.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,popcnt")]
+pub(super) unsafe fn decode_table_bytes_vbmi<const L: usize, const S: usize>(
+    runs: &mut [TableBytes<'_, '_, L>; S],
+) -> [usize; S] {
+    super::wide::table_groups(
+        runs,
+        GROUP_BYTES,
+        |g, runs, x: &mut [[__m512i; 2]; S], pos| {
+            let steps: [_; S] = std::array::from_fn(|s| table_steps_vbmi(x[s], &runs[s].table));
+            for k in 0..2 {
+                for s in 0..S {
+                    // SAFETY: GROUP_BYTES remain for the refills.
+                    x[s][k] = unsafe { renormalise(steps[s].1[k], runs[s].dec.words, &mut pos[s]) };
+                    let out = &mut runs[s].out[32 * g + 16 * k..32 * g + 16 * k + 16];
+                    // SAFETY: out has 16 bytes.
+                    unsafe {
+                        _mm_storeu_si128(
+                            out.as_mut_ptr().cast(),
+                            _mm512_cvtepi32_epi8(steps[s].0[k]),
+                        )
+                    };
+                }
+            }
+        },
+    )
+}
+
 /// [`decode_keyed_positions`] with each key's split and offset looked up by byte permutes
 /// from the table's planes, 64 keys at once, instead of gathered: on Zen 4 a sixteen-lane
 /// gather costs ~21 cycles, the whole lookup of 64 keys ~33 one-cycle instructions.
@@ -266,7 +359,7 @@ fn interleave(b: [__m512i; 4]) -> [__m512i; 4] {
 pub(super) unsafe fn decode_keyed_positions_vbmi<const L: usize>(
     dec: &mut super::Decoder<L>,
     keys: &[u8],
-    planes: &super::KeyPlanes,
+    planes: &super::BytePlanes<6>,
     out: &mut [u8],
 ) -> usize {
     assert_eq!(L, WIDE, "the AVX-512 loops decode 32 lanes");
