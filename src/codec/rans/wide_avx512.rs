@@ -70,32 +70,73 @@ fn table_step(x: __m512i, table: &TableView) -> (__m512i, __m512i) {
     (sym, v)
 }
 
+/// [`table_step`] on both vectors of a group's states: each vector's symbols (u32 lanes) and
+/// states before renormalisation.
+type Steps = ([__m512i; 2], [__m512i; 2]);
+
+/// [`table_step`] on both vectors.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,popcnt")]
+fn table_steps(x: [__m512i; 2], table: &TableView) -> Steps {
+    let (a, b) = (table_step(x[0], table), table_step(x[1], table));
+    ([a.0, b.0], [a.1, b.1])
+}
+
 /// Sixteen table symbols at a time, two vectors per group of 32, each vector's symbols
-/// narrowed to bytes and stored as soon as they are known. With several runs, each step does
-/// each run's vector in turn, and groups go on while every run has one.
+/// narrowed to bytes and stored. With several runs, each group takes every run's steps first,
+/// then the refills and stores of each vector in turn, and groups go on while every run has
+/// one.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and BW ([`cpu_has_avx512`]).
-// `k` numbers each run's state vectors, `s` the runs: both index arrays of arrays.
-#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,popcnt")]
 pub(super) unsafe fn decode_table_bytes<const L: usize, const S: usize>(
     runs: &mut [TableBytes<'_, '_, L>; S],
+) -> [usize; S] {
+    // SAFETY: the caller checked the CPU.
+    unsafe { table_bytes_with(runs, |x, t| table_steps(x, t)) }
+}
+
+/// [`decode_table_bytes`] with [`table_steps_vbmi`].
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VBMI ([`cpu_has_avx512`], [`cpu_has_vbmi`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,popcnt")]
+pub(super) unsafe fn decode_table_bytes_vbmi<const L: usize, const S: usize>(
+    runs: &mut [TableBytes<'_, '_, L>; S],
+) -> [usize; S] {
+    // SAFETY: the caller checked the CPU.
+    unsafe { table_bytes_with(runs, |x, t| table_steps_vbmi(x, t)) }
+}
+
+/// The table loop around `steps`, inlined into each entry point (and so compiled with its
+/// target features).
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW, and what `steps` needs.
+// `k` numbers each run's state vectors, `s` the runs: both index arrays of arrays.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn table_bytes_with<const L: usize, const S: usize>(
+    runs: &mut [TableBytes<'_, '_, L>; S],
+    steps: impl Fn([__m512i; 2], &TableView) -> Steps,
 ) -> [usize; S] {
     super::wide::table_groups(
         runs,
         GROUP_BYTES,
         |g, runs, x: &mut [[__m512i; 2]; S], pos| {
+            let steps: [_; S] = std::array::from_fn(|s| steps(x[s], &runs[s].table));
             for k in 0..2 {
-                let steps: [_; S] = std::array::from_fn(|s| table_step(x[s][k], &runs[s].table));
                 for s in 0..S {
-                    // SAFETY: GROUP_BYTES remain for the refills.
-                    x[s][k] = unsafe { renormalise(steps[s].1, runs[s].dec.words, &mut pos[s]) };
-                    let out = &mut runs[s].out[32 * g + 16 * k..32 * g + 16 * k + 16];
-                    // SAFETY: out has 16 bytes.
+                    // SAFETY (the block): GROUP_BYTES remain for the refills; out has 16 bytes.
                     unsafe {
-                        _mm_storeu_si128(out.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(steps[s].0))
-                    };
+                        x[s][k] = renormalise(steps[s].1[k], runs[s].dec.words, &mut pos[s]);
+                        let out = &mut runs[s].out[32 * g + 16 * k..32 * g + 16 * k + 16];
+                        _mm_storeu_si128(
+                            out.as_mut_ptr().cast(),
+                            _mm512_cvtepi32_epi8(steps[s].0[k]),
+                        );
+                    }
                 }
             }
         },
@@ -277,7 +318,7 @@ const SYMBOL_BYTES: [u8; 64] = {
 /// instead of two.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-fn table_steps_vbmi(x: [__m512i; 2], table: &TableView) -> ([__m512i; 2], [__m512i; 2]) {
+fn table_steps_vbmi(x: [__m512i; 2], table: &TableView) -> Steps {
     const MASK: i32 = (1 << TABLE_BITS) - 1;
     let slot = x.map(|x| _mm512_and_si512(x, _mm512_set1_epi32(MASK)));
     // SAFETY: every slot is below 2^TABLE_BITS; the lookup has 4 bytes of padding.
@@ -314,39 +355,6 @@ fn table_steps_vbmi(x: [__m512i; 2], table: &TableView) -> ([__m512i; 2], [__m51
         )
     });
     (sym, v)
-}
-
-/// [`decode_table_bytes`] with [`table_steps_vbmi`].
-///
-/// # Safety
-/// The CPU must support AVX-512 F, BW and VBMI ([`cpu_has_avx512`], [`cpu_has_vbmi`]).
-// `k` numbers each run's state vectors, `s` the runs: both index arrays of arrays.
-#[allow(clippy::needless_range_loop)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,popcnt")]
-pub(super) unsafe fn decode_table_bytes_vbmi<const L: usize, const S: usize>(
-    runs: &mut [TableBytes<'_, '_, L>; S],
-) -> [usize; S] {
-    super::wide::table_groups(
-        runs,
-        GROUP_BYTES,
-        |g, runs, x: &mut [[__m512i; 2]; S], pos| {
-            let steps: [_; S] = std::array::from_fn(|s| table_steps_vbmi(x[s], &runs[s].table));
-            for k in 0..2 {
-                for s in 0..S {
-                    // SAFETY: GROUP_BYTES remain for the refills.
-                    x[s][k] = unsafe { renormalise(steps[s].1[k], runs[s].dec.words, &mut pos[s]) };
-                    let out = &mut runs[s].out[32 * g + 16 * k..32 * g + 16 * k + 16];
-                    // SAFETY: out has 16 bytes.
-                    unsafe {
-                        _mm_storeu_si128(
-                            out.as_mut_ptr().cast(),
-                            _mm512_cvtepi32_epi8(steps[s].0[k]),
-                        )
-                    };
-                }
-            }
-        },
-    )
 }
 
 /// [`decode_keyed_positions`] with each key's split and offset looked up by byte permutes
@@ -441,10 +449,10 @@ pub(super) unsafe fn decode_pairs<const L: usize>(
     let mut g = 0;
     // A group reads two words per lane at most: 128 bytes, the last window 32 bytes in.
     while g < n && words.len() - pos >= 2 * GROUP_BYTES {
-        let steps = [table_step(x[0], table), table_step(x[1], table)];
+        let (sym, next) = table_steps(x, table);
         for k in 0..2 {
             // SAFETY: 2 GROUP_BYTES remain for the group's refills.
-            x[k] = unsafe { renormalise(steps[k].1, words, &mut pos) };
+            x[k] = unsafe { renormalise(next[k], words, &mut pos) };
         }
         for k in 0..2 {
             let at = 32 * g + 16 * k;
@@ -453,12 +461,12 @@ pub(super) unsafe fn decode_pairs<const L: usize>(
             unsafe {
                 let t = _mm512_loadu_si512(tops.as_ptr().add(at).cast());
                 let u = _mm512_loadu_si512(unders.as_ptr().add(at).cast());
-                let split = _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(steps[k].0, t), all, u);
+                let split = _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(sym[k], t), all, u);
                 let (r, v) = split_step(x[k], split);
                 x[k] = renormalise(v, words, &mut pos);
                 _mm_storeu_si128(
                     syms.as_mut_ptr().add(at).cast(),
-                    _mm512_cvtepi32_epi8(steps[k].0),
+                    _mm512_cvtepi32_epi8(sym[k]),
                 );
                 _mm256_storeu_si256(
                     positions.as_mut_ptr().add(at).cast(),
