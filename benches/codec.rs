@@ -279,6 +279,9 @@ fn run_zipnn(high: &Path, int8: Option<&Path>, s: &mut Samples) -> Option<Option
     };
     s.zipnn_encode.extend(times("encode_s")?);
     s.zipnn_decode.extend(times("decode_s")?);
+    // ZipNN's times vary more between runs than qstore's (session 23: its two decodes per
+    // round 47-54 and 73-88 ms on the synthetic set): shown so a run's spread can be read.
+    eprintln!("ZipNN decode seconds this round: {:?}", times("decode_s")?);
     match int8 {
         Some(int8) => {
             let i = v.get(int8.to_str()?)?;
