@@ -30,6 +30,23 @@ pub(super) fn cpu_has_avx512() -> bool {
         && std::arch::is_x86_feature_detected!("popcnt")
 }
 
+/// A decoder's 32 states as two vectors, its words and its position: what a loop here runs on.
+#[inline(always)]
+fn lanes<'a, const L: usize>(dec: &super::Decoder<'a, L>) -> ([__m512i; 2], &'a [u8], usize) {
+    assert_eq!(L, WIDE, "the AVX-512 loops decode 32 lanes");
+    // SAFETY: the 32 u32 states are the bytes of two vectors (unaligned access).
+    let x = unsafe { std::ptr::read_unaligned(dec.states.as_ptr().cast()) };
+    (x, dec.words, dec.pos)
+}
+
+/// Gives a loop's states and position back to its decoder ([`lanes`]).
+#[inline(always)]
+fn put_back<const L: usize>(dec: &mut super::Decoder<'_, L>, x: [__m512i; 2], pos: usize) {
+    // SAFETY: as in `lanes`.
+    unsafe { std::ptr::write_unaligned(dec.states.as_mut_ptr().cast(), x) };
+    dec.pos = pos;
+}
+
 /// Bytes a group of 32 symbols may read: each half's 32-byte window starts after the words
 /// the halves before it took, at most 32 bytes in.
 const GROUP_BYTES: usize = 2 * WIDE;
@@ -209,11 +226,8 @@ pub(super) unsafe fn decode_keyed_positions<const L: usize>(
     offsets: &[u16; 256],
     out: &mut [u8],
 ) -> usize {
-    assert_eq!(L, WIDE, "the AVX-512 loops decode 32 lanes");
     let n = keys.len().min(out.len() / 2) / 32;
-    let (words, mut pos) = (dec.words, dec.pos);
-    // SAFETY: the 32 u32 states are the bytes of two vectors (unaligned access).
-    let mut x: [__m512i; 2] = unsafe { std::ptr::read_unaligned(dec.states.as_ptr().cast()) };
+    let (mut x, words, mut pos) = lanes(dec);
     let last = _mm512_set1_epi32(255);
     let last_offset = _mm512_set1_epi32(i32::from(offsets[255]));
     let mut g = 0;
@@ -243,9 +257,7 @@ pub(super) unsafe fn decode_keyed_positions<const L: usize>(
         }
         g += 1;
     }
-    // SAFETY: as above.
-    unsafe { std::ptr::write_unaligned(dec.states.as_mut_ptr().cast(), x) };
-    dec.pos = pos;
+    put_back(dec, x, pos);
     32 * g
 }
 
@@ -374,11 +386,8 @@ pub(super) unsafe fn decode_keyed_positions_vbmi<const L: usize>(
     planes: &super::BytePlanes<6>,
     out: &mut [u8],
 ) -> usize {
-    assert_eq!(L, WIDE, "the AVX-512 loops decode 32 lanes");
     let n = keys.len().min(out.len() / 2) / 32;
-    let (words, mut pos) = (dec.words, dec.pos);
-    // SAFETY: the 32 u32 states are the bytes of two vectors (unaligned access).
-    let mut x: [__m512i; 2] = unsafe { std::ptr::read_unaligned(dec.states.as_ptr().cast()) };
+    let (mut x, words, mut pos) = lanes(dec);
     // SAFETY: each plane is 256 aligned bytes, four vectors.
     let t: [[__m512i; 4]; 6] = std::array::from_fn(|p| {
         std::array::from_fn(|q| unsafe { _mm512_load_si512(planes.0[p][64 * q..].as_ptr().cast()) })
@@ -423,9 +432,7 @@ pub(super) unsafe fn decode_keyed_positions_vbmi<const L: usize>(
             g += 1;
         }
     }
-    // SAFETY: as above.
-    unsafe { std::ptr::write_unaligned(dec.states.as_mut_ptr().cast(), x) };
-    dec.pos = pos;
+    put_back(dec, x, pos);
     32 * g
 }
 
@@ -444,12 +451,9 @@ pub(super) unsafe fn decode_pairs<const L: usize>(
     syms: &mut [u8],
     positions: &mut [u16],
 ) -> usize {
-    assert_eq!(L, WIDE, "the AVX-512 loops decode 32 lanes");
     let n = super::wide::pair_groups(tops, unders, syms, positions);
     let all = _mm512_set1_epi32(super::Split::new(256).packed() as i32);
-    let (words, mut pos) = (dec.words, dec.pos);
-    // SAFETY: the 32 u32 states are the bytes of two vectors (unaligned access).
-    let mut x: [__m512i; 2] = unsafe { std::ptr::read_unaligned(dec.states.as_ptr().cast()) };
+    let (mut x, words, mut pos) = lanes(dec);
     let mut g = 0;
     // A group reads two words per lane at most: 128 bytes, the last window 32 bytes in.
     while g < n && words.len() - pos >= 2 * GROUP_BYTES {
@@ -480,8 +484,6 @@ pub(super) unsafe fn decode_pairs<const L: usize>(
         }
         g += 1;
     }
-    // SAFETY: as above.
-    unsafe { std::ptr::write_unaligned(dec.states.as_mut_ptr().cast(), x) };
-    dec.pos = pos;
+    put_back(dec, x, pos);
     32 * g
 }
