@@ -571,6 +571,7 @@ pub struct KeyedTable {
 }
 
 impl KeyedTable {
+    /// Builds the planes with the row's tables (once per row scale), not in the decode loop.
     pub fn new(splits: [u32; 256], offsets: [u16; 256]) -> KeyedTable {
         let planes = BytePlanes(std::array::from_fn(|p| {
             std::array::from_fn(|k| match p {
