@@ -573,12 +573,10 @@ pub struct KeyedTable {
 impl KeyedTable {
     /// Builds the planes with the row's tables (once per row scale), not in the decode loop.
     pub fn new(splits: [u32; 256], offsets: [u16; 256]) -> KeyedTable {
-        let planes = BytePlanes(std::array::from_fn(|p| {
-            std::array::from_fn(|k| match p {
-                0..4 => splits[k].to_le_bytes()[p],
-                _ => offsets[k].to_le_bytes()[p - 4],
-            })
-        }));
+        let planes = BytePlanes::of(|k| {
+            let (s, o) = (splits[k].to_le_bytes(), offsets[k].to_le_bytes());
+            [s[0], s[1], s[2], s[3], o[0], o[1]]
+        });
         KeyedTable {
             splits,
             offsets,
@@ -594,12 +592,20 @@ impl KeyedTable {
 #[repr(C, align(64))]
 pub struct BytePlanes<const P: usize>(pub [[u8; 256]; P]);
 
+impl<const P: usize> BytePlanes<P> {
+    /// The planes of the 256 entries `entry(k)` gives, as little-endian bytes.
+    fn of(entry: impl Fn(usize) -> [u8; P]) -> Self {
+        let entries: [[u8; P]; 256] = std::array::from_fn(entry);
+        BytePlanes(std::array::from_fn(|p| {
+            std::array::from_fn(|k| entries[k][p])
+        }))
+    }
+}
+
 impl BytePlanes<4> {
     /// The planes of 256 u32 entries.
     pub fn of_u32(entries: &[u32; 256]) -> Self {
-        BytePlanes(std::array::from_fn(|p| {
-            std::array::from_fn(|k| entries[k].to_le_bytes()[p])
-        }))
+        Self::of(|k| entries[k].to_le_bytes())
     }
 }
 
