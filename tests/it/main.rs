@@ -2,6 +2,7 @@
 
 mod cli;
 mod client;
+mod codegen;
 mod corruption;
 mod deployment;
 mod disk;

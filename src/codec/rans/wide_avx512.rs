@@ -8,6 +8,13 @@
 //! Where the CPU also has VBMI, tables of 256 entries are looked up with byte permutes from
 //! their byte planes ([`super::BytePlanes`]) instead of gathered: on AMD Zen 4 a sixteen-lane
 //! gather costs ~21 cycles, and the keyed and table loops spent most of their time in them.
+//!
+//! The loops' helpers are `#[inline(always)]` unsafe functions without target features of their
+//! own, and no closure sits between a loop and its helpers: inlined, they compile with the
+//! loop's features. Left to the inliner (`#[inline]` on a `#[target_feature]` function), builds
+//! that differed only elsewhere in the crate called a step or a refill out of line, and one
+//! decode ran 25% slower; a closure called out of line has none of the features, and its
+//! intrinsics become calls (3.7x slower).
 
 use std::arch::x86_64::*;
 
@@ -54,41 +61,45 @@ const GROUP_BYTES: usize = 2 * WIDE;
 /// The lanes of `v` below 2^16 become `v << 16 | next word`, the words taken in lane order
 /// from the stream at `*pos`, which advances past them. The caller guarantees 32 readable
 /// bytes at `*pos`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,popcnt")]
+#[inline(always)]
 unsafe fn renormalise(v: __m512i, words: &[u8], pos: &mut usize) -> __m512i {
-    let need = _mm512_cmplt_epu32_mask(v, _mm512_set1_epi32(1 << 16));
-    // SAFETY: the caller leaves 32 bytes after *pos.
-    let raw = unsafe { _mm256_loadu_si256(words.as_ptr().add(*pos).cast()) };
-    let w = _mm512_maskz_expand_epi32(need, _mm512_cvtepu16_epi32(raw));
-    *pos += 2 * need.count_ones() as usize;
-    _mm512_mask_or_epi32(v, need, _mm512_slli_epi32::<16>(v), w)
+    // SAFETY: the caller checked the CPU and guarantees what the notes below say.
+    unsafe {
+        let need = _mm512_cmplt_epu32_mask(v, _mm512_set1_epi32(1 << 16));
+        // The caller leaves 32 bytes after *pos.
+        let raw = _mm256_loadu_si256(words.as_ptr().add(*pos).cast());
+        let w = _mm512_maskz_expand_epi32(need, _mm512_cvtepu16_epi32(raw));
+        *pos += 2 * need.count_ones() as usize;
+        _mm512_mask_or_epi32(v, need, _mm512_slli_epi32::<16>(v), w)
+    }
 }
 
 /// One table symbol on sixteen lanes: the symbols (in u32 lanes) and the states before
 /// renormalisation. One gather takes each slot's symbol from the 16 KiB lookup, a second its
 /// `freq | start << 16` from 1 KiB: both stay in L1. Gathering the 64-bit slot entries the
 /// AVX2 loops read (one gather instead of two, from 128 KiB built per table) was slower.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,popcnt")]
-fn table_step(x: __m512i, table: &TableView) -> (__m512i, __m512i) {
-    const MASK: i32 = (1 << TABLE_BITS) - 1;
-    let slot = _mm512_and_si512(x, _mm512_set1_epi32(MASK));
-    // SAFETY: every slot is below 2^TABLE_BITS; the lookup has 4 bytes of padding.
-    let sym = _mm512_and_si512(
-        unsafe { _mm512_i32gather_epi32::<1>(slot, table.lookup.as_ptr().cast()) },
-        _mm512_set1_epi32(0xFF),
-    );
-    // SAFETY: every symbol is below 256.
-    let e = unsafe { _mm512_i32gather_epi32::<4>(sym, table.packed.as_ptr().cast()) };
-    let v = _mm512_add_epi32(
-        _mm512_mullo_epi32(
-            _mm512_and_si512(e, _mm512_set1_epi32(0xFFFF)),
-            _mm512_srli_epi32::<{ TABLE_BITS }>(x),
-        ),
-        _mm512_sub_epi32(slot, _mm512_srli_epi32::<16>(e)),
-    );
-    (sym, v)
+#[inline(always)]
+unsafe fn table_step(x: __m512i, table: &TableView) -> (__m512i, __m512i) {
+    // SAFETY: the caller checked the CPU and guarantees what the notes below say.
+    unsafe {
+        const MASK: i32 = (1 << TABLE_BITS) - 1;
+        let slot = _mm512_and_si512(x, _mm512_set1_epi32(MASK));
+        // Every slot is below 2^TABLE_BITS; the lookup has 4 bytes of padding.
+        let sym = _mm512_and_si512(
+            _mm512_i32gather_epi32::<1>(slot, table.lookup.as_ptr().cast()),
+            _mm512_set1_epi32(0xFF),
+        );
+        // Every symbol is below 256.
+        let e = _mm512_i32gather_epi32::<4>(sym, table.packed.as_ptr().cast());
+        let v = _mm512_add_epi32(
+            _mm512_mullo_epi32(
+                _mm512_and_si512(e, _mm512_set1_epi32(0xFFFF)),
+                _mm512_srli_epi32::<{ TABLE_BITS }>(x),
+            ),
+            _mm512_sub_epi32(slot, _mm512_srli_epi32::<16>(e)),
+        );
+        (sym, v)
+    }
 }
 
 /// [`table_step`] on both vectors of a group's states: each vector's symbols (u32 lanes) and
@@ -96,10 +107,13 @@ fn table_step(x: __m512i, table: &TableView) -> (__m512i, __m512i) {
 type Steps = ([__m512i; 2], [__m512i; 2]);
 
 /// [`table_step`] on both vectors.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,popcnt")]
-fn table_steps(x: [__m512i; 2], table: &TableView) -> Steps {
-    let (a, b) = (table_step(x[0], table), table_step(x[1], table));
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW. Always inlined, like [`table_steps_vbmi`].
+#[inline(always)]
+unsafe fn table_steps(x: [__m512i; 2], table: &TableView) -> Steps {
+    // SAFETY: the caller checked the CPU.
+    let (a, b) = unsafe { (table_step(x[0], table), table_step(x[1], table)) };
     ([a.0, b.0], [a.1, b.1])
 }
 
@@ -115,7 +129,8 @@ pub(super) unsafe fn decode_table_bytes<const L: usize, const S: usize>(
     runs: &mut [TableBytes<'_, '_, L>; S],
 ) -> [usize; S] {
     // SAFETY: the caller checked the CPU.
-    unsafe { table_bytes_with(runs, |x, t| table_steps(x, t)) }
+    // SAFETY: the caller checked the CPU.
+    unsafe { table_bytes_with::<L, S, false>(runs) }
 }
 
 /// [`decode_table_bytes`] with [`table_steps_vbmi`].
@@ -127,26 +142,33 @@ pub(super) unsafe fn decode_table_bytes_vbmi<const L: usize, const S: usize>(
     runs: &mut [TableBytes<'_, '_, L>; S],
 ) -> [usize; S] {
     // SAFETY: the caller checked the CPU.
-    unsafe { table_bytes_with(runs, |x, t| table_steps_vbmi(x, t)) }
+    // SAFETY: the caller checked the CPU.
+    unsafe { table_bytes_with::<L, S, true>(runs) }
 }
 
-/// The table loop around `steps`, inlined into each entry point (and so compiled with its
-/// target features).
+/// The table loop around [`table_steps`] or, with `VBMI`, [`table_steps_vbmi`], inlined into
+/// each entry point (and so compiled with its target features). Nothing in it goes through a
+/// closure the optimiser might call out of line (`array::from_fn` did): called, code here has
+/// none of the entry point's target features, and a build that did so ran 25% slower.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F and BW, and what `steps` needs.
+/// The CPU must support AVX-512 F and BW, and VBMI with `VBMI`.
 // `k` numbers each run's state vectors, `s` the runs: both index arrays of arrays.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn table_bytes_with<const L: usize, const S: usize>(
+unsafe fn table_bytes_with<const L: usize, const S: usize, const VBMI: bool>(
     runs: &mut [TableBytes<'_, '_, L>; S],
-    steps: impl Fn([__m512i; 2], &TableView) -> Steps,
 ) -> [usize; S] {
     super::wide::table_groups(
         runs,
         GROUP_BYTES,
         |g, runs, x: &mut [[__m512i; 2]; S], pos| {
-            let steps: [_; S] = std::array::from_fn(|s| steps(x[s], &runs[s].table));
+            let steps: [Steps; S] = std::array::from_fn(|s| unsafe {
+                match VBMI {
+                    true => table_steps_vbmi(x[s], &runs[s].table),
+                    false => table_steps(x[s], &runs[s].table),
+                }
+            });
             for k in 0..2 {
                 for s in 0..S {
                     // SAFETY (the block): GROUP_BYTES remain for the refills; out has 16 bytes.
@@ -174,41 +196,45 @@ unsafe fn table_bytes_with<const L: usize, const S: usize>(
 ///   more than the error (`num < 2^16`, so below `2^16 / div * 2^-21`).
 /// - The next state is `div * (x >> 16 - q) + num`: the slot's offset in its symbol is
 ///   `num - q div` and its frequency `div`, on either side of `b`, so one multiply remains.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,popcnt")]
-pub(super) fn split_step(x: __m512i, split: __m512i) -> (__m512i, __m512i) {
-    let low = _mm512_set1_epi32(0xFFFF);
-    let one = _mm512_set1_epi32(1);
-    let f = _mm512_add_epi32(_mm512_and_si512(split, low), one);
-    let e = _mm512_srli_epi32::<16>(split);
-    let f1 = _mm512_add_epi32(f, one);
-    let b = _mm512_mullo_epi32(e, f1);
-    let (rf, rf1) = (reciprocal(f), reciprocal(f1));
-    let slot = _mm512_and_si512(x, low);
-    let below = _mm512_cmpgt_epi32_mask(b, slot);
-    let div = _mm512_mask_blend_epi32(below, f, f1);
-    let rd = _mm512_mask_blend_ps(below, rf, rf1);
-    let num = _mm512_mask_blend_epi32(below, _mm512_sub_epi32(slot, b), slot);
-    let q = _mm512_cvttps_epi32(_mm512_fmadd_ps(
-        _mm512_cvtepi32_ps(num),
-        rd,
-        _mm512_mul_ps(rd, _mm512_set1_ps(0.5)),
-    ));
-    let r = _mm512_mask_add_epi32(q, !below, q, e);
-    let v = _mm512_add_epi32(
-        _mm512_mullo_epi32(div, _mm512_sub_epi32(_mm512_srli_epi32::<16>(x), q)),
-        num,
-    );
-    (r, v)
+#[inline(always)]
+pub(super) unsafe fn split_step(x: __m512i, split: __m512i) -> (__m512i, __m512i) {
+    // SAFETY: the caller checked the CPU and guarantees what the notes below say.
+    unsafe {
+        let low = _mm512_set1_epi32(0xFFFF);
+        let one = _mm512_set1_epi32(1);
+        let f = _mm512_add_epi32(_mm512_and_si512(split, low), one);
+        let e = _mm512_srli_epi32::<16>(split);
+        let f1 = _mm512_add_epi32(f, one);
+        let b = _mm512_mullo_epi32(e, f1);
+        let (rf, rf1) = (reciprocal(f), reciprocal(f1));
+        let slot = _mm512_and_si512(x, low);
+        let below = _mm512_cmpgt_epi32_mask(b, slot);
+        let div = _mm512_mask_blend_epi32(below, f, f1);
+        let rd = _mm512_mask_blend_ps(below, rf, rf1);
+        let num = _mm512_mask_blend_epi32(below, _mm512_sub_epi32(slot, b), slot);
+        let q = _mm512_cvttps_epi32(_mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(num),
+            rd,
+            _mm512_mul_ps(rd, _mm512_set1_ps(0.5)),
+        ));
+        let r = _mm512_mask_add_epi32(q, !below, q, e);
+        let v = _mm512_add_epi32(
+            _mm512_mullo_epi32(div, _mm512_sub_epi32(_mm512_srli_epi32::<16>(x), q)),
+            num,
+        );
+        (r, v)
+    }
 }
 
 /// `1 / d` within a relative 2^-21 (see `split_step`).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,popcnt")]
-fn reciprocal(d: __m512i) -> __m512 {
-    let d = _mm512_cvtepi32_ps(d);
-    let r = _mm512_rcp14_ps(d);
-    _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)))
+#[inline(always)]
+unsafe fn reciprocal(d: __m512i) -> __m512 {
+    // SAFETY: the caller checked the CPU and guarantees what the notes below say.
+    unsafe {
+        let d = _mm512_cvtepi32_ps(d);
+        let r = _mm512_rcp14_ps(d);
+        _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)))
+    }
 }
 
 /// Sixteen keyed positions at a time (see `Decoder::decode_keyed_positions`): each element's
@@ -285,32 +311,36 @@ const KEY_ORDER: [u8; 64] = {
 /// The entries of 64 keys from 256-byte planes: byte `p` of each key's entry from plane `p`,
 /// by two 128-byte permutes (`vpermi2b`) whose results the key's top bit chooses between.
 /// `keys` must be in [`KEY_ORDER`] and `top` their top bits.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-fn plane_bytes(keys: __m512i, top: __mmask64, plane: &[__m512i; 4]) -> __m512i {
-    let low = _mm512_permutex2var_epi8(plane[0], keys, plane[1]);
-    let high = _mm512_permutex2var_epi8(plane[2], keys, plane[3]);
-    _mm512_mask_blend_epi8(top, low, high)
+#[inline(always)]
+unsafe fn plane_bytes(keys: __m512i, top: __mmask64, plane: &[__m512i; 4]) -> __m512i {
+    // SAFETY: the caller checked the CPU and guarantees what the notes below say.
+    unsafe {
+        let low = _mm512_permutex2var_epi8(plane[0], keys, plane[1]);
+        let high = _mm512_permutex2var_epi8(plane[2], keys, plane[3]);
+        _mm512_mask_blend_epi8(top, low, high)
+    }
 }
 
 /// Interleaves four planes' bytes (in [`KEY_ORDER`]) into 64 u32s, keys in order.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn interleave(b: [__m512i; 4]) -> [__m512i; 4] {
-    let (lo01, hi01) = (
-        _mm512_unpacklo_epi8(b[0], b[1]),
-        _mm512_unpackhi_epi8(b[0], b[1]),
-    );
-    let (lo23, hi23) = (
-        _mm512_unpacklo_epi8(b[2], b[3]),
-        _mm512_unpackhi_epi8(b[2], b[3]),
-    );
-    [
-        _mm512_unpacklo_epi16(lo01, lo23),
-        _mm512_unpackhi_epi16(lo01, lo23),
-        _mm512_unpacklo_epi16(hi01, hi23),
-        _mm512_unpackhi_epi16(hi01, hi23),
-    ]
+#[inline(always)]
+unsafe fn interleave(b: [__m512i; 4]) -> [__m512i; 4] {
+    // SAFETY: the caller checked the CPU and guarantees what the notes below say.
+    unsafe {
+        let (lo01, hi01) = (
+            _mm512_unpacklo_epi8(b[0], b[1]),
+            _mm512_unpackhi_epi8(b[0], b[1]),
+        );
+        let (lo23, hi23) = (
+            _mm512_unpacklo_epi8(b[2], b[3]),
+            _mm512_unpackhi_epi8(b[2], b[3]),
+        );
+        [
+            _mm512_unpacklo_epi16(lo01, lo23),
+            _mm512_unpackhi_epi16(lo01, lo23),
+            _mm512_unpacklo_epi16(hi01, hi23),
+            _mm512_unpackhi_epi16(hi01, hi23),
+        ]
+    }
 }
 
 /// Where [`table_steps_vbmi`] puts the low byte of each u32 lane of two symbol vectors:
@@ -332,45 +362,74 @@ const SYMBOL_BYTES: [u8; 64] = {
 /// [`table_step`] on both vectors of 32 lanes, each symbol's `freq | start << 16` looked up
 /// in the table's byte planes by permutes instead of gathered: one gather per sixteen lanes
 /// instead of two.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-fn table_steps_vbmi(x: [__m512i; 2], table: &TableView) -> Steps {
-    const MASK: i32 = (1 << TABLE_BITS) - 1;
-    let slot = x.map(|x| _mm512_and_si512(x, _mm512_set1_epi32(MASK)));
-    // SAFETY: every slot is below 2^TABLE_BITS; the lookup has 4 bytes of padding.
-    let sym = slot.map(|slot| {
-        _mm512_and_si512(
-            unsafe { _mm512_i32gather_epi32::<1>(slot, table.lookup.as_ptr().cast()) },
-            _mm512_set1_epi32(0xFF),
-        )
-    });
-    // SAFETY: SYMBOL_BYTES is 64 bytes; each plane is 256 aligned bytes, four vectors.
-    let (order, planes): (_, [[__m512i; 4]; 4]) = unsafe {
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VBMI. Always inlined, so that it compiles with its
+/// caller's target features: left to the inliner, one build called it out of line and the INT8
+/// decode of the synthetic set took 46.7 ms instead of 37.5. No closures inside: they would
+/// not inherit those features, and the intrinsics in them would be calls.
+#[inline(always)]
+unsafe fn table_steps_vbmi(x: [__m512i; 2], table: &TableView) -> Steps {
+    // SAFETY (the block): the caller checked the CPU. Every slot is below 2^TABLE_BITS and the
+    // lookup has 4 bytes of padding; SYMBOL_BYTES is 64 bytes.
+    unsafe {
+        let mask = _mm512_set1_epi32((1 << TABLE_BITS) - 1);
+        let slot = [_mm512_and_si512(x[0], mask), _mm512_and_si512(x[1], mask)];
+        let (lookup, byte) = (table.lookup.as_ptr().cast(), _mm512_set1_epi32(0xFF));
+        let sym = [
+            _mm512_and_si512(_mm512_i32gather_epi32::<1>(slot[0], lookup), byte),
+            _mm512_and_si512(_mm512_i32gather_epi32::<1>(slot[1], lookup), byte),
+        ];
+        let order = _mm512_loadu_si512(SYMBOL_BYTES.as_ptr().cast());
+        let keys = _mm512_permutex2var_epi8(sym[0], order, sym[1]);
+        let top = _mm512_movepi8_mask(keys);
+        let p = &table.planes.0;
+        // Keys 32-63 are not symbols: their entries are left unused (and so not computed).
+        let [e0, e1, _, _] = interleave([
+            plane_entries(keys, top, &p[0]),
+            plane_entries(keys, top, &p[1]),
+            plane_entries(keys, top, &p[2]),
+            plane_entries(keys, top, &p[3]),
+        ]);
         (
-            _mm512_loadu_si512(SYMBOL_BYTES.as_ptr().cast()),
-            std::array::from_fn(|p| {
-                std::array::from_fn(|q| {
-                    _mm512_load_si512(table.planes.0[p][64 * q..].as_ptr().cast())
-                })
-            }),
+            sym,
+            [next_state(x[0], slot[0], e0), next_state(x[1], slot[1], e1)],
         )
-    };
-    let keys = _mm512_permutex2var_epi8(sym[0], order, sym[1]);
-    let top = _mm512_movepi8_mask(keys);
-    let b: [__m512i; 4] = std::array::from_fn(|p| plane_bytes(keys, top, &planes[p]));
-    // Keys 32-63 are not symbols: their entries are left unused (and so not computed).
-    let [e0, e1, _, _] = interleave(b);
-    let e = [e0, e1];
-    let v = std::array::from_fn(|k| {
+    }
+}
+
+/// [`plane_bytes`] from a plane in memory (256 bytes, aligned: four vector loads).
+#[inline(always)]
+unsafe fn plane_entries(keys: __m512i, top: __mmask64, plane: &[u8; 256]) -> __m512i {
+    // SAFETY: the caller checked the CPU and guarantees what the notes below say.
+    unsafe {
+        // The plane is 256 bytes, 64-aligned (`BytePlanes`).
+        let v = {
+            [
+                _mm512_load_si512(plane.as_ptr().cast()),
+                _mm512_load_si512(plane[64..].as_ptr().cast()),
+                _mm512_load_si512(plane[128..].as_ptr().cast()),
+                _mm512_load_si512(plane[192..].as_ptr().cast()),
+            ]
+        };
+        plane_bytes(keys, top, &v)
+    }
+}
+
+/// A table step's next state (before renormalisation) from the state, its slot and the
+/// symbol's `freq | start << 16`.
+#[inline(always)]
+unsafe fn next_state(x: __m512i, slot: __m512i, e: __m512i) -> __m512i {
+    // SAFETY: the caller checked the CPU and guarantees what the notes below say.
+    unsafe {
         _mm512_add_epi32(
             _mm512_mullo_epi32(
-                _mm512_and_si512(e[k], _mm512_set1_epi32(0xFFFF)),
-                _mm512_srli_epi32::<{ TABLE_BITS }>(x[k]),
+                _mm512_and_si512(e, _mm512_set1_epi32(0xFFFF)),
+                _mm512_srli_epi32::<{ TABLE_BITS }>(x),
             ),
-            _mm512_sub_epi32(slot[k], _mm512_srli_epi32::<16>(e[k])),
+            _mm512_sub_epi32(slot, _mm512_srli_epi32::<16>(e)),
         )
-    });
-    (sym, v)
+    }
 }
 
 /// [`decode_keyed_positions`] with each key's split and offset looked up by byte permutes
@@ -407,22 +466,33 @@ pub(super) unsafe fn decode_keyed_positions_vbmi<const L: usize>(
         };
         let k = _mm512_permutexvar_epi8(order, raw);
         let top = _mm512_movepi8_mask(k);
-        let splits = interleave(std::array::from_fn(|p| plane_bytes(k, top, &t[p])));
-        let bases = interleave([
-            plane_bytes(k, top, &t[4]),
-            plane_bytes(k, top, &t[5]),
-            zero,
-            zero,
-        ]);
+        // SAFETY: the caller checked the CPU.
+        let (splits, bases) = unsafe {
+            (
+                interleave([
+                    plane_bytes(k, top, &t[0]),
+                    plane_bytes(k, top, &t[1]),
+                    plane_bytes(k, top, &t[2]),
+                    plane_bytes(k, top, &t[3]),
+                ]),
+                interleave([
+                    plane_bytes(k, top, &t[4]),
+                    plane_bytes(k, top, &t[5]),
+                    zero,
+                    zero,
+                ]),
+            )
+        };
         for h in 0..take {
             if words.len() - pos < GROUP_BYTES {
                 break 'groups;
             }
             for (k, x) in x.iter_mut().enumerate() {
                 let v = 2 * h + k;
-                let (r, next) = split_step(*x, splits[v]);
-                // SAFETY: GROUP_BYTES remain for the refill; `out` has 32 bytes at 2 at.
+                // SAFETY (the block): the caller checked the CPU; GROUP_BYTES remain for the
+                // refill; `out` has 32 bytes at 2 at.
                 unsafe {
+                    let (r, next) = split_step(*x, splits[v]);
                     *x = renormalise(next, words, &mut pos);
                     let at = 32 * (first + h) + 16 * k;
                     let codes = _mm512_cvtepi32_epi16(_mm512_add_epi32(r, bases[v]));
@@ -457,7 +527,8 @@ pub(super) unsafe fn decode_pairs<const L: usize>(
     let mut g = 0;
     // A group reads two words per lane at most: 128 bytes, the last window 32 bytes in.
     while g < n && words.len() - pos >= 2 * GROUP_BYTES {
-        let (sym, next) = table_steps(x, table);
+        // SAFETY: the caller checked the CPU.
+        let (sym, next) = unsafe { table_steps(x, table) };
         for k in 0..2 {
             // SAFETY: 2 GROUP_BYTES remain for the group's refills.
             x[k] = unsafe { renormalise(next[k], words, &mut pos) };

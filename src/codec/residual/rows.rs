@@ -192,10 +192,12 @@ mod avx512 {
             // (asserted above: *len grows by at most sixteen per step, and j + 16 <= n).
             unsafe {
                 let bytes = _mm_loadu_si128(q.as_ptr().add(j).cast());
+                // A movemask, not `_mm_cmpeq_epi8_mask`: that one needs AVX-512 VL, which
+                // this function is not compiled for, so it was a call per sixteen elements.
                 let m: u16 = if all {
                     0xFFFF
                 } else {
-                    _mm_cmpeq_epi8_mask(bytes, _mm_setzero_si128())
+                    _mm_movemask_epi8(_mm_cmpeq_epi8(bytes, _mm_setzero_si128())) as u16
                 };
                 let idx = _mm512_add_epi32(lanes, _mm512_set1_epi32((first as usize + j) as i32));
                 let packed = _mm512_maskz_compress_epi32(m, idx);
