@@ -547,7 +547,13 @@ mod avx2 {
         let n = super::pair_groups(tops, unders, syms, positions);
         let groups = groups(dec, n, 2 * GROUP_BYTES, |g, x, words, pos| {
             let (top, under) = (&tops[32 * g..32 * g + 32], &unders[32 * g..32 * g + 32]);
-            let [s0, s1, s2, s3] = [0, 1, 2, 3].map(|k| table_step(x[k], table));
+            // Written out: a closure (`map`) was called out of line.
+            let [s0, s1, s2, s3] = [
+                table_step(x[0], table),
+                table_step(x[1], table),
+                table_step(x[2], table),
+                table_step(x[3], table),
+            ];
             let sym = [s0.0, s1.0, s2.0, s3.0];
             // SAFETY (all blocks here): a group reads two words per lane at most, 128 bytes,
             // within the 2 GROUP_BYTES that remain; top and under have 32 u32s.
@@ -644,8 +650,16 @@ mod avx2 {
                 let mut syms = [[_mm256_setzero_si256(); 4]; S];
                 // Written out so that the state vectors stay in registers.
                 for k in 0..4 {
-                    let steps: [_; S] =
-                        std::array::from_fn(|s| table_step(x[s][k], &runs[s].table));
+                    // Written out, not `array::from_fn`, whose closure was called out of
+                    // line: for the two runs there are, `1 % S` standing in for run 1 where
+                    // there is one.
+                    let mut steps = [table_step(x[0][k], &runs[0].table); S];
+                    if S > 1 {
+                        steps[1 % S] = table_step(x[1 % S][k], &runs[1 % S].table);
+                    }
+                    for s in 2..S {
+                        steps[s] = table_step(x[s][k], &runs[s].table);
+                    }
                     for s in 0..S {
                         syms[s][k] = steps[s].0;
                         // SAFETY: GROUP_BYTES remain for the refills.

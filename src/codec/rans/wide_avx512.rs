@@ -117,6 +117,50 @@ unsafe fn table_steps(x: [__m512i; 2], table: &TableView) -> Steps {
     ([a.0, b.0], [a.1, b.1])
 }
 
+/// The table loop around `$steps` ([`table_steps`] or [`table_steps_vbmi`]), written out in
+/// each entry point: its closures are then defined there and have the entry point's target
+/// features. A closure defined in a helper function has none, and when the optimiser called one
+/// out of line its intrinsics became calls (3.7x slower; tests/it/codegen.rs now fails on that).
+/// The caller must have checked the CPU for `$steps`.
+macro_rules! table_loop {
+    ($runs:expr, $s:ident, $steps:ident) => {
+        super::wide::table_groups(
+            $runs,
+            GROUP_BYTES,
+            |g, runs, x: &mut [[__m512i; 2]; $s], pos| {
+                // SAFETY (the block): the caller checked the CPU. The steps are written out
+                // (no `array::from_fn`, whose closure one build called out of line, 50 -> 75
+                // ms for the synthetic INT8) for the two runs there are, `1 % S` standing in
+                // for run 1 where there is one.
+                let steps = unsafe {
+                    let mut steps = [$steps(x[0], &runs[0].table); $s];
+                    if $s > 1 {
+                        steps[1 % $s] = $steps(x[1 % $s], &runs[1 % $s].table);
+                    }
+                    for s in 2..$s {
+                        steps[s] = $steps(x[s], &runs[s].table);
+                    }
+                    steps
+                };
+                for k in 0..2 {
+                    for s in 0..$s {
+                        // SAFETY (the block): the caller checked the CPU; GROUP_BYTES remain
+                        // for the refills; out has 16 bytes.
+                        unsafe {
+                            x[s][k] = renormalise(steps[s].1[k], runs[s].dec.words, &mut pos[s]);
+                            let out = &mut runs[s].out[32 * g + 16 * k..32 * g + 16 * k + 16];
+                            _mm_storeu_si128(
+                                out.as_mut_ptr().cast(),
+                                _mm512_cvtepi32_epi8(steps[s].0[k]),
+                            );
+                        }
+                    }
+                }
+            },
+        )
+    };
+}
+
 /// Sixteen table symbols at a time, two vectors per group of 32, each vector's symbols
 /// narrowed to bytes and stored. With several runs, each group takes every run's steps first,
 /// then the refills and stores of each vector in turn, and groups go on while every run has
@@ -128,9 +172,7 @@ unsafe fn table_steps(x: [__m512i; 2], table: &TableView) -> Steps {
 pub(super) unsafe fn decode_table_bytes<const L: usize, const S: usize>(
     runs: &mut [TableBytes<'_, '_, L>; S],
 ) -> [usize; S] {
-    // SAFETY: the caller checked the CPU.
-    // SAFETY: the caller checked the CPU.
-    unsafe { table_bytes_with::<L, S, false>(runs) }
+    table_loop!(runs, S, table_steps)
 }
 
 /// [`decode_table_bytes`] with [`table_steps_vbmi`].
@@ -141,49 +183,7 @@ pub(super) unsafe fn decode_table_bytes<const L: usize, const S: usize>(
 pub(super) unsafe fn decode_table_bytes_vbmi<const L: usize, const S: usize>(
     runs: &mut [TableBytes<'_, '_, L>; S],
 ) -> [usize; S] {
-    // SAFETY: the caller checked the CPU.
-    // SAFETY: the caller checked the CPU.
-    unsafe { table_bytes_with::<L, S, true>(runs) }
-}
-
-/// The table loop around [`table_steps`] or, with `VBMI`, [`table_steps_vbmi`], inlined into
-/// each entry point (and so compiled with its target features). Nothing in it goes through a
-/// closure the optimiser might call out of line (`array::from_fn` did): called, code here has
-/// none of the entry point's target features, and a build that did so ran 25% slower.
-///
-/// # Safety
-/// The CPU must support AVX-512 F and BW, and VBMI with `VBMI`.
-// `k` numbers each run's state vectors, `s` the runs: both index arrays of arrays.
-#[allow(clippy::needless_range_loop)]
-#[inline(always)]
-unsafe fn table_bytes_with<const L: usize, const S: usize, const VBMI: bool>(
-    runs: &mut [TableBytes<'_, '_, L>; S],
-) -> [usize; S] {
-    super::wide::table_groups(
-        runs,
-        GROUP_BYTES,
-        |g, runs, x: &mut [[__m512i; 2]; S], pos| {
-            let steps: [Steps; S] = std::array::from_fn(|s| unsafe {
-                match VBMI {
-                    true => table_steps_vbmi(x[s], &runs[s].table),
-                    false => table_steps(x[s], &runs[s].table),
-                }
-            });
-            for k in 0..2 {
-                for s in 0..S {
-                    // SAFETY (the block): GROUP_BYTES remain for the refills; out has 16 bytes.
-                    unsafe {
-                        x[s][k] = renormalise(steps[s].1[k], runs[s].dec.words, &mut pos[s]);
-                        let out = &mut runs[s].out[32 * g + 16 * k..32 * g + 16 * k + 16];
-                        _mm_storeu_si128(
-                            out.as_mut_ptr().cast(),
-                            _mm512_cvtepi32_epi8(steps[s].0[k]),
-                        );
-                    }
-                }
-            }
-        },
-    )
+    table_loop!(runs, S, table_steps_vbmi)
 }
 
 /// One [`super::Split`] position on sixteen lanes, each with its packed split: the position
