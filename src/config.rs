@@ -33,7 +33,7 @@ pub struct ServerConfig {
     pub run_migrations: bool,
     /// `Cache-Control: max-age` for branch URLs, whose content moves when a new upload lands.
     pub branch_max_age_secs: u64,
-    /// Half the chunks one download may keep in flight (each ~1 MiB). Beyond its first, a
+    /// Half the chunks one download may keep in flight (each ~1 MiB). Beyond its first two, a
     /// download's chunks come from a pool all downloads share, 2 x max(this, cores + 1), so a
     /// larger window helps a lone client (more reads overlapped on S3) and costs many
     /// concurrent downloads only that pool.

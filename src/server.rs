@@ -63,9 +63,9 @@ pub async fn state(config: Config) -> Result<AppState> {
     })
 }
 
-/// The chunks downloads keep in flight beyond one each: a window's worth, or enough to keep
+/// The chunks downloads keep in flight beyond two each: a window's worth, or enough to keep
 /// every core busy, whichever is more. Past that many downloads, each added one costs about
-/// one decoded chunk (~1 MiB) rather than a window.
+/// two decoded chunks (~1 MiB each) rather than a window.
 fn decode_budget(config: &Config) -> DecodeBudget {
     let window = config.server.decode_window_chunks.max(1);
     let shares = 2 * window.max(rayon::current_num_threads() + 1);

@@ -439,27 +439,17 @@ impl<S: BlobSource> Blob<S> {
             let top_up =
                 |spawned: &mut usize, in_flight: &mut InFlight<'_>, counted: &mut [bool]| {
                     while *spawned < pieces.len() {
-                        // A task waits until it can start whole (unless nothing is in flight).
+                        // A task starts whole or waits: split, a pair would decode alone.
                         let pair = pairing_pays(large_from[*spawned], threads);
                         let task = self.task(pieces, *spawned, pair);
                         let slots = self.slots(pieces, task.clone());
-                        let (room, idle) = in_flight.room();
-                        if room < slots.len() && !idle {
+                        if !in_flight.start(slots.len()) {
                             break;
                         }
-                        let mut end = task.start;
-                        for i in task {
-                            if slots.contains(&i) {
-                                if !in_flight.start_one() {
-                                    break;
-                                }
-                                counted[i] = true;
-                            }
-                            end = i + 1;
+                        for &i in &slots {
+                            counted[i] = true;
                         }
-                        if end == *spawned {
-                            break;
-                        }
+                        let end = task.end;
                         spawn(*spawned..end);
                         *spawned = end;
                     }
