@@ -87,16 +87,12 @@ impl<'a> InFlight<'a> {
     /// with the shares it needs. A decode with nothing in flight always may, so every decode
     /// progresses. If so they count as in flight.
     pub(super) fn start(&mut self, n: usize) -> bool {
-        if self.in_flight > 0 && self.in_flight + n > self.cap {
-            return false;
-        }
         let needed = (self.in_flight + n).saturating_sub(OWN + self.held);
-        if needed > 0 && self.in_flight > 0 && !self.budget.try_take(needed) {
-            return false;
-        }
-        if needed > 0 && self.in_flight == 0 {
-            // Alone, a task takes what shares there are and runs anyway.
+        if self.in_flight == 0 {
+            // Alone, a task runs anyway, with what shares there are.
             self.held += (0..needed).filter(|_| self.budget.try_take(1)).count();
+        } else if self.in_flight + n > self.cap || (needed > 0 && !self.budget.try_take(needed)) {
+            return false;
         } else {
             self.held += needed;
         }

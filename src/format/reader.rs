@@ -449,9 +449,8 @@ impl<S: BlobSource> Blob<S> {
                         for &i in &slots {
                             counted[i] = true;
                         }
-                        let end = task.end;
-                        spawn(*spawned..end);
-                        *spawned = end;
+                        spawn(*spawned..task.end);
+                        *spawned = task.end;
                     }
                 };
             top_up(&mut spawned, &mut in_flight, &mut counted);
