@@ -78,7 +78,7 @@ def section(rows, a):
     out += [
         "",
         f"Peak RSS of the server (VmHWM) on a {a.big_mib} MiB model, several times the memory bound"
-        " (docs/SERVER.md: about 340 MiB with the defaults, without LFS uploads), a fresh process for each line:",
+        " (docs/SERVER.md: about 370 MiB with the defaults, without LFS uploads), a fresh process for each line:",
         "",
         "| store | upload (time) | 16 concurrent BF16 downloads, each sha256-checked (time) |",
         "|---|---:|---:|",

@@ -17,14 +17,19 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use super::error::{ApiError, ApiResult, ErrorKind};
 use super::metrics::Served;
 use super::{AppState, OpenedBlob};
-use crate::format::{Blob, BlobSource, FormatError, OutputFile, Precision};
+use crate::format::{Blob, BlobSource, Decoded, FormatError, OutputFile, OutputSink, Precision};
 use crate::storage::cache::{FileCache, Fill, Hit};
 use crate::storage::{FileEntry, ObjectSource};
 
-/// Bytes handed to the HTTP body per message: large enough to keep syscalls few, small enough
-/// that the bounded channel holds little.
+/// Bytes handed to the HTTP body per message when they are copied (small decoded pieces, a
+/// stored blob's regions): large enough to keep syscalls few, small enough that the bounded
+/// channel holds little.
 const BODY_PIECE: usize = 256 << 10;
-/// Messages in flight between the decoder and the connection.
+/// A decoded piece at least this large goes to the body as it is, in slices (no copy); smaller
+/// ones (headers, norms, biases) are gathered into `BODY_PIECE` messages, so the connection is
+/// not handed one message per few bytes.
+const SEND_AS_IS: usize = 64 << 10;
+/// Messages queued between the decoder and the connection, besides those being sent.
 const BODY_QUEUE: usize = 4;
 
 /// Where a served file's bytes come from.
@@ -454,7 +459,7 @@ fn decoded_body(
         permits,
         fill,
         label,
-        move |out| blob.write_range_budgeted(&file, span, out, &budget),
+        move |out| blob.send_range_budgeted(&file, span, out, &budget),
     )
 }
 
@@ -476,7 +481,7 @@ fn blocking_body<H: Send + 'static>(
         let started = Instant::now();
         let mut out = ChannelWriter {
             tx: tx.clone(),
-            buf: Vec::with_capacity(BODY_PIECE),
+            buf: Vec::new(),
             metrics: metrics.clone(),
             kind,
             fill,
@@ -525,10 +530,12 @@ impl ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let piece = Bytes::from(std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(BODY_PIECE),
-        ));
+        let piece = Bytes::from(std::mem::take(&mut self.buf));
+        self.send(piece)
+    }
+
+    /// Hands `piece` to the connection (and the cache fill), blocking while the queue is full.
+    fn send(&mut self, piece: Bytes) -> std::io::Result<()> {
         let n = piece.len() as u64;
         if let Some(fill) = self.fill.as_mut() {
             fill.write(&piece);
@@ -545,8 +552,26 @@ impl ChannelWriter {
     }
 }
 
+impl OutputSink for ChannelWriter {
+    fn put(&mut self, piece: Decoded) -> std::io::Result<()> {
+        if piece.len() < SEND_AS_IS {
+            return self.write_all(&piece);
+        }
+        self.send_buffered()?;
+        // In `BODY_PIECE` slices of the chunk, as the copies were: the queue holds as many
+        // bytes as before, and a chunk is freed once its last slice is sent.
+        let chunk = Bytes::from_owner(piece);
+        for at in (0..chunk.len()).step_by(BODY_PIECE) {
+            self.send(chunk.slice(at..chunk.len().min(at + BODY_PIECE)))?;
+        }
+        Ok(())
+    }
+}
+
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        // Made when first needed: a body of large decoded pieces copies nothing.
+        self.buf.reserve_exact(BODY_PIECE - self.buf.len());
         let room = BODY_PIECE - self.buf.len();
         let n = data.len().min(room);
         self.buf.extend_from_slice(&data[..n]);
@@ -642,6 +667,65 @@ fn verify_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A decoded body reaches the connection in order and byte-exact; its large chunks go as
+    /// they are, in slices of their own buffers (copies would be separate buffers), and the
+    /// small pieces between them are gathered into messages of at most `BODY_PIECE`.
+    #[test]
+    fn decoded_chunks_reach_the_body_without_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.safetensors");
+        crate::synth::write_llm_like(&model, 1, 1024, 2048, 9).unwrap();
+        let input = crate::format::EncodeInput {
+            high: vec![model],
+            ..Default::default()
+        };
+        let path = dir.path().join("m.qstore");
+        let opts = crate::format::EncodeOptions::default();
+        crate::format::encode_to_path(&input, &opts, &path, &|_| {}).unwrap();
+        let blob = Blob::open(std::fs::read(&path).unwrap()).unwrap();
+        let file = blob.file(Precision::High, None).unwrap().clone();
+        let mut whole = Vec::new();
+        blob.write_file(&file, &mut whole).unwrap();
+
+        let (tx, mut rx) = mpsc::channel(1024);
+        let mut out = ChannelWriter {
+            tx,
+            buf: Vec::new(),
+            metrics: Arc::new(super::super::metrics::Metrics::default()),
+            kind: Served::High,
+            fill: None,
+            written: 0,
+        };
+        let budget = crate::format::DecodeBudget::alone(4);
+        blob.send_range_budgeted(&file, 0..file.size, &mut out, &budget)
+            .unwrap();
+        out.flush().unwrap();
+        assert_eq!(out.written, file.size);
+        drop(out);
+        let mut messages = Vec::new();
+        while let Some(m) = rx.blocking_recv() {
+            messages.push(m.unwrap());
+        }
+        let sent: Vec<u8> = messages.iter().flat_map(|m| m.iter().copied()).collect();
+        assert!(sent == whole, "the body is the file");
+        // Four chunks of 256 rows x 2048 (1 MiB each) after a small header piece, each sent
+        // as slices of its own buffer: runs of messages that continue one another in memory.
+        assert!(messages.iter().all(|m| m.len() <= BODY_PIECE));
+        let mut runs: Vec<usize> = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let continues = i > 0 && {
+                let before = &messages[i - 1];
+                before.as_ptr() as usize + before.len() == m.as_ptr() as usize
+            };
+            match (continues, runs.last_mut()) {
+                (true, Some(run)) => *run += m.len(),
+                _ => runs.push(m.len()),
+            }
+        }
+        assert!(runs[0] < SEND_AS_IS, "the header went alone");
+        assert_eq!(&runs[1..], &[1 << 20; 4]);
+    }
 
     #[test]
     fn ranges() {

@@ -128,25 +128,77 @@ impl Drop for InFlight<'_> {
 /// buffer per chunk costs a zero-fill and page faults every time (about a sixth of a CLI
 /// decode); reused, a buffer's old bytes are overwritten whole (the CRC of every decoded chunk
 /// is checked before it is written). A buffer is only made when none is free, so the pool never
-/// holds more than the decode had in flight at its peak.
+/// holds more than the decode had in flight at its peak, plus what its sink still holds.
+/// Shared (an `Arc`) with the [`Decoded`] pieces it hands out, which come back when dropped,
+/// wherever that is: a server's body sends them without copying and drops them once sent.
 #[derive(Default)]
-pub(super) struct Outputs(std::sync::Mutex<Vec<Vec<u8>>>);
+pub(super) struct Outputs {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Free buffers worth keeping (see [`InFlight::buffers_to_keep`]), set by the decode.
+    keep: AtomicUsize,
+}
 
 impl Outputs {
     /// A buffer of `len` bytes whose contents are unspecified.
     pub(super) fn take(&self, len: usize) -> Vec<u8> {
-        let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let buf = take_fitting(&mut free, len);
         drop(free);
         sized(buf, len)
     }
 
-    /// Returns `buf` to the pool, or frees it when `keep` buffers are free already.
-    pub(super) fn give(&self, buf: Vec<u8>, keep: usize) {
-        let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if free.len() < keep {
+    /// How many free buffers to keep from now on; more are freed as they come back.
+    pub(super) fn keep(&self, n: usize) {
+        self.keep.store(n, Ordering::Relaxed);
+    }
+
+    /// Returns `buf` to the pool, or frees it when enough buffers are free already.
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < self.keep.load(Ordering::Relaxed) {
             free.push(buf);
         }
+    }
+}
+
+/// Bytes `range` of a decoded chunk, checked, in a buffer of its decode's [`Outputs`], to
+/// which the buffer returns when this drops. Owned, so a sink may keep it past the call that
+/// hands it over (a server's body queue) instead of copying the bytes out.
+pub struct Decoded {
+    buf: Vec<u8>,
+    range: std::ops::Range<usize>,
+    pool: std::sync::Arc<Outputs>,
+}
+
+impl Decoded {
+    /// `buf[range]`, returning to `pool`. `range` must lie inside `buf`.
+    pub(super) fn new(
+        buf: Vec<u8>,
+        range: std::ops::Range<usize>,
+        pool: std::sync::Arc<Outputs>,
+    ) -> Decoded {
+        assert!(range.start <= range.end && range.end <= buf.len());
+        Decoded { buf, range, pool }
+    }
+}
+
+impl std::ops::Deref for Decoded {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+}
+
+impl AsRef<[u8]> for Decoded {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Drop for Decoded {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
     }
 }
 
@@ -303,12 +355,31 @@ mod tests {
 
     #[test]
     fn outputs_keep_only_what_they_are_told() {
-        let outputs = Outputs::default();
-        let bufs: Vec<_> = (0..4).map(|_| outputs.take(100)).collect();
-        for b in bufs {
-            outputs.give(b, 2);
-        }
-        assert_eq!(outputs.0.lock().unwrap().len(), 2);
+        let outputs = std::sync::Arc::new(Outputs::default());
+        outputs.keep(2);
+        let pieces: Vec<_> = (0..4)
+            .map(|i| Decoded::new(outputs.take(100), i..i + 10, outputs.clone()))
+            .collect();
+        assert_eq!(pieces[3].len(), 10);
+        drop(pieces);
+        assert_eq!(outputs.free.lock().unwrap().len(), 2);
+    }
+
+    /// A piece returns its buffer when it drops, wherever that is: on another thread, after
+    /// the decode that made it has ended.
+    #[test]
+    fn a_piece_returns_its_buffer_from_anywhere() {
+        let outputs = std::sync::Arc::new(Outputs::default());
+        outputs.keep(1);
+        let mut buf = outputs.take(64);
+        buf[5] = 9;
+        let ptr = buf.as_ptr();
+        let piece = Decoded::new(buf, 5..6, outputs.clone());
+        std::thread::spawn(move || assert_eq!(&*piece, &[9]))
+            .join()
+            .unwrap();
+        let again = outputs.take(64);
+        assert_eq!(again.as_ptr(), ptr, "the buffer came back");
     }
 
     #[test]

@@ -20,12 +20,12 @@ mod writeback;
 mod writer;
 
 pub use arrival::{Arrival, ArrivingFile};
-pub use budget::DecodeBudget;
+pub use budget::{DecodeBudget, Decoded};
 pub use chunk::ChunkCodec;
 pub use index::{ByteStream, Chunk, Index, OutputFile, QuantTensor, Segment};
 pub use input::{EncodeInput, SHARD_INDEX_NAME, Selection};
 pub use mapped::MappedFile;
-pub use reader::{Blob, BlobSource, Precision, ReadAhead, WINDOW};
+pub use reader::{Blob, BlobSource, OutputSink, Precision, ReadAhead, WINDOW};
 pub use report::{Report, TensorReport};
 pub use stored::{Region, RegionCheck};
 pub use writer::{EncodeOptions, EncodeSummary, encode_to_path, output_tempfile, same_file};
