@@ -78,3 +78,20 @@ pub fn write_llm_like(
     }
     out.flush()
 }
+
+/// The blob (its bytes) of [`write_llm_like`]'s model with its derived INT8 file, encoded with
+/// the default options: what tests of decoding need.
+#[cfg(test)]
+pub(crate) fn encoded_llm_like(count: usize, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    write_llm_like(&model, count, rows, cols, seed).unwrap();
+    let input = crate::format::EncodeInput {
+        high: vec![model],
+        ..Default::default()
+    };
+    let out = dir.path().join("m.qstore");
+    let opts = crate::format::EncodeOptions::default();
+    crate::format::encode_to_path(&input, &opts, &out, &|_| {}).unwrap();
+    std::fs::read(&out).unwrap()
+}

@@ -673,17 +673,7 @@ mod tests {
     /// small pieces between them are gathered into messages of at most `BODY_PIECE`.
     #[test]
     fn decoded_chunks_reach_the_body_without_a_copy() {
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("m.safetensors");
-        crate::synth::write_llm_like(&model, 1, 1024, 2048, 9).unwrap();
-        let input = crate::format::EncodeInput {
-            high: vec![model],
-            ..Default::default()
-        };
-        let path = dir.path().join("m.qstore");
-        let opts = crate::format::EncodeOptions::default();
-        crate::format::encode_to_path(&input, &opts, &path, &|_| {}).unwrap();
-        let blob = Blob::open(std::fs::read(&path).unwrap()).unwrap();
+        let blob = Blob::open(crate::synth::encoded_llm_like(1, 1024, 2048, 9)).unwrap();
         let file = blob.file(Precision::High, None).unwrap().clone();
         let mut whole = Vec::new();
         blob.write_file(&file, &mut whole).unwrap();

@@ -1109,17 +1109,7 @@ mod tests {
     /// range of two chunks does not pair, and then no task holds more than one chunk.
     #[test]
     fn chunks_pair_only_while_more_remain_than_threads() {
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("m.safetensors");
-        crate::synth::write_llm_like(&model, 1, 1024, 2048, 3).unwrap();
-        let input = crate::format::EncodeInput {
-            high: vec![model],
-            ..Default::default()
-        };
-        let out = dir.path().join("m.qstore");
-        let opts = crate::format::EncodeOptions::default();
-        crate::format::encode_to_path(&input, &opts, &out, &|_| {}).unwrap();
-        let blob = Blob::open(std::fs::read(&out).unwrap()).unwrap();
+        let blob = Blob::open(crate::synth::encoded_llm_like(1, 1024, 2048, 3)).unwrap();
         let file = blob.file(Precision::High, None).unwrap().clone();
         let most_in_a_task = |pieces: &[Piece], pair: bool| {
             let (mut start, mut most) = (0, 0);
@@ -1158,17 +1148,7 @@ mod tests {
                 Ok(())
             }
         }
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("m.safetensors");
-        crate::synth::write_llm_like(&model, 1, 1024, 2048, 5).unwrap();
-        let input = crate::format::EncodeInput {
-            high: vec![model],
-            ..Default::default()
-        };
-        let out = dir.path().join("m.qstore");
-        let opts = crate::format::EncodeOptions::default();
-        crate::format::encode_to_path(&input, &opts, &out, &|_| {}).unwrap();
-        let blob = Blob::open(std::fs::read(&out).unwrap()).unwrap();
+        let blob = Blob::open(crate::synth::encoded_llm_like(1, 1024, 2048, 5)).unwrap();
         for precision in [Precision::High, Precision::Int8] {
             let file = blob.file(precision, None).unwrap().clone();
             let mut whole = Vec::new();
