@@ -392,16 +392,24 @@ impl WholeQueue {
         for (v, &hi) in self.v[..n].iter_mut().zip(&self.hi[..n]) {
             *v = super::whole_code(u16::from(hi), *v);
         }
-        let (codes, _) = out.as_chunks_mut::<2>();
-        for (&i, &code) in self.element[..n].iter().zip(&self.v[..n]) {
-            codes[i as usize] = code.to_le_bytes();
-        }
+        write_codes(out, &self.element[..n], &self.v[..n]);
         *first += n;
         for a in [&mut self.element, &mut self.top, &mut self.under] {
             a.copy_within(n..self.len, 0);
         }
         self.len -= n;
         Ok(())
+    }
+}
+
+/// Writes `codes[k]` (little-endian) over element `elements[k]` of `out`. Apart from the decode
+/// loop around it, whose registers are taken: there it reloaded the output's address and length
+/// from the stack for every value.
+#[inline(never)]
+fn write_codes(out: &mut [u8], elements: &[u32], codes: &[u16]) {
+    let (out, _) = out.as_chunks_mut::<2>();
+    for (&i, &code) in elements.iter().zip(codes) {
+        out[i as usize] = code.to_le_bytes();
     }
 }
 
