@@ -154,21 +154,9 @@ fn preamble(version: u32) -> [u8; PREAMBLE_LEN as usize] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{EncodeInput, EncodeOptions, encode_to_path};
 
     fn small_blob() -> Vec<u8> {
-        let dir = tempfile::tempdir().unwrap();
-        let (model, blob) = (
-            dir.path().join("m.safetensors"),
-            dir.path().join("m.qstore"),
-        );
-        crate::synth::write_llm_like(&model, 2, 1024, 640, 7).unwrap();
-        let input = EncodeInput {
-            high: vec![model],
-            ..EncodeInput::default()
-        };
-        encode_to_path(&input, &EncodeOptions::default(), &blob, &|_| {}).unwrap();
-        std::fs::read(&blob).unwrap()
+        crate::synth::encoded_llm_like(2, 1024, 640, 7)
     }
 
     fn stored(blob: &Blob<Vec<u8>>, range: Range<u64>) -> Result<Vec<u8>, FormatError> {
