@@ -20,6 +20,11 @@ use crate::codec::residual::ChunkRows;
 /// Half the chunks a decode keeps in flight (see the module comment).
 pub const WINDOW: usize = 16;
 
+/// The budget of decodes not given one ([`Blob::write_range`]): a window each, and the spare
+/// buffers one leaves for the next, as a server's downloads share theirs.
+static LONE: std::sync::LazyLock<DecodeBudget> =
+    std::sync::LazyLock::new(|| DecodeBudget::alone(WINDOW));
+
 /// Most pieces one decode task takes: enough for two large chunks and the small pieces
 /// around them (MiniLM's INT8 file has up to five small ones between two quantized weights and
 /// three more before the next, which a task that starts after one pair meets first).
@@ -373,7 +378,7 @@ impl<S: BlobSource> Blob<S> {
         range: Range<u64>,
         out: &mut (dyn Write + Send),
     ) -> Result<(), FormatError> {
-        self.write_range_budgeted(file, range, out, &DecodeBudget::alone(WINDOW))
+        self.write_range_budgeted(file, range, out, &LONE)
     }
 
     /// [`Blob::write_range`] with the chunks in flight (the memory it holds) limited by
@@ -404,7 +409,7 @@ impl<S: BlobSource> Blob<S> {
             )));
         }
         let pieces = self.plan(file, range);
-        let outputs = std::sync::Arc::new(Outputs::default());
+        let outputs = budget.outputs();
         if pieces.len() <= 1 {
             for p in &pieces {
                 let bytes = self.decode_piece(p, &mut Fetched::default(), &outputs)?;
@@ -1175,6 +1180,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Decodes that share a budget pass their output buffers on, old bytes and all: every
+    /// decode still gives exactly its own file's bytes, whichever came before it.
+    #[test]
+    fn decodes_that_reuse_buffers_give_their_own_bytes() {
+        let blobs: Vec<Blob<Vec<u8>>> = [5, 6]
+            .map(|seed| Blob::open(crate::synth::encoded_llm_like(1, 1024, 2048, seed)).unwrap())
+            .into();
+        let budget = DecodeBudget::alone(4);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for (blob, precision) in [
+            (0, Precision::High),
+            (1, Precision::High),
+            (0, Precision::Int8),
+        ]
+        .into_iter()
+        .cycle()
+        .take(6)
+        .map(|(b, p)| (&blobs[b], p))
+        {
+            let file = blob.file(precision, None).unwrap().clone();
+            let mut want = Vec::new();
+            blob.write_range_budgeted(&file, 0..file.size, &mut want, &DecodeBudget::alone(4))
+                .unwrap();
+            let mut got = Vec::new();
+            pool.install(|| blob.write_range_budgeted(&file, 0..file.size, &mut got, &budget))
+                .unwrap();
+            assert!(got == want, "{precision:?}");
+            seen.insert(crate::format::writer::sha256_hex(&got));
+        }
+        assert_eq!(seen.len(), 3, "three different files");
+        assert!(budget.spare_bytes() > 0, "{budget:?}");
     }
 
     /// Reports in order, in part or not at all, pass on intact bytes; damage to either side
