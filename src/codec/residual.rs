@@ -228,6 +228,9 @@ impl<T: ScaleTables> ScaleCache<T> {
 
 /// What coding a row needs that follows from its dtype and scale alone.
 trait ScaleTables: Sized + 'static {
+    /// How many bytes of these a thread's [`ScaleMemo`] may keep.
+    const MEMO_BYTES: usize = 3 << 19;
+
     fn make(dtype: HighDtype, scale: f32) -> Self;
 
     /// This thread's memo of them.
@@ -237,14 +240,14 @@ trait ScaleTables: Sized + 'static {
 /// Per thread, the tables of the scales it has met, kept across chunks: a model has few
 /// distinct scales (545 on MiniLM-L6's 52,156 rows: the absmax of a BF16 row is a BF16 value),
 /// far fewer than chunks times the scales each chunk meets. At most [`ScaleMemo::CAP`] entries
-/// (1.5 MiB, so 1,024 of the decoder's tables): when full it starts over. Threads keep it for
-/// their lifetime, so it counts in a long-running server's memory.
+/// ([`ScaleTables::MEMO_BYTES`]: 1.5 MiB, 3.5 MiB of the decoder's tables): when full it starts
+/// over. Threads keep it for their lifetime, so it counts in a long-running server's memory.
 struct ScaleMemo<T> {
     tables: HashMap<(HighDtype, u32), Rc<T>>,
 }
 
 impl<T: ScaleTables> ScaleMemo<T> {
-    const CAP: usize = (3 << 19) / std::mem::size_of::<T>();
+    const CAP: usize = T::MEMO_BYTES / std::mem::size_of::<T>();
 
     fn new() -> RefCell<Self> {
         RefCell::new(ScaleMemo {
