@@ -296,6 +296,10 @@ impl ScaleTables for RowClasses {
     }
 }
 
+// A thread keeps more decoder tables than real models have scales. The tables grew with the
+// byte planes and the memo's byte budget quietly halved its entries: checked at build time.
+const _: () = assert!(ScaleMemo::<RowCoding>::CAP >= 1024);
+
 impl ScaleTables for RowCoding {
     /// 1,170 of these 3 KiB tables. At 1.5 MiB (501), MiniLM-L6's 545 scales emptied the memo
     /// in every decode: 5% of a one-thread decode went to rebuilding tables.
@@ -599,18 +603,6 @@ fn row_spans(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A thread keeps more decoder tables than real models have scales (MiniLM-L6: 545). The
-    /// tables grew with the byte planes, and the memo's byte budget quietly halved its
-    /// entries to 501: every MiniLM decode then emptied it and rebuilt tables.
-    #[test]
-    fn a_thread_keeps_a_thousand_decoder_tables() {
-        assert!(
-            ScaleMemo::<RowCoding>::CAP >= 1024,
-            "{}",
-            ScaleMemo::<RowCoding>::CAP
-        );
-    }
 
     /// A whole row's classification (eight at a time with AVX2, then the rest) gives each
     /// element the symbol `classify_one` implies, and lists exactly the others, in order.
