@@ -20,7 +20,8 @@ use super::quantize::{HighDtype, RowIntervals};
 use super::rans::{Decoder, Encoder, NARROW, PAIR_RUN, PAIR_RUN_V2, Uniform};
 use super::{CodecError, Finished, Lanes};
 use std::cell::RefCell;
-use std::collections::HashMap;
+// Keys are f32 scales' bits, looked up per row: SipHash took ~2% of a MiniLM decode.
+use foldhash::HashMap;
 use std::rc::Rc;
 use std::thread::LocalKey;
 
@@ -206,7 +207,7 @@ impl<T: ScaleTables> ScaleCache<T> {
     fn new(dtype: HighDtype) -> Self {
         ScaleCache {
             dtype,
-            slots: HashMap::new(),
+            slots: HashMap::default(),
             intervals: Vec::new(),
         }
     }
@@ -251,7 +252,7 @@ impl<T: ScaleTables> ScaleMemo<T> {
 
     fn new() -> RefCell<Self> {
         RefCell::new(ScaleMemo {
-            tables: HashMap::new(),
+            tables: HashMap::default(),
         })
     }
 

@@ -27,6 +27,7 @@ use super::super::{Finished, STEP};
 use super::rows::{add_bases, classify_eights, fill_splits, queue_whole};
 use super::{ChunkRows, CodecError, Head, Item, ScaleCache, ScaleMemo, ScaleTables, classify_one};
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::thread::LocalKey;
 
 /// Elements per decode block: their splits, positions and queued whole values stay in L1.
@@ -457,14 +458,15 @@ pub(super) fn decode(
         hi: [0; QUEUE],
         v: [0; QUEUE],
     });
+    // Each row's tables, looked up once: the loops below meet a row up to three times.
+    let row_slots: Vec<usize> = rows.scales.iter().map(|&s| cache.slot(s)).collect();
     let (mut exc, mut decoded_whole, mut reported) = (0, 0, 0);
     for start in (0..n).step_by(BLOCK) {
         let end = (start + BLOCK).min(n);
         let block_exceptions =
             &exceptions[exc..exc + exceptions[exc..].iter().take_while(|e| e.0 < end).count()];
         for (row, span) in row_spans(start..end, rows.cols) {
-            let slot = cache.slot(rows.scales[row]);
-            let c = &cache.intervals[slot];
+            let c = &cache.intervals[row_slots[row]];
             let from = queue.len;
             queue_whole(
                 &rows.q[span.clone()],
@@ -493,7 +495,7 @@ pub(super) fn decode(
             let run_end = at + (stop - at) / WIDE * WIDE;
             let mut done = at;
             if run_end > at {
-                let c = cache.get(rows.scales[row]);
+                let c = &cache.intervals[row_slots[row]];
                 done += positions.decode_keyed_positions(
                     &rows.q[at..run_end],
                     &c.keyed,
@@ -512,7 +514,7 @@ pub(super) fn decode(
                     rows,
                     span,
                     block_exceptions,
-                    &mut cache,
+                    (&cache.intervals, &row_slots),
                     &mut positions,
                     splits,
                     r,
@@ -557,7 +559,7 @@ fn decode_span(
     rows: &ChunkRows,
     span: std::ops::Range<usize>,
     exceptions: &[(usize, u16)],
-    cache: &mut ScaleCache<RowCoding>,
+    (tables, row_slots): (&[Rc<RowCoding>], &[usize]),
     positions: &mut Decoder<WIDE>,
     splits: &mut [u32],
     r: &mut [u16],
@@ -565,7 +567,7 @@ fn decode_span(
 ) {
     let first = span.start;
     for (row, part) in row_spans(span.clone(), rows.cols) {
-        let c = cache.get(rows.scales[row]);
+        let c = &tables[row_slots[row]];
         let at = part.start - first..part.end - first;
         fill_splits(&c.keyed.splits, &rows.q[part], &mut splits[at]);
     }
@@ -575,7 +577,7 @@ fn decode_span(
     }
     positions.decode_positions(splits, r);
     for (row, part) in row_spans(span, rows.cols) {
-        let c = cache.get(rows.scales[row]);
+        let c = &tables[row_slots[row]];
         let at = part.start - first..part.end - first;
         add_bases(
             &c.keyed.offsets,
