@@ -178,7 +178,8 @@ impl Outputs {
     /// Returns `buf` to the pool, or to the spare ones when enough buffers are free already.
     fn give(&self, buf: Vec<u8>) {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if free.len() < self.keep.load(Ordering::Relaxed) {
+        if !worth_pooling(&buf) {
+        } else if free.len() < self.keep.load(Ordering::Relaxed) {
             free.push(buf);
         } else {
             drop(free);
@@ -228,7 +229,7 @@ impl Spare {
     /// Keeps `buf` if there is room, else frees it.
     fn give(&self, buf: Vec<u8>) {
         let mut spare = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if spare.bytes + buf.capacity() <= SPARE_BYTES {
+        if worth_pooling(&buf) && spare.bytes + buf.capacity() <= SPARE_BYTES {
             spare.bytes += buf.capacity();
             spare.free.push(buf);
         }
@@ -312,15 +313,29 @@ pub(super) fn scratch_done(buf: Vec<u8>) {
     if rayon::current_thread_index().is_some() {
         SCRATCH.with(|free| {
             let mut free = free.borrow_mut();
-            if free.len() < SCRATCH_KEPT {
+            if free.len() < SCRATCH_KEPT && worth_pooling(&buf) {
                 free.push(buf);
             }
         });
     }
 }
 
-/// The smallest free buffer that holds `len` bytes, else any (to grow), else a new one.
+/// Buffers smaller than this come from the allocator and go back to it. Taking a pooled one
+/// for a few KiB (a norm, a chunk of scales) cut it down, and the next chunk to take it zeroed it
+/// back up: ~13 MB of zeroing per MiniLM BF16 decode.
+const POOLED_FROM: usize = 64 << 10;
+
+/// Whether `buf` is worth keeping for another chunk (see [`POOLED_FROM`]).
+fn worth_pooling(buf: &Vec<u8>) -> bool {
+    buf.capacity() >= POOLED_FROM
+}
+
+/// The smallest free buffer that holds `len` bytes, else any (to grow), else a new one; a new
+/// one for a small `len`.
 fn take_fitting(free: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
+    if len < POOLED_FROM {
+        return Vec::new();
+    }
     let fit = (0..free.len())
         .filter(|&i| free[i].capacity() >= len)
         .min_by_key(|&i| free[i].capacity());
@@ -440,7 +455,7 @@ mod tests {
         let outputs = std::sync::Arc::new(Outputs::default());
         outputs.keep(2);
         let pieces: Vec<_> = (0..4)
-            .map(|i| Decoded::new(outputs.take(100), i..i + 10, outputs.clone()))
+            .map(|i| Decoded::new(outputs.take(POOLED_FROM), i..i + 10, outputs.clone()))
             .collect();
         assert_eq!(pieces[3].len(), 10);
         drop(pieces);
@@ -453,14 +468,14 @@ mod tests {
     fn a_piece_returns_its_buffer_from_anywhere() {
         let outputs = std::sync::Arc::new(Outputs::default());
         outputs.keep(1);
-        let mut buf = outputs.take(64);
+        let mut buf = outputs.take(POOLED_FROM);
         buf[5] = 9;
         let ptr = buf.as_ptr();
         let piece = Decoded::new(buf, 5..6, outputs.clone());
         std::thread::spawn(move || assert_eq!(&*piece, &[9]))
             .join()
             .unwrap();
-        let again = outputs.take(64);
+        let again = outputs.take(POOLED_FROM);
         assert_eq!(again.as_ptr(), ptr, "the buffer came back");
     }
 
@@ -471,22 +486,24 @@ mod tests {
         let budget = DecodeBudget::alone(4);
         let first = budget.outputs();
         first.keep(1);
-        let (a, b) = (first.take(1000), first.take(2000));
+        let (a, b) = (first.take(POOLED_FROM), first.take(2 * POOLED_FROM));
         let ptrs = [a.as_ptr(), b.as_ptr()];
         drop(Decoded::new(a, 0..10, first.clone()));
         drop(Decoded::new(b, 0..10, first.clone()));
         assert_eq!(first.free.lock().unwrap().len(), 1, "one kept, one spare");
         drop(first);
         let next = budget.outputs();
-        let (c, d) = (next.take(1500), next.take(800));
-        assert_eq!(
-            [d.as_ptr(), c.as_ptr()],
-            ptrs,
-            "each takes the smallest that fits"
+        let (c, d) = (next.take(POOLED_FROM + 1), next.take(POOLED_FROM - 1));
+        assert_eq!(c.as_ptr(), ptrs[1], "the smallest that fits");
+        assert_eq!(c.len(), POOLED_FROM + 1);
+        assert!(
+            !ptrs.contains(&d.as_ptr()),
+            "a small buffer does not come from the pool"
         );
-        assert_eq!(c.len(), 1500);
-        let other = DecodeBudget::alone(4).outputs();
-        assert!(![c.as_ptr(), d.as_ptr()].contains(&other.take(800).as_ptr()));
+        let e = next.take(POOLED_FROM);
+        assert_eq!(e.as_ptr(), ptrs[0]);
+        let elsewhere = DecodeBudget::alone(4).outputs().take(POOLED_FROM);
+        assert!(!ptrs.contains(&elsewhere.as_ptr()));
     }
 
     /// The spare buffers stay within [`SPARE_BYTES`], and one too small for what a decode
@@ -512,7 +529,8 @@ mod tests {
         spare.give(Vec::with_capacity(SPARE_BYTES));
         assert_eq!(held(&spare).1, SPARE_BYTES - (1 << 20), "too large to keep");
         let empty = Spare::default();
-        assert!(empty.take(10).is_none());
+        empty.give(vec![0; 10]);
+        assert!(empty.take(10).is_none(), "small buffers are not kept");
     }
 
     #[test]
@@ -571,18 +589,20 @@ mod tests {
             .build()
             .unwrap();
         pool.install(|| {
-            let a = scratch(1000);
+            let a = scratch(2 * POOLED_FROM);
             let ptr = a.as_ptr();
             scratch_done(a);
-            let b = scratch(500);
+            let b = scratch(POOLED_FROM);
             assert_eq!(b.as_ptr(), ptr, "reused on the pool thread");
-            assert_eq!(b.len(), 500);
+            assert_eq!(b.len(), POOLED_FROM);
+            scratch_done(vec![0; 10]);
+            SCRATCH.with(|free| assert!(free.borrow().is_empty(), "too small to keep"));
             for _ in 0..SCRATCH_KEPT + 2 {
-                scratch_done(vec![0; 10]);
+                scratch_done(vec![0; POOLED_FROM]);
             }
             SCRATCH.with(|free| assert_eq!(free.borrow().len(), SCRATCH_KEPT));
         });
-        scratch_done(vec![0; 10]);
+        scratch_done(vec![0; POOLED_FROM]);
         SCRATCH.with(|free| assert!(free.borrow().is_empty(), "kept off the pool"));
     }
 }

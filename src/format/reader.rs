@@ -899,7 +899,7 @@ impl<S: BlobSource> Blob<S> {
             let c = FirstChunk {
                 id,
                 expect: chunk::Expect::Bytes,
-                out: scratch(0),
+                out: scratch(self.chunk(id).decoded_len() as usize),
             };
             let chunk = self.decode_chunk(c, fetched)?;
             let start = i * s.chunk_bytes;
