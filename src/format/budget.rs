@@ -177,9 +177,11 @@ impl Outputs {
 
     /// Returns `buf` to the pool, or to the spare ones when enough buffers are free already.
     fn give(&self, buf: Vec<u8>) {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         if !worth_pooling(&buf) {
-        } else if free.len() < self.keep.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < self.keep.load(Ordering::Relaxed) {
             free.push(buf);
         } else {
             drop(free);
