@@ -164,7 +164,7 @@ impl Outputs {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let mut buf = take_fitting(&mut free, len);
         drop(free);
-        if buf.capacity() < len {
+        if buf.capacity() < len && len >= POOLED_FROM {
             buf = self.spare.take(len).unwrap_or(buf);
         }
         sized(buf, len)

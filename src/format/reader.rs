@@ -235,6 +235,13 @@ struct Piece {
     take: usize,
 }
 
+impl Piece {
+    /// This piece's bytes of its decoded chunk `bytes`, handed on with the buffer.
+    fn of(&self, bytes: Vec<u8>, outputs: &std::sync::Arc<Outputs>) -> Decoded {
+        Decoded::new(bytes, self.skip..self.skip + self.take, outputs.clone())
+    }
+}
+
 impl<S: BlobSource> Blob<S> {
     /// Reads the footer and index and validates them; touches no chunk.
     pub fn open(src: S) -> Result<Self, FormatError> {
@@ -413,11 +420,7 @@ impl<S: BlobSource> Blob<S> {
         if pieces.len() <= 1 {
             for p in &pieces {
                 let bytes = self.decode_piece(p, &mut Fetched::default(), &outputs)?;
-                out.put(Decoded::new(
-                    bytes,
-                    p.skip..p.skip + p.take,
-                    outputs.clone(),
-                ))?;
+                out.put(p.of(bytes, &outputs))?;
             }
             return Ok(());
         }
@@ -506,11 +509,7 @@ impl<S: BlobSource> Blob<S> {
                 // Counted in flight until the sink has taken it: a sink that blocks (a full
                 // body queue) holds the chunk meanwhile, and no other starts in its place.
                 outputs.keep(in_flight.buffers_to_keep());
-                out.put(Decoded::new(
-                    bytes,
-                    p.skip..p.skip + p.take,
-                    outputs.clone(),
-                ))?;
+                out.put(p.of(bytes, outputs))?;
                 if counted[i] {
                     in_flight.finish_one();
                 }
