@@ -55,6 +55,30 @@ pub(super) fn code_position_groups(states: &mut [u32], positions: &[u32], words:
     let _ = (states, positions, words);
 }
 
+/// Codes whole runs of 32 pairs (see [`super::code_pair_runs`]) into `states` and `words`,
+/// after the pairs that follow them: per run, its lows then its high bytes, last first. Call
+/// only with what [`grouped`] allows.
+pub(super) fn code_pair_groups(
+    states: &mut [u32],
+    packed: &[u32; 256],
+    inv_of: &[f64; 256],
+    highs: &[u8],
+    lows: &[u32],
+    words: &mut BackWords,
+) {
+    assert!(
+        simd_enabled(),
+        "code_pair_groups runs only where grouped allows it"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU supports AVX2 (simd_enabled checked it).
+    unsafe {
+        avx2::code_pair_groups(states, packed, inv_of, highs, lows, words)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (states, packed, inv_of, highs, lows, words);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -97,10 +121,11 @@ mod avx2 {
     }
 
     /// The coders' frame: the 32 states in four vectors (lanes `8k..8k + 8` in vector `k`),
-    /// then for each of `groups` groups of 32 symbols, last first, and each of its vectors,
-    /// last first, `step(g, k, states, emit)` gives the vector's states after its symbols.
+    /// then for each of `groups` groups of `8 * S` symbols, last first, and each of its `S`
+    /// vectors of symbols, last first, `step(g, s, states, emit)` gives the states of vector
+    /// `s % 4` after symbols `8s..8s + 8` of group `g`.
     #[inline(always)]
-    fn last_first(
+    fn last_first<const S: usize>(
         states: &mut [u32],
         groups: usize,
         words: &mut BackWords,
@@ -109,7 +134,7 @@ mod avx2 {
         assert_eq!(states.len(), WIDE, "the AVX2 coders code 32 lanes");
         // Each symbol emits at most one word, and BackWords leaves SLACK below the last one:
         // every eight-word store below `at` stays in the buffer.
-        assert!(words.at >= WIDE * groups + BackWords::SLACK);
+        assert!(words.at >= 8 * S * groups + BackWords::SLACK);
         let mut emit = Emit {
             buf: words.words.as_mut_ptr(),
             at: words.at,
@@ -117,8 +142,8 @@ mod avx2 {
         // SAFETY: the 32 u32 states are the bytes of four vectors (unaligned access).
         let mut x: [__m256i; 4] = unsafe { std::ptr::read_unaligned(states.as_ptr().cast()) };
         for g in (0..groups).rev() {
-            for k in (0..4).rev() {
-                x[k] = step(g, k, x[k], &mut emit);
+            for s in (0..S).rev() {
+                x[s % 4] = step(g, s, x[s % 4], &mut emit);
             }
         }
         // SAFETY: as the read above.
@@ -139,6 +164,90 @@ mod avx2 {
         ]
     }
 
+    /// Codes eight table bytes `b` (on the lanes of `v`) with `packed` and `inv_of` as
+    /// [`code_groups`] takes them: the states after them.
+    ///
+    /// # Safety
+    /// The frame keeps SLACK words below `emit.at`.
+    #[inline]
+    #[target_feature(enable = "avx2,popcnt")]
+    unsafe fn table_step(
+        v: __m256i,
+        b: [u8; 8],
+        packed: &[u32; 256],
+        inv_of: &[f64; 256],
+        emit: &mut Emit,
+    ) -> __m256i {
+        let [b0, b1, b2, b3, b4, b5, b6, b7] = b.map(usize::from);
+        let e = _mm256_setr_epi32(
+            packed[b0] as i32,
+            packed[b1] as i32,
+            packed[b2] as i32,
+            packed[b3] as i32,
+            packed[b4] as i32,
+            packed[b5] as i32,
+            packed[b6] as i32,
+            packed[b7] as i32,
+        );
+        let inv_lo = _mm256_setr_pd(inv_of[b0], inv_of[b1], inv_of[b2], inv_of[b3]);
+        let inv_hi = _mm256_setr_pd(inv_of[b4], inv_of[b5], inv_of[b6], inv_of[b7]);
+        let low = _mm256_set1_epi32(0xFFFF);
+        let (freq, start) = (_mm256_and_si256(e, low), _mm256_srli_epi32::<16>(e));
+        // A lane emits when x >= freq << (32 - TABLE_BITS); both sides of the comparison
+        // below are under 2^15, so a signed one does.
+        let top = _mm256_srli_epi32::<{ 32 - TABLE_BITS as i32 }>(v);
+        let keep = _mm256_cmpgt_epi32(freq, top);
+        // SAFETY: the caller vouches for the room below `at`.
+        unsafe { emit.words(v, keep) };
+        let y = _mm256_blendv_epi8(_mm256_srli_epi32::<16>(v), v, keep);
+        let [y_lo, y_hi] = as_f64(y);
+        // The quotient exactly as the scalar coder takes it: multiply, add the bias.
+        let bias = _mm256_set1_pd(QUOTIENT_BIAS);
+        let q_lo = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(y_lo, inv_lo), bias));
+        let q_hi = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(y_hi, inv_hi), bias));
+        let q = _mm256_set_m128i(q_hi, q_lo);
+        let rem = _mm256_sub_epi32(y, _mm256_mullo_epi32(q, freq));
+        _mm256_add_epi32(
+            _mm256_add_epi32(_mm256_slli_epi32::<{ TABLE_BITS as i32 }>(q), rem),
+            start,
+        )
+    }
+
+    /// Codes eight positions `eight` (packed as [`super::super::code_positions`] takes them;
+    /// a lane without a symbol keeps its state): per lane, as table symbols code, but at 16
+    /// bits and with a quotient by division (exact: the double nearest `y / freq` lies within
+    /// `2^-21` of it, while a non-integer quotient is `1 / freq >= 2^-16` from the next
+    /// integer), which here costs less than looking up each element's reciprocal.
+    ///
+    /// # Safety
+    /// The frame keeps SLACK words below `emit.at`.
+    #[inline]
+    #[target_feature(enable = "avx2,popcnt")]
+    unsafe fn position_step(v: __m256i, eight: &[u32], emit: &mut Emit) -> __m256i {
+        let (low, one) = (_mm256_set1_epi32(0xFFFF), _mm256_set1_epi32(1));
+        assert_eq!(eight.len(), 8);
+        // SAFETY: eight u32s.
+        let p = unsafe { _mm256_loadu_si256(eight.as_ptr().cast()) };
+        let none = _mm256_cmpeq_epi32(p, _mm256_set1_epi32(-1));
+        let start = _mm256_and_si256(p, low);
+        let freq = _mm256_add_epi32(_mm256_srli_epi32::<16>(p), one);
+        // Emits when x >= freq << 16; both sides below are at most 2^16.
+        let keep = _mm256_cmpgt_epi32(freq, _mm256_srli_epi32::<16>(v));
+        let keep = _mm256_or_si256(keep, none);
+        // SAFETY: the caller vouches for the room below `at`.
+        unsafe { emit.words(v, keep) };
+        let y = _mm256_blendv_epi8(_mm256_srli_epi32::<16>(v), v, keep);
+        let [y_lo, y_hi] = as_f64(y);
+        let f_lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(freq));
+        let f_hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(freq));
+        let q_lo = _mm256_cvttpd_epi32(_mm256_div_pd(y_lo, f_lo));
+        let q_hi = _mm256_cvttpd_epi32(_mm256_div_pd(y_hi, f_hi));
+        let q = _mm256_set_m128i(q_hi, q_lo);
+        let rem = _mm256_sub_epi32(y, _mm256_mullo_epi32(q, freq));
+        let coded = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32::<16>(q), rem), start);
+        _mm256_blendv_epi8(coded, v, none)
+    }
+
     /// # Safety
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2,popcnt")]
@@ -150,50 +259,15 @@ mod avx2 {
         words: &mut BackWords,
     ) {
         assert!(bytes.len().is_multiple_of(WIDE));
-        let low = _mm256_set1_epi32(0xFFFF);
-        let bias = _mm256_set1_pd(QUOTIENT_BIAS);
-        last_first(states, bytes.len() / WIDE, words, |g, k, v, emit| {
+        last_first::<4>(states, bytes.len() / WIDE, words, |g, k, v, emit| {
             let at = WIDE * g + 8 * k;
             let b: [u8; 8] = bytes[at..at + 8].try_into().expect("eight bytes");
-            let [b0, b1, b2, b3, b4, b5, b6, b7] = b.map(usize::from);
-            let e = _mm256_setr_epi32(
-                packed[b0] as i32,
-                packed[b1] as i32,
-                packed[b2] as i32,
-                packed[b3] as i32,
-                packed[b4] as i32,
-                packed[b5] as i32,
-                packed[b6] as i32,
-                packed[b7] as i32,
-            );
-            let inv_lo = _mm256_setr_pd(inv_of[b0], inv_of[b1], inv_of[b2], inv_of[b3]);
-            let inv_hi = _mm256_setr_pd(inv_of[b4], inv_of[b5], inv_of[b6], inv_of[b7]);
-            let (freq, start) = (_mm256_and_si256(e, low), _mm256_srli_epi32::<16>(e));
-            // A lane emits when x >= freq << (32 - TABLE_BITS); both sides of the comparison
-            // below are under 2^15, so a signed one does.
-            let top = _mm256_srli_epi32::<{ 32 - TABLE_BITS as i32 }>(v);
-            let keep = _mm256_cmpgt_epi32(freq, top);
             // SAFETY: the frame keeps SLACK words below `at`.
-            unsafe { emit.words(v, keep) };
-            let y = _mm256_blendv_epi8(_mm256_srli_epi32::<16>(v), v, keep);
-            let [y_lo, y_hi] = as_f64(y);
-            // The quotient exactly as the scalar coder takes it: multiply, add the bias.
-            let q_lo = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(y_lo, inv_lo), bias));
-            let q_hi = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(y_hi, inv_hi), bias));
-            let q = _mm256_set_m128i(q_hi, q_lo);
-            let rem = _mm256_sub_epi32(y, _mm256_mullo_epi32(q, freq));
-            _mm256_add_epi32(
-                _mm256_add_epi32(_mm256_slli_epi32::<{ TABLE_BITS as i32 }>(q), rem),
-                start,
-            )
+            unsafe { table_step(v, b, packed, inv_of, emit) }
         });
     }
 
-    /// Groups of 32 positions (see `code_position_groups`): per lane, the no-op of an element
-    /// without a symbol leaves the state as it is; the others code as table symbols do, but
-    /// at 16 bits and with a quotient by division (exact: the double nearest `y / freq` lies
-    /// within `2^-21` of it, while a non-integer quotient is `1 / freq >= 2^-16` from the next
-    /// integer), which here costs less than looking up each element's reciprocal.
+    /// Groups of 32 positions (see `code_position_groups`).
     ///
     /// # Safety
     /// The CPU must support AVX2.
@@ -204,29 +278,40 @@ mod avx2 {
         words: &mut BackWords,
     ) {
         assert!(positions.len().is_multiple_of(WIDE));
-        let (low, one) = (_mm256_set1_epi32(0xFFFF), _mm256_set1_epi32(1));
-        last_first(states, positions.len() / WIDE, words, |g, k, v, emit| {
-            let eight = &positions[WIDE * g + 8 * k..WIDE * g + 8 * k + 8];
-            // SAFETY: eight u32s.
-            let p = unsafe { _mm256_loadu_si256(eight.as_ptr().cast()) };
-            let none = _mm256_cmpeq_epi32(p, _mm256_set1_epi32(-1));
-            let start = _mm256_and_si256(p, low);
-            let freq = _mm256_add_epi32(_mm256_srli_epi32::<16>(p), one);
-            // Emits when x >= freq << 16; both sides below are at most 2^16.
-            let keep = _mm256_cmpgt_epi32(freq, _mm256_srli_epi32::<16>(v));
-            let keep = _mm256_or_si256(keep, none);
+        last_first::<4>(states, positions.len() / WIDE, words, |g, k, v, emit| {
+            let at = WIDE * g + 8 * k;
             // SAFETY: the frame keeps SLACK words below `at`.
-            unsafe { emit.words(v, keep) };
-            let y = _mm256_blendv_epi8(_mm256_srli_epi32::<16>(v), v, keep);
-            let [y_lo, y_hi] = as_f64(y);
-            let f_lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(freq));
-            let f_hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(freq));
-            let q_lo = _mm256_cvttpd_epi32(_mm256_div_pd(y_lo, f_lo));
-            let q_hi = _mm256_cvttpd_epi32(_mm256_div_pd(y_hi, f_hi));
-            let q = _mm256_set_m128i(q_hi, q_lo);
-            let rem = _mm256_sub_epi32(y, _mm256_mullo_epi32(q, freq));
-            let coded = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32::<16>(q), rem), start);
-            _mm256_blendv_epi8(coded, v, none)
+            unsafe { position_step(v, &positions[at..at + 8], emit) }
+        });
+    }
+
+    /// Runs of 32 pairs (see `code_pair_groups`): a group of 64 symbols per run, its high
+    /// bytes in the first four vectors and its lows in the last four.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2,popcnt")]
+    pub(super) unsafe fn code_pair_groups(
+        states: &mut [u32],
+        packed: &[u32; 256],
+        inv_of: &[f64; 256],
+        highs: &[u8],
+        lows: &[u32],
+        words: &mut BackWords,
+    ) {
+        assert!(highs.len().is_multiple_of(WIDE) && highs.len() == lows.len());
+        last_first::<8>(states, highs.len() / WIDE, words, |g, s, v, emit| {
+            let at = WIDE * g + 8 * (s % 4);
+            // SAFETY: the frame keeps SLACK words below `at`.
+            unsafe {
+                match s < 4 {
+                    true => {
+                        let b: [u8; 8] = highs[at..at + 8].try_into().expect("eight bytes");
+                        table_step(v, b, packed, inv_of, emit)
+                    }
+                    false => position_step(v, &lows[at..at + 8], emit),
+                }
+            }
         });
     }
 }
@@ -235,7 +320,8 @@ mod avx2 {
 mod tests {
     use crate::codec::freq::FreqTable;
     use crate::codec::rans::{
-        Encoder, NARROW, NO_SYMBOL, Split, TableView, WIDE, code_positions, code_table_bytes,
+        Encoder, NARROW, NO_SYMBOL, Split, Symbol, TableView, WIDE, code_pair_runs, code_positions,
+        code_table_bytes,
     };
 
     /// Bytes from a peaked distribution (as int8 weights), or a single repeated byte.
@@ -298,6 +384,46 @@ mod tests {
                     queued::<NARROW>(&view, &data),
                     "n={n} single={single}"
                 );
+            }
+        }
+    }
+
+    /// Pairs in runs of 32 (the SIMD groups on 32 lanes) and of 8 (older layouts, scalar),
+    /// on 32 and 4 lanes, with lows over every width: coded directly, the stream that queuing
+    /// each run's high bytes, then its lows, gives.
+    #[test]
+    fn pairs_code_as_queued_symbols() {
+        fn check<const L: usize>(n: usize, run: usize, seed: u32) {
+            let highs = bytes(n, seed, false);
+            let mut counts = [0u64; 256];
+            highs.iter().for_each(|&b| counts[b as usize] += 1);
+            counts[0] += 1;
+            let table = FreqTable::from_counts(&counts).unwrap();
+            let mut r = seed;
+            let lows: Vec<Symbol> = (0..n)
+                .map(|_| {
+                    r = r.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    let width = 1 + (r >> 8) % if r.is_multiple_of(3) { 32_768 } else { 256 };
+                    Split::of(width).symbol((r >> 4) % width)
+                })
+                .collect();
+            let mut enc = Encoder::<L>::with_capacity(2 * n);
+            for first in (0..n).step_by(run) {
+                let last = (first + run).min(n);
+                (first..last).for_each(|i| enc.push(table.symbol(highs[i]), i));
+                (first..last).for_each(|i| enc.push(lows[i], i));
+            }
+            let mut queued = Vec::new();
+            enc.finish_into(&mut queued);
+            let packed: Vec<u32> = lows.iter().map(|s| s.start | (s.freq - 1) << 16).collect();
+            let mut direct = Vec::new();
+            code_pair_runs::<L>(table.view().packed, run, &highs, &packed, &mut direct);
+            assert_eq!(direct, queued, "n={n} run={run} lanes={L}");
+        }
+        for (n, seed) in [(0, 1), (1, 2), (32, 3), (40, 4), (1000, 5), (50_001, 6)] {
+            for run in [8, 32] {
+                check::<WIDE>(n, run, seed);
+                check::<NARROW>(n, run, seed);
             }
         }
     }

@@ -21,7 +21,7 @@
 use super::super::freq::{FreqTable, read_varint, take, write_varint};
 use super::super::quantize::{HighDtype, RowIntervals};
 use super::super::rans::{
-    Decoder, KeyedTable, NARROW, NO_SYMBOL, Split, WIDE, code_last_first, code_positions,
+    Decoder, KeyedTable, NARROW, NO_SYMBOL, Split, WIDE, code_pair_runs, code_positions,
 };
 use super::super::{Finished, STEP};
 use super::rows::{add_bases, classify_eights, fill_splits, queue_whole};
@@ -49,8 +49,10 @@ pub(super) struct Sorted {
     pub exceptions: Vec<usize>,
     /// How often each high byte symbol occurs among the whole values.
     pub hi_counts: [u64; 256],
-    /// Whole values in element order: high byte symbol, low bits and sign, their split.
-    whole: Vec<(u8, u32, Split)>,
+    /// Whole values in element order: their high byte symbols, and their low bits and signs
+    /// as the symbols of their splits, packed as [`code_positions`] takes them.
+    whole_highs: Vec<u8>,
+    whole_lows: Vec<u32>,
     /// Per element, its position symbol packed as `start | (freq - 1) << 16`, or [`NO_SYMBOL`].
     positions: Vec<u32>,
 }
@@ -61,7 +63,8 @@ impl Sorted {
             below_top,
             exceptions: Vec::new(),
             hi_counts: [0; 256],
-            whole: Vec::new(),
+            whole_highs: Vec::new(),
+            whole_lows: Vec::new(),
             positions: Vec::new(),
         };
         // Built apart from `s` so that the hot loop keeps no count in memory.
@@ -119,7 +122,9 @@ impl Sorted {
                 };
                 self.hi_counts[sym as usize] += 1;
                 let v = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
-                self.whole.push((sym, v, Split::of(low.into())));
+                let low = Split::of(low.into()).symbol(v);
+                self.whole_highs.push(sym);
+                self.whole_lows.push(low.start | (low.freq - 1) << 16);
                 NO_SYMBOL
             }
             Item::Exception => {
@@ -132,13 +137,15 @@ impl Sorted {
     /// Appends the streams to `out`, which holds the exceptions and the table already; whole
     /// values in runs of `run` pairs.
     pub fn code(self, table: Option<&FreqTable>, run: usize, out: &mut Vec<u8>) {
-        let wide = self.whole.len() >= WIDE_MIN_WHOLE;
+        let (highs, lows) = (&self.whole_highs, &self.whole_lows);
+        let wide = highs.len() >= WIDE_MIN_WHOLE;
         let mut whole_stream = Vec::new();
-        if let Some(table) = table.filter(|_| !self.whole.is_empty()) {
+        if let Some(table) = table.filter(|_| !highs.is_empty()) {
+            let packed = table.view().packed;
             if wide {
-                code_pairs::<WIDE>(&self.whole, table, run, &mut whole_stream);
+                code_pair_runs::<WIDE>(packed, run, highs, lows, &mut whole_stream);
             } else {
-                code_pairs::<NARROW>(&self.whole, table, run, &mut whole_stream);
+                code_pair_runs::<NARROW>(packed, run, highs, lows, &mut whole_stream);
             }
         }
         write_varint(out, 2 * whole_stream.len() as u64 + u64::from(wide));
@@ -172,29 +179,6 @@ fn classify_row(
         n_slow += usize::from(!inside);
     }
     n_slow
-}
-
-/// Whole values `(high byte, low bits and sign, split they are coded over)` as the pairs of
-/// one stream, in runs of `run` (see [`Decoder::decode_pairs`]): a run's high bytes, then
-/// their low bits and signs, element `j` of run `k` on lane `run * k + j`.
-fn code_pairs<const L: usize>(
-    whole: &[(u8, u32, Split)],
-    table: &FreqTable,
-    run: usize,
-    out: &mut Vec<u8>,
-) {
-    let last_first = whole
-        .chunks(run)
-        .enumerate()
-        .rev()
-        .flat_map(|(run_no, pairs)| {
-            let lane = move |j: usize| run * run_no + j;
-            let lows = pairs.iter().enumerate().rev();
-            let highs = lows.clone();
-            lows.map(move |(j, &(_, v, split))| (split.symbol(v), lane(j)))
-                .chain(highs.map(move |(j, &(hi, _, _))| (table.symbol(hi), lane(j))))
-        });
-    code_last_first::<L>(2 * whole.len(), last_first, out);
 }
 
 /// What classifying a row's elements needs, per distinct scale: its intervals, and per int8
