@@ -38,6 +38,8 @@ const GROUP: usize = 32;
 /// Room for a block's whole values plus those left from the block before (under a group),
 /// plus the eight a SIMD store may write past the end.
 const QUEUE: usize = BLOCK + GROUP + 8;
+/// The split of a whole value's low bits and sign below its row's top high byte: all 256.
+const ALL_LOWS: Split = Split::new(256);
 /// Chunks with fewer whole values code them on 4 lanes: 32 cost 112 more bytes of states.
 const WIDE_MIN_WHOLE: usize = 1 << 14;
 
@@ -83,18 +85,34 @@ impl Sorted {
                 &mut slow,
             );
             for &j in &slow[..n_slow] {
-                let j = j as usize;
-                positions[first + j] = s.classify_slow(
-                    &c.iv,
-                    rows.dtype,
-                    high[first + j],
-                    rows.q[first + j],
-                    first + j,
-                );
+                let i = first + j as usize;
+                let (code, q) = (high[i], rows.q[i]);
+                if q == 0 && code & 0x7FFF < c.whole_end {
+                    s.push_whole(c, code);
+                    continue;
+                }
+                positions[i] = s.classify_slow(&c.iv, rows.dtype, code, q, i);
             }
         }
         s.positions = positions;
         s
+    }
+
+    /// Notes a whole value (q = 0) of a row that is not degenerate: what
+    /// [`Sorted::classify_slow`] does with one, from what its row keeps for them.
+    #[inline(always)]
+    fn push_whole(&mut self, c: &RowClasses, code: u16) {
+        let hi = (code & 0x7FFF) >> 7;
+        let sym = if self.below_top { c.whole_top - hi } else { hi } as u8;
+        self.hi_counts[usize::from(sym)] += 1;
+        let split = if hi == c.whole_top {
+            c.under_top
+        } else {
+            ALL_LOWS
+        };
+        let low = split.symbol(2 * u32::from(code & 0x7F) + u32::from(code >> 15));
+        self.whole_highs.push(sym);
+        self.whole_lows.push(low.start | (low.freq - 1) << 16);
     }
 
     /// What [`Sorted::classify`] does with element `i` when it lies outside its byte's
@@ -189,6 +207,12 @@ fn classify_row(
 #[derive(Clone)]
 struct RowClasses {
     iv: RowIntervals,
+    /// Magnitudes under this with q = 0 are whole values (0 for a degenerate row, where
+    /// `classify_one` decides): [`Sorted::push_whole`] takes them without it.
+    whole_end: u16,
+    /// The largest high byte of a whole value, and the split of the lows under it.
+    whole_top: u16,
+    under_top: Split,
     /// Per byte `base | width << 16`: both in one load (the SIMD loop's eight at a time).
     bw: [u32; 256],
     split: [Split; 256],
@@ -201,14 +225,19 @@ impl RowClasses {
     /// away, since the interval lies below 2^15.
     fn new(dtype: HighDtype, scale: f32) -> RowClasses {
         let iv = RowIntervals::new(dtype, scale);
+        let (whole_top, under_top) = iv.whole_top();
         let mut c = RowClasses {
             iv,
+            whole_end: 0,
+            whole_top,
+            under_top: Split::of(under_top.len()),
             bw: [0; 256],
             split: [Split::NOOP; 256],
         };
         if c.iv.is_degenerate() {
             return c;
         }
+        c.whole_end = c.iv.zero_end().min(dtype.max_finite() + 1);
         let finite_end = u32::from(dtype.max_finite()) + 1;
         for b in 1..256 {
             let q = b as u8 as i8;
