@@ -66,14 +66,19 @@ pub fn row_multiplier(absmax: f32) -> f32 {
     (1.0f32 / absmax) * 127.0
 }
 
+/// 1.5 * 2^23: `y + ROUNDER` is `y` rounded to an integer `r` (half to even) for
+/// `|y| < ROUNDS_BELOW`, and its bits are `0x4B40_0000 + r`: its low byte is `r as i8`.
+const ROUNDER: f32 = 12_582_912.0;
+const ROUNDS_BELOW: f32 = 4_194_304.0;
+
 /// `round_half_even(x * s)` in float32, as an integer (saturating far outside the int8 range).
 #[inline(always)]
 fn quantize_value(x: f32, s: f32) -> i32 {
     let y = x * s;
-    // Adding and removing 1.5 * 2^23 rounds to nearest even in the default rounding mode, for
+    // Adding and removing ROUNDER rounds to nearest even in the default rounding mode, for
     // |y| < 2^22; larger values are already integers. Avoids a libm call on baseline x86-64.
-    const MAGIC: f32 = 12_582_912.0;
-    let r = if y.abs() < 4_194_304.0 {
+    const MAGIC: f32 = ROUNDER;
+    let r = if y.abs() < ROUNDS_BELOW {
         (y + MAGIC) - MAGIC
     } else {
         y
@@ -143,10 +148,21 @@ fn row_absmax(dtype: HighDtype, row: &[u16]) -> f32 {
 /// magnitude) redone through the cast.
 #[inline(always)]
 fn quantize_bf16_row(row: &[u16], s: f32, q: &mut [u8]) {
-    let mut cast_needed = false;
+    let (mut cast_needed, mut large) = (false, false);
+    // The int8 byte straight from the rounded float's bits: `quantize_value`'s saturating
+    // conversion kept this loop from vectorizing (a twelfth of an encode). Rows are quantized
+    // against their absmax, so |y| stays near 127; any value it did not (NaN included) sends
+    // the row through `quantize_value`.
     for (qi, &c) in q.iter_mut().zip(row) {
-        *qi = quantize_value(f32::from_bits(u32::from(c) << 16), s) as i8 as u8;
+        let y = f32::from_bits(u32::from(c) << 16) * s;
+        *qi = (y + ROUNDER).to_bits() as u8;
+        large |= y.abs() >= ROUNDS_BELOW || y.is_nan();
         cast_needed |= !BF16_EXACT_IN_F16.contains(&(c & 0x7FFF));
+    }
+    if large {
+        for (qi, &c) in q.iter_mut().zip(row) {
+            *qi = quantize_value(f32::from_bits(u32::from(c) << 16), s) as i8 as u8;
+        }
     }
     // In a row that quantizes at all (no magnitude reaches 65,504), only magnitudes below
     // 2^-17 change in the cast: from 2^-17 on, a bfloat16 value's 8 significant bits make it a
@@ -423,6 +439,26 @@ mod tests {
             cast_mattered += usize::from(uncast.ne(slow.iter().copied()));
         }
         assert!(cast_mattered > 0);
+    }
+
+    /// The vectorized loop's byte of the rounded float's bits stands for the value only under
+    /// 2^22: a multiplier no absmax gives (quantize_row never passes one) sends the row
+    /// through quantize_value, which saturates, and NaN products give 0 as it does.
+    #[test]
+    fn products_past_the_rounding_range_take_the_exact_path() {
+        let row: Vec<u16> = [1.0, -3.5, 0.0, 1e-3, 100.0, -7.25]
+            .iter()
+            .map(|&v| bf16(v))
+            .collect();
+        for s in [127.0, 3e6, 5e6, 1e30, f32::INFINITY, f32::NAN] {
+            let mut q = vec![9u8; row.len()];
+            quantize_bf16_row(&row, s, &mut q);
+            let by_value: Vec<u8> = row
+                .iter()
+                .map(|&c| quantize_value(f32::from_bits(u32::from(c) << 16), s) as i8 as u8)
+                .collect();
+            assert_eq!(q, by_value, "multiplier {s}");
+        }
     }
 
     #[test]
