@@ -388,6 +388,32 @@ mod tests {
         }
     }
 
+    /// A thread's word buffer passes from a long stream to shorter ones: their bytes are
+    /// those a fresh thread writes (stale words past a stream's end are never read).
+    #[test]
+    fn a_reused_word_buffer_writes_what_a_fresh_one_does() {
+        let code = |n: usize, seed: u32| {
+            let data = bytes(n, seed, false);
+            let mut counts = [0u64; 256];
+            data.iter().for_each(|&b| counts[b as usize] += 1);
+            let table = FreqTable::from_counts(&counts).unwrap();
+            let mut out = Vec::new();
+            code_table_bytes::<WIDE>(table.view().packed, &data, &mut out);
+            out
+        };
+        let fresh: Vec<Vec<u8>> = [(1000, 2), (33, 3)]
+            .iter()
+            .map(|&(n, seed)| std::thread::spawn(move || code(n, seed)).join().unwrap())
+            .collect();
+        let reused = std::thread::spawn(move || {
+            code(300_000, 1);
+            [code(1000, 2), code(33, 3)]
+        })
+        .join()
+        .unwrap();
+        assert_eq!(reused.as_slice(), fresh.as_slice());
+    }
+
     /// Pairs in runs of 32 (the SIMD groups on 32 lanes) and of 8 (older layouts, scalar),
     /// on 32 and 4 lanes, with lows over every width: coded directly, the stream that queuing
     /// each run's high bytes, then its lows, gives.
