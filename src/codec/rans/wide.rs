@@ -678,7 +678,7 @@ mod avx2 {
 /// Fails a test of the AVX-512 loops, saying why, on a CPU without them (CI skips these tests
 /// there and says so: they are named `*avx512*`).
 #[cfg(all(test, target_arch = "x86_64"))]
-fn needs_avx512(what: &str) {
+pub(super) fn needs_avx512(what: &str) {
     assert!(
         super::wide_avx512::cpu_has_avx512(),
         "this test {what}: it needs an AVX-512 CPU"

@@ -104,13 +104,24 @@ impl Sorted {
     fn push_whole(&mut self, c: &RowClasses, code: u16) {
         let hi = (code & 0x7FFF) >> 7;
         let sym = if self.below_top { c.whole_top - hi } else { hi } as u8;
-        self.hi_counts[usize::from(sym)] += 1;
         let split = if hi == c.whole_top {
             c.under_top
         } else {
             ALL_LOWS
         };
-        let low = split.symbol(2 * u32::from(code & 0x7F) + u32::from(code >> 15));
+        self.note_whole(
+            sym,
+            split,
+            2 * u32::from(code & 0x7F) + u32::from(code >> 15),
+        );
+    }
+
+    /// Counts a whole value's high byte symbol and keeps it, with its low bits and sign `v`
+    /// as the symbol of `split`, for [`Sorted::code`].
+    #[inline(always)]
+    fn note_whole(&mut self, sym: u8, split: Split, v: u32) {
+        self.hi_counts[usize::from(sym)] += 1;
+        let low = split.symbol(v);
         self.whole_highs.push(sym);
         self.whole_lows.push(low.start | (low.freq - 1) << 16);
     }
@@ -138,11 +149,8 @@ impl Sorted {
                 } else {
                     hi
                 };
-                self.hi_counts[sym as usize] += 1;
                 let v = 2 * u32::from(lo & 0x7F) + u32::from(lo >> 7);
-                let low = Split::of(low.into()).symbol(v);
-                self.whole_highs.push(sym);
-                self.whole_lows.push(low.start | (low.freq - 1) << 16);
+                self.note_whole(sym, Split::of(low.into()), v);
                 NO_SYMBOL
             }
             Item::Exception => {
