@@ -90,21 +90,60 @@ pub(super) fn code_pair_groups(
     let _ = (states, packed, inv_of, highs, lows, words);
 }
 
+/// Where the SIMD coders put words: below `at` in `buf`, back to front. Each instruction set
+/// has its own `words` step, which keeps a vector's emitted words in lane order.
+#[cfg(target_arch = "x86_64")]
+struct Emit {
+    buf: *mut u16,
+    at: usize,
+}
+
+/// The SIMD coders' frame: the 32 states in `N` vectors `V` (lanes `32 k / N..` in vector `k`),
+/// then for each of `groups` groups of `32 S / N` symbols, last first, and each of its `S`
+/// vectors of symbols, last first, `step(g, s, states, emit)` gives the states of vector
+/// `s % N` after its symbols.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn last_first<V: Copy, const N: usize, const S: usize>(
+    states: &mut [u32],
+    groups: usize,
+    words: &mut BackWords,
+    mut step: impl FnMut(usize, usize, V, &mut Emit) -> V,
+) {
+    assert_eq!(states.len(), WIDE, "the SIMD coders code 32 lanes");
+    assert_eq!(
+        std::mem::size_of::<[V; N]>(),
+        4 * WIDE,
+        "N vectors hold the 32 states"
+    );
+    // Each symbol emits at most one word, and BackWords leaves SLACK below the last one:
+    // every store of a vector's words below `at` stays in the buffer.
+    assert!(words.at >= WIDE / N * S * groups + BackWords::SLACK);
+    let mut emit = Emit {
+        buf: words.words.as_mut_ptr(),
+        at: words.at,
+    };
+    // SAFETY: the 32 u32 states are the bytes of N vectors (asserted; unaligned access).
+    let mut x: [V; N] = unsafe { std::ptr::read_unaligned(states.as_ptr().cast()) };
+    for g in (0..groups).rev() {
+        for s in (0..S).rev() {
+            x[s % N] = step(g, s, x[s % N], &mut emit);
+        }
+    }
+    // SAFETY: as the read above.
+    unsafe { std::ptr::write_unaligned(states.as_mut_ptr().cast(), x) };
+    words.at = emit.at;
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BackWords, QUOTIENT_BIAS, TABLE_BITS, WIDE};
+    use super::{BackWords, Emit, QUOTIENT_BIAS, TABLE_BITS, WIDE, last_first};
 
     /// For each mask of the eight lanes that emit a word, the emitting lanes in order, at the
     /// top of the eight: where `emit` moves each lane's word.
     static RIGHT_PACK: [[u32; 8]; 256] = super::super::wide::packed_lanes(true);
-
-    /// Where the coders put words: below `at` in `buf`, back to front.
-    struct Emit {
-        buf: *mut u16,
-        at: usize,
-    }
 
     impl Emit {
         /// Keeps the low words of the lanes of `v` not in `keep` (the lanes that emit), in
@@ -114,7 +153,7 @@ mod avx2 {
         /// `buf` is valid for eight u16s below `at`.
         #[inline]
         #[target_feature(enable = "avx2,popcnt")]
-        unsafe fn words(&mut self, v: __m256i, keep: __m256i) {
+        unsafe fn words_avx2(&mut self, v: __m256i, keep: __m256i) {
             let low_words = _mm256_setr_epi8(
                 0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, //
                 0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
@@ -129,37 +168,6 @@ mod avx2 {
             }
             self.at -= m.count_ones() as usize;
         }
-    }
-
-    /// The coders' frame: the 32 states in four vectors (lanes `8k..8k + 8` in vector `k`),
-    /// then for each of `groups` groups of `8 * S` symbols, last first, and each of its `S`
-    /// vectors of symbols, last first, `step(g, s, states, emit)` gives the states of vector
-    /// `s % 4` after symbols `8s..8s + 8` of group `g`.
-    #[inline(always)]
-    fn last_first<const S: usize>(
-        states: &mut [u32],
-        groups: usize,
-        words: &mut BackWords,
-        mut step: impl FnMut(usize, usize, __m256i, &mut Emit) -> __m256i,
-    ) {
-        assert_eq!(states.len(), WIDE, "the AVX2 coders code 32 lanes");
-        // Each symbol emits at most one word, and BackWords leaves SLACK below the last one:
-        // every eight-word store below `at` stays in the buffer.
-        assert!(words.at >= 8 * S * groups + BackWords::SLACK);
-        let mut emit = Emit {
-            buf: words.words.as_mut_ptr(),
-            at: words.at,
-        };
-        // SAFETY: the 32 u32 states are the bytes of four vectors (unaligned access).
-        let mut x: [__m256i; 4] = unsafe { std::ptr::read_unaligned(states.as_ptr().cast()) };
-        for g in (0..groups).rev() {
-            for s in (0..S).rev() {
-                x[s % 4] = step(g, s, x[s % 4], &mut emit);
-            }
-        }
-        // SAFETY: as the read above.
-        unsafe { std::ptr::write_unaligned(states.as_mut_ptr().cast(), x) };
-        words.at = emit.at;
     }
 
     /// Eight u32s as two vectors of four doubles (exact): flipped to signed, converted,
@@ -209,7 +217,7 @@ mod avx2 {
         let top = _mm256_srli_epi32::<{ 32 - TABLE_BITS as i32 }>(v);
         let keep = _mm256_cmpgt_epi32(freq, top);
         // SAFETY: the caller vouches for the room below `at`.
-        unsafe { emit.words(v, keep) };
+        unsafe { emit.words_avx2(v, keep) };
         let y = _mm256_blendv_epi8(_mm256_srli_epi32::<16>(v), v, keep);
         let [y_lo, y_hi] = as_f64(y);
         // The quotient exactly as the scalar coder takes it: multiply, add the bias.
@@ -246,7 +254,7 @@ mod avx2 {
         let keep = _mm256_cmpgt_epi32(freq, _mm256_srli_epi32::<16>(v));
         let keep = _mm256_or_si256(keep, none);
         // SAFETY: the caller vouches for the room below `at`.
-        unsafe { emit.words(v, keep) };
+        unsafe { emit.words_avx2(v, keep) };
         let y = _mm256_blendv_epi8(_mm256_srli_epi32::<16>(v), v, keep);
         let [y_lo, y_hi] = as_f64(y);
         let f_lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(freq));
@@ -270,7 +278,7 @@ mod avx2 {
         words: &mut BackWords,
     ) {
         assert!(bytes.len().is_multiple_of(WIDE));
-        last_first::<4>(states, bytes.len() / WIDE, words, |g, k, v, emit| {
+        last_first::<__m256i, 4, 4>(states, bytes.len() / WIDE, words, |g, k, v, emit| {
             let at = WIDE * g + 8 * k;
             let b: [u8; 8] = bytes[at..at + 8].try_into().expect("eight bytes");
             // SAFETY: the frame keeps SLACK words below `at`.
@@ -289,7 +297,7 @@ mod avx2 {
         words: &mut BackWords,
     ) {
         assert!(positions.len().is_multiple_of(WIDE));
-        last_first::<4>(states, positions.len() / WIDE, words, |g, k, v, emit| {
+        last_first::<__m256i, 4, 4>(states, positions.len() / WIDE, words, |g, k, v, emit| {
             let at = WIDE * g + 8 * k;
             // SAFETY: the frame keeps SLACK words below `at`.
             unsafe { position_step(v, &positions[at..at + 8], emit) }
@@ -311,7 +319,7 @@ mod avx2 {
         words: &mut BackWords,
     ) {
         assert!(highs.len().is_multiple_of(WIDE) && highs.len() == lows.len());
-        last_first::<8>(states, highs.len() / WIDE, words, |g, s, v, emit| {
+        last_first::<__m256i, 4, 8>(states, highs.len() / WIDE, words, |g, s, v, emit| {
             let at = WIDE * g + 8 * (s % 4);
             // SAFETY: the frame keeps SLACK words below `at`.
             unsafe {
@@ -333,13 +341,7 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{BackWords, QUOTIENT_BIAS, TABLE_BITS, WIDE};
-
-    /// Where the coders put words: below `at` in `buf`, back to front.
-    struct Emit {
-        buf: *mut u16,
-        at: usize,
-    }
+    use super::{BackWords, Emit, QUOTIENT_BIAS, TABLE_BITS, WIDE, last_first};
 
     impl Emit {
         /// Keeps the low words of the lanes of `v` in `emits`, in lane order, below `at`,
@@ -349,7 +351,7 @@ mod avx512 {
         /// `buf` is valid for sixteen u16s below `at`.
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,popcnt")]
-        unsafe fn words(&mut self, v: __m512i, emits: __mmask16) {
+        unsafe fn words_avx512(&mut self, v: __m512i, emits: __mmask16) {
             let n = emits.count_ones() as usize;
             let w = _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(emits, v));
             let w = _mm512_castsi256_si512(w);
@@ -359,34 +361,6 @@ mod avx512 {
             };
             self.at -= n;
         }
-    }
-
-    /// As the AVX2 frame, with the 32 states in two vectors: for each of `groups` groups of
-    /// `16 * S` symbols, last first, and each of its `S` vectors, last first, `step(g, s,
-    /// states, emit)` gives the states of vector `s % 2` after symbols `16s..16s + 16`.
-    #[inline(always)]
-    fn last_first<const S: usize>(
-        states: &mut [u32],
-        groups: usize,
-        words: &mut BackWords,
-        mut step: impl FnMut(usize, usize, __m512i, &mut Emit) -> __m512i,
-    ) {
-        assert_eq!(states.len(), WIDE, "the AVX-512 coders code 32 lanes");
-        assert!(words.at >= 16 * S * groups + BackWords::SLACK);
-        let mut emit = Emit {
-            buf: words.words.as_mut_ptr(),
-            at: words.at,
-        };
-        // SAFETY: the 32 u32 states are the bytes of two vectors (unaligned access).
-        let mut x: [__m512i; 2] = unsafe { std::ptr::read_unaligned(states.as_ptr().cast()) };
-        for g in (0..groups).rev() {
-            for s in (0..S).rev() {
-                x[s % 2] = step(g, s, x[s % 2], &mut emit);
-            }
-        }
-        // SAFETY: as the read above.
-        unsafe { std::ptr::write_unaligned(states.as_mut_ptr().cast(), x) };
-        words.at = emit.at;
     }
 
     /// `y - q freq` and `q` for the quotients `q` of the doubles `y_lo`, `y_hi` (lanes 0-7,
@@ -454,7 +428,7 @@ mod avx512 {
         let top = _mm512_srli_epi32::<{ 32 - TABLE_BITS }>(v);
         let emits = _mm512_cmpge_epu32_mask(top, freq);
         // SAFETY: the caller vouches for the room below `at`.
-        unsafe { emit.words(v, emits) };
+        unsafe { emit.words_avx512(v, emits) };
         let y = _mm512_mask_srli_epi32::<16>(v, emits, v);
         let (rem, q) = quotients(y, freq, Some(inv));
         _mm512_add_epi32(
@@ -480,7 +454,7 @@ mod avx512 {
         // Emits when x >= freq << 16.
         let emits = some & _mm512_cmpge_epu32_mask(_mm512_srli_epi32::<16>(v), freq);
         // SAFETY: the caller vouches for the room below `at`.
-        unsafe { emit.words(v, emits) };
+        unsafe { emit.words_avx512(v, emits) };
         let y = _mm512_mask_srli_epi32::<16>(v, emits, v);
         let (rem, q) = quotients(y, freq, None);
         let coded = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32::<16>(q), rem), start);
@@ -498,7 +472,7 @@ mod avx512 {
         words: &mut BackWords,
     ) {
         assert!(bytes.len().is_multiple_of(WIDE));
-        last_first::<2>(states, bytes.len() / WIDE, words, |g, s, v, emit| {
+        last_first::<__m512i, 2, 2>(states, bytes.len() / WIDE, words, |g, s, v, emit| {
             let at = WIDE * g + 16 * s;
             // SAFETY: the frame keeps SLACK words below `at`.
             unsafe { table_step(v, &bytes[at..at + 16], packed, inv_of, emit) }
@@ -517,7 +491,7 @@ mod avx512 {
         words: &mut BackWords,
     ) {
         assert!(highs.len().is_multiple_of(WIDE) && highs.len() == lows.len());
-        last_first::<4>(states, highs.len() / WIDE, words, |g, s, v, emit| {
+        last_first::<__m512i, 2, 4>(states, highs.len() / WIDE, words, |g, s, v, emit| {
             let at = WIDE * g + 16 * (s % 2);
             // SAFETY: the frame keeps SLACK words below `at`.
             unsafe {
