@@ -77,9 +77,8 @@ fn quantize_value(x: f32, s: f32) -> i32 {
     let y = x * s;
     // Adding and removing ROUNDER rounds to nearest even in the default rounding mode, for
     // |y| < 2^22; larger values are already integers. Avoids a libm call on baseline x86-64.
-    const MAGIC: f32 = ROUNDER;
     let r = if y.abs() < ROUNDS_BELOW {
-        (y + MAGIC) - MAGIC
+        (y + ROUNDER) - ROUNDER
     } else {
         y
     };

@@ -360,8 +360,8 @@ pub fn code_table_runs<const L: usize>(
 /// high byte `highs[i]`, with `packed` as [`code_table_bytes`] takes it, then the 16-bit symbol
 /// `lows[i]`, packed as [`code_positions`] takes it; in runs of `run` pairs, a run's high bytes
 /// before its lows, pair `i` on lane `i % L`. The same bytes as [`code_last_first`] over those
-/// symbols; on 32 lanes with AVX2, runs of 32 are coded eight lanes at a time (pairs were a
-/// tenth of an encode of heavy-tailed weights, through a symbol iterator).
+/// symbols; on 32 lanes with AVX2 or AVX-512, runs of 32 are coded eight or sixteen lanes at a
+/// time (pairs were a tenth of an encode of heavy-tailed weights, through a symbol iterator).
 pub fn code_pair_runs<const L: usize>(
     packed: &[u32; 256],
     run: usize,
