@@ -71,6 +71,29 @@ pub struct Symbol {
     pub bits: u32,
 }
 
+impl Symbol {
+    /// A table symbol from its packed entry, `freq | start << 16` (as [`TableView::packed`]).
+    #[inline(always)]
+    fn of_table_entry(e: u32) -> Symbol {
+        Symbol {
+            start: e >> 16,
+            freq: e & 0xFFFF,
+            bits: TABLE_BITS,
+        }
+    }
+
+    /// A 16-bit position symbol packed as [`code_positions`] takes it,
+    /// `start | (freq - 1) << 16`.
+    #[inline(always)]
+    fn of_position(p: u32) -> Symbol {
+        Symbol {
+            start: p & 0xFFFF,
+            freq: (p >> 16) + 1,
+            bits: 16,
+        }
+    }
+}
+
 /// Uniform coding over `n` positions (1 ≤ n ≤ 2^15) at 16-bit resolution: position `r` is the
 /// slice `[ceil(r 2^16 / n), ceil((r + 1) 2^16 / n))`, as even as integers allow, so a position
 /// costs log2(n) bits to within 2^-16. Both slice ends come from one 64-bit multiply: with
@@ -341,11 +364,7 @@ pub fn code_table_runs<const L: usize>(
         let p = packed[*t];
         for i in (run.start.max(grouped)..run.end).rev() {
             let e = p[bytes[i] as usize];
-            let s = Symbol {
-                start: e >> 16,
-                freq: e & 0xFFFF,
-                bits: TABLE_BITS,
-            };
+            let s = Symbol::of_table_entry(e);
             words.code(&mut states[i % L], s, inv[s.freq as usize]);
         }
         if run.start < grouped {
@@ -383,20 +402,11 @@ pub fn code_pair_runs<const L: usize>(
     for (r, (hs, ls)) in tail.enumerate().rev() {
         let first = grouped + run * r;
         for (j, &p) in ls.iter().enumerate().rev() {
-            let s = Symbol {
-                start: p & 0xFFFF,
-                freq: (p >> 16) + 1,
-                bits: 16,
-            };
+            let s = Symbol::of_position(p);
             words.code(&mut states[(first + j) % L], s, inv[s.freq as usize]);
         }
         for (j, &h) in hs.iter().enumerate().rev() {
-            let e = packed[usize::from(h)];
-            let s = Symbol {
-                start: e >> 16,
-                freq: e & 0xFFFF,
-                bits: TABLE_BITS,
-            };
+            let s = Symbol::of_table_entry(packed[usize::from(h)]);
             words.code(&mut states[(first + j) % L], s, inv[s.freq as usize]);
         }
     }
@@ -423,13 +433,8 @@ pub fn code_positions(positions: &[u32], out: &mut Vec<u8>) {
     let grouped = wide_encode::grouped::<WIDE>(positions.len());
     for (i, &p) in positions.iter().enumerate().skip(grouped).rev() {
         if p != NO_SYMBOL {
-            let (start, freq) = (p & 0xFFFF, (p >> 16) + 1);
-            let s = Symbol {
-                start,
-                freq,
-                bits: 16,
-            };
-            words.code(&mut states[i % WIDE], s, inv[freq as usize]);
+            let s = Symbol::of_position(p);
+            words.code(&mut states[i % WIDE], s, inv[s.freq as usize]);
         }
     }
     if grouped > 0 {
