@@ -62,8 +62,17 @@ pub fn write_llm_like(
     cols: usize,
     seed: u64,
 ) -> std::io::Result<()> {
-    let specs: Vec<TensorSpec> = (0..count)
-        .map(|i| TensorSpec {
+    write_llm_like_shapes(path, &vec![(rows, cols); count], seed)
+}
+
+/// [`write_llm_like`] with a `rows × cols` shape per weight.
+pub fn write_llm_like_shapes(
+    path: &Path,
+    shapes: &[(usize, usize)],
+    seed: u64,
+) -> std::io::Result<()> {
+    let specs: Vec<TensorSpec> = (shapes.iter().enumerate())
+        .map(|(i, &(rows, cols))| TensorSpec {
             name: format!("model.layers.{i}.mlp.proj.weight"),
             dtype: Dtype::BF16,
             shape: vec![rows as u64, cols as u64],
@@ -71,7 +80,7 @@ pub fn write_llm_like(
         .collect();
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     out.write_all(&write_header(None, &specs))?;
-    for i in 0..count {
+    for (i, &(rows, cols)) in shapes.iter().enumerate() {
         let codes = llm_like_bf16(rows, cols, seed.wrapping_add(i as u64));
         let bytes: Vec<u8> = codes.iter().flat_map(|c| c.to_le_bytes()).collect();
         out.write_all(&bytes)?;
@@ -83,9 +92,15 @@ pub fn write_llm_like(
 /// the default options: what tests of decoding need.
 #[cfg(test)]
 pub(crate) fn encoded_llm_like(count: usize, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    encoded_llm_like_shapes(&vec![(rows, cols); count], seed)
+}
+
+/// [`encoded_llm_like`] with a shape per weight.
+#[cfg(test)]
+pub(crate) fn encoded_llm_like_shapes(shapes: &[(usize, usize)], seed: u64) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m.safetensors");
-    write_llm_like(&model, count, rows, cols, seed).unwrap();
+    write_llm_like_shapes(&model, shapes, seed).unwrap();
     let input = crate::format::EncodeInput {
         high: vec![model],
         ..Default::default()
