@@ -359,18 +359,9 @@ impl<'a, W: Write> Encoder<'a, W> {
         Ok(())
     }
 
-    /// A header or other small text, stored as one stream.
-    fn text_segment(&mut self, label: &str, bytes: &[u8]) -> Result<Segment, FormatError> {
-        Ok(Segment::Stream(self.small_stream(
-            label,
-            Content::Text,
-            bytes,
-        )?))
-    }
-
     /// A whole output file that is a single text stream (a sharding index).
     fn text_file(&mut self, name: &str, bytes: &[u8]) -> Result<OutputFile, FormatError> {
-        let segment = self.text_segment(name, bytes)?;
+        let segment = Segment::Stream(self.small_stream(name, Content::Text, bytes)?);
         Ok(output_file(
             name.to_string(),
             bytes.len() as u64,
@@ -470,16 +461,15 @@ impl<'a, W: Write> Encoder<'a, W> {
             .read_high_tensors(f, &mut reader, &mut hasher, &tensors, roles)
             .map_err(|e| self.explain_short_arrival(f, e))?;
         if self.derived() {
-            let header = std::mem::take(&mut self.derived_layouts[f].header);
-            let int8_header = self.submit_text(format!("int8 header of {name}"), &header)?;
+            let header = self.derived_layouts[f].header.clone();
+            let header_task = self.submit_text(format!("int8 header of {name}"), &header)?;
             let layout = &mut self.derived_layouts[f];
-            (layout.header, layout.header_task) = (header, Some(int8_header));
-            layout.tasks = task_ids.clone();
+            (layout.header_task, layout.tasks) = (Some(header_task), task_ids.clone());
         }
         self.flush()?;
         let mut segments = vec![Segment::Stream(self.finished(header_task))];
         for (&task, t) in task_ids.iter().zip(&tensors) {
-            let id = self.tasks[task].id.expect("flushed tasks are finished");
+            let id = self.finished(task);
             segments.push(match self.tasks[task].role {
                 Role::Shared => Segment::Stream(id),
                 Role::Quantized { .. } => Segment::High(id),
@@ -546,9 +536,10 @@ impl<'a, W: Write> Encoder<'a, W> {
         Ok(task_ids)
     }
 
-    /// Submits `text` (a header) as a stream, encoded on the pool like a tensor's chunks and
-    /// written in turn: encoded here at zstd's text level, a MiniLM header kept the cores idle
-    /// for ~1.7 ms at the start of an encode (and the int8 header as long at its end).
+    /// Submits `text` (a header) as a stream, compressed on the pool like a tensor's chunks and
+    /// written in turn. Compressed on this thread at zstd's text level, MiniLM's header left
+    /// both cores idle for ~1.7 ms at the start of an encode, and its int8 header as long at
+    /// the end.
     fn submit_text(&mut self, label: String, text: &[u8]) -> Result<usize, FormatError> {
         let chunk_bytes = self.opts.stream_chunk_bytes.max(1);
         self.tasks.push(Task {
@@ -1029,10 +1020,12 @@ impl<'a, W: Write> Encoder<'a, W> {
         );
         let mut hasher = BackgroundHash::new();
         hasher.update(&raw);
-        let mut segments = vec![self.text_segment(&format!("int8 header of {name}"), &raw)?];
+        let header_task = self.submit_text(format!("int8 header of {name}"), &raw)?;
         let mut reader = BufReader::with_capacity(1 << 20, File::open(&path)?);
         reader.seek(SeekFrom::Start(raw.len() as u64))?;
-        let mut own_tasks = Vec::new();
+        // Streams of this file's own, filled in once flushed: its header's first.
+        let mut segments = vec![Segment::Stream(u32::MAX)];
+        let mut own_tasks = vec![(0, header_task)];
         for t in &tensors {
             let seg = self.supplied_segment(f, t);
             if let Some(seg) = seg {
@@ -1047,8 +1040,7 @@ impl<'a, W: Write> Encoder<'a, W> {
         }
         self.flush()?;
         for (at, task) in own_tasks {
-            segments[at] =
-                Segment::Stream(self.tasks[task].id.expect("flushed tasks are finished"));
+            segments[at] = Segment::Stream(self.finished(task));
         }
         Ok(output_file(
             name,
