@@ -701,6 +701,17 @@ mod tests {
         }
     }
 
+    /// BF16 rows of `cols` quantized as bitsandbytes does: their int8 values and scales.
+    fn quantized_rows(high: &[u16], cols: usize) -> (Vec<u8>, Vec<f32>) {
+        let mut q = vec![0u8; high.len()];
+        let scales = high
+            .chunks(cols)
+            .zip(q.chunks_mut(cols))
+            .map(|(r, qr)| quantize_row(HighDtype::Bf16, r, qr))
+            .collect();
+        (q, scales)
+    }
+
     /// Whole values go on 32 lanes from `WIDE_MIN_WHOLE` of them on, on 4 below, and either
     /// way the chunk decodes to its codes exactly.
     #[test]
@@ -723,12 +734,7 @@ mod tests {
                     };
                 }
             }
-            let mut q = vec![0u8; high.len()];
-            let scales: Vec<f32> = high
-                .chunks(cols)
-                .zip(q.chunks_mut(cols))
-                .map(|(r, qr)| quantize_row(HighDtype::Bf16, r, qr))
-                .collect();
+            let (q, scales) = quantized_rows(&high, cols);
             assert_eq!(q.iter().filter(|&&b| b == 0).count(), whole);
             let rows = ChunkRows {
                 dtype: HighDtype::Bf16,
@@ -770,12 +776,7 @@ mod tests {
             let high: Vec<u16> = (0..rows * cols)
                 .map(|_| ((next() as f32 / (1 << 23) as f32 - 1.0).to_bits() >> 16) as u16)
                 .collect();
-            let mut q = vec![0u8; high.len()];
-            let scales: Vec<f32> = high
-                .chunks(cols)
-                .zip(q.chunks_mut(cols))
-                .map(|(r, qr)| quantize_row(HighDtype::Bf16, r, qr))
-                .collect();
+            let (q, scales) = quantized_rows(&high, cols);
             (high, q, scales, cols)
         };
         let code = |(high, q, scales, cols): &(Vec<u16>, Vec<u8>, Vec<f32>, usize)| {
