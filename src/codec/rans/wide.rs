@@ -59,8 +59,8 @@ pub(super) fn decode_table_bytes<const L: usize, const S: usize>(
     }
     #[cfg(target_arch = "x86_64")]
     if super::wide_avx512::avx512_enabled() {
-        if super::wide_avx512::cpu_has_vbmi() && super::wide_avx512::permutes_win() {
-            // SAFETY: the CPU supports AVX-512 with VBMI (checked at run time above).
+        if super::wide_avx512::permutes_win() {
+            // SAFETY: the CPU supports AVX-512 (checked above) with VBMI (permutes_win checks).
             return unsafe { super::wide_avx512::decode_table_bytes_vbmi(runs) };
         }
         // SAFETY: the CPU supports AVX-512 (checked at run time above).

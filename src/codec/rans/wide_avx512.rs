@@ -301,14 +301,18 @@ pub(super) fn cpu_has_vbmi() -> bool {
 /// `QSTORE_TABLE_LOOKUP` is `gather` or `permute`. CPUs disagree. On AMD Zen 4 a gather costs
 /// ~21 cycles and the permutes win; on an Intel Xeon with VBMI the gathers are cheap, the
 /// permutes' nine byte shuffles per 32 symbols bind, and gathering decoded INT8 15-19% faster.
-/// Both loops give the same bytes, so the choice shows only in speed. Callers still check
-/// [`cpu_has_vbmi`] before taking the VBMI loop: the variable may say `permute` on any CPU.
+/// Both loops give the same bytes, so the choice shows only in speed. False on a CPU without
+/// AVX-512 VBMI, whatever the variable says.
 pub(super) fn permutes_win() -> bool {
     static WIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WIN.get_or_init(|| match std::env::var("QSTORE_TABLE_LOOKUP").as_deref() {
-        Ok("gather") => false,
-        Ok("permute") => true,
-        _ => cpu_has_avx512() && cpu_has_vbmi() && LookupSample::new().permutes_faster(),
+    *WIN.get_or_init(|| {
+        cpu_has_avx512()
+            && cpu_has_vbmi()
+            && match std::env::var("QSTORE_TABLE_LOOKUP").as_deref() {
+                Ok("gather") => false,
+                Ok("permute") => true,
+                _ => LookupSample::new().permutes_faster(),
+            }
     })
 }
 
