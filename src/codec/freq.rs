@@ -1,13 +1,16 @@
-//! Static order-0 frequency tables over byte symbols, normalised to 2^14 and stored per chunk.
+//! Static order-0 frequency tables over byte symbols, normalised to 2^14 (or 2^12, see
+//! [`COARSE_BITS`]) and stored per chunk.
 //!
 //! A chunk covers up to 2^19 symbols, so a table of at most a few hundred bytes costs well under
 //! 0.01 bits per symbol, while letting the decoder use a direct slot → symbol lookup.
 
 use super::CodecError;
-pub use super::rans::TABLE_BITS;
 use super::rans::{BytePlanes, Decoder, LOOKUP_LEN, Symbol, TableView};
+pub use super::rans::{COARSE_BITS, TABLE_BITS};
 
 const TOTAL: u32 = 1 << TABLE_BITS;
+/// Slot entries of a coarse table ([`TableView::entries`]).
+const COARSE_SLOTS: usize = 1 << COARSE_BITS;
 
 /// Normalised frequencies plus the decoder's lookup structures.
 pub struct FreqTable {
@@ -19,6 +22,8 @@ pub struct FreqTable {
     planes: BytePlanes<4>,
     /// Taken from this thread's spares when built, given back when dropped.
     lookups: Option<Lookups>,
+    /// The resolution: the frequencies sum to `2^bits`.
+    bits: u32,
 }
 
 /// A table's slot lookups, built for every chunk decoded: 16 KiB, plus 128 KiB of slot entries
@@ -31,6 +36,8 @@ struct Lookups {
     lookup: Box<[u8; LOOKUP_LEN]>,
     /// `sym << 32 | freq << 16 | (slot - start)` per slot, for the AVX2 decode loops.
     slots: Option<Box<[u64; TOTAL as usize]>>,
+    /// A coarse table's slot entries, for the AVX-512 loops (see [`TableView::entries`]).
+    entries: Option<Box<[u32; COARSE_SLOTS]>>,
 }
 
 /// Whether tables get their slot entries: only the AVX2 loops read them (one scalar load per
@@ -46,6 +53,14 @@ fn slots_wanted() -> bool {
     super::rans::simd_enabled() && !avx512
 }
 
+/// Whether coarse tables get their slot entries: only the AVX-512 loops read them.
+fn entries_wanted() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::rans::avx512_enabled();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Spare lookups kept per thread: enough for two chunks of up to four tables decoding
 /// together, and at most 1.2 MiB (128 KiB without slot entries).
 const SPARE_LOOKUPS: usize = 8;
@@ -55,14 +70,21 @@ thread_local! {
 }
 
 impl Lookups {
-    /// A spare, or new (zeroed) buffers, with slot entries if `slots`; every byte is
-    /// overwritten by the table built in them.
-    fn take(slots: bool) -> Lookups {
+    /// A spare, or new (zeroed) buffers, with slot entries if `slots` and coarse entries if
+    /// `entries`; every byte the table reads is overwritten by the table built in them.
+    fn take(slots: bool, entries: bool) -> Lookups {
         let spare = SPARES.with(|s| s.borrow_mut().pop());
         let mut l = spare.unwrap_or_else(|| Lookups {
             lookup: vec![0u8; LOOKUP_LEN].into_boxed_slice().try_into().unwrap(),
             slots: None,
+            entries: None,
         });
+        match entries {
+            true => {
+                l.entries.get_or_insert_with(|| Box::new([0; COARSE_SLOTS]));
+            }
+            false => l.entries = None,
+        }
         match slots {
             true => {
                 l.slots.get_or_insert_with(|| {
@@ -95,13 +117,18 @@ impl Drop for FreqTable {
 impl FreqTable {
     /// Builds a table from symbol counts; `None` when no symbol occurs.
     pub fn from_counts(counts: &[u64; 256]) -> Option<FreqTable> {
-        normalised(counts).map(Self::from_freqs)
+        normalised(counts, TABLE_BITS).map(Self::from_freqs)
     }
 
     /// Every byte equally likely (exactly 8 bits each): what a table-coded plane falls back to
     /// when its table would cost more than it saves (small chunks, near-uniform mantissa bytes).
     pub fn uniform() -> FreqTable {
-        Self::from_freqs([TOTAL / 256; 256])
+        Self::uniform_at(TABLE_BITS)
+    }
+
+    /// [`FreqTable::uniform`] at a resolution of `bits`.
+    fn uniform_at(bits: u32) -> FreqTable {
+        Self::from_freqs_at([(1 << bits) / 256; 256], bits)
     }
 
     /// The cheapest of a fitted table, its mirror-symmetric version (int8 weights are close to
@@ -109,38 +136,61 @@ impl FreqTable {
     /// table, counting each table's own bytes. Candidates are compared by their frequencies;
     /// only the winner gets its decode structures (see `Lookups`, built per chunk).
     pub fn best_for(counts: &[u64; 256]) -> Option<FreqTable> {
-        best_freqs(counts).map(|(freq, _)| Self::from_freqs(freq))
+        Self::best_for_at(counts, TABLE_BITS)
+    }
+
+    /// [`FreqTable::best_for`] at a resolution of `bits` ([`TABLE_BITS`] or [`COARSE_BITS`]);
+    /// `None` also for a coarse table whose one symbol would take every slot (a slot entry
+    /// holds frequencies below `2^12`).
+    pub fn best_for_at(counts: &[u64; 256], bits: u32) -> Option<FreqTable> {
+        best_freqs(counts, bits).map(|(freq, _)| Self::from_freqs_at(freq, bits))
     }
 
     /// What [`FreqTable::best_for`]'s table costs: its coded bits plus its own bytes, without
     /// building it (an encoder weighing ways to split symbols between tables).
     pub fn best_cost(counts: &[u64; 256]) -> Option<f64> {
-        best_freqs(counts).map(|(_, cost)| cost)
+        Self::best_cost_at(counts, TABLE_BITS)
+    }
+
+    /// [`FreqTable::best_cost`] of [`FreqTable::best_for_at`]'s table.
+    pub fn best_cost_at(counts: &[u64; 256], bits: u32) -> Option<f64> {
+        best_freqs(counts, bits).map(|(_, cost)| cost)
     }
 
     /// Bits needed to code `counts` with this table.
     pub fn coded_bits(&self, counts: &[u64; 256]) -> f64 {
-        coded_bits(&self.freq, counts)
+        coded_bits(&self.freq, counts, self.bits)
     }
 
     /// Bytes [`FreqTable::write`] produces.
     pub fn written_len(&self) -> usize {
-        written_len(&self.freq)
+        written_len(&self.freq, self.bits)
+    }
+
+    /// The table's resolution: its frequencies sum to `2^bits`.
+    pub fn bits(&self) -> u32 {
+        self.bits
     }
 
     #[cfg(test)]
     fn is_uniform(&self) -> bool {
-        is_uniform(&self.freq)
+        is_uniform(&self.freq, self.bits)
     }
 
     /// `freq` sums to 2^14: normalised counts, or a read table that was checked.
     fn from_freqs(freq: [u32; 256]) -> FreqTable {
-        Self::with_lookups(freq, slots_wanted())
+        Self::from_freqs_at(freq, TABLE_BITS)
     }
 
-    /// [`FreqTable::from_freqs`], with the slot entries or without.
-    fn with_lookups(freq: [u32; 256], slots: bool) -> FreqTable {
-        let mut l = Lookups::take(slots);
+    /// `freq` sums to `2^bits`, and below a coarse table's `2^bits` each.
+    fn from_freqs_at(freq: [u32; 256], bits: u32) -> FreqTable {
+        Self::with_lookups(freq, bits, slots_wanted())
+    }
+
+    /// [`FreqTable::from_freqs_at`], with the slot entries or without.
+    fn with_lookups(freq: [u32; 256], bits: u32, slots: bool) -> FreqTable {
+        let coarse = bits == COARSE_BITS;
+        let mut l = Lookups::take(slots, coarse && entries_wanted());
         let mut start = [0u32; 256];
         let mut packed = [0u32; 256];
         let mut acc = 0u32;
@@ -157,14 +207,25 @@ impl FreqTable {
             }
             acc += freq[s];
         }
-        assert_eq!(acc, TOTAL, "frequencies sum to TOTAL");
-        l.lookup[TOTAL as usize..].fill(0);
+        assert_eq!(acc, 1 << bits, "frequencies sum to 2^bits");
+        l.lookup[acc as usize..].fill(0);
+        if let Some(entries) = l.entries.as_mut() {
+            for s in 0..256 {
+                let (from, f) = (start[s] as usize, freq[s]);
+                debug_assert!(f < 1 << COARSE_BITS, "checked by whoever built freq");
+                let entry = s as u32 | f << 20;
+                for (bias, e) in entries[from..from + f as usize].iter_mut().enumerate() {
+                    *e = entry | (bias as u32) << 8;
+                }
+            }
+        }
         FreqTable {
             freq,
             start,
             planes: BytePlanes::of_u32(&packed),
             packed,
             lookups: Some(l),
+            bits,
         }
     }
 
@@ -172,7 +233,7 @@ impl FreqTable {
     /// loops on CPUs where the AVX-512 ones are chosen.
     #[cfg(test)]
     pub(crate) fn with_slots(&self) -> FreqTable {
-        Self::with_lookups(self.freq, true)
+        Self::with_lookups(self.freq, self.bits, true)
     }
 
     /// The decode loops' view of the table.
@@ -186,6 +247,8 @@ impl FreqTable {
             packed: &self.packed,
             slots: lookups.slots.as_deref(),
             planes: &self.planes,
+            bits: self.bits,
+            entries: lookups.entries.as_deref(),
         }
     }
 
@@ -195,7 +258,7 @@ impl FreqTable {
         Symbol {
             start: self.start[sym as usize],
             freq: self.freq[sym as usize],
-            bits: TABLE_BITS,
+            bits: self.bits,
         }
     }
 
@@ -212,7 +275,7 @@ impl FreqTable {
         dec: &mut Decoder<L>,
         lane: usize,
     ) -> u8 {
-        let sym = self.view().lookup[dec.slot(lane, TABLE_BITS) as usize & (TOTAL as usize - 1)];
+        let sym = self.view().lookup[dec.slot(lane, self.bits) as usize];
         dec.advance_in::<WITHIN>(lane, self.symbol(sym));
         sym
     }
@@ -220,7 +283,7 @@ impl FreqTable {
     /// Codes one symbol per byte of `bytes`, element `i` on lane `i % L`, and appends the
     /// stream: what queuing each byte in an [`super::rans::Encoder`] gives, without the queue.
     pub fn encode_all<const L: usize>(&self, bytes: &[u8], out: &mut Vec<u8>) {
-        super::rans::code_table_bytes::<L>(self.view().packed, bytes, out);
+        super::rans::code_table_bytes::<L>(&self.view(), bytes, out);
     }
 
     /// Decodes one symbol per byte of `out`, element `i` on lane `i % L`.
@@ -234,32 +297,46 @@ impl FreqTable {
     /// distributions are smooth, so most differences fit one byte), whichever is shorter. A zero
     /// frequency is followed by a byte counting further zeros (up to 255).
     pub fn write(&self, out: &mut Vec<u8>) {
-        write_freqs(&self.freq, out);
+        write_freqs(&self.freq, self.bits, out);
     }
 
     /// Reads a table written by [`FreqTable::write`], rejecting any that does not sum to 2^14.
     pub fn read(buf: &mut &[u8]) -> Result<FreqTable, CodecError> {
+        Self::read_at(buf, TABLE_BITS)
+    }
+
+    /// [`FreqTable::read`] of a table of `bits`, rejecting any that does not sum to `2^bits`,
+    /// and a coarse one with a symbol in every slot.
+    pub fn read_at(buf: &mut &[u8], bits: u32) -> Result<FreqTable, CodecError> {
+        let total = 1u32 << bits;
         let mut freq = [0u32; 256];
         match take(buf, 1)?[0] {
-            0 => read_entries(buf, false, &mut freq)?,
-            1 => read_entries(buf, true, &mut freq)?,
-            2 => return Ok(Self::uniform()),
+            0 => read_entries(buf, false, total, &mut freq)?,
+            1 => read_entries(buf, true, total, &mut freq)?,
+            2 => return Ok(Self::uniform_at(bits)),
             3 => {
-                read_entries(buf, true, &mut freq[1..=128])?;
+                read_entries(buf, true, total, &mut freq[1..=128])?;
                 for b in 129..256 {
                     freq[b] = freq[256 - b];
                 }
                 let rest: u32 = freq[1..].iter().sum();
-                freq[0] = TOTAL
+                freq[0] = total
                     .checked_sub(rest)
                     .ok_or(CodecError::Corrupt("symmetric table overflows"))?;
             }
             _ => return Err(CodecError::Corrupt("unknown frequency table mode")),
         }
-        if freq.iter().sum::<u32>() != TOTAL {
-            return Err(CodecError::Corrupt("frequency table does not sum to 2^14"));
+        if freq.iter().sum::<u32>() != total {
+            return Err(CodecError::Corrupt(
+                "frequency table does not sum to its total",
+            ));
         }
-        Ok(Self::from_freqs(freq))
+        if bits == COARSE_BITS && freq.contains(&total) {
+            return Err(CodecError::Corrupt(
+                "coarse table with one symbol in every slot",
+            ));
+        }
+        Ok(Self::from_freqs_at(freq, bits))
     }
 }
 
@@ -285,12 +362,17 @@ fn encode_entries(freq: &[u32], delta: bool) -> Vec<u8> {
     out
 }
 
-fn read_entries(buf: &mut &[u8], delta: bool, freq: &mut [u32]) -> Result<(), CodecError> {
+fn read_entries(
+    buf: &mut &[u8],
+    delta: bool,
+    total: u32,
+    freq: &mut [u32],
+) -> Result<(), CodecError> {
     let mut s = 0;
     let mut prev = 0i64;
     while s < freq.len() {
         let f = prev.saturating_add(unzigzag(read_varint(buf)?));
-        if !(0..=i64::from(TOTAL)).contains(&f) {
+        if !(0..=i64::from(total)).contains(&f) {
             return Err(CodecError::Corrupt("frequency out of range"));
         }
         freq[s] = f as u32;
@@ -317,12 +399,16 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-/// The frequencies of [`FreqTable::best_for`] and their cost in bits, table included.
-fn best_freqs(counts: &[u64; 256]) -> Option<([u32; 256], f64)> {
-    let fitted = normalised(counts)?;
-    let cost = |f: &[u32; 256]| coded_bits(f, counts) + 8.0 * written_len(f) as f64;
+/// The frequencies of [`FreqTable::best_for_at`] and their cost in bits, table included.
+fn best_freqs(counts: &[u64; 256], bits: u32) -> Option<([u32; 256], f64)> {
+    let total = 1u32 << bits;
+    let fitted = normalised(counts, bits)?;
+    if bits == COARSE_BITS && fitted.contains(&total) {
+        return None;
+    }
+    let cost = |f: &[u32; 256]| coded_bits(f, counts, bits) + 8.0 * written_len(f, bits) as f64;
     let mut best = (fitted, cost(&fitted));
-    let candidates = [symmetric(&fitted, counts), Some([TOTAL / 256; 256])];
+    let candidates = [symmetric(&fitted, counts, total), Some([total / 256; 256])];
     for freq in candidates.into_iter().flatten() {
         let c = cost(&freq);
         if c < best.1 {
@@ -332,9 +418,10 @@ fn best_freqs(counts: &[u64; 256]) -> Option<([u32; 256], f64)> {
     Some(best)
 }
 
-/// Normalised frequencies summing to 2^14, each symbol that occurs at least 1; `None` when no
-/// symbol occurs.
-fn normalised(counts: &[u64; 256]) -> Option<[u32; 256]> {
+/// Normalised frequencies summing to `2^bits`, each symbol that occurs at least 1; `None` when
+/// no symbol occurs.
+fn normalised(counts: &[u64; 256], bits: u32) -> Option<[u32; 256]> {
+    let total_slots = 1u32 << bits;
     let total: u64 = counts.iter().sum();
     if total == 0 {
         return None;
@@ -342,35 +429,35 @@ fn normalised(counts: &[u64; 256]) -> Option<[u32; 256]> {
     let mut freq = [0u32; 256];
     for (f, &c) in freq.iter_mut().zip(counts) {
         if c > 0 {
-            *f = ((c as u128 * TOTAL as u128 / total as u128) as u32).max(1);
+            *f = ((c as u128 * total_slots as u128 / total as u128) as u32).max(1);
         }
     }
-    rebalance(&mut freq, counts);
+    rebalance(&mut freq, counts, total_slots);
     Some(freq)
 }
 
-fn coded_bits(freq: &[u32; 256], counts: &[u64; 256]) -> f64 {
+fn coded_bits(freq: &[u32; 256], counts: &[u64; 256], bits: u32) -> f64 {
     counts
         .iter()
         .zip(freq)
         .filter(|(c, _)| **c > 0)
-        .map(|(&c, &f)| c as f64 * (f64::from(TABLE_BITS) - f64::from(f).log2()))
+        .map(|(&c, &f)| c as f64 * (f64::from(bits) - f64::from(f).log2()))
         .sum()
 }
 
-fn written_len(freq: &[u32; 256]) -> usize {
+fn written_len(freq: &[u32; 256], bits: u32) -> usize {
     let mut buf = Vec::new();
-    write_freqs(freq, &mut buf);
+    write_freqs(freq, bits, &mut buf);
     buf.len()
 }
 
-fn is_uniform(freq: &[u32; 256]) -> bool {
-    freq.iter().all(|&f| f == TOTAL / 256)
+fn is_uniform(freq: &[u32; 256], bits: u32) -> bool {
+    freq.iter().all(|&f| f == (1 << bits) / 256)
 }
 
 /// [`FreqTable::write`].
-fn write_freqs(freq: &[u32; 256], out: &mut Vec<u8>) {
-    if is_uniform(freq) {
+fn write_freqs(freq: &[u32; 256], bits: u32, out: &mut Vec<u8>) {
+    if is_uniform(freq, bits) {
         out.push(2);
         return;
     }
@@ -396,7 +483,7 @@ fn is_symmetric(freq: &[u32; 256]) -> bool {
 
 /// A symmetric table close to `freq`: each ±q pair gets the mean of the pair, and q = 0 absorbs
 /// the rounding. `None` if that leaves q = 0 without room.
-fn symmetric(freq: &[u32; 256], counts: &[u64; 256]) -> Option<[u32; 256]> {
+fn symmetric(freq: &[u32; 256], counts: &[u64; 256], total: u32) -> Option<[u32; 256]> {
     let mut g = *freq;
     for b in 1..128 {
         let pair = 256 - b;
@@ -408,20 +495,20 @@ fn symmetric(freq: &[u32; 256], counts: &[u64; 256]) -> Option<[u32; 256]> {
         g[pair] = mean;
     }
     let rest: u32 = g[1..].iter().sum();
-    g[0] = TOTAL.checked_sub(rest)?;
+    g[0] = total.checked_sub(rest)?;
     (counts[0] == 0 || g[0] > 0).then_some(g)
 }
 
-/// Makes the frequencies sum to exactly 2^14 by moving the rounding error onto the symbols that
-/// can absorb it with the least loss (the most frequent ones).
-fn rebalance(freq: &mut [u32; 256], counts: &[u64; 256]) {
+/// Makes the frequencies sum to exactly `total` by moving the rounding error onto the symbols
+/// that can absorb it with the least loss (the most frequent ones).
+fn rebalance(freq: &mut [u32; 256], counts: &[u64; 256], total: u32) {
     let mut sum: i64 = freq.iter().map(|&f| i64::from(f)).sum();
     let mut order: Vec<usize> = (0..256).filter(|&s| counts[s] > 0).collect();
     order.sort_by_key(|&s| std::cmp::Reverse(counts[s]));
-    while sum != i64::from(TOTAL) {
+    while sum != i64::from(total) {
         let mut changed = false;
         for &s in &order {
-            if sum < i64::from(TOTAL) {
+            if sum < i64::from(total) {
                 freq[s] += 1;
                 sum += 1;
                 changed = true;
@@ -430,11 +517,11 @@ fn rebalance(freq: &mut [u32; 256], counts: &[u64; 256]) {
                 sum -= 1;
                 changed = true;
             }
-            if sum == i64::from(TOTAL) {
+            if sum == i64::from(total) {
                 break;
             }
         }
-        assert!(changed, "at most 256 symbols always fit in 2^14");
+        assert!(changed, "at most 256 symbols always fit in 2^12 or more");
     }
 }
 
@@ -485,7 +572,7 @@ mod tests {
         let mut counts = [0u64; 256];
         data.iter().for_each(|&b| counts[b as usize] += 1);
         let with = FreqTable::from_counts(&counts).unwrap().with_slots();
-        let without = FreqTable::with_lookups(with.freq, false);
+        let without = FreqTable::with_lookups(with.freq, TABLE_BITS, false);
         assert!(with.view().slots.is_some() && without.view().slots.is_none());
         let mut enc = Encoder::<WIDE>::with_capacity(data.len());
         for (i, &b) in data.iter().enumerate() {
@@ -573,5 +660,71 @@ mod tests {
         assert!(FreqTable::read(&mut &[7u8, 0, 255][..]).is_err());
         assert!(FreqTable::read(&mut &[][..]).is_err());
         assert!(FreqTable::from_counts(&[0; 256]).is_none());
+    }
+
+    /// Coarse tables sum to 2^12, are written and read back as they were (read at their own
+    /// resolution only), code and decode byte-exact on 4 and 32 lanes, and their slot entries
+    /// say what the lookups say.
+    #[test]
+    fn coarse_tables_round_trip() {
+        let mut counts = [0u64; 256];
+        for v in -60i32..=60 {
+            counts[v as i8 as u8 as usize] = 1 + 10_000 / (1 + v.unsigned_abs() as u64).pow(2);
+        }
+        counts[77] = 0;
+        let t = FreqTable::best_for_at(&counts, COARSE_BITS).unwrap();
+        assert_eq!(
+            (t.bits(), t.freq.iter().sum::<u32>()),
+            (COARSE_BITS, 1 << COARSE_BITS)
+        );
+        let mut buf = Vec::new();
+        t.write(&mut buf);
+        assert_eq!(buf.len(), t.written_len());
+        let back = FreqTable::read_at(&mut &buf[..], COARSE_BITS).unwrap();
+        assert_eq!((back.freq, back.bits()), (t.freq, COARSE_BITS));
+        let data: Vec<u8> = (0..50_000u32)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) >> 20) % 121) as u8)
+            .map(|v| (v as i32 - 60) as i8 as u8)
+            .filter(|&b| b != 77)
+            .collect();
+        for lanes in [4, 32] {
+            let mut stream = Vec::new();
+            let mut out = vec![0u8; data.len()];
+            if lanes == 4 {
+                t.encode_all::<4>(&data, &mut stream);
+                let mut dec = Decoder::<4>::new(&stream).unwrap();
+                t.decode_all(&mut dec, &mut out);
+                dec.finish().unwrap();
+            } else {
+                t.encode_all::<32>(&data, &mut stream);
+                let mut dec = Decoder::<32>::new(&stream).unwrap();
+                t.decode_all(&mut dec, &mut out);
+                dec.finish().unwrap();
+            }
+            assert_eq!(out, data, "{lanes} lanes");
+        }
+        let view = t.view();
+        if let Some(entries) = view.entries {
+            for (slot, &e) in entries.iter().enumerate() {
+                let sym = view.lookup[slot];
+                let (start, freq) = (t.start[sym as usize], t.freq[sym as usize]);
+                assert_eq!(e, sym as u32 | (slot as u32 - start) << 8 | freq << 20);
+            }
+        }
+    }
+
+    /// A coarse slot entry holds frequencies below 2^12: a table whose one symbol takes every
+    /// slot is neither built nor read.
+    #[test]
+    fn coarse_tables_refuse_a_symbol_in_every_slot() {
+        let mut one = [0u64; 256];
+        one[3] = 1000;
+        assert!(FreqTable::best_for_at(&one, COARSE_BITS).is_none());
+        assert!(FreqTable::best_for_at(&one, TABLE_BITS).is_some());
+        let mut freq = [0u32; 256];
+        freq[3] = 1 << COARSE_BITS;
+        let mut buf = Vec::new();
+        write_freqs(&freq, COARSE_BITS, &mut buf);
+        assert!(FreqTable::read_at(&mut &buf[..], COARSE_BITS).is_err());
     }
 }

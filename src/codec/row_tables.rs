@@ -125,8 +125,8 @@ pub fn encode(q: &[u8], row_len: usize) -> Option<Vec<u8>> {
         of_row: groups.of_row,
     };
     let runs: Vec<_> = row_tables.runs(0..q.len()).collect();
-    let packed: Vec<&[u32; 256]> = tables.iter().map(|t| t.view().packed).collect();
-    super::rans::code_table_runs::<WIDE>(&packed, &runs, q, &mut out);
+    let views: Vec<TableView> = tables.iter().map(FreqTable::view).collect();
+    super::rans::code_table_runs::<WIDE>(&views, &runs, q, &mut out);
     Some(out)
 }
 

@@ -59,12 +59,24 @@ pub(super) fn decode_table_bytes<const L: usize, const S: usize>(
     }
     #[cfg(target_arch = "x86_64")]
     if super::wide_avx512::avx512_enabled() {
-        if super::wide_avx512::permutes_win() {
-            // SAFETY: the CPU supports AVX-512 (checked above) with VBMI (permutes_win checks).
-            return unsafe { super::wide_avx512::decode_table_bytes_vbmi(runs) };
+        // The loops are written for one resolution each (reading it from the table cost 8%).
+        if runs.iter().all(|r| r.all_tables(|t| t.bits == TABLE_BITS)) {
+            if super::wide_avx512::permutes_win() {
+                // SAFETY: the CPU supports AVX-512 (checked above) with VBMI (permutes_win
+                // checks).
+                return unsafe { super::wide_avx512::decode_table_bytes_vbmi(runs) };
+            }
+            // SAFETY: the CPU supports AVX-512 (checked at run time above).
+            return unsafe { super::wide_avx512::decode_table_bytes(runs) };
         }
-        // SAFETY: the CPU supports AVX-512 (checked at run time above).
-        return unsafe { super::wide_avx512::decode_table_bytes(runs) };
+        if runs.iter().all(|r| r.all_tables(|t| t.entries.is_some())) {
+            // SAFETY: the CPU supports AVX-512 (checked at run time above).
+            return unsafe { super::wide_avx512::decode_table_bytes_coarse(runs) };
+        }
+        if S > 1 {
+            // Runs of both resolutions: the caller decodes each alone.
+            return [0; S];
+        }
     }
     #[cfg(target_arch = "x86_64")]
     if simd_enabled() && runs.iter().all(TableBytes::has_slots) {
@@ -76,20 +88,20 @@ pub(super) fn decode_table_bytes<const L: usize, const S: usize>(
 
 /// Whole groups, a table's stretch at a time, while the stream has the bytes for them.
 fn decode_table_bytes_portable<const L: usize>(r: &mut TableBytes<'_, '_, L>) -> usize {
-    const MASK: u32 = (1 << TABLE_BITS) - 1;
     let whole = r.out.len() / L * L;
     let mut done = 0;
     while done < whole {
         r.switch_at(done);
         let end = r.current_until(done, whole);
         let (table, out) = (r.table, &mut r.out[done..end]);
+        let mask = (1u32 << table.bits) - 1;
         let got = portable_groups(r.dec, out.len() / L, |i, x| {
-            let slot = x & MASK;
+            let slot = x & mask;
             let sym = table.lookup[slot as usize];
             out[i] = sym;
             let e = table.packed[sym as usize];
             (e & 0xFFFF)
-                .wrapping_mul(x >> TABLE_BITS)
+                .wrapping_mul(x >> table.bits)
                 .wrapping_add(slot.wrapping_sub(e >> 16))
         });
         done += got;
@@ -314,7 +326,7 @@ pub(super) fn pair_groups(tops: &[u32], unders: &[u32], syms: &[u8], positions: 
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Decoder, GROUP_BYTES, TABLE_BITS, TableBytes, TableView};
+    use super::{Decoder, GROUP_BYTES, TableBytes, TableView};
 
     /// The AVX2 loops' frame: the 32 states in four vectors (lanes `8k..8k + 8` in vector
     /// `k`), then `group(g, states, words, pos)` for groups `g = 0..groups` while `need`
@@ -364,15 +376,15 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,popcnt")]
     fn table_step(x: __m256i, table: &TableView) -> (__m256i, __m256i) {
-        const MASK: usize = (1 << TABLE_BITS) - 1;
-        let slot = _mm256_and_si256(x, _mm256_set1_epi32(MASK as i32));
+        let mask = (1usize << table.bits) - 1;
+        let slot = _mm256_and_si256(x, _mm256_set1_epi32(mask as i32));
         let mut lanes = [0u32; 8];
         // SAFETY: lanes has room for eight u32s.
         unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), slot) };
         let slots = table
             .slots
             .expect("the AVX2 loops are chosen only for tables with slot entries");
-        let e = |j: usize| slots[lanes[j] as usize & MASK] as i64;
+        let e = |j: usize| slots[lanes[j] as usize & mask] as i64;
         let a = _mm256_castsi256_ps(_mm256_setr_epi64x(e(0), e(1), e(4), e(5)));
         let b = _mm256_castsi256_ps(_mm256_setr_epi64x(e(2), e(3), e(6), e(7)));
         let e = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
@@ -380,7 +392,7 @@ mod avx2 {
         let v = _mm256_add_epi32(
             _mm256_mullo_epi32(
                 _mm256_srli_epi32::<16>(e),
-                _mm256_srli_epi32::<{ TABLE_BITS as i32 }>(x),
+                _mm256_srlv_epi32(x, _mm256_set1_epi32(table.bits as i32)),
             ),
             _mm256_and_si256(e, _mm256_set1_epi32(0xFFFF)),
         );
@@ -703,6 +715,11 @@ mod tests {
 
     /// A stream of table symbols from a peaked distribution, as int8 weights give.
     fn stream(n: usize, seed: u32) -> (FreqTable, Vec<u8>, Vec<u8>) {
+        stream_at(n, seed, TABLE_BITS)
+    }
+
+    /// [`stream`] coded with a table of `bits`.
+    fn stream_at(n: usize, seed: u32, bits: u32) -> (FreqTable, Vec<u8>, Vec<u8>) {
         let mut r = seed;
         let data: Vec<u8> = (0..n)
             .map(|_| {
@@ -712,8 +729,11 @@ mod tests {
             .collect();
         let mut counts = [0u64; 256];
         data.iter().for_each(|&b| counts[b as usize] += 1);
+        // A coarse table needs two symbols at least (one would take every slot).
+        counts[usize::from(data[0] ^ 1)] += u64::from(bits != TABLE_BITS);
         // With slot entries: the AVX2 loops run here even where AVX-512 ones are chosen.
-        let table = FreqTable::from_counts(&counts).unwrap().with_slots();
+        let table = FreqTable::best_for_at(&counts, bits).unwrap().with_slots();
+        assert_eq!(table.bits(), bits);
         let mut enc = Encoder::<WIDE>::with_capacity(n);
         for (i, &b) in data.iter().enumerate() {
             enc.push(table.symbol(b), i);
@@ -730,6 +750,7 @@ mod tests {
         Avx2,
         Avx512,
         Avx512Vbmi,
+        Avx512Coarse,
     }
 
     fn fast_loop<const S: usize>(
@@ -745,6 +766,10 @@ mod tests {
             Path::Avx512 => unsafe { super::super::wide_avx512::decode_table_bytes(runs) },
             #[cfg(target_arch = "x86_64")]
             Path::Avx512Vbmi => unsafe { super::super::wide_avx512::decode_table_bytes_vbmi(runs) },
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Coarse => unsafe {
+                super::super::wide_avx512::decode_table_bytes_coarse(runs)
+            },
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("x86 paths off x86"),
         }
@@ -779,9 +804,14 @@ mod tests {
     /// Every path in `paths`, alone and with a second stream decoded together, gives what the
     /// portable loop gives alone, on valid streams and on damaged ones.
     fn loops_agree(paths: &[Path]) {
-        let (other_table, _, other) = stream(40_000, 99);
+        loops_agree_at(paths, TABLE_BITS);
+    }
+
+    /// [`loops_agree`] with tables of `bits`.
+    fn loops_agree_at(paths: &[Path], bits: u32) {
+        let (other_table, _, other) = stream_at(40_000, 99, bits);
         for (n, seed) in [(1, 1), (31, 2), (32, 3), (1000, 4), (100_003, 5)] {
-            let (table, data, mut bytes) = stream(n, seed);
+            let (table, data, mut bytes) = stream_at(n, seed, bits);
             let [portable] = run(Path::Portable, [(&table, &bytes, n)]);
             assert_eq!(portable.0, data);
             assert!(portable.3);
@@ -924,6 +954,7 @@ mod tests {
     #[test]
     fn portable_loop_decodes_streams_together_as_alone() {
         loops_agree(&[Path::Portable]);
+        loops_agree_at(&[Path::Portable], crate::codec::rans::COARSE_BITS);
     }
 
     #[test]
@@ -934,6 +965,7 @@ mod tests {
             "this test compares the AVX2 loop with the portable one: it needs an AVX2 CPU"
         );
         loops_agree(&[Path::Avx2]);
+        loops_agree_at(&[Path::Avx2], crate::codec::rans::COARSE_BITS);
     }
 
     #[test]
@@ -950,6 +982,36 @@ mod tests {
     fn portable_and_avx512_vbmi_table_loops_agree_on_valid_and_damaged_streams() {
         needs_vbmi("compares the AVX-512 VBMI table loop with the portable one");
         loops_agree(&[Path::Avx512Vbmi]);
+    }
+
+    /// The coarse loop (one gather per sixteen symbols) decodes coarse tables' streams as the
+    /// portable loop does, alone and paired, valid or damaged; and the dispatch takes it, or
+    /// decodes each run alone when one is coarse and the other is not.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    #[ignore = "needs an AVX-512 CPU (avx512f, avx512bw); CI skips it, saying so, on others"]
+    fn portable_and_avx512_coarse_loops_agree_on_valid_and_damaged_streams() {
+        needs_avx512("compares the AVX-512 coarse table loop with the portable one");
+        let coarse = crate::codec::rans::COARSE_BITS;
+        loops_agree_at(&[Path::Avx512Coarse], coarse);
+        let (fine_table, fine_data, fine) = stream(50_000, 7);
+        let (coarse_table, coarse_data, coarse_bytes) = stream_at(60_000, 8, coarse);
+        assert!(coarse_table.view().entries.is_some());
+        let mut decs = [
+            Decoder::<WIDE>::new(&fine).unwrap(),
+            Decoder::<WIDE>::new(&coarse_bytes).unwrap(),
+        ];
+        let mut outs = [vec![0u8; 50_000], vec![0u8; 60_000]];
+        let [d0, d1] = &mut decs;
+        let [o0, o1] = &mut outs;
+        super::super::decode_table_bytes_together([
+            TableBytes::one(d0, fine_table.view(), o0),
+            TableBytes::one(d1, coarse_table.view(), o1),
+        ]);
+        assert_eq!(outs, [fine_data, coarse_data]);
+        for d in decs {
+            d.finish().unwrap();
+        }
     }
 }
 

@@ -18,11 +18,13 @@ pub(super) fn grouped<const L: usize>(n: usize) -> usize {
 }
 
 /// Codes `bytes` (whole groups of 32, byte `i` on lane `i`) into `states` and `words`, after
-/// the symbols that follow them were coded. `inv_of[b]` is `1 / freq` of byte `b`. Call only
-/// with what [`grouped`] allows.
+/// the symbols that follow them were coded, with a table of `bits` (see
+/// [`super::TableView::packed`]). `inv_of[b]` is `1 / freq` of byte `b`. Call only with what
+/// [`grouped`] allows.
 pub(super) fn code_groups(
     states: &mut [u32],
     packed: &[u32; 256],
+    bits: u32,
     inv_of: &[f64; 256],
     bytes: &[u8],
     words: &mut BackWords,
@@ -36,12 +38,12 @@ pub(super) fn code_groups(
     // (simd_enabled did).
     unsafe {
         match super::avx512_enabled() {
-            true => avx512::code_groups(states, packed, inv_of, bytes, words),
-            false => avx2::code_groups(states, packed, inv_of, bytes, words),
+            true => avx512::code_groups(states, packed, bits, inv_of, bytes, words),
+            false => avx2::code_groups(states, packed, bits, inv_of, bytes, words),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (states, packed, inv_of, bytes, words);
+    let _ = (states, packed, bits, inv_of, bytes, words);
 }
 
 /// Codes `positions` (whole groups of 32; see [`super::code_positions`]) into `states` and
@@ -194,6 +196,7 @@ mod avx2 {
         v: __m256i,
         b: [u8; 8],
         packed: &[u32; 256],
+        bits: __m256i,
         inv_of: &[f64; 256],
         emit: &mut Emit,
     ) -> __m256i {
@@ -212,9 +215,9 @@ mod avx2 {
         let inv_hi = _mm256_setr_pd(inv_of[b4], inv_of[b5], inv_of[b6], inv_of[b7]);
         let low = _mm256_set1_epi32(0xFFFF);
         let (freq, start) = (_mm256_and_si256(e, low), _mm256_srli_epi32::<16>(e));
-        // A lane emits when x >= freq << (32 - TABLE_BITS); both sides of the comparison
-        // below are under 2^15, so a signed one does.
-        let top = _mm256_srli_epi32::<{ 32 - TABLE_BITS as i32 }>(v);
+        // A lane emits when x >= freq << (32 - bits); both sides of the comparison below are
+        // under 2^15, so a signed one does.
+        let top = _mm256_srlv_epi32(v, _mm256_sub_epi32(_mm256_set1_epi32(32), bits));
         let keep = _mm256_cmpgt_epi32(freq, top);
         // SAFETY: the caller vouches for the room below `at`.
         unsafe { emit.words_avx2(v, keep) };
@@ -226,10 +229,7 @@ mod avx2 {
         let q_hi = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_mul_pd(y_hi, inv_hi), bias));
         let q = _mm256_set_m128i(q_hi, q_lo);
         let rem = _mm256_sub_epi32(y, _mm256_mullo_epi32(q, freq));
-        _mm256_add_epi32(
-            _mm256_add_epi32(_mm256_slli_epi32::<{ TABLE_BITS as i32 }>(q), rem),
-            start,
-        )
+        _mm256_add_epi32(_mm256_add_epi32(_mm256_sllv_epi32(q, bits), rem), start)
     }
 
     /// Codes eight positions `eight` (packed as [`super::super::code_positions`] takes them;
@@ -273,16 +273,18 @@ mod avx2 {
     pub(super) unsafe fn code_groups(
         states: &mut [u32],
         packed: &[u32; 256],
+        bits: u32,
         inv_of: &[f64; 256],
         bytes: &[u8],
         words: &mut BackWords,
     ) {
         assert!(bytes.len().is_multiple_of(WIDE));
+        let bits = _mm256_set1_epi32(bits as i32);
         last_first::<__m256i, 4, 4>(states, bytes.len() / WIDE, words, |g, k, v, emit| {
             let at = WIDE * g + 8 * k;
             let b: [u8; 8] = bytes[at..at + 8].try_into().expect("eight bytes");
             // SAFETY: the frame keeps SLACK words below `at`.
-            unsafe { table_step(v, b, packed, inv_of, emit) }
+            unsafe { table_step(v, b, packed, bits, inv_of, emit) }
         });
     }
 
@@ -319,6 +321,7 @@ mod avx2 {
         words: &mut BackWords,
     ) {
         assert!(highs.len().is_multiple_of(WIDE) && highs.len() == lows.len());
+        let bits = _mm256_set1_epi32(TABLE_BITS as i32);
         last_first::<__m256i, 4, 8>(states, highs.len() / WIDE, words, |g, s, v, emit| {
             let at = WIDE * g + 8 * (s % 4);
             // SAFETY: the frame keeps SLACK words below `at`.
@@ -326,7 +329,7 @@ mod avx2 {
                 match s < 4 {
                     true => {
                         let b: [u8; 8] = highs[at..at + 8].try_into().expect("eight bytes");
-                        table_step(v, b, packed, inv_of, emit)
+                        table_step(v, b, packed, bits, inv_of, emit)
                     }
                     false => position_step(v, &lows[at..at + 8], emit),
                 }
@@ -409,6 +412,7 @@ mod avx512 {
         v: __m512i,
         b: &[u8],
         packed: &[u32; 256],
+        bits: __m512i,
         inv_of: &[f64; 256],
         emit: &mut Emit,
     ) -> __m512i {
@@ -424,17 +428,14 @@ mod avx512 {
         };
         let freq = _mm512_and_si512(e, _mm512_set1_epi32(0xFFFF));
         let start = _mm512_srli_epi32::<16>(e);
-        // Emits when x >= freq << (32 - TABLE_BITS).
-        let top = _mm512_srli_epi32::<{ 32 - TABLE_BITS }>(v);
+        // Emits when x >= freq << (32 - bits).
+        let top = _mm512_srlv_epi32(v, _mm512_sub_epi32(_mm512_set1_epi32(32), bits));
         let emits = _mm512_cmpge_epu32_mask(top, freq);
         // SAFETY: the caller vouches for the room below `at`.
         unsafe { emit.words_avx512(v, emits) };
         let y = _mm512_mask_srli_epi32::<16>(v, emits, v);
         let (rem, q) = quotients(y, freq, Some(inv));
-        _mm512_add_epi32(
-            _mm512_add_epi32(_mm512_slli_epi32::<TABLE_BITS>(q), rem),
-            start,
-        )
+        _mm512_add_epi32(_mm512_add_epi32(_mm512_sllv_epi32(q, bits), rem), start)
     }
 
     /// Sixteen positions (see the AVX2 `position_step`), the lows of pairs; a lane without a
@@ -467,15 +468,17 @@ mod avx512 {
     pub(super) unsafe fn code_groups(
         states: &mut [u32],
         packed: &[u32; 256],
+        bits: u32,
         inv_of: &[f64; 256],
         bytes: &[u8],
         words: &mut BackWords,
     ) {
         assert!(bytes.len().is_multiple_of(WIDE));
+        let bits = _mm512_set1_epi32(bits as i32);
         last_first::<__m512i, 2, 2>(states, bytes.len() / WIDE, words, |g, s, v, emit| {
             let at = WIDE * g + 16 * s;
             // SAFETY: the frame keeps SLACK words below `at`.
-            unsafe { table_step(v, &bytes[at..at + 16], packed, inv_of, emit) }
+            unsafe { table_step(v, &bytes[at..at + 16], packed, bits, inv_of, emit) }
         });
     }
 
@@ -491,12 +494,13 @@ mod avx512 {
         words: &mut BackWords,
     ) {
         assert!(highs.len().is_multiple_of(WIDE) && highs.len() == lows.len());
+        let bits = _mm512_set1_epi32(TABLE_BITS as i32);
         last_first::<__m512i, 2, 4>(states, highs.len() / WIDE, words, |g, s, v, emit| {
             let at = WIDE * g + 16 * (s % 2);
             // SAFETY: the frame keeps SLACK words below `at`.
             unsafe {
                 match s < 2 {
-                    true => table_step(v, &highs[at..at + 16], packed, inv_of, emit),
+                    true => table_step(v, &highs[at..at + 16], packed, bits, inv_of, emit),
                     false => position_step(v, &lows[at..at + 16], emit),
                 }
             }
@@ -559,14 +563,14 @@ mod tests {
                 };
                 let view = table.view();
                 let mut direct = Vec::new();
-                code_table_bytes::<WIDE>(view.packed, &data, &mut direct);
+                code_table_bytes::<WIDE>(&view, &data, &mut direct);
                 assert_eq!(
                     direct,
                     queued::<WIDE>(&view, &data),
                     "n={n} single={single}"
                 );
                 let mut narrow = Vec::new();
-                code_table_bytes::<NARROW>(view.packed, &data, &mut narrow);
+                code_table_bytes::<NARROW>(&view, &data, &mut narrow);
                 assert_eq!(
                     narrow,
                     queued::<NARROW>(&view, &data),
@@ -652,7 +656,7 @@ mod tests {
             data.iter().for_each(|&b| counts[b as usize] += 1);
             let table = FreqTable::from_counts(&counts).unwrap();
             let mut out = Vec::new();
-            code_table_bytes::<WIDE>(table.view().packed, &data, &mut out);
+            code_table_bytes::<WIDE>(&table.view(), &data, &mut out);
             out
         };
         let fresh: Vec<Vec<u8>> = [(1000, 2), (33, 3)]
