@@ -1,15 +1,17 @@
 //! Every chunk decoder on hostile input: frequency tables, rANS streams (int8 and float byte
 //! planes), and residuals against fuzzed int8 values and scales. The first bytes choose the
 //! decoder, its lanes (4 or 32: which / 5 odd; a 32-lane residual is decoded in the
-//! version-2, version-3 and version-4 layouts, 32-lane int8 values both with one table and with a table
-//! per group of rows) and the output size; an error is fine, a panic or an
-//! out-of-bounds access is not.
+//! version-2, version-3 and version-4 layouts, 32-lane int8 values with one table, with a table
+//! per group of rows and with a coarse table, 32-lane 16-bit floats with fine and coarse tables)
+//! and the output size; an error is fine, a panic or an out-of-bounds access is not.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use qstore::codec::quantize::HighDtype;
 use qstore::codec::residual::{self, ChunkRows, Layout};
-use qstore::codec::{Lanes, decode_float, decode_int8, decode_int8_rows};
+use qstore::codec::{
+    Lanes, decode_float, decode_float16_coarse, decode_int8, decode_int8_coarse, decode_int8_rows,
+};
 
 fuzz_target!(|data: &[u8]| {
     let [which, a, b, rest @ ..] = data else {
@@ -26,10 +28,14 @@ fuzz_target!(|data: &[u8]| {
             let _ = decode_int8(rest, lanes, &mut vec![0u8; n]);
             if lanes == Lanes::Wide {
                 let _ = decode_int8_rows(rest, &mut vec![0u8; n]);
+                let _ = decode_int8_coarse(rest, &mut vec![0u8; n]);
             }
         }
         1 => {
             let _ = decode_float(rest, 2, lanes, &mut vec![0u8; n * 2]);
+            if lanes == Lanes::Wide {
+                let _ = decode_float16_coarse(rest, &mut vec![0u8; n * 2]);
+            }
         }
         2 => {
             let _ = decode_float(rest, 4, lanes, &mut vec![0u8; n * 4]);

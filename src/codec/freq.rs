@@ -62,7 +62,8 @@ fn entries_wanted() -> bool {
 }
 
 /// Spare lookups kept per thread: enough for two chunks of up to four tables decoding
-/// together, and at most 1.2 MiB (128 KiB without slot entries).
+/// together, and at most 1.2 MiB (with the AVX2 loops' slot entries; 256 KiB with the AVX-512
+/// loops' coarse entries, 128 KiB without either).
 const SPARE_LOOKUPS: usize = 8;
 
 thread_local! {

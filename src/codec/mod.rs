@@ -55,6 +55,43 @@ pub fn decode_int8(data: &[u8], lanes: Lanes, out: &mut [u8]) -> Result<(), Code
     })
 }
 
+/// Codes int8 values on 32 lanes with one coarse table ([`freq::COARSE_BITS`], format version
+/// 5): the AVX-512 loop then takes one gather per sixteen values instead of two. `None` when
+/// the values are all one byte, which a coarse table cannot hold.
+pub fn encode_int8_coarse(q: &[u8]) -> Option<Vec<u8>> {
+    encode_planes_at::<{ rans::WIDE }>(&[q], freq::COARSE_BITS)
+}
+
+/// Codes 16-bit floats as [`encode_float`] does on 32 lanes, a coded plane's table coarse
+/// (see [`encode_int8_coarse`]); `None` when a plane that would be coded is all one byte.
+pub fn encode_float16_coarse(data: &[u8]) -> Option<Vec<u8>> {
+    let planes = rotated_planes(data, 2);
+    let planes: Vec<&[u8]> = planes.iter().map(Vec::as_slice).collect();
+    encode_planes_at::<{ rans::WIDE }>(&planes, freq::COARSE_BITS)
+}
+
+/// Decodes [`encode_int8_coarse`] output as the bytes of the int8 values.
+pub fn decode_int8_coarse(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode(PlaneChunk {
+        planes: Planes::Int8Coarse,
+        lanes: Lanes::Wide,
+        data,
+        out,
+        finished: &mut |_| {},
+    })
+}
+
+/// Decodes [`encode_float16_coarse`] output into `out` (which has the decoded length).
+pub fn decode_float16_coarse(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode(PlaneChunk {
+        planes: Planes::Float16Coarse,
+        lanes: Lanes::Wide,
+        data,
+        out,
+        finished: &mut |_| {},
+    })
+}
+
 /// Codes int8 values, rows of `row_len` (whole rows of a tensor), with a table per group of
 /// rows whose values spread alike (format version 4, see [`row_tables`]); `None` when one
 /// table codes them as well, counting the extra tables' price, or the rows are too short to
@@ -187,8 +224,9 @@ const RAW_PLANE_GAIN: f64 = 0.015;
 const RAW_PLANE: u8 = 4;
 
 impl Plane {
-    fn choose(counts: &[u64; 256]) -> Option<Plane> {
-        let table = FreqTable::best_for(counts)?;
+    /// `None` when no symbol occurs, or no table of `bits` holds them.
+    fn choose(counts: &[u64; 256], bits: u32) -> Option<Plane> {
+        let table = FreqTable::best_for_at(counts, bits)?;
         let n: u64 = counts.iter().sum();
         let coded_bytes = table.coded_bits(counts) / 8.0 + table.written_len() as f64;
         Some(if coded_bytes > (1.0 - RAW_PLANE_GAIN) * n as f64 {
@@ -204,14 +242,19 @@ impl Plane {
 /// plane's bytes, then one rANS stream holding every coded plane's byte of element `i` on lane
 /// `i % L`.
 fn encode_planes<const L: usize>(planes: &[&[u8]]) -> Vec<u8> {
+    encode_planes_at::<L>(planes, freq::TABLE_BITS).expect("a 2^14 table holds any plane")
+}
+
+/// [`encode_planes`] with tables of `bits`; `None` when one cannot hold a plane's bytes.
+fn encode_planes_at<const L: usize>(planes: &[&[u8]], bits: u32) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    let Some(kinds) = planes
+    if planes.first().is_none_or(|p| p.is_empty()) {
+        return Some(out);
+    }
+    let kinds = planes
         .iter()
-        .map(|p| Plane::choose(&byte_counts(p)))
-        .collect::<Option<Vec<_>>>()
-    else {
-        return out;
-    };
+        .map(|p| Plane::choose(&byte_counts(p), bits))
+        .collect::<Option<Vec<_>>>()?;
     for kind in &kinds {
         match kind {
             Plane::Coded(t) => t.write(&mut out),
@@ -227,7 +270,7 @@ fn encode_planes<const L: usize>(planes: &[&[u8]]) -> Vec<u8> {
     }
     if let [(table, plane)] = coded[..] {
         table.encode_all::<L>(plane, &mut out);
-        return out;
+        return Some(out);
     }
     let n = planes.first().map_or(0, |p| p.len());
     let mut enc = Encoder::<L>::with_capacity(n * coded.len());
@@ -237,7 +280,7 @@ fn encode_planes<const L: usize>(planes: &[&[u8]]) -> Vec<u8> {
         }
     }
     enc.finish_into(&mut out);
-    out
+    Some(out)
 }
 
 /// What a plane-coded chunk holds: int8 values ([`encode_int8`]) or floats of `elem_size`
@@ -248,6 +291,21 @@ pub enum Planes {
     /// Int8 values with a table per group of rows ([`encode_int8_rows`]; 32 lanes only).
     Int8Rows,
     Float(usize),
+    /// [`Planes::Int8`] with a coarse table ([`encode_int8_coarse`]; 32 lanes only).
+    Int8Coarse,
+    /// 16-bit floats with coarse tables ([`encode_float16_coarse`]; 32 lanes only).
+    Float16Coarse,
+}
+
+impl Planes {
+    /// The layout the planes have, and the resolution of their tables.
+    fn layout(self) -> (Planes, u32) {
+        match self {
+            Planes::Int8Coarse => (Planes::Int8, freq::COARSE_BITS),
+            Planes::Float16Coarse => (Planes::Float(2), freq::COARSE_BITS),
+            other => (other, freq::TABLE_BITS),
+        }
+    }
 }
 
 /// A plane-coded chunk to decode into `out`, which has the decoded length.
@@ -437,9 +495,14 @@ fn open<const L: usize>(
     data: &[u8],
     out_len: usize,
 ) -> Result<Opened<'_, L>, CodecError> {
-    let (count, elem_size) = match planes {
+    let (layout, bits) = planes.layout();
+    if bits != freq::TABLE_BITS && L != rans::WIDE {
+        return Err(CodecError::Corrupt("coarse tables on narrow lanes"));
+    }
+    let (count, elem_size) = match layout {
         Planes::Int8 | Planes::Int8Rows => (1, 1),
         Planes::Float(e) => (e, e),
+        Planes::Int8Coarse | Planes::Float16Coarse => unreachable!("layout() maps them"),
     };
     // The encoder only writes whole elements; a partial one would leave output bytes unwritten.
     if elem_size == 0 || !out_len.is_multiple_of(elem_size) {
@@ -449,10 +512,10 @@ fn open<const L: usize>(
     if planes == Planes::Int8Rows {
         return open_int8_rows(data, n);
     }
-    let Some(mut open) = open_planes::<L>(data, count, n)? else {
+    let Some(mut open) = open_planes::<L>(data, count, n, bits)? else {
         return Ok(Opened::Empty);
     };
-    let region = match (planes, &open.kinds[..]) {
+    let region = match (layout, &open.kinds[..]) {
         (Planes::Int8, [Plane::Coded(_)]) => 0..n,
         (Planes::Float(2), [Plane::Coded(_), Plane::Raw]) => n..2 * n,
         _ => return Ok(Opened::General(open)),
@@ -521,6 +584,7 @@ struct OpenPlanes<'a, const L: usize> {
 impl<const L: usize> OpenPlanes<'_, L> {
     /// Decodes element by element, plane by plane; floats are rotated back.
     fn decode(self, planes: Planes, out: &mut [u8]) -> Result<(), CodecError> {
+        let planes = planes.layout().0;
         let OpenPlanes {
             kinds,
             raw,
@@ -554,6 +618,7 @@ fn open_planes<const L: usize>(
     data: &[u8],
     planes: usize,
     n: usize,
+    bits: u32,
 ) -> Result<Option<OpenPlanes<'_, L>>, CodecError> {
     if n == 0 {
         return if data.is_empty() {
@@ -569,7 +634,7 @@ fn open_planes<const L: usize>(
             buf = &buf[1..];
             kinds.push(Plane::Raw);
         } else {
-            kinds.push(Plane::Coded(Box::new(FreqTable::read(&mut buf)?)));
+            kinds.push(Plane::Coded(Box::new(FreqTable::read_at(&mut buf, bits)?)));
         }
     }
     let mut raw = Vec::new();

@@ -698,7 +698,7 @@ impl<S: BlobSource> Blob<S> {
     fn table_symbols(&self, p: &Piece) -> usize {
         let c = self.chunk(self.first_chunk_id(p));
         let per_symbol = match c.codec() {
-            chunk::ChunkCodec::Float16Wide => 2,
+            chunk::ChunkCodec::Float16Wide | chunk::ChunkCodec::Float16Coarse => 2,
             _ => 1,
         };
         c.decoded_len() as usize / per_symbol

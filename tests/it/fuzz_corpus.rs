@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use qstore::codec::quantize::{HighDtype, quantize_row};
 use qstore::codec::residual::{self, ChunkRows, Layout};
 use qstore::codec::{
-    Lanes, decode_float, decode_int8, decode_int8_rows, encode_float, encode_int8, encode_int8_rows,
+    Lanes, decode_float, decode_float16_coarse, decode_int8, decode_int8_coarse, decode_int8_rows,
+    encode_float, encode_float16_coarse, encode_int8, encode_int8_coarse, encode_int8_rows,
 };
 use qstore::format::{Blob, EncodeInput, EncodeOptions, Precision, encode_to_path};
 use qstore::safetensors::{Dtype, TensorSpec, read_header, write_header};
@@ -98,6 +99,19 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         let float32 = framed(2, lanes, n, &encode_float(&f32s, 4, lanes));
         put("chunk_decoders", &format!("float32{suffix}"), float32);
     }
+    // Coarse tables (format version 5), on 32 lanes only.
+    let coarse = encode_int8_coarse(&q).expect("many int8 values");
+    put(
+        "chunk_decoders",
+        "int8-coarse",
+        framed(0, Lanes::Wide, n, &coarse),
+    );
+    let coarse = encode_float16_coarse(&bf16).expect("many exponents");
+    put(
+        "chunk_decoders",
+        "float16-coarse",
+        framed(1, Lanes::Wide, n, &coarse),
+    );
     // Int8 rows of two spreads, alternating: a table per group of rows.
     let spread_rows: Vec<u8> = (0..7 * 1024u32)
         .map(|i| {
@@ -267,11 +281,15 @@ fn every_seed_and_regression_replays_without_a_panic() {
                     drop(decode_int8(rest, lanes, &mut vec![0u8; n]));
                     if lanes == Lanes::Wide {
                         drop(decode_int8_rows(rest, &mut vec![0u8; n]));
+                        drop(decode_int8_coarse(rest, &mut vec![0u8; n]));
                     }
                 }
                 1..=3 => {
                     let size = [2, 4, 8][usize::from(which % 5) - 1];
                     drop(decode_float(rest, size, lanes, &mut vec![0u8; n * size]));
+                    if size == 2 && lanes == Lanes::Wide {
+                        drop(decode_float16_coarse(rest, &mut vec![0u8; n * 2]));
+                    }
                 }
                 _ => {}
             }

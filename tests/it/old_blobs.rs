@@ -1,5 +1,5 @@
 //! Blobs written by older encoders stay readable, byte-exact, whatever later versions of the
-//! format change: small blobs of versions 1, 2 and 3 (tests/data/v1/, v2/ and v3/, see the READMEs
+//! format change: small blobs of versions 1 to 4 (tests/data/v1/ to v4/, see the READMEs
 //! there) decode to the files they were encoded from (their sha256 recorded when they were
 //! made), and their INT8 outputs are still what the reference LLM.int8 formula gives for those
 //! files.
@@ -93,6 +93,11 @@ const FIXTURES: &[Fixture] = &[
     Fixture {
         version: 3,
         file: "v3/bf16-whole-values.qstore",
+        outputs: WHOLE_VALUES_OUTPUTS,
+    },
+    Fixture {
+        version: 4,
+        file: "v4/bf16-whole-values.qstore",
         outputs: WHOLE_VALUES_OUTPUTS,
     },
 ];

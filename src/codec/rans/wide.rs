@@ -73,9 +73,13 @@ pub(super) fn decode_table_bytes<const L: usize, const S: usize>(
             // SAFETY: the CPU supports AVX-512 (checked at run time above).
             return unsafe { super::wide_avx512::decode_table_bytes_coarse(runs) };
         }
-        if S > 1 {
-            // Runs of both resolutions: the caller decodes each alone.
-            return [0; S];
+        if runs
+            .iter()
+            .all(|r| r.all_tables(|t| t.bits == TABLE_BITS || t.entries.is_some()))
+        {
+            // SAFETY: the CPU supports AVX-512 (checked at run time above); every table is of
+            // TABLE_BITS or has coarse entries (checked just now).
+            return unsafe { super::wide_avx512::decode_table_bytes_mixed(runs) };
         }
     }
     #[cfg(target_arch = "x86_64")]

@@ -144,6 +144,22 @@ unsafe fn coarse_steps(x: [__m512i; 2], table: &TableView) -> Steps {
     ([a.0, b.0], [a.1, b.1])
 }
 
+/// [`coarse_steps`] or [`table_steps`], whichever `table` takes: for two runs of different
+/// resolutions decoded together (each run's tables share one).
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW. Always inlined, like [`table_steps`].
+#[inline(always)]
+unsafe fn either_steps(x: [__m512i; 2], table: &TableView) -> Steps {
+    // SAFETY: the caller checked the CPU.
+    unsafe {
+        match table.entries {
+            Some(_) => coarse_steps(x, table),
+            None => table_steps(x, table),
+        }
+    }
+}
+
 /// [`table_step`] on both vectors of a group's states: each vector's symbols (u32 lanes) and
 /// states before renormalisation.
 type Steps = ([__m512i; 2], [__m512i; 2]);
@@ -226,6 +242,18 @@ pub(super) unsafe fn decode_table_bytes_coarse<const L: usize, const S: usize>(
     runs: &mut [TableBytes<'_, '_, L>; S],
 ) -> [usize; S] {
     table_loop!(runs, S, coarse_steps)
+}
+
+/// [`decode_table_bytes`] for runs of both resolutions, with [`either_steps`].
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW ([`cpu_has_avx512`]); every table of [`TABLE_BITS`]
+/// or with coarse entries.
+#[target_feature(enable = "avx512f,avx512bw,popcnt")]
+pub(super) unsafe fn decode_table_bytes_mixed<const L: usize, const S: usize>(
+    runs: &mut [TableBytes<'_, '_, L>; S],
+) -> [usize; S] {
+    table_loop!(runs, S, either_steps)
 }
 
 /// [`decode_table_bytes`] with [`table_steps_vbmi`].
