@@ -62,6 +62,54 @@ pub fn encode_int8_coarse(q: &[u8]) -> Option<Vec<u8>> {
     encode_planes_at::<{ rans::WIDE }>(&[q], freq::COARSE_BITS)
 }
 
+/// About how many bytes [`encode_int8`] and [`encode_int8_coarse`] would store for `q`,
+/// without coding them (the streams' states aside, equal in both): a writer codes only the one
+/// it picks. The coarse one is `None` where [`encode_int8_coarse`] returns `None`.
+pub fn int8_estimates(q: &[u8]) -> (f64, Option<f64>) {
+    planes_estimates(&[q], &[byte_counts(q)])
+}
+
+/// Codes 16-bit floats on 32 lanes as [`encode_float`] or [`encode_float16_coarse`] does,
+/// whichever `coarse_pays(coarse, fine)` picks from their estimated sizes in bytes (see
+/// [`int8_estimates`]), rotating and counting the planes once; says whether it is coarse.
+pub fn encode_float16_picking(
+    data: &[u8],
+    coarse_pays: impl Fn(f64, f64) -> bool,
+) -> (Vec<u8>, bool) {
+    let planes = rotated_planes(data, 2);
+    let planes: Vec<&[u8]> = planes.iter().map(Vec::as_slice).collect();
+    let counts: Vec<[u64; 256]> = planes.iter().map(|p| byte_counts(p)).collect();
+    let coarse = match planes_estimates(&planes, &counts) {
+        (fine, Some(coarse)) => coarse_pays(coarse, fine),
+        (_, None) => false,
+    };
+    let bits = if coarse {
+        freq::COARSE_BITS
+    } else {
+        freq::TABLE_BITS
+    };
+    let stored = encode_counted_planes::<{ rans::WIDE }>(&planes, &counts, bits)
+        .expect("a coarse table is picked only where one holds the planes");
+    (stored, coarse)
+}
+
+/// Bytes [`encode_planes_at`] would store with 2^14 tables and with coarse ones: its raw
+/// planes, and each coded plane's table and ideal coded size.
+fn planes_estimates(planes: &[&[u8]], counts: &[[u64; 256]]) -> (f64, Option<f64>) {
+    let at = |bits| -> Option<f64> {
+        planes.iter().zip(counts).try_fold(0.0, |sum, (p, counts)| {
+            let coded = FreqTable::best_cost_at(counts, bits)? / 8.0;
+            Some(sum + coded.min(plane_kept_raw_above(p.len())).max(0.0))
+        })
+    };
+    (at(freq::TABLE_BITS).unwrap_or(0.0), at(freq::COARSE_BITS))
+}
+
+/// The coded size in bytes above which a plane of `n` bytes is kept raw ([`Plane::choose`]).
+fn plane_kept_raw_above(n: usize) -> f64 {
+    (1.0 - RAW_PLANE_GAIN) * n as f64
+}
+
 /// Codes 16-bit floats as [`encode_float`] does on 32 lanes, a coded plane's table coarse
 /// (see [`encode_int8_coarse`]); `None` when a plane that would be coded is all one byte.
 pub fn encode_float16_coarse(data: &[u8]) -> Option<Vec<u8>> {
@@ -229,7 +277,7 @@ impl Plane {
         let table = FreqTable::best_for_at(counts, bits)?;
         let n: u64 = counts.iter().sum();
         let coded_bytes = table.coded_bits(counts) / 8.0 + table.written_len() as f64;
-        Some(if coded_bytes > (1.0 - RAW_PLANE_GAIN) * n as f64 {
+        Some(if coded_bytes > plane_kept_raw_above(n as usize) {
             Plane::Raw
         } else {
             Plane::Coded(Box::new(table))
@@ -247,13 +295,23 @@ fn encode_planes<const L: usize>(planes: &[&[u8]]) -> Vec<u8> {
 
 /// [`encode_planes`] with tables of `bits`; `None` when one cannot hold a plane's bytes.
 fn encode_planes_at<const L: usize>(planes: &[&[u8]], bits: u32) -> Option<Vec<u8>> {
+    let counts: Vec<[u64; 256]> = planes.iter().map(|p| byte_counts(p)).collect();
+    encode_counted_planes::<L>(planes, &counts, bits)
+}
+
+/// [`encode_planes_at`] with each plane's byte counts.
+fn encode_counted_planes<const L: usize>(
+    planes: &[&[u8]],
+    counts: &[[u64; 256]],
+    bits: u32,
+) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     if planes.first().is_none_or(|p| p.is_empty()) {
         return Some(out);
     }
-    let kinds = planes
+    let kinds = counts
         .iter()
-        .map(|p| Plane::choose(&byte_counts(p), bits))
+        .map(|c| Plane::choose(c, bits))
         .collect::<Option<Vec<_>>>()?;
     for kind in &kinds {
         match kind {

@@ -60,10 +60,10 @@ pub enum ChunkCodec {
 /// size goals keep their room (MiniLM's quantized weights under 10.6 bits each).
 pub const COARSE_ALLOWANCE: f64 = 0.005;
 
-/// Whether a coarse chunk of `coarse` bytes is worth writing instead of `best` bytes for
+/// Whether a coarse chunk of about `coarse` bytes is worth writing instead of `best` bytes for
 /// `values` values.
-fn coarse_pays(coarse: usize, best: usize, values: usize) -> bool {
-    coarse as f64 <= best as f64 + COARSE_ALLOWANCE * values as f64 / 8.0
+fn coarse_pays(coarse: f64, best: f64, values: usize) -> bool {
+    coarse <= best + COARSE_ALLOWANCE * values as f64 / 8.0
 }
 
 /// Chunks of fewer elements are written on 4 lanes: 32 lanes cost 112 more bytes of stream
@@ -218,16 +218,18 @@ pub fn encode_bytes(data: &[u8], content: Content) -> Result<EncodedChunk, Forma
                 _ => ChunkCodec::Float64,
             };
             let lanes = write_lanes(data.len() / d.size() as usize);
-            let stored = codec::encode_float(data, d.size() as usize, lanes);
-            let coarse = match (d.size(), lanes) {
-                (2, Lanes::Wide) => codec::encode_float16_coarse(data),
-                _ => None,
-            };
-            match coarse {
-                Some(c) if coarse_pays(c.len(), stored.len(), data.len() / 2) => {
-                    (ChunkCodec::Float16Coarse, c)
+            match (d.size(), lanes) {
+                (2, Lanes::Wide) => {
+                    let pays = |coarse, fine| coarse_pays(coarse, fine, data.len() / 2);
+                    match codec::encode_float16_picking(data, pays) {
+                        (stored, true) => (ChunkCodec::Float16Coarse, stored),
+                        (stored, false) => (ChunkCodec::Float16Wide, stored),
+                    }
                 }
-                _ => (ChunkCodec::on(codec, lanes), stored),
+                _ => (
+                    ChunkCodec::on(codec, lanes),
+                    codec::encode_float(data, d.size() as usize, lanes),
+                ),
             }
         }
         Content::Tensor(_) => (ChunkCodec::Zstd, zstd::bulk::compress(data, 3)?),
@@ -398,20 +400,24 @@ pub fn encode_int8(q: &[u8], cols: usize) -> Result<EncodedChunk, FormatError> {
         Lanes::Wide => codec::encode_int8_rows(q, cols),
         Lanes::Narrow => None,
     };
-    let (codec, stored) = match grouped {
-        Some(stored) => (ChunkCodec::Int8Rows, stored),
-        None => (
+    // Between one table and a coarse one, by their estimated sizes: only the pick is coded (a
+    // second coding of every chunk cost 10% of a MiniLM encode).
+    let (fine, coarse) = match lanes {
+        Lanes::Wide => codec::int8_estimates(q),
+        Lanes::Narrow => (0.0, None),
+    };
+    let best = grouped.as_ref().map_or(fine, |g| g.len() as f64);
+    let coarse = match coarse {
+        Some(c) if coarse_pays(c, best, q.len()) => codec::encode_int8_coarse(q),
+        _ => None,
+    };
+    let (codec, stored) = match (coarse, grouped) {
+        (Some(c), _) => (ChunkCodec::Int8Coarse, c),
+        (None, Some(g)) => (ChunkCodec::Int8Rows, g),
+        (None, None) => (
             ChunkCodec::on(ChunkCodec::Int8, lanes),
             codec::encode_int8(q, lanes),
         ),
-    };
-    let coarse = match lanes {
-        Lanes::Wide => codec::encode_int8_coarse(q),
-        Lanes::Narrow => None,
-    };
-    let (codec, stored) = match coarse {
-        Some(c) if coarse_pays(c.len(), stored.len(), q.len()) => (ChunkCodec::Int8Coarse, c),
-        _ => (codec, stored),
     };
     let chunk = if stored.len() < q.len() {
         EncodedChunk::new(stored, codec, q)
