@@ -185,13 +185,14 @@ impl FreqTable {
 
     /// `freq` sums to `2^bits`, and below a coarse table's `2^bits` each.
     fn from_freqs_at(freq: [u32; 256], bits: u32) -> FreqTable {
-        Self::with_lookups(freq, bits, slots_wanted())
+        let entries = bits == COARSE_BITS && entries_wanted();
+        Self::with_lookups(freq, bits, slots_wanted(), entries)
     }
 
-    /// [`FreqTable::from_freqs_at`], with the slot entries or without.
-    fn with_lookups(freq: [u32; 256], bits: u32, slots: bool) -> FreqTable {
-        let coarse = bits == COARSE_BITS;
-        let mut l = Lookups::take(slots, coarse && entries_wanted());
+    /// [`FreqTable::from_freqs_at`], with the slot entries or without, and a coarse table's
+    /// entries or without.
+    fn with_lookups(freq: [u32; 256], bits: u32, slots: bool, entries: bool) -> FreqTable {
+        let mut l = Lookups::take(slots, entries);
         let mut start = [0u32; 256];
         let mut packed = [0u32; 256];
         let mut acc = 0u32;
@@ -230,11 +231,12 @@ impl FreqTable {
         }
     }
 
-    /// This table with its slot entries, whatever [`slots_wanted`] says: tests run the AVX2
-    /// loops on CPUs where the AVX-512 ones are chosen.
+    /// This table with its slot entries (and a coarse one with its entries), whatever
+    /// [`slots_wanted`] and [`entries_wanted`] say: tests run the AVX2 loops on CPUs where the
+    /// AVX-512 ones are chosen, and the AVX-512 ones where `QSTORE_SCALAR` turns them off.
     #[cfg(test)]
     pub(crate) fn with_slots(&self) -> FreqTable {
-        Self::with_lookups(self.freq, self.bits, true)
+        Self::with_lookups(self.freq, self.bits, true, self.bits == COARSE_BITS)
     }
 
     /// The decode loops' view of the table.
@@ -573,7 +575,7 @@ mod tests {
         let mut counts = [0u64; 256];
         data.iter().for_each(|&b| counts[b as usize] += 1);
         let with = FreqTable::from_counts(&counts).unwrap().with_slots();
-        let without = FreqTable::with_lookups(with.freq, TABLE_BITS, false);
+        let without = FreqTable::with_lookups(with.freq, TABLE_BITS, false, false);
         assert!(with.view().slots.is_some() && without.view().slots.is_none());
         let mut enc = Encoder::<WIDE>::with_capacity(data.len());
         for (i, &b) in data.iter().enumerate() {
