@@ -62,35 +62,46 @@ pub fn encode_int8_coarse(q: &[u8]) -> Option<Vec<u8>> {
     encode_planes_at::<{ rans::WIDE }>(&[q], freq::COARSE_BITS)
 }
 
-/// About how many bytes [`encode_int8`] and [`encode_int8_coarse`] would store for `q`,
-/// without coding them (the streams' states aside, equal in both): a writer codes only the one
-/// it picks. The coarse one is `None` where [`encode_int8_coarse`] returns `None`.
-pub fn int8_estimates(q: &[u8]) -> (f64, Option<f64>) {
-    planes_estimates(&[q], &[byte_counts(q)])
+/// Codes int8 values on 32 lanes with one table, of 2^14 slots ([`encode_int8`]) or coarse
+/// ([`encode_int8_coarse`]), as `pick(fine, coarse)` says from their estimated sizes in bytes
+/// (the streams' states aside, equal in both; `coarse` is `None` where no coarse table holds
+/// the values): `Some(true)` coarse, `Some(false)` 2^14, `None` neither (the caller has a
+/// better coding). The values are counted once and only the pick is coded; says whether it is
+/// coarse.
+pub fn encode_int8_picking(
+    q: &[u8],
+    pick: impl FnOnce(f64, Option<f64>) -> Option<bool>,
+) -> Option<(Vec<u8>, bool)> {
+    encode_picking(&[q], pick)
 }
 
-/// Codes 16-bit floats on 32 lanes as [`encode_float`] or [`encode_float16_coarse`] does,
-/// whichever `coarse_pays(coarse, fine)` picks from their estimated sizes in bytes (see
-/// [`int8_estimates`]), rotating and counting the planes once; says whether it is coarse.
+/// [`encode_int8_picking`] for 16-bit floats: [`encode_float`] on 32 lanes or
+/// [`encode_float16_coarse`].
 pub fn encode_float16_picking(
     data: &[u8],
-    coarse_pays: impl Fn(f64, f64) -> bool,
-) -> (Vec<u8>, bool) {
+    pick: impl FnOnce(f64, Option<f64>) -> Option<bool>,
+) -> Option<(Vec<u8>, bool)> {
     let planes = rotated_planes(data, 2);
     let planes: Vec<&[u8]> = planes.iter().map(Vec::as_slice).collect();
+    encode_picking(&planes, pick)
+}
+
+/// [`encode_int8_picking`] of any byte planes on 32 lanes.
+fn encode_picking(
+    planes: &[&[u8]],
+    pick: impl FnOnce(f64, Option<f64>) -> Option<bool>,
+) -> Option<(Vec<u8>, bool)> {
     let counts: Vec<[u64; 256]> = planes.iter().map(|p| byte_counts(p)).collect();
-    let coarse = match planes_estimates(&planes, &counts) {
-        (fine, Some(coarse)) => coarse_pays(coarse, fine),
-        (_, None) => false,
-    };
+    let (fine, coarse) = planes_estimates(planes, &counts);
+    let coarse = pick(fine, coarse)? && coarse.is_some();
     let bits = if coarse {
         freq::COARSE_BITS
     } else {
         freq::TABLE_BITS
     };
-    let stored = encode_counted_planes::<{ rans::WIDE }>(&planes, &counts, bits)
+    let stored = encode_counted_planes::<{ rans::WIDE }>(planes, &counts, bits)
         .expect("a coarse table is picked only where one holds the planes");
-    (stored, coarse)
+    Some((stored, coarse))
 }
 
 /// Bytes [`encode_planes_at`] would store with 2^14 tables and with coarse ones: its raw

@@ -220,10 +220,13 @@ pub fn encode_bytes(data: &[u8], content: Content) -> Result<EncodedChunk, Forma
             let lanes = write_lanes(data.len() / d.size() as usize);
             match (d.size(), lanes) {
                 (2, Lanes::Wide) => {
-                    let pays = |coarse, fine| coarse_pays(coarse, fine, data.len() / 2);
-                    match codec::encode_float16_picking(data, pays) {
-                        (stored, true) => (ChunkCodec::Float16Coarse, stored),
-                        (stored, false) => (ChunkCodec::Float16Wide, stored),
+                    let pick = |fine, coarse: Option<f64>| {
+                        Some(coarse.is_some_and(|c| coarse_pays(c, fine, data.len() / 2)))
+                    };
+                    match codec::encode_float16_picking(data, pick) {
+                        Some((stored, true)) => (ChunkCodec::Float16Coarse, stored),
+                        Some((stored, false)) => (ChunkCodec::Float16Wide, stored),
+                        None => unreachable!("the pick always codes one"),
                     }
                 }
                 _ => (
@@ -400,19 +403,21 @@ pub fn encode_int8(q: &[u8], cols: usize) -> Result<EncodedChunk, FormatError> {
         Lanes::Wide => codec::encode_int8_rows(q, cols),
         Lanes::Narrow => None,
     };
-    // Between one table and a coarse one, by their estimated sizes: only the pick is coded (a
-    // second coding of every chunk cost 10% of a MiniLM encode).
-    let (fine, coarse) = match lanes {
-        Lanes::Wide => codec::int8_estimates(q),
-        Lanes::Narrow => (0.0, None),
+    // Between one table and a coarse one (and the row tables), by their estimated sizes: only
+    // the pick is coded (coding both cost 10% of a MiniLM encode).
+    let picked = match lanes {
+        Lanes::Wide => codec::encode_int8_picking(q, |fine, coarse| {
+            let best = grouped.as_ref().map_or(fine, |g| g.len() as f64);
+            match coarse {
+                Some(c) if coarse_pays(c, best, q.len()) => Some(true),
+                _ => grouped.is_none().then_some(false),
+            }
+        }),
+        Lanes::Narrow => None,
     };
-    let best = grouped.as_ref().map_or(fine, |g| g.len() as f64);
-    let coarse = match coarse {
-        Some(c) if coarse_pays(c, best, q.len()) => codec::encode_int8_coarse(q),
-        _ => None,
-    };
-    let (codec, stored) = match (coarse, grouped) {
-        (Some(c), _) => (ChunkCodec::Int8Coarse, c),
+    let (codec, stored) = match (picked, grouped) {
+        (Some((c, true)), _) => (ChunkCodec::Int8Coarse, c),
+        (Some((f, false)), _) => (ChunkCodec::Int8Wide, f),
         (None, Some(g)) => (ChunkCodec::Int8Rows, g),
         (None, None) => (
             ChunkCodec::on(ChunkCodec::Int8, lanes),
