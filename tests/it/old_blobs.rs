@@ -1,5 +1,5 @@
 //! Blobs written by older encoders stay readable, byte-exact, whatever later versions of the
-//! format change: small blobs of versions 1 to 4 (tests/data/v1/ to v4/, see the READMEs
+//! format change: small blobs of versions 1 to 5 (tests/data/v1/ to v5/, see the READMEs
 //! there) decode to the files they were encoded from (their sha256 recorded when they were
 //! made), and their INT8 outputs are still what the reference LLM.int8 formula gives for those
 //! files.
@@ -99,6 +99,22 @@ const FIXTURES: &[Fixture] = &[
         version: 4,
         file: "v4/bf16-whole-values.qstore",
         outputs: WHOLE_VALUES_OUTPUTS,
+    },
+    Fixture {
+        version: 5,
+        file: "v5/mixed-tables.qstore",
+        outputs: &[
+            (
+                Precision::High,
+                "model.safetensors",
+                "bb711ecd3922e3c6d9d630c4477d09d6ab4891ee5f1228134c8be093555857da",
+            ),
+            (
+                Precision::Int8,
+                "model.safetensors",
+                "6875aa042b1643f51a869a9532a29b40775fd557babcd30795f63f131cea3a20",
+            ),
+        ],
     },
 ];
 
