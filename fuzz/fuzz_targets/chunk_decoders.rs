@@ -2,7 +2,8 @@
 //! planes), and residuals against fuzzed int8 values and scales. The first bytes choose the
 //! decoder, its lanes (4 or 32: which / 5 odd; a 32-lane residual is decoded in the
 //! version-2, version-3 and version-4 layouts, 32-lane int8 values with one table, with a table
-//! per group of rows and with a coarse table, 32-lane 16-bit floats with fine and coarse tables)
+//! per group of rows, with a coarse table and with coarse tables and escapes, 32-lane 16-bit
+//! floats with fine and coarse tables)
 //! and the output size; an error is fine, a panic or an out-of-bounds access is not.
 #![no_main]
 
@@ -10,7 +11,8 @@ use libfuzzer_sys::fuzz_target;
 use qstore::codec::quantize::HighDtype;
 use qstore::codec::residual::{self, ChunkRows, Layout};
 use qstore::codec::{
-    Lanes, decode_float, decode_float16_coarse, decode_int8, decode_int8_coarse, decode_int8_rows,
+    Lanes, decode_float, decode_float16_coarse, decode_int8, decode_int8_coarse, decode_int8_escaped,
+    decode_int8_rows,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -29,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
             if lanes == Lanes::Wide {
                 let _ = decode_int8_rows(rest, &mut vec![0u8; n]);
                 let _ = decode_int8_coarse(rest, &mut vec![0u8; n]);
+                let _ = decode_int8_escaped(rest, &mut vec![0u8; n]);
             }
         }
         1 => {

@@ -1,6 +1,7 @@
 //! Pure compression: quantization, the residual model and the entropy coder. No I/O here; every
 //! function maps byte slices to byte slices so the format layer can run them on any thread.
 
+mod escapes;
 pub mod freq;
 pub mod quantize;
 pub mod rans;
@@ -62,21 +63,79 @@ pub fn encode_int8_coarse(q: &[u8]) -> Option<Vec<u8>> {
     encode_planes_at::<{ rans::WIDE }>(&[q], freq::COARSE_BITS)
 }
 
-/// Codes int8 values on 32 lanes with one table, of 2^14 slots ([`encode_int8`]) or coarse
-/// ([`encode_int8_coarse`]), as `pick(fine, coarse)` says from their estimated sizes in bytes
-/// (the streams' states aside, equal in both; `coarse` is `None` where no coarse table holds
-/// the values): `Some(true)` coarse, `Some(false)` 2^14, `None` neither (the caller has a
-/// better coding). The values are counted once and only the pick is coded; says whether it is
-/// coarse.
-pub fn encode_int8_picking(
-    q: &[u8],
-    pick: impl FnOnce(f64, Option<f64>) -> Option<bool>,
-) -> Option<(Vec<u8>, bool)> {
-    encode_picking(&[q], pick)
+/// What an int8 chunk on 32 lanes may be coded as, fastest decode last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Coding {
+    /// One 2^14 table ([`encode_int8`]).
+    Fine,
+    /// A 2^14 table per group of rows ([`encode_int8_rows`]).
+    Rows,
+    /// One coarse table ([`encode_int8_coarse`]).
+    Coarse,
+    /// Coarse tables, per group of rows where grouping pays, with their rare values escaped
+    /// (format version 6, see [`escapes`]).
+    Escaped,
 }
 
-/// [`encode_int8_picking`] for 16-bit floats: [`encode_float`] on 32 lanes or
-/// [`encode_float16_coarse`].
+/// The estimated sizes in bytes of an int8 chunk's codings (the streams' states aside, equal
+/// in all): `None` where a coding does not apply (rows that do not pay for a table per group;
+/// coarse tables for values that are nearly all one byte).
+#[derive(Debug, Clone, Copy)]
+pub struct Int8Estimates {
+    pub fine: f64,
+    pub rows: Option<f64>,
+    pub coarse: Option<f64>,
+    pub escaped: Option<f64>,
+}
+
+/// Codes int8 values, rows of `row_len`, on 32 lanes, as `pick` says from the estimated sizes
+/// of the codings: the values are counted and grouped once and only the pick is coded. A pick
+/// that does not apply codes [`Int8Coding::Fine`]. Says which was coded.
+pub fn encode_int8_picking(
+    q: &[u8],
+    row_len: usize,
+    pick: impl FnOnce(&Int8Estimates) -> Int8Coding,
+) -> (Vec<u8>, Int8Coding) {
+    let counts = [byte_counts(q)];
+    let (fine, coarse) = planes_estimates(&[q], &counts);
+    let grouped = row_tables::group_rows(q, row_len);
+    let rows = grouped.as_ref().map(|(rows, counts)| {
+        let coded: Option<f64> = counts.iter().map(FreqTable::best_cost).sum();
+        coded.unwrap_or(f64::INFINITY) / 8.0 + rows.written_len(counts.len()) as f64
+    });
+    let escaped = match &grouped {
+        Some((rows, group_counts)) => escapes::Plan::new(rows.clone(), group_counts),
+        None => escapes::Plan::new(RowTables::one(q.len()), &counts),
+    };
+    let estimates = Int8Estimates {
+        fine,
+        rows,
+        coarse,
+        escaped: escaped.as_ref().map(escapes::Plan::estimate),
+    };
+    let bits = match (pick(&estimates), escaped, grouped) {
+        (Int8Coding::Escaped, Some(plan), _) => return (plan.encode(q), Int8Coding::Escaped),
+        (Int8Coding::Rows, _, Some((rows, group_counts))) => {
+            let stored = row_tables::encode_grouped(q, &rows, &group_counts);
+            return (stored, Int8Coding::Rows);
+        }
+        (Int8Coding::Coarse, _, _) if coarse.is_some() => freq::COARSE_BITS,
+        _ => freq::TABLE_BITS,
+    };
+    let stored = encode_counted_planes::<{ rans::WIDE }>(&[q], &counts, bits)
+        .expect("a coarse table is coded only where one holds the values");
+    let coding = match bits {
+        freq::TABLE_BITS => Int8Coding::Fine,
+        _ => Int8Coding::Coarse,
+    };
+    (stored, coding)
+}
+
+/// Codes 16-bit floats on 32 lanes with 2^14 tables ([`encode_float`]) or coarse ones
+/// ([`encode_float16_coarse`]), as `pick(fine, coarse)` says from their estimated sizes in
+/// bytes (`coarse` is `None` where no coarse table holds a plane): `Some(true)` coarse,
+/// `Some(false)` 2^14, `None` neither. The planes are counted once and only the pick is
+/// coded; says whether it is coarse.
 pub fn encode_float16_picking(
     data: &[u8],
     pick: impl FnOnce(f64, Option<f64>) -> Option<bool>,
@@ -86,7 +145,7 @@ pub fn encode_float16_picking(
     encode_picking(&planes, pick)
 }
 
-/// [`encode_int8_picking`] of any byte planes on 32 lanes.
+/// [`encode_float16_picking`] of any byte planes on 32 lanes.
 fn encode_picking(
     planes: &[&[u8]],
     pick: impl FnOnce(f64, Option<f64>) -> Option<bool>,
@@ -163,6 +222,17 @@ pub fn encode_int8_rows(q: &[u8], row_len: usize) -> Option<Vec<u8>> {
 pub fn decode_int8_rows(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     decode(PlaneChunk {
         planes: Planes::Int8Rows,
+        lanes: Lanes::Wide,
+        data,
+        out,
+        finished: &mut |_| {},
+    })
+}
+
+/// Decodes [`Int8Coding::Escaped`] output as the bytes of the int8 values.
+pub fn decode_int8_escaped(data: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode(PlaneChunk {
+        planes: Planes::Int8Escaped,
         lanes: Lanes::Wide,
         data,
         out,
@@ -364,6 +434,8 @@ pub enum Planes {
     Int8Coarse,
     /// 16-bit floats with coarse tables ([`encode_float16_coarse`]; 32 lanes only).
     Float16Coarse,
+    /// Int8 values with coarse tables and escapes ([`Int8Coding::Escaped`]; 32 lanes only).
+    Int8Escaped,
 }
 
 impl Planes {
@@ -372,6 +444,7 @@ impl Planes {
         match self {
             Planes::Int8Coarse => (Planes::Int8, freq::COARSE_BITS),
             Planes::Float16Coarse => (Planes::Float(2), freq::COARSE_BITS),
+            Planes::Int8Escaped => (Planes::Int8Escaped, freq::COARSE_BITS),
             other => (other, freq::TABLE_BITS),
         }
     }
@@ -454,7 +527,7 @@ pub fn decode_two(a: PlaneChunk, b: PlaneChunk) -> [Result<(), CodecError>; 2] {
             (true, true) => {}
         }
     }
-    [ta.dec.finish(), tb.dec.finish()]
+    [ta.finish(), tb.finish()]
 }
 
 /// A plane-coded chunk opened for decoding, by what its planes need.
@@ -477,7 +550,7 @@ impl<const L: usize> Opened<'_, L> {
                     let elems = at..(at + STEP).min(t.region.len());
                     t.step_alone(out, elems, finished);
                 }
-                t.dec.finish()
+                t.finish()
             }
             Opened::General(p) => {
                 p.decode(planes, out)?;
@@ -508,9 +581,19 @@ struct TableChunk<'a, const L: usize> {
     region: std::ops::Range<usize>,
     /// The mantissa plane of 16-bit floats.
     mantissas: Option<&'a [u8]>,
+    /// The escaped values of a chunk with escapes.
+    escapes: Option<escapes::Escapes<'a>>,
 }
 
 impl<'a, const L: usize> TableChunk<'a, L> {
+    /// Whether the stream ended where it should, and every escaped value was used.
+    fn finish(self) -> Result<(), CodecError> {
+        self.dec.finish()?;
+        self.escapes
+            .as_ref()
+            .map_or(Ok(()), escapes::Escapes::finish)
+    }
+
     /// Decodes elements `elems` (a step) by themselves, then finishes them.
     fn step_alone(&mut self, out: &mut [u8], elems: std::ops::Range<usize>, finished: Finished) {
         let mut switches = Vec::new();
@@ -545,9 +628,16 @@ impl<'a, const L: usize> TableChunk<'a, L> {
         }
     }
 
-    /// After the table loop has decoded elements `elems`: spreads their float exponents, and
-    /// reports their output bytes.
-    fn finish_step(&self, out: &mut [u8], elems: std::ops::Range<usize>, finished: Finished) {
+    /// After the table loop has decoded elements `elems`: puts their escaped values in place
+    /// or spreads their float exponents, and reports their output bytes (none once escaped
+    /// values ran short: the chunk is damaged).
+    fn finish_step(&mut self, out: &mut [u8], elems: std::ops::Range<usize>, finished: Finished) {
+        if let Some(escapes) = &mut self.escapes {
+            if escapes.fill(&mut out[elems.clone()]) {
+                finished(&out[elems]);
+            }
+            return;
+        }
         match self.mantissas {
             Some(lo) => {
                 spread_exponents(lo, out, elems.clone());
@@ -569,7 +659,7 @@ fn open<const L: usize>(
         return Err(CodecError::Corrupt("coarse tables on narrow lanes"));
     }
     let (count, elem_size) = match layout {
-        Planes::Int8 | Planes::Int8Rows => (1, 1),
+        Planes::Int8 | Planes::Int8Rows | Planes::Int8Escaped => (1, 1),
         Planes::Float(e) => (e, e),
         Planes::Int8Coarse | Planes::Float16Coarse => unreachable!("layout() maps them"),
     };
@@ -578,8 +668,8 @@ fn open<const L: usize>(
         return Err(CodecError::Corrupt("chunk of a partial element"));
     }
     let n = out_len / elem_size;
-    if planes == Planes::Int8Rows {
-        return open_int8_rows(data, n);
+    if matches!(planes, Planes::Int8Rows | Planes::Int8Escaped) {
+        return open_int8_rows(data, n, planes == Planes::Int8Escaped);
     }
     let Some(mut open) = open_planes::<L>(data, count, n, bits)? else {
         return Ok(Opened::Empty);
@@ -598,11 +688,17 @@ fn open<const L: usize>(
         dec: open.dec,
         region,
         mantissas: open.raw.first().copied(),
+        escapes: None,
     }))
 }
 
-/// Opens a chunk of `n` int8 values with a table per group of rows.
-fn open_int8_rows<const L: usize>(data: &[u8], n: usize) -> Result<Opened<'_, L>, CodecError> {
+/// Opens a chunk of `n` int8 values with a table per group of rows (version 4), or with coarse
+/// tables and `escaped` values (version 6).
+fn open_int8_rows<const L: usize>(
+    data: &[u8],
+    n: usize,
+    escaped: bool,
+) -> Result<Opened<'_, L>, CodecError> {
     if L != rans::WIDE {
         return Err(CodecError::Corrupt("int8 row tables on narrow lanes"));
     }
@@ -614,13 +710,17 @@ fn open_int8_rows<const L: usize>(data: &[u8], n: usize) -> Result<Opened<'_, L>
         };
     }
     let mut buf = data;
-    let (tables, rows) = row_tables::read(&mut buf, n)?;
+    let (tables, rows, escapes) = match escaped {
+        true => escapes::read(&mut buf, n).map(|(t, r, e)| (t, r, Some(e)))?,
+        false => row_tables::read(&mut buf, n).map(|(t, r)| (t, r, None))?,
+    };
     Ok(Opened::Table(TableChunk {
         tables,
         rows,
         dec: Decoder::new(buf)?,
         region: 0..n,
         mantissas: None,
+        escapes,
     }))
 }
 

@@ -37,6 +37,7 @@ const MIN_GAIN_PER_TABLE: f64 = 0.01;
 const ROUNDS: usize = 6;
 
 /// Which table each row of a chunk uses.
+#[derive(Clone)]
 pub(super) struct RowTables {
     /// Elements per row, a multiple of the lanes: every row starts on lane 0, so the decode
     /// loops switch tables between groups of 32.
@@ -90,65 +91,110 @@ impl RowTables {
     }
 }
 
-/// Bits of a row's entry in the map of `k` tables.
+/// Bits of a row's entry in the map of `k` tables: none for one.
 fn entry_bits(k: usize) -> usize {
-    if k <= 2 { 1 } else { 2 }
+    match k {
+        0 | 1 => 0,
+        2 => 1,
+        _ => 2,
+    }
 }
 
 /// Codes the int8 values `q` (rows of `row_len`) with a table per group of rows, when that
 /// pays; `None` when one table is as good (the caller then writes one-table chunks).
 pub fn encode(q: &[u8], row_len: usize) -> Option<Vec<u8>> {
+    let (rows, counts) = group_rows(q, row_len)?;
+    Some(encode_grouped(q, &rows, &counts))
+}
+
+/// Codes `q` with a table per group of `rows`, from each group's byte `counts`.
+pub(super) fn encode_grouped(q: &[u8], rows: &RowTables, counts: &[[u64; 256]]) -> Vec<u8> {
+    let tables: Vec<FreqTable> = counts
+        .iter()
+        .map(|c| FreqTable::best_for(c).expect("every group has rows"))
+        .collect();
+    let mut out = Vec::new();
+    rows.write(&tables, &mut out);
+    let runs: Vec<_> = rows.runs(0..q.len()).collect();
+    let views: Vec<TableView> = tables.iter().map(FreqTable::view).collect();
+    super::rans::code_table_runs::<WIDE>(&views, &runs, q, &mut out);
+    out
+}
+
+/// The grouping of the rows of `q` (rows of `row_len`) into tables that pays, with each
+/// group's byte counts; `None` when one table is as good or the rows cannot be grouped.
+pub(super) fn group_rows(q: &[u8], row_len: usize) -> Option<(RowTables, Vec<[u64; 256]>)> {
     if row_len < MIN_ROW_LEN || !row_len.is_multiple_of(WIDE) || !q.len().is_multiple_of(row_len) {
         return None;
     }
     let rows: Vec<Row> = q.chunks_exact(row_len).map(Row::of).collect();
     let groups = group(&rows, q.len())?;
-    let tables: Vec<FreqTable> = groups
-        .counts(&rows)
-        .iter()
-        .map(|c| FreqTable::best_for(c).expect("every group has rows"))
-        .collect();
-    let mut out = Vec::new();
-    write_varint(&mut out, row_len as u64);
-    out.push(tables.len() as u8);
-    for t in &tables {
-        t.write(&mut out);
-    }
-    let bits = entry_bits(tables.len());
-    let mut map = vec![0u8; (rows.len() * bits).div_ceil(8)];
-    for (r, &g) in groups.of_row.iter().enumerate() {
-        map[r * bits / 8] |= g << (r * bits % 8);
-    }
-    out.extend_from_slice(&map);
-    let row_tables = RowTables {
+    let counts = groups.counts(&rows);
+    let rows = RowTables {
         row_len,
         of_row: groups.of_row,
     };
-    let runs: Vec<_> = row_tables.runs(0..q.len()).collect();
-    let views: Vec<TableView> = tables.iter().map(FreqTable::view).collect();
-    super::rans::code_table_runs::<WIDE>(&views, &runs, q, &mut out);
-    Some(out)
+    Some((rows, counts))
+}
+
+impl RowTables {
+    /// Writes the row length, the table count, `tables` and the row map (none for one table).
+    pub(super) fn write(&self, tables: &[FreqTable], out: &mut Vec<u8>) {
+        write_varint(out, self.row_len as u64);
+        out.push(tables.len() as u8);
+        for t in tables {
+            t.write(out);
+        }
+        let bits = entry_bits(tables.len());
+        let mut map = vec![0u8; (self.of_row.len() * bits).div_ceil(8)];
+        for (r, &g) in self.of_row.iter().enumerate().filter(|_| bits > 0) {
+            map[r * bits / 8] |= g << (r * bits % 8);
+        }
+        out.extend_from_slice(&map);
+    }
+
+    /// Bytes [`RowTables::write`] takes besides the tables.
+    pub(super) fn written_len(&self, tables: usize) -> usize {
+        let mut v = Vec::new();
+        write_varint(&mut v, self.row_len as u64);
+        v.len() + 1 + (self.of_row.len() * entry_bits(tables)).div_ceil(8)
+    }
 }
 
 /// The tables and row map of a chunk of `n` elements written by [`encode`]; `data` is left at
 /// its stream.
 pub(super) fn read(data: &mut &[u8], n: usize) -> Result<(Vec<FreqTable>, RowTables), CodecError> {
+    read_at(data, n, 2, super::freq::TABLE_BITS)
+}
+
+/// [`read`] of at least `min_tables` tables of resolution `bits`. One table takes any row
+/// length that tiles the chunk; more switch between groups of lanes, so their rows are whole
+/// groups.
+pub(super) fn read_at(
+    data: &mut &[u8],
+    n: usize,
+    min_tables: usize,
+    bits: u32,
+) -> Result<(Vec<FreqTable>, RowTables), CodecError> {
     let row_len = usize::try_from(read_varint(data)?).unwrap_or(usize::MAX);
-    if row_len == 0 || !row_len.is_multiple_of(WIDE) || !n.is_multiple_of(row_len) {
-        return Err(CodecError::Corrupt("int8 rows do not tile the chunk"));
-    }
     let k = usize::from(take(data, 1)?[0]);
-    if !(2..=MAX_TABLES).contains(&k) {
+    if !(min_tables..=MAX_TABLES).contains(&k) {
         return Err(CodecError::Corrupt("int8 chunk has an invalid table count"));
     }
+    if row_len == 0 || !n.is_multiple_of(row_len) || (k > 1 && !row_len.is_multiple_of(WIDE)) {
+        return Err(CodecError::Corrupt("int8 rows do not tile the chunk"));
+    }
     let tables = (0..k)
-        .map(|_| FreqTable::read(data))
+        .map(|_| FreqTable::read_at(data, bits))
         .collect::<Result<Vec<_>, _>>()?;
     let (rows, bits) = (n / row_len, entry_bits(k));
     let map = take(data, (rows * bits).div_ceil(8))?;
-    let of_row: Vec<u8> = (0..rows)
-        .map(|r| (map[r * bits / 8] >> (r * bits % 8)) & ((1 << bits) - 1))
-        .collect();
+    let of_row: Vec<u8> = match bits {
+        0 => vec![0; rows],
+        _ => (0..rows)
+            .map(|r| (map[r * bits / 8] >> (r * bits % 8)) & ((1 << bits) - 1))
+            .collect(),
+    };
     if of_row.iter().any(|&t| usize::from(t) >= k) {
         return Err(CodecError::Corrupt(
             "int8 row names a table the chunk lacks",

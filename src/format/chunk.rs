@@ -53,6 +53,10 @@ pub enum ChunkCodec {
     /// Version 5: `Float16Wide` with coarse tables (`codec::encode_float16_coarse`), on the
     /// same terms.
     Float16Coarse = 18,
+    /// Version 6: int8 values with coarse tables, per group of rows where grouping pays, their
+    /// rare values escaped (`codec::Int8Coding::Escaped`): the coarse loop's speed without
+    /// paying a slot for every value the outliers reach. Written on the terms of codec 17.
+    Int8Escaped = 19,
 }
 
 /// Bits per value a coarse chunk may cost over the best other one and still be written: its
@@ -92,6 +96,7 @@ impl ChunkCodec {
             Int8Rows => (Int8Rows, Lanes::Wide),
             Int8Coarse => (Int8Coarse, Lanes::Wide),
             Float16Coarse => (Float16Coarse, Lanes::Wide),
+            Int8Escaped => (Int8Escaped, Lanes::Wide),
             Float32AsF16Wide => (Float32AsF16, Lanes::Wide),
             narrow => (narrow, Lanes::Narrow),
         }
@@ -113,12 +118,14 @@ impl ChunkCodec {
     }
 
     /// Whether a blob of format `version` may hold this codec: version 1 has codecs 0-7 only,
-    /// version 2 codecs 0-13, version 3 codecs 0-14, version 4 codecs 0-16.
+    /// version 2 codecs 0-13, version 3 codecs 0-14, version 4 codecs 0-16, version 5 codecs
+    /// 0-18.
     pub fn allowed_in(self, version: u32) -> bool {
         match self {
             ChunkCodec::ResidualRuns32 => version >= 3,
             ChunkCodec::Int8Rows | ChunkCodec::ResidualBelowTop => version >= 4,
             ChunkCodec::Int8Coarse | ChunkCodec::Float16Coarse => version >= 5,
+            ChunkCodec::Int8Escaped => version >= 6,
             _ => version >= 2 || self.coder().1 == Lanes::Narrow,
         }
     }
@@ -165,6 +172,7 @@ impl TryFrom<u8> for ChunkCodec {
             ResidualBelowTop,
             Int8Coarse,
             Float16Coarse,
+            Int8Escaped,
         ]
         .into_iter()
         .find(|c| *c as u8 == v)
@@ -377,6 +385,7 @@ pub fn decodes_together(codec: ChunkCodec) -> bool {
             | ChunkCodec::Float16Wide
             | ChunkCodec::Int8Coarse
             | ChunkCodec::Float16Coarse
+            | ChunkCodec::Int8Escaped
     )
 }
 
@@ -387,6 +396,7 @@ fn planes_of(job: &ChunkJob) -> Option<codec::Planes> {
         (Expect::Int8, ChunkCodec::Int8) => Some(Planes::Int8),
         (Expect::Int8, ChunkCodec::Int8Rows) => Some(Planes::Int8Rows),
         (Expect::Int8, ChunkCodec::Int8Coarse) => Some(Planes::Int8Coarse),
+        (Expect::Int8, ChunkCodec::Int8Escaped) => Some(Planes::Int8Escaped),
         (Expect::Bytes, ChunkCodec::Float16Coarse) => Some(Planes::Float16Coarse),
         (Expect::Bytes, ChunkCodec::Float16) => Some(Planes::Float(2)),
         (Expect::Bytes, ChunkCodec::Float32) => Some(Planes::Float(4)),
@@ -396,33 +406,23 @@ fn planes_of(job: &ChunkJob) -> Option<codec::Planes> {
 }
 
 /// Compresses int8 values (as their bytes, whole rows of `cols`), verified like
-/// [`encode_bytes`]: with a table per group of rows where that pays, else one table.
+/// [`encode_bytes`]: with a table per group of rows where that pays, else one table; with
+/// coarse tables where they cost little ([`coarse_pays`]).
 pub fn encode_int8(q: &[u8], cols: usize) -> Result<EncodedChunk, FormatError> {
-    let lanes = write_lanes(q.len());
-    let grouped = match lanes {
-        Lanes::Wide => codec::encode_int8_rows(q, cols),
-        Lanes::Narrow => None,
-    };
-    // Between one table and a coarse one (and the row tables), by their estimated sizes: only
-    // the pick is coded (coding both cost 10% of a MiniLM encode).
-    let picked = match lanes {
-        Lanes::Wide => codec::encode_int8_picking(q, |fine, coarse| {
-            let best = grouped.as_ref().map_or(fine, |g| g.len() as f64);
-            match coarse {
-                Some(c) if coarse_pays(c, best, q.len()) => Some(true),
-                _ => grouped.is_none().then_some(false),
-            }
-        }),
-        Lanes::Narrow => None,
-    };
-    let (codec, stored) = match (picked, grouped) {
-        (Some((c, true)), _) => (ChunkCodec::Int8Coarse, c),
-        (Some((f, false)), _) => (ChunkCodec::Int8Wide, f),
-        (None, Some(g)) => (ChunkCodec::Int8Rows, g),
-        (None, None) => (
-            ChunkCodec::on(ChunkCodec::Int8, lanes),
-            codec::encode_int8(q, lanes),
-        ),
+    let (codec, stored) = match write_lanes(q.len()) {
+        Lanes::Wide => {
+            use codec::Int8Coding::*;
+            let (stored, coding) =
+                codec::encode_int8_picking(q, cols, |est| pick_int8(est, q.len()));
+            let codec = match coding {
+                Fine => ChunkCodec::Int8Wide,
+                Rows => ChunkCodec::Int8Rows,
+                Coarse => ChunkCodec::Int8Coarse,
+                Escaped => ChunkCodec::Int8Escaped,
+            };
+            (codec, stored)
+        }
+        Lanes::Narrow => (ChunkCodec::Int8, codec::encode_int8(q, Lanes::Narrow)),
     };
     let chunk = if stored.len() < q.len() {
         EncodedChunk::new(stored, codec, q)
@@ -439,6 +439,25 @@ pub fn encode_int8(q: &[u8], cols: usize) -> Result<EncodedChunk, FormatError> {
     Ok(chunk)
 }
 
+/// The coding of `n` int8 values on 32 lanes: the smaller coarse one where it pays against the
+/// smallest other, else the smallest other.
+fn pick_int8(est: &codec::Int8Estimates, n: usize) -> codec::Int8Coding {
+    use codec::Int8Coding::*;
+    let (best, best_size) = match est.rows {
+        Some(rows) if rows < est.fine => (Rows, rows),
+        _ => (Fine, est.fine),
+    };
+    let coarse = match (est.coarse, est.escaped) {
+        (Some(c), Some(e)) if e < c => Some((Escaped, e)),
+        (Some(c), _) => Some((Coarse, c)),
+        (None, e) => e.map(|e| (Escaped, e)),
+    };
+    match coarse {
+        Some((coding, size)) if coarse_pays(size, best_size, n) => coding,
+        _ => best,
+    }
+}
+
 /// Decodes an int8 chunk.
 pub fn decode_int8(codec: ChunkCodec, stored: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
     match codec.coder() {
@@ -449,6 +468,7 @@ pub fn decode_int8(codec: ChunkCodec, stored: &[u8], out: &mut [u8]) -> Result<(
         (ChunkCodec::Int8, lanes) => Ok(codec::decode_int8(stored, lanes, out)?),
         (ChunkCodec::Int8Rows, _) => Ok(codec::decode_int8_rows(stored, out)?),
         (ChunkCodec::Int8Coarse, _) => Ok(codec::decode_int8_coarse(stored, out)?),
+        (ChunkCodec::Int8Escaped, _) => Ok(codec::decode_int8_escaped(stored, out)?),
         _ => Err(FormatError::Corrupt(format!(
             "{codec:?} chunk where int8 values were expected"
         ))),
@@ -533,7 +553,7 @@ mod tests {
     fn codecs_belong_to_the_versions_that_added_them() {
         for v in 0..=255u8 {
             let Ok(c) = ChunkCodec::try_from(v) else {
-                assert!(v > 18, "codec {v} is missing");
+                assert!(v > 19, "codec {v} is missing");
                 continue;
             };
             assert_eq!(u8::from(c), v);
@@ -542,9 +562,10 @@ mod tests {
                 8..=13 => 2,
                 14 => 3,
                 15..=16 => 4,
-                _ => 5,
+                17..=18 => 5,
+                _ => 6,
             };
-            for version in 1..=5 {
+            for version in 1..=6 {
                 assert_eq!(
                     c.allowed_in(version),
                     version >= since,
@@ -592,9 +613,9 @@ mod tests {
     }
 
     /// Coarse tables are written where they cost at most COARSE_ALLOWANCE bits a value more
-    /// than the best other coding (values spread smoothly, floats' exponents), not where rare
-    /// values make them dear, nor on narrow chunks or where one byte takes every slot; every
-    /// chunk decodes back byte-exact.
+    /// than the best other coding (values spread smoothly, floats' exponents), with escapes
+    /// where rare values would make them dear, not on narrow chunks nor where one byte takes
+    /// every slot; every chunk decodes back byte-exact.
     #[test]
     fn coarse_tables_are_written_where_they_cost_little() {
         assert_eq!(
@@ -602,7 +623,8 @@ mod tests {
             ChunkCodec::Int8Coarse
         );
         // Values within ±2 but one in a hundred, spread over every byte (a few times each): a
-        // coarse table gives each of those rare ones a 4096th of its slots at least.
+        // coarse table gives each of those rare ones a 4096th of its slots at least, unless
+        // it escapes them.
         let mut tails = smooth_int8(1 << 16);
         for (i, q) in tails.iter_mut().enumerate() {
             *q = match i % 100 {
@@ -610,12 +632,8 @@ mod tests {
                 _ => (*q as i8 / 16) as u8,
             };
         }
-        assert_ne!(int8_round_trip(&tails, 4096), ChunkCodec::Int8Coarse);
+        assert_eq!(int8_round_trip(&tails, 4096), ChunkCodec::Int8Escaped);
         assert_eq!(int8_round_trip(&smooth_int8(1000), 100), ChunkCodec::Int8);
-        assert_eq!(
-            int8_round_trip(&vec![0u8; 1 << 16], 4096),
-            ChunkCodec::Int8Wide
-        );
 
         let floats: Vec<u8> = smooth_int8(1 << 16)
             .chunks_exact(2)
@@ -630,9 +648,11 @@ mod tests {
         decode_bytes(chunk.codec, &chunk.stored, &mut out).unwrap();
         assert_eq!(out, floats);
         // Decoded two at a time, a coarse chunk with a 2^14 one (each loop its own table kind).
-        let fine = encode_int8(&tails, 4096).unwrap();
+        let zeros = vec![0u8; 1 << 16];
+        let fine = encode_int8(&zeros, 4096).unwrap();
+        assert_eq!(fine.codec, ChunkCodec::Int8Wide);
         let coarse = encode_int8(&smooth_int8(1 << 16), 4096).unwrap();
-        let (mut a, mut b) = (vec![0u8; tails.len()], vec![0u8; 1 << 16]);
+        let (mut a, mut b) = (vec![1u8; zeros.len()], vec![0u8; 1 << 16]);
         let job = |codec, stored, out| ChunkJob {
             expect: Expect::Int8,
             codec,
@@ -646,7 +666,7 @@ mod tests {
         );
         ra.unwrap();
         rb.unwrap();
-        assert_eq!((a, b), (tails, smooth_int8(1 << 16)));
+        assert_eq!((a, b), (zeros, smooth_int8(1 << 16)));
     }
 
     /// A coarse chunk is refused where its codec is not allowed, and a damaged one does not
@@ -657,6 +677,69 @@ mod tests {
         let chunk = encode_int8(&q, 4096).unwrap();
         assert_eq!(chunk.codec, ChunkCodec::Int8Coarse);
         assert!(!chunk.codec.allowed_in(4));
+        for at in [0, 1, 40, chunk.stored.len() / 2, chunk.stored.len() - 1] {
+            let mut stored = chunk.stored.clone();
+            stored[at] ^= 0x24;
+            let mut out = vec![0u8; q.len()];
+            let decoded = decode_int8(chunk.codec, &stored, &mut out);
+            assert!(decoded.is_err() || out != q, "flip at {at}");
+        }
+    }
+
+    /// Int8 values of LLM-like rows (heavy tails, outlier columns), 16 rows of 4096.
+    fn llm_like_int8(seed: u64) -> Vec<u8> {
+        use crate::codec::quantize::{HighDtype, quantize_row};
+        let (rows, cols) = (16, 4096);
+        let w = crate::synth::llm_like_bf16(rows, cols, seed);
+        let mut q = vec![0u8; rows * cols];
+        for (row, q) in w.chunks_exact(cols).zip(q.chunks_exact_mut(cols)) {
+            quantize_row(HighDtype::Bf16, row, q);
+        }
+        q
+    }
+
+    /// Rows whose outliers reach rare values take coarse tables with escapes, decode back
+    /// byte-exact alone and two at a time with any other table kind, and are refused by
+    /// version 5; damage never decodes to the stored values.
+    #[test]
+    fn rare_values_are_escaped_where_coarse_tables_would_cost_too_much() {
+        let q = llm_like_int8(3);
+        let plain = codec::encode_int8_coarse(&q).unwrap();
+        let chunk = encode_int8(&q, 4096).unwrap();
+        assert_eq!(chunk.codec, ChunkCodec::Int8Escaped);
+        assert!(
+            chunk.stored.len() < plain.len(),
+            "{} vs {}",
+            chunk.stored.len(),
+            plain.len()
+        );
+        assert!(!chunk.codec.allowed_in(5) && chunk.codec.allowed_in(6));
+        assert_eq!(int8_round_trip(&q, 4096), ChunkCodec::Int8Escaped);
+
+        let others = [
+            (vec![0u8; 1 << 16], ChunkCodec::Int8Wide),
+            (smooth_int8(1 << 16), ChunkCodec::Int8Coarse),
+            (llm_like_int8(4), ChunkCodec::Int8Escaped),
+        ];
+        for (values, codec) in &others {
+            let other = encode_int8(values, 4096).unwrap();
+            assert_eq!(other.codec, *codec);
+            let (mut a, mut b) = (vec![0u8; q.len()], vec![0u8; values.len()]);
+            let job = |codec, stored, out| ChunkJob {
+                expect: Expect::Int8,
+                codec,
+                stored,
+                out,
+                finished: Box::leak(Box::new(|_: &[u8]| {})),
+            };
+            let [ra, rb] = decode_two(
+                job(chunk.codec, &chunk.stored, &mut a),
+                job(other.codec, &other.stored, &mut b),
+            );
+            ra.unwrap();
+            rb.unwrap();
+            assert!(a == q && b == *values, "{codec:?}");
+        }
         for at in [0, 1, 40, chunk.stored.len() / 2, chunk.stored.len() - 1] {
             let mut stored = chunk.stored.clone();
             stored[at] ^= 0x24;

@@ -36,8 +36,9 @@ pub const MAGIC: [u8; 8] = *b"\x89QSTORE\n";
 /// (8-13), version 3 the residual whose whole values go in runs of 32 (14), version 4 int8
 /// chunks with a table per group of rows (15) and the residual whose whole values' high bytes
 /// are coded below their row's top (16), version 5 int8 and 16-bit float chunks with coarse
-/// tables (17, 18); blobs of versions 1 to 4 stay readable.
-pub const VERSION: u32 = 5;
+/// tables (17, 18), version 6 int8 chunks with coarse tables and escapes (19); blobs of
+/// versions 1 to 5 stay readable.
+pub const VERSION: u32 = 6;
 /// The oldest format version readers accept.
 pub const OLDEST_VERSION: u32 = 1;
 /// Preamble: magic, version (u32 LE), flags (u32 LE, zero).

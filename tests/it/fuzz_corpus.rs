@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use qstore::codec::quantize::{HighDtype, quantize_row};
 use qstore::codec::residual::{self, ChunkRows, Layout};
 use qstore::codec::{
-    Lanes, decode_float, decode_float16_coarse, decode_int8, decode_int8_coarse, decode_int8_rows,
-    encode_float, encode_float16_coarse, encode_int8, encode_int8_coarse, encode_int8_rows,
+    Int8Coding, Lanes, decode_float, decode_float16_coarse, decode_int8, decode_int8_coarse,
+    decode_int8_escaped, decode_int8_rows, encode_float, encode_float16_coarse, encode_int8,
+    encode_int8_coarse, encode_int8_picking, encode_int8_rows,
 };
 use qstore::format::{Blob, EncodeInput, EncodeOptions, Precision, encode_to_path};
 use qstore::safetensors::{Dtype, TensorSpec, read_header, write_header};
@@ -125,6 +126,19 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "int8-rows",
         framed(0, Lanes::Wide, spread_rows.len(), &grouped),
     );
+    // Coarse tables with escapes (format version 6): one table, and a table per group of rows.
+    for (name, values, row_len) in [
+        ("int8-escaped", &q, cols),
+        ("int8-escaped-rows", &spread_rows, 1024),
+    ] {
+        let (escaped, coding) = encode_int8_picking(values, row_len, |_| Int8Coding::Escaped);
+        assert_eq!(coding, Int8Coding::Escaped, "{name}");
+        put(
+            "chunk_decoders",
+            name,
+            framed(0, Lanes::Wide, values.len(), &escaped),
+        );
+    }
     // Scales as the target reads them: float16, so the residual is coded against those.
     let halves: Vec<f32> = scales
         .iter()
@@ -282,6 +296,7 @@ fn every_seed_and_regression_replays_without_a_panic() {
                     if lanes == Lanes::Wide {
                         drop(decode_int8_rows(rest, &mut vec![0u8; n]));
                         drop(decode_int8_coarse(rest, &mut vec![0u8; n]));
+                        drop(decode_int8_escaped(rest, &mut vec![0u8; n]));
                     }
                 }
                 1..=3 => {
