@@ -13,7 +13,7 @@
 //!
 //! Chunk layout: the row tables of [`super::row_tables`] (row length, table count `k` from 1
 //! to 4, the tables, all coarse, the row map of `k > 1`), `varint e`, the `e` escaped bytes in
-//! the order of their values, then the 32-lane stream of the values, each escaped one as
+//! the order of their elements, then the 32-lane stream of the values, each escaped one as
 //! `ESCAPE`.
 
 use super::CodecError;

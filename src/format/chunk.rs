@@ -653,21 +653,41 @@ mod tests {
         let fine = encode_int8(&zeros, 4096).unwrap();
         assert_eq!(fine.codec, ChunkCodec::Int8Wide);
         let coarse = encode_int8(&smooth_int8(1 << 16), 4096).unwrap();
-        let (mut a, mut b) = (vec![1u8; zeros.len()], vec![0u8; 1 << 16]);
-        let job = |codec, stored, out| ChunkJob {
-            expect: Expect::Int8,
-            codec,
-            stored,
-            out,
-            finished: Box::leak(Box::new(|_: &[u8]| {})),
-        };
-        let [ra, rb] = decode_two(
-            job(fine.codec, &fine.stored, &mut a),
-            job(coarse.codec, &coarse.stored, &mut b),
+        assert_eq!(
+            decode_int8_pair(&fine, &coarse),
+            (zeros, smooth_int8(1 << 16))
         );
+    }
+
+    /// Two int8 chunks decoded together ([`decode_two`]).
+    fn decode_int8_pair(a: &EncodedChunk, b: &EncodedChunk) -> (Vec<u8>, Vec<u8>) {
+        fn job<'a>(c: &'a EncodedChunk, out: &'a mut [u8]) -> ChunkJob<'a> {
+            ChunkJob {
+                expect: Expect::Int8,
+                codec: c.codec,
+                stored: &c.stored,
+                out,
+                finished: Box::leak(Box::new(|_: &[u8]| {})),
+            }
+        }
+        let mut out = [a, b].map(|c| vec![1u8; c.decoded_len as usize]);
+        let [oa, ob] = &mut out;
+        let [ra, rb] = decode_two(job(a, oa), job(b, ob));
         ra.unwrap();
         rb.unwrap();
-        assert_eq!((a, b), (zeros, smooth_int8(1 << 16)));
+        let [a, b] = out;
+        (a, b)
+    }
+
+    /// Flipping bits at a few places of `chunk` never decodes to `q`: an error or other bytes.
+    fn assert_damage_never_decodes_to(chunk: &EncodedChunk, q: &[u8]) {
+        for at in [0, 1, 40, chunk.stored.len() / 2, chunk.stored.len() - 1] {
+            let mut stored = chunk.stored.clone();
+            stored[at] ^= 0x24;
+            let mut out = vec![0u8; q.len()];
+            let decoded = decode_int8(chunk.codec, &stored, &mut out);
+            assert!(decoded.is_err() || out != q, "flip at {at}");
+        }
     }
 
     /// A coarse chunk is refused where its codec is not allowed, and a damaged one does not
@@ -678,13 +698,7 @@ mod tests {
         let chunk = encode_int8(&q, 4096).unwrap();
         assert_eq!(chunk.codec, ChunkCodec::Int8Coarse);
         assert!(!chunk.codec.allowed_in(4));
-        for at in [0, 1, 40, chunk.stored.len() / 2, chunk.stored.len() - 1] {
-            let mut stored = chunk.stored.clone();
-            stored[at] ^= 0x24;
-            let mut out = vec![0u8; q.len()];
-            let decoded = decode_int8(chunk.codec, &stored, &mut out);
-            assert!(decoded.is_err() || out != q, "flip at {at}");
-        }
+        assert_damage_never_decodes_to(&chunk, &q);
     }
 
     /// Int8 values of LLM-like rows (heavy tails, outlier columns), 16 rows of 4096.
@@ -725,28 +739,9 @@ mod tests {
         for (values, codec) in &others {
             let other = encode_int8(values, 4096).unwrap();
             assert_eq!(other.codec, *codec);
-            let (mut a, mut b) = (vec![0u8; q.len()], vec![0u8; values.len()]);
-            let job = |codec, stored, out| ChunkJob {
-                expect: Expect::Int8,
-                codec,
-                stored,
-                out,
-                finished: Box::leak(Box::new(|_: &[u8]| {})),
-            };
-            let [ra, rb] = decode_two(
-                job(chunk.codec, &chunk.stored, &mut a),
-                job(other.codec, &other.stored, &mut b),
-            );
-            ra.unwrap();
-            rb.unwrap();
+            let (a, b) = decode_int8_pair(&chunk, &other);
             assert!(a == q && b == *values, "{codec:?}");
         }
-        for at in [0, 1, 40, chunk.stored.len() / 2, chunk.stored.len() - 1] {
-            let mut stored = chunk.stored.clone();
-            stored[at] ^= 0x24;
-            let mut out = vec![0u8; q.len()];
-            let decoded = decode_int8(chunk.codec, &stored, &mut out);
-            assert!(decoded.is_err() || out != q, "flip at {at}");
-        }
+        assert_damage_never_decodes_to(&chunk, &q);
     }
 }
