@@ -1013,8 +1013,11 @@ const SCALE_MEMO_ENTRIES: usize = 2;
 /// Largest decoded scale chunk kept: the scales of 64Ki rows.
 const SCALE_MEMO_BYTES: usize = 256 << 10;
 
+/// A kept scale chunk: (open blob, chunk id), and its decoded bytes.
+type KeptScales = ((u64, u64), Rc<[u8]>);
+
 thread_local! {
-    static SCALES_KEPT: std::cell::RefCell<Vec<((u64, u64), Rc<[u8]>)>> =
+    static SCALES_KEPT: std::cell::RefCell<Vec<KeptScales>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
