@@ -30,7 +30,6 @@ pub const ESCAPE: u8 = 0x80;
 const RARE_BELOW_SLOTS: [u64; 4] = [0, 1, 2, 4];
 
 /// One table's escaping: which bytes it escapes, and the counts its table is built from.
-#[derive(Clone)]
 struct Escaping {
     escaped: [bool; 256],
     counts: [u64; 256],
