@@ -352,6 +352,7 @@ fn decode(
         let mut out = BufWriter::with_capacity(DECODE_BUFFER, std::io::stdout());
         blob.write_file(file, &mut out)?;
         out.flush()?;
+        leave_to_exit(blob);
         return Ok(());
     }
     let bar = progress_bar(quiet, file.size);
@@ -364,7 +365,17 @@ fn decode(
     }
     target.commit()?;
     bar.finish_and_clear();
+    leave_to_exit(blob);
     Ok(())
+}
+
+/// Leaves a decoded blob's mapping for the process's exit to take down instead of unmapping it
+/// here: the command ends right after, and `munmap` while the decode pool's threads are alive
+/// costs more than the exit's own teardown (the kernel must flush their TLBs too). MiniLM INT8,
+/// `qstore decode -o /dev/null`: unmapping took 0.6 ms of a 14 ms run, and the exit ~0.35 ms
+/// more without it.
+fn leave_to_exit(blob: Blob<MappedFile>) {
+    std::mem::forget(blob);
 }
 
 fn inspect(path: &Path, json: bool, tensors: bool) -> Result<()> {
