@@ -370,10 +370,10 @@ fn decode(
 }
 
 /// Leaves a decoded blob's mapping for the process's exit to take down instead of unmapping it
-/// here: the command ends right after, and `munmap` while the decode pool's threads are alive
-/// costs more than the exit's own teardown (the kernel must flush their TLBs too). MiniLM INT8,
-/// `qstore decode -o /dev/null`: unmapping took 0.6 ms of a 14 ms run, and the exit ~0.35 ms
-/// more without it.
+/// here: the command ends right after, and `munmap` while the decode pool's threads are still
+/// alive costs more than the same pages in the exit's teardown, once they are gone (probably
+/// the TLB flushes on their core). MiniLM INT8, `qstore decode -o /dev/null`: unmapping took
+/// 0.6 ms of a 14 ms run, and the exit ~0.35 ms more without it.
 fn leave_to_exit(blob: Blob<MappedFile>) {
     std::mem::forget(blob);
 }
