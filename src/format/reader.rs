@@ -225,7 +225,7 @@ pub struct Blob<S> {
     index_json_len: usize,
     /// The footer as validated, which also locates and checksums the index.
     footer: [u8; FOOTER_LEN as usize],
-    /// Names this open blob in the scale memo ([`ScaleMemo`]): unique in the process.
+    /// Names this open blob in the scale memo ([`ScaleChunkMemo`]): unique in the process.
     memo_key: u64,
 }
 
@@ -316,7 +316,7 @@ impl<S: BlobSource> Blob<S> {
             index,
             index_json_len: json.len(),
             footer: footer[..].try_into().expect("FOOTER_LEN bytes"),
-            memo_key: ScaleMemo::new_key(),
+            memo_key: ScaleChunkMemo::new_key(),
         })
     }
 
@@ -952,7 +952,7 @@ impl<S: BlobSource> Blob<S> {
     /// Scale chunk `id`, decoded and verified, from this thread's memo or decoded now.
     fn scale_chunk(&self, id: u64, fetched: &mut Fetched) -> Result<Rc<[u8]>, FormatError> {
         let key = (self.memo_key, id);
-        if let Some(kept) = ScaleMemo::get(key) {
+        if let Some(kept) = ScaleChunkMemo::get(key) {
             return Ok(kept);
         }
         let c = FirstChunk {
@@ -963,7 +963,7 @@ impl<S: BlobSource> Blob<S> {
         let decoded = self.decode_chunk(c, fetched)?;
         let kept: Rc<[u8]> = Rc::from(&decoded[..]);
         scratch_done(decoded);
-        ScaleMemo::keep(key, &kept);
+        ScaleChunkMemo::keep(key, &kept);
         Ok(kept)
     }
 
@@ -1004,8 +1004,9 @@ impl<S: BlobSource> Blob<S> {
 /// synthetic set, each of a tensor's 32 residual chunks decoded the same 4,096 scales again,
 /// 3% of a BF16 decode). Entries are decoded and verified chunks, keyed by the open blob
 /// (`Blob::memo_key`, never reused) and chunk id. Memory: at most [`SCALE_MEMO_ENTRIES`] of
-/// at most [`SCALE_MEMO_BYTES`] per thread that decodes.
-struct ScaleMemo;
+/// at most [`SCALE_MEMO_BYTES`] per thread that decodes. (Not the residual coder's memo of
+/// tables per scale value, `codec::residual::ScaleMemo`: this one keeps the scales themselves.)
+struct ScaleChunkMemo;
 
 /// Scale chunks kept per thread: a decode thread works through one tensor at a time, two
 /// threads' pieces may straddle two tensors.
@@ -1021,7 +1022,7 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-impl ScaleMemo {
+impl ScaleChunkMemo {
     fn new_key() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -1344,16 +1345,19 @@ mod tests {
     #[test]
     fn the_scale_memo_keeps_the_last_small_chunks() {
         let chunk = |n: usize| -> Rc<[u8]> { vec![n as u8; n].into() };
-        let key = ScaleMemo::new_key();
+        let key = ScaleChunkMemo::new_key();
         for id in 0..3 {
-            ScaleMemo::keep((key, id), &chunk(100 + id as usize));
+            ScaleChunkMemo::keep((key, id), &chunk(100 + id as usize));
         }
-        assert!(ScaleMemo::get((key, 0)).is_none(), "the oldest went");
-        assert_eq!(ScaleMemo::get((key, 2)).unwrap().len(), 102);
-        assert!(ScaleMemo::get((key + 1, 2)).is_none(), "another blob's");
-        ScaleMemo::keep((key, 9), &chunk(SCALE_MEMO_BYTES + 1));
-        assert!(ScaleMemo::get((key, 9)).is_none(), "too large to keep");
-        assert_eq!(ScaleMemo::get((key, 1)).unwrap().len(), 101);
+        assert!(ScaleChunkMemo::get((key, 0)).is_none(), "the oldest went");
+        assert_eq!(ScaleChunkMemo::get((key, 2)).unwrap().len(), 102);
+        assert!(
+            ScaleChunkMemo::get((key + 1, 2)).is_none(),
+            "another blob's"
+        );
+        ScaleChunkMemo::keep((key, 9), &chunk(SCALE_MEMO_BYTES + 1));
+        assert!(ScaleChunkMemo::get((key, 9)).is_none(), "too large to keep");
+        assert_eq!(ScaleChunkMemo::get((key, 1)).unwrap().len(), 101);
     }
 
     /// Decodes that share a budget pass their output buffers on, old bytes and all: every
